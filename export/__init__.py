@@ -1,0 +1,1 @@
+"""Export: training checkpoints to ONNX graphs in a Triton-style model repository (needs torch)."""

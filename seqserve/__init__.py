@@ -1,0 +1,1 @@
+"""seqserve: sequence models from PyTorch to production (the `seqserve` command lives here)."""

@@ -1,0 +1,100 @@
+"""Maps the typed errors of `serving.errors` to gRPC status codes, in one place.
+
+Servicers never call `context.abort` themselves: they raise, and this interceptor turns the
+exception into a status. Anything that is not a `ServingError` becomes INTERNAL with a generic
+message, and its traceback is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from serving import errors
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[errors.ServingError], grpc.StatusCode] = {
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.ServerNotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.MessageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    errors.InferenceError: grpc.StatusCode.INTERNAL,
+}
+
+INTERNAL_MESSAGE = "Internal server error"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-facing message for an exception raised while serving."""
+    if isinstance(exc, errors.ServingError):
+        for cls in type(exc).__mro__:
+            if cls in STATUS:
+                code = STATUS[cls]
+                if code is grpc.StatusCode.INTERNAL:
+                    return code, INTERNAL_MESSAGE
+                return code, str(exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+async def _abort(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    code, message = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed", method, exc_info=exc)
+    await context.abort(code, message)
+
+
+class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler so that raised exceptions become gRPC statuses."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort(exc, context, method)
+
+            make = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return make(unary, handler.request_deserializer, handler.response_serializer)
+
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for response in inner_stream(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await _abort(exc, context, method)
+
+        make_stream = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return make_stream(streaming, handler.request_deserializer, handler.response_serializer)

@@ -1,0 +1,130 @@
+"""The server's lifecycle: build the aio gRPC server, serve, drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from importlib import metadata
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from serving.dataplane import DataPlane
+from serving.interceptors import ExceptionToStatusInterceptor
+from serving.metrics import MetricsEndpoint
+from serving.runtime_check import check_single_runtime
+from serving.servicers.inference import SERVICE_NAME as INFERENCE_SERVICE
+from serving.servicers.inference import InferenceServicer
+from serving.settings import Settings
+
+log = logging.getLogger("seqserve")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def _version() -> str:
+    try:
+        return metadata.version("seqserve")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    chain = [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+    if settings.tls_client_ca is None:
+        return grpc.ssl_server_credentials(chain)
+    return grpc.ssl_server_credentials(
+        chain, root_certificates=settings.tls_client_ca.read_bytes(),
+        require_client_auth=True,
+    )
+
+
+class Server:
+    """One seqserve server: gRPC (V2 + health + reflection) and the metrics endpoint."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dataplane = DataPlane(version=_version())
+        self.health = health.aio.HealthServicer()
+        limit = settings.max_message_bytes
+        self.grpc = grpc.aio.server(
+            interceptors=[ExceptionToStatusInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.dataplane), self.grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (
+                grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.grpc,
+        )
+        credentials = _credentials(settings)
+        target = settings.grpc_target
+        try:
+            self.port = (self.grpc.add_secure_port(target, credentials) if credentials
+                         else self.grpc.add_insecure_port(target))
+        except RuntimeError as err:
+            raise SystemExit(f"seqserve: cannot listen on {target}: {err} "
+                             "(is another server using the port?)") from err
+        self.metrics: MetricsEndpoint | None = None
+
+    async def start(self) -> None:
+        if self.settings.metrics_port:
+            self.metrics = MetricsEndpoint(self.settings.metrics_address,
+                                           self.settings.metrics_port)
+        await self.grpc.start()
+        log.info("gRPC on %s:%d (%s)", self.settings.grpc_address, self.port,
+                 "TLS" if self.settings.tls_cert else "plaintext")
+        self.dataplane.set_ready(True)
+        for service in ("", INFERENCE_SERVICE):
+            await self.health.set(service, SERVING)
+        log.info("ready")
+
+    async def stop(self) -> None:
+        """Drain: health goes NOT_SERVING, new calls are refused, in-flight calls finish."""
+        log.info("draining (grace period %.1fs)", self.settings.grace_period_secs)
+        self.dataplane.start_draining()
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(self.settings.grace_period_secs)
+        if self.metrics is not None:
+            self.metrics.close()
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return."""
+    runtime = check_single_runtime()
+    log.info("seqserve %s with %s", _version(), runtime)
+    server = Server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(serve(settings))
+    return 0

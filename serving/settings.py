@@ -1,0 +1,138 @@
+"""Server settings: one frozen dataclass, filled from flags (tritonserver's names where one
+exists) and `SEQSERVE_*` environment variables in `main()`, never at import."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+
+class ModelControlMode(StrEnum):
+    """As tritonserver's `--model-control-mode`."""
+
+    NONE = "none"  # load everything at start, never change
+    EXPLICIT = "explicit"  # load what --load-model names; Load/Unload RPCs allowed
+    POLL = "poll"  # rescan the repository every --repository-poll-secs
+
+
+class Device(StrEnum):
+    """Where onnxruntime sessions run."""
+
+    CPU = "cpu"
+    CUDA = "cuda"  # CUDA execution provider first, then CPU for unsupported ops
+
+
+class FallbackPolicy(StrEnum):
+    """What to do when a session did not get the provider asked for."""
+
+    FAIL = "fail"  # the model is not loaded, with the reason in RepositoryIndex
+    WARN = "warn"  # the model loads on what it got, with a loud warning in the log
+
+
+INT32_MAX = 2**31 - 1  # tritonclient's message size limits
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_repository: Path
+    grpc_address: str = "127.0.0.1"
+    grpc_port: int = 8001
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 8002  # 0 disables the metrics endpoint
+    model_control_mode: ModelControlMode = ModelControlMode.NONE
+    repository_poll_secs: float = 15.0
+    load_models: tuple[str, ...] = ()  # explicit mode: models to load at start ("*" = all)
+    device: Device = Device.CPU
+    device_fallback: FallbackPolicy = FallbackPolicy.FAIL
+    intra_op_threads: int = 1  # per onnxruntime session; scale with instances and processes
+    inter_op_threads: int = 1
+    max_message_bytes: int = INT32_MAX
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # require client certificates signed by this CA
+    grace_period_secs: float = 30.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        for name in ("grpc_port", "metrics_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"--{name.replace('_', '-')} must be in 0..65535, got {port}")
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ValueError("thread counts must be >= 0 (0 = onnxruntime's default)")
+        if self.repository_poll_secs <= 0:
+            raise ValueError("--repository-poll-secs must be > 0")
+        if not 0 < self.max_message_bytes <= INT32_MAX:
+            raise ValueError(f"--max-message-bytes must be in 1..{INT32_MAX}")
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.grpc_address}:{self.grpc_port}"
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> Settings:
+        def path(value: str | None) -> Path | None:
+            return Path(value) if value else None
+
+        return cls(
+            model_repository=Path(ns.model_repository),
+            grpc_address=ns.grpc_address,
+            grpc_port=ns.grpc_port,
+            metrics_address=ns.metrics_address,
+            metrics_port=ns.metrics_port,
+            model_control_mode=ModelControlMode(ns.model_control_mode),
+            repository_poll_secs=ns.repository_poll_secs,
+            load_models=tuple(ns.load_model or ()),
+            device=Device(ns.device),
+            device_fallback=FallbackPolicy(ns.device_fallback),
+            intra_op_threads=ns.intra_op_threads,
+            inter_op_threads=ns.inter_op_threads,
+            max_message_bytes=ns.max_message_bytes,
+            tls_cert=path(ns.tls_cert),
+            tls_key=path(ns.tls_key),
+            tls_client_ca=path(ns.tls_client_ca),
+            grace_period_secs=ns.grace_period_secs,
+            log_level=ns.log_level,
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `seqserve serve`'s flags. Each flag's default comes from SEQSERVE_<FLAG> if set."""
+
+    def env(flag: str, default: object) -> object:
+        return os.environ.get("SEQSERVE_" + flag.upper().replace("-", "_"), default)
+
+    def add(flag: str, default: object, help: str, **kw: object) -> None:
+        value = env(flag, default)
+        parser.add_argument(f"--{flag}", default=value, help=f"{help} [env SEQSERVE_"
+                            f"{flag.upper().replace('-', '_')}; default: {value}]", **kw)
+
+    add("model-repository", "model_repository", "Triton-style model repository folder")
+    add("grpc-address", "127.0.0.1", "address to serve gRPC on (0.0.0.0 for all interfaces)")
+    add("grpc-port", 8001, "gRPC port", type=int)
+    add("metrics-address", "127.0.0.1", "address of the Prometheus /metrics endpoint")
+    add("metrics-port", 8002, "Prometheus metrics port (0 disables it)", type=int)
+    add("model-control-mode", "none", "none: load all at start; explicit: --load-model and "
+        "Load/Unload RPCs; poll: pick up repository changes",
+        choices=[m.value for m in ModelControlMode])
+    add("repository-poll-secs", 15.0, "poll interval in poll mode", type=float)
+    parser.add_argument("--load-model", action="append", metavar="NAME",
+                        help="explicit mode: a model to load at start (repeatable, * = all)")
+    add("device", "cpu", "onnxruntime execution provider", choices=[d.value for d in Device])
+    add("device-fallback", "fail", "when a session does not get the provider asked for: fail "
+        "the model, or warn and go on", choices=[p.value for p in FallbackPolicy])
+    add("intra-op-threads", 1, "intra-op threads per onnxruntime session", type=int)
+    add("inter-op-threads", 1, "inter-op threads per onnxruntime session", type=int)
+    add("max-message-bytes", INT32_MAX, "largest gRPC message accepted or sent", type=int)
+    add("tls-cert", None, "PEM server certificate (enables TLS)")
+    add("tls-key", None, "PEM private key of --tls-cert")
+    add("tls-client-ca", None, "PEM CA bundle: require and verify client certificates")
+    add("grace-period-secs", 30.0, "on SIGTERM, how long in-flight calls may finish", type=float)
+    add("log-level", "INFO", "logging level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -1,0 +1,95 @@
+"""Shared fixtures: free ports, real server processes, the tool venvs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / ".tools"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`seqserve serve` in a subprocess on free loopback ports."""
+
+    def __init__(self, repository: Path, *extra: str, python: str = sys.executable,
+                 env: dict[str, str] | None = None) -> None:
+        self.grpc_port, self.metrics_port = free_port(), free_port()
+        self.target = f"127.0.0.1:{self.grpc_port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.log = repository.parent / f"server-{self.grpc_port}.log"
+        cmd = [python, "-m", "seqserve", "serve", "--model-repository", str(repository),
+               "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
+               "--grace-period-secs", "5", *extra]
+        self._log_file = self.log.open("w")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log_file,
+                                     stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        from serving.probe import check
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            if check(self.target, timeout=0.5)[0] == 0:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        if not self._log_file.closed:
+            self._log_file.flush()
+        return self.log.read_text()
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def empty_repository(tmp_path: Path) -> Path:
+    repo = tmp_path / "model_repository"
+    repo.mkdir()
+    return repo
+
+
+@pytest.fixture
+def server(empty_repository: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(empty_repository)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.terminate()
+
+
+def tool(name: str, exe: str = "python") -> Path:
+    """An executable of a tool venv built by tests/tools/setup.sh; skip outside `make test`."""
+    path = TOOLS / name / "bin" / exe
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} missing: tests/tools/setup.sh did not run")
+        pytest.skip(f"{path} missing: run `make tools`")
+    return path

@@ -1,0 +1,1 @@
+"""Training: models, data and training loops (needs torch)."""

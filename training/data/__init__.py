@@ -1,0 +1,1 @@
+"""Datasets, windows and scalers (numpy; no torch)."""
