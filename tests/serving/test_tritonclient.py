@@ -38,7 +38,7 @@ def test_perf_analyzer_binary_runs() -> None:
     out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60,
                          env=env)
     assert out.returncode == 0, out.stderr
-    assert "2.51.0" in out.stdout
+    assert "2.51.0" in out.stdout + out.stderr
 
 
 def perf_analyzer_library_path() -> str:
