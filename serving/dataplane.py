@@ -1,8 +1,26 @@
-"""The one dataplane behind every protocol adapter: readiness, model lookup, inference."""
+"""The one dataplane behind every protocol adapter: readiness, model lookup, inference with
+timing and failure accounting, statistics, repository control."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
+
+import numpy as np
+
+from protos.inference import model_config_pb2 as mc
+from serving import metrics
+from serving.errors import (
+    FailureReason,
+    InvalidInput,
+    ServerNotReady,
+    ServingError,
+    Unsupported,
+)
+from serving.models.base import InferRequest, ServedModel
+from serving.repository import ModelRepository, State
+from serving.settings import ModelControlMode
 
 SERVER_NAME = "seqserve"
 
@@ -19,18 +37,30 @@ class DataPlane:
 
     # Only what seqserve really implements is advertised: perf_analyzer and tritonclient act on
     # this list (for example, "statistics" makes perf_analyzer call ModelStatistics).
-    EXTENSIONS: tuple[str, ...] = ()
+    EXTENSIONS: tuple[str, ...] = (
+        "model_repository", "schedule_policy", "model_configuration", "binary_tensor_data",
+        "parameters", "statistics",
+    )
 
-    def __init__(self, version: str) -> None:
+    def __init__(self, repository: ModelRepository, version: str,
+                 control_mode: ModelControlMode = ModelControlMode.NONE) -> None:
+        self.repository = repository
         self._version = version
+        self._control_mode = control_mode
         self._ready = False
         self._draining = False
+
+    # -- server ----------------------------------------------------------------------------
 
     def set_ready(self, ready: bool) -> None:
         self._ready = ready
 
     def start_draining(self) -> None:
         self._draining = True
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
     def server_live(self) -> bool:
         return True
@@ -40,3 +70,83 @@ class DataPlane:
 
     def server_metadata(self) -> ServerMetadata:
         return ServerMetadata(SERVER_NAME, self._version, self.EXTENSIONS)
+
+    # -- models ----------------------------------------------------------------------------
+
+    def model(self, name: str, version: str = "") -> ServedModel:
+        return self.repository.get(name, version)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.repository.get(name, version)
+        except ServingError:
+            return False
+        return not self._draining
+
+    def model_versions(self, name: str) -> list[str]:
+        return [str(v) for v in self.repository.versions(name)]
+
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self.model(name, version).config
+
+    async def infer(self, name: str, version: str, request: InferRequest,
+                    start_ns: int | None = None) -> tuple[ServedModel, dict[str, np.ndarray]]:
+        """Run one request; account its outcome in the model's statistics and metrics."""
+        start_ns = start_ns or time.perf_counter_ns()
+        if self._draining:
+            raise ServerNotReady("server is shutting down; retry on another replica")
+        model = self.repository.get(name, version)
+        stats = model.stats
+        stats.pending += 1
+        reason: FailureReason | None = None
+        try:
+            outputs = await model.infer(request)
+        except ServingError as err:
+            reason = err.reason
+            raise
+        except asyncio.CancelledError:
+            reason = FailureReason.CANCELED
+            raise
+        except Exception:
+            reason = FailureReason.OTHER
+            raise
+        finally:
+            stats.pending -= 1
+            elapsed = time.perf_counter_ns() - start_ns
+            if reason is None:
+                stats.record_success(elapsed)
+            else:
+                stats.record_failure(elapsed, reason)
+            metrics.REQUEST_SECONDS.labels(model.name, str(model.version)).observe(elapsed / 1e9)
+        return model, outputs
+
+    def statistics(self, name: str = "", version: str = "") -> list[ServedModel]:
+        if name:
+            if version:
+                return [self.repository.get(name, version)]
+            self.repository.get(name, "")  # NOT_FOUND / UNAVAILABLE
+            return [m for m in self.repository.ready_models() if m.name == name]
+        return sorted(self.repository.ready_models(), key=lambda m: (m.name, m.version))
+
+    # -- repository ------------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[tuple[str, str, State, str]]:
+        rows = self.repository.index()
+        return [r for r in rows if r[2] is State.READY] if ready_only else rows
+
+    def _check_explicit(self, rpc: str) -> None:
+        if self._control_mode is not ModelControlMode.EXPLICIT:
+            raise Unsupported(f"{rpc}: model control mode is {self._control_mode.value}; "
+                              "start the server with --model-control-mode explicit")
+
+    async def load(self, name: str, config_override: str | None = None) -> None:
+        self._check_explicit("RepositoryModelLoad")
+        await self.repository.load(name, config_override)
+        if not self.repository.is_ready(name):
+            rows = [r for r in self.repository.index() if r[0] == name]
+            reasons = "; ".join(r[3] for r in rows if r[3]) or "unknown reason"
+            raise InvalidInput(f"failed to load model '{name}': {reasons}")
+
+    async def unload(self, name: str) -> None:
+        self._check_explicit("RepositoryModelUnload")
+        await self.repository.unload(name)

@@ -71,7 +71,7 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
                     return await inner(request, context)
                 except grpc.aio.AbortError:
                     raise
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - mapped to a status here
                     await _abort(exc, context, method)
 
             make = (
@@ -89,7 +89,7 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
                     yield response
             except grpc.aio.AbortError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - mapped to a status here
                 await _abort(exc, context, method)
 
         make_stream = (

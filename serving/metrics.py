@@ -1,36 +1,196 @@
-"""Prometheus metrics: module-level collectors and the /metrics HTTP endpoint.
+"""Prometheus metrics: Triton's per-model series, seqserve's own, and the /metrics endpoint.
 
-The default registry already carries the process collector (`process_cpu_seconds_total`,
-`process_resident_memory_bytes`, ...). Labels are bounded: model, version, reason.
+Triton's `nv_inference_*` series are read from the same `ModelStats` that ModelStatistics
+answers from, so the two agree. They are counters with Triton's exact names: prometheus-client
+would add `_total` to a counter's sample and TYPE lines, so this module renders them itself and
+appends them to prometheus-client's output. Labels are bounded: model, version, reason.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import Gauge, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from serving.models.base import ServedModel
 
 log = logging.getLogger(__name__)
 
-MODEL_READY = Gauge(
-    "seqserve_model_ready", "1 when a model version is ready to serve, else 0",
-    ["model", "version"],
+# 50 µs .. 10 s
+LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25,
+                   0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+REQUEST_SECONDS = Histogram(
+    "seqserve_request_duration_seconds",
+    "Server-side request duration, receipt to response, successful and failed",
+    ["model", "version"], buckets=LATENCY_BUCKETS,
 )
+QUEUE_SECONDS = Histogram(
+    "seqserve_queue_duration_seconds", "Time a request waited in the model's queue",
+    ["model", "version"], buckets=LATENCY_BUCKETS,
+)
+
+_COUNTERS = {  # Triton name -> (help, value from ModelStats)
+    "nv_inference_request_success": (
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count),
+    "nv_inference_count": ("Number of inferences performed (batch elements)",
+                           lambda s: s.inference_count),
+    "nv_inference_exec_count": ("Number of model executions performed (batches)",
+                                lambda s: s.execution_count),
+    "nv_inference_request_duration_us": (
+        "Cumulative inference request duration in microseconds",
+        lambda s: (s.success.ns + s.fail.ns) // 1000),
+    "nv_inference_queue_duration_us": ("Cumulative inference queuing duration in microseconds",
+                                       lambda s: s.queue.ns // 1000),
+    "nv_inference_compute_input_duration_us": (
+        "Cumulative compute input duration in microseconds",
+        lambda s: s.compute_input.ns // 1000),
+    "nv_inference_compute_infer_duration_us": (
+        "Cumulative compute inference duration in microseconds",
+        lambda s: s.compute_infer.ns // 1000),
+    "nv_inference_compute_output_duration_us": (
+        "Cumulative inference compute output duration in microseconds",
+        lambda s: s.compute_output.ns // 1000),
+}
+
+
+def triton_families(models: list[ServedModel]) -> Iterable[Metric]:
+    """Triton's per-model families, with Triton's names, from the models' statistics."""
+    for name, (doc, value) in _COUNTERS.items():
+        metric = Metric(name, doc, "counter")
+        for m in models:
+            metric.add_sample(name, {"model": m.name, "version": str(m.version)},
+                              value(m.stats))
+        yield metric
+    failure = Metric("nv_inference_request_failure",
+                     "Number of failed inference requests, all batch sizes", "counter")
+    for m in models:
+        for reason, count in m.stats.failures.items():
+            failure.add_sample("nv_inference_request_failure",
+                               {"model": m.name, "version": str(m.version),
+                                "reason": reason.value}, count)
+    yield failure
+    yield ModelCollector._gauge(
+        "nv_inference_pending_request_count",
+        "Instantaneous number of pending requests awaiting execution",
+        models, lambda m: m.stats.pending)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(families: Iterable[Metric]) -> bytes:
+    """Prometheus text format 0.0.4, names exactly as given."""
+    lines = []
+    for fam in families:
+        lines.append(f"# HELP {fam.name} {fam.documentation}")
+        lines.append(f"# TYPE {fam.name} {fam.type}")
+        for smp in fam.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(smp.labels.items()))
+            lines.append(f"{smp.name}{{{labels}}} {float(smp.value)!r}")
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+class ModelCollector(Collector):
+    """seqserve's per-model series (gauges and histograms), computed at scrape time."""
+
+    def __init__(self, models: Callable[[], Iterable[ServedModel]],
+                 ready: Callable[[], Iterable[tuple[str, str, bool]]]) -> None:
+        self.models = models
+        self._ready = ready
+
+    def collect(self) -> Iterable[Metric]:
+        models = list(self.models())
+        yield self._gauge("seqserve_queue_size", "Requests waiting in the model's queue",
+                          models, lambda m: m.queue_size)
+        yield self._gauge("seqserve_queue_capacity",
+                          "Capacity of the model's queue (0 = unbounded)",
+                          models, lambda m: m.queue_capacity)
+        ready = Metric("seqserve_model_ready", "1 when a model version is ready, else 0",
+                       "gauge")
+        for name, version, is_ready in self._ready():
+            ready.add_sample("seqserve_model_ready", {"model": name, "version": version},
+                             1.0 if is_ready else 0.0)
+        yield ready
+        yield self._batch_histogram(models)
+
+    @staticmethod
+    def _gauge(name: str, doc: str, models: list[ServedModel],
+               value: Callable[[ServedModel], float]) -> Metric:
+        metric = Metric(name, doc, "gauge")
+        for m in models:
+            metric.add_sample(name, {"model": m.name, "version": str(m.version)}, value(m))
+        return metric
+
+    @staticmethod
+    def _batch_histogram(models: list[ServedModel]) -> Metric:
+        name = "seqserve_batch_size"
+        metric = Metric(name, "Batch elements per model execution", "histogram")
+        for m in models:
+            labels = {"model": m.name, "version": str(m.version)}
+            sizes = {size: b.compute_infer.count for size, b in m.stats.batches.items()}
+            for bound in BATCH_BUCKETS:
+                metric.add_sample(name + "_bucket", {**labels, "le": str(float(bound))},
+                                  sum(c for s, c in sizes.items() if s <= bound))
+            total = sum(sizes.values())
+            metric.add_sample(name + "_bucket", {**labels, "le": "+Inf"}, total)
+            metric.add_sample(name + "_count", labels, total)
+            metric.add_sample(name + "_sum", labels, sum(s * c for s, c in sizes.items()))
+        return metric
+
+
+def forget(model: ServedModel) -> None:
+    """Drop an unloaded model's histogram children, so /metrics stops listing it."""
+    for histogram in (REQUEST_SECONDS, QUEUE_SECONDS):
+        try:
+            histogram.remove(model.name, str(model.version))
+        except KeyError:
+            pass
 
 
 class MetricsEndpoint:
     """The /metrics HTTP server, on its own port and thread."""
 
-    def __init__(self, address: str, port: int) -> None:
-        self._server: WSGIServer
-        self._thread: threading.Thread
-        self._server, self._thread = start_http_server(port, addr=address)
+    def __init__(self, address: str, port: int,
+                 models: Callable[[], Iterable[ServedModel]]) -> None:
+        def app(environ: dict, start_response: Callable) -> list[bytes]:
+            if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"not found: try /metrics\n"]
+            body = generate_latest(REGISTRY) + render(triton_families(list(models())))
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+
+        self._server = make_server(address, port, app, ThreadingWSGIServer,
+                                   handler_class=_QuietHandler)
         self.address, self.port = self._server.server_address[:2]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="metrics")
+        self._thread.start()
         log.info("metrics at http://%s:%d/metrics", self.address, self.port)
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def register(collector: Collector) -> Callable[[], None]:
+    """Register a collector; return its unregister function."""
+    REGISTRY.register(collector)
+    return lambda: REGISTRY.unregister(collector)

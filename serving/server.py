@@ -12,17 +12,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from serving import metrics
 from serving.dataplane import DataPlane
 from serving.interceptors import ExceptionToStatusInterceptor
-from serving.metrics import MetricsEndpoint
+from serving.metrics import MetricsEndpoint, ModelCollector
+from serving.repository import ModelRepository, State
 from serving.runtime_check import check_single_runtime
 from serving.servicers.inference import SERVICE_NAME as INFERENCE_SERVICE
 from serving.servicers.inference import InferenceServicer
-from serving.settings import Settings
+from serving.settings import ModelControlMode, Settings
 
 log = logging.getLogger("seqserve")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _version() -> str:
@@ -49,8 +52,13 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.dataplane = DataPlane(version=_version())
+        self.repository = ModelRepository(settings.model_repository, settings,
+                                          on_change=self._model_changed)
+        self.dataplane = DataPlane(self.repository, _version(), settings.model_control_mode)
         self.health = health.aio.HealthServicer()
+        self._background: set[asyncio.Task] = set()
+        self._unregister = metrics.register(ModelCollector(self.repository.ready_models,
+                                                           self._ready_rows))
         limit = settings.max_message_bytes
         self.grpc = grpc.aio.server(
             interceptors=[ExceptionToStatusInterceptor()],
@@ -82,13 +90,48 @@ class Server:
                              "(is another server using the port?)") from err
         self.metrics: MetricsEndpoint | None = None
 
+    def _ready_rows(self) -> list[tuple[str, str, bool]]:
+        return [(name, version, state is State.READY)
+                for name, version, state, _ in self.repository.index() if version]
+
+    def _model_changed(self, name: str) -> None:
+        """Per-model health: the model name is a grpc.health.v1 service name."""
+        status = SERVING if self.repository.is_ready(name) else NOT_SERVING
+        task = asyncio.get_running_loop().create_task(self.health.set(name, status))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _load_initial(self) -> None:
+        mode = self.settings.model_control_mode
+        if mode is ModelControlMode.EXPLICIT:
+            names = list(self.settings.load_models)
+            await self.repository.load_all(None if "*" in names else names)
+        else:
+            await self.repository.load_all()
+        for name, version, state, reason in self.repository.index():
+            if state is not State.READY:
+                log.error("model '%s' %s: %s (%s)", name, version or "-", state.value, reason)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_secs)
+            try:
+                await self.repository.poll_once()
+            except Exception:
+                log.exception("repository poll failed")
+
     async def start(self) -> None:
         if self.settings.metrics_port:
             self.metrics = MetricsEndpoint(self.settings.metrics_address,
-                                           self.settings.metrics_port)
+                                           self.settings.metrics_port,
+                                           self.repository.ready_models)
         await self.grpc.start()
         log.info("gRPC on %s:%d (%s)", self.settings.grpc_address, self.port,
                  "TLS" if self.settings.tls_cert else "plaintext")
+        await self._load_initial()
+        if self.settings.model_control_mode is ModelControlMode.POLL:
+            task = asyncio.get_running_loop().create_task(self._poll())
+            self._background.add(task)
         self.dataplane.set_ready(True)
         for service in ("", INFERENCE_SERVICE):
             await self.health.set(service, SERVING)
@@ -100,8 +143,12 @@ class Server:
         self.dataplane.start_draining()
         await self.health.enter_graceful_shutdown()
         await self.grpc.stop(self.settings.grace_period_secs)
+        for task in list(self._background):
+            task.cancel()
+        await self.repository.close()
         if self.metrics is not None:
             self.metrics.close()
+        self._unregister()
         log.info("stopped")
 
 

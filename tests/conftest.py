@@ -93,3 +93,17 @@ def tool(name: str, exe: str = "python") -> Path:
             pytest.fail(f"{path} missing: tests/tools/setup.sh did not run")
         pytest.skip(f"{path} missing: run `make tools`")
     return path
+
+
+@pytest.fixture(scope="module")
+def standard_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server per test module over the standard test repository (good and broken models)."""
+    from tests.serving.model_factory import standard_repository
+
+    repo = standard_repository(tmp_path_factory.mktemp("std") / "model_repository")
+    srv = ServerProcess(repo)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.terminate()

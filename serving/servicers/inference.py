@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
@@ -9,7 +11,9 @@ import grpc
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving.dataplane import DataPlane
-from serving.errors import Unsupported
+from serving.errors import InvalidInput, ServingError, Unsupported
+from serving.interceptors import status_for
+from serving.servicers.codec import decode_request, encode_response
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 
@@ -35,6 +39,12 @@ def _unsupported(rpc: str, feature: str) -> Any:
     return handler
 
 
+def _tensor_metadata(specs: dict, batching: bool) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype,
+                                                    shape=s.shape(batching))
+            for s in specs.values()]
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self._dp = dataplane
@@ -56,6 +66,112 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(
             name=meta.name, version=meta.version, extensions=meta.extensions
         )
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._dp.model_ready(request.name, request.version))
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        model = self._dp.model(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=self._dp.model_versions(model.name),
+            platform=model.config.platform or model.config.backend,
+            inputs=_tensor_metadata(model.inputs, model.batching),
+            outputs=_tensor_metadata(model.outputs, model.batching),
+        )
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self._dp.model_config(request.name, request.version))
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        start = time.perf_counter_ns()
+        infer_request = decode_request(request)
+        remaining = context.time_remaining()
+        if remaining is not None and infer_request.timeout_s is None:
+            infer_request.timeout_s = remaining
+        model, outputs = await self._dp.infer(request.model_name, request.model_version,
+                                              infer_request, start)
+        declared = {n: s.datatype for n, s in model.outputs.items()}
+        return encode_response(model.name, model.version, request.id, outputs, declared)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """One response per request, in order; a failed request yields its error message and
+        the stream goes on."""
+        async for request in request_iterator:
+            try:
+                reply = await self.ModelInfer(request, context)
+            except ServingError as err:
+                _, message = status_for(err)
+                yield pb.ModelStreamInferResponse(
+                    error_message=message,
+                    infer_response=pb.ModelInferResponse(model_name=request.model_name,
+                                                         id=request.id))
+                continue
+            yield pb.ModelStreamInferResponse(infer_response=reply)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        reply = pb.ModelStatisticsResponse()
+        for model in self._dp.statistics(request.name, request.version):
+            s = model.stats
+            entry = reply.model_stats.add(
+                name=model.name, version=str(model.version), last_inference=s.last_inference_ms,
+                inference_count=s.inference_count, execution_count=s.execution_count)
+            st = entry.inference_stats
+            for field in ("success", "fail", "queue", "compute_input", "compute_infer",
+                          "compute_output"):
+                d = getattr(s, field)
+                getattr(st, field).count, getattr(st, field).ns = d.count, d.ns
+            for size in sorted(s.batches):
+                b = s.batches[size]
+                bs = entry.batch_stats.add(batch_size=size)
+                for field in ("compute_input", "compute_infer", "compute_output"):
+                    d = getattr(b, field)
+                    getattr(bs, field).count, getattr(bs, field).ns = d.count, d.ns
+        return reply
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        if request.repository_name:
+            raise InvalidInput("repository_name: seqserve serves one repository; leave it empty")
+        reply = pb.RepositoryIndexResponse()
+        for name, version, state, reason in self._dp.repository_index(request.ready):
+            reply.models.add(name=name, version=version, state=state.value, reason=reason)
+        return reply
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        override = None
+        for key, param in request.parameters.items():
+            if key == "config":
+                override = param.string_param
+            elif key.startswith("file:"):
+                raise Unsupported("RepositoryModelLoad: model files in the request are not "
+                                  "supported; put them in the repository")
+            else:
+                raise InvalidInput(f"RepositoryModelLoad: unknown parameter '{key}'")
+        await self._dp.load(request.model_name, override)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._dp.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
 
 for _rpc, _feature in UNSUPPORTED_RPCS.items():

@@ -1,0 +1,1 @@
+"""Served model kinds, chosen by the config's platform/backend (see `serving.repository`)."""

@@ -1,0 +1,143 @@
+"""What every served model offers the dataplane: its tensor specs, validation, inference."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from protos.inference import model_config_pb2 as mc
+from serving.errors import InvalidInput
+from serving.stats import ModelStats
+from serving.tensors import CONFIG_TO_V2, v2_datatype
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One declared input or output; `dims` exclude the batch dimension (-1 = variable)."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    def shape(self, batching: bool) -> list[int]:
+        return [-1, *self.dims] if batching else list(self.dims)
+
+
+@dataclass
+class InferRequest:
+    """A request in numpy form, as the dataplane hands it to a model."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...] = ()  # requested outputs; empty = all
+    parameters: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None  # longest time it may wait in a queue
+    id: str = ""
+
+
+def input_specs(config: mc.ModelConfig) -> dict[str, TensorSpec]:
+    return {t.name: TensorSpec(t.name, CONFIG_TO_V2[t.data_type], tuple(t.dims), t.optional)
+            for t in config.input}
+
+
+def output_specs(config: mc.ModelConfig) -> dict[str, TensorSpec]:
+    return {t.name: TensorSpec(t.name, CONFIG_TO_V2[t.data_type], tuple(t.dims))
+            for t in config.output}
+
+
+def parameter(config: mc.ModelConfig, key: str, default: Any = None) -> Any:
+    """A `parameters` value, JSON-decoded when it is JSON."""
+    if key not in config.parameters:
+        return default
+    text = config.parameters[key].string_value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+class ServedModel(ABC):
+    """One loaded version of one model."""
+
+    def __init__(self, name: str, version: int, config: mc.ModelConfig) -> None:
+        self.name = name
+        self.version = version
+        self.config = config
+        self.inputs = input_specs(config)
+        self.outputs = output_specs(config)
+        self.max_batch_size = config.max_batch_size
+        self.stats = ModelStats()
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 0
+
+    def validate(self, request: InferRequest) -> int:
+        """Check names, datatypes, shapes and values; return the batch size (1 if unbatched)."""
+        model = f"model '{self.name}'"
+        unknown = sorted(set(request.inputs) - set(self.inputs))
+        if unknown:
+            raise InvalidInput(f"unexpected input '{unknown[0]}' for {model}; it takes: "
+                               f"{', '.join(self.inputs)}")
+        missing = [n for n, s in self.inputs.items() if not s.optional and n not in request.inputs]
+        if missing:
+            raise InvalidInput(f"missing input '{missing[0]}' for {model}")
+        bad = [n for n in request.outputs if n not in self.outputs]
+        if bad:
+            raise InvalidInput(f"unknown output '{bad[0]}' requested from {model}; it has: "
+                               f"{', '.join(self.outputs)}")
+        batch = None
+        for name, array in request.inputs.items():
+            spec = self.inputs[name]
+            datatype = v2_datatype(array)
+            if datatype != spec.datatype:
+                raise InvalidInput(f"input '{name}': datatype {datatype}, {model} takes "
+                                   f"{spec.datatype}")
+            dims = array.shape
+            if self.batching:
+                if len(dims) != len(spec.dims) + 1:
+                    raise InvalidInput(f"input '{name}': shape {list(dims)} does not match "
+                                       f"{spec.shape(True)}")
+                if batch is None:
+                    batch = dims[0]
+                elif dims[0] != batch:
+                    raise InvalidInput(f"input '{name}': batch size {dims[0]} differs from "
+                                       f"the other inputs' {batch}")
+                dims = dims[1:]
+            if len(dims) != len(spec.dims) or any(
+                    d != want and want != -1 for d, want in zip(dims, spec.dims, strict=True)):
+                raise InvalidInput(f"input '{name}': shape {list(array.shape)} does not match "
+                                   f"{spec.shape(self.batching)}")
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise InvalidInput(f"input '{name}': contains NaN or infinite values")
+        if self.batching:
+            if not batch or batch < 1:
+                raise InvalidInput(f"batch size must be at least 1, got {batch}")
+            if batch > self.max_batch_size:
+                raise InvalidInput(f"batch size {batch} exceeds max_batch_size "
+                                   f"{self.max_batch_size} of {model}")
+            return batch
+        return 1
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Called on the event loop once loading (on a thread) is done: start queues, tasks."""
+
+    @abstractmethod
+    async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """Run one validated request; return the requested outputs (all when none named)."""
+
+    @property
+    def queue_size(self) -> int:
+        return 0
+
+    @property
+    def queue_capacity(self) -> int:
+        return 0
+
+    @abstractmethod
+    async def drain_and_close(self) -> None:
+        """Refuse new requests, finish the queued and in-flight ones, release resources."""

@@ -1,0 +1,240 @@
+"""An `onnxruntime_onnx` model: one onnxruntime session per instance, behind a batcher."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from protos.inference import model_config_pb2 as mc
+from serving import metrics
+from serving.batcher import Batcher, BatchPolicy, Tensors
+from serving.errors import InvalidInput
+from serving.models.base import InferRequest, ServedModel, TensorSpec
+from serving.settings import Device, FallbackPolicy, Settings
+from serving.tensors import DTYPES, ORT_TO_V2
+
+log = logging.getLogger(__name__)
+ort.set_default_logger_severity(4)  # failures are raised and logged by seqserve itself
+
+PROVIDERS = {
+    Device.CPU: ["CPUExecutionProvider"],
+    Device.CUDA: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+# config.pbtxt `optimization { graph { level } }` as Triton's onnxruntime backend maps it.
+GRAPH_LEVELS = {
+    -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    2: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+
+class ModelLoadError(Exception):
+    """The model cannot be served; the message goes to RepositoryIndex's `reason`."""
+
+
+def device_for(config: mc.ModelConfig, settings: Settings) -> Device:
+    kinds = {g.kind for g in config.instance_group}
+    if mc.ModelInstanceGroup.KIND_GPU in kinds:
+        return Device.CUDA
+    if mc.ModelInstanceGroup.KIND_CPU in kinds:
+        return Device.CPU
+    return settings.device
+
+
+def session_options(config: mc.ModelConfig, settings: Settings) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    params = config.parameters
+    intra = params["intra_op_thread_count"].string_value if "intra_op_thread_count" in params \
+        else settings.intra_op_threads
+    inter = params["inter_op_thread_count"].string_value if "inter_op_thread_count" in params \
+        else settings.inter_op_threads
+    opts.intra_op_num_threads = int(intra)
+    opts.inter_op_num_threads = int(inter)
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = GRAPH_LEVELS.get(config.optimization.graph.level,
+                                                     ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    opts.log_severity_level = 4  # as above: no duplicate, unstructured stderr lines
+    return opts
+
+
+def create_session(path: Path, config: mc.ModelConfig, settings: Settings
+                   ) -> ort.InferenceSession:
+    """A session on the provider asked for; a fallback fails or warns, never silently."""
+    device = device_for(config, settings)
+    wanted = PROVIDERS[device]
+    available = ort.get_available_providers()
+    if wanted[0] not in available and settings.device_fallback is FallbackPolicy.FAIL:
+        raise ModelLoadError(f"{wanted[0]} is not available in this onnxruntime build "
+                             f"(available: {', '.join(available)})")
+    try:
+        session = ort.InferenceSession(str(path), session_options(config, settings),
+                                       providers=[p for p in wanted if p in available])
+    except Exception as err:
+        raise ModelLoadError(f"onnxruntime cannot load {path.name}: {err}") from err
+    got = session.get_providers()[0]
+    if got != wanted[0]:
+        message = f"asked for {wanted[0]}, the session got {got}"
+        if settings.device_fallback is FallbackPolicy.FAIL:
+            raise ModelLoadError(message + " (serve with --device-fallback warn to accept)")
+        log.warning("model file %s: %s", path, message)
+    return session
+
+
+def check_signature(session: ort.InferenceSession, config: mc.ModelConfig,
+                    inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec]) -> None:
+    """The config's declared tensors must match the graph's names, types and dims."""
+    batching = config.max_batch_size > 0
+
+    def compare(kind: str, spec: TensorSpec, node: ort.NodeArg) -> None:
+        got = ORT_TO_V2.get(node.type, node.type)
+        if got != spec.datatype:
+            raise ModelLoadError(f"{kind} '{spec.name}': config says {spec.datatype}, "
+                                 f"the graph has {got}")
+        shape = list(node.shape)
+        if batching:
+            if not shape or (isinstance(shape[0], int) and shape[0] != -1):
+                raise ModelLoadError(f"{kind} '{spec.name}': max_batch_size > 0 needs a "
+                                     f"dynamic first dimension, the graph has {shape}")
+            shape = shape[1:]
+        graph = [d if isinstance(d, int) else -1 for d in shape]
+        fits = len(graph) == len(spec.dims) and all(
+            g == c or g == -1 for g, c in zip(graph, spec.dims, strict=True))
+        if not fits:
+            raise ModelLoadError(f"{kind} '{spec.name}': config dims {list(spec.dims)} do not "
+                                 f"match the graph's {graph}")
+
+    graph_inputs = {n.name: n for n in session.get_inputs()}
+    graph_outputs = {n.name: n for n in session.get_outputs()}
+    for spec in inputs.values():
+        if spec.name not in graph_inputs:
+            raise ModelLoadError(f"input '{spec.name}' is not in the graph (it has: "
+                                 f"{', '.join(graph_inputs)})")
+        compare("input", spec, graph_inputs[spec.name])
+    undeclared = sorted(set(graph_inputs) - set(inputs))
+    if undeclared:
+        raise ModelLoadError(f"graph input '{undeclared[0]}' is not declared in config.pbtxt")
+    for spec in outputs.values():
+        if spec.name not in graph_outputs:
+            raise ModelLoadError(f"output '{spec.name}' is not in the graph (it has: "
+                                 f"{', '.join(graph_outputs)})")
+        compare("output", spec, graph_outputs[spec.name])
+
+
+def batch_policy(config: mc.ModelConfig) -> BatchPolicy:
+    instances = sum(max(g.count, 1) for g in config.instance_group) or 1
+    if config.WhichOneof("scheduling_choice") != "dynamic_batching":
+        return BatchPolicy(config.max_batch_size, batching=False, instances=instances)
+    db = config.dynamic_batching
+    queue = db.default_queue_policy
+    timeout = queue.default_timeout_microseconds / 1e6 or None
+    return BatchPolicy(
+        max_batch_size=config.max_batch_size,
+        batching=config.max_batch_size > 0,
+        max_queue_delay_s=db.max_queue_delay_microseconds / 1e6,
+        preferred_batch_sizes=tuple(db.preferred_batch_size),
+        max_queue_size=queue.max_queue_size,
+        default_timeout_s=timeout,
+        instances=instances,
+    )
+
+
+def _sample(shape: list[int], datatype: str, random: bool) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    dtype = DTYPES[datatype]
+    if random and dtype.kind == "f":
+        return np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    return np.zeros(shape, dtype=dtype)
+
+
+def _utf8(array: np.ndarray, name: str) -> np.ndarray:
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, item in enumerate(array.reshape(-1)):
+        try:
+            flat[i] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+        except UnicodeDecodeError as err:
+            raise InvalidInput(f"input '{name}': element {i} is not valid UTF-8 "
+                               f"(byte {err.start})") from None
+    return out
+
+
+class OnnxModel(ServedModel):
+    """Loads `<version>/model.onnx` (or `default_model_filename`)."""
+
+    def __init__(self, name: str, version: int, config: mc.ModelConfig, version_dir: Path,
+                 settings: Settings) -> None:
+        super().__init__(name, version, config)
+        path = version_dir / (config.default_model_filename or "model.onnx")
+        if not path.is_file():
+            raise ModelLoadError(f"{path.name} not found in version folder {version_dir.name}")
+        self.policy = batch_policy(config)
+        self._sessions = [create_session(path, config, settings)
+                          for _ in range(self.policy.instances)]
+        check_signature(self._sessions[0], config, self.inputs, self.outputs)
+        self._output_names = list(self.outputs)
+        self._warm_up()
+        self._batcher: Batcher | None = None
+
+    def _warm_up(self) -> None:
+        """Run the config's `model_warmup` samples (default: one zero-filled request, variable
+        dims as 1) on every instance before the model reports ready."""
+        samples = []
+        for w in self.config.model_warmup:
+            batch = [max(w.batch_size, 1)] if self.batching else []
+            feeds = {}
+            for name, spec in w.inputs.items():
+                datatype = self.inputs[name].datatype if name in self.inputs else "FP32"
+                feeds[name] = _sample([*batch, *spec.dims], datatype, spec.random_data)
+            samples.extend([feeds] * max(w.count, 1))
+        if not samples:
+            samples.append({
+                spec.name: _sample([1, *[max(d, 1) for d in spec.dims]] if self.batching
+                                   else [max(d, 1) for d in spec.dims], spec.datatype, False)
+                for spec in self.inputs.values() if not spec.optional})
+        for session in self._sessions:
+            for feeds in samples:
+                try:
+                    session.run(self._output_names, feeds)
+                except Exception as err:
+                    raise ModelLoadError(f"warm-up inference failed: {err}") from err
+
+    def start(self) -> None:
+        """Start the batcher (needs the running event loop)."""
+        queue_seconds = metrics.QUEUE_SECONDS.labels(self.name, str(self.version))
+        self._batcher = Batcher(self.policy, self._run, self.stats, self.name,
+                                on_queued=queue_seconds.observe)
+
+    def _run(self, inputs: Tensors, instance: int) -> Tensors:
+        results = self._sessions[instance].run(self._output_names, inputs)
+        return dict(zip(self._output_names, results, strict=True))
+
+    @property
+    def queue_size(self) -> int:
+        return self._batcher.queue_size if self._batcher else 0
+
+    @property
+    def queue_capacity(self) -> int:
+        return self.policy.max_queue_size
+
+    async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
+        assert self._batcher is not None, "start() the model before inference"
+        size = self.validate(request)
+        for name, array in request.inputs.items():
+            if array.dtype == object:  # onnxruntime string tensors take str, not bytes
+                request.inputs[name] = _utf8(array, name)
+        outputs, _ = await self._batcher.submit(request.inputs, size, request.timeout_s)
+        if request.outputs:
+            return {n: outputs[n] for n in request.outputs}
+        return outputs
+
+    async def drain_and_close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
+        self._sessions.clear()
+        metrics.forget(self)

@@ -1,0 +1,67 @@
+"""Cumulative per-model-version statistics: the one source for ModelStatistics and for the
+Triton-named Prometheus series, so the two always agree. Updated on the event loop only."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from serving.errors import FailureReason
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class ModelStats:
+    """Triton's statistics for one model version (durations in nanoseconds)."""
+
+    success: Duration = field(default_factory=Duration)  # end-to-end time of good requests
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0  # batch elements inferred
+    execution_count: int = 0  # model executions (batches)
+    last_inference_ms: int = 0
+    pending: int = 0  # requests received and not yet answered
+    failures: dict[FailureReason, int] = field(
+        default_factory=lambda: dict.fromkeys(FailureReason, 0))
+    batches: dict[int, BatchStats] = field(default_factory=dict)
+
+    def record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int,
+                         output_ns: int) -> None:
+        """One model execution of `batch_size` elements from `requests` requests."""
+        self.execution_count += 1
+        self.inference_count += batch_size
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        # Triton counts per-request compute durations: each request of the batch is charged.
+        self.compute_input.add(input_ns * requests, requests)
+        self.compute_infer.add(infer_ns * requests, requests)
+        self.compute_output.add(output_ns * requests, requests)
+        b = self.batches.setdefault(batch_size, BatchStats())
+        b.compute_input.add(input_ns)
+        b.compute_infer.add(infer_ns)
+        b.compute_output.add(output_ns)
+
+    def record_success(self, ns: int) -> None:
+        self.success.add(ns)
+
+    def record_failure(self, ns: int, reason: FailureReason) -> None:
+        self.fail.add(ns)
+        self.failures[reason] += 1

@@ -1,0 +1,144 @@
+"""Tiny hand-built ONNX models and repositories for serving tests (onnx.helper; no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> None:
+    model = helper.make_model(graph, opset_imports=OPSET)
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def affine(path: Path, width: int = 4) -> None:
+    """x FP32 [B, width] -> y = 2x + 1, z = sum(x) [B, 1]."""
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["x2"]),
+         helper.make_node("Add", ["x2", "one"], ["y"]),
+         helper.make_node("ReduceSum", ["x", "axes"], ["z"], keepdims=1)],
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[two, one, axes],
+    )
+    _save(graph, path)
+
+
+def echo_bytes(path: Path) -> None:
+    """text BYTES [B, 1] -> same text (ONNX string Identity)."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"])], "echo",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch", 1])],
+    )
+    _save(graph, path)
+
+
+def slow(path: Path, size: int = 256, repeats: int = 24) -> None:
+    """x FP32 [B, size, size] -> a chain of MatMuls (milliseconds per call): for queueing."""
+    w = numpy_helper.from_array(np.eye(size, dtype=np.float32), "w")
+    nodes, prev = [], "x"
+    for i in range(repeats):
+        nodes.append(helper.make_node("MatMul", [prev, "w"], [f"h{i}"]))
+        prev = f"h{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", size, size])],
+        initializer=[w],
+    )
+    _save(graph, path)
+
+
+def fragile(path: Path) -> None:
+    """x FP32 [B, N] -> Reshape to [B, 4]: onnxruntime fails at run time unless N == 4."""
+    shape = numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "fragile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[shape],
+    )
+    _save(graph, path)
+
+
+AFFINE_CONFIG = """
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [{{ name: "x" data_type: TYPE_FP32 dims: [ 4 ] }}]
+output [{{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }},
+        {{ name: "z" data_type: TYPE_FP32 dims: [ 1 ] }}]
+{scheduling}
+{extra}
+"""
+
+ECHO_CONFIG = """
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+input [{ name: "text" data_type: TYPE_STRING dims: [ 1 ] }]
+output [{ name: "echo" data_type: TYPE_STRING dims: [ 1 ] }]
+"""
+
+SLOW_CONFIG = """
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+input [{{ name: "x" data_type: TYPE_FP32 dims: [ 256, 256 ] }}]
+output [{{ name: "y" data_type: TYPE_FP32 dims: [ 256, 256 ] }}]
+dynamic_batching {{
+  max_queue_delay_microseconds: 0
+  default_queue_policy {{ max_queue_size: {queue} }}
+}}
+"""
+
+FRAGILE_CONFIG = """
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+input [{ name: "x" data_type: TYPE_FP32 dims: [ -1 ] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [ 4 ] }]
+model_warmup [{
+  name: "four" batch_size: 1
+  inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } }
+}]
+"""
+
+
+def add_model(repo: Path, name: str, config: str, build: object = None,
+              versions: tuple[int, ...] = (1,)) -> Path:
+    """Write <repo>/<name>/config.pbtxt and, with `build`, <version>/model.onnx."""
+    model_dir = repo / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(config)
+    for v in versions:
+        if build is not None:
+            build(model_dir / str(v) / "model.onnx")  # type: ignore[operator]
+    return model_dir
+
+
+def standard_repository(repo: Path) -> Path:
+    """The repository most serving tests use: good models beside broken ones."""
+    add_model(repo, "affine", AFFINE_CONFIG.format(
+        scheduling="dynamic_batching { max_queue_delay_microseconds: 2000 }", extra=""), affine)
+    add_model(repo, "affine_nobatch", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    add_model(repo, "echo", ECHO_CONFIG, echo_bytes)
+    add_model(repo, "slow", SLOW_CONFIG.format(queue=2), slow)
+    add_model(repo, "fragile", FRAGILE_CONFIG, fragile)
+    corrupt = add_model(repo, "corrupt", AFFINE_CONFIG.format(scheduling="", extra=""))
+    (corrupt / "1").mkdir()
+    (corrupt / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
+    add_model(repo, "mismatch", AFFINE_CONFIG.format(scheduling="", extra="").replace(
+        'name: "x"', 'name: "wrong"'), affine)
+    return repo
