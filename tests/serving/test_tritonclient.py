@@ -1,14 +1,21 @@
-"""Triton's own client talks to seqserve unchanged (run from its tool venv: its protobuf and
-generated `inference.*` classes cannot share a process with ours)."""
+"""Triton's own tools talk to seqserve unchanged. They run from their tool venvs (their
+protobuf and generated `inference.*` classes cannot share a process with ours)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
+import urllib.request
+from pathlib import Path
 
-from tests.conftest import ServerProcess, tool
+import pytest
 
-SCRIPT = """
+from tests.conftest import ServerProcess, free_port, tool
+from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine, standard_repository
+
+SERVER_CALLS = """
 import json, sys
 import tritonclient.grpc as grpcclient
 c = grpcclient.InferenceServerClient(sys.argv[1])
@@ -18,31 +25,162 @@ print(json.dumps({"live": c.is_server_live(), "ready": c.is_server_ready(),
                   "extensions": list(meta.extensions)}))
 """
 
+MODEL_CALLS = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+c = grpcclient.InferenceServerClient(sys.argv[1])
+out = {}
+meta = c.get_model_metadata("affine", as_json=True)
+out["inputs"] = [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]]
+out["max_batch_size"] = c.get_model_config("affine", as_json=True)["config"]["max_batch_size"]
+x = np.arange(8, dtype=np.float32).reshape(2, 4)
+inp = grpcclient.InferInput("x", [2, 4], "FP32"); inp.set_data_from_numpy(x)
+res = c.infer("affine", [inp], request_id="r1",
+              outputs=[grpcclient.InferRequestedOutput("y")])
+out["y"] = res.as_numpy("y").tolist(); out["id"] = res.get_response().id
+text = np.array([["grüß".encode()], [b"x"]], dtype=object)
+t = grpcclient.InferInput("text", [2, 1], "BYTES"); t.set_data_from_numpy(text)
+out["echo"] = [v.decode() for v in c.infer("echo", [t]).as_numpy("echo").reshape(-1)]
+stats = c.get_inference_statistics("affine", as_json=True)["model_stats"][0]
+out["inference_count"] = int(stats["inference_count"])
+index = c.get_model_repository_index(as_json=True)["models"]
+out["index"] = {m["name"]: m.get("state", "") for m in index}
+out["ready_corrupt"] = c.is_model_ready("corrupt")
+try:
+    c.infer("nope", [inp])
+except InferenceServerException as e:
+    out["unknown"] = [e.status(), e.message()]
+try:
+    c.unload_model("affine")
+except InferenceServerException as e:
+    out["unload"] = e.status()
+results = []
+c.start_stream(callback=lambda result, error: results.append((result, error)))
+for i in range(3):
+    c.async_stream_infer("affine", [inp], request_id=f"s{i}")
+c.stop_stream()
+out["stream"] = sorted(r.get_response().id for r, e in results if e is None)
+print(json.dumps(out))
+"""
 
-def test_tritonclient_sees_a_live_ready_server(server: ServerProcess) -> None:
+LOAD_CALLS = """
+import json, sys
+import tritonclient.grpc as grpcclient
+c = grpcclient.InferenceServerClient(sys.argv[1])
+out = {"before": c.is_model_ready("affine")}
+c.load_model("affine"); out["loaded"] = c.is_model_ready("affine")
+c.unload_model("affine"); out["unloaded"] = not c.is_model_ready("affine")
+print(json.dumps(out))
+"""
+
+
+def _run(script: str, target: str) -> dict:
     python = tool("tritonclient")
-    out = subprocess.run([str(python), "-c", SCRIPT, server.target], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run([str(python), "-c", script, target], capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def test_tritonclient_server_calls(server: ServerProcess) -> None:
+    got = _run(SERVER_CALLS, server.target)
     assert got["live"] is True and got["ready"] is True
     assert got["name"] == "seqserve" and got["version"]
+    assert "statistics" in got["extensions"] and "system_shared_memory" not in got["extensions"]
+
+
+def test_tritonclient_model_calls(standard_server: ServerProcess) -> None:
+    got = _run(MODEL_CALLS, standard_server.target)
+    # (protobuf JSON renders int64 as strings)
+    assert got["inputs"] == [["x", "FP32", ["-1", "4"]]] and got["max_batch_size"] == 8
+    assert got["y"] == [[1.0, 3.0, 5.0, 7.0], [9.0, 11.0, 13.0, 15.0]] and got["id"] == "r1"
+    assert got["echo"] == ["grüß", "x"]
+    assert got["inference_count"] >= 2
+    assert got["index"]["affine"] == "READY" and got["index"]["corrupt"] == "UNAVAILABLE"
+    assert got["ready_corrupt"] is False
+    assert got["unknown"][0] == "StatusCode.NOT_FOUND" and "nope" in got["unknown"][1]
+    assert got["unload"] == "StatusCode.UNIMPLEMENTED"
+    assert got["stream"] == ["s0", "s1", "s2"]
+
+
+def test_tritonclient_load_unload(tmp_path: Path) -> None:
+    repo = tmp_path / "model_repository"
+    add_model(repo, "affine", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    server = ServerProcess(repo, "--model-control-mode", "explicit")
+    try:
+        server.wait_ready()
+        assert _run(LOAD_CALLS, server.target) == {"before": False, "loaded": True,
+                                                   "unloaded": True}
+    finally:
+        server.terminate()
+
+
+def perf_analyzer_env() -> dict[str, str]:
+    venv = tool("perf_analyzer").parent.parent
+    libs = sorted(venv.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
+    assert libs, "nvidia-cuda-runtime-cu12 missing from the perf_analyzer venv"
+    return dict(os.environ, LD_LIBRARY_PATH=str(libs[0]))
 
 
 def test_perf_analyzer_binary_runs() -> None:
     """The bundled binary finds its libraries (libb64 from Debian, libcudart from pip)."""
-    import os
-
     exe = tool("perf_analyzer", "perf_analyzer")
-    env = dict(os.environ, LD_LIBRARY_PATH=perf_analyzer_library_path())
     out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60,
-                         env=env)
+                         env=perf_analyzer_env())
     assert out.returncode == 0, out.stderr
     assert "2.51.0" in out.stdout + out.stderr
 
 
-def perf_analyzer_library_path() -> str:
-    venv = tool("perf_analyzer").parent.parent
-    libs = sorted(venv.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
-    assert libs, "nvidia-cuda-runtime-cu12 missing from the perf_analyzer venv"
-    return str(libs[0])
+def test_perf_analyzer_measures_a_model(standard_server: ServerProcess, tmp_path: Path) -> None:
+    exe = tool("perf_analyzer", "perf_analyzer")
+    csv = tmp_path / "perf.csv"
+    out = subprocess.run(
+        [str(exe), "-m", "affine", "-u", standard_server.target, "-i", "grpc", "-b", "1",
+         "--concurrency-range", "2", "-p", "1000", "-s", "50", "-r", "5", "-f", str(csv)],
+        capture_output=True, text=True, timeout=120, env=perf_analyzer_env())
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Throughput" in out.stdout
+    rows = csv.read_text().splitlines()
+    assert rows[0].startswith("Concurrency,Inferences/Second") and len(rows) >= 2
+
+
+def test_prometheus_scrapes_the_metrics(standard_server: ServerProcess, tmp_path: Path) -> None:
+    import shutil
+
+    exe = shutil.which("prometheus")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("prometheus missing: tests/tools/setup.sh did not run")
+        pytest.skip("prometheus not installed: run `make tools`")
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: seqserve\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{standard_server.metrics_port}']}}]\n")
+    proc = subprocess.Popen([exe, f"--config.file={config}", f"--storage.tsdb.path={tmp_path}/db",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        query = (f"http://127.0.0.1:{port}/api/v1/query?query="
+                 "nv_inference_request_success%7Bmodel%3D%22affine%22%7D")
+        deadline = time.monotonic() + 30
+        result: list = []
+        while time.monotonic() < deadline and not result:
+            time.sleep(0.5)
+            try:
+                with urllib.request.urlopen(query, timeout=2) as resp:
+                    result = json.load(resp)["data"]["result"]
+            except OSError:
+                continue
+        assert result, "Prometheus never returned nv_inference_request_success for affine"
+        assert result[0]["metric"]["model"] == "affine" and result[0]["metric"]["version"] == "1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_standard_repository_builds(tmp_path: Path) -> None:
+    repo = standard_repository(tmp_path / "r")
+    assert (repo / "affine" / "1" / "model.onnx").is_file()

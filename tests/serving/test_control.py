@@ -1,0 +1,119 @@
+"""Model control modes (explicit, poll) and graceful shutdown, against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from protos.inference import grpc_service_pb2 as pb
+from protos.inference import grpc_service_pb2_grpc as pb_grpc
+from tests.conftest import ServerProcess
+from tests.serving.model_factory import AFFINE_CONFIG, SLOW_CONFIG, add_model, affine, slow
+from tests.serving.v2 import call_error, outputs, request, stub
+
+X = np.ones((1, 4), np.float32)
+
+
+def _index(s: pb_grpc.GRPCInferenceServiceStub) -> dict[str, tuple[str, str, str]]:
+    reply = s.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=5)
+    return {m.name: (m.version, m.state, m.reason) for m in reply.models}
+
+
+def test_explicit_mode_load_unload(tmp_path: Path) -> None:
+    repo = tmp_path / "model_repository"
+    add_model(repo, "a", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    add_model(repo, "b", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    server = ServerProcess(repo, "--model-control-mode", "explicit", "--load-model", "a")
+    try:
+        server.wait_ready()
+        channel, s = stub(server.target)
+        with channel:
+            assert _index(s)["b"] == ("", "UNAVAILABLE", "not loaded")
+            err = call_error(s.ModelInfer, request("b", x=X), timeout=5)
+            assert err.code() is grpc.StatusCode.UNAVAILABLE
+            s.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="b"), timeout=30)
+            assert _index(s)["b"][1] == "READY"
+            outputs(s.ModelInfer(request("b", x=X), timeout=5))
+            s.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="b"), timeout=30)
+            assert not s.ModelReady(pb.ModelReadyRequest(name="b"), timeout=5).ready
+            # A config override in the load request (Triton's "config" parameter).
+            override = json.dumps({"max_batch_size": 2, "platform": "onnxruntime_onnx",
+                                   "input": [{"name": "x", "data_type": "TYPE_FP32",
+                                              "dims": [4]}],
+                                   "output": [{"name": "y", "data_type": "TYPE_FP32",
+                                               "dims": [4]}]})
+            load = pb.RepositoryModelLoadRequest(model_name="b")
+            load.parameters["config"].string_param = override
+            s.RepositoryModelLoad(load, timeout=30)
+            cfg = s.ModelConfig(pb.ModelConfigRequest(name="b"), timeout=5).config
+            assert cfg.max_batch_size == 2 and [o.name for o in cfg.output] == ["y"]
+            # Names that reach outside the repository are refused.
+            err = call_error(s.RepositoryModelLoad,
+                             pb.RepositoryModelLoadRequest(model_name="../a"), timeout=5)
+            assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+            err = call_error(s.RepositoryModelLoad,
+                             pb.RepositoryModelLoadRequest(model_name="zzz"), timeout=5)
+            assert err.code() is grpc.StatusCode.NOT_FOUND
+    finally:
+        assert server.terminate() == 0
+
+
+def _wait(predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_poll_mode_picks_up_versions_and_removals(tmp_path: Path) -> None:
+    repo = tmp_path / "model_repository"
+    model_dir = add_model(repo, "a", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    server = ServerProcess(repo, "--model-control-mode", "poll", "--repository-poll-secs",
+                           "0.3")
+    try:
+        server.wait_ready()
+        channel, s = stub(server.target)
+        with channel:
+            assert s.ModelInfer(request("a", x=X), timeout=5).model_version == "1"
+            # A new version appears atomically (written aside, then renamed in).
+            affine(tmp_path / "staging" / "model.onnx")
+            shutil.move(str(tmp_path / "staging"), str(model_dir / "2"))
+            _wait(lambda: s.ModelInfer(request("a", x=X), timeout=5).model_version == "2")
+            assert _index(s)["a"][:2] == ("2", "READY")
+            # A new model appears; a removed one goes away.
+            add_model(repo, "b", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+            _wait(lambda: s.ModelReady(pb.ModelReadyRequest(name="b"), timeout=5).ready)
+            shutil.rmtree(repo / "b")
+            _wait(lambda: "b" not in _index(s))
+    finally:
+        assert server.terminate() == 0
+
+
+async def _in_flight_then_sigterm(server: ServerProcess) -> list:
+    x = np.zeros((1, 256, 256), np.float32)
+    async with grpc.aio.insecure_channel(server.target) as ch:
+        s = pb_grpc.GRPCInferenceServiceStub(ch)
+        calls = [asyncio.ensure_future(s.ModelInfer(request("slow", x=x), timeout=30))
+                 for _ in range(3)]
+        await asyncio.sleep(0.05)
+        server.proc.terminate()  # SIGTERM while the calls are queued or running
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+
+def test_sigterm_finishes_in_flight_calls(tmp_path: Path) -> None:
+    repo = tmp_path / "model_repository"
+    add_model(repo, "slow", SLOW_CONFIG.format(queue=8), slow)
+    server = ServerProcess(repo)
+    server.wait_ready()
+    results = asyncio.run(_in_flight_then_sigterm(server))
+    assert all(isinstance(r, pb.ModelInferResponse) for r in results), results
+    assert server.terminate() == 0
+    assert "draining" in server.output()
