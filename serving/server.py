@@ -11,19 +11,23 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from protos.inference import grpc_service_pb2_grpc
+from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc
 from serving import metrics
 from serving.dataplane import DataPlane
 from serving.interceptors import ExceptionToStatusInterceptor
 from serving.metrics import MetricsEndpoint, ModelCollector
 from serving.repository import ModelRepository, State
 from serving.runtime_check import check_single_runtime
+from serving.servicers.forecast import SERVICE_NAME as FORECAST_SERVICE
+from serving.servicers.forecast import ForecasterServicer
 from serving.servicers.inference import SERVICE_NAME as INFERENCE_SERVICE
 from serving.servicers.inference import InferenceServicer
 from serving.settings import ModelControlMode, Settings
 
 log = logging.getLogger("seqserve")
 
+SERVICES = (INFERENCE_SERVICE, FORECAST_SERVICE)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -71,13 +75,12 @@ class Server:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane), self.grpc
         )
+        forecast_service_pb2_grpc.add_ForecasterServicer_to_server(
+            ForecasterServicer(self.dataplane), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
-            (
-                grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
+            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
             self.grpc,
         )
         credentials = _credentials(settings)
@@ -133,7 +136,7 @@ class Server:
             task = asyncio.get_running_loop().create_task(self._poll())
             self._background.add(task)
         self.dataplane.set_ready(True)
-        for service in ("", INFERENCE_SERVICE):
+        for service in ("", *SERVICES):
             await self.health.set(service, SERVING)
         log.info("ready")
 

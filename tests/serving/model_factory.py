@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = [helper.make_opsetid("", 17)]
+OPSET = [helper.make_opsetid("", 18)]
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> None:
@@ -142,3 +142,65 @@ def standard_repository(repo: Path) -> Path:
     add_model(repo, "mismatch", AFFINE_CONFIG.format(scheduling="", extra="").replace(
         'name: "x"', 'name: "wrong"'), affine)
     return repo
+
+
+def mean_forecaster(path: Path, window: int, horizon: int, n_in: int, targets: list[int],
+                    n_future: int, quantile_offsets: list[float]) -> None:
+    """A forecaster-shaped graph with a known answer: forecast[b, h, t] = mean over the window
+    of past[b, :, targets[t]] + sum(future[b, h, :]); quantiles add fixed offsets."""
+    idx = numpy_helper.from_array(np.array(targets, np.int64), "targets")
+    axis1 = numpy_helper.from_array(np.array([1], np.int64), "axis1")
+    axis2 = numpy_helper.from_array(np.array([2], np.int64), "axis2")
+    axis3 = numpy_helper.from_array(np.array([3], np.int64), "axis3")
+    offsets = numpy_helper.from_array(np.array(quantile_offsets, np.float32), "offsets")
+    nodes = [
+        helper.make_node("ReduceMean", ["past", "axis1"], ["mean"], keepdims=1),  # [B,1,F_in]
+        helper.make_node("Gather", ["mean", "targets"], ["level"], axis=2),  # [B,1,F_out]
+        helper.make_node("ReduceSum", ["future", "axis2"], ["fsum"], keepdims=1),  # [B,H,1]
+        helper.make_node("Add", ["level", "fsum"], ["forecast"]),  # [B,H,F_out]
+        helper.make_node("Unsqueeze", ["forecast", "axis3"], ["f4"]),  # [B,H,F_out,1]
+        helper.make_node("Add", ["f4", "offsets"], ["quantiles"]),  # [B,H,F_out,Q]
+    ]
+    n_out, q = len(targets), len(quantile_offsets)
+    graph = helper.make_graph(
+        nodes, "mean_forecaster",
+        [helper.make_tensor_value_info("past", TensorProto.FLOAT, ["batch", window, n_in]),
+         helper.make_tensor_value_info("future", TensorProto.FLOAT,
+                                       ["batch", horizon, n_future])],
+        [helper.make_tensor_value_info("forecast", TensorProto.FLOAT,
+                                       ["batch", horizon, n_out]),
+         helper.make_tensor_value_info("quantiles", TensorProto.FLOAT,
+                                       ["batch", horizon, n_out, q])],
+        initializer=[idx, axis1, axis2, axis3, offsets],
+    )
+    _save(graph, path)
+
+
+FORECASTER_CONFIG = """
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+input [{ name: "past" data_type: TYPE_FP32 dims: [ 6, 3 ] },
+       { name: "future" data_type: TYPE_FP32 dims: [ 2, 3 ] }]
+output [{ name: "forecast" data_type: TYPE_FP32 dims: [ 2, 1 ] },
+        { name: "quantiles" data_type: TYPE_FP32 dims: [ 2, 1, 3 ] }]
+dynamic_batching { max_queue_delay_microseconds: 0 }
+parameters [
+  { key: "seqserve_schema" value: { string_value: "1" } },
+  { key: "task" value: { string_value: "forecaster" } },
+  { key: "architecture" value: { string_value: "mean-test" } },
+  { key: "input_window" value: { string_value: "6" } },
+  { key: "horizon" value: { string_value: "2" } },
+  { key: "past_features" value: { string_value: "[\\"price\\", \\"index\\", \\"mentions\\"]" } },
+  { key: "target_names" value: { string_value: "[\\"price\\"]" } },
+  { key: "future_features" value: { string_value: "[\\"hour\\", \\"weekday\\", \\"promo\\"]" } },
+  { key: "frequency_seconds" value: { string_value: "3600" } },
+  { key: "quantiles" value: { string_value: "[0.1, 0.5, 0.9]" } },
+  { key: "metrics" value: { string_value: "{\\"test_mse\\": 0.25, \\"epochs\\": 3}" } }
+]
+"""
+
+
+def add_forecaster(repo: Path, name: str = "fc") -> Path:
+    return add_model(repo, name, FORECASTER_CONFIG, lambda p: mean_forecaster(
+        p, window=6, horizon=2, n_in=3, targets=[0], n_future=3,
+        quantile_offsets=[-1.0, 0.0, 1.0]))

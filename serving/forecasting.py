@@ -1,0 +1,197 @@
+"""The forecasting task on top of a served forecaster: named series and timestamps in,
+tensors to the model, forecasts with timestamps out. Used by the typed Forecaster API; the V2
+protocol sends the tensors directly.
+
+The tensor contract (docs/model-repository.md): input `past` FP32 [B, L, F_in] in raw units in
+the order of parameter `past_features`; optional input `future` FP32 [B, H, F_fut] in the order
+of `future_features` (calendar features computed here from the timestamps, in UTC, plus any
+known-future covariates the client sends); outputs `forecast` [B, H, F_out] in the order of
+`target_names` and, when trained with quantiles, `quantiles` [B, H, F_out, Q].
+
+History rule: a series longer than the model's window L is cut to its last L values; a shorter
+one is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.errors import InvalidInput
+from serving.models.base import ServedModel, parameter
+from training.data.calendar import FEATURES as CALENDAR  # numpy only: the one formula
+from training.data.calendar import calendar_features
+
+NS = np.timedelta64(1, "ns")
+
+
+@dataclass(frozen=True)
+class ForecasterSpec:
+    """A forecaster's task metadata, read from its config's `parameters`."""
+
+    name: str
+    version: int
+    input_window: int
+    horizon: int
+    past_features: tuple[str, ...]
+    target_names: tuple[str, ...]
+    future_features: tuple[str, ...]
+    frequency_ns: int | None
+    quantiles: tuple[float, ...]
+    architecture: str
+    metrics: dict[str, float]
+
+    @property
+    def calendar(self) -> tuple[str, ...]:
+        return tuple(f for f in self.future_features if f in CALENDAR)
+
+    @property
+    def known_future(self) -> tuple[str, ...]:
+        return tuple(f for f in self.future_features if f not in CALENDAR)
+
+    @classmethod
+    def of(cls, model: ServedModel) -> ForecasterSpec:
+        cfg = model.config
+        if parameter(cfg, "task") != "forecaster":
+            raise InvalidInput(f"model '{model.name}' is not a forecaster "
+                               f"(task {parameter(cfg, 'task')!r})")
+        freq = parameter(cfg, "frequency_seconds")
+        metrics = parameter(cfg, "metrics", {}) or {}
+        return cls(
+            name=model.name,
+            version=model.version,
+            input_window=int(parameter(cfg, "input_window")),
+            horizon=int(parameter(cfg, "horizon")),
+            past_features=tuple(parameter(cfg, "past_features", [])),
+            target_names=tuple(parameter(cfg, "target_names", [])),
+            future_features=tuple(parameter(cfg, "future_features", []) or []),
+            frequency_ns=int(float(freq) * 1e9) if freq not in (None, "", 0) else None,
+            quantiles=tuple(float(q) for q in parameter(cfg, "quantiles", []) or []),
+            architecture=str(parameter(cfg, "architecture", "")),
+            metrics={k: float(v) for k, v in metrics.items()
+                     if isinstance(v, int | float) and not isinstance(v, bool)},
+        )
+
+
+@dataclass
+class Window:
+    """One item to forecast, in domain terms (field paths are for error messages)."""
+
+    past: dict[str, np.ndarray]
+    timestamps: np.ndarray | None = None  # datetime64[ns], one per past value
+    start: np.datetime64 | None = None
+    frequency_ns: int | None = None
+    future: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    inputs: dict[str, np.ndarray]
+    horizon_timestamps: list[np.ndarray | None]  # per window: [H] datetime64[ns] or None
+
+
+def _past_times(spec: ForecasterSpec, w: Window, n: int, where: str) -> np.ndarray | None:
+    """Timestamps of the past values, checked: sorted, regular, the model's frequency."""
+    if w.timestamps is not None and len(w.timestamps):
+        ts = w.timestamps
+        if len(ts) != n:
+            raise InvalidInput(f"{where}.timestamps: {len(ts)} timestamps for {n} values")
+        steps = np.diff(ts.astype(np.int64))
+        if (steps <= 0).any():
+            i = int(np.argmax(steps <= 0)) + 1
+            raise InvalidInput(f"{where}.timestamps: not strictly increasing at index {i}")
+        if len(steps) and (steps != steps[0]).any():
+            i = int(np.argmax(steps != steps[0])) + 1
+            raise InvalidInput(f"{where}.timestamps: irregular spacing at index {i} "
+                               f"({steps[i - 1] / 1e9:g} s, expected {steps[0] / 1e9:g} s)")
+        step = int(steps[0]) if len(steps) else spec.frequency_ns
+    elif w.start is not None:
+        step = w.frequency_ns or spec.frequency_ns
+        if not step or step <= 0:
+            raise InvalidInput(f"{where}.frequency: needed with start (a positive duration)")
+        ts = w.start + np.arange(n, dtype=np.int64) * np.timedelta64(step, "ns")
+    else:
+        if spec.calendar:
+            raise InvalidInput(f"{where}: timestamps (or start and frequency) are needed: the "
+                               f"model computes calendar features {', '.join(spec.calendar)}")
+        return None
+    if spec.frequency_ns and step and step != spec.frequency_ns:
+        raise InvalidInput(f"{where}: series spaced {step / 1e9:g} s apart, the model was "
+                           f"trained on {spec.frequency_ns / 1e9:g} s")
+    return ts
+
+
+def prepare(spec: ForecasterSpec, windows: list[Window]) -> Prepared:
+    """Check the windows and build the model's input tensors."""
+    if not windows:
+        raise InvalidInput("windows: at least one window is needed")
+    L, H = spec.input_window, spec.horizon  # noqa: N806 - the repo's shape letters
+    past = np.empty((len(windows), L, len(spec.past_features)), np.float32)  # [B, L, F_in]
+    future = np.empty((len(windows), H, len(spec.future_features)), np.float32)  # [B, H, F_fut]
+    horizons: list[np.ndarray | None] = []
+    for b, w in enumerate(windows):
+        where = f"windows[{b}]"
+        unknown = sorted(set(w.past) - set(spec.past_features))
+        if unknown:
+            raise InvalidInput(f"{where}.past: unknown series '{unknown[0]}'; model "
+                               f"'{spec.name}' takes: {', '.join(spec.past_features)}")
+        lengths = set()
+        for f, name in enumerate(spec.past_features):
+            if name not in w.past:
+                raise InvalidInput(f"{where}.past: series '{name}' is missing")
+            values = np.asarray(w.past[name], np.float32)
+            if len(values) < L:
+                raise InvalidInput(f"{where}.past['{name}']: {len(values)} values, the model "
+                                   f"needs the last {L}")
+            if not np.isfinite(values).all():
+                i = int(np.argmax(~np.isfinite(values)))
+                raise InvalidInput(f"{where}.past['{name}']: value {i} is not finite")
+            lengths.add(len(values))
+            past[b, :, f] = values[-L:]
+        if len(lengths) > 1:
+            raise InvalidInput(f"{where}.past: series have different lengths "
+                               f"{sorted(lengths)}")
+        n = lengths.pop()
+        ts = _past_times(spec, w, n, where)
+        step = (int((ts[-1] - ts[-2]) // NS) if ts is not None and len(ts) > 1
+                else spec.frequency_ns)
+        horizon = None
+        if ts is not None and step:
+            horizon = ts[-1] + np.arange(1, H + 1, dtype=np.int64) * np.timedelta64(step, "ns")
+        horizons.append(horizon)
+        extra = sorted(set(w.future) - set(spec.known_future))
+        if extra:
+            raise InvalidInput(f"{where}.future: unknown series '{extra[0]}'; model "
+                               f"'{spec.name}' takes: {', '.join(spec.known_future) or 'none'}")
+        for f, name in enumerate(spec.future_features):
+            if name in CALENDAR:
+                assert horizon is not None  # _past_times demanded timestamps
+                future[b, :, f] = calendar_features(horizon, [name])[:, 0]
+                continue
+            if name not in w.future:
+                raise InvalidInput(f"{where}.future: known-future series '{name}' is missing")
+            values = np.asarray(w.future[name], np.float32)
+            if len(values) != H or not np.isfinite(values).all():
+                raise InvalidInput(f"{where}.future['{name}']: needs {H} finite values, got "
+                                   f"{len(values)}")
+            future[b, :, f] = values
+    inputs = {"past": past}
+    if spec.future_features:
+        inputs["future"] = future
+    return Prepared(inputs, horizons)
+
+
+def quantile_indices(spec: ForecasterSpec, levels: list[float]) -> list[int]:
+    """Positions of the requested levels in the model's quantile axis (all when empty)."""
+    if not levels:
+        return list(range(len(spec.quantiles)))
+    out = []
+    for q in levels:
+        match = [i for i, known in enumerate(spec.quantiles) if abs(known - q) < 1e-6]
+        if not match:
+            trained = ", ".join(f"{k:g}" for k in spec.quantiles) or "none"
+            raise InvalidInput(f"quantile_levels: {q:g} is not one the model was trained for "
+                               f"({trained})")
+        out.append(match[0])
+    return out

@@ -1,0 +1,117 @@
+"""`seqserve.forecast.v1.Forecaster` adapter: proto <-> `serving.forecasting`, inference
+through the same dataplane (batching, metrics, errors) as the V2 protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+import grpc
+import numpy as np
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos.seqserve.forecast.v1 import forecast_service_pb2 as pb
+from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
+from serving.dataplane import DataPlane
+from serving.errors import InvalidInput, ServingError
+from serving.forecasting import ForecasterSpec, Window, prepare, quantile_indices
+from serving.models.base import InferRequest, ServedModel
+
+SERVICE_NAME = "seqserve.forecast.v1.Forecaster"
+
+
+def _times(stamps: list[Timestamp]) -> np.ndarray:
+    return np.array([t.seconds * 1_000_000_000 + t.nanos for t in stamps], "datetime64[ns]")
+
+
+def _stamp(t: np.datetime64) -> Timestamp:
+    ns = int(t.astype("datetime64[ns]").astype(np.int64))
+    return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+def _window(w: pb.Window, index: int) -> Window:
+    past: dict[str, np.ndarray] = {}
+    for s in w.past:
+        if s.name in past:
+            raise InvalidInput(f"windows[{index}].past: series '{s.name}' given twice")
+        past[s.name] = np.asarray(s.values, np.float32)
+    return Window(
+        past=past,
+        timestamps=_times(list(w.timestamps)) if w.timestamps else None,
+        start=_times([w.start])[0] if w.HasField("start") else None,
+        frequency_ns=(w.frequency.seconds * 1_000_000_000 + w.frequency.nanos
+                      if w.HasField("frequency") else None),
+        future={s.name: np.asarray(s.values, np.float32) for s in w.future},
+    )
+
+
+class ForecasterServicer(pb_grpc.ForecasterServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dp = dataplane
+        self._specs: weakref.WeakKeyDictionary[ServedModel, ForecasterSpec] = (
+            weakref.WeakKeyDictionary())
+
+    def _spec(self, model: ServedModel) -> ForecasterSpec:
+        spec = self._specs.get(model)
+        if spec is None:
+            spec = self._specs[model] = ForecasterSpec.of(model)
+        return spec
+
+    async def Forecast(self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext
+                       ) -> pb.ForecastResponse:
+        model = self._dp.model(request.model_name, request.model_version)
+        spec = self._spec(model)
+        levels = quantile_indices(spec, list(request.quantile_levels))
+        prepared = prepare(spec, [_window(w, i) for i, w in enumerate(request.windows)])
+        version = str(model.version)  # every chunk answered by the same version
+        step = model.max_batch_size or 1
+        chunks = [{n: a[i:i + step] for n, a in prepared.inputs.items()}
+                  for i in range(0, len(request.windows), step)]
+        results = await asyncio.gather(*(
+            self._dp.infer(model.name, version, InferRequest(inputs=c)) for c in chunks))
+        forecast = np.concatenate([out["forecast"] for _, out in results])  # [B, H, F_out]
+        quantiles = (np.concatenate([out["quantiles"] for _, out in results])  # [B,H,F_out,Q]
+                     if levels and "quantiles" in results[0][1] else None)
+        reply = pb.ForecastResponse(model_name=model.name, model_version=version)
+        for b, horizon in enumerate(prepared.horizon_timestamps):
+            wf = reply.forecasts.add()
+            if horizon is not None:
+                wf.timestamps.extend(_stamp(t) for t in horizon)
+            for f, target in enumerate(spec.target_names):
+                sf = wf.targets.add(name=target, point=forecast[b, :, f].tolist())
+                if quantiles is not None:
+                    for q in levels:
+                        sf.quantiles.add(level=spec.quantiles[q],
+                                         values=quantiles[b, :, f, q].tolist())
+        return reply
+
+    def _info(self, model: ServedModel) -> pb.ModelInfo:
+        spec = self._spec(model)
+        info = pb.ModelInfo(
+            name=spec.name, versions=self._dp.model_versions(spec.name),
+            input_window=spec.input_window, horizon=spec.horizon,
+            target_names=spec.target_names,
+            covariate_names=[f for f in spec.past_features if f not in spec.target_names],
+            future_covariate_names=spec.known_future, calendar_features=spec.calendar,
+            quantile_levels=spec.quantiles, architecture=spec.architecture,
+            metrics=spec.metrics)
+        if spec.frequency_ns:
+            info.frequency.CopyFrom(Duration(seconds=spec.frequency_ns // 1_000_000_000,
+                                             nanos=spec.frequency_ns % 1_000_000_000))
+        return info
+
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        reply = pb.ListModelsResponse()
+        for name in sorted({m.name for m in self._dp.repository.ready_models()}):
+            try:
+                reply.models.append(self._info(self._dp.model(name)))
+            except ServingError:
+                continue  # not a forecaster, or unloading since the scan
+        return reply
+
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest,
+                           context: grpc.aio.ServicerContext) -> pb.GetModelInfoResponse:
+        model = self._dp.model(request.model_name, request.model_version)
+        return pb.GetModelInfoResponse(model=self._info(model))

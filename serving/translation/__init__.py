@@ -1,0 +1,50 @@
+"""Translation with an exported seqserve translator: numpy, onnxruntime and sentencepiece only.
+
+A translator version folder (`<repo>/translator/<N>/`) holds `encoder.onnx`, `decoder.onnx`
+and `spm.model`; `config.pbtxt` (backend "seqserve_translator") carries the special ids, limits
+and cache geometry (`TranslatorSpec`).
+
+Whole sentences:
+
+    translator = Translator.load(repo / "translator" / "1", session_options=opts,
+                                 providers=["CPUExecutionProvider"])
+    [result] = translator.translate(["dreihundertzweiundvierzig"], beam_size=4)
+    result.text, result.score, result.hypotheses  # n-best with scores
+
+Step by step, for continuous batching and streaming (a server loop; see `batch.py`):
+
+    batch = translator.new_batch()
+    batch.add([translator.request(text, id=request_id, beam_size=1)])  # any time
+    updates = batch.step()  # one decoder call for all rows; finished requests leave
+    batch.remove([cancelled_id])
+
+Errors: `SourceTooLong` and `BadDecodingSetting` are `serving.errors.InvalidInput`;
+`SpecError` / `GraphError` mean the version folder cannot be served (a load error).
+"""
+
+from serving.translation.batch import DecodeBatch, DecodeRequest, StepUpdate, TranslationResult
+from serving.translation.errors import BadDecodingSetting, SourceTooLong
+from serving.translation.graphs import GraphError, OnnxStepModel, StepModel
+from serving.translation.search import Hypothesis
+from serving.translation.spec import BACKEND, SpecError, TranslatorSpec, read_config
+from serving.translation.tokenizer import Tokenizer
+from serving.translation.translator import Translator
+
+__all__ = [
+    "BACKEND",
+    "BadDecodingSetting",
+    "DecodeBatch",
+    "DecodeRequest",
+    "GraphError",
+    "Hypothesis",
+    "OnnxStepModel",
+    "SourceTooLong",
+    "SpecError",
+    "StepModel",
+    "StepUpdate",
+    "Tokenizer",
+    "TranslationResult",
+    "Translator",
+    "TranslatorSpec",
+    "read_config",
+]

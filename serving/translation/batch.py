@@ -1,0 +1,253 @@
+"""Continuous (in-flight) batching at decoder-step granularity, in the style of TGI's `Batch`.
+
+A `DecodeBatch` holds the requests being decoded and one row per live hypothesis (beam). The
+server loop is:
+
+    batch = translator.new_batch()
+    while True:
+        batch.add(newly_arrived_requests)      # encoded now, decoded from the next step on
+        for update in batch.step():            # one decoder call for every row
+            stream(update.id, update.text)     # greedy: the text decoded this step
+            if update.finished:
+                reply(update.id, update.result)  # finished requests have left the batch
+        batch.remove(cancelled_ids)            # e.g. clients that went away
+
+`step` blocks on onnxruntime; run it on a worker thread from asyncio. A batch is not thread
+safe: one thread drives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.translation.cache import KVCache
+from serving.translation.errors import BadDecodingSetting
+from serving.translation.graphs import StepModel
+from serving.translation.search import BeamState, Hypothesis
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One sentence to decode. `source_ids` ends with EOS; [] (empty input) gives an empty
+    translation without touching the model. Build it with `Translator.request`, which
+    tokenizes and checks the limits."""
+
+    id: Hashable
+    source_ids: Sequence[int]
+    beam_size: int = 1
+    max_length: int = 64  # target tokens, EOS excluded
+    length_penalty: float = 0.0  # GNMT alpha; 0 = plain log-probabilities
+    num_hypotheses: int = 1  # n-best, at most beam_size
+
+    def check(self) -> None:
+        if self.beam_size < 1:
+            raise BadDecodingSetting(f"beam_size must be at least 1, got {self.beam_size}")
+        if self.max_length < 1:
+            raise BadDecodingSetting(f"max_length must be at least 1, got {self.max_length}")
+        if not 1 <= self.num_hypotheses <= self.beam_size:
+            raise BadDecodingSetting(f"num_hypotheses must be in 1..beam_size "
+                                     f"({self.beam_size}), got {self.num_hypotheses}")
+        if not self.length_penalty >= 0.0:
+            raise BadDecodingSetting(f"length_penalty must be >= 0, got {self.length_penalty}")
+
+
+@dataclass
+class TranslationResult:
+    """A finished request: hypotheses best first, and when it ran (batch step counters)."""
+
+    id: Hashable
+    hypotheses: list[Hypothesis]
+    num_source_tokens: int
+    joined_step: int  # batch step counter when it was added
+    finished_step: int  # batch step counter after its last step
+    steps: int  # decoder steps it took part in
+
+    @property
+    def text(self) -> str:
+        return self.hypotheses[0].text if self.hypotheses else ""
+
+    @property
+    def score(self) -> float:
+        return self.hypotheses[0].score if self.hypotheses else 0.0
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.hypotheses[0].token_ids if self.hypotheses else []
+
+
+@dataclass
+class StepUpdate:
+    """What one step did for one request. For greedy requests `text` is the text decoded
+    by this step (joining a request's `text` pieces gives its translation); beam search
+    changes its mind, so its text arrives whole with the last update."""
+
+    id: Hashable
+    step: int
+    token_ids: list[int] = field(default_factory=list)  # tokens new this step (greedy only)
+    text: str = ""
+    finished: bool = False
+    result: TranslationResult | None = None
+
+
+@dataclass
+class _Entry:
+    request: DecodeRequest
+    beam: BeamState
+    joined_step: int
+    steps: int = 0
+    emitted: str = ""  # text already streamed
+    reported: int = 0  # tokens already streamed
+
+
+class DecodeBatch:
+    """Requests in flight and their decoder rows. See the module docstring for the loop."""
+
+    def __init__(self, model: StepModel, bos_id: int, eos_id: int, pad_id: int,
+                 detokenize: Callable[[list[int]], str] | None = None) -> None:
+        self.model = model
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.detokenize = detokenize
+        self.cache = KVCache.empty(model.num_layers, model.num_heads, model.head_dim)
+        self.tokens = np.zeros(0, np.int64)  # [R] last token of each row
+        self.positions = np.zeros(0, np.int64)  # [R] position of that token
+        self._entries: list[_Entry] = []
+        self._empty: list[DecodeRequest] = []
+        self.step_count = 0
+
+    def __len__(self) -> int:
+        """Requests in the batch (empty inputs waiting for their answer included)."""
+        return len(self._entries) + len(self._empty)
+
+    @property
+    def rows(self) -> int:
+        """Decoder rows: the sum of the requests' beam sizes."""
+        return len(self.tokens)
+
+    @property
+    def ids(self) -> list[Hashable]:
+        return [e.request.id for e in self._entries] + [r.id for r in self._empty]
+
+    def add(self, requests: Sequence[DecodeRequest]) -> None:
+        """Encode new requests and append their rows; they decode from the next step."""
+        known = set(self.ids)
+        for r in requests:
+            r.check()
+            if r.id in known:
+                raise ValueError(f"request id {r.id!r} is already in the batch")
+            known.add(r.id)
+        self._empty.extend(r for r in requests if not r.source_ids)
+        new = [r for r in requests if r.source_ids]
+        if not new:
+            return
+        width = max(len(r.source_ids) for r in new)
+        src = np.full((len(new), width), self.pad_id, np.int64)  # [B, S]
+        for i, r in enumerate(new):
+            src[i, :len(r.source_ids)] = r.source_ids
+        src_mask = src != self.pad_id  # [B, S]
+        cross_k, cross_v = self.model.encode(src, src_mask)  # [L, B, H, S, K] each
+        beams = np.repeat(np.arange(len(new)), [r.beam_size for r in new])  # [R_new]
+        rows = KVCache.for_sources(cross_k[:, beams], cross_v[:, beams], src_mask[beams])
+        self.cache = self.cache.concat(rows)
+        self.tokens = np.concatenate([self.tokens, np.full(len(beams), self.bos_id, np.int64)])
+        self.positions = np.concatenate([self.positions, np.zeros(len(beams), np.int64)])
+        self._entries.extend(
+            _Entry(r, BeamState(r.beam_size, r.max_length, r.length_penalty, self.eos_id),
+                   self.step_count) for r in new)
+
+    def step(self) -> list[StepUpdate]:
+        """One decoder call for every row. Returns one update per request; finished requests
+        (including empty inputs) are answered and leave the batch."""
+        updates = [self._answer_empty(r) for r in self._empty]
+        self._empty = []
+        if not self._entries:
+            return updates
+        c = self.cache
+        log_probs, present_k, present_v = self.model.step(
+            self.tokens[:, None], self.positions[:, None], c.past_k, c.past_v, c.past_mask,
+            c.cross_k, c.cross_v, c.src_mask)  # [R, V], [L, R, H, P+1, K] x2
+        self.cache = c.appended(present_k, present_v)
+        self.step_count += 1
+        order, next_tokens, live = [], [], []
+        offset = 0
+        for entry in self._entries:
+            k = entry.request.beam_size
+            parents, tokens = entry.beam.advance(log_probs[offset:offset + k])
+            entry.steps += 1
+            updates.append(self._update(entry))
+            if not entry.beam.done:
+                order.append(parents + offset)
+                next_tokens.append(tokens)
+                live.append(entry)
+            offset += k
+        self._entries = live
+        rows = np.concatenate(order) if order else np.zeros(0, np.int64)  # [R']
+        if len(rows) != self.rows or np.any(rows != np.arange(len(rows))):
+            self.cache = self.cache.take(rows)
+            if len(rows) < len(self.positions):
+                self.cache = self.cache.trim()
+        self.positions = self.positions[rows] + 1
+        self.tokens = np.concatenate(next_tokens) if next_tokens else np.zeros(0, np.int64)
+        return updates
+
+    def filter(self, keep: Iterable[Hashable]) -> None:
+        """Keep only the requests whose ids are in `keep` (TGI's filter); drop the rest."""
+        keep = set(keep)
+        self._empty = [r for r in self._empty if r.id in keep]
+        rows, live, offset = [], [], 0
+        for entry in self._entries:
+            k = entry.request.beam_size
+            if entry.request.id in keep:
+                rows.append(np.arange(offset, offset + k))
+                live.append(entry)
+            offset += k
+        if len(live) == len(self._entries):
+            return
+        idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        self._entries = live
+        self.cache = self.cache.take(idx).trim()
+        self.tokens, self.positions = self.tokens[idx], self.positions[idx]
+
+    def remove(self, ids: Iterable[Hashable]) -> None:
+        """Drop these requests (cancelled); unknown ids are ignored."""
+        gone = set(ids)
+        self.filter(i for i in self.ids if i not in gone)
+
+    # -- results ----------------------------------------------------------------------------
+
+    def _text(self, ids: list[int]) -> str:
+        return self.detokenize(ids) if self.detokenize else ""
+
+    def _update(self, entry: _Entry) -> StepUpdate:
+        r, beam = entry.request, entry.beam
+        if beam.done:
+            hyps = beam.best(r.num_hypotheses)
+            for h in hyps:
+                h.text = self._text(h.token_ids)
+            result = TranslationResult(r.id, hyps, len(r.source_ids), entry.joined_step,
+                                       self.step_count, entry.steps)
+            new = result.token_ids[entry.reported:] if r.beam_size == 1 else []
+            return StepUpdate(r.id, self.step_count, new, self._delta(entry, result.text),
+                              True, result)
+        if r.beam_size > 1:
+            return StepUpdate(r.id, self.step_count)
+        tokens = beam.tokens[0]
+        entry.reported = len(tokens)
+        return StepUpdate(r.id, self.step_count, tokens[-1:],
+                          self._delta(entry, self._text(tokens)))
+
+    @staticmethod
+    def _delta(entry: _Entry, text: str) -> str:
+        """Text not yet emitted; held back while the new text does not extend the old (a
+        piece boundary that detokenizes differently once more pieces follow)."""
+        if not text.startswith(entry.emitted):
+            return ""
+        delta, entry.emitted = text[len(entry.emitted):], text
+        return delta
+
+    def _answer_empty(self, r: DecodeRequest) -> StepUpdate:
+        hyps = [Hypothesis([], 0.0, 0.0, "")]
+        result = TranslationResult(r.id, hyps, 0, self.step_count, self.step_count, 0)
+        return StepUpdate(r.id, self.step_count, finished=True, result=result)

@@ -1,0 +1,101 @@
+"""Beam search for one request, one step at a time; greedy search is beam size 1.
+
+Each request keeps `beam_size` live hypotheses (decoder rows). A step scores every extension of
+every live hypothesis, keeps the best `beam_size` that do not end in EOS, and finishes those
+ranked in the top `beam_size` that do (fairseq's rule). A request is done once it has
+`beam_size` finished hypotheses, or when its hypotheses reach `max_length` tokens. Scores are
+sums of log-probabilities divided by the GNMT length penalty ((5 + n) / 6) ** alpha, where n is
+the number of tokens generated (EOS included); alpha = 0 leaves plain log-probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEAD = -1e9  # cumulative score of a placeholder hypothesis (beams start as one live row)
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty ((5 + length) / 6) ** alpha."""
+    return ((5.0 + length) / 6.0) ** alpha if alpha else 1.0
+
+
+@dataclass
+class Hypothesis:
+    """One finished candidate: its tokens (EOS excluded), length-penalised score and raw sum
+    of log-probabilities. `text` is filled in when a detokenizer is at hand."""
+
+    token_ids: list[int]
+    score: float
+    log_prob: float
+    text: str = ""
+
+
+class BeamState:
+    """The search state of one request.
+
+    `tokens[i]` is live hypothesis i (row i of the request's block); `advance` consumes the
+    log-probabilities of those rows and says which old row each new row continues.
+    """
+
+    def __init__(self, beam_size: int, max_length: int, alpha: float, eos_id: int) -> None:
+        self.beam_size, self.max_length, self.alpha, self.eos_id = (beam_size, max_length,
+                                                                    alpha, eos_id)
+        self.tokens: list[list[int]] = [[] for _ in range(beam_size)]
+        self.cum = np.full(beam_size, DEAD, np.float64)  # [k] cumulative log-probabilities
+        self.cum[0] = 0.0  # all rows start identical: only the first one is live
+        self.finished: list[Hypothesis] = []
+        self.length = 0  # tokens generated so far by every live hypothesis
+        self.done = False
+
+    def _finish(self, tokens: list[int], log_prob: float) -> None:
+        score = log_prob / length_penalty(self.length, self.alpha)
+        self.finished.append(Hypothesis(list(tokens), float(score), float(log_prob)))
+
+    def advance(self, log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log_probs [k, V] of this request's rows -> (parents [k] int64: the old row each new
+        row continues, next_tokens [k] int64). Sets `done` when the request has finished; the
+        returned arrays are then meaningless."""
+        k, vocab = log_probs.shape
+        cand = (self.cum[:, None] + log_probs).ravel()  # [k, V] -> [k*V]
+        n = min(2 * k, cand.size)
+        top = np.argpartition(-cand, n - 1)[:n]  # best n, unordered
+        top = top[np.lexsort((top, -cand[top]))]  # by score, ties by index: deterministic
+        self.length += 1
+        parents, tokens, cum = [], [], []
+        for rank, flat in enumerate(top.tolist()):
+            score = float(cand[flat])
+            if score <= DEAD / 2:
+                break  # only placeholder rows' extensions remain
+            parent, token = divmod(flat, vocab)
+            if token == self.eos_id:
+                if rank < k:
+                    self._finish(self.tokens[parent], score)
+                continue
+            parents.append(parent)
+            tokens.append(token)
+            cum.append(score)
+            if len(parents) == k:
+                break
+        new_tokens = [[*self.tokens[p], t] for p, t in zip(parents, tokens, strict=True)]
+        if len(self.finished) >= k or not parents:
+            self.done = True
+        elif self.length >= self.max_length:
+            for hyp, score in zip(new_tokens, cum, strict=True):
+                self._finish(hyp, score)
+            self.done = True
+        if self.done:
+            return np.zeros(k, np.int64), np.zeros(k, np.int64)
+        while len(parents) < k:  # fewer live candidates than beams: pad with dead rows
+            parents.append(parents[0])
+            tokens.append(tokens[0])
+            cum.append(DEAD)
+            new_tokens.append(list(new_tokens[0]))
+        self.tokens, self.cum = new_tokens, np.asarray(cum, np.float64)
+        return np.asarray(parents, np.int64), np.asarray(tokens, np.int64)
+
+    def best(self, n: int) -> list[Hypothesis]:
+        """The n best finished hypotheses, best first."""
+        return sorted(self.finished, key=lambda h: -h.score)[:n]

@@ -1,0 +1,78 @@
+"""What a translator's `config.pbtxt` tells the pipeline: special ids, limits, cache geometry.
+
+The exporter writes these as string `parameters` (JSON for anything that is not a plain
+string); `TranslatorSpec.from_config` reads them back and refuses a config that lacks one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from protos.inference import model_config_pb2 as mc
+
+BACKEND = "seqserve_translator"
+SCHEMA = "1"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+
+
+class SpecError(ValueError):
+    """The config is not a loadable seqserve translator config."""
+
+
+@dataclass(frozen=True)
+class TranslatorSpec:
+    """The translator's contract with its graphs and tokenizer."""
+
+    src_lang: str
+    tgt_lang: str
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    max_source_tokens: int  # EOS included
+    max_target_tokens: int  # EOS excluded
+    default_beam_size: int
+    tokenizer: str  # file name in the version folder
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    max_batch_size: int = 0
+
+    @classmethod
+    def from_config(cls, config: mc.ModelConfig) -> TranslatorSpec:
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        if config.backend != BACKEND:
+            raise SpecError(f"backend is {config.backend!r}, not {BACKEND!r}")
+        if params.get("seqserve_schema") != SCHEMA:
+            raise SpecError(f"parameter seqserve_schema is {params.get('seqserve_schema')!r}; "
+                            f"this server reads schema {SCHEMA}")
+
+        def get(key: str) -> str:
+            if key not in params:
+                raise SpecError(f"config.pbtxt lacks parameter {key!r}")
+            return params[key]
+
+        def number(key: str) -> int:
+            try:
+                return int(json.loads(get(key)))
+            except (ValueError, TypeError) as err:
+                raise SpecError(f"parameter {key!r} is not an integer: {get(key)!r}") from err
+
+        return cls(
+            src_lang=get("src_lang"), tgt_lang=get("tgt_lang"),
+            bos_id=number("bos_id"), eos_id=number("eos_id"), pad_id=number("pad_id"),
+            max_source_tokens=number("max_source_tokens"),
+            max_target_tokens=number("max_target_tokens"),
+            default_beam_size=number("default_beam_size"), tokenizer=get("tokenizer"),
+            num_layers=number("num_layers"), num_heads=number("num_heads"),
+            head_dim=number("head_dim"), max_batch_size=config.max_batch_size,
+        )
+
+
+def read_config(model_dir: Path) -> mc.ModelConfig:
+    """`<model_dir>/config.pbtxt` as a ModelConfig."""
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())

@@ -1,0 +1,122 @@
+"""A loaded translator version: tokenizer, graphs, limits, and whole-sentence helpers on top
+of the step-level `DecodeBatch`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from protos.inference import model_config_pb2 as mc
+from serving.translation.batch import DecodeBatch, DecodeRequest, StepUpdate, TranslationResult
+from serving.translation.errors import BadDecodingSetting, SourceTooLong
+from serving.translation.graphs import OnnxStepModel, StepModel
+from serving.translation.spec import SpecError, TranslatorSpec, read_config
+from serving.translation.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+
+class Translator:
+    """Tokenize -> encoder -> cached decoder steps -> detokenize.
+
+    Per-request settings: `beam_size` (1 = greedy; default: the config's `default_beam_size`),
+    `max_length` (target tokens; default min(max_target_tokens, 2 * source tokens + 10)),
+    `length_penalty` (GNMT alpha, 0 = none), `num_hypotheses` (n-best, <= beam_size).
+    """
+
+    def __init__(self, model: StepModel, tokenizer: Tokenizer, spec: TranslatorSpec) -> None:
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        special = (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+        if special != (spec.bos_id, spec.eos_id, spec.pad_id):
+            raise SpecError(f"tokenizer bos/eos/pad ids {special} differ from the config's "
+                            f"{(spec.bos_id, spec.eos_id, spec.pad_id)}")
+        self._ids = itertools.count()
+
+    @classmethod
+    def load(cls, version_dir: Path, config: mc.ModelConfig | None = None,
+             session_options: ort.SessionOptions | None = None,
+             providers: Sequence[str] | None = None) -> Translator:
+        """Load `<model>/<version>/` (encoder.onnx, decoder.onnx, the tokenizer). `config`
+        defaults to `<model>/config.pbtxt`; sessions get the caller's options and providers."""
+        version_dir = Path(version_dir)
+        spec = TranslatorSpec.from_config(config if config is not None
+                                          else read_config(version_dir.parent))
+        tokenizer_path = version_dir / spec.tokenizer
+        if not tokenizer_path.is_file():
+            raise SpecError(f"tokenizer {spec.tokenizer} not found in {version_dir}")
+        model = OnnxStepModel(version_dir, spec.num_layers, spec.num_heads, spec.head_dim,
+                              session_options, providers)
+        return cls(model, Tokenizer.from_file(tokenizer_path), spec)
+
+    def new_batch(self) -> DecodeBatch:
+        """An empty continuous batch on this model (see `serving.translation.batch`)."""
+        return DecodeBatch(self.model, self.spec.bos_id, self.spec.eos_id, self.spec.pad_id,
+                           self.tokenizer.decode)
+
+    def request(self, text: str, id: Hashable | None = None, beam_size: int | None = None,
+                max_length: int | None = None, length_penalty: float = 0.0,
+                num_hypotheses: int = 1) -> DecodeRequest:
+        """Tokenize and check one sentence. Raises SourceTooLong (naming the limit) or
+        BadDecodingSetting, both `InvalidInput`. Whitespace-only text becomes an empty
+        request, answered with an empty translation."""
+        source = self.tokenizer.encode_source(text)
+        if len(source) > self.spec.max_source_tokens:
+            raise SourceTooLong(len(source), self.spec.max_source_tokens)
+        beam = self.spec.default_beam_size if beam_size is None else beam_size
+        cap = self.spec.max_target_tokens
+        if max_length is None:
+            max_length = min(cap, 2 * len(source) + 10)
+        elif max_length > cap:
+            raise BadDecodingSetting(f"max_length {max_length} exceeds this model's "
+                                     f"max_target_tokens {cap}")
+        if self.spec.max_batch_size and beam > self.spec.max_batch_size:
+            raise BadDecodingSetting(f"beam_size {beam} exceeds max_batch_size "
+                                     f"{self.spec.max_batch_size}")
+        request = DecodeRequest(next(self._ids) if id is None else id, source, beam,
+                                max_length, length_penalty, num_hypotheses)
+        request.check()
+        return request
+
+    def run(self, requests: Sequence[DecodeRequest], max_rows: int | None = None
+            ) -> list[TranslationResult]:
+        """Decode requests to the end with continuous batching: a finished request's rows are
+        refilled from the waiting ones at the next step. `max_rows` caps the decoder rows
+        (default: the config's max_batch_size, or 64). Results are in request order."""
+        cap = max_rows or self.spec.max_batch_size or 64
+        waiting = list(requests)[::-1]
+        batch = self.new_batch()
+        results: dict[Hashable, TranslationResult] = {}
+        while waiting or len(batch):
+            joining: list[DecodeRequest] = []
+            rows = batch.rows
+            while waiting and (rows + waiting[-1].beam_size <= cap or rows == 0):
+                rows += waiting[-1].beam_size
+                joining.append(waiting.pop())
+            batch.add(joining)
+            for update in batch.step():
+                if update.result is not None:
+                    results[update.id] = update.result
+        return [results[r.id] for r in requests]
+
+    def translate(self, texts: Sequence[str], beam_size: int | None = None,
+                  max_length: int | None = None, length_penalty: float = 0.0,
+                  num_hypotheses: int = 1, max_rows: int | None = None
+                  ) -> list[TranslationResult]:
+        """Translate sentences (see `request` for the settings); one result per sentence,
+        in order. Sources are batched longest first, which wastes less padding."""
+        requests = [self.request(t, i, beam_size, max_length, length_penalty, num_hypotheses)
+                    for i, t in enumerate(texts)]
+        by_length = sorted(requests, key=lambda r: -len(r.source_ids))
+        done = {r.id: res for r, res in zip(by_length, self.run(by_length, max_rows),
+                                            strict=True)}
+        return [done[r.id] for r in requests]
+
+    def stream(self, text: str, **settings: int | float | None) -> Iterator[StepUpdate]:
+        """Decode one sentence alone and yield its update after every step."""
+        batch = self.new_batch()
+        batch.add([self.request(text, **settings)])
+        while len(batch):
+            yield from batch.step()

@@ -1,0 +1,169 @@
+"""The typed Forecaster API end to end, on a forecaster-shaped model with a known answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos.seqserve.forecast.v1 import forecast_service_pb2 as fpb
+from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as fgrpc
+from tests.conftest import ServerProcess
+from tests.serving.model_factory import AFFINE_CONFIG, add_forecaster, add_model, affine
+from tests.serving.v2 import call_error
+from training.data.calendar import calendar_features
+
+T0 = np.datetime64("2024-03-01T20:00:00", "ns")
+HOUR = np.timedelta64(3600, "s")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fgrpc.ForecasterStub]:
+    repo = tmp_path_factory.mktemp("fc") / "model_repository"
+    add_forecaster(repo)
+    add_model(repo, "affine", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    server = ServerProcess(repo)
+    try:
+        server.wait_ready()
+        with grpc.insecure_channel(server.target) as ch:
+            yield fgrpc.ForecasterStub(ch)
+    finally:
+        server.terminate()
+
+
+def stamp(t: np.datetime64) -> Timestamp:
+    ns = int(t.astype("datetime64[ns]").astype(np.int64))
+    return Timestamp(seconds=ns // 10**9, nanos=ns % 10**9)
+
+
+def window(n: int = 6, start: np.datetime64 = T0, promo: tuple = (1.0, 2.0), shift: float = 0,
+           stamps: list | None = None) -> fpb.Window:
+    rng = np.random.default_rng(n)
+    w = fpb.Window(past=[fpb.Series(name=s, values=(rng.standard_normal(n) + shift).tolist())
+                         for s in ("price", "index", "mentions")],
+                   future=[fpb.Series(name="promo", values=list(promo))])
+    ts = stamps if stamps is not None else [start + i * HOUR for i in range(n)]
+    w.timestamps.extend(stamp(t) for t in ts)
+    return w
+
+
+def expected_point(w: fpb.Window, last: np.datetime64) -> np.ndarray:
+    price = np.asarray(w.past[0].values, np.float32)[-6:]
+    horizon = np.array([last + HOUR, last + 2 * HOUR], "datetime64[ns]")
+    cal = calendar_features(horizon, ["hour", "weekday"]).sum(1)
+    return price.mean() + cal + np.asarray(w.future[0].values, np.float32)
+
+
+def test_forecast(api: fgrpc.ForecasterStub) -> None:
+    windows = [window(), window(n=10, shift=5)]
+    reply = api.Forecast(fpb.ForecastRequest(model_name="fc", windows=windows), timeout=10)
+    assert (reply.model_name, reply.model_version) == ("fc", "1")
+    assert len(reply.forecasts) == 2
+    for w, f, n in zip(windows, reply.forecasts, (6, 10), strict=True):
+        last = T0 + (n - 1) * HOUR
+        (target,) = f.targets
+        assert target.name == "price"
+        # longer history: the last 6 values are used
+        np.testing.assert_allclose(target.point, expected_point(w, last), rtol=1e-5)
+        assert [t.ToDatetime().hour for t in f.timestamps] == [
+            int(str(last + k * HOUR)[11:13]) for k in (1, 2)]
+        assert [q.level for q in target.quantiles] == pytest.approx([0.1, 0.5, 0.9])
+        np.testing.assert_allclose(target.quantiles[2].values, np.asarray(target.point) + 1,
+                                   rtol=1e-5)
+
+
+def test_start_and_frequency_and_quantile_subset(api: fgrpc.ForecasterStub) -> None:
+    w = window()
+    del w.timestamps[:]
+    w.start.CopyFrom(stamp(T0))
+    w.frequency.CopyFrom(Duration(seconds=3600))
+    reply = api.Forecast(fpb.ForecastRequest(model_name="fc", windows=[w],
+                                             quantile_levels=[0.9]), timeout=10)
+    target = reply.forecasts[0].targets[0]
+    np.testing.assert_allclose(target.point, expected_point(w, T0 + 5 * HOUR), rtol=1e-5)
+    assert [q.level for q in target.quantiles] == pytest.approx([0.9])
+
+
+def test_many_windows_beyond_max_batch_size(api: fgrpc.ForecasterStub) -> None:
+    windows = [window(shift=i) for i in range(9)]  # max_batch_size is 4
+    reply = api.Forecast(fpb.ForecastRequest(model_name="fc", windows=windows), timeout=10)
+    points = [f.targets[0].point[0] for f in reply.forecasts]
+    assert len(points) == 9 and points == sorted(points)
+
+
+def _bad(change: str) -> fpb.ForecastRequest:
+    w = window()
+    for key in (change,):
+        if key == "drop":
+            del w.past[2]
+        elif key == "rename":
+            w.past[1].name = "volume"
+        elif key == "short":
+            for s in w.past:
+                del s.values[0]
+        elif key == "nan":
+            w.past[0].values[3] = float("nan")
+        elif key == "unsorted":
+            w.timestamps[2].CopyFrom(w.timestamps[1])
+        elif key == "irregular":
+            w.timestamps[-1].CopyFrom(stamp(T0 + 7 * HOUR))
+        elif key == "daily":
+            del w.timestamps[:]
+            w.timestamps.extend(stamp(T0 + i * 24 * HOUR) for i in range(6))
+        elif key == "no_time":
+            del w.timestamps[:]
+        elif key == "no_promo":
+            del w.future[:]
+        elif key == "bad_promo":
+            w.future[0].values.append(3.0)
+    return fpb.ForecastRequest(model_name="fc", windows=[w])
+
+
+BAD = {
+    "unknown series": (_bad("rename"), "unknown series 'volume'"),
+    "missing series": (_bad("drop"), "series 'mentions' is missing"),
+    "too short": (_bad("short"), "5 values, the model needs the last 6"),
+    "NaN": (_bad("nan"), "windows[0].past['price']: value 3 is not finite"),
+    "unsorted": (_bad("unsorted"), "not strictly increasing at index 2"),
+    "irregular": (_bad("irregular"), "irregular spacing at index 5"),
+    "wrong frequency": (_bad("daily"), "trained on 3600 s"),
+    "no timestamps": (_bad("no_time"), "timestamps (or start and frequency) are needed"),
+    "missing future": (_bad("no_promo"), "known-future series 'promo' is missing"),
+    "bad future": (_bad("bad_promo"), "needs 2 finite values, got 3"),
+    "quantile": (fpb.ForecastRequest(model_name="fc", windows=[window()],
+                                     quantile_levels=[0.25]), "0.25 is not one the model"),
+    "no windows": (fpb.ForecastRequest(model_name="fc"), "at least one window"),
+    "not a forecaster": (fpb.ForecastRequest(model_name="affine", windows=[window()]),
+                         "model 'affine' is not a forecaster"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_invalid_requests(api: fgrpc.ForecasterStub, case: str) -> None:
+    msg, words = BAD[case]
+    err = call_error(api.Forecast, msg, timeout=10)
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert words in err.details()
+
+
+def test_unknown_model(api: fgrpc.ForecasterStub) -> None:
+    err = call_error(api.Forecast, fpb.ForecastRequest(model_name="zz", windows=[window()]),
+                     timeout=10)
+    assert err.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_list_and_describe(api: fgrpc.ForecasterStub) -> None:
+    listed = api.ListModels(fpb.ListModelsRequest(), timeout=10)
+    assert [m.name for m in listed.models] == ["fc"]
+    info = api.GetModelInfo(fpb.GetModelInfoRequest(model_name="fc"), timeout=10).model
+    assert (info.input_window, info.horizon) == (6, 2)
+    assert list(info.target_names) == ["price"]
+    assert list(info.covariate_names) == ["index", "mentions"]
+    assert list(info.calendar_features) == ["hour", "weekday"]
+    assert list(info.future_covariate_names) == ["promo"]
+    assert info.frequency.seconds == 3600 and list(info.versions) == ["1"]
+    assert info.metrics["test_mse"] == 0.25 and info.architecture == "mean-test"
