@@ -1,0 +1,115 @@
+"""`seqserve forecast` and `seqserve translate`: the client commands (no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from serving.client import Client
+
+DATE_COLUMNS = ("date", "timestamp", "time", "datetime", "ds")
+
+
+class CsvError(ValueError):
+    """A CSV cell or column the forecast command cannot use."""
+
+
+def read_series_csv(path: Path, date_col: str | None = None
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A CSV with a timestamp column and numeric columns -> ([N] datetime64[ns], {name: [N]})."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise CsvError(f"{path}: needs a header and at least one row")
+    header = [h.strip() for h in rows[0]]
+    if date_col is None:
+        date_col = next((h for h in header if h.lower() in DATE_COLUMNS), header[0])
+    if date_col not in header:
+        raise CsvError(f"{path}: no column {date_col!r} (columns: {', '.join(header)})")
+    d = header.index(date_col)
+    stamps, columns = [], {h: [] for i, h in enumerate(header) if i != d}
+    for r, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise CsvError(f"{path}: row {r} has {len(row)} cells, the header {len(header)}")
+        try:
+            stamps.append(np.datetime64(row[d].strip().replace("Z", ""), "ns"))
+        except ValueError:
+            raise CsvError(f"{path}: row {r}, column {date_col!r}: {row[d]!r} is not a "
+                           "timestamp") from None
+        for i, h in enumerate(header):
+            if i == d:
+                continue
+            try:
+                columns[h].append(float(row[i]))
+            except ValueError:
+                raise CsvError(f"{path}: row {r}, column {h!r}: {row[i]!r} is not a "
+                               "number") from None
+    return np.array(stamps), {k: np.asarray(v) for k, v in columns.items()}
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    try:
+        stamps, series = read_series_csv(Path(args.csv), args.date_col)
+    except (OSError, CsvError) as err:
+        print(f"seqserve forecast: {err}", file=sys.stderr)
+        return 2
+    with Client(args.target, timeout=args.timeout) as client:
+        try:
+            info = client.model_info(args.model)
+            wanted = [*info.target_names, *info.covariate_names]
+            missing = [n for n in wanted if n not in series]
+            if missing:
+                print(f"seqserve forecast: {args.csv} lacks column {missing[0]!r}; model "
+                      f"{args.model!r} takes {', '.join(wanted)}", file=sys.stderr)
+                return 2
+            keep = -int(info.input_window) if len(stamps) > info.input_window else 0
+            result = client.forecast(args.model, {n: series[n][keep:] for n in wanted},
+                                     timestamps=stamps[keep:])
+        except grpc.RpcError as err:
+            print(f"seqserve forecast: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "version": result.model_version,
+            "timestamps": [str(t) for t in result.timestamps],
+            "forecast": result.point,
+            "quantiles": {k: {str(q): v for q, v in qs.items()}
+                          for k, qs in result.quantiles.items()},
+        }, indent=2))
+        return 0
+    columns = [(name, None) for name in result.point]
+    for name, qs in result.quantiles.items():
+        columns.extend((name, q) for q in sorted(qs))
+    head = ["timestamp"] + [n if q is None else f"{n} q{q:g}" for n, q in columns]
+    print("  ".join(f"{h:>19}" if i == 0 else f"{h:>12}" for i, h in enumerate(head)))
+    for i, t in enumerate(result.timestamps or range(len(next(iter(result.point.values()))))):
+        cells = [str(t)[:19]]
+        for name, q in columns:
+            value = result.point[name][i] if q is None else result.quantiles[name][q][i]
+            cells.append(f"{value:12.4f}")
+        print("  ".join([f"{cells[0]:>19}", *cells[1:]]))
+    print(f"(model {args.model} version {result.model_version})", file=sys.stderr)
+    return 0
+
+
+def run_translate(args: argparse.Namespace) -> int:
+    with Client(args.target, timeout=args.timeout) as client:
+        try:
+            if args.stream:
+                for sentence in args.text:
+                    for piece in client.translate_stream(sentence, args.model):
+                        print(piece, end="", flush=True)
+                    print()
+                return 0
+            for t in client.translate(args.text, args.model, beam_size=args.beam_size):
+                print(t.text)
+        except grpc.RpcError as err:
+            print(f"seqserve translate: {err.code().name}: {err.details()}", file=sys.stderr)
+            return 1
+    return 0
