@@ -1,11 +1,14 @@
 """Dynamic batching: queued requests of one model version run together.
 
-Each instance of the model (an onnxruntime session) has a worker task. A free worker takes the
-oldest request and every queued request with the same per-item shape, up to `max_batch_size`;
-if the batch is below the preferred size it waits at most `max_queue_delay` (counted from the
-oldest request's arrival) for more. The batch then runs on a thread, off the event loop, and
-each request gets its own slice of the outputs — or its own error. Without dynamic batching
-(`batching=False`) a worker takes exactly one request per execution.
+One dispatcher task per model version forms batches: when an instance (an onnxruntime session)
+is free it takes the oldest request and every queued request with the same per-item shape, up
+to `max_batch_size`; if the batch is below the preferred size it waits at most
+`max_queue_delay` (counted from the oldest request's arrival) for more. The batch then runs on a
+thread, off the event loop, and each request gets its own slice of the outputs, or its own
+error. Without dynamic batching (`batching=False`) a batch is exactly one request.
+
+Fast path: a request that finds an idle instance, an empty queue and nothing to wait for runs
+at once from its own coroutine, skipping the queue and the dispatcher's wake-up.
 
 Requests whose client cancelled are dropped without being computed; requests whose queue
 timeout passed fail with DEADLINE_EXCEEDED; a full queue rejects at once with QueueFull.
@@ -61,7 +64,7 @@ def _shape_key(inputs: Tensors, batching: bool) -> tuple:
 
 
 class Batcher:
-    """The queue and workers of one model version."""
+    """The queue, the dispatcher and the instances of one model version."""
 
     def __init__(self, policy: BatchPolicy, run: Runner, stats: ModelStats, name: str,
                  on_queued: Callable[[float], None] = lambda seconds: None) -> None:
@@ -71,15 +74,15 @@ class Batcher:
         self._stats = stats
         self._name = name
         self._queue: deque[_Pending] = deque()
-        self._arrived = asyncio.Event()
+        self._free = list(range(policy.instances))  # idle instances
+        self._wake = asyncio.Event()  # a request arrived or an instance came free
+        self._idle = asyncio.Event()  # nothing queued, nothing running
+        self._idle.set()
         self._pool = ThreadPoolExecutor(max_workers=policy.instances,
                                         thread_name_prefix=f"infer-{name}")
         self._closing = False
-        self._busy = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._workers = [asyncio.create_task(self._worker(i), name=f"batcher-{name}-{i}")
-                         for i in range(policy.instances)]
+        self._running: set[asyncio.Task] = set()
+        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher-{name}")
 
     @property
     def queue_size(self) -> int:
@@ -87,27 +90,56 @@ class Batcher:
 
     async def submit(self, inputs: Tensors, size: int, timeout_s: float | None = None
                      ) -> tuple[Tensors, int]:
-        """Queue one request; return its outputs and its queue time in ns."""
+        """Run one request, queued or at once; return its outputs and its queue time in ns."""
         if self._closing:
             raise ModelNotReady(f"model '{self._name}' is unloading")
+        loop = asyncio.get_running_loop()
+        if not self._queue and self._free and self._runs_alone(size):
+            # Fast path: an idle instance and nobody to batch with. No queue, no dispatcher.
+            instance = self._free.pop()
+            self._idle.clear()
+            self._stats.queue.add(0)
+            self._on_queued(0.0)
+            try:
+                (outputs,), *times = await loop.run_in_executor(
+                    self._pool, self._run_batch, [inputs], [size], instance)
+            except Exception as exc:
+                log.error("model '%s': inference failed", self._name, exc_info=exc)
+                raise InferenceError(f"model '{self._name}': inference failed") from None
+            finally:
+                self._release(instance)
+            self._stats.record_execution(size, 1, *times)
+            return outputs, 0
         cap = self.policy.max_queue_size
         if cap and len(self._queue) >= cap:
             raise QueueFull(f"model '{self._name}': queue full ({cap} requests); "
                             "retry after a back-off")
-        loop = asyncio.get_running_loop()
         now = loop.time()
         timeout = timeout_s if timeout_s is not None else self.policy.default_timeout_s
         pending = _Pending(inputs, size, _shape_key(inputs, self.policy.batching),
                            loop.create_future(), now, now + timeout if timeout else None)
         self._queue.append(pending)
         self._idle.clear()
-        self._arrived.set()
+        self._wake.set()
         try:
             outputs = await pending.future
         except asyncio.CancelledError:
-            pending.future.cancel()  # still queued: the worker skips it
+            pending.future.cancel()  # still queued: the dispatcher skips it
             raise
         return outputs, pending.queue_ns
+
+    def _runs_alone(self, size: int) -> bool:
+        """Would this request be dispatched at once, alone, if it were queued now?"""
+        p = self.policy
+        return (not p.batching or p.max_queue_delay_s <= 0 or size >= p.max_batch_size
+                or size in p.preferred_batch_sizes)
+
+    def _release(self, instance: int) -> None:
+        self._free.append(instance)
+        if self._queue:
+            self._wake.set()
+        elif len(self._free) == self.policy.instances:
+            self._idle.set()
 
     def _take(self, now: float) -> list[_Pending]:
         """Pop the next batch: the oldest live request and same-shaped ones behind it."""
@@ -146,25 +178,27 @@ class Batcher:
             return True
         return total in self.policy.preferred_batch_sizes
 
-    async def _worker(self, instance: int) -> None:
+    async def _dispatch(self) -> None:
+        """Form batches and start them on free instances, one scheduler per model version."""
         loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
-                if self._busy == 0:
+            while not (self._queue and self._free):
+                if not self._queue and len(self._free) == self.policy.instances:
                     self._idle.set()
-                self._arrived.clear()
-                await self._arrived.wait()
+                self._wake.clear()
+                await self._wake.wait()
             batch = self._take(loop.time())
             if not batch:
                 continue
-            self._busy += 1
-            try:
-                delay = self.policy.max_queue_delay_s
-                if self.policy.batching and delay > 0 and not self._full(batch):
-                    batch = await self._fill(batch, batch[0].enqueued + delay)
-                await self._execute(batch, instance, loop)
-            finally:
-                self._busy -= 1
+            delay = self.policy.max_queue_delay_s
+            if self.policy.batching and delay > 0 and not self._full(batch):
+                batch = await self._fill(batch, batch[0].enqueued + delay)
+                if not batch:
+                    continue
+            instance = self._free.pop()
+            task = loop.create_task(self._execute(batch, instance, loop))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _fill(self, batch: list[_Pending], until: float) -> list[_Pending]:
         """Wait (at most until `until`) for more requests to join `batch`."""
@@ -174,9 +208,9 @@ class Batcher:
             if remaining <= 0:
                 break
             if not self._queue:
-                self._arrived.clear()
+                self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                    await asyncio.wait_for(self._wake.wait(), remaining)
                 except TimeoutError:
                     break
             # Put the batch back in front and take again: same rules, one code path.
@@ -188,26 +222,29 @@ class Batcher:
 
     async def _execute(self, batch: list[_Pending], instance: int,
                        loop: asyncio.AbstractEventLoop) -> None:
-        start = loop.time()
-        for p in batch:
-            p.queue_ns = int((start - p.enqueued) * 1e9)
-            self._stats.queue.add(p.queue_ns)
-            self._on_queued(p.queue_ns / 1e9)
-        sizes = [p.size for p in batch]
         try:
-            outputs, input_ns, infer_ns, output_ns = await loop.run_in_executor(
-                self._pool, self._run_batch, [p.inputs for p in batch], sizes, instance)
-        except Exception as exc:
-            log.error("model '%s': inference failed", self._name, exc_info=exc)
-            error = InferenceError(f"model '{self._name}': inference failed")
+            start = loop.time()
             for p in batch:
+                p.queue_ns = int((start - p.enqueued) * 1e9)
+                self._stats.queue.add(p.queue_ns)
+                self._on_queued(p.queue_ns / 1e9)
+            sizes = [p.size for p in batch]
+            try:
+                outputs, *times = await loop.run_in_executor(
+                    self._pool, self._run_batch, [p.inputs for p in batch], sizes, instance)
+            except Exception as exc:
+                log.error("model '%s': inference failed", self._name, exc_info=exc)
+                error = InferenceError(f"model '{self._name}': inference failed")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                return
+            self._stats.record_execution(sum(sizes), len(batch), *times)
+            for p, out in zip(batch, outputs, strict=True):
                 if not p.future.done():
-                    p.future.set_exception(error)
-            return
-        self._stats.record_execution(sum(sizes), len(batch), input_ns, infer_ns, output_ns)
-        for p, out in zip(batch, outputs, strict=True):
-            if not p.future.done():
-                p.future.set_result(out)
+                    p.future.set_result(out)
+        finally:
+            self._release(instance)
 
     def _run_batch(self, inputs: list[Tensors], sizes: list[int], instance: int
                    ) -> tuple[list[Tensors], int, int, int]:
@@ -230,10 +267,9 @@ class Batcher:
         return split, t1 - t0, t2 - t1, t3 - t2
 
     async def close(self) -> None:
-        """Refuse new requests, let queued and running ones finish, stop the workers."""
+        """Refuse new requests, let queued and running ones finish, stop the dispatcher."""
         self._closing = True
         await self._idle.wait()
-        for w in self._workers:
-            w.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._dispatcher.cancel()
+        await asyncio.gather(self._dispatcher, *self._running, return_exceptions=True)
         self._pool.shutdown(wait=True)
