@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,6 +26,7 @@ from serving.repository import ModelRepository, State
 from serving.settings import ModelControlMode
 
 SERVER_NAME = "seqserve"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -91,20 +95,43 @@ class DataPlane:
 
     async def infer(self, name: str, version: str, request: InferRequest,
                     start_ns: int | None = None) -> tuple[ServedModel, dict[str, np.ndarray]]:
-        """Run one request; account its outcome in the model's statistics and metrics."""
+        """Run one V2 request; account its outcome in the model's statistics and metrics."""
+        return await self.run(name, version, lambda model: model.infer(request), start_ns)
+
+    async def run(self, name: str, version: str, call: Callable[[ServedModel], Awaitable[T]],
+                  start_ns: int | None = None) -> tuple[ServedModel, T]:
+        """Run `call(model)` on the resolved model, with the same readiness checks, statistics
+        and metrics for every protocol (V2, typed APIs)."""
         start_ns = start_ns or time.perf_counter_ns()
+        model = self._resolve(name, version)
+        with self._accounted(model, start_ns):
+            return model, await call(model)
+
+    async def stream(self, name: str, version: str,
+                     call: Callable[[ServedModel], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """Like `run`, for calls that yield a stream of results."""
+        start_ns = time.perf_counter_ns()
+        model = self._resolve(name, version)
+        with self._accounted(model, start_ns):
+            async for item in call(model):
+                yield item
+
+    def _resolve(self, name: str, version: str) -> ServedModel:
         if self._draining:
             raise ServerNotReady("server is shutting down; retry on another replica")
-        model = self.repository.get(name, version)
+        return self.repository.get(name, version)
+
+    @contextmanager
+    def _accounted(self, model: ServedModel, start_ns: int) -> Iterator[None]:
         stats = model.stats
         stats.pending += 1
         reason: FailureReason | None = None
         try:
-            outputs = await model.infer(request)
+            yield
         except ServingError as err:
             reason = err.reason
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             reason = FailureReason.CANCELED
             raise
         except Exception:
@@ -118,7 +145,6 @@ class DataPlane:
             else:
                 stats.record_failure(elapsed, reason)
             metrics.REQUEST_SECONDS.labels(model.name, str(model.version)).observe(elapsed / 1e9)
-        return model, outputs
 
     def statistics(self, name: str = "", version: str = "") -> list[ServedModel]:
         if name:

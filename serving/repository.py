@@ -25,6 +25,7 @@ from protos.inference import model_config_pb2 as mc
 from serving.errors import InvalidInput, ModelNotFound, ModelNotReady
 from serving.models.base import ServedModel
 from serving.models.onnx_model import ModelLoadError, OnnxModel
+from serving.models.translator import TranslatorModel
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ Loader = Callable[[str, int, mc.ModelConfig, Path, Settings], ServedModel]
 LOADERS: dict[str, Loader] = {
     "onnxruntime_onnx": OnnxModel,
     "onnxruntime": OnnxModel,
+    "seqserve_translator": TranslatorModel,
 }
 
 

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.inference import grpc_service_pb2_grpc
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc
+from protos.seqserve.translate.v1 import translate_service_pb2_grpc
 from serving import metrics
 from serving.dataplane import DataPlane
 from serving.interceptors import ExceptionToStatusInterceptor
@@ -23,11 +24,13 @@ from serving.servicers.forecast import SERVICE_NAME as FORECAST_SERVICE
 from serving.servicers.forecast import ForecasterServicer
 from serving.servicers.inference import SERVICE_NAME as INFERENCE_SERVICE
 from serving.servicers.inference import InferenceServicer
+from serving.servicers.translate import SERVICE_NAME as TRANSLATE_SERVICE
+from serving.servicers.translate import TranslatorServicer
 from serving.settings import ModelControlMode, Settings
 
 log = logging.getLogger("seqserve")
 
-SERVICES = (INFERENCE_SERVICE, FORECAST_SERVICE)
+SERVICES = (INFERENCE_SERVICE, FORECAST_SERVICE, TRANSLATE_SERVICE)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -77,6 +80,8 @@ class Server:
         )
         forecast_service_pb2_grpc.add_ForecasterServicer_to_server(
             ForecasterServicer(self.dataplane), self.grpc)
+        translate_service_pb2_grpc.add_TranslatorServicer_to_server(
+            TranslatorServicer(self.dataplane), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -128,6 +133,9 @@ class Server:
             self.metrics = MetricsEndpoint(self.settings.metrics_address,
                                            self.settings.metrics_port,
                                            self.repository.ready_models)
+        # grpc's HealthServicer starts out SERVING: say NOT_SERVING until the models are loaded.
+        for service in ("", *SERVICES):
+            await self.health.set(service, NOT_SERVING)
         await self.grpc.start()
         log.info("gRPC on %s:%d (%s)", self.settings.grpc_address, self.port,
                  "TLS" if self.settings.tls_cert else "plaintext")
@@ -156,19 +164,29 @@ class Server:
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return."""
+    """Run until SIGTERM or SIGINT, then drain and return. Repeated signals during the drain
+    are logged and ignored (an orchestrator's SIGKILL ends a drain that takes too long)."""
     runtime = check_single_runtime()
     log.info("seqserve %s with %s", _version(), runtime)
     server = Server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s: already draining", sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     await server.start()
     try:
         await stop.wait()
     finally:
         await server.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)  # until exit: the drain is done
 
 
 def main(settings: Settings) -> int:

@@ -47,8 +47,8 @@ def echo_bytes(path: Path) -> None:
     _save(graph, path)
 
 
-def slow(path: Path, size: int = 256, repeats: int = 24) -> None:
-    """x FP32 [B, size, size] -> a chain of MatMuls (milliseconds per call): for queueing."""
+def slow(path: Path, size: int = 256, repeats: int = 160) -> None:
+    """x FP32 [B, size, size] -> a chain of MatMuls (~25 ms per call here): for queueing."""
     w = numpy_helper.from_array(np.eye(size, dtype=np.float32), "w")
     nodes, prev = [], "x"
     for i in range(repeats):

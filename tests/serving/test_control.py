@@ -117,3 +117,32 @@ def test_sigterm_finishes_in_flight_calls(tmp_path: Path) -> None:
     assert all(isinstance(r, pb.ModelInferResponse) for r in results), results
     assert server.terminate() == 0
     assert "draining" in server.output()
+
+
+def test_health_is_not_serving_until_models_are_loaded(tmp_path: Path) -> None:
+    from serving.probe import check
+
+    repo = tmp_path / "model_repository"
+    warmup = """
+model_warmup [{
+  name: "long" batch_size: 1 count: 40
+  inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 256, 256 ] zero_data: true } }
+}]
+"""
+    add_model(repo, "slow", SLOW_CONFIG.format(queue=8) + warmup, slow)
+    server = ServerProcess(repo)
+    try:
+        seen = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            code, status = check(server.target, timeout=0.5)
+            seen.add(status)
+            if code == 0:
+                break
+            time.sleep(0.05)
+        assert "NOT_SERVING" in seen and status == "SERVING"
+        channel, s = stub(server.target)
+        with channel:
+            assert s.ModelReady(pb.ModelReadyRequest(name="slow"), timeout=5).ready
+    finally:
+        server.terminate()

@@ -118,12 +118,22 @@ def test_queue_full_rejects_at_once(standard_server: ServerProcess) -> None:
         == len(rejected)
 
 
-async def _timeout_while_queued(target: str) -> tuple[list, object]:
+async def _busy(metrics_url: str) -> None:
+    """Wait until the slow model has a request in flight."""
+    key = ("nv_inference_pending_request_count", "model=slow,version=1")
+    for _ in range(200):
+        if (await asyncio.to_thread(scrape, metrics_url)).get(key, 0) >= 1:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the slow model never got busy")
+
+
+async def _timeout_while_queued(target: str, metrics_url: str) -> tuple[list, object]:
     x = np.zeros((1, 256, 256), np.float32)
     async with grpc.aio.insecure_channel(target) as ch:
         s = pb_grpc.GRPCInferenceServiceStub(ch)
         busy = asyncio.ensure_future(s.ModelInfer(request("slow", x=x), timeout=30))
-        await asyncio.sleep(0.005)
+        await _busy(metrics_url)
         msg = request("slow", x=x)
         msg.parameters["timeout"].int64_param = 1  # µs: expires before the busy call ends
         try:
@@ -135,7 +145,8 @@ async def _timeout_while_queued(target: str) -> tuple[list, object]:
 
 
 def test_request_timeout_while_queued(standard_server: ServerProcess) -> None:
-    _, expired = asyncio.run(_timeout_while_queued(standard_server.target))
+    _, expired = asyncio.run(_timeout_while_queued(standard_server.target,
+                                                   standard_server.metrics_url))
     assert expired is not None and expired.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert "timed out after" in expired.details()
 
