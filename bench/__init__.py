@@ -1,0 +1,1 @@
+"""Benchmarks: `seqserve bench serving|translator|accuracy` (results under bench/results/)."""
