@@ -32,6 +32,7 @@ from serving.stats import ModelStats
 log = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray]
+SPIN_BELOW_S = 0.002  # queue delays shorter than this are waited by yielding, not by a timer
 # run(inputs, instance) -> outputs; called on a worker thread.
 Runner = Callable[[Tensors, int], Tensors]
 
@@ -208,6 +209,11 @@ class Batcher:
             if remaining <= 0:
                 break
             if not self._queue:
+                if remaining < SPIN_BELOW_S:
+                    # The event loop's timers are millisecond-grained: a 200 us wait would
+                    # take a millisecond or more. Yield instead, so arriving requests enqueue.
+                    await asyncio.sleep(0)
+                    continue
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), remaining)
