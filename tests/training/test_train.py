@@ -1,0 +1,72 @@
+"""A tiny training run: beats repeat-last, writes a checkpoint that rebuilds the same model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from training import checkpoint
+from training.config import ForecasterConfig, TrainConfig
+from training.data.series import prepare
+from training.models.forecasters import build_forecaster
+
+Run = tuple[Path, dict[str, Any]]
+
+
+def test_beats_repeat_last_on_a_learnable_series(tiny_run: Run) -> None:
+    _, metrics = tiny_run
+    assert metrics["test_mse"] < 0.8 * metrics["repeat_last_test_mse"]
+    assert metrics["test_mae"] < metrics["repeat_last_test_mae"]
+    assert metrics["val_mse"] < metrics["repeat_last_val_mse"]
+
+
+def test_writes_metrics_plot_and_checkpoint(tiny_run: Run) -> None:
+    out, metrics = tiny_run
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for key in ("test_mse", "test_mae", "val_mse", "repeat_last_test_mse",
+                "repeat_last_test_mae", "test_windows", "wall_seconds", "epochs"):
+        assert key in on_disk
+    assert on_disk["test_windows"] == 2000 - int(2000 * 0.7) - int(2000 * 0.1) - 24 + 1
+    assert (out / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(metrics["test_quantile_coverage"]) == 3
+
+
+def test_quantiles_are_ordered_and_roughly_calibrated(tiny_run: Run) -> None:
+    _, metrics = tiny_run
+    low, mid, high = metrics["test_quantile_coverage"]
+    assert low < mid < high
+    assert low < 0.35 and high > 0.65
+
+
+def test_checkpoint_round_trip(tiny_run: Run) -> None:
+    out, metrics = tiny_run
+    payload = checkpoint.load(out)
+    assert payload["kind"] == "forecaster" and payload["metrics"] == metrics
+    config = checkpoint.rebuild(ForecasterConfig, payload["model_args"])
+    train_config = checkpoint.rebuild(TrainConfig, payload["train_config"])
+    assert config.quantiles == (0.1, 0.5, 0.9) and config.target_index == (0,)
+    assert config.n_past == 3 and config.n_future == 2
+    model = build_forecaster(config)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    series = prepare(train_config, config.input_len, config.horizon)
+    assert payload["data"]["past_features"] == list(series.past_features)
+    np.testing.assert_allclose(payload["data"]["mean"], series.mean)
+    past, future, target = series.batch(series.starts("test", 48, 24), 48, 24)
+    with torch.no_grad():
+        forecast, _ = model(torch.from_numpy(past), torch.from_numpy(future))
+    mse = float(np.mean((forecast.numpy().astype(np.float64) - target) ** 2))
+    assert mse == pytest.approx(metrics["test_mse"], rel=1e-5)
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint\.pt"):
+        checkpoint.load(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
+        checkpoint.load(tmp_path)

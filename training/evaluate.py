@@ -1,0 +1,59 @@
+"""Batched evaluation on standardised values: MSE/MAE of the model and of repeat-last."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.data.series import Series
+
+
+@torch.no_grad()
+def predict(model: nn.Module, series: Series, starts: np.ndarray, input_len: int, horizon: int,
+            device: str, batch_size: int = 512
+            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """Every window (none dropped) -> forecast [W, H, F_out], quantiles [W, H, F_out, Q] or None,
+    target [W, H, F_out], and the repeat-last baseline [W, H, F_out]."""
+    model.eval()
+    forecasts, quantiles, targets, naive = [], [], [], []
+    target_index = list(series.target_index)
+    for i in range(0, len(starts), batch_size):
+        past, future, target = series.batch(starts[i:i + batch_size], input_len, horizon)
+        f, q = model(torch.from_numpy(past).to(device), torch.from_numpy(future).to(device))
+        forecasts.append(f.cpu().numpy())
+        if q is not None:
+            quantiles.append(q.cpu().numpy())
+        targets.append(target)
+        last = past[:, -1:, target_index]  # [B, 1, F_out]
+        naive.append(np.repeat(last, horizon, axis=1))  # [B, H, F_out]
+    q_all = np.concatenate(quantiles) if quantiles else None
+    return np.concatenate(forecasts), q_all, np.concatenate(targets), np.concatenate(naive)
+
+
+def mse(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(np.mean((pred.astype(np.float64) - target) ** 2))
+
+
+def mae(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(np.mean(np.abs(pred.astype(np.float64) - target)))
+
+
+def coverage(quantiles: np.ndarray, target: np.ndarray) -> list[float]:
+    """Share of targets at or below each quantile: ideally the quantile levels themselves."""
+    return [float(np.mean(target <= quantiles[..., k])) for k in range(quantiles.shape[-1])]
+
+
+def evaluate(model: nn.Module, series: Series, part: str, input_len: int, horizon: int,
+             device: str) -> dict[str, float | int | list[float]]:
+    starts = series.starts(part, input_len, horizon)
+    forecast, quantiles, target, naive = predict(model, series, starts, input_len, horizon, device)
+    out: dict[str, float | int | list[float]] = {
+        f"{part}_mse": mse(forecast, target), f"{part}_mae": mae(forecast, target),
+        f"{part}_windows": len(starts),
+        f"repeat_last_{part}_mse": mse(naive, target),
+        f"repeat_last_{part}_mae": mae(naive, target),
+    }
+    if quantiles is not None:
+        out[f"{part}_quantile_coverage"] = coverage(quantiles, target)
+    return out

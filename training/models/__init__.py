@@ -1,0 +1,1 @@
+"""Forecaster networks (torch)."""
