@@ -1,0 +1,294 @@
+"""Export a translator checkpoint: encoder.onnx, decoder.onnx and spm.model in one version
+folder, and a config.pbtxt for the `seqserve_translator` backend (a pipeline model: Triton
+itself will not load it; seqserve's `serving.translation` does).
+
+Verification before anything is written:
+- onnx.checker, and the dims of every graph input/output (dynamic where they must be);
+- the decoder step against PyTorch on fresh inputs: several row counts, an empty cache, and
+  rows whose caches are left-padded (as continuous batching makes them);
+- greedy decoding through the two graphs (a plain cached loop on onnxruntime) gives exactly the
+  tokens of PyTorch's uncached greedy decoding on the checkpoint's validation sentences.
+With `--quantize int8` both graphs are quantised dynamically and the BLEU change on the
+checkpoint's validation sample (greedy) is recorded in the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import sacrebleu
+import torch
+
+from export.errors import ExportError
+from export.model_config import SCHEMA_VERSION, parameter_value
+from export.quantize import METHOD, WEIGHT_TYPE, quantize_int8
+from export.repository import write_version
+from export.translator_graphs import (
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    ENCODER_OUTPUTS,
+    export_graphs,
+)
+from export.verify import check_dims, check_model, check_parity, session
+from protos.inference import model_config_pb2 as mc
+from serving.translation.tokenizer import Tokenizer
+from training.decoding import greedy_decode
+from training.models.transformer import EncoderDecoder
+from training.train_translator import TOKENIZER_FILE, load_translator_checkpoint
+from training.translator_config import TranslatorTrainConfig
+
+BACKEND = "seqserve_translator"
+MAX_BATCH_SIZE = 64
+STEP_ATOL = 1e-4  # log-probabilities and cache values, fp32
+PARITY_SENTENCES = 32  # validation sentences decoded greedily by both
+STEP_CASES = ((1, 0, 3), (5, 0, 7), (4, 6, 9), (2, 13, 1))  # (rows, past, source length)
+
+
+@dataclass(frozen=True)
+class TranslatorExportOptions:
+    version: int | None = None
+    force: bool = False
+    quantize: str | None = None  # None | "int8"
+    opset: int | None = None
+    max_batch_size: int = MAX_BATCH_SIZE
+
+
+def graph_dims(model: EncoderDecoder) -> dict[str, dict[str, list[int | None]]]:
+    """Expected dims of both graphs; None = dynamic."""
+    c = model.config
+    kv = [c.num_decoder_layers, None, c.num_heads, None, c.head_dim]
+    return {
+        "encoder.onnx": {"src_ids": [None, None], "src_mask": [None, None],
+                         "memory": [None, None, c.d_model], "cross_k": kv, "cross_v": kv},
+        "decoder.onnx": {"tokens": [None, 1], "positions": [None, 1], "past_k": kv,
+                         "past_v": kv, "past_mask": [None, None], "cross_k": kv, "cross_v": kv,
+                         "src_mask": [None, None], "log_probs": [None, c.vocab_size],
+                         "present_k": kv, "present_v": kv},
+    }
+
+
+def step_inputs(model: EncoderDecoder, rows: int, past: int, src: int,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random decoder-step inputs whose rows have different cache and source lengths."""
+    c = model.config
+    kv = (c.num_decoder_layers, rows, c.num_heads, past, c.head_dim)
+    cross = (c.num_decoder_layers, rows, c.num_heads, src, c.head_dim)
+    own = rng.integers(0, past + 1, rows)  # cache slots each row really has
+    past_mask = np.arange(past)[None, :] >= (past - own)[:, None]  # [R, P], left-padded
+    src_len = rng.integers(1, src + 1, rows)
+    src_mask = np.arange(src)[None, :] < src_len[:, None]  # [R, S], right-padded
+    return {
+        "tokens": rng.integers(4, c.vocab_size, (rows, 1)).astype(np.int64),
+        "positions": own[:, None].astype(np.int64),
+        "past_k": rng.standard_normal(kv).astype(np.float32),
+        "past_v": rng.standard_normal(kv).astype(np.float32),
+        "past_mask": past_mask,
+        "cross_k": rng.standard_normal(cross).astype(np.float32),
+        "cross_v": rng.standard_normal(cross).astype(np.float32),
+        "src_mask": src_mask,
+    }
+
+
+def step_reference(model: EncoderDecoder):  # noqa: ANN201 - a callable for check_parity
+    @torch.no_grad()
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = model.decode_step(*(torch.from_numpy(inputs[n]) for n in DECODER_INPUTS))
+        return {n: o.numpy() for n, o in zip(DECODER_OUTPUTS, out, strict=True)}
+
+    return run
+
+
+def onnx_greedy(encoder: ort.InferenceSession, decoder: ort.InferenceSession,
+                src: np.ndarray, pad_id: int, bos_id: int, eos_id: int, max_len: int
+                ) -> list[list[int]]:
+    """Plain batched greedy decoding on the two graphs with the key/value cache (independent
+    of serving's search code). src [B, S] int64 -> tokens per row, EOS excluded."""
+    src_mask = src != pad_id  # [B, S]
+    _, cross_k, cross_v = encoder.run(ENCODER_OUTPUTS, {"src_ids": src, "src_mask": src_mask})
+    rows = src.shape[0]
+    layers, _, heads, _, head_dim = cross_k.shape
+    past_k = past_v = np.zeros((layers, rows, heads, 0, head_dim), np.float32)  # P = 0
+    tokens = np.full((rows, 1), bos_id, np.int64)  # [B, 1]
+    out: list[list[int]] = [[] for _ in range(rows)]
+    done = np.zeros(rows, bool)
+    for t in range(max_len):
+        feeds = {"tokens": tokens, "positions": np.full((rows, 1), t, np.int64),
+                 "past_k": past_k, "past_v": past_v,
+                 "past_mask": np.ones((rows, t), bool), "cross_k": cross_k,
+                 "cross_v": cross_v, "src_mask": src_mask}
+        log_probs, past_k, past_v = decoder.run(DECODER_OUTPUTS, feeds)
+        best = log_probs.argmax(axis=-1)  # [B]
+        for i in np.flatnonzero(~done):
+            if best[i] == eos_id:
+                done[i] = True
+            else:
+                out[i].append(int(best[i]))
+        if done.all():
+            break
+        tokens = best[:, None].astype(np.int64)
+    return out
+
+
+def encode_sources(tokenizer: Tokenizer, sentences: list[str], limit: int, pad_id: int
+                   ) -> np.ndarray:
+    ids = [s for s in (tokenizer.encode_source(x) for x in sentences) if 0 < len(s) <= limit]
+    if not ids:
+        raise ExportError("the checkpoint has no validation sentences to verify greedy parity")
+    src = np.full((len(ids), max(map(len, ids))), pad_id, np.int64)  # [B, S]
+    for i, s in enumerate(ids):
+        src[i, :len(s)] = s
+    return src
+
+
+def check_greedy(model: EncoderDecoder, folder: Path, src: np.ndarray, max_len: int
+                 ) -> dict[str, int]:
+    """ONNX greedy == PyTorch greedy, token for token; returns sentence/token counts."""
+    c = model.config
+    want = greedy_decode(model, torch.from_numpy(src), max_len)
+    got = onnx_greedy(session(folder / "encoder.onnx"), session(folder / "decoder.onnx"), src,
+                      c.pad_id, c.bos_id, c.eos_id, max_len)
+    for i, (w, g) in enumerate(zip(want, got, strict=True)):
+        if w != g:
+            raise ExportError(f"greedy decoding differs on validation sentence {i}: PyTorch "
+                              f"{w} vs onnxruntime {g}; nothing was written")
+    return {"sentences": len(want), "tokens": sum(map(len, want)),
+            "longest_output_tokens": max(map(len, want))}
+
+
+def untie_initializers(src: Path, dst: Path) -> int:
+    """Give each node its own copy of an initializer that several node types share (the tied
+    embedding is a Gather table and the generator's Gemm weight). onnxruntime's dynamic
+    quantisation rewrites the Gemm weight in place, which breaks the Gather. Returns the copies
+    made."""
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    users: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name in inits:
+                users.setdefault(name, []).append((node, k))
+    copies = 0
+    for name, uses in users.items():
+        if len({n.op_type for n, _ in uses}) < 2:
+            continue
+        first = uses[0][0].op_type
+        for node, k in uses:
+            if node.op_type == first:
+                continue
+            copy_name = f"{name}.{node.op_type.lower()}_{copies}"
+            clone = onnx.TensorProto()
+            clone.CopyFrom(inits[name])
+            clone.name = copy_name
+            model.graph.initializer.append(clone)
+            node.input[k] = copy_name
+            copies += 1
+    onnx.save(model, str(dst))
+    return copies
+
+
+def greedy_bleu(folder: Path, encoder_file: str, decoder_file: str, tokenizer: Tokenizer,
+                pairs: list[list[str]], tc: TranslatorTrainConfig, max_len: int) -> float:
+    src = encode_sources(tokenizer, [s for s, _ in pairs], tc.max_source_tokens,
+                         tokenizer.pad_id)
+    hyps = onnx_greedy(session(folder / encoder_file), session(folder / decoder_file), src,
+                       tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, max_len)
+    texts = [tokenizer.decode(h) for h in hyps]
+    return float(sacrebleu.corpus_bleu(texts, [[t for _, t in pairs]]).score)
+
+
+def build_config(model: EncoderDecoder, tc: TranslatorTrainConfig, payload: dict[str, Any],
+                 opset: int, max_batch_size: int, verification: dict[str, Any],
+                 quantization: dict[str, Any] | None) -> mc.ModelConfig:
+    c = model.config
+    config = mc.ModelConfig(backend=BACKEND, max_batch_size=max_batch_size)
+    config.input.add(name="text", data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(name="translation", data_type=mc.TYPE_STRING, dims=[1])
+    config.output.add(name="score", data_type=mc.TYPE_FP32, dims=[1])
+    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    config.version_policy.latest.num_versions = 1
+    parameters: dict[str, object] = {
+        "seqserve_schema": SCHEMA_VERSION, "task": "translator",
+        "src_lang": tc.src, "tgt_lang": tc.tgt,
+        "bos_id": c.bos_id, "eos_id": c.eos_id, "pad_id": c.pad_id,
+        "max_source_tokens": tc.max_source_tokens, "max_target_tokens": c.max_len - 1,
+        "default_beam_size": tc.beam_size, "default_length_penalty": tc.length_penalty,
+        "tokenizer": TOKENIZER_FILE, "vocab_size": c.vocab_size, "d_model": c.d_model,
+        "num_layers": c.num_decoder_layers, "num_heads": c.num_heads, "head_dim": c.head_dim,
+        "metrics": payload.get("metrics", {}),
+        "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
+        "opset": opset, "verification": verification,
+    }
+    if quantization is not None:
+        parameters["quantization"] = quantization
+    for key, value in parameters.items():
+        config.parameters[key].string_value = parameter_value(value)
+    return config
+
+
+def export_translator(checkpoint_dir: Path, repository: Path, name: str,
+                      options: TranslatorExportOptions = TranslatorExportOptions()) -> Path:
+    """Export, verify and write one version; returns the version folder."""
+    for logger in ("torch.onnx", "onnx_ir", "onnxscript"):  # "torchvision is not installed",
+        logging.getLogger(logger).setLevel(logging.ERROR)  # initializer de-duplication
+    existing = Path(repository) / name / str(options.version)
+    if options.version is not None and existing.exists() and not options.force:
+        raise ExportError(f"{existing} exists: pass --force to overwrite version "
+                          f"{options.version}, or leave --version out to write the next one")
+    model, tc, spm_model, payload = load_translator_checkpoint(checkpoint_dir)
+    c = model.config
+    tokenizer = Tokenizer.from_bytes(spm_model)
+    sample = payload["data"].get("validation_sample", [])
+    max_len = c.max_len - 1
+    with tempfile.TemporaryDirectory(prefix="seqserve-export-") as tmp:
+        folder = Path(tmp)
+        opset = export_graphs(model, folder, options.opset)
+        dims = graph_dims(model)
+        for file, want in dims.items():
+            check_dims(check_model(folder / file), want)
+        rng = np.random.default_rng(0)
+        worst = check_parity(step_reference(model), session(folder / "decoder.onnx"),
+                             [step_inputs(model, *case, rng) for case in STEP_CASES], STEP_ATOL)
+        src = encode_sources(tokenizer, [s for s, _ in sample[:PARITY_SENTENCES]],
+                             tc.max_source_tokens, c.pad_id)
+        verification = {"step_max_abs_diff": float(f"{worst:.3g}"), "step_atol": STEP_ATOL,
+                        "greedy_equal": check_greedy(model, folder, src, max_len)}
+        files = {"encoder.onnx": folder / "encoder.onnx", "decoder.onnx": folder / "decoder.onnx",
+                 TOKENIZER_FILE: spm_model}
+        quantization = None
+        if options.quantize == "int8":
+            counts = {}
+            for file in ("encoder.onnx", "decoder.onnx"):
+                untied = folder / file.replace(".onnx", ".untied.onnx")
+                untie_initializers(folder / file, untied)
+                q = folder / file.replace(".onnx", ".int8.onnx")
+                counts[file] = quantize_int8(untied, q)
+                check_dims(check_model(q), dims[file])
+                files[file] = q
+            fp32 = greedy_bleu(folder, "encoder.onnx", "decoder.onnx", tokenizer, sample, tc,
+                               max_len)
+            int8 = greedy_bleu(folder, "encoder.int8.onnx", "decoder.int8.onnx", tokenizer,
+                               sample, tc, max_len)
+            quantization = {"type": "int8", "method": METHOD, "weight_type": WEIGHT_TYPE,
+                            "quantized_nodes": counts, "validation_sentences": len(sample),
+                            "greedy_bleu_fp32": round(fp32, 2), "greedy_bleu_int8": round(int8, 2),
+                            "bleu_change": round(int8 - fp32, 2)}
+        elif options.quantize is not None:
+            raise ExportError(f"unknown quantisation {options.quantize!r} (known: int8)")
+        config = build_config(model, tc, payload, opset, options.max_batch_size, verification,
+                              quantization)
+        return write_version(repository, name, config, files, options.version, options.force)
+
+
+def run_from_args(args: argparse.Namespace) -> Path:
+    """The EXPORTERS entry of `seqserve export`."""
+    options = TranslatorExportOptions(version=args.version, force=args.force,
+                                      quantize=args.quantize, opset=args.opset)
+    return export_translator(Path(args.checkpoint), Path(args.repository), args.name, options)

@@ -1,0 +1,36 @@
+"""Export-only modules: the trained network with its scaling baked in as constants."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ForecasterGraph(nn.Module):
+    """Raw units in, raw units out: standardise `past`, run the network, un-standardise.
+
+    Inputs: past [B, L, F_in] raw, future [B, H, F_fut] (only when the network takes covariates).
+    Outputs: forecast [B, H, F_out] raw, and quantiles [B, H, F_out, Q] raw when trained with them.
+    """
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float],
+                 target_index: tuple[int, ...]) -> None:
+        super().__init__()
+        self.net = net
+        t = list(target_index)
+        mean_ = torch.tensor(mean, dtype=torch.float32)
+        std_ = torch.tensor(std, dtype=torch.float32)
+        self.register_buffer("mean", mean_)  # [F_in]
+        self.register_buffer("std", std_)  # [F_in]
+        self.register_buffer("target_mean", mean_[t].clone())  # [F_out]
+        self.register_buffer("target_std", std_[t].clone())  # [F_out]
+
+    def forward(self, past: torch.Tensor, future: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        forecast, quantiles = self.net((past - self.mean) / self.std, future)  # scaled
+        forecast = forecast * self.target_std + self.target_mean  # [B, H, F_out]
+        if quantiles is None:
+            return forecast
+        scale, shift = self.target_std[:, None], self.target_mean[:, None]  # [F_out, 1]
+        quantiles = quantiles * scale + shift  # [B, H, F_out, Q]
+        return forecast, quantiles
