@@ -2,10 +2,16 @@
 
 Each request keeps `beam_size` live hypotheses (decoder rows). A step scores every extension of
 every live hypothesis, keeps the best `beam_size` that do not end in EOS, and finishes those
-ranked in the top `beam_size` that do (fairseq's rule). A request is done once it has
-`beam_size` finished hypotheses, or when its hypotheses reach `max_length` tokens. Scores are
-sums of log-probabilities divided by the GNMT length penalty ((5 + n) / 6) ** alpha, where n is
-the number of tokens generated (EOS included); alpha = 0 leaves plain log-probabilities.
+ranked in the top `beam_size` that do (fairseq's rule). Scores are sums of log-probabilities
+divided by the GNMT length penalty ((5 + n) / 6) ** alpha, where n is the number of tokens
+generated (EOS included); alpha = 0 leaves plain log-probabilities.
+
+A request is done when no live hypothesis can still enter its `beam_size` best finished ones:
+log-probabilities only fall, so a live hypothesis ends at best at its current sum divided by
+the largest penalty it can get, the one at `max_length` (an exact bound, not a heuristic).
+Counting finished hypotheses alone is not enough: weak beams that stop early would end the
+search before the best hypothesis has finished. Greedy search (beam 1) stops at its EOS.
+Hypotheses that reach `max_length` tokens finish without EOS.
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ class BeamState:
             if len(parents) == k:
                 break
         new_tokens = [[*self.tokens[p], t] for p, t in zip(parents, tokens, strict=True)]
-        if len(self.finished) >= k or not parents:
+        if not parents or self._settled(k, max(cum)):
             self.done = True
         elif self.length >= self.max_length:
             for hyp, score in zip(new_tokens, cum, strict=True):
@@ -95,6 +101,15 @@ class BeamState:
             new_tokens.append(list(new_tokens[0]))
         self.tokens, self.cum = new_tokens, np.asarray(cum, np.float64)
         return np.asarray(parents, np.int64), np.asarray(tokens, np.int64)
+
+    def _settled(self, k: int, best_live: float) -> bool:
+        """No live hypothesis can beat the k-th best finished one."""
+        if len(self.finished) < k:
+            return False
+        if k == 1:
+            return True
+        kth = sorted((h.score for h in self.finished), reverse=True)[k - 1]
+        return best_live / length_penalty(self.max_length, self.alpha) <= kth
 
     def best(self, n: int) -> list[Hypothesis]:
         """The n best finished hypotheses, best first."""

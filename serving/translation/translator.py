@@ -23,7 +23,7 @@ class Translator:
     """Tokenize -> encoder -> cached decoder steps -> detokenize.
 
     Per-request settings: `beam_size` (1 = greedy; default: the config's `default_beam_size`),
-    `max_length` (target tokens; default min(max_target_tokens, 2 * source tokens + 10)),
+    `max_length` (target tokens; default min(max_target_tokens, 3 * source tokens + 10)),
     `length_penalty` (GNMT alpha, 0 = none), `num_hypotheses` (n-best, <= beam_size).
     """
 
@@ -68,7 +68,7 @@ class Translator:
         beam = self.spec.default_beam_size if beam_size is None else beam_size
         cap = self.spec.max_target_tokens
         if max_length is None:
-            max_length = min(cap, 2 * len(source) + 10)
+            max_length = min(cap, 3 * len(source) + 10)
         elif max_length > cap:
             raise BadDecodingSetting(f"max_length {max_length} exceeds this model's "
                                      f"max_target_tokens {cap}")

@@ -1,0 +1,67 @@
+"""Session fixtures: one tiny translator trained through the CLI for a few seconds on the
+numbers corpus, and its export; both shared by every test here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from seqserve.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-translator")
+    assert main(["train", "translator", "--preset", "tiny", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_metrics(tiny_checkpoint: Path) -> dict[str, Any]:
+    return json.loads((tiny_checkpoint / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from seqserve.cli import main
+
+    repo = tmp_path_factory.mktemp("repo")
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--repository", str(repo),
+                 "--name", "translator"]) == 0
+    return repo
+
+
+@pytest.fixture(scope="session")
+def version_dir(tiny_repository: Path) -> Path:
+    return tiny_repository / "translator" / "1"
+
+
+@pytest.fixture(scope="session")
+def translator(version_dir: Path):  # noqa: ANN201 - serving.translation.Translator
+    import onnxruntime as ort
+
+    from serving.translation import Translator
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    return Translator.load(version_dir, session_options=opts,
+                           providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="session")
+def torch_checkpoint(tiny_checkpoint: Path) -> tuple[Any, ...]:
+    from training.train_translator import load_translator_checkpoint
+
+    return load_translator_checkpoint(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def sample_sources(torch_checkpoint: tuple[Any, ...]) -> list[str]:
+    """Validation sentences (numbers never seen in training)."""
+    return [s for s, _ in torch_checkpoint[3]["data"]["validation_sample"][:32]]

@@ -1,0 +1,114 @@
+"""The exported version folder: config.pbtxt contract, graph signatures with dynamic dims,
+an empty first cache, and greedy parity with PyTorch on a trained tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.verify import graph_dims
+from protos.inference import model_config_pb2 as mc
+from serving.translation import Translator, TranslatorSpec, read_config
+from training.decoding import greedy_decode
+
+
+def test_training_wrote_checkpoint_metrics_and_examples(tiny_checkpoint: Path,
+                                                        tiny_metrics: dict[str, Any]) -> None:
+    assert {p.name for p in tiny_checkpoint.iterdir()} >= {
+        "checkpoint.pt", "spm.model", "metrics.json", "examples.txt"}
+    for key in ("bleu", "chrf", "exact_match", "split", "beam_size", "decode_seconds",
+                "parameters", "train_seconds", "steps", "best_val_loss"):
+        assert key in tiny_metrics, key
+    assert tiny_metrics["split"] == "test" and tiny_metrics["beam_size"] == 2
+    assert "HYP" in (tiny_checkpoint / "examples.txt").read_text()
+
+
+def test_config_declares_the_translator_contract(version_dir: Path) -> None:
+    config = read_config(version_dir.parent)
+    assert config.name == "translator" and config.backend == "seqserve_translator"
+    assert config.platform == "" and config.max_batch_size == 64
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [
+        ("text", mc.TYPE_STRING, [1])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [
+        ("translation", mc.TYPE_STRING, [1]), ("score", mc.TYPE_FP32, [1])]
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    for key in ("seqserve_schema", "task", "src_lang", "tgt_lang", "bos_id", "eos_id", "pad_id",
+                "max_source_tokens", "max_target_tokens", "default_beam_size", "tokenizer",
+                "num_layers", "num_heads", "head_dim", "metrics", "exporter", "opset"):
+        assert key in params, key
+    assert params["seqserve_schema"] == "1" and params["task"] == "translator"
+    assert json.loads(params["metrics"])["beam_size"] == 2
+    spec = TranslatorSpec.from_config(config)
+    assert (spec.src_lang, spec.tgt_lang, spec.max_source_tokens) == ("de", "en", 48)
+    assert sorted(p.name for p in version_dir.iterdir()) == [
+        "decoder.onnx", "encoder.onnx", "spm.model"]
+
+
+def test_graphs_have_dynamic_batch_length_and_cache(version_dir: Path) -> None:
+    enc = graph_dims(onnx.load(str(version_dir / "encoder.onnx")))
+    dec = graph_dims(onnx.load(str(version_dir / "decoder.onnx")))
+    assert all(isinstance(d, str) for d in enc["src_ids"])
+    assert enc["cross_k"][0] == 2 and isinstance(enc["cross_k"][3], str)
+    for name in ("past_k", "past_v"):
+        assert isinstance(dec[name][1], str) and isinstance(dec[name][3], str)
+    assert isinstance(dec["past_mask"][1], str) and dec["tokens"][1] == 1
+    assert not list((version_dir).glob("*.data"))  # single-file ONNX
+
+
+def test_decoder_accepts_an_empty_cache(version_dir: Path) -> None:
+    sess = ort.InferenceSession(str(version_dir / "decoder.onnx"),
+                                providers=["CPUExecutionProvider"])
+    kv = np.zeros((2, 3, 4, 0, 16), np.float32)
+    cross = np.random.default_rng(0).standard_normal((2, 3, 4, 5, 16)).astype(np.float32)
+    log_probs, pk, _ = sess.run(None, {
+        "tokens": np.full((3, 1), 2, np.int64), "positions": np.zeros((3, 1), np.int64),
+        "past_k": kv, "past_v": kv, "past_mask": np.zeros((3, 0), bool), "cross_k": cross,
+        "cross_v": cross, "src_mask": np.ones((3, 5), bool)})
+    assert log_probs.shape == (3, 96) and pk.shape == (2, 3, 4, 1, 16)
+    assert np.allclose(np.exp(log_probs).sum(-1), 1, atol=1e-4)
+
+
+def _torch_greedy(torch_checkpoint: tuple[Any, ...], translator: Translator,
+                  sources: list[str]) -> list[list[int]]:
+    model = torch_checkpoint[0]
+    ids = [translator.tokenizer.encode_source(s) for s in sources]
+    src = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
+    for i, s in enumerate(ids):
+        src[i, :len(s)] = torch.tensor(s)
+    return greedy_decode(model, src, translator.spec.max_target_tokens)
+
+
+def test_onnx_greedy_equals_torch_greedy_on_real_sentences(
+        translator: Translator, torch_checkpoint: tuple[Any, ...],
+        sample_sources: list[str]) -> None:
+    want = _torch_greedy(torch_checkpoint, translator, sample_sources)
+    got = translator.translate(sample_sources, beam_size=1,
+                               max_length=translator.spec.max_target_tokens)
+    assert [r.token_ids for r in got] == want
+    assert max(map(len, want)) >= 10  # trained outputs, not an untrained model's trivia
+    assert sum(len(w) >= 10 for w in want) >= len(want) // 2
+
+
+def test_export_recorded_its_verification(version_dir: Path) -> None:
+    params = {k: v.string_value for k, v in read_config(version_dir.parent).parameters.items()}
+    verification = json.loads(params["verification"])
+    assert verification["greedy_equal"]["sentences"] == 32
+    assert verification["greedy_equal"]["longest_output_tokens"] >= 10
+    assert verification["step_max_abs_diff"] < 1e-4
+    assert params["exporter"].startswith("torch.onnx.export(dynamo=True)")
+
+
+def test_export_refuses_to_overwrite_before_exporting(
+        tiny_checkpoint: Path, tiny_repository: Path, capsys: pytest.CaptureFixture) -> None:
+    from seqserve.cli import main
+
+    code = main(["export", "--checkpoint", str(tiny_checkpoint), "--repository",
+                 str(tiny_repository), "--name", "translator", "--version", "1"])
+    assert code == 2 and "exists" in capsys.readouterr().err

@@ -1,0 +1,77 @@
+"""Beam search on a model with known probabilities (tests/translation/fakes.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from serving.translation import BadDecodingSetting, DecodeBatch, DecodeRequest
+from serving.translation.search import BeamState, length_penalty
+from tests.translation.fakes import BOS, EOS, PAD, A, B, FakeModel, LateModel
+
+
+def decode(beam: int, model: FakeModel | None = None, **settings: float) -> list:
+    batch = DecodeBatch(model or FakeModel(), BOS, EOS, PAD)
+    batch.add([DecodeRequest("r", [5, EOS], beam_size=beam, **settings)])
+    while len(batch):
+        for update in batch.step():
+            if update.finished:
+                return update.result.hypotheses
+    raise AssertionError("never finished")
+
+
+def test_beam_search_finds_a_better_sequence_than_greedy() -> None:
+    [greedy] = decode(1)
+    best, *_ = decode(2)
+    assert greedy.token_ids == [A] and greedy.log_prob == pytest.approx(math.log(0.6 * 0.3))
+    assert best.token_ids == [B] and best.log_prob == pytest.approx(math.log(0.4 * 0.9))
+    assert best.log_prob > greedy.log_prob
+
+
+@pytest.mark.parametrize("beam", [2, 3, 4])
+def test_search_goes_on_until_the_best_hypothesis_has_finished(beam: int) -> None:
+    """Weak beams that stop early must not end the search (counting finished ones would)."""
+    best = decode(beam, LateModel(), num_hypotheses=2)[0]
+    assert best.token_ids == [A] * 5
+    assert best.log_prob == pytest.approx(math.log(0.9 * 0.99 ** 4))
+
+
+def test_n_best_is_sorted_and_scored() -> None:
+    hyps = decode(3, num_hypotheses=3)
+    assert len(hyps) == 3
+    assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+    assert hyps[0].token_ids == [B]
+    assert hyps[1].token_ids == [A] and hyps[1].log_prob == pytest.approx(math.log(0.18))
+
+
+def test_length_penalty_divides_by_the_gnmt_factor() -> None:
+    assert length_penalty(3, 0.0) == 1.0
+    assert length_penalty(7, 1.0) == pytest.approx(2.0)
+    [h] = decode(1, length_penalty=1.0)
+    assert h.score == pytest.approx(h.log_prob / length_penalty(2, 1.0))
+
+
+def test_max_length_stops_a_hypothesis_without_eos() -> None:
+    [h] = decode(1, max_length=1)
+    assert h.token_ids == [A] and h.log_prob == pytest.approx(math.log(0.6))
+
+
+def test_beam_state_reorders_rows_from_their_parents() -> None:
+    state = BeamState(beam_size=2, max_length=10, alpha=0.0, eos_id=EOS)
+    lp = np.log(np.full((2, 7), 1e-9))
+    lp[0, [A, B]] = np.log([0.6, 0.4])
+    parents, tokens = state.advance(lp)  # both from row 0: row 1 is a placeholder
+    assert parents.tolist() == [0, 0] and tokens.tolist() == [A, B]
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"beam_size": 0}, "beam_size"), ({"max_length": 0}, "max_length"),
+    ({"beam_size": 2, "num_hypotheses": 3}, "num_hypotheses"),
+    ({"length_penalty": -1.0}, "length_penalty"),
+])
+def test_bad_settings_are_invalid_input(settings: dict, message: str) -> None:
+    batch = DecodeBatch(FakeModel(), BOS, EOS, PAD)
+    with pytest.raises(BadDecodingSetting, match=message):
+        batch.add([DecodeRequest("r", [5, EOS], **settings)])

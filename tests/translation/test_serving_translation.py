@@ -1,0 +1,91 @@
+"""serving.translation on the exported tiny model: batching, continuous batching, streaming,
+limits, and no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.errors import InvalidInput
+from serving.translation import BadDecodingSetting, SourceTooLong, Translator
+from tests.conftest import ROOT
+
+
+def test_batched_equals_one_at_a_time(translator: Translator,
+                                      sample_sources: list[str]) -> None:
+    sources = sample_sources[:12]
+    together = translator.translate(sources, beam_size=2, num_hypotheses=2)
+    for text, batched in zip(sources, together, strict=True):
+        [alone] = translator.translate([text], beam_size=2, num_hypotheses=2)
+        assert [h.token_ids for h in alone.hypotheses] == \
+            [h.token_ids for h in batched.hypotheses]
+        assert alone.score == pytest.approx(batched.score, abs=1e-4)
+        assert alone.text == batched.text and alone.text
+
+
+def test_a_request_joins_a_running_batch_and_matches_its_solo_run(
+        translator: Translator, sample_sources: list[str]) -> None:
+    by_length = sorted(sample_sources, key=len)
+    short, long_ = by_length[0], by_length[-1]
+    batch = translator.new_batch()
+    batch.add([translator.request(long_, id="long", beam_size=1),
+               translator.request(by_length[5], id="mid", beam_size=3)])
+    for _ in range(4):
+        batch.step()
+    batch.add([translator.request(short, id="short", beam_size=1)])
+    results, order = {}, []
+    while len(batch):
+        for update in batch.step():
+            if update.finished:
+                results[update.id] = update.result
+                order.append(update.id)
+    assert results["short"].joined_step == 4
+    assert order.index("short") < order.index("long")
+    for rid, text, beam in (("long", long_, 1), ("mid", by_length[5], 3), ("short", short, 1)):
+        [solo] = translator.translate([text], beam_size=beam)
+        assert solo.token_ids == results[rid].token_ids, rid
+        assert solo.score == pytest.approx(results[rid].score, abs=1e-4)
+
+
+def test_greedy_streaming_pieces_add_up_to_the_translation(translator: Translator,
+                                                           sample_sources: list[str]) -> None:
+    updates = list(translator.stream(sample_sources[0], beam_size=1))
+    pieces = [u.text for u in updates]
+    final = updates[-1].result
+    assert updates[-1].finished and not any(u.finished for u in updates[:-1])
+    assert "".join(pieces) == final.text
+    first_text = next(i for i, p in enumerate(pieces) if p)
+    assert first_text < len(updates) - 1  # text arrived before decoding ended
+    assert sum(len(u.token_ids) for u in updates) == len(final.token_ids)
+
+
+def test_too_long_input_names_the_limit(translator: Translator) -> None:
+    with pytest.raises(SourceTooLong, match=r"at most 48 source tokens \(max_source_tokens\)"):
+        translator.request("dreihundert " * 40)
+    assert issubclass(SourceTooLong, InvalidInput)
+    with pytest.raises(BadDecodingSetting, match="max_target_tokens"):
+        translator.request("vier", max_length=10_000)
+
+
+def test_empty_input_gives_empty_output(translator: Translator) -> None:
+    results = translator.translate(["", "  ", "vier"], beam_size=1)
+    assert [r.text for r in results[:2]] == ["", ""]
+    assert results[2].text
+
+
+def test_serving_translation_runs_without_torch(version_dir: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from serving.translation import Translator\n"
+        f"t = Translator.load(Path({str(version_dir)!r}))\n"
+        "print(t.translate(['siebenhundertzwölf'], beam_size=3)[0].text)\n"
+        "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    text, leaked = out.stdout.strip().splitlines()
+    assert text and leaked == "False"

@@ -1,0 +1,350 @@
+"""`seqserve train translator`: train the Transformer translator and evaluate it.
+
+Data -> joint SentencePiece -> token-based batches -> label-smoothed cross-entropy with AdamW,
+linear warm-up then inverse-square-root decay, gradient clipping, validation loss every
+`eval_every` steps (early stopping, snapshots), average of the last N snapshots (kept when it
+beats the best single one on validation), then beam search on the test split.
+
+DIR receives: checkpoint.pt (kind "translator": model_args, train_config, state_dict, tokenizer
+bytes, data, metrics), spm.model, metrics.json, examples.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F  # noqa: N812 - the usual alias
+from tqdm import tqdm
+
+from serving.translation import Tokenizer, Translator, TranslatorSpec
+from training import checkpoint
+from training.data.batching import collate, token_batches
+from training.data.parallel import CorpusError, Pair, load_corpus
+from training.data.sources import DatasetError
+from training.data.tokenizer import train_tokenizer
+from training.decoding import TorchStepModel
+from training.models.transformer import EncoderDecoder, count_parameters, make_model
+from training.translation_eval import evaluate, write_examples
+from training.translator_config import (
+    TranslatorConfig,
+    TranslatorTrainConfig,
+    preset_for,
+    resolve,
+)
+
+KIND = "translator"
+TOKENIZER_FILE = "spm.model"
+VALIDATION_SAMPLE = 200  # validation pairs kept in the checkpoint for export checks
+
+
+@dataclass
+class Encoded:
+    """Token ids of sentence pairs: sources end with EOS, targets are bare."""
+
+    src: list[list[int]]
+    tgt: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+@dataclass
+class FitResult:
+    steps: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+    target_tokens: int = 0
+    stopped_by: str = ""
+    best_val_loss: float = math.inf
+    final_val_loss: float = math.inf
+    averaged: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, warmup: int) -> float:
+    """Linear warm-up to 1 at `warmup`, then inverse-square-root decay (step counts from 1)."""
+    step = max(step, 1)
+    return min(step / warmup, math.sqrt(warmup / step))
+
+
+def encode_pairs(tokenizer: Tokenizer, pairs: list[Pair], max_source: int, max_target: int
+                 ) -> tuple[Encoded, int]:
+    """Ids of the pairs that fit the limits, and how many did not."""
+    out, dropped = Encoded([], []), 0
+    for src, tgt in pairs:
+        s, t = tokenizer.encode_source(src), tokenizer.encode(tgt)
+        if not s or len(s) > max_source or len(t) + 1 > max_target:
+            dropped += 1
+            continue
+        out.src.append(s)
+        out.tgt.append(t)
+    return out, dropped
+
+
+def _tensors(data: Encoded, idx: np.ndarray, config: TranslatorConfig, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    arrays = collate([data.src[i] for i in idx], [data.tgt[i] for i in idx], config.pad_id,
+                     config.bos_id, config.eos_id)
+    return tuple(torch.from_numpy(a).to(device) for a in arrays)  # [B, S], [B, T], [B, T]
+
+
+@torch.no_grad()
+def validation_loss(model: EncoderDecoder, data: Encoded, max_tokens: int,
+                    device: torch.device) -> float:
+    """Mean per-token negative log-likelihood (no smoothing)."""
+    model.eval()
+    c = model.config
+    total, count = 0.0, 0
+    lens = np.array([len(s) for s in data.src]), np.array([len(t) + 1 for t in data.tgt])
+    for idx in token_batches(*lens, max_tokens):
+        src, tgt_in, tgt_out = _tensors(data, idx, c, device)
+        log_probs = model(src, tgt_in)  # [B, T, V]
+        total += float(F.nll_loss(log_probs.flatten(0, 1).float(), tgt_out.flatten(),
+                                  ignore_index=c.pad_id, reduction="sum"))
+        count += int((tgt_out != c.pad_id).sum())
+    return total / max(count, 1)
+
+
+def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of state dicts (checkpoint averaging)."""
+    return {k: sum(s[k].float() for s in states).div(len(states)).to(states[0][k].dtype)
+            for k in states[0]}
+
+
+def _snapshot(model: EncoderDecoder) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: Encoded,
+        device: torch.device, quiet: bool = False) -> FitResult:
+    """Train in place; on return the model holds the averaged or the best weights."""
+    c = model.config
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas,
+                            weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s + 1, tc.warmup))
+    rng = np.random.default_rng(tc.seed)
+    src_lens = np.array([len(s) for s in train.src])
+    tgt_lens = np.array([len(t) + 1 for t in train.tgt])
+    snapshots: deque[dict[str, torch.Tensor]] = deque(maxlen=max(tc.average_last, 1))
+    best_state: dict[str, torch.Tensor] | None = None
+    result, bad, last_eval = FitResult(), 0, 0
+    budget = tc.max_minutes * 60 or math.inf
+    start = time.monotonic()
+    # the bar's ETA counts to max_steps; the description shows the time budget left, if any
+    bar = tqdm(total=tc.max_steps, disable=quiet, unit="step", dynamic_ncols=True,
+               file=sys.stderr)
+    window_tokens, window_start = 0, time.monotonic()
+    while not result.stopped_by:
+        result.epochs += 1
+        for idx in token_batches(src_lens, tgt_lens, tc.max_tokens, rng):
+            model.train()
+            src, tgt_in, tgt_out = _tensors(train, idx, c, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                log_probs = model(src, tgt_in)  # [B, T, V]
+            ntok = int((tgt_out != c.pad_id).sum())
+            loss = F.cross_entropy(log_probs.flatten(0, 1).float(), tgt_out.flatten(),
+                                   ignore_index=c.pad_id, label_smoothing=tc.label_smoothing,
+                                   reduction="sum") / ntok
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
+            opt.step()
+            sched.step()
+            train_loss = float(loss.detach())
+            result.steps += 1
+            result.target_tokens += ntok
+            window_tokens += ntok
+            elapsed = time.monotonic() - start
+            if result.steps >= tc.max_steps:
+                result.stopped_by = "max_steps"
+            elif elapsed >= budget:
+                result.stopped_by = "max_minutes"
+            if result.steps % tc.eval_every == 0 or result.stopped_by:
+                val_loss = validation_loss(model, val, 2 * tc.max_tokens, device)
+                last_eval = result.steps
+                snapshots.append(_snapshot(model))
+                result.history.append({"step": result.steps, "val_loss": round(val_loss, 4),
+                                       "train_loss": round(train_loss, 4),
+                                       "minutes": round(elapsed / 60, 2)})
+                if val_loss < result.best_val_loss - 1e-4:
+                    result.best_val_loss, best_state, bad = val_loss, _snapshot(model), 0
+                else:
+                    bad += 1
+                    if bad >= tc.patience and not result.stopped_by:
+                        result.stopped_by = "early_stopping"
+                bar.set_postfix_str(f"val {val_loss:.3f} best {result.best_val_loss:.3f}",
+                                    refresh=False)
+            if result.steps % 10 == 0 or result.stopped_by:
+                rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
+                window_tokens, window_start = 0, time.monotonic()
+                left = f" budget {(budget - elapsed) / 60:.1f} min" if budget < math.inf else ""
+                bar.set_description(f"loss {train_loss:.3f} lr {sched.get_last_lr()[0]:.2e} "
+                                    f"{rate:,.0f} tok/s{left}", refresh=False)
+            bar.update(1)
+            if result.stopped_by:
+                break
+    bar.close()
+    assert last_eval == result.steps and best_state is not None
+    result.seconds = time.monotonic() - start
+    result.final_val_loss = result.best_val_loss
+    if len(snapshots) > 1:
+        model.load_state_dict(average_states(list(snapshots)))
+        averaged = validation_loss(model, val, 2 * tc.max_tokens, device)
+        result.history.append({"step": result.steps, "val_loss_averaged": round(averaged, 4)})
+        if averaged <= result.best_val_loss:
+            result.averaged, result.final_val_loss = True, averaged
+    if not result.averaged:
+        model.load_state_dict(best_state)
+    return result
+
+
+def torch_translator(model: EncoderDecoder, tokenizer: Tokenizer, tc: TranslatorTrainConfig,
+                     device: torch.device) -> Translator:
+    """The serving pipeline (search, batching, tokenizer) on the PyTorch model."""
+    c = model.config
+    spec = TranslatorSpec(tc.src, tc.tgt, c.bos_id, c.eos_id, c.pad_id, tc.max_source_tokens,
+                          c.max_len - 1, tc.beam_size, TOKENIZER_FILE, c.num_decoder_layers,
+                          c.num_heads, c.head_dim, tc.eval_batch_rows)
+    return Translator(TorchStepModel(model, device), tokenizer, spec)
+
+
+def pick_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available to this torch build")
+    return torch.device(name)
+
+
+def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
+          quiet: bool = False) -> dict[str, object]:
+    """The whole recipe; returns the metrics also written to DIR/metrics.json."""
+    device = pick_device(tc.device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    set_seed(tc.seed)
+    wall = time.monotonic()
+    corpus = load_corpus(tc.data, tc.src, tc.tgt, tc.seed, tc.test_split, tc.numbers_train,
+                         tc.numbers_heldout, tc.numbers_max_digits)
+    spm_model = train_tokenizer([s for pair in corpus["train"] for s in pair], tc.vocab_size,
+                                tc.spm_model, tc.seed)
+    tokenizer = Tokenizer.from_bytes(spm_model)
+    config = TranslatorConfig(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
+                              bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **model_args)
+    if tc.max_source_tokens > config.max_len:
+        raise ValueError(f"max_source_tokens {tc.max_source_tokens} exceeds the model's "
+                         f"max_len {config.max_len}")
+    train_ids, dropped = encode_pairs(tokenizer, corpus["train"], tc.max_source_tokens,
+                                      config.max_len)
+    val_ids, _ = encode_pairs(tokenizer, corpus["val"], tc.max_source_tokens, config.max_len)
+    set_seed(tc.seed)
+    model = make_model(config).to(device)
+    params = count_parameters(model)
+    if not quiet:
+        print(f"{tc.data} {tc.src}->{tc.tgt}: {len(train_ids)} training pairs ({dropped} too "
+              f"long), {len(val_ids)} validation; vocabulary {config.vocab_size}; "
+              f"{params:,} parameters on {device}", file=sys.stderr)
+    fitted = fit(model, tc, train_ids, val_ids, device, quiet)
+    data_info = {"name": tc.data, "src": tc.src, "tgt": tc.tgt,
+                 "sizes": {k: len(v) for k, v in corpus.items()}, "train_dropped": dropped}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TOKENIZER_FILE).write_bytes(spm_model)
+    sample = [list(p) for p in corpus["val"][:VALIDATION_SAMPLE]]  # export's parity sentences
+    payload = {"kind": KIND, "model_args": asdict(config), "train_config": checkpoint.plain(tc),
+               "state_dict": _snapshot(model), "tokenizer": spm_model,
+               "data": {**data_info, "validation_sample": sample}, "step": fitted.steps,
+               "metrics": {}}
+    checkpoint.save(out, payload)  # before evaluating: a long evaluation loses nothing
+
+    limit = tc.max_source_tokens
+    test = [p for p in corpus["test"] if len(tokenizer.encode_source(p[0])) <= limit]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # step-by-step decoding is latency-bound: more threads only spin
+    try:
+        scores, hyps = evaluate(torch_translator(model, tokenizer, tc, device), test,
+                                tc.beam_size, tc.length_penalty, tc.eval_batch_rows)
+    finally:
+        torch.set_num_threads(threads)
+    metrics: dict[str, object] = {
+        **scores,
+        "split": tc.test_split if tc.data == "multi30k" else "test",
+        "test_dropped_too_long": len(corpus["test"]) - len(test),
+        "parameters": params,
+        "train_seconds": round(fitted.seconds, 1),
+        "wall_seconds": round(time.monotonic() - wall, 1),
+        "steps": fitted.steps, "epochs": fitted.epochs, "stopped_by": fitted.stopped_by,
+        "train_target_tokens_per_second": round(fitted.target_tokens / fitted.seconds, 1),
+        "best_val_loss": round(fitted.best_val_loss, 4),
+        "final_val_loss": round(fitted.final_val_loss, 4),
+        "checkpoint_averaged": fitted.averaged, "average_last": tc.average_last,
+        "device": str(device), "torch_threads": threads,
+        "load_average_1m": round(os.getloadavg()[0], 2), "data": data_info,
+        "validation": fitted.history,
+    }
+    if tc.data != "numbers":
+        metrics.pop("exact_match")
+    payload["metrics"] = {k: v for k, v in metrics.items() if k != "validation"}
+    checkpoint.save(out, payload)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_examples(out / "examples.txt", test, hyps, tc.examples)
+    return metrics
+
+
+def load_translator_checkpoint(folder: Path
+                               ) -> tuple[EncoderDecoder, TranslatorTrainConfig, bytes, dict]:
+    """(model in eval mode, train config, tokenizer bytes, payload) from DIR/checkpoint.pt."""
+    payload = checkpoint.load(folder)
+    if payload["kind"] != KIND:
+        raise checkpoint.CheckpointError(f"{folder}: a {payload['kind']} checkpoint, not a "
+                                         f"{KIND}")
+    config = checkpoint.rebuild(TranslatorConfig, payload["model_args"])
+    model = make_model(config)
+    model.load_state_dict(payload["state_dict"])
+    tc = checkpoint.rebuild(TranslatorTrainConfig, payload["train_config"])
+    return model.eval(), tc, payload["tokenizer"], payload
+
+
+MODEL_FLAGS = {"d_model": "d_model", "heads": "num_heads", "ff": "d_ff",
+               "encoder_layers": "num_encoder_layers", "decoder_layers": "num_decoder_layers",
+               "dropout": "dropout", "max_len": "max_len"}
+
+
+def configs_from_args(args: argparse.Namespace
+                      ) -> tuple[dict[str, object], TranslatorTrainConfig]:
+    """Preset (by --preset, else by --data) overridden by the flags given."""
+    preset = args.preset or preset_for(args.data or "numbers")
+    model = {field_: getattr(args, flag, None) for flag, field_ in MODEL_FLAGS.items()}
+    if getattr(args, "no_tie_embeddings", False):
+        model["tie_embeddings"] = False
+    train = {name: getattr(args, name, None) for name in TranslatorTrainConfig.__dataclass_fields__
+             if name != "bf16"}
+    train["bf16"] = True if getattr(args, "bf16", False) else None
+    return resolve(preset, model, train)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        model_args, tc = configs_from_args(args)
+        metrics = train(model_args, tc, Path(args.out), quiet=args.quiet)
+    except (CorpusError, DatasetError, ValueError) as err:
+        print(f"seqserve train translator: {err}", file=sys.stderr)
+        return 2
+    shown = {k: metrics[k] for k in ("bleu", "chrf", "exact_match", "split", "beam_size",
+                                     "train_seconds", "parameters") if k in metrics}
+    print(json.dumps(shown))
+    return 0
