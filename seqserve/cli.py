@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 DEFAULT_TARGET = "127.0.0.1:8001"
 
 Handler = Callable[[argparse.Namespace], int]
+TRAINING_ONLY = {"torch", "onnx", "onnxscript", "onnx_ir", "matplotlib", "sacrebleu", "num2words"}
 
 
 class NotAvailable(Exception):
@@ -22,15 +23,14 @@ def _lazy(module: str, func: str = "run") -> Handler:
 
     def handler(args: argparse.Namespace) -> int:
         try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name in {"torch", "onnx", "onnxscript"}:
+            return getattr(importlib.import_module(module), func)(args)
+        except ModuleNotFoundError as err:  # at import, or when the command reaches training
+            if err.name in TRAINING_ONLY:
                 raise NotAvailable(
                     f"`seqserve {args.command}` needs {err.name}, which serving-only installs "
                     "leave out: pip install 'seqserve[train]'"
                 ) from err
             raise
-        return getattr(mod, func)(args)
 
     return handler
 
@@ -67,6 +67,133 @@ def _health(args: argparse.Namespace) -> int:
     return code
 
 
+def _forecaster_arguments(fc: argparse.ArgumentParser) -> None:
+    """`train forecaster` flags; defaults come from the config dataclasses (no torch import)."""
+    from training.config import ForecasterConfig, TrainConfig
+
+    m, t = ForecasterConfig(), TrainConfig()
+    data = fc.add_argument_group("data")
+    data.add_argument("--data", default=t.data,
+                      help="synthetic, etth1/etth2/ettm1/ettm2 (downloaded and checked, or from "
+                      "SEQSERVE_DATA_DIR), or a CSV path (default: %(default)s)")
+    data.add_argument("--features", choices=["M", "S", "MS"], default=t.features,
+                      help="M: all columns in and out; S: target in and out; MS: all in, target "
+                      "out (default: %(default)s)")
+    data.add_argument("--target", default=",".join(t.target),
+                      help="target column(s), comma-separated (default: OT for ETT, price for "
+                      "synthetic, else the first column)")
+    data.add_argument("--covariates", default=None,
+                      help="past covariate columns, comma-separated (default: all other columns)")
+    data.add_argument("--date-col", default=t.date_col, help="timestamp column of a CSV")
+    data.add_argument("--fill", choices=["none", "ffill"], default=t.fill,
+                      help="empty CSV cells: none = error naming row and column, ffill = carry "
+                      "the previous value forward (default: %(default)s)")
+    data.add_argument("--future-features", default=",".join(t.future_features) or "none",
+                      help="known-future calendar features of the horizon steps, from hour, "
+                      "weekday, month, day_of_month, day_of_year, or none (default: %(default)s)")
+    data.add_argument("--synthetic-rows", type=int, default=t.synthetic_rows,
+                      help="hourly rows of the built-in generator (default: %(default)s)")
+    model = fc.add_argument_group("model")
+    model.add_argument("--arch", choices=["segrnn", "rnn"], default=m.arch,
+                       help="segrnn: segment-recurrent (default); rnn: last hidden state -> "
+                       "linear head (baseline)")
+    model.add_argument("--cell", choices=["lstm", "gru"], default=m.cell,
+                       help="recurrent cell (default: %(default)s)")
+    model.add_argument("--input-len", type=int, default=m.input_len,
+                       help="L (default: %(default)s)")
+    model.add_argument("--horizon", type=int, default=m.horizon, help="H (default: %(default)s)")
+    model.add_argument("--seg-len", type=int, default=m.seg_len,
+                       help="segrnn segment length; divides L and H (default: %(default)s)")
+    model.add_argument("--d-model", type=int, default=m.d_model,
+                       help="hidden size (default: %(default)s)")
+    model.add_argument("--layers", type=int, default=m.layers, help="recurrent layers")
+    model.add_argument("--dropout", type=float, default=m.dropout, help="(default: %(default)s)")
+    model.add_argument("--quantiles", default=",".join(f"{q:g}" for q in m.quantiles) or "none",
+                       help="quantile levels with pinball-loss heads, e.g. 0.1,0.5,0.9, or none "
+                       "(default: %(default)s)")
+    opt = fc.add_argument_group("training")
+    opt.add_argument("--epochs", type=int, default=t.epochs, help="at most (default: %(default)s)")
+    opt.add_argument("--batch-size", type=int, default=t.batch_size,
+                     help="(default: %(default)s)")
+    opt.add_argument("--lr", type=float, default=t.lr, help="Adam (default: %(default)s)")
+    opt.add_argument("--lr-decay", type=float, default=t.lr_decay,
+                     help="per-epoch factor after --warm-epochs (default: %(default)s)")
+    opt.add_argument("--warm-epochs", type=int, default=t.warm_epochs,
+                     help="epochs at the full learning rate (default: %(default)s)")
+    opt.add_argument("--patience", type=int, default=t.patience,
+                     help="early stopping on validation MSE (default: %(default)s)")
+    opt.add_argument("--clip", type=float, default=t.clip, help="gradient-norm clip")
+    opt.add_argument("--quantile-weight", type=float, default=t.quantile_weight,
+                     help="pinball loss weight next to the MSE (default: %(default)s)")
+    opt.add_argument("--seed", type=int, default=t.seed, help="random seed")
+    opt.add_argument("--device", default=t.device, help="cpu or cuda (default: %(default)s)")
+    opt.add_argument("--threads", type=int, default=t.threads,
+                     help="torch CPU threads (default: torch's choice)")
+    opt.add_argument("--quiet", action="store_true", help="no progress bar")
+    fc.add_argument("--out", required=True, help="checkpoint folder to write")
+
+
+def _translator_arguments(tr: argparse.ArgumentParser) -> None:
+    """`train translator` flags. Unset flags take the preset's value (training/translator_config.py
+    lists the presets; no torch import here)."""
+    from training.translator_config import PRESETS, TranslatorTrainConfig
+
+    t, n = TranslatorTrainConfig(), PRESETS["numbers"]
+    tr.add_argument("--data",
+                    help="numbers (built-in German->English number words), multi30k (checked "
+                    "download or SEQSERVE_DATA_DIR), or a corpus path: X.tsv, a prefix X with "
+                    "X.<src>/X.<tgt>, or a folder with train/val/test.<lang> (default: numbers)")
+    tr.add_argument("--src", default=t.src, help="source language (default: %(default)s)")
+    tr.add_argument("--tgt", default=t.tgt, help="target language (default: %(default)s)")
+    tr.add_argument("--out", required=True, help="checkpoint folder to write")
+    tr.add_argument("--preset", choices=sorted(PRESETS),
+                    help="model and training settings; default: numbers for --data numbers, "
+                    "multi30k otherwise; tiny trains in seconds (tests)")
+    model = tr.add_argument_group("model (default: the preset's)")
+    model.add_argument("--d-model", type=int, help=f"model width (numbers: {n.model['d_model']})")
+    model.add_argument("--heads", type=int, help="attention heads")
+    model.add_argument("--ff", type=int, help="feed-forward width")
+    model.add_argument("--encoder-layers", type=int, help="encoder layers")
+    model.add_argument("--decoder-layers", type=int, help="decoder layers")
+    model.add_argument("--dropout", type=float, help="dropout")
+    model.add_argument("--max-len", type=int, help="positions: longest source/target sequence")
+    model.add_argument("--no-tie-embeddings", action="store_true",
+                       help="separate source, target and output embedding matrices")
+    data = tr.add_argument_group("data and tokenizer (default: the preset's)")
+    data.add_argument("--test-split", help="multi30k test file (default: test_2016_flickr)")
+    data.add_argument("--vocab-size", type=int, help="joint SentencePiece vocabulary (upper bound)")
+    data.add_argument("--spm-model", choices=["unigram", "bpe"], help="SentencePiece model type")
+    data.add_argument("--max-source-tokens", type=int,
+                      help="longest source (EOS included); longer training pairs are dropped, "
+                      "the served model rejects longer inputs")
+    data.add_argument("--numbers-train", type=int, help="numbers corpus: training pairs")
+    data.add_argument("--numbers-heldout", type=int,
+                      help="numbers corpus: validation and test pairs, each")
+    opt = tr.add_argument_group("training (default: the preset's)")
+    opt.add_argument("--max-tokens", type=int, help="tokens per batch, padding included")
+    opt.add_argument("--max-steps", type=int, help="optimizer steps at most")
+    opt.add_argument("--max-minutes", type=float, help="training time budget (0 = none)")
+    opt.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    opt.add_argument("--warmup", type=int, help="linear warm-up steps, then 1/sqrt(step) decay")
+    opt.add_argument("--label-smoothing", type=float, help="(default: 0.1)")
+    opt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 0)")
+    opt.add_argument("--clip", type=float, help="gradient-norm clip (default: 1.0)")
+    opt.add_argument("--eval-every", type=int, help="steps between validation losses")
+    opt.add_argument("--patience", type=int,
+                     help="early stopping: evaluations without a better validation loss")
+    opt.add_argument("--average-last", type=int, help="checkpoint averaging over the last N")
+    opt.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU AMX or CUDA)")
+    opt.add_argument("--seed", type=int, help="random seed (default: 0)")
+    opt.add_argument("--device", help="cpu or cuda (default: cpu)")
+    opt.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    opt.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev = tr.add_argument_group("evaluation (default: the preset's)")
+    ev.add_argument("--beam-size", type=int, help="beam width on the test split")
+    ev.add_argument("--length-penalty", type=float, help="GNMT alpha (0 = none)")
+    ev.add_argument("--eval-batch-rows", type=int, help="decoder rows while evaluating")
+    ev.add_argument("--examples", type=int, help="example translations in examples.txt")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seqserve",
@@ -81,22 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = train.add_subparsers(dest="kind", required=True, metavar="KIND")
     fc = kinds.add_parser("forecaster", help="LSTM/GRU forecaster from a CSV or a benchmark",
                           description="Train an LSTM or GRU forecaster.")
-    fc.add_argument("--data", default="synthetic",
-                    help="synthetic, ETTh1/ETTh2/ETTm1/ETTm2, or a CSV path (default: synthetic)")
-    fc.add_argument("--cell", choices=["lstm", "gru"], default="gru", help="recurrent cell")
-    fc.add_argument("--out", required=True, help="checkpoint folder to write")
-    fc.add_argument("--device", default="cpu", help="cpu or cuda")
-    fc.add_argument("--seed", type=int, default=0, help="random seed")
-    fc.set_defaults(handler=_not_yet("the forecaster issue adds it"))
+    _forecaster_arguments(fc)
+    fc.set_defaults(handler=_lazy("training.train_forecaster"))
     tr = kinds.add_parser("translator", help="Transformer translator (Multi30k, numbers, files)",
                           description="Train an encoder-decoder Transformer translator.")
-    tr.add_argument("--data", default="numbers", help="multi30k, numbers, or a corpus path")
-    tr.add_argument("--src", default="de", help="source language")
-    tr.add_argument("--tgt", default="en", help="target language")
-    tr.add_argument("--out", required=True, help="checkpoint folder to write")
-    tr.add_argument("--device", default="cpu", help="cpu or cuda")
-    tr.add_argument("--seed", type=int, default=0, help="random seed")
-    tr.set_defaults(handler=_not_yet("the translator issue adds it"))
+    _translator_arguments(tr)
+    tr.set_defaults(handler=_lazy("training.train_translator"))
 
     # export
     ex = sub.add_parser("export", help="export a checkpoint into a model repository (needs torch)",
@@ -109,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--force", action="store_true", help="overwrite an existing version")
     ex.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation")
     ex.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
-    ex.set_defaults(handler=_not_yet("the export issue adds it"))
+    ex.add_argument("--max-int8-mse-increase", type=float, default=0.05, metavar="FRACTION",
+                    help="--quantize int8 fails when the validation MSE grows by more than this "
+                    "fraction (default 0.05 = 5%%); raise it to accept the loss")
+    ex.set_defaults(handler=_lazy("export.__main__"))
 
     # build-repository
     br = sub.add_parser("build-repository",
@@ -147,8 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--model", default="forecaster_gru", help="model name")
     fo.add_argument("--csv", required=True, help="CSV with a timestamp column and the series")
     fo.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    fo.add_argument("--date-col", help="timestamp column (default: date/timestamp/time or "
+                    "the first column)")
     fo.add_argument("--target", default=DEFAULT_TARGET, help="server address host:port")
-    fo.set_defaults(handler=_not_yet("the typed API issue adds it"))
+    fo.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    fo.set_defaults(handler=_lazy("serving.commands", "run_forecast"))
 
     # translate
     tl = sub.add_parser("translate", help="translate text with a served translator",
@@ -158,13 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--beam-size", type=int, default=4, help="beam width (1 = greedy)")
     tl.add_argument("--stream", action="store_true", help="print text as it is decoded")
     tl.add_argument("--target", default=DEFAULT_TARGET, help="server address host:port")
-    tl.set_defaults(handler=_not_yet("the typed API issue adds it"))
+    tl.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    tl.set_defaults(handler=_lazy("serving.commands", "run_translate"))
 
     # bench
     be = sub.add_parser("bench", help="run a benchmark and write JSON under bench/results/",
                         description="Serving, translator or accuracy benchmarks.")
-    be.add_argument("suite", choices=["serving", "translator", "accuracy"], help="what to measure")
-    be.set_defaults(handler=_not_yet("the benchmarks issue adds it"))
+    suites = be.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    bs = suites.add_parser("serving", help="in-process onnxruntime vs served (perf_analyzer)",
+                           description="In-process onnxruntime ceiling and the served model "
+                           "through perf_analyzer, batching on and off, in one run.")
+    from bench.serving import add_arguments as add_serving_bench  # stdlib-only at import
+
+    add_serving_bench(bs)
+    bs.set_defaults(handler=_lazy("bench.serving"))
+    for suite in ("translator", "accuracy"):
+        suites.add_parser(suite, help=f"{suite} benchmark (not in this version yet)"
+                          ).set_defaults(handler=_not_yet("the benchmarks issue adds it"))
     return parser
 
 

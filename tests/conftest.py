@@ -107,3 +107,25 @@ def standard_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
         yield srv
     finally:
         srv.terminate()
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default repository with the tiny preset, built once per test session by the same
+    command `make serve` runs (`seqserve build-repository`)."""
+    repo = tmp_path_factory.mktemp("tiny") / "model_repository"
+    out = subprocess.run([sys.executable, "-m", "seqserve", "build-repository", "--repository",
+                          str(repo), "--preset", "tiny"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_repository: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tiny_repository)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.terminate()

@@ -8,26 +8,45 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import ROOT, ServerProcess
+import grpc
+import numpy as np
+
+from protos.inference import grpc_service_pb2 as pb
+from protos.inference import grpc_service_pb2_grpc as pb_grpc
+from serving import tensors
+from tests.conftest import ServerProcess
 from training.defaults import BUILDERS
 
 
-def test_build_serve_answer(tmp_path: Path) -> None:
-    repo = tmp_path / "model_repository"
-    out = subprocess.run([sys.executable, "-m", "seqserve", "build-repository", "--repository",
-                          str(repo), "--preset", "tiny"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
-    assert models == sorted(BUILDERS)
+def test_repository_holds_every_default_model(tiny_repository: Path) -> None:
+    models = sorted(p.parent.name for p in tiny_repository.glob("*/config.pbtxt"))
+    assert models == sorted(BUILDERS) == ["forecaster_gru", "forecaster_lstm", "translator"]
 
-    server = ServerProcess(repo)
-    try:
-        server.wait_ready()
-        health = subprocess.run([sys.executable, "-m", "seqserve", "health", "--target",
-                                 server.target], capture_output=True, text=True, timeout=30)
-        assert health.returncode == 0, health.stdout
-        with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
-            assert resp.status == 200
-    finally:
-        assert server.terminate() == 0
+
+def test_every_model_answers(tiny_server: ServerProcess) -> None:
+    health = subprocess.run([sys.executable, "-m", "seqserve", "health", "--target",
+                             tiny_server.target], capture_output=True, text=True, timeout=30)
+    assert health.returncode == 0, health.stdout
+    with grpc.insecure_channel(tiny_server.target) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        for name in BUILDERS:
+            meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=name), timeout=10)
+            request = pb.ModelInferRequest(model_name=name)
+            for t in meta.inputs:
+                shape = [1 if d == -1 else d for d in t.shape]
+                if t.datatype == "BYTES":
+                    array = np.array([[b"dreihundertzweiundvierzig"]], dtype=object)
+                else:
+                    array = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+                request.inputs.add(name=t.name, datatype=t.datatype, shape=array.shape)
+                request.raw_input_contents.append(tensors.to_raw(array, t.datatype))
+            reply = stub.ModelInfer(request, timeout=30)
+            assert [o.name for o in reply.outputs] == [o.name for o in meta.outputs], name
+            for out, raw in zip(reply.outputs, reply.raw_output_contents, strict=True):
+                value = tensors.from_raw(raw, out.datatype, list(out.shape), out.name)
+                if out.datatype == "FP32":
+                    assert np.isfinite(value).all(), (name, out.name)
+    with urllib.request.urlopen(tiny_server.metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    for name in BUILDERS:
+        assert f'nv_inference_request_success{{model="{name}",version="1"}}' in text

@@ -12,10 +12,17 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from training.forecaster_builders import forecaster_gru, forecaster_lstm
+from training.translator_builder import translator
+
 log = logging.getLogger(__name__)
 
-# name -> builder(repository, preset). Empty until the model issues add their builders.
-BUILDERS: dict[str, Callable[[Path, str], None]] = {}
+# name -> builder(repository, preset). Builders import torch only when they run.
+BUILDERS: dict[str, Callable[[Path, str], None]] = {
+    "forecaster_lstm": forecaster_lstm,
+    "forecaster_gru": forecaster_gru,
+    "translator": translator,
+}
 
 
 def build(repository: Path, preset: str = "default") -> list[str]:
