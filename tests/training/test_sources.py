@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gzip
 import hashlib
 import http.server
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ import pytest
 from training.data import sources
 
 KEY = "ett/ETTh1.csv"
+SHARED_MULTI30K = Path(__file__).resolve().parents[3] / "shared" / "data" / "multi30k"
 
 
 @pytest.fixture
@@ -66,22 +71,29 @@ def test_unknown_file_lists_the_known_ones(clean_env: Path) -> None:
         sources.dataset_file("ett/nope.csv")
 
 
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _mirror(folder: Path) -> Iterator[str]:
+    """A loopback HTTP server publishing `folder`; yields its base URL."""
+    handler = functools.partial(_Quiet, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_download_into_cache_checks_sha(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     served = clean_env / "www"
     _fake_file(served, KEY, b"date,OT\n2016-07-01 00:00:00,1.0\n", monkeypatch)
     monkeypatch.setattr(sources, "local_dirs", lambda: [])
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    def handler(*args: object, **kw: object) -> Quiet:
-        return Quiet(*args, directory=str(served), **kw)
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    with _mirror(served) as base:
         monkeypatch.setitem(sources.SOURCES, "ett", base + "/ett/{name}")
         path = sources.dataset_file(KEY)
         assert path == clean_env / "cache" / KEY
@@ -92,8 +104,36 @@ def test_download_into_cache_checks_sha(clean_env: Path, monkeypatch: pytest.Mon
         with pytest.raises(sources.DatasetError, match="does not match"):
             sources.dataset_file(KEY)
         assert not any((clean_env / "cache").rglob("*.csv"))
-    finally:
-        httpd.shutdown()
+
+
+@pytest.mark.skipif(not SHARED_MULTI30K.is_dir(), reason="../shared/data/multi30k not here")
+def test_multi30k_download_with_the_real_checksums(clean_env: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Multi30k reader downloads through a mirror laid out as the public repository, with
+    the pinned sha256 of the real files, and refuses a file whose bytes changed."""
+    from training.data import parallel
+
+    raw = clean_env / "www" / "data" / "task1" / "raw"
+    raw.mkdir(parents=True)
+    for lang in ("de", "en"):
+        shutil.copy(SHARED_MULTI30K / f"test_2016_flickr.{lang}.gz", raw)
+    monkeypatch.setattr(sources, "local_dirs", lambda: [])
+    with _mirror(clean_env / "www") as base:
+        monkeypatch.setitem(sources.SOURCES, "multi30k", base + "/data/task1/raw/{name}")
+        pairs = parallel.multi30k("de", "en", "test_2016_flickr")
+        assert len(pairs) == 1000
+        assert (clean_env / "cache" / "multi30k" / "test_2016_flickr.de.gz").is_file()
+        # Served again from the cache, with no mirror needed.
+        monkeypatch.setitem(sources.SOURCES, "multi30k", "http://127.0.0.1:9/{name}")
+        assert parallel.multi30k("de", "en", "test_2016_flickr") == pairs
+
+        shutil.rmtree(clean_env / "cache")
+        monkeypatch.setitem(sources.SOURCES, "multi30k", base + "/data/task1/raw/{name}")
+        with gzip.open(raw / "test_2016_flickr.en.gz", "ab") as f:
+            f.write(b"one more line\n")
+        with pytest.raises(sources.DatasetError, match="does not match"):
+            parallel.multi30k("de", "en", "test_2016_flickr")
+        assert not (clean_env / "cache" / "multi30k" / "test_2016_flickr.en.gz").exists()
 
 
 def test_real_shared_data_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
