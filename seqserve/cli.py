@@ -295,7 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serving_bench(bs)
     bs.set_defaults(handler=_lazy("bench.serving"))
-    for suite in ("translator", "accuracy"):
+    bt = suites.add_parser("translator", help="served translator vs PyTorch and CTranslate2",
+                           description="The served translator (tritonclient load generator), "
+                           "seqserve in process, PyTorch eager (with and without a key/value "
+                           "cache) and CTranslate2 on the same weights, in one run.")
+    from bench.translator import add_arguments as add_translator_bench  # stdlib-only at import
+
+    add_translator_bench(bt)
+    bt.set_defaults(handler=_lazy("bench.translator"))
+    for suite in ("accuracy",):
         suites.add_parser(suite, help=f"{suite} benchmark (not in this version yet)"
                           ).set_defaults(handler=_not_yet("the benchmarks issue adds it"))
     return parser

@@ -1,0 +1,179 @@
+"""The in-process engines of the translator benchmark, one interface: translate a group of
+sentences (one batch) with a beam size and a maximum length, return ids and text per sentence.
+
+- `SeqserveEngine`: `serving.translation.Translator` on the exported ONNX graphs, with exactly
+  the server's session options (1 intra-op, 1 inter-op thread by default);
+- `TorchUncached`: PyTorch eager, the decoder re-run over the whole prefix at every step
+  (`training.decoding.greedy_decode`, the Annotated-Transformer style), greedy only;
+- `TorchCached`: PyTorch eager with a key/value cache (`EncoderDecoder.decode_step`), greedy only;
+- `CTranslate2Engine`: the checkpoint converted by `bench.ctranslate2_convert`, fp32 or int8.
+
+Every engine decodes one batch as given (the benchmark builds the same groups for all), starts
+from BOS, stops a sentence at EOS or after `max_length` target tokens (EOS excluded).
+Legend: B batch, S source length, L decoder layers, H heads, K head width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from serving.translation.tokenizer import Tokenizer
+
+
+@dataclass
+class Output:
+    ids: list[int] | None  # target ids (EOS excluded); None when the engine gives text only
+    text: str
+
+
+class Engine(Protocol):
+    name: str
+    beams: tuple[int, ...]  # beam sizes it supports
+
+    def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
+        """`sources`: token ids ending with EOS, one list per sentence of the batch."""
+        ...
+
+
+class SeqserveEngine:
+    """What the server runs, in process: tokenized ids go in through `DecodeRequest`s."""
+
+    beams = (1, 4)
+
+    def __init__(self, name: str, model_dir: Path, version: int) -> None:
+        from serving.models.onnx_model import session_options
+        from serving.settings import Settings
+        from serving.translation import Translator
+        from serving.translation.spec import read_config
+
+        config = read_config(model_dir)
+        settings = Settings(model_repository=model_dir.parent)
+        self.name = name
+        self.translator = Translator.load(model_dir / str(version), config,
+                                          session_options(config, settings),
+                                          ["CPUExecutionProvider"])
+        self.threads = (settings.intra_op_threads, settings.inter_op_threads)
+
+    def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
+        from serving.translation import DecodeRequest
+
+        requests = [DecodeRequest(i, src, beam, max_length) for i, src in enumerate(sources)]
+        results = self.translator.run(requests)
+        return [Output(r.token_ids, r.text) for r in results]
+
+
+class _Torch:
+    beams = (1,)
+
+    def __init__(self, name: str, model: Any, tokenizer: Tokenizer) -> None:
+        import torch
+
+        self.name, self.model, self.tokenizer = name, model.eval(), tokenizer
+        self.torch = torch
+
+    def _src(self, sources: list[list[int]]) -> Any:
+        """Right-padded source ids [B, S] int64."""
+        width = max(len(s) for s in sources)
+        pad = self.model.config.pad_id
+        return self.torch.tensor([s + [pad] * (width - len(s)) for s in sources])  # [B, S]
+
+    def _outputs(self, rows: list[list[int]]) -> list[Output]:
+        return [Output(r, self.tokenizer.decode(r)) for r in rows]
+
+
+class TorchUncached(_Torch):
+    """Tutorial-style greedy: every step runs the decoder over the whole prefix (no cache)."""
+
+    def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
+        from training.decoding import greedy_decode
+
+        assert beam == 1, "the uncached PyTorch baseline is greedy only"
+        with self.torch.inference_mode():
+            return self._outputs(greedy_decode(self.model, self._src(sources), max_length))
+
+
+class TorchCached(_Torch):
+    """Greedy with a key/value cache: encoder and cross keys/values once, then one
+    `decode_step` per token over the cached prefix. Finished rows ride along (padded) until
+    the whole batch is done, as in the uncached reference."""
+
+    def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
+        assert beam == 1, "the cached PyTorch baseline is greedy only"
+        torch, m = self.torch, self.model
+        c = m.config
+        with torch.inference_mode():
+            src = self._src(sources)  # [B, S]
+            b = src.size(0)
+            src_mask = src != c.pad_id  # [B, S]
+            memory = m.encode(src, src_mask.unsqueeze(1))  # [B, S, D]
+            cross_k, cross_v = m.cross_kv(memory)  # [L, B, H, S, K] each
+            past_k = memory.new_zeros(c.num_decoder_layers, b, c.num_heads, 0,
+                                      c.head_dim)  # [L, B, H, 0, K]
+            past_v = past_k
+            past_mask = torch.zeros(b, 0, dtype=torch.bool)  # [B, 0]
+            tokens = torch.full((b, 1), c.bos_id, dtype=torch.long)  # [B, 1]
+            done = torch.zeros(b, dtype=torch.bool)  # [B]
+            steps = []
+            for t in range(max_length):
+                positions = torch.full((b, 1), t, dtype=torch.long)  # [B, 1]
+                log_probs, past_k, past_v = m.decode_step(
+                    tokens, positions, past_k, past_v, past_mask, cross_k, cross_v,
+                    src_mask)  # [B, V], [L, B, H, t+1, K] x2
+                past_mask = torch.ones(b, t + 1, dtype=torch.bool)  # [B, t+1]
+                nxt = log_probs.argmax(dim=-1)  # [B]
+                nxt = torch.where(done, torch.full_like(nxt, c.pad_id), nxt)
+                steps.append(nxt)
+                done |= nxt == c.eos_id
+                if bool(done.all()):
+                    break
+                tokens = nxt.unsqueeze(1)  # [B] -> [B, 1]
+            ys = torch.stack(steps, dim=1).tolist()  # [B, T]
+        rows = [r[:r.index(c.eos_id)] if c.eos_id in r else [t for t in r if t != c.pad_id]
+                for r in ys]
+        return self._outputs(rows)
+
+
+class CTranslate2Engine:
+    """`ctranslate2.Translator` on one thread (inter_threads=1, intra_threads=1). The model is
+    fed SentencePiece pieces (EOS included) and answers pieces; length_penalty 0, as seqserve's
+    default, so beam search ranks by the plain sum of log-probabilities in both."""
+
+    beams = (1, 4)
+
+    def __init__(self, name: str, model_dir: Path, compute_type: str, tokenizer: Tokenizer
+                 ) -> None:
+        import ctranslate2
+
+        self.name, self.tokenizer = name, tokenizer
+        self.translator = ctranslate2.Translator(str(model_dir), device="cpu",
+                                                 compute_type=compute_type, inter_threads=1,
+                                                 intra_threads=1)
+        self.compute_type = compute_type
+
+    def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
+        tok = self.tokenizer
+        results = self.translator.translate_batch(
+            [tok.pieces(s) for s in sources], beam_size=beam, max_decoding_length=max_length,
+            length_penalty=0.0, num_hypotheses=1)
+        out = []
+        for r in results:
+            ids = [tok.sp.piece_to_id(p) for p in r.hypotheses[0]]
+            out.append(Output(ids, tok.decode(ids)))
+        return out
+
+
+def load_torch(checkpoint_dir: Path) -> tuple[Any, Tokenizer]:
+    """The checkpoint's model (eval mode) and its tokenizer; torch on 1 thread."""
+    import torch
+
+    from training.train_translator import load_translator_checkpoint
+
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work has started: keep what is there
+        pass
+    model, _, tokenizer_bytes, _ = load_translator_checkpoint(checkpoint_dir)
+    return model, Tokenizer.from_bytes(tokenizer_bytes)
