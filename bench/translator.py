@@ -362,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
     }
     print_table(result)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = ROOT / "bench" / "results" / f"translator-{stamp}.json"
+    out = Path(args.results_dir) / f"translator-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {out}")
@@ -394,3 +394,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="served warm-up before each window")
     parser.add_argument("--no-served", action="store_true", help="in-process engines only")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--results-dir", default=str(ROOT / "bench" / "results"),
+                        help="where the JSON and PNG go")

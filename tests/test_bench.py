@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT, tool
 from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
@@ -41,5 +44,71 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
         assert runs["batching_off"]["8"]["avg_batch"] == 1.0  # nothing batched when off
     assert data["served"]["tritonclient"]["batching_on"]["8"]["errors"] == 0
     assert data["summary"]["batching_gain_c8"] > 0
+    if importlib.util.find_spec("matplotlib"):
+        assert result.with_suffix(".png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def tiny_translator_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset's checkpoint, trained as tests/translation trains it. Training is
+    seeded and deterministic on one thread, so these are the weights of the `translator` in
+    `tiny_repository` (built from the same preset by `seqserve build-repository`)."""
+    out = tmp_path_factory.mktemp("tiny-translator-checkpoint")
+    run = subprocess.run([sys.executable, "-m", "seqserve", "train", "translator", "--preset",
+                          "tiny", "--out", str(out), "--quiet"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out
+
+
+def test_bench_translator_engines_agree_and_measure(
+        tmp_path: Path, tiny_repository: Path, tiny_translator_checkpoint: Path) -> None:
+    """Every engine decodes the same 8 sentences: greedy tokens are identical across
+    PyTorch (uncached, cached), seqserve in process, CTranslate2 fp32 and the served model,
+    and every cell measured a positive throughput and latency."""
+    tool("tritonclient", "python")
+    has_ct2 = importlib.util.find_spec("ctranslate2") is not None
+    if not has_ct2 and os.environ.get("CI"):
+        pytest.fail("ctranslate2 is missing: the dev extra installs it (seqserve[bench])")
+    results = tmp_path / "results"
+    out = subprocess.run(
+        [sys.executable, "-m", "seqserve", "bench", "translator", "--checkpoint",
+         str(tiny_translator_checkpoint), "--repository", str(tiny_repository),
+         "--int8-model", "", "--source", "validation", "--sentences", "8", "--repeats", "1",
+         "--seconds", "1", "--warmup-seconds", "0.2", "--results-dir", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (result,) = results.glob("translator-*.json")
+    data = json.loads(result.read_text())
+
+    engines = {"served", "seqserve", "pytorch_uncached", "pytorch_cached"}
+    engines |= {"ct2_fp32", "ct2_int8"} if has_ct2 else set()
+    assert set(data["results"]) == engines
+    for engine, beams in data["results"].items():
+        expected_beams = {"beam1"} if engine.startswith("pytorch") else {"beam1", "beam4"}
+        assert set(beams) == expected_beams, engine
+        for beam, cells in beams.items():
+            assert set(cells) == ({"c1", "c8"} if engine == "served" else {"b1", "b8"})
+            for setting, cell in cells.items():
+                where = f"{engine} {beam} {setting}"
+                assert cell["tokens_per_s"] > 0 and cell["sentences_measured"] > 0, where
+                assert 0 < cell["latency_ms"]["p50"] <= cell["latency_ms"]["p99"], where
+
+    tokens = data["agreement"]["greedy_tokens"]
+    pairs = {"seqserve_vs_pytorch_uncached", "pytorch_cached_vs_pytorch_uncached"}
+    pairs |= {"ct2_fp32_vs_pytorch_uncached"} if has_ct2 else set()
+    assert set(tokens) == pairs
+    for name, t in tokens.items():
+        assert t["sentences"] == 8 and t["identical"] == 8 and t["tokens"] > 8, name
+    texts = data["agreement"]["text_vs_seqserve_b1"]
+    for engine in engines - {"ct2_int8"}:  # int8 may round differently
+        assert texts[engine]["beam1"] and all(v == 1.0 for v in texts[engine]["beam1"].values()
+                                              ), (engine, texts[engine]["beam1"])
+    assert {"served_c8_vs_pytorch_uncached_b8_tokens",
+            "served_c1_vs_pytorch_uncached_b1_latency"} <= set(data["ratios"])
+    if has_ct2:
+        assert data["conversion"]["seconds"] > 0
+        assert "served_c8_vs_ct2_fp32_b8_tokens" in data["ratios"]
+    assert data["settings"]["max_length"] > 0 and data["machine"]["load_avg"]
     if importlib.util.find_spec("matplotlib"):
         assert result.with_suffix(".png").stat().st_size > 1000
