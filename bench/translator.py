@@ -356,6 +356,7 @@ def run(args: argparse.Namespace) -> int:
                                   "int8_served": int8},
         "model": {"d_model": model.config.d_model, "layers": [model.config.num_encoder_layers,
                   model.config.num_decoder_layers], "vocab": model.config.vocab_size},
+        "engines": {e.name: e.info for e in engines},
         "conversion": conversion, "results": summary, "ratios": ratios(results),
         "goals": {k: {"comparison": op, "goal": v} for k, (op, v) in GOALS.items()},
         "agreement": agreement(results), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -31,6 +31,7 @@ class Output:
 class Engine(Protocol):
     name: str
     beams: tuple[int, ...]  # beam sizes it supports
+    info: dict[str, Any]  # threads, model, compute type: recorded in the JSON
 
     def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
         """`sources`: token ids ending with EOS, one list per sentence of the batch."""
@@ -54,7 +55,9 @@ class SeqserveEngine:
         self.translator = Translator.load(model_dir / str(version), config,
                                           session_options(config, settings),
                                           ["CPUExecutionProvider"])
-        self.threads = (settings.intra_op_threads, settings.inter_op_threads)
+        self.info = {"model": str(model_dir / str(version)),
+                     "intra_op_threads": settings.intra_op_threads,
+                     "inter_op_threads": settings.inter_op_threads}
 
     def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
         from serving.translation import DecodeRequest
@@ -72,6 +75,8 @@ class _Torch:
 
         self.name, self.model, self.tokenizer = name, model.eval(), tokenizer
         self.torch = torch
+        self.info = {"threads": torch.get_num_threads(),
+                     "interop_threads": torch.get_num_interop_threads()}
 
     def _src(self, sources: list[list[int]]) -> Any:
         """Right-padded source ids [B, S] int64."""
@@ -150,7 +155,8 @@ class CTranslate2Engine:
         self.translator = ctranslate2.Translator(str(model_dir), device="cpu",
                                                  compute_type=compute_type, inter_threads=1,
                                                  intra_threads=1)
-        self.compute_type = compute_type
+        self.info = {"compute_type": self.translator.compute_type,  # what it really runs
+                     "inter_threads": 1, "intra_threads": 1}
 
     def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
         tok = self.tokenizer
