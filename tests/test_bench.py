@@ -48,6 +48,34 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
         assert result.with_suffix(".png").stat().st_size > 1000
 
 
+def test_bench_accuracy_trains_scores_and_writes_results(tmp_path: Path,
+                                                         tiny_repository: Path) -> None:
+    """One tiny forecaster run on generated data and the tiny translator on 20 Multi30k
+    sentences: the suite's plumbing, not its numbers."""
+    results = tmp_path / "results"
+    out = subprocess.run(
+        [sys.executable, "-m", "seqserve", "bench", "accuracy", "--data", "synthetic",
+         "--synthetic-rows", "1500", "--cells", "gru", "--seeds", "0,1", "--epochs", "1",
+         "--threads", "1",
+         "--translator", str(tiny_repository / "translator"), "--splits", "test_2016_flickr",
+         "--limit", "20", "--beam-size", "2", "--results-dir", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (result,) = results.glob("accuracy-*.json")
+    data = json.loads(result.read_text())
+    (row,) = data["forecasters"]
+    assert [r["seed"] for r in row["runs"]] == [0, 1]
+    assert row["test_mse"][0] == pytest.approx(
+        sum(r["test_mse"] for r in row["runs"]) / 2)
+    assert all(r["test_mse"] < r["repeat_last_test_mse"] for r in row["runs"])
+    (tr,) = data["translator"]
+    # The tiny numbers model's vocabulary spells Multi30k out piece by piece: most sources
+    # are over its max_source_tokens and are counted, not silently cut.
+    assert tr["sentences"] + tr["skipped_too_long"] == 20
+    assert tr["beam_size"] == 2 and 0 <= tr["bleu"] <= 100
+    assert "| synthetic | 96 | gru | 2 |" in out.stdout
+
+
 @pytest.fixture(scope="module")
 def tiny_translator_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny preset's checkpoint, trained as tests/translation trains it. Training is

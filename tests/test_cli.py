@@ -82,10 +82,15 @@ def test_bad_settings_give_a_clear_error(argv: list[str], message: str,
     assert message in capsys.readouterr().err
 
 
-def test_not_yet_available_commands_exit_2_with_a_message(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "seqserve", "bench", "accuracy"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.strip()
+@pytest.mark.parametrize("suite", [["accuracy", "--cells", "", "--translator"],
+                                   ["serving", "--repository"]])
+def test_bench_with_a_missing_model_exits_2_with_a_message(suite: list[str],
+                                                            tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "seqserve", "bench", *suite,
+                          str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "nope" in out.stderr or "no model" in out.stderr
 
 
 def test_health_reports_unreachable_server() -> None:
