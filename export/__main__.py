@@ -18,7 +18,7 @@ from training import checkpoint
 def _forecaster(args: argparse.Namespace) -> Path:
     options = ExportOptions(version=args.version, force=args.force, quantize=args.quantize,
                             opset=args.opset,
-                            max_int8_mse_increase=getattr(args, "max_int8_mse_increase", 0.05))
+                            max_mse_increase=getattr(args, "max_mse_increase", 0.05))
     return export_forecaster(Path(args.checkpoint), Path(args.repository), args.name, options)
 
 

@@ -23,7 +23,7 @@ import torch
 from export.errors import ExportError
 from export.model_config import Tensor, onnx_model_config
 from export.onnx_export import export_onnx, exporter_name, set_output_dims
-from export.quantize import METHOD, WEIGHT_TYPE, quantize_int8
+from export.quantize import FP16_METHOD, METHOD, WEIGHT_TYPE, convert_fp16, quantize_int8
 from export.repository import write_version
 from export.verify import check_config_signature, check_dims, check_model, check_parity, session
 from export.wrappers import ForecasterGraph
@@ -40,9 +40,9 @@ PARITY_RTOL = 1e-4  # relative to the target's standard deviation, in raw units
 class ExportOptions:
     version: int | None = None
     force: bool = False
-    quantize: str | None = None  # None | "int8"
+    quantize: str | None = None  # None | "int8" (CPU) | "fp16" (GPU serving)
     opset: int | None = None
-    max_int8_mse_increase: float = 0.05  # relative increase of the validation MSE
+    max_mse_increase: float = 0.05  # relative increase of the validation MSE, int8 or fp16
 
 
 def load_forecaster(payload: dict[str, Any]) -> tuple[ForecasterConfig, ForecasterGraph]:
@@ -154,23 +154,31 @@ def export_forecaster(checkpoint_dir: Path, repository: Path, name: str,
         quantization = None
         if options.quantize == "int8":
             q_path = Path(tmp) / "model.int8.onnx"
-            counts = quantize_int8(path, q_path)
+            record: dict[str, Any] = {"type": "int8", "method": METHOD,
+                                      "weight_type": WEIGHT_TYPE,
+                                      "quantized_nodes": quantize_int8(path, q_path)}
+        elif options.quantize == "fp16":
+            q_path = Path(tmp) / "model.fp16.onnx"
+            # The network in fp16; the scaling around it (nodes outside /net/) stays FP32.
+            record = {"type": "fp16", "method": FP16_METHOD, "intended_device": "gpu",
+                      **convert_fp16(path, q_path, lambda n: not n.startswith("/net/"))}
+        elif options.quantize is not None:
+            raise ExportError(f"unknown quantisation {options.quantize!r} (known: int8, fp16)")
+        if options.quantize is not None:
             check_dims(check_model(q_path), dims)
-            fp32, int8 = validation_mse(path, config, data), validation_mse(q_path, config, data)
-            increase = (int8 - fp32) / fp32 if fp32 > 0 else 0.0
-            if increase > options.max_int8_mse_increase:
-                raise ExportError(f"int8 quantisation raises the validation MSE from {fp32:.4f} to "
-                                  f"{int8:.4f} (+{increase:.1%}, limit "
-                                  f"{options.max_int8_mse_increase:.1%}); nothing was written. "
-                                  "Raise --max-int8-mse-increase to accept it")
-            quantization = {"type": "int8", "method": METHOD, "weight_type": WEIGHT_TYPE,
-                            "quantized_nodes": counts, "val_mse_fp32": round(fp32, 6),
-                            "val_mse_int8": round(int8, 6), "val_mse_increase": round(increase, 6),
-                            "max_val_mse_increase": options.max_int8_mse_increase,
+            full, reduced = validation_mse(path, config, data), validation_mse(q_path, config, data)
+            increase = (reduced - full) / full if full > 0 else 0.0
+            if increase > options.max_mse_increase:
+                raise ExportError(f"{options.quantize} raises the validation MSE from {full:.4f} "
+                                  f"to {reduced:.4f} (+{increase:.1%}, limit "
+                                  f"{options.max_mse_increase:.1%}); nothing was written. "
+                                  "Raise --max-mse-increase to accept it")
+            quantization = {**record, "val_mse_fp32": round(full, 6),
+                            f"val_mse_{options.quantize}": round(reduced, 6),
+                            "val_mse_increase": round(increase, 6),
+                            "max_val_mse_increase": options.max_mse_increase,
                             "val_windows": int(data["validation_sample"]["past"].shape[0])}
             path = q_path
-        elif options.quantize is not None:
-            raise ExportError(f"unknown quantisation {options.quantize!r} (known: int8)")
 
         model_config = build_config(config, payload, opset, atol, quantization)
         check_config_signature(model_config, check_model(path))

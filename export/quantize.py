@@ -1,16 +1,22 @@
-"""Dynamic int8 quantisation with onnxruntime: int8 weights, activations quantised at run time.
+"""Reduced precision: dynamic int8 quantisation (CPU) and fp16 weights (GPU serving).
 
-onnxruntime quantises MatMul/Gemm-like and LSTM nodes this way (DynamicQuantizeLSTM); GRU nodes
-have no int8 kernel and stay in float. The caller measures the accuracy change on real data.
+int8: onnxruntime quantises MatMul/Gemm-like and LSTM nodes dynamically (int8 weights,
+activations quantised at run time); GRU nodes have no int8 kernel and stay in float.
+fp16: every float tensor and node of the network in half precision, with the graph's inputs and
+outputs kept FP32 (the pinned tensor interface does not change) and chosen nodes (the baked-in
+scaling, whose raw-unit constants fp16 would round) kept FP32. The caller measures the accuracy
+change on real data.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from export.errors import ExportError
 
@@ -35,3 +41,39 @@ def quantize_int8(src: Path, dst: Path) -> dict[str, int]:
         raise ExportError("int8 quantisation changed nothing: the graph has no node onnxruntime "
                           "quantises dynamically")
     return counts
+
+
+FP16_METHOD = "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)"
+
+
+def convert_fp16(src: Path, dst: Path, keep_fp32: Callable[[str], bool]) -> dict[str, int]:
+    """Write the fp16 version of `src` to `dst`, keeping FP32 the graph's inputs and outputs
+    and the nodes whose name `keep_fp32` accepts; returns {"fp16_nodes": n, "fp32_nodes": m}."""
+    model = onnx.load(str(src))
+    kept = [n.name for n in model.graph.node if keep_fp32(n.name)]
+    try:
+        half = convert_float_to_float16(model, keep_io_types=True, node_block_list=kept)
+    except Exception as err:
+        raise ExportError(f"fp16 conversion failed: {err}") from err
+    _sort_nodes(half.graph)  # the converter appends the Casts it inserts at the end
+    onnx.save(half, str(dst))
+    return {"fp16_nodes": len(model.graph.node) - len(kept), "fp32_nodes": len(kept)}
+
+
+def _sort_nodes(graph: onnx.GraphProto) -> None:
+    """Reorder `graph.node` topologically (stable: nodes keep their order where they can)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise ExportError(f"fp16 graph has a cycle or a missing input at {waiting[0].name}")
+        pending = waiting
+    del graph.node[:]
+    graph.node.extend(ordered)

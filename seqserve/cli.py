@@ -217,10 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--name", required=True, help="model name in the repository")
     ex.add_argument("--version", type=int, help="version number (default: next free one)")
     ex.add_argument("--force", action="store_true", help="overwrite an existing version")
-    ex.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantisation")
+    ex.add_argument("--quantize", choices=["int8", "fp16"],
+                    help="int8: dynamic int8 quantisation (CPU); fp16: half-precision network "
+                    "with FP32 inputs and outputs, for GPU serving (forecasters)")
     ex.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
-    ex.add_argument("--max-int8-mse-increase", type=float, default=0.05, metavar="FRACTION",
-                    help="--quantize int8 fails when the validation MSE grows by more than this "
+    ex.add_argument("--max-mse-increase", type=float, default=0.05, metavar="FRACTION",
+                    help="--quantize fails when the forecaster's validation MSE grows by more than "
+                    "this "
                     "fraction (default 0.05 = 5%%); raise it to accept the loss")
     ex.set_defaults(handler=_lazy("export.__main__"))
 
