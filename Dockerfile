@@ -38,13 +38,20 @@ RUN python3 -m venv /opt/protoc \
 # ---- repository-builder: trains and exports the default models (torch, CPU wheel) ----------
 #   docker run --rm -v models:/models seqserve:builder   (what compose's `models` service does)
 FROM build AS repository-builder
+# (build arguments are per stage: declared again to reach this one)
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
 # The plain registry's torch==2.13.0 for Linux is a multi-GB CUDA build: take the CPU wheel from
-# PyTorch's CPU index first, then the rest of the training extra (torch already satisfied).
+# PyTorch's CPU index first, then the rest of the training extra (torch already satisfied). With
+# PIP_NO_INDEX the wheel folder must hold the CPU wheel (torch-2.13.0+cpu).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN if [ -n "${PIP_NO_INDEX:-}" ]; then /opt/seqserve/bin/pip install "torch==2.13.0"; \
     else /opt/seqserve/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0"; fi \
  && /opt/seqserve/bin/pip install ".[serve-cpu,train]" \
- && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent seqserve \
+ && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin seqserve \
  && mkdir /models && chown seqserve:seqserve /models
 ENV PATH=/opt/seqserve/bin:$PATH \
     OMP_NUM_THREADS=1 \
@@ -57,7 +64,8 @@ CMD ["build-repository", "--repository", "/models"]
 
 # ---- serving-base: the runtime, without models ---------------------------------------------
 FROM ${BASE_IMAGE} AS serving-base
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent seqserve \
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin seqserve \
  && mkdir /models && chown seqserve:seqserve /models
 COPY --from=build /opt/seqserve /opt/seqserve
 ENV PATH=/opt/seqserve/bin:$PATH \

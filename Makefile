@@ -50,6 +50,10 @@ lint: install  ## ruff
 test: install tools  ## create .venv if missing, install, run the whole test suite
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+.PHONY: image-test
+image-test: install  ## opt-in: build the CPU image with podman and run it (minutes; not in `test`)
+	bash deploy/image-test.sh
+
 clean:  ## remove build outputs (keeps .venv and .tools)
 	rm -rf $(STAMPS)/protos .pytest_cache .ruff_cache
 	find protos -name '*_pb2*.py*' -delete

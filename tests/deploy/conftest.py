@@ -28,6 +28,7 @@ from tests.serving import v2
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "seqserve.json"
+CPU, GPU = ROOT / "Dockerfile", DEPLOY / "Dockerfile.gpu"
 
 
 def system_tool(name: str) -> str:
@@ -44,6 +45,27 @@ def run(*cmd: str, timeout: float = 60, env: dict[str, str] | None = None
         ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=env)
+
+
+def instructions(path: Path) -> list[tuple[str, str, str]]:
+    """(stage, INSTRUCTION, arguments) in order; stage "" before the first FROM."""
+    lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    text = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    out, stage = [], ""
+    for line in filter(None, (ln.strip() for ln in text.splitlines())):
+        keyword, _, args = line.partition(" ")
+        if keyword.upper() == "FROM":
+            stage = args.split(" AS ")[-1].strip() if " AS " in args else args
+        out.append((stage, keyword.upper(), args.strip()))
+    return out
+
+
+def stage_of(path: Path, stage: str) -> list[tuple[str, str]]:
+    """A stage's instructions, its parents' included (FROM <an earlier stage>)."""
+    steps = [(k, a) for s, k, a in instructions(path) if s == stage]
+    parent = steps[0][1].split(" AS ")[0].strip()
+    names = {s for s, _, _ in instructions(path)}
+    return (stage_of(path, parent) if parent in names else []) + steps
 
 
 # PromQL: everything that is not a metric name, in the expressions deploy/ writes.

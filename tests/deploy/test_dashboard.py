@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ROOT, ServerProcess
 from tests.deploy.conftest import DASHBOARD, dashboard_targets, metric_names
 from tests.serving.v2 import scrape
 
@@ -74,3 +74,12 @@ def test_dashboard_selects_only_exported_series(served: ServerProcess) -> None:
             "nv_inference_count", "nv_inference_exec_count", "nv_inference_queue_duration_us",
             "nv_inference_pending_request_count", "process_cpu_seconds_total",
             "process_resident_memory_bytes"} <= used
+
+
+def test_every_panel_is_documented() -> None:
+    """docs/deployment.md says which question each panel answers."""
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    titles = {p["title"] for p in json.loads(DASHBOARD.read_text())["panels"]
+              if p["type"] != "row"}
+    assert not {t for t in titles if f"| {t} |" not in doc and t not in ("CPU", "Memory")}
+    assert "| CPU, Memory |" in doc

@@ -13,31 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.deploy.conftest import DEPLOY, run
+from tests.deploy.conftest import CPU, GPU, instructions, run, stage_of
 
-CPU, GPU = ROOT / "Dockerfile", DEPLOY / "Dockerfile.gpu"
 SERVING_STAGES = {CPU: ("serving-base", "runtime", "baked"), GPU: ("runtime",)}
-
-
-def instructions(path: Path) -> list[tuple[str, str, str]]:
-    """(stage, INSTRUCTION, arguments) in order; stage "" before the first FROM."""
-    lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
-    text = re.sub(r"\\\n\s*", " ", "\n".join(lines))
-    out, stage = [], ""
-    for line in filter(None, (ln.strip() for ln in text.splitlines())):
-        keyword, _, args = line.partition(" ")
-        if keyword.upper() == "FROM":
-            stage = args.split(" AS ")[-1].strip() if " AS " in args else args
-        out.append((stage, keyword.upper(), args.strip()))
-    return out
-
-
-def stage_of(path: Path, stage: str) -> list[tuple[str, str]]:
-    """A stage's instructions, its parents' included (FROM <an earlier stage>)."""
-    steps = [(k, a) for s, k, a in instructions(path) if s == stage]
-    parent = steps[0][1].split(" AS ")[0].strip()
-    names = {s for s, _, _ in instructions(path)}
-    return (stage_of(path, parent) if parent in names else []) + steps
 
 
 def hadolint() -> str:
@@ -129,3 +107,11 @@ def test_dockerignore_keeps_environments_and_models_out() -> None:
     for pattern in (".venv", ".git", "model_repository", "*.onnx", "protos/**/*_pb2.py",
                     ".tools", "!.tools/wheels"):
         assert pattern in ignored, pattern
+
+
+def test_image_test_script_is_wired() -> None:
+    """`make image-test` runs deploy/image-test.sh (opt-in: podman, minutes); here only its
+    syntax and the target."""
+    out = run("bash", "-n", str(ROOT / "deploy" / "image-test.sh"))
+    assert out.returncode == 0, out.stderr
+    assert "image-test: install" in (ROOT / "Makefile").read_text()

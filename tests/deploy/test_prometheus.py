@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import ServerProcess
+from tests.conftest import ROOT, ServerProcess
 from tests.deploy.conftest import PROMETHEUS_DIR, metric_names, rule_exprs, run, system_tool
 from tests.serving.v2 import scrape
 
@@ -56,3 +56,8 @@ def test_rules_select_only_exported_series(served: ServerProcess) -> None:
     for name, expr in exprs.items():
         missing = metric_names(expr) - exported - set(exprs)
         assert not missing, f"{name} selects {missing}, which the server does not export"
+
+
+def test_every_alert_is_documented() -> None:
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    assert all(f"| `{alert}` |" in doc for alert in ALERTS)
