@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -317,3 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotAvailable as err:
         print(err, file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `seqserve forecast ... | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

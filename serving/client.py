@@ -68,8 +68,13 @@ class Client:
 
     def __init__(self, target: str = "127.0.0.1:8001", *, timeout: float = 30.0,
                  retries: int = 3, backoff: float = 0.1, tls_ca: bytes | None = None,
-                 tls_cert: bytes | None = None, tls_key: bytes | None = None) -> None:
-        options = [("grpc.max_send_message_length", -1),
+                 tls_cert: bytes | None = None, tls_key: bytes | None = None,
+                 channel_options: Sequence[tuple[str, Any]] = ()) -> None:
+        """`channel_options` go to the gRPC channel as they are, e.g.
+        [("grpc.lb_policy_name", "round_robin")] with a `dns:///` target naming a headless
+        Service, to spread calls over every replica."""
+        # gRPC takes the first of repeated keys: the caller's options come first and win.
+        options = [*channel_options, ("grpc.max_send_message_length", -1),
                    ("grpc.max_receive_message_length", -1)]
         if tls_ca is not None:
             creds = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)

@@ -47,6 +47,18 @@ def test_client_forecast(fc_server: ServerProcess) -> None:
     assert info.horizon == 2 and [m.name for m in listed] == ["fc"]
 
 
+def test_client_channel_options_reach_the_channel(fc_server: ServerProcess) -> None:
+    """Client-side load balancing over a DNS name (a headless Service in Kubernetes)."""
+    port = fc_server.target.rsplit(":", 1)[1]
+    with Client(f"dns:///localhost:{port}",
+                channel_options=[("grpc.lb_policy_name", "round_robin")]) as c:
+        assert [m.name for m in c.list_forecasters()] == ["fc"]
+    with Client(fc_server.target, channel_options=[("grpc.max_receive_message_length", 10)],
+                retries=0) as c, pytest.raises(grpc.RpcError) as err:
+        c.list_forecasters()  # the option is applied: the answer is over 10 bytes
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def test_client_raises_errors_that_must_not_be_retried(fc_server: ServerProcess) -> None:
     with Client(fc_server.target, retries=3) as c, pytest.raises(grpc.RpcError) as err:
         c.forecast("fc", {"price": [1.0]}, timestamps=[T0])
@@ -153,5 +165,11 @@ def test_forecast_command_prints(tmp_path: Path) -> None:
         assert got["timestamps"][0].startswith("2024-03-01T08:00:00")
         assert len(got["forecast"]["price"]) == 2 and set(got["quantiles"]["price"]) == {
             "0.1", "0.5", "0.9"}
+        # `seqserve forecast ... | head`: a reader that leaves early is not an error.
+        piped = subprocess.Popen(base, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert piped.stdout is not None and piped.stderr is not None
+        piped.stdout.close()
+        assert piped.wait(60) == 0
+        assert "Traceback" not in piped.stderr.read().decode()
     finally:
         server.terminate()
