@@ -148,6 +148,13 @@ class ModelCollector(Collector):
         return metric
 
 
+def announce(model: ServedModel) -> None:
+    """Create a loaded model's histogram series at zero, so that its latency panels and rules
+    see the model (at rate 0) before its first request, as the nv_inference_* series do."""
+    for histogram in (REQUEST_SECONDS, QUEUE_SECONDS):
+        histogram.labels(model.name, str(model.version))
+
+
 def forget(model: ServedModel) -> None:
     """Drop an unloaded model's histogram children, so /metrics stops listing it."""
     for histogram in (REQUEST_SECONDS, QUEUE_SECONDS):

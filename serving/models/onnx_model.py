@@ -206,6 +206,7 @@ class OnnxModel(ServedModel):
 
     def start(self) -> None:
         """Start the batcher (needs the running event loop)."""
+        metrics.announce(self)
         queue_seconds = metrics.QUEUE_SECONDS.labels(self.name, str(self.version))
         self._batcher = Batcher(self.policy, self._run, self.stats, self.name,
                                 on_queued=queue_seconds.observe)

@@ -101,6 +101,7 @@ class TranslatorModel(ServedModel):
         self.steps = 0  # decoder steps run (tests and metrics read it)
 
     def start(self) -> None:
+        metrics.announce(self)
         self._wake = asyncio.Event()
         self._loop_task = asyncio.get_running_loop().create_task(
             self._decode_loop(), name=f"decode-{self.name}")

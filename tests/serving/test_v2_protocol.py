@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -154,3 +155,21 @@ def test_metric_names_types_and_labels(v2, standard_server: ServerProcess) -> No
     ready = [ln for ln in text.splitlines() if ln.startswith("seqserve_model_ready{")]
     assert any('model="affine"' in ln and ln.endswith(" 1.0") for ln in ready)
     assert any('model="corrupt"' in ln and ln.endswith(" 0.0") for ln in ready)
+
+
+def test_latency_series_exist_from_load(tmp_path: Path) -> None:
+    """A model's latency histograms are listed at zero before its first request, like the
+    nv_inference_* counters, so dashboards and alert rules see idle models too."""
+    from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
+
+    add_model(tmp_path / "repo", "affine", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    srv = ServerProcess(tmp_path / "repo")
+    try:
+        srv.wait_ready()
+        samples = scrape(srv.metrics_url)
+    finally:
+        srv.terminate()
+    labels = "model=affine,version=1"
+    for name in ("seqserve_request_duration_seconds_count", "seqserve_queue_duration_seconds_count",
+                 "nv_inference_count"):
+        assert samples[(name, labels)] == 0, name
