@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -304,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
 
     results: dict = {}
     server = None
+    loads = [os.getloadavg()]  # at the start, then after every repeat
     print(f"{len(sentences)} sentences, max_length {max_length}, beams {beams}, "
           f"{args.repeats} repeats; load average {machine()['load_avg']}", flush=True)
     try:
@@ -339,8 +341,9 @@ def run(args: argparse.Namespace) -> int:
                         cell = results.setdefault(e.name, {}).setdefault(f"beam{beam}", {})
                         cell.setdefault(f"b{batch}", Cell()).add(
                             seconds, done, lambda t: len(tokenizer.encode(t)))
-            print(f"  repeat {rep + 1}/{args.repeats} done; load average "
-                  f"{machine()['load_avg']}", flush=True)
+            loads.append(os.getloadavg())
+            print(f"  repeat {rep + 1}/{args.repeats} done; load average {loads[-1]}",
+                  flush=True)
     finally:
         if server:
             server.stop()
@@ -349,7 +352,8 @@ def run(args: argparse.Namespace) -> int:
     summary = {e: {b: {k: c.summary() for k, c in cells.items()} for b, cells in beams_.items()}
                for e, beams_ in results.items()}
     result = {
-        "suite": "translator", "machine": machine() | {"versions": versions()},
+        "suite": "translator",
+        "machine": machine() | {"versions": versions(), "load_avg_per_repeat": loads},
         "settings": vars(args) | {"handler": None, "max_length": max_length,
                                   "length_penalty": 0.0, "threads_per_session": 1,
                                   "token_count": "SentencePiece pieces of the output text",
