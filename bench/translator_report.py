@@ -110,3 +110,37 @@ def plot(result: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def markdown(result: dict) -> str:
+    """The tables of docs/benchmarks.md's Translator section, from a result JSON."""
+    agree = result["agreement"]["text_vs_seqserve_b1"]
+    lines = ["| engine | beam | batch / clients | tokens/s (median) | spread | sentences/s "
+             "| p50 ms | p90 ms | p99 ms | same text as seqserve b1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for engine, beam, setting, c in _rows(result):
+        lat, (lo, hi) = c["latency_ms"], c["tokens_per_s_spread"]
+        same = agree.get(engine, {}).get(beam, {}).get(setting)
+        kind = "clients" if setting[0] == "c" else "batch"
+        lines.append(f"| {engine} | {beam[4:]} | {kind} {setting[1:]} | {c['tokens_per_s']:.0f} "
+                     f"| {lo:.0f} to {hi:.0f} | {c['sentences_per_s']:.1f} | {lat['p50']:.1f} "
+                     f"| {lat['p90']:.1f} | {lat['p99']:.1f} | "
+                     f"{'' if same is None else f'{same:.0%}'} |")
+    lines += ["", "| ratio | median | spread | goal |", "|---|---|---|---|"]
+    for name, r in result["ratios"].items():
+        goal = result["goals"].get(name)
+        text = ""
+        if goal:
+            ok = (r["median"] >= goal["goal"] if goal["comparison"] == ">="
+                  else r["median"] <= goal["goal"])
+            text = f"{goal['comparison']} {goal['goal']:.2f}: {'met' if ok else '**missed**'}"
+        lo, hi = r["spread"]
+        lines.append(f"| {name} | {r['median']:.2f} | {lo:.2f} to {hi:.2f} | {text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
