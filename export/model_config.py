@@ -2,8 +2,8 @@
 
 Fixed choices, the same for every model (see docs/model-repository.md):
 - `max_batch_size: 64`: dims in config.pbtxt exclude the batch dimension;
-- `dynamic_batching { max_queue_delay_microseconds: 200 }`: about one batch-1 onnxruntime call of
-  a forecaster on this CPU, so a lone request waits at most that long while concurrent ones merge;
+- `dynamic_batching { max_queue_delay_microseconds: 0 }`: eager batching, as Triton's default: a
+  lone request runs at once, and requests that arrive while the instance is busy run together;
 - one CPU instance, and only the latest version served.
 Task metadata goes in `parameters` only: string values, lists and records as JSON.
 """
@@ -18,7 +18,7 @@ from protos.inference import model_config_pb2 as mc
 
 SCHEMA_VERSION = "1"
 MAX_BATCH_SIZE = 64
-MAX_QUEUE_DELAY_US = 200
+MAX_QUEUE_DELAY_US = 0
 
 DATA_TYPES = {"FP32": mc.TYPE_FP32, "FP16": mc.TYPE_FP16, "INT64": mc.TYPE_INT64,
               "INT32": mc.TYPE_INT32, "BOOL": mc.TYPE_BOOL, "STRING": mc.TYPE_STRING}
@@ -49,6 +49,7 @@ def onnx_model_config(inputs: Sequence[Tensor], outputs: Sequence[Tensor],
         config.input.add(name=t.name, data_type=DATA_TYPES[t.data_type], dims=list(t.dims))
     for t in outputs:
         config.output.add(name=t.name, data_type=DATA_TYPES[t.data_type], dims=list(t.dims))
+    config.dynamic_batching.SetInParent()  # present even with every field at its default
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
     config.version_policy.latest.num_versions = 1

@@ -72,7 +72,8 @@ def test_config_is_triton_text_format(tmp_path: Path, config: mc.ModelConfig) ->
     parsed = text_format.Parse(text, mc.ModelConfig())
     assert parsed.platform == "onnxruntime_onnx" and parsed.backend == "onnxruntime"
     assert parsed.max_batch_size == 64
-    assert parsed.dynamic_batching.max_queue_delay_microseconds == 200
+    assert parsed.HasField("dynamic_batching")  # eager: delay 0, Triton's default
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == 0
     assert [(g.count, g.kind) for g in parsed.instance_group] == [
         (1, mc.ModelInstanceGroup.KIND_CPU)]
     assert parsed.version_policy.latest.num_versions == 1
