@@ -11,7 +11,10 @@ In one run, on one machine:
    (Triton's own load generator, C++) and through a closed-loop `tritonclient` asyncio client
    (bench/loadgen.py), with dynamic batching as configured and with it removed from the config
    ("batching off": same server, same file, a second model name); the average batch size
-   comes from the server's nv_inference_count / nv_inference_exec_count.
+   comes from the server's nv_inference_count / nv_inference_exec_count;
+4. the gRPC floor: the same load against bench/floor_server.py, a grpc.aio server that answers
+   with zeros and computes nothing, so served latency splits into transport (the floor),
+   seqserve's own work, and onnxruntime.
 Prints a table and writes JSON (machine, versions, settings, medians) and a PNG of latency and
 throughput against concurrency to bench/results/.
 """
@@ -126,17 +129,17 @@ def perf_analyzer(target: str, model: str, concurrency: int, window_ms: int, out
                            f"{run.stderr[-1500:]}")
     with out_csv.open() as f:
         row = next(csv.DictReader(f))
+    # A server without statistics (the gRPC floor) gets fewer columns: absent ones are 0.
+    us = {k: float(v) for k, v in row.items() if k and v not in (None, "")}
+    parts = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input",
+             "Server Compute Infer", "Server Compute Output", "Client Recv")
     return {
-        "inferences_per_s": float(row["Inferences/Second"]),
-        "avg_latency_ms": (float(row["Client Send"]) + float(row["Network+Server Send/Recv"])
-                           + float(row["Server Queue"]) + float(row["Server Compute Input"])
-                           + float(row["Server Compute Infer"])
-                           + float(row["Server Compute Output"])
-                           + float(row["Client Recv"])) / 1e3,
-        "p50_ms": float(row["p50 latency"]) / 1e3, "p90_ms": float(row["p90 latency"]) / 1e3,
-        "p99_ms": float(row["p99 latency"]) / 1e3,
-        "server_queue_ms": float(row["Server Queue"]) / 1e3,
-        "server_infer_ms": float(row["Server Compute Infer"]) / 1e3,
+        "inferences_per_s": us["Inferences/Second"],
+        "avg_latency_ms": sum(us.get(k, 0.0) for k in parts) / 1e3,
+        "p50_ms": us["p50 latency"] / 1e3, "p90_ms": us["p90 latency"] / 1e3,
+        "p99_ms": us["p99 latency"] / 1e3,
+        "server_queue_ms": us.get("Server Queue", 0.0) / 1e3,
+        "server_infer_ms": us.get("Server Compute Infer", 0.0) / 1e3,
         "stability_percent": stability,
     }
 
@@ -242,6 +245,38 @@ def served(model_dir: Path, concurrencies: list[int], window_ms: int, generators
     return results
 
 
+def floor(model_dir: Path, concurrencies: list[int], window_ms: int, generator: str,
+          workdir: Path) -> dict:
+    """The same load against bench/floor_server.py: a grpc.aio server that computes nothing."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.floor_server", "--model-dir",
+                             str(model_dir), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("bench.floor_server did not start")
+            time.sleep(0.05)
+        results = {}
+        for c in concurrencies:
+            r = (perf_analyzer(target, model_dir.name, c, window_ms, workdir / f"floor-{c}.csv")
+                 if generator == "perf_analyzer"
+                 else loadgen(target, model_dir.name, c, window_ms / 1e3))
+            results[c] = r
+            print(f"  {generator:13s} {'grpc floor':13s} c={c:<3d} "
+                  f"{r['inferences_per_s']:8.0f}/s  p50 {r['p50_ms']:.3f} ms  "
+                  f"p99 {r['p99_ms']:.3f} ms", flush=True)
+        return results
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def plot(result: dict, path: Path) -> Path | None:
     """Latency and throughput against concurrency, batching on vs off (PNG)."""
     try:
@@ -262,6 +297,13 @@ def plot(result: dict, path: Path) -> Path | None:
                      label=f"{gen}, {label.replace('_', ' ')}")
             thr.plot([int(c) for c in cs], [runs[c]["inferences_per_s"] for c in cs], style,
                      label=f"{gen}, {label.replace('_', ' ')}")
+    runs = result.get("grpc_floor", {})
+    cs = sorted(runs, key=int)
+    if cs:
+        lat.plot([int(c) for c in cs], [runs[c]["p50_ms"] for c in cs], ":^", color="grey",
+                 label="gRPC floor (computes nothing)")
+        thr.plot([int(c) for c in cs], [runs[c]["inferences_per_s"] for c in cs], ":^",
+                 color="grey", label="gRPC floor (computes nothing)")
     ceiling = result["in_process"]
     thr.axhline(ceiling["1"]["inferences_per_s"], color="grey", lw=0.8,
                 label="in-process onnxruntime, batch 1")
@@ -304,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
               f"({', '.join(boot['models'])})")
         print("served (batch-1 requests):")
         serving = served(model_dir, concurrencies, args.window_ms, generators, Path(tmp))
+        print("gRPC floor (bench/floor_server.py: grpc.aio, computes nothing):")
+        grpc_floor = floor(model_dir, concurrencies, args.window_ms, generators[0], Path(tmp))
     main = serving[generators[0]]
     on, off = main["batching_on"], main["batching_off"]
     summary = {
@@ -314,13 +358,19 @@ def run(args: argparse.Namespace) -> int:
         "batching_gain_c8": on[8]["inferences_per_s"] / off[8]["inferences_per_s"]
         if 8 in on else None,
         "avg_batch_c8": on[8]["avg_batch"] if 8 in on else None,
+        # Served latency = transport (the floor) + seqserve's own work + onnxruntime.
+        "floor_c1_ms": grpc_floor[1]["avg_latency_ms"] if 1 in grpc_floor else None,
+        "seqserve_cost_c1_ms": on[1]["avg_latency_ms"] - grpc_floor[1]["avg_latency_ms"]
+        - ceiling[1]["latency_ms"] if 1 in on else None,
+        "floor_throughput_c8": grpc_floor[8]["inferences_per_s"] if 8 in grpc_floor else None,
         "ready_s": boot["ready_s"], "rss_mib": boot["rss_mib"],
     }
     print("summary:", json.dumps(summary))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result = {"suite": "serving", "model": args.model, "machine": machine(),
               "settings": vars(args) | {"handler": None}, "in_process": ceiling,
-              "startup": boot, "served": serving, "summary": summary,
+              "startup": boot, "served": serving, "grpc_floor": grpc_floor,
+              "summary": summary,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,99 @@
+"""The gRPC floor: a minimal grpc.aio V2 server that computes nothing.
+
+It answers what perf_analyzer asks (liveness, readiness, metadata, config) for one model of a
+repository, and ModelInfer with zero-filled outputs of the declared shapes: no queue, no
+batching, no onnxruntime, no metrics. Its latency is what any Python grpc.aio server pays per
+call on this machine; `seqserve bench serving` measures it beside the real server, so the
+served overhead can be read against what the transport alone costs.
+
+    python -m bench.floor_server --model-dir model_repository/forecaster_gru --port 18011
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from protos.inference import grpc_service_pb2 as pb
+from protos.inference import grpc_service_pb2_grpc as pbg
+from serving.repository import read_config
+from serving.tensors import CONFIG_TO_V2, DTYPES
+
+
+class FloorServicer(pbg.GRPCInferenceServiceServicer):
+    def __init__(self, model_dir: Path) -> None:
+        self.config = read_config(model_dir)
+        self.config.name = model_dir.name
+        batch = [-1] if self.config.max_batch_size else []
+        self.metadata = pb.ModelMetadataResponse(
+            name=self.config.name, versions=["1"], platform=self.config.platform,
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(
+                name=t.name, datatype=CONFIG_TO_V2[t.data_type], shape=[*batch, *t.dims])
+                for t in self.config.input],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(
+                name=t.name, datatype=CONFIG_TO_V2[t.data_type], shape=[*batch, *t.dims])
+                for t in self.config.output])
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: object
+                         ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: object
+                             ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="grpc-floor", version="0", extensions=[])
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: object
+                              ) -> pb.ModelStatisticsResponse:
+        return pb.ModelStatisticsResponse()  # nothing is computed, nothing to report
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: object
+                          ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: object
+                         ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: object
+                            ) -> pb.ModelMetadataResponse:
+        return self.metadata
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: object
+                          ) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self.config)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: object
+                         ) -> pb.ModelInferResponse:
+        batch = request.inputs[0].shape[0] if self.config.max_batch_size else None
+        reply = pb.ModelInferResponse(model_name=request.model_name, model_version="1",
+                                      id=request.id)
+        for t in self.config.output:
+            shape = [batch, *t.dims] if batch is not None else list(t.dims)
+            dtype = CONFIG_TO_V2[t.data_type]
+            reply.outputs.add(name=t.name, datatype=dtype, shape=shape)
+            reply.raw_output_contents.append(np.zeros(shape, DTYPES[dtype]).tobytes())
+        return reply
+
+
+async def serve(model_dir: Path, port: int) -> None:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", -1)])
+    pbg.add_GRPCInferenceServiceServicer_to_server(FloorServicer(model_dir), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    asyncio.run(serve(args.model_dir, args.port))
+
+
+if __name__ == "__main__":
+    main()
