@@ -13,11 +13,12 @@ Engines (1 thread each; greedy and beam 4 where the engine has it):
 - pytorch_uncached / pytorch_cached: PyTorch eager on the checkpoint, greedy, batch 1 and 8;
 - ct2_fp32 / ct2_int8: CTranslate2 on the checkpoint converted by `bench.ctranslate2_convert`.
 Batch b decodes consecutive groups of b sentences; client i of c sends sentences i, i+c, ...,
-so the 8 requests in flight are the sentences the batch-8 engines decode together. Target
-tokens are counted the same way for every engine: SentencePiece pieces of the output text.
-Repeats are interleaved (every engine once per repeat), medians over repeats, [min, max] as
-spreads; ratios are medians of per-repeat ratios. Prints a table, writes JSON and a PNG plot
-to bench/results/.
+so the 8 requests in flight are the sentences the batch-8 engines decode together; each served
+window starts where the previous repeat's stopped, so short windows still cover every
+sentence. Target tokens are counted the same way for every engine: SentencePiece pieces of
+the output text. Repeats are interleaved (every engine once per repeat), medians over
+repeats, [min, max] as spreads; ratios are medians of per-repeat ratios. Prints a table,
+writes JSON and a PNG plot to bench/results/.
 """
 
 from __future__ import annotations
@@ -306,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict = {}
     server = None
     loads = [os.getloadavg()]  # at the start, then after every repeat
+    cursor: dict[tuple[str, int, int], int] = {}  # served cell -> next first sentence
     print(f"{len(sentences)} sentences, max_length {max_length}, beams {beams}, "
           f"{args.repeats} repeats; load average {machine()['load_avg']}", flush=True)
     try:
@@ -321,15 +323,19 @@ def run(args: argparse.Namespace) -> int:
                 model_name = args.int8_model if name == "served_int8" else args.model
                 for beam in beams:
                     for c in concurrencies:
+                        start = cursor.get((name, beam, c), 0)
                         out = server.load({
                             "model": model_name, "sentences": sentences, "concurrency": c,
-                            "seconds": args.seconds, "windows": 1,
+                            "seconds": args.seconds, "windows": 1, "start": start,
                             "warmup_seconds": args.warmup_seconds,
                             "parameters": {"beam_size": beam, "max_length": max_length}},
                             workdir)
                         if out["error_count"]:
                             raise RuntimeError(f"{name} c{c}: {out['errors']}")
                         (window,) = out["windows"]
+                        # the next window goes on where this one stopped (rounded to a group)
+                        sent = len(window["requests"]) + c
+                        cursor[(name, beam, c)] = (start + sent - sent % c) % len(sentences)
                         done = [(i, lat, text, None) for i, lat, text in window["requests"]]
                         cell = results.setdefault(name, {}).setdefault(f"beam{beam}", {})
                         cell.setdefault(f"c{c}", Cell()).add(window["seconds"], done,

@@ -6,8 +6,10 @@ which cannot share a process with seqserve's. So this file imports only the stan
 numpy and tritonclient, and talks JSON: the spec file in, one JSON document out on stdout.
 
 Spec: {"target", "model", "sentences": [str], "concurrency", "seconds", "windows",
-       "warmup_seconds", "parameters": {"beam_size": int, "max_length": int}}
-Client i sends sentences i, i + c, i + 2c, ... (c = concurrency, wrapping around), each as soon
+       "warmup_seconds", "start", "parameters": {"beam_size": int, "max_length": int}}
+Client i sends sentences s+i, s+i+c, s+i+2c, ... (s = start, c = concurrency, wrapping
+around; the caller moves `start` on between calls so that short windows still cover every
+sentence over the repeats), each as soon
 as its previous answer arrived, so the c requests in flight are c consecutive sentences, the
 same groups the batched in-process engines decode together. A window counts the requests that
 complete inside it; requests still in flight when it closes are drained and not counted.
@@ -30,7 +32,7 @@ async def _client(client: grpcclient.InferenceServerClient, spec: dict, first: i
     sentences, c = spec["sentences"], spec["concurrency"]
     k = first
     while time.perf_counter() < stop_at:
-        index = k % len(sentences)
+        index = (spec.get("start", 0) + k) % len(sentences)
         k += c
         text = grpcclient.InferInput("text", [1, 1], "BYTES")
         text.set_data_from_numpy(np.array([[sentences[index].encode()]], dtype=object))
