@@ -151,13 +151,24 @@ def test_request_timeout_while_queued(standard_server: ServerProcess) -> None:
     assert "timed out after" in expired.details()
 
 
-async def _cancel(target: str) -> None:
+async def _pending(metrics_url: str, at_least: int) -> None:
+    """Wait until the server holds `at_least` requests for `slow` (received, unanswered)."""
+    key = ("nv_inference_pending_request_count", "model=slow,version=1")
+    for _ in range(400):
+        if (await asyncio.to_thread(scrape, metrics_url)).get(key, 0) >= at_least:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"the server never held {at_least} requests for 'slow'")
+
+
+async def _cancel(target: str, metrics_url: str) -> None:
     x = np.zeros((1, 256, 256), np.float32)
     async with grpc.aio.insecure_channel(target) as ch:
         s = pb_grpc.GRPCInferenceServiceStub(ch)
         busy = [s.ModelInfer(request("slow", x=x), timeout=30) for _ in range(2)]
+        await _pending(metrics_url, 2)
         call = s.ModelInfer(request("slow", x=x), timeout=30)
-        await asyncio.sleep(0.01)
+        await _pending(metrics_url, 3)  # received: a cancel now reaches the server, not the wire
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
@@ -165,7 +176,7 @@ async def _cancel(target: str) -> None:
 
 
 def test_cancelled_request_is_counted(standard_server: ServerProcess) -> None:
-    asyncio.run(_cancel(standard_server.target))
+    asyncio.run(_cancel(standard_server.target, standard_server.metrics_url))
     samples = scrape(standard_server.metrics_url)
     assert samples[("nv_inference_request_failure", "model=slow,reason=CANCELED,version=1")] >= 1
 
