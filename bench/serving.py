@@ -143,6 +143,7 @@ def perf_analyzer(target: str, model: str, concurrency: int, window_ms: int, out
         "server_queue_ms": us.get("Server Queue", 0.0) / 1e3,
         "server_infer_ms": us.get("Server Compute Infer", 0.0) / 1e3,
         "stability_percent": stability,
+        "csv": out_csv.read_text(),  # perf_analyzer's own figures, kept whole
     }
 
 

@@ -44,6 +44,7 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
         assert runs["batching_off"]["8"]["avg_batch"] == 1.0  # nothing batched when off
     assert data["served"]["tritonclient"]["batching_on"]["8"]["errors"] == 0
     assert data["summary"]["batching_gain_c8"] > 0
+    assert data["served"]["perf_analyzer"]["batching_on"]["8"]["csv"].startswith("Concurrency,")
     assert set(data["grpc_floor"]) == {"1", "8"}
     assert data["grpc_floor"]["1"]["inferences_per_s"] > 0
     if importlib.util.find_spec("matplotlib"):
