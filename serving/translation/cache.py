@@ -93,9 +93,12 @@ class KVCache:
         )
 
     def trim(self) -> KVCache:
-        """Drop leading cache slots and trailing source positions that no row uses."""
+        """Drop leading cache slots and trailing source positions that no row uses. With no
+        rows left, back to an empty cache: a long-lived batch must not carry the old slots
+        (left padding) into every later request."""
         if self.rows == 0:
-            return self
+            layers, _, heads, _, head_dim = self.past_k.shape
+            return KVCache.empty(layers, heads, head_dim)
         used = self.past_mask.any(axis=0)  # [P]
         first = int(used.argmax()) if used.any() else self.past_len
         src_used = self.src_mask.any(axis=0)  # [S]

@@ -31,6 +31,7 @@ class FakeModel:
 
     def __init__(self) -> None:
         self.calls: list[int] = []  # rows per decoder call
+        self.past_lens: list[int] = []  # cache length P per decoder call
 
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +49,7 @@ class FakeModel:
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = tokens.shape[0]
         self.calls.append(rows)
+        self.past_lens.append(past_k.shape[3])
         src_len = src_mask.sum(axis=1)
         assert np.all(cross_k[0, :, 0, 0, 0] == src_len), "cross K/V and source mask misaligned"
         for i in range(rows):  # a row's own cache slots hold positions 0..p-1, in order

@@ -50,6 +50,19 @@ def test_batched_equals_one_at_a_time() -> None:
         assert alone.hypotheses == together[r.id].hypotheses
 
 
+def test_a_long_lived_batch_does_not_carry_old_cache_slots() -> None:
+    """The server keeps one batch for its whole life: once it empties, the next request starts
+    from an empty cache, not behind every slot of the requests before it."""
+    model = LengthModel()
+    batch = DecodeBatch(model, BOS, EOS, PAD)
+    for i in range(5):
+        batch.add([DecodeRequest(i, source(6), max_length=20)])
+        assert batch.cache.past_len == 0  # the new row's first step sees no padding
+        run_to_end(batch)
+        assert batch.rows == 0 and batch.cache.past_len == 0
+    assert max(model.past_lens) <= 6  # never longer than one request's own output
+
+
 def _batch(requests: list[DecodeRequest]) -> DecodeBatch:
     batch = DecodeBatch(LengthModel(), BOS, EOS, PAD)
     batch.add(requests)
