@@ -1,10 +1,12 @@
 """A `seqserve_translator` model: tokenizer, encoder graph and cached decoder-step graph,
 served with continuous (in-flight) batching at decoder-step granularity.
 
-One decode loop per model version drives a `DecodeBatch` on a worker thread. Between two
-decoder steps, newly arrived sentences join the batch (their encoder runs then) and finished
-ones leave it at once, so a short sentence sent during a long one's decoding finishes first.
-Greedy requests may stream: each step's new text goes to the caller as it is decoded.
+One decode thread per model version drives a `DecodeBatch`, step after step, without waiting
+for the event loop: sentences arrive through a thread-safe inbox, and each step's updates go
+back to the loop with one `call_soon_threadsafe`, where futures and stream queues are served.
+Between two decoder steps, newly arrived sentences join the batch (their encoder runs then) and
+finished ones leave it at once, so a short sentence sent during a long one's decoding finishes
+first. Greedy requests may stream: each step's new text goes to the caller as it is decoded.
 
 Over the V2 protocol: input `text` BYTES [B, 1]; outputs `translation` BYTES [B, 1] and `score`
 FP32 [B, 1]; request parameters `beam_size`, `max_length`, `length_penalty`.
@@ -15,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +49,8 @@ _STREAM_END = object()
 @dataclass(eq=False)
 class _Job:
     request: DecodeRequest
-    future: asyncio.Future[TranslationResult]
-    enqueued: float
+    future: asyncio.Future[TranslationResult]  # resolved on the event loop only
+    enqueued: float  # time.monotonic()
     pieces: asyncio.Queue | None = None  # streamed text, then _STREAM_END
 
 
@@ -91,24 +93,25 @@ class TranslatorModel(ServedModel):
             raise ModelLoadError(f"warm-up translation failed: {err}") from err
         spec = self.translator.spec
         self.max_rows = spec.max_batch_size or 64
-        self._waiting: deque[_Job] = deque()
-        self._jobs: dict[Hashable, _Job] = {}
+        self._inbox: deque[_Job] = deque()  # loop thread appends, decode thread pops
+        self._open: set[_Job] = set()  # submitted and not answered (event loop side)
         self._ids = itertools.count()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-{name}")
+        self._work = threading.Event()
         self._closing = False
-        self._wake: asyncio.Event | None = None
-        self._loop_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self.steps = 0  # decoder steps run (tests and metrics read it)
 
     def start(self) -> None:
         metrics.announce(self)
-        self._wake = asyncio.Event()
-        self._loop_task = asyncio.get_running_loop().create_task(
-            self._decode_loop(), name=f"decode-{self.name}")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._decode_thread, args=(self._loop,),
+                                        name=f"decode-{self.name}", daemon=True)
+        self._thread.start()
 
     @property
     def queue_size(self) -> int:
-        return len(self._waiting)
+        return len(self._inbox)
 
     # -- the API the adapters use ------------------------------------------------------------
 
@@ -151,95 +154,117 @@ class TranslatorModel(ServedModel):
         outputs = {"translation": translation, "score": score}
         return {n: outputs[n] for n in request.outputs} if request.outputs else outputs
 
-    # -- the decode loop -------------------------------------------------------------------
+    # -- the decode thread -----------------------------------------------------------------
 
     def _submit(self, request: DecodeRequest, stream: bool = False) -> _Job:
-        if self._closing or self._wake is None:
+        if self._closing or self._thread is None:
             raise ModelNotReady(f"model '{self.name}' is unloading")
-        loop = asyncio.get_running_loop()
-        job = _Job(request, loop.create_future(), loop.time(),
+        job = _Job(request, asyncio.get_running_loop().create_future(), time.monotonic(),
                    asyncio.Queue() if stream else None)
-        self._waiting.append(job)
-        self._wake.set()
+        self._open.add(job)
+        job.future.add_done_callback(lambda _: self._open.discard(job))  # answered or cancelled
+        self._inbox.append(job)
+        self._work.set()
         return job
 
-    def _admit(self, batch: DecodeBatch, now: float) -> list[DecodeRequest]:
+    def _admit(self, batch: DecodeBatch, active: dict[Hashable, _Job]) -> list[_Job]:
+        """On the decode thread: move waiting jobs into the batch while rows are free."""
         joining, rows = [], batch.rows
-        while self._waiting:
-            job = self._waiting[0]
+        while self._inbox:
+            job = self._inbox[0]
             if job.future.done():  # cancelled while waiting
-                self._waiting.popleft()
+                self._inbox.popleft()
                 continue
             if rows and rows + job.request.beam_size > self.max_rows:
                 break
-            self._waiting.popleft()
+            self._inbox.popleft()
             rows += job.request.beam_size
-            joining.append(job.request)
-            self._jobs[job.request.id] = job
-            queued = int((now - job.enqueued) * 1e9)
-            self.stats.queue.add(queued)
-            metrics.QUEUE_SECONDS.labels(self.name, str(self.version)).observe(queued / 1e9)
+            joining.append(job)
+            active[job.request.id] = job
         return joining
 
-    def _step(self, batch: DecodeBatch, joining: list[DecodeRequest], gone: list[Hashable]
-              ) -> tuple[list, int, int, int]:
-        """On the decode thread: drop cancelled rows, add new ones (encoder), one step."""
-        t0 = time.perf_counter_ns()
-        if gone:
-            batch.remove(gone)
-        batch.add(joining)
-        t1 = time.perf_counter_ns()
-        rows = batch.rows
-        updates = batch.step()
-        return updates, rows, t1 - t0, time.perf_counter_ns() - t1
-
-    async def _decode_loop(self) -> None:
-        assert self._wake is not None
-        loop = asyncio.get_running_loop()
+    def _decode_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Admit, step, hand the updates to the event loop; sleep only when idle."""
         batch = self.translator.new_batch()
+        active: dict[Hashable, _Job] = {}
+        queued: list[int] = []  # queue times (ns) and executions not yet accounted
+        executions: list[tuple[int, int, int, int]] = []  # rows, requests, input ns, infer ns
         while True:
-            if not self._waiting and not len(batch):
-                self._wake.clear()
-                await self._wake.wait()
-            joining = self._admit(batch, loop.time())
-            gone = [i for i, j in self._jobs.items() if j.future.done()]
+            if not self._inbox and not len(batch):
+                if self._closing:
+                    return
+                self._work.wait()
+                self._work.clear()  # a set() after wait() returned is seen: the inbox is re-read
+                continue
+            joining = self._admit(batch, active)
+            gone = [i for i, j in active.items() if j.future.done()]  # cancelled by the client
             for i in gone:
-                del self._jobs[i]
+                del active[i]
+            joining = [j for j in joining if j.request.id in active]
             if not joining and not len(batch) and not gone:
                 continue
+            now = time.monotonic()
+            queued.extend(int((now - j.enqueued) * 1e9) for j in joining)
+            t0 = time.perf_counter_ns()
             try:
-                updates, rows, input_ns, infer_ns = await loop.run_in_executor(
-                    self._pool, self._step, batch, joining, gone)
+                if gone:
+                    batch.remove(gone)
+                batch.add([j.request for j in joining])
+                t1 = time.perf_counter_ns()
+                rows = batch.rows
+                updates = batch.step()
+                t2 = time.perf_counter_ns()
             except Exception as exc:
                 log.error("model '%s': decoding failed", self.name, exc_info=exc)
-                for job in self._jobs.values():
-                    if not job.future.done():
-                        job.future.set_exception(InferenceError("decoding failed"))
-                self._jobs.clear()
+                failed = list(active.values())
+                active.clear()
                 batch = self.translator.new_batch()
+                loop.call_soon_threadsafe(self._fail, failed)
                 continue
             self.steps += 1
+            executions.append((rows, len(active), t1 - t0, t2 - t1))
+            # Only what a caller waits for wakes the event loop: finished requests and streamed
+            # text. Waking it every step makes the two threads trade the GIL every step.
+            delivered = [(active[u.id], u) for u in updates if u.id in active
+                         and (u.finished or (u.text and active[u.id].pieces is not None))]
+            for u in updates:
+                if u.finished:
+                    active.pop(u.id, None)
+            if delivered or not len(batch):
+                loop.call_soon_threadsafe(self._deliver, delivered, queued, executions)
+                queued, executions = [], []
+
+    def _deliver(self, delivered: list, queued: list[int],
+                 executions: list[tuple[int, int, int, int]]) -> None:
+        """On the event loop: account the steps, stream their text, answer finished requests."""
+        labels = metrics.QUEUE_SECONDS.labels(self.name, str(self.version))
+        for ns in queued:
+            self.stats.queue.add(ns)
+            labels.observe(ns / 1e9)
+        for rows, requests, input_ns, infer_ns in executions:
             if rows:
-                self.stats.record_execution(rows, len(self._jobs), input_ns, infer_ns, 0)
-            for update in updates:
-                job = self._jobs.get(update.id)
-                if job is None:
-                    continue
-                if job.pieces is not None and update.text:
-                    job.pieces.put_nowait(update.text)
-                if update.finished:
-                    del self._jobs[update.id]
-                    if not job.future.done():
-                        job.future.set_result(update.result)
-                    if job.pieces is not None:
-                        job.pieces.put_nowait(_STREAM_END)
+                self.stats.record_execution(rows, requests, input_ns, infer_ns, 0)
+        for job, update in delivered:
+            if job.pieces is not None and update.text:
+                job.pieces.put_nowait(update.text)
+            if update.finished:
+                if not job.future.done():
+                    job.future.set_result(update.result)
+                if job.pieces is not None:
+                    job.pieces.put_nowait(_STREAM_END)
+
+    def _fail(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(InferenceError("decoding failed"))
+            if job.pieces is not None:
+                job.pieces.put_nowait(_STREAM_END)
 
     async def drain_and_close(self) -> None:
         self._closing = True
-        while self._waiting or self._jobs:
+        while self._open:  # every submitted request answered or cancelled
             await asyncio.sleep(0.01)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        self._pool.shutdown(wait=True)
+        if self._thread is not None:
+            self._work.set()
+            await asyncio.to_thread(self._thread.join)
         metrics.forget(self)
