@@ -63,7 +63,7 @@ def _health(args: argparse.Namespace) -> int:
 
 def _forecaster_arguments(fc: argparse.ArgumentParser) -> None:
     """`train forecaster` flags; defaults come from the config dataclasses (no torch import)."""
-    from training.config import ForecasterConfig, TrainConfig
+    from training.config import LOSSES, ForecasterConfig, TrainConfig
 
     m, t = ForecasterConfig(), TrainConfig()
     data = fc.add_argument_group("data")
@@ -115,8 +115,12 @@ def _forecaster_arguments(fc: argparse.ArgumentParser) -> None:
     opt.add_argument("--warm-epochs", type=int, default=t.warm_epochs,
                      help="epochs at the full learning rate (default: %(default)s)")
     opt.add_argument("--patience", type=int, default=t.patience,
-                     help="early stopping on validation MSE (default: %(default)s)")
+                     help="early stopping: epochs without a better validation loss "
+                     "(default: %(default)s)")
     opt.add_argument("--clip", type=float, default=t.clip, help="gradient-norm clip")
+    opt.add_argument("--loss", choices=list(LOSSES), default=t.loss,
+                     help="point-forecast loss; early stopping compares its validation value "
+                     "(default: %(default)s)")
     opt.add_argument("--quantile-weight", type=float, default=t.quantile_weight,
                      help="pinball loss weight next to the MSE (default: %(default)s)")
     opt.add_argument("--seed", type=int, default=t.seed, help="random seed")

@@ -45,6 +45,9 @@ class ForecasterConfig:
         return len(self.target_index)
 
 
+LOSSES = ("mse", "mae", "mse+mae")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How the model was trained: data, split and optimiser."""
@@ -64,8 +67,14 @@ class TrainConfig:
     warm_epochs: int = 2
     patience: int = 3  # epochs without a better validation MSE before stopping
     clip: float = 1.0  # gradient-norm clip
+    # point-forecast loss, also what early stopping and the kept epoch compare on validation:
+    # mse | mae | mse+mae (their mean)
+    loss: str = "mse"
     quantile_weight: float = 1.0  # weight of the pinball loss next to the MSE
     seed: int = 0
     device: str = "cpu"
     threads: int = 0  # torch threads; 0 = leave torch's default
     plot_windows: int = 4
+
+    def __post_init__(self) -> None:
+        assert self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}"

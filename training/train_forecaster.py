@@ -70,10 +70,25 @@ def data_record(series: Series, config: ForecasterConfig) -> dict[str, Any]:
 def loss_fn(model_config: ForecasterConfig, train_config: TrainConfig, levels: torch.Tensor,
             forecast: torch.Tensor, quantiles: torch.Tensor | None,
             target: torch.Tensor) -> torch.Tensor:
-    loss = torch.mean((forecast - target) ** 2)
+    error = forecast - target  # [B, H, F_out]
+    if train_config.loss == "mse":
+        loss = error.square().mean()
+    elif train_config.loss == "mae":
+        loss = error.abs().mean()
+    else:  # mse+mae
+        loss = (error.square().mean() + error.abs().mean()) / 2
     if quantiles is not None:
         loss = loss + train_config.quantile_weight * pinball_loss(quantiles, target, levels)
     return loss
+
+
+def selection_score(loss: str, val: dict[str, float]) -> float:
+    """What early stopping and the kept epoch compare: the validation value of the loss."""
+    if loss == "mse":
+        return val["val_mse"]
+    if loss == "mae":
+        return val["val_mae"]
+    return (val["val_mse"] + val["val_mae"]) / 2
 
 
 def train(model_config: ForecasterConfig, train_config: TrainConfig, out: Path,
@@ -104,7 +119,7 @@ def train(model_config: ForecasterConfig, train_config: TrainConfig, out: Path,
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     train_starts = series.starts("train", L, H)
     n_batches = max(1, len(train_starts) // tc.batch_size)  # drop the last partial batch
-    best_mse, best_state, best_epoch, stale, epochs_run = math.inf, None, 0, 0, 0
+    best_score, best_state, best_epoch, stale, epochs_run = math.inf, None, 0, 0, 0
 
     for epoch in range(1, tc.epochs + 1):
         epoch_started = time.perf_counter()
@@ -129,17 +144,18 @@ def train(model_config: ForecasterConfig, train_config: TrainConfig, out: Path,
         epochs_run = epoch
         val = evaluate(model, series, "val", L, H, device)
         lr = optimizer.param_groups[0]["lr"]
-        better = val["val_mse"] < best_mse
+        score = selection_score(tc.loss, val)
+        better = score < best_score
         log(f"epoch {epoch}: train loss {total / n_batches:.4f}  val mse {val['val_mse']:.4f}  "
             f"mae {val['val_mae']:.4f}  lr {lr:.2e}  {time.perf_counter() - epoch_started:.0f}s"
             f"{'  *' if better else ''}")
         if better:
-            best_mse, best_epoch, stale = val["val_mse"], epoch, 0
+            best_score, best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
             if stale >= tc.patience:
-                log(f"early stop: no better validation MSE for {tc.patience} epochs")
+                log(f"early stop: no better validation {tc.loss} for {tc.patience} epochs")
                 break
         if epoch >= tc.warm_epochs:
             for group in optimizer.param_groups:
@@ -204,7 +220,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ForecasterConfig, Train
         date_col=args.date_col, fill=args.fill, future_features=_names(args.future_features),
         synthetic_rows=args.synthetic_rows, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, lr_decay=args.lr_decay, warm_epochs=args.warm_epochs,
-        patience=args.patience, clip=args.clip, quantile_weight=args.quantile_weight,
+        patience=args.patience, clip=args.clip, loss=args.loss,
+        quantile_weight=args.quantile_weight,
         seed=args.seed, device=args.device, threads=args.threads)
     return model, train_config
 

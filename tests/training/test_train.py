@@ -14,6 +14,7 @@ from training import checkpoint
 from training.config import ForecasterConfig, TrainConfig
 from training.data.series import prepare
 from training.models.forecasters import build_forecaster
+from training.train_forecaster import loss_fn, selection_score
 
 Run = tuple[Path, dict[str, Any]]
 
@@ -70,3 +71,22 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
         checkpoint.load(tmp_path)
+
+
+@pytest.mark.parametrize(("loss", "expected"), [("mse", 2.5), ("mae", 1.5), ("mse+mae", 2.0)])
+def test_point_loss_options(loss: str, expected: float) -> None:
+    config = ForecasterConfig(n_past=1)
+    forecast = torch.tensor([[[1.0], [-2.0]]])  # [B=1, H=2, F=1]
+    target = torch.zeros(1, 2, 1)
+    levels = torch.tensor([])
+    value = loss_fn(config, TrainConfig(loss=loss), levels, forecast, None, target)
+    assert float(value) == pytest.approx(expected)
+
+
+def test_selection_follows_the_loss() -> None:
+    val = {"val_mse": 0.6, "val_mae": 0.5}
+    assert selection_score("mse", val) == 0.6
+    assert selection_score("mae", val) == 0.5
+    assert selection_score("mse+mae", val) == pytest.approx(0.55)
+    with pytest.raises(AssertionError, match="loss must be one of"):
+        TrainConfig(loss="huber")
