@@ -189,14 +189,13 @@ def _ratio(results: dict, a: tuple[str, str, str], b: tuple[str, str, str], key:
 
 def ratios(results: dict) -> dict:
     g, b4 = "beam1", "beam4"
-    out = {
-        "served_c8_vs_pytorch_uncached_b8_tokens": _ratio(
-            results, ("served", g, "c8"), ("pytorch_uncached", g, "b8"), "tokens"),
-        "served_c1_vs_pytorch_uncached_b1_latency": _ratio(
-            results, ("served", g, "c1"), ("pytorch_uncached", g, "b1"), "latency"),
-        "served_c8_vs_pytorch_cached_b8_tokens": _ratio(
-            results, ("served", g, "c8"), ("pytorch_cached", g, "b8"), "tokens"),
-    }
+    out: dict[str, dict | None] = {}
+    for beam, suffix in ((g, ""), (b4, "_beam4")):  # greedy keeps the goals' original names
+        for torch_engine, conc, batch, key in (("pytorch_uncached", "c8", "b8", "tokens"),
+                                               ("pytorch_uncached", "c1", "b1", "latency"),
+                                               ("pytorch_cached", "c8", "b8", "tokens")):
+            out[f"served_{conc}_vs_{torch_engine}_{batch}_{key}{suffix}"] = _ratio(
+                results, ("served", beam, conc), (torch_engine, beam, batch), key)
     for beam in (g, b4):
         for conc, batch in (("c8", "b8"), ("c1", "b1")):
             for kind, ct2 in (("", "ct2_fp32"), ("_int8", "ct2_int8")):
@@ -225,17 +224,19 @@ def agreement(results: dict) -> dict:
     pairs = {"ct2_fp32_vs_pytorch_uncached": ("ct2_fp32", "pytorch_uncached"),
              "seqserve_vs_pytorch_uncached": ("seqserve", "pytorch_uncached"),
              "pytorch_cached_vs_pytorch_uncached": ("pytorch_cached", "pytorch_uncached")}
-    tokens = {}
-    for name, (a, b) in pairs.items():
-        try:
-            ia, ib = results[a]["beam1"]["b1"].ids, results[b]["beam1"]["b1"].ids
-        except KeyError:
-            continue
-        common = sorted(set(ia) & set(ib))
-        tokens[name] = {"sentences": len(common),
-                        "identical": sum(ia[i] == ib[i] for i in common),
-                        "tokens": sum(len(ib[i]) for i in common)}
-    return {"text_vs_seqserve_b1": out, "greedy_tokens": tokens}
+    found: dict[str, dict] = {"beam1": {}, "beam4": {}}
+    for beam, tokens in found.items():
+        for name, (a, b) in pairs.items():
+            try:
+                ia, ib = results[a][beam]["b1"].ids, results[b][beam]["b1"].ids
+            except KeyError:
+                continue
+            common = sorted(set(ia) & set(ib))
+            tokens[name] = {"sentences": len(common),
+                            "identical": sum(ia[i] == ib[i] for i in common),
+                            "tokens": sum(len(ib[i]) for i in common)}
+    return {"text_vs_seqserve_b1": out, "greedy_tokens": found["beam1"],
+            "beam4_tokens": found["beam4"]}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,8 +4,10 @@ sentences (one batch) with a beam size and a maximum length, return ids and text
 - `SeqserveEngine`: `serving.translation.Translator` on the exported ONNX graphs, with exactly
   the server's session options (1 intra-op, 1 inter-op thread by default);
 - `TorchUncached`: PyTorch eager, the decoder re-run over the whole prefix at every step
-  (`training.decoding.greedy_decode`, the Annotated-Transformer style), greedy only;
-- `TorchCached`: PyTorch eager with a key/value cache (`EncoderDecoder.decode_step`), greedy only;
+  (`training.decoding.greedy_decode`, the Annotated-Transformer style);
+- `TorchCached`: PyTorch eager with a key/value cache (`EncoderDecoder.decode_step`);
+  both beam search with serving's search rule (`serving.translation.search.BeamState`, length
+  penalty 0), so beam results can be compared token for token;
 - `CTranslate2Engine`: the checkpoint converted by `bench.ctranslate2_convert`, fp32 or int8.
 
 Every engine decodes one batch as given (the benchmark builds the same groups for all), starts
@@ -68,7 +70,7 @@ class SeqserveEngine:
 
 
 class _Torch:
-    beams = (1,)
+    beams = (1, 4)
 
     def __init__(self, name: str, model: Any, tokenizer: Tokenizer) -> None:
         import torch
@@ -84,8 +86,72 @@ class _Torch:
         pad = self.model.config.pad_id
         return self.torch.tensor([s + [pad] * (width - len(s)) for s in sources])  # [B, S]
 
+    def _encode(self, sources: list[list[int]]) -> tuple[Any, Any, Any]:
+        """(src [B, S], src_mask [B, S] bool, memory [B, S, D]); call in inference mode."""
+        src = self._src(sources)  # [B, S]
+        src_mask = src != self.model.config.pad_id  # [B, S]
+        return src, src_mask, self.model.encode(src, src_mask.unsqueeze(1))  # memory [B, S, D]
+
     def _outputs(self, rows: list[list[int]]) -> list[Output]:
         return [Output(r, self.tokenizer.decode(r)) for r in rows]
+
+    def _beam(self, sources: list[list[int]], beam: int, max_length: int, cached: bool
+              ) -> list[Output]:
+        """Beam search over the batch: every sentence keeps `beam` decoder rows (R rows in
+        all); a finished sentence's rows leave the batch. Uncached: the decoder re-runs over
+        the whole prefix each step; cached: one `decode_step` per token, the cache reordered
+        by the surviving rows' parents."""
+        import numpy as np
+
+        from serving.translation.search import BeamState
+        from training.models.masks import subsequent_mask
+
+        torch, m = self.torch, self.model
+        c = m.config
+        with torch.inference_mode():
+            src, src_mask, memory = self._encode(sources)  # [B, S], [B, S], [B, S, D]
+            b = src.size(0)
+            states = [BeamState(beam, max_length, 0.0, c.eos_id) for _ in range(b)]
+            rows = torch.arange(b).repeat_interleave(beam)  # [R] sentence of each row
+            ys = torch.full((b * beam, 1), c.bos_id, dtype=torch.long)  # [R, 1]
+            if cached:
+                cross_k, cross_v = m.cross_kv(memory)  # [L, B, H, S, K] each
+                cross_k, cross_v = cross_k[:, rows], cross_v[:, rows]  # [L, R, H, S, K]
+                past_k = past_v = memory.new_zeros(c.num_decoder_layers, b * beam,
+                                                   c.num_heads, 0, c.head_dim)  # [L, R, H, 0, K]
+            alive = list(range(b))
+            for t in range(max_length):
+                n = ys.size(0)
+                if cached:
+                    log_probs, k, v = m.decode_step(
+                        ys[:, -1:], torch.full((n, 1), t, dtype=torch.long), past_k, past_v,
+                        torch.ones(n, t, dtype=torch.bool), cross_k, cross_v,
+                        src_mask[rows])  # [R, V], [L, R, H, t+1, K] x2
+                else:
+                    tgt_mask = subsequent_mask(t + 1, src.device).expand(n, -1, -1)  # [R, T, T]
+                    hidden = m.decode(memory[rows], src_mask[rows].unsqueeze(1), ys,
+                                      tgt_mask)  # [R, T, D]
+                    log_probs = m.generator(hidden[:, -1])  # [R, V]
+                scores = log_probs.float().numpy()
+                keep: list[int] = []
+                tokens: list[int] = []
+                still = []
+                for j, i in enumerate(alive):
+                    parents, nxt = states[i].advance(scores[j * beam:(j + 1) * beam])
+                    if not states[i].done:
+                        keep.extend((j * beam + parents).tolist())
+                        tokens.extend(nxt.tolist())
+                        still.append(i)
+                if not still:
+                    break
+                idx = torch.from_numpy(np.asarray(keep, np.int64))  # [R'] surviving rows
+                ys = torch.cat([ys[idx], torch.tensor(tokens).unsqueeze(1)], dim=1)  # [R', T+1]
+                rows = rows[idx]
+                if cached:
+                    past_k, past_v = k[:, idx], v[:, idx]  # [L, R', H, t+1, K]
+                    cross_k, cross_v = cross_k[:, idx], cross_v[:, idx]
+                alive = still
+        return self._outputs([s.best(1)[0].token_ids if s.finished else [] for s in states])
 
 
 class TorchUncached(_Torch):
@@ -94,7 +160,8 @@ class TorchUncached(_Torch):
     def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
         from training.decoding import greedy_decode
 
-        assert beam == 1, "the uncached PyTorch baseline is greedy only"
+        if beam > 1:
+            return self._beam(sources, beam, max_length, cached=False)
         with self.torch.inference_mode():
             return self._outputs(greedy_decode(self.model, self._src(sources), max_length))
 
@@ -105,14 +172,13 @@ class TorchCached(_Torch):
     the whole batch is done, as in the uncached reference."""
 
     def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
-        assert beam == 1, "the cached PyTorch baseline is greedy only"
+        if beam > 1:
+            return self._beam(sources, beam, max_length, cached=True)
         torch, m = self.torch, self.model
         c = m.config
         with torch.inference_mode():
-            src = self._src(sources)  # [B, S]
+            src, src_mask, memory = self._encode(sources)  # [B, S], [B, S], [B, S, D]
             b = src.size(0)
-            src_mask = src != c.pad_id  # [B, S]
-            memory = m.encode(src, src_mask.unsqueeze(1))  # [B, S, D]
             cross_k, cross_v = m.cross_kv(memory)  # [L, B, H, S, K] each
             past_k = memory.new_zeros(c.num_decoder_layers, b, c.num_heads, 0,
                                       c.head_dim)  # [L, B, H, 0, K]

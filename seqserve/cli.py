@@ -134,7 +134,7 @@ def _forecaster_arguments(fc: argparse.ArgumentParser) -> None:
 def _translator_arguments(tr: argparse.ArgumentParser) -> None:
     """`train translator` flags. Unset flags take the preset's value (training/translator_config.py
     lists the presets; no torch import here)."""
-    from training.translator_config import PRESETS, TranslatorTrainConfig
+    from training.translator_config import PRESETS, SCHEDULES, TranslatorTrainConfig
 
     t, n = TranslatorTrainConfig(), PRESETS["numbers"]
     tr.add_argument("--data",
@@ -153,7 +153,11 @@ def _translator_arguments(tr: argparse.ArgumentParser) -> None:
     model.add_argument("--ff", type=int, help="feed-forward width")
     model.add_argument("--encoder-layers", type=int, help="encoder layers")
     model.add_argument("--decoder-layers", type=int, help="decoder layers")
-    model.add_argument("--dropout", type=float, help="dropout")
+    model.add_argument("--dropout", type=float, help="dropout on residual outputs, embeddings")
+    model.add_argument("--attention-dropout", type=float,
+                       help="dropout on attention probabilities (default: --dropout)")
+    model.add_argument("--activation-dropout", type=float,
+                       help="dropout inside the feed-forward (default: --dropout)")
     model.add_argument("--max-len", type=int, help="positions: longest source/target sequence")
     model.add_argument("--no-tie-embeddings", action="store_true",
                        help="separate source, target and output embedding matrices")
@@ -172,7 +176,10 @@ def _translator_arguments(tr: argparse.ArgumentParser) -> None:
     opt.add_argument("--max-steps", type=int, help="optimizer steps at most")
     opt.add_argument("--max-minutes", type=float, help="training time budget (0 = none)")
     opt.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
-    opt.add_argument("--warmup", type=int, help="linear warm-up steps, then 1/sqrt(step) decay")
+    opt.add_argument("--warmup", type=int, help="linear warm-up steps")
+    opt.add_argument("--schedule", choices=list(SCHEDULES),
+                     help="after warm-up: inverse_sqrt decay, or linear decay to 0 at the end "
+                     "of the run (--max-steps or --max-minutes, whichever comes first)")
     opt.add_argument("--label-smoothing", type=float, help="(default: 0.1)")
     opt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 0)")
     opt.add_argument("--clip", type=float, help="gradient-norm clip (default: 1.0)")

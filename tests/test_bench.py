@@ -94,9 +94,9 @@ def tiny_translator_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def test_bench_translator_engines_agree_and_measure(
         tmp_path: Path, tiny_repository: Path, tiny_translator_checkpoint: Path) -> None:
-    """Every engine decodes the same 8 sentences: greedy tokens are identical across
-    PyTorch (uncached, cached), seqserve in process, CTranslate2 fp32 and the served model,
-    and every cell measured a positive throughput and latency."""
+    """Every engine decodes the same 8 sentences: greedy and beam-4 tokens are identical
+    across PyTorch (uncached, cached), seqserve in process, CTranslate2 fp32 and the served
+    model, and every cell measured a positive throughput and latency."""
     tool("tritonclient", "python")
     has_ct2 = importlib.util.find_spec("ctranslate2") is not None
     if not has_ct2 and os.environ.get("CI"):
@@ -116,8 +116,7 @@ def test_bench_translator_engines_agree_and_measure(
     engines |= {"ct2_fp32", "ct2_int8"} if has_ct2 else set()
     assert set(data["results"]) == engines
     for engine, beams in data["results"].items():
-        expected_beams = {"beam1"} if engine.startswith("pytorch") else {"beam1", "beam4"}
-        assert set(beams) == expected_beams, engine
+        assert set(beams) == {"beam1", "beam4"}, engine
         for beam, cells in beams.items():
             assert set(cells) == ({"c1", "c8"} if engine == "served" else {"b1", "b8"})
             for setting, cell in cells.items():
@@ -130,6 +129,11 @@ def test_bench_translator_engines_agree_and_measure(
     pairs |= {"ct2_fp32_vs_pytorch_uncached"} if has_ct2 else set()
     assert set(tokens) == pairs
     for name, t in tokens.items():
+        assert t["sentences"] == 8 and t["identical"] == 8 and t["tokens"] > 8, name
+    beam4 = data["agreement"]["beam4_tokens"]  # the PyTorch beam baselines search as serving
+    assert set(beam4) == pairs  # CTranslate2's own beam rule is recorded, not compared
+    for name in ("seqserve_vs_pytorch_uncached", "pytorch_cached_vs_pytorch_uncached"):
+        t = beam4[name]
         assert t["sentences"] == 8 and t["identical"] == 8 and t["tokens"] > 8, name
     texts = data["agreement"]["text_vs_seqserve_b1"]
     for engine in engines - {"ct2_int8"}:  # int8 may round differently

@@ -78,10 +78,18 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_factor(step: int, warmup: int) -> float:
-    """Linear warm-up to 1 at `warmup`, then inverse-square-root decay (step counts from 1)."""
+def lr_factor(step: int, warmup: int, schedule: str = "inverse_sqrt", progress: float = 0.0,
+              warm_progress: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at `step` (counting from 1): linear warm-up to 1 at
+    `warmup`, then `inverse_sqrt` decay, or `linear` decay to 0 at the end of the run.
+    `progress` is the fraction of the run done (steps or time budget, whichever is further) and
+    `warm_progress` that fraction when warm-up ended, so the linear part starts at 1."""
     step = max(step, 1)
-    return min(step / warmup, math.sqrt(warmup / step))
+    if step < warmup:
+        return step / warmup
+    if schedule == "inverse_sqrt":
+        return math.sqrt(warmup / step)
+    return max(0.0, 1.0 - progress) / max(1e-9, 1.0 - warm_progress)
 
 
 def encode_pairs(tokenizer: Tokenizer, pairs: list[Pair], max_source: int, max_target: int
@@ -138,7 +146,6 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
     c = model.config
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas,
                             weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s + 1, tc.warmup))
     rng = np.random.default_rng(tc.seed)
     src_lens = np.array([len(s) for s in train.src])
     tgt_lens = np.array([len(t) + 1 for t in train.tgt])
@@ -151,22 +158,29 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
     bar = tqdm(total=tc.max_steps, disable=quiet, unit="step", dynamic_ncols=True,
                file=sys.stderr)
     window_tokens, window_start = 0, time.monotonic()
+    warm_progress = 0.0
     while not result.stopped_by:
         result.epochs += 1
         for idx in token_batches(src_lens, tgt_lens, tc.max_tokens, rng):
             model.train()
             src, tgt_in, tgt_out = _tensors(train, idx, c, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                log_probs = model(src, tgt_in)  # [B, T, V]
+                logits = model.logits(src, tgt_in)  # [B, T, V]
             ntok = int((tgt_out != c.pad_id).sum())
-            loss = F.cross_entropy(log_probs.flatten(0, 1).float(), tgt_out.flatten(),
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(),
                                    ignore_index=c.pad_id, label_smoothing=tc.label_smoothing,
                                    reduction="sum") / ntok
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
+            progress = max(result.steps / tc.max_steps, (time.monotonic() - start) / budget)
+            if result.steps + 1 == tc.warmup:
+                warm_progress = progress
+            lr = tc.lr * lr_factor(result.steps + 1, tc.warmup, tc.schedule, progress,
+                                   warm_progress)
+            for group in opt.param_groups:
+                group["lr"] = lr
             opt.step()
-            sched.step()
             train_loss = float(loss.detach())
             result.steps += 1
             result.target_tokens += ntok
@@ -195,7 +209,7 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
                 rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
                 window_tokens, window_start = 0, time.monotonic()
                 left = f" budget {(budget - elapsed) / 60:.1f} min" if budget < math.inf else ""
-                bar.set_description(f"loss {train_loss:.3f} lr {sched.get_last_lr()[0]:.2e} "
+                bar.set_description(f"loss {train_loss:.3f} lr {lr:.2e} "
                                     f"{rate:,.0f} tok/s{left}", refresh=False)
             bar.update(1)
             if result.stopped_by:
@@ -321,7 +335,8 @@ def load_translator_checkpoint(folder: Path
 
 MODEL_FLAGS = {"d_model": "d_model", "heads": "num_heads", "ff": "d_ff",
                "encoder_layers": "num_encoder_layers", "decoder_layers": "num_decoder_layers",
-               "dropout": "dropout", "max_len": "max_len"}
+               "dropout": "dropout", "attention_dropout": "attention_dropout",
+               "activation_dropout": "activation_dropout", "max_len": "max_len"}
 
 
 def configs_from_args(args: argparse.Namespace

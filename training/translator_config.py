@@ -25,7 +25,9 @@ class TranslatorConfig:
     d_ff: int = 1024
     num_encoder_layers: int = 3
     num_decoder_layers: int = 3
-    dropout: float = 0.1
+    dropout: float = 0.1  # residual outputs and embeddings
+    attention_dropout: float | None = None  # attention probabilities; None = `dropout`
+    activation_dropout: float | None = None  # inside the feed-forward; None = `dropout`
     max_len: int = 256  # positions: the longest source or target sequence, BOS/EOS included
     tie_embeddings: bool = True  # source, target embeddings and generator share one matrix
     pad_id: int = 0
@@ -40,6 +42,17 @@ class TranslatorConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.num_heads
+
+    @property
+    def attention_p(self) -> float:
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
+
+    @property
+    def activation_p(self) -> float:
+        return self.dropout if self.activation_dropout is None else self.activation_dropout
+
+
+SCHEDULES = ("inverse_sqrt", "linear")
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,9 @@ class TranslatorTrainConfig:
     max_minutes: float = 0.0  # wall-clock budget for training; 0 = none
     lr: float = 1e-3  # peak learning rate, reached after `warmup` steps
     warmup: int = 4000
+    # after warm-up: "inverse_sqrt" (lr * sqrt(warmup / step)) or "linear" (down to 0 at the
+    # end of the run: max_steps or, when set, the max_minutes budget, whichever comes first)
+    schedule: str = "inverse_sqrt"
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
@@ -76,6 +92,10 @@ class TranslatorTrainConfig:
     device: str = "cpu"
     threads: int = 0  # torch CPU threads; 0 = torch's default
     examples: int = 20  # example translations written next to metrics.json
+
+    def __post_init__(self) -> None:
+        assert self.schedule in SCHEDULES, (
+            f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
 
 
 @dataclass(frozen=True)
@@ -104,11 +124,12 @@ PRESETS: dict[str, Preset] = {
     ),
     "multi30k": Preset(
         model={"d_model": 256, "num_heads": 4, "d_ff": 1024, "num_encoder_layers": 3,
-               "num_decoder_layers": 3, "dropout": 0.1, "max_len": 256},
-        train={"data": "multi30k", "vocab_size": 8000, "max_tokens": 6000,
-               "max_source_tokens": 128, "lr": 1e-3, "warmup": 4000, "eval_every": 500,
-               "patience": 6, "max_minutes": 55.0, "average_last": 5, "beam_size": 4,
-               "length_penalty": 0.6, "threads": 2},
+               "num_decoder_layers": 3, "dropout": 0.1, "attention_dropout": 0.0,
+               "activation_dropout": 0.0, "max_len": 256},
+        train={"data": "multi30k", "vocab_size": 8000, "max_tokens": 5000,
+               "max_source_tokens": 128, "lr": 1.5e-3, "warmup": 300, "schedule": "linear",
+               "eval_every": 150, "patience": 8, "max_minutes": 55.0, "average_last": 5,
+               "beam_size": 4, "length_penalty": 0.6, "threads": 2},
     ),
 }
 

@@ -282,13 +282,18 @@ class EncoderDecoder(nn.Module):
                                           cross_k, cross_v, src_mask)
         return hidden
 
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced log-probabilities. src [B, S], tgt [B, T] (BOS-prefixed)
-        -> [B, T, V]."""
+    def logits(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced scores before the softmax (training's loss takes these, so the
+        log-softmax over V runs once). src [B, S], tgt [B, T] (BOS-prefixed) -> [B, T, V]."""
         pad = self.config.pad_id
         src_mask = pad_mask(src, pad)  # [B, 1, S]
         memory = self.encode(src, src_mask)  # [B, S, D]
-        return self.generator(self.decode(memory, src_mask, tgt, target_mask(tgt, pad)))
+        hidden = self.decode(memory, src_mask, tgt, target_mask(tgt, pad))  # [B, T, D]
+        return self.generator.proj(hidden)  # [B, T, V]
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced log-probabilities. src [B, S], tgt [B, T] -> [B, T, V]."""
+        return F.log_softmax(self.logits(src, tgt), dim=-1)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, past_k: torch.Tensor,
                     past_v: torch.Tensor, past_mask: torch.Tensor, cross_k: torch.Tensor,
@@ -313,8 +318,8 @@ def make_model(config: TranslatorConfig) -> EncoderDecoder:
     embeddings N(0, D^-0.5) (tied to the generator when `tie_embeddings`)."""
     c = copy.deepcopy
     d, v = config.d_model, config.vocab_size
-    attn = MultiHeadedAttention(config.num_heads, d, config.dropout)
-    ff = PositionwiseFeedForward(d, config.d_ff, config.dropout)
+    attn = MultiHeadedAttention(config.num_heads, d, config.attention_p)
+    ff = PositionwiseFeedForward(d, config.d_ff, config.activation_p)
     model = EncoderDecoder(
         config,
         Encoder(EncoderLayer(d, c(attn), c(ff), config.dropout), config.num_encoder_layers),
