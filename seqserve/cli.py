@@ -122,7 +122,7 @@ def _forecaster_arguments(fc: argparse.ArgumentParser) -> None:
                      help="point-forecast loss; early stopping compares its validation value "
                      "(default: %(default)s)")
     opt.add_argument("--quantile-weight", type=float, default=t.quantile_weight,
-                     help="pinball loss weight next to the MSE (default: %(default)s)")
+                     help="pinball loss weight next to the point loss (default: %(default)s)")
     opt.add_argument("--seed", type=int, default=t.seed, help="random seed")
     opt.add_argument("--device", default=t.device, help="cpu or cuda (default: %(default)s)")
     opt.add_argument("--threads", type=int, default=t.threads,
