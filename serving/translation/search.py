@@ -65,6 +65,8 @@ class BeamState:
         row continues, next_tokens [k] int64). Sets `done` when the request has finished; the
         returned arrays are then meaningless."""
         k, vocab = log_probs.shape
+        if k == 1:
+            return self._greedy(log_probs[0])
         cand = (self.cum[:, None] + log_probs).ravel()  # [k, V] -> [k*V]
         n = min(2 * k, cand.size)
         top = np.argpartition(-cand, n - 1)[:n]  # best n, unordered
@@ -101,6 +103,22 @@ class BeamState:
             new_tokens.append(list(new_tokens[0]))
         self.tokens, self.cum = new_tokens, np.asarray(cum, np.float64)
         return np.asarray(parents, np.int64), np.asarray(tokens, np.int64)
+
+    def _greedy(self, log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`advance` for beam size 1, without ranking the whole vocabulary: the same result
+        (the first of tied maxima wins in both), an argmax instead of a partition of V."""
+        token = int(log_probs.argmax())  # [V] -> best token
+        score = float(self.cum[0] + log_probs[token])
+        self.length += 1
+        if token == self.eos_id:
+            self._finish(self.tokens[0], score)
+            self.done = True
+        else:
+            self.tokens, self.cum = [[*self.tokens[0], token]], np.array([score], np.float64)
+            if self.length >= self.max_length:
+                self._finish(self.tokens[0], score)
+                self.done = True
+        return np.zeros(1, np.int64), np.array([token if not self.done else 0], np.int64)
 
     def _settled(self, k: int, best_live: float) -> bool:
         """No live hypothesis can beat the k-th best finished one."""

@@ -58,6 +58,34 @@ def test_max_length_stops_a_hypothesis_without_eos() -> None:
     assert h.token_ids == [A] and h.log_prob == pytest.approx(math.log(0.6))
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_greedy_is_the_argmax_chain(seed: int) -> None:
+    """Beam size 1 takes an argmax shortcut; it must give what ranking the whole vocabulary
+    gives: the best token each step (the first of ties), a stop at EOS or at max_length, and
+    the GNMT-penalised sum of log-probabilities as the score."""
+    rng = np.random.default_rng(seed)
+    steps = rng.normal(size=(8, 7))  # [max 8 steps, V=7]
+    steps[rng.integers(8), rng.integers(7)] = 5.0  # a clear winner somewhere
+    steps[0, 1] = steps[0, 2] = steps[0].max() + 1  # a tie on the first step: token 1 wins
+    log_probs = steps - np.log(np.exp(steps).sum(axis=1, keepdims=True))  # [8, V]
+    max_length, alpha = int(rng.integers(1, 9)), 0.6
+    state = BeamState(beam_size=1, max_length=max_length, alpha=alpha, eos_id=EOS)
+    tokens, total = [], 0.0
+    for t in range(max_length):
+        best = int(np.argmax(log_probs[t]))
+        total += float(log_probs[t, best])
+        state.advance(log_probs[t:t + 1])
+        if best == EOS:
+            break
+        tokens.append(best)
+    assert state.done
+    [h] = state.best(1)
+    assert h.token_ids == tokens and h.token_ids[:1] in ([], [1])
+    n = len(tokens) + (1 if len(tokens) < max_length else 0)  # EOS counts when generated
+    assert h.log_prob == pytest.approx(total)
+    assert h.score == pytest.approx(total / length_penalty(n, alpha))
+
+
 def test_beam_state_reorders_rows_from_their_parents() -> None:
     state = BeamState(beam_size=2, max_length=10, alpha=0.0, eos_id=EOS)
     lp = np.log(np.full((2, 7), 1e-9))
