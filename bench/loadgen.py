@@ -8,7 +8,9 @@ JSON object from its stdout.
         --concurrency 8 --seconds 3 [--text-file sentences.txt]
 
 Each of `concurrency` clients sends a batch-1 request, waits for its answer and sends the next
-(closed loop), for a warm-up then a measurement window. Inputs come from the model's metadata:
+(closed loop), for a warm-up then a measurement window. The clients share one gRPC connection,
+or `--connections K` connections (client i on connection i mod K): a server with `--workers`
+spreads connections, not requests, over its processes. Inputs come from the model's metadata:
 random normal values for numeric tensors, lines of --text-file (round robin) for BYTES.
 """
 
@@ -46,8 +48,12 @@ def _inputs(metadata: dict, texts: list[str], rng: np.random.Generator
 
 
 async def measure(url: str, model: str, concurrency: int, seconds: float, warmup: float,
-                  texts: list[str]) -> dict:
-    client = grpcclient.InferenceServerClient(url)
+                  texts: list[str], connections: int = 1) -> dict:
+    # A local subchannel pool per client: its own TCP connection, not grpc's shared one.
+    own = [("grpc.use_local_subchannel_pool", 1)] if connections > 1 else None
+    clients = [grpcclient.InferenceServerClient(url, channel_args=own)
+               for _ in range(connections)]
+    client = clients[0]
     try:
         metadata = await client.get_model_metadata(model, as_json=True)
         rng = np.random.default_rng(0)
@@ -64,7 +70,8 @@ async def measure(url: str, model: str, concurrency: int, seconds: float, warmup
                 if t0 >= stop:
                     return
                 try:
-                    await client.infer(model, requests[i % len(requests)])
+                    await clients[offset % connections].infer(model,
+                                                              requests[i % len(requests)])
                 except InferenceServerException:  # counted, not fatal: reported in the result
                     errors += 1
                     continue
@@ -74,7 +81,8 @@ async def measure(url: str, model: str, concurrency: int, seconds: float, warmup
 
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
     finally:
-        await client.close()
+        for c in clients:
+            await c.close()
     if not latencies:
         return {"requests": 0, "errors": errors}
     ms = sorted(x * 1e3 for x in latencies)
@@ -94,6 +102,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0, help="measurement window")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds not measured")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="gRPC connections the clients share (round robin)")
     parser.add_argument("--text-file", help="one input sentence per line, for BYTES inputs")
     args = parser.parse_args()
     texts = ["dreihundertzweiundvierzig"]
@@ -101,7 +111,7 @@ def main() -> None:
         with open(args.text_file, encoding="utf-8") as f:
             texts = [line.rstrip("\n") for line in f if line.strip()]
     result = asyncio.run(measure(args.url, args.model, args.concurrency, args.seconds,
-                                 args.warmup, texts))
+                                 args.warmup, texts, args.connections))
     print(json.dumps(result))
 
 

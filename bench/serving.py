@@ -12,7 +12,10 @@ In one run, on one machine:
    (bench/loadgen.py), with dynamic batching as configured and with it removed from the config
    ("batching off": same server, same file, a second model name); the average batch size
    comes from the server's nv_inference_count / nv_inference_exec_count;
-4. the gRPC floor: the same load against bench/floor_server.py, a grpc.aio server that answers
+4. worker processes (`--workers 1,2`): servers with 1 and 2 worker processes
+   (`seqserve serve --workers N`), the tritonclient load generator with one connection per
+   client, repeats interleaved, the ratio to 1 worker per repeat;
+5. the gRPC floor: the same load against bench/floor_server.py, a grpc.aio server that answers
    with zeros and computes nothing, so served latency splits into transport (the floor),
    seqserve's own work, and onnxruntime.
 Prints a table and writes JSON (machine, versions, settings, medians) and a PNG of latency and
@@ -161,11 +164,23 @@ def _unbatched_copy(model_dir: Path, dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def server(repo: Path, workdir: Path) -> Iterator[dict]:
-    """A real `seqserve serve` process on free loopback ports, until health says SERVING.
+def server(repo: Path, workdir: Path, workers: int = 1) -> Iterator[dict]:
+    """A real `seqserve serve` process on free loopback ports, until health says SERVING
+    (and, with workers, until the merged /metrics counts them all).
 
     Yields target, metrics URL, pid and the seconds from process start to ready."""
     from serving.probe import check
+
+    def ready(target: str, metrics: str) -> bool:
+        if check(target, timeout=0.5)[0] != 0:
+            return False
+        if workers == 1:
+            return True
+        try:
+            with urllib.request.urlopen(metrics, timeout=5) as resp:
+                return f"seqserve_workers {workers}.0" in resp.read().decode()
+        except OSError:
+            return False
 
     grpc_port, metrics_port = _free_port(), _free_port()
     log_path = workdir / f"server-{grpc_port}.log"
@@ -173,17 +188,19 @@ def server(repo: Path, workdir: Path) -> Iterator[dict]:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "seqserve", "serve", "--model-repository", str(repo),
-             "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)],
+             "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+             "--workers", str(workers)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         target = f"127.0.0.1:{grpc_port}"
+        metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         try:
             deadline = time.monotonic() + 300
-            while check(target, timeout=0.5)[0] != 0:
+            while not ready(target, metrics):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(log_path.read_text())
                 time.sleep(0.05)
-            yield {"target": target, "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
-                   "pid": proc.pid, "ready_s": time.perf_counter() - t0}
+            yield {"target": target, "metrics": metrics, "pid": proc.pid,
+                   "ready_s": time.perf_counter() - t0}
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
@@ -209,11 +226,12 @@ def startup(repo: Path, workdir: Path, repeats: int) -> dict:
             "rss_mib": statistics.median(rss)}
 
 
-def loadgen(target: str, model: str, concurrency: int, seconds: float) -> dict:
+def loadgen(target: str, model: str, concurrency: int, seconds: float,
+            connections: int = 1) -> dict:
     """The closed-loop tritonclient (asyncio gRPC) load generator, from its tool venv."""
     cmd = [str(TRITON_VENV / "bin" / "python"), str(ROOT / "bench" / "loadgen.py"),
            "--url", target, "--model", model, "--concurrency", str(concurrency),
-           "--seconds", str(seconds)]
+           "--seconds", str(seconds), "--connections", str(connections)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if run.returncode != 0:
         raise RuntimeError(f"loadgen failed ({run.returncode}): {run.stderr[-1500:]}")
@@ -246,6 +264,32 @@ def served(model_dir: Path, concurrencies: list[int], window_ms: int, generators
                           f"avg batch {r['avg_batch']:.2f}", flush=True)
         results["rss_mib_after_load"] = rss_mib(srv["pid"])
     return results
+
+
+def workers(model_dir: Path, counts: list[int], concurrencies: list[int], seconds: float,
+            repeats: int, workdir: Path) -> dict:
+    """Servers with 1, 2, ... worker processes, all started once, measured in turn (repeats
+    interleaved) by the tritonclient load generator with one connection per client."""
+    repo = workdir / "repository-workers"
+    shutil.copytree(model_dir, repo / model_dir.name)
+    runs: dict = {n: {c: [] for c in concurrencies} for n in counts}
+    with contextlib.ExitStack() as stack:
+        servers = {n: stack.enter_context(server(repo, workdir, n)) for n in counts}
+        for r in range(repeats):
+            for c in concurrencies:
+                for n in counts:
+                    res = loadgen(servers[n]["target"], model_dir.name, c, seconds,
+                                  connections=c)
+                    runs[n][c].append(res["inferences_per_s"])
+                    print(f"  repeat {r} c={c:<3d} workers {n}: {res['inferences_per_s']:8.0f}/s "
+                          f"p50 {res['p50_ms']:.3f} ms", flush=True)
+    out: dict = {"per_s": runs, "median_per_s": {
+        n: {c: statistics.median(v) for c, v in by_c.items()} for n, by_c in runs.items()}}
+    base = counts[0]
+    out["ratio_to_first"] = {  # per repeat, same window order, then the median
+        n: {c: statistics.median(a / b for a, b in zip(runs[n][c], runs[base][c], strict=True))
+            for c in concurrencies} for n in counts[1:]}
+    return out
 
 
 def floor(model_dir: Path, concurrencies: list[int], window_ms: int, generator: str,
@@ -349,6 +393,13 @@ def run(args: argparse.Namespace) -> int:
               f"({', '.join(boot['models'])})")
         print("served (batch-1 requests):")
         serving = served(model_dir, concurrencies, args.window_ms, generators, Path(tmp))
+        scaling = None
+        worker_counts = [int(n) for n in args.workers.split(",") if n]
+        if len(worker_counts) > 1:
+            print(f"worker processes {worker_counts} (one connection per client):")
+            scaling = workers(model_dir, worker_counts,
+                              [c for c in concurrencies if c >= 2] or concurrencies,
+                              args.window_ms / 1e3, args.worker_repeats, Path(tmp))
         print("gRPC floor (bench/floor_server.py: grpc.aio, computes nothing):")
         grpc_floor = floor(model_dir, concurrencies, args.window_ms, generators[0], Path(tmp))
     main = serving[generators[0]]
@@ -367,12 +418,14 @@ def run(args: argparse.Namespace) -> int:
         - ceiling[1]["latency_ms"] if 1 in on else None,
         "floor_throughput_c8": grpc_floor[8]["inferences_per_s"] if 8 in grpc_floor else None,
         "ready_s": boot["ready_s"], "rss_mib": boot["rss_mib"],
+        "workers_ratio": scaling["ratio_to_first"] if scaling else None,
     }
     print("summary:", json.dumps(summary))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result = {"suite": "serving", "model": args.model, "machine": machine(),
               "settings": vars(args) | {"handler": None}, "in_process": ceiling,
               "startup": boot, "served": serving, "grpc_floor": grpc_floor,
+              "workers": scaling,
               "summary": summary,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out_dir = Path(args.results_dir)
@@ -399,5 +452,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="in-process seconds/repeat")
     parser.add_argument("--startup-repeats", type=int, default=3,
                         help="server starts to time (median)")
+    parser.add_argument("--workers", default="1,2",
+                        help="worker process counts to compare (`serve --workers`); "
+                        "one value skips the comparison")
+    parser.add_argument("--worker-repeats", type=int, default=3,
+                        help="interleaved repeats of the workers comparison")
     parser.add_argument("--results-dir", default=str(ROOT / "bench" / "results"),
                         help="where the JSON and PNG go")

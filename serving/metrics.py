@@ -164,19 +164,23 @@ def forget(model: ServedModel) -> None:
             pass
 
 
-class MetricsEndpoint:
-    """The /metrics HTTP server, on its own port and thread."""
+def exposition(models: Callable[[], Iterable[ServedModel]]) -> Callable[[], bytes]:
+    """One server's /metrics body: prometheus-client's registry plus Triton's series."""
+    return lambda: generate_latest(REGISTRY) + render(triton_families(list(models())))
 
-    def __init__(self, address: str, port: int,
-                 models: Callable[[], Iterable[ServedModel]]) -> None:
+
+class MetricsEndpoint:
+    """A /metrics HTTP server, on its own port and thread, answering with `body()`."""
+
+    def __init__(self, address: str, port: int, body: Callable[[], bytes]) -> None:
         def app(environ: dict, start_response: Callable) -> list[bytes]:
             if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
                 start_response("404 Not Found", [("Content-Type", "text/plain")])
                 return [b"not found: try /metrics\n"]
-            body = generate_latest(REGISTRY) + render(triton_families(list(models())))
+            data = body()
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
-                                      ("Content-Length", str(len(body)))])
-            return [body]
+                                      ("Content-Length", str(len(data)))])
+            return [data]
 
         self._server = make_server(address, port, app, ThreadingWSGIServer,
                                    handler_class=_QuietHandler)

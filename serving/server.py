@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 from importlib import metadata
 
@@ -72,7 +74,7 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(settings.reuse_port)),  # workers only
             ],
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -88,15 +90,20 @@ class Server:
              reflection.SERVICE_NAME),
             self.grpc,
         )
-        credentials = _credentials(settings)
-        target = settings.grpc_target
+        self.port = 0  # known once start() has bound it
+        self.metrics: MetricsEndpoint | None = None
+
+    async def _bind(self) -> None:
+        credentials = _credentials(self.settings)
+        target = self.settings.grpc_target
         try:
             self.port = (self.grpc.add_secure_port(target, credentials) if credentials
                          else self.grpc.add_insecure_port(target))
         except RuntimeError as err:
+            await self.grpc.stop(None)  # else grpc's teardown at exit garbles the message
+            self._unregister()
             raise SystemExit(f"seqserve: cannot listen on {target}: {err} "
-                             "(is another server using the port?)") from err
-        self.metrics: MetricsEndpoint | None = None
+                             "(is another server using the port?)") from None
 
     def _ready_rows(self) -> list[tuple[str, str, bool]]:
         return [(name, version, state is State.READY)
@@ -129,16 +136,21 @@ class Server:
                 log.exception("repository poll failed")
 
     async def start(self) -> None:
-        if self.settings.metrics_port:
-            self.metrics = MetricsEndpoint(self.settings.metrics_address,
-                                           self.settings.metrics_port,
-                                           self.repository.ready_models)
+        """Alone, listen at once (health says NOT_SERVING while models load). A supervisor's
+        worker binds only once its models are loaded: the kernel hands a SO_REUSEPORT socket
+        connections as soon as it is bound, and they must reach a worker that can serve."""
+        worker = self.settings.worker_status_file is not None
+        if not worker:
+            await self._bind()
+            if self.settings.metrics_port:
+                self.metrics = MetricsEndpoint(self.settings.metrics_address,
+                                               self.settings.metrics_port,
+                                               metrics.exposition(self.repository.ready_models))
         # grpc's HealthServicer starts out SERVING: say NOT_SERVING until the models are loaded.
         for service in ("", *SERVICES):
             await self.health.set(service, NOT_SERVING)
-        await self.grpc.start()
-        log.info("gRPC on %s:%d (%s)", self.settings.grpc_address, self.port,
-                 "TLS" if self.settings.tls_cert else "plaintext")
+        if not worker:
+            await self._listen()
         await self._load_initial()
         if self.settings.model_control_mode is ModelControlMode.POLL:
             task = asyncio.get_running_loop().create_task(self._poll())
@@ -146,7 +158,28 @@ class Server:
         self.dataplane.set_ready(True)
         for service in ("", *SERVICES):
             await self.health.set(service, SERVING)
+        if worker:
+            await self._bind()
+            await self._listen()
+            self._report_to_supervisor()
         log.info("ready")
+
+    async def _listen(self) -> None:
+        await self.grpc.start()
+        log.info("gRPC on %s:%d (%s)", self.settings.grpc_address, self.port,
+                 "TLS" if self.settings.tls_cert else "plaintext")
+
+    def _report_to_supervisor(self) -> None:
+        """Serve /metrics on a loopback port and say which in the status file: the
+        supervisor counts this worker as serving from then on and scrapes it."""
+        self.metrics = MetricsEndpoint("127.0.0.1", 0,
+                                       metrics.exposition(self.repository.ready_models))
+        status = {"pid": os.getpid(), "metrics_port": self.metrics.port}
+        path = self.settings.worker_status_file
+        assert path is not None
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(path)  # atomic: the supervisor never reads half a file
 
     async def stop(self) -> None:
         """Drain: health goes NOT_SERVING, new calls are refused, in-flight calls finish."""
@@ -190,6 +223,10 @@ async def serve(settings: Settings) -> None:
 
 
 def main(settings: Settings) -> int:
+    if settings.workers > 1:
+        from serving.supervisor import main as supervise
+
+        return supervise(settings)
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

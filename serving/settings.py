@@ -55,6 +55,9 @@ class Settings:
     tls_client_ca: Path | None = None  # require client certificates signed by this CA
     grace_period_secs: float = 30.0
     log_level: str = "INFO"
+    workers: int = 1  # server processes sharing the gRPC port (serving/supervisor.py)
+    reuse_port: bool = False  # set by the supervisor for its workers, never by a flag
+    worker_status_file: Path | None = None  # a worker writes its loopback metrics port here
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -71,6 +74,11 @@ class Settings:
             raise ValueError("--repository-poll-secs must be > 0")
         if not 0 < self.max_message_bytes <= INT32_MAX:
             raise ValueError(f"--max-message-bytes must be in 1..{INT32_MAX}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.workers > 1 and self.model_control_mode is ModelControlMode.EXPLICIT:
+            raise ValueError("--workers > 1 needs --model-control-mode none or poll: a Load or "
+                             "Unload call would reach one worker only")
 
     @property
     def grpc_target(self) -> str:
@@ -100,6 +108,7 @@ class Settings:
             tls_client_ca=path(ns.tls_client_ca),
             grace_period_secs=ns.grace_period_secs,
             log_level=ns.log_level,
+            workers=ns.workers,
         )
 
 
@@ -136,3 +145,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("tls-client-ca", None, "PEM CA bundle: require and verify client certificates")
     add("grace-period-secs", 30.0, "on SIGTERM, how long in-flight calls may finish", type=float)
     add("log-level", "INFO", "logging level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add("workers", 1, "server processes sharing the gRPC port (SO_REUSEPORT), each with its "
+        "own copy of the models; one /metrics sums them", type=int)

@@ -26,7 +26,8 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "seqserve", "bench", "serving", "--repository", str(repo),
          "--model", "affine", "--concurrency", "1,8", "--window-ms", "500", "--repeats", "1",
-         "--seconds", "0.1", "--startup-repeats", "1", "--results-dir", str(results)],
+         "--seconds", "0.1", "--startup-repeats", "1", "--worker-repeats", "1",
+         "--results-dir", str(results)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (result,) = results.glob("serving-affine-*.json")
@@ -43,6 +44,10 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
                 assert runs[label][c]["p50_ms"] <= runs[label][c]["p99_ms"]
         assert runs["batching_off"]["8"]["avg_batch"] == 1.0  # nothing batched when off
     assert data["served"]["tritonclient"]["batching_on"]["8"]["errors"] == 0
+    workers = data["workers"]  # 1 and 2 worker processes, at c = 8 only (c = 1 is skipped)
+    assert set(workers["median_per_s"]) == {"1", "2"}
+    assert set(workers["median_per_s"]["2"]) == {"8"} and workers["median_per_s"]["2"]["8"] > 0
+    assert workers["ratio_to_first"]["2"]["8"] > 0
     assert data["summary"]["batching_gain_c8"] > 0
     assert data["served"]["perf_analyzer"]["batching_on"]["8"]["csv"].startswith("Concurrency,")
     assert set(data["grpc_floor"]) == {"1", "8"}

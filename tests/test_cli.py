@@ -74,6 +74,9 @@ def test_environment_mirrors_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
         (["--grpc-port", "70000"], "--grpc-port must be in 0..65535"),
         (["--repository-poll-secs", "0"], "--repository-poll-secs must be > 0"),
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--workers", "2", "--model-control-mode", "explicit"],
+         "--workers > 1 needs --model-control-mode none or poll"),
     ],
 )
 def test_bad_settings_give_a_clear_error(argv: list[str], message: str,

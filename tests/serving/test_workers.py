@@ -1,0 +1,160 @@
+"""`seqserve serve --workers N`: worker processes on one port, one merged /metrics, restarts,
+a clean stop; and the merge rules on their own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from protos.inference import grpc_service_pb2 as pb
+from protos.inference import grpc_service_pb2_grpc as pb_grpc
+from serving.metrics_merge import merge
+from tests.conftest import ROOT, ServerProcess, free_port
+from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
+from tests.serving.v2 import outputs, request, scrape
+
+X = np.arange(4, dtype=np.float32).reshape(1, 4)
+READY = ("seqserve_model_ready", "model=affine,version=1")
+SUCCESS = ("nv_inference_request_success", "model=affine,version=1")
+
+
+def _wait(condition: object, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():  # type: ignore[operator]
+                return
+        except OSError:  # the endpoint is not up yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def _all_ready(server: ServerProcess, workers: int) -> bool:
+    samples = scrape(server.metrics_url)
+    return samples.get(("seqserve_workers", "")) == workers and samples.get(READY) == 1
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The supervisor's worker processes (its spawned children)."""
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "multiprocessing.spawn"],
+                         capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repo = tmp_path_factory.mktemp("workers") / "model_repository"
+    add_model(repo, "affine", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    server = ServerProcess(repo, "--workers", "2")
+    try:
+        _wait(lambda: _all_ready(server, 2), "both workers ready in the merged /metrics")
+        yield server
+    finally:
+        assert server.terminate() == 0, server.output()
+
+
+def _channel(target: str) -> grpc.Channel:
+    # A channel of its own (no shared subchannel): a new TCP connection, which the kernel
+    # gives to one of the workers.
+    return grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def test_connections_spread_over_the_workers_and_metrics_add_up(
+        two_workers: ServerProcess) -> None:
+    before = scrape(two_workers.metrics_url).get(SUCCESS, 0)
+    channels = [_channel(two_workers.target) for _ in range(15)]  # odd: the counts differ
+    try:
+        stubs = [pb_grpc.GRPCInferenceServiceStub(ch) for ch in channels]
+        for s in stubs:
+            y = outputs(s.ModelInfer(request("affine", x=X), timeout=10))["y"]
+            np.testing.assert_allclose(y, 2 * X + 1)
+        # ModelStatistics answers for the worker that holds the connection: two workers, two
+        # different counts (15 is odd), whose sum is everything sent.
+        counts = {s.ModelStatistics(pb.ModelStatisticsRequest(name="affine"), timeout=10)
+                  .model_stats[0].inference_stats.success.count for s in stubs}
+    finally:
+        for ch in channels:
+            ch.close()
+    assert len(counts) == 2, f"every connection went to one worker: {counts}"
+    samples = scrape(two_workers.metrics_url)
+    assert samples[SUCCESS] - before == 15
+    assert sum(counts) == samples[SUCCESS]
+    assert samples[("seqserve_workers", "")] == 2
+    assert samples[READY] == 1  # the minimum over the workers, not their sum
+
+
+def test_a_dead_worker_is_restarted(two_workers: ServerProcess) -> None:
+    pids = _workers_of(two_workers.proc.pid)
+    assert len(pids) == 2, pids
+    os.kill(pids[0], signal.SIGKILL)
+    _wait(lambda: len(set(_workers_of(two_workers.proc.pid)) - set(pids)) == 1,
+          "a new worker process")
+    _wait(lambda: _all_ready(two_workers, 2), "the new worker ready")
+    with _channel(two_workers.target) as ch:
+        reply = pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(request("affine", x=X),
+                                                                timeout=10)
+        np.testing.assert_allclose(outputs(reply)["y"], 2 * X + 1)
+    assert "exited with -9" in two_workers.output()
+
+
+def test_a_port_in_use_fails_at_once(empty_repository: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "seqserve", "serve", "--model-repository",
+             str(empty_repository), "--workers", "2", "--grpc-port", str(port),
+             "--metrics-port", str(free_port())],
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+TEXT = """# HELP nv_inference_request_success Number of successful inference requests
+# TYPE nv_inference_request_success counter
+nv_inference_request_success{{model="m",version="1"}} {n}
+# HELP seqserve_model_ready 1 when the model version is ready
+# TYPE seqserve_model_ready gauge
+seqserve_model_ready{{model="m",version="1"}} {ready}
+# HELP seqserve_request_duration_seconds Server-side request duration
+# TYPE seqserve_request_duration_seconds histogram
+seqserve_request_duration_seconds_bucket{{le="0.001",model="m",version="1"}} {n}
+seqserve_request_duration_seconds_bucket{{le="+Inf",model="m",version="1"}} {n}
+seqserve_request_duration_seconds_sum{{model="m",version="1"}} 0.5
+seqserve_request_duration_seconds_created{{model="m",version="1"}} {created}
+# HELP process_start_time_seconds Start time of the process
+# TYPE process_start_time_seconds gauge
+process_start_time_seconds {created}
+"""
+
+
+def test_merge_sums_amounts_and_keeps_the_weakest_readiness() -> None:
+    a = TEXT.format(n=3, ready=1, created=200.0)
+    b = TEXT.format(n=4, ready=0, created=100.0)
+    merged = merge([a, b])
+    lines = merged.splitlines()
+    assert 'nv_inference_request_success{model="m",version="1"} 7.0' in lines
+    assert 'seqserve_request_duration_seconds_bucket{le="+Inf",model="m",version="1"} 7.0' \
+        in lines
+    assert 'seqserve_request_duration_seconds_sum{model="m",version="1"} 1.0' in lines
+    assert 'seqserve_model_ready{model="m",version="1"} 0.0' in lines
+    assert 'seqserve_request_duration_seconds_created{model="m",version="1"} 100.0' in lines
+    assert "process_start_time_seconds 100.0" in lines
+    assert lines.count("# TYPE nv_inference_request_success counter") == 1
+    # Each family's HELP and TYPE come right before its samples.
+    i = lines.index("# TYPE seqserve_model_ready gauge")
+    assert lines[i + 1].startswith("seqserve_model_ready{")
+    assert merge([a]) == merge([a, ""])  # a worker with nothing to say changes nothing
