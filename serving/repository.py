@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,13 +187,21 @@ class ModelRepository:
         return self._locks.setdefault(name, asyncio.Lock())
 
     def signature(self, name: str) -> tuple:
-        """What poll mode compares: config.pbtxt and version folders, by mtime."""
+        """What poll mode compares: every file under the model folder (config.pbtxt, version
+        folders and what they hold), by path, size and mtime. A model.onnx rewritten in
+        place, or one a poll caught half written, is loaded again once it changes."""
         model_dir = self.root / name
-        try:
-            parts = [(p.name, p.stat().st_mtime_ns) for p in model_dir.iterdir()]
-        except OSError:
-            return ()
-        return tuple(sorted(parts))
+        parts = []
+        for folder, dirs, files in os.walk(model_dir):
+            dirs.sort()
+            for f in sorted(files):
+                path = Path(folder, f)
+                try:
+                    st = path.stat()
+                except OSError:  # removed while we walked: the next poll sees the result
+                    continue
+                parts.append((str(path.relative_to(model_dir)), st.st_size, st.st_mtime_ns))
+        return tuple(parts)
 
     async def load(self, name: str, config_override: str | None = None) -> None:
         """Load (or reload) a model's versions per its version policy."""
