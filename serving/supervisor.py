@@ -124,8 +124,8 @@ class Supervisor:
                     texts.append(response.read().decode())
             except OSError as err:
                 log.warning("worker %d: /metrics did not answer: %s", worker.index, err)
-        own = ("# HELP seqserve_workers Worker processes serving (ready, and answering this scrape)\n"
-               f"# TYPE seqserve_workers gauge\nseqserve_workers {len(texts)}.0\n")
+        own = ("# HELP seqserve_workers Worker processes serving (ready, and answering this "
+               f"scrape)\n# TYPE seqserve_workers gauge\nseqserve_workers {len(texts)}.0\n")
         return (merge(texts) + own).encode()
 
     def _check(self, worker: _Worker) -> None:

@@ -13,7 +13,7 @@ from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
 from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
-from tests.serving.v2 import call_error, outputs, request, scrape, stub
+from tests.serving.v2 import call_error, held, outputs, request, scrape, stub
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 X = np.ones((1, 4), np.float32)
@@ -118,16 +118,6 @@ def test_queue_full_rejects_at_once(standard_server: ServerProcess) -> None:
         == len(rejected)
 
 
-async def _held(metrics_url: str, at_least: int, busy: list) -> bool:
-    """Wait until the server holds `at_least` requests for `slow`; False once `busy` ended."""
-    key = ("nv_inference_pending_request_count", "model=slow,version=1")
-    while not all(b.done() for b in busy):
-        if (await asyncio.to_thread(scrape, metrics_url)).get(key, 0) >= at_least:
-            return True
-        await asyncio.sleep(0.002)
-    return False
-
-
 async def _timeout_while_queued(target: str, metrics_url: str) -> object:
     """A request that expires while it waits behind a busy one; False if the setup missed."""
     full = np.zeros((4, 256, 256), np.float32)  # a full batch: nothing merges with it
@@ -135,7 +125,7 @@ async def _timeout_while_queued(target: str, metrics_url: str) -> object:
         s = pb_grpc.GRPCInferenceServiceStub(ch)
         busy = [asyncio.ensure_future(s.ModelInfer(request("slow", x=full), timeout=30))]
         try:
-            if not await _held(metrics_url, 1, busy):
+            if not await held(metrics_url, "slow", 1, busy):
                 return False
             msg = request("slow", x=full[:1])
             msg.parameters["timeout"].int64_param = 1  # µs: expires before the busy call ends
@@ -172,11 +162,11 @@ async def _cancel_once(target: str, metrics_url: str) -> bool:
         busy = [asyncio.ensure_future(s.ModelInfer(request("slow", x=full), timeout=30))
                 for _ in range(2)]
         try:
-            if not await _held(metrics_url, 2, busy):
+            if not await held(metrics_url, "slow", 2, busy):
                 return False
             call = s.ModelInfer(request("slow", x=full[:1]), timeout=30)
             # Received and queued: the cancel now reaches the server, not only the wire.
-            if not await _held(metrics_url, 3, busy):
+            if not await held(metrics_url, "slow", 3, busy):
                 await call
                 return False
             call.cancel()
@@ -190,9 +180,9 @@ async def _cancel_once(target: str, metrics_url: str) -> bool:
 def test_cancelled_request_is_counted(standard_server: ServerProcess) -> None:
     key = ("nv_inference_request_failure", "model=slow,reason=CANCELED,version=1")
     before = scrape(standard_server.metrics_url).get(key, 0)
-    held = any(asyncio.run(_cancel_once(standard_server.target, standard_server.metrics_url))
+    seen = any(asyncio.run(_cancel_once(standard_server.target, standard_server.metrics_url))
                for _ in range(5))
-    assert held, "five tries never had a request queued behind the busy pair"
+    assert seen, "five tries never had a request queued behind the busy pair"
     assert scrape(standard_server.metrics_url)[key] >= before + 1
 
 

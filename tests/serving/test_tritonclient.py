@@ -134,11 +134,13 @@ def test_perf_analyzer_binary_runs() -> None:
 
 
 def test_perf_analyzer_measures_a_model(standard_server: ServerProcess, tmp_path: Path) -> None:
+    """A fixed count of requests, not time windows: perf_analyzer gives up on windows whose
+    throughput swings more than -s percent, which a machine under uneven load does."""
     exe = tool("perf_analyzer", "perf_analyzer")
     csv = tmp_path / "perf.csv"
     out = subprocess.run(
         [str(exe), "-m", "affine", "-u", standard_server.target, "-i", "grpc", "-b", "1",
-         "--concurrency-range", "2", "-p", "1000", "-s", "50", "-r", "5", "-f", str(csv)],
+         "--concurrency-range", "2", "--request-count", "200", "-f", str(csv)],
         capture_output=True, text=True, timeout=120, env=perf_analyzer_env())
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Throughput" in out.stdout

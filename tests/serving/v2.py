@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import urllib.request
 
@@ -60,3 +61,14 @@ def scrape(url: str) -> dict[tuple[str, str], float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(_LABEL.findall(m[2] or "")))
             out[(m[1], labels)] = float(m[3])
     return out
+
+
+async def held(metrics_url: str, model: str, at_least: int, busy: list) -> bool:
+    """Wait until the server holds `at_least` requests for `model` (received, unanswered, by
+    its own nv_inference_pending_request_count); False once every call in `busy` ended."""
+    key = ("nv_inference_pending_request_count", f"model={model},version=1")
+    while not all(b.done() for b in busy):
+        if (await asyncio.to_thread(scrape, metrics_url)).get(key, 0) >= at_least:
+            return True
+        await asyncio.sleep(0.002)
+    return False
