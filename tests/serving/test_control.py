@@ -73,13 +73,18 @@ def _wait(predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
     raise AssertionError("condition not met in time")
 
 
+def _poll_server(repo: Path) -> ServerProcess:
+    server = ServerProcess(repo, "--model-control-mode", "poll", "--repository-poll-secs",
+                           "0.3")
+    server.wait_ready()
+    return server
+
+
 def test_poll_mode_picks_up_versions_and_removals(tmp_path: Path) -> None:
     repo = tmp_path / "model_repository"
     model_dir = add_model(repo, "a", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
-    server = ServerProcess(repo, "--model-control-mode", "poll", "--repository-poll-secs",
-                           "0.3")
+    server = _poll_server(repo)
     try:
-        server.wait_ready()
         channel, s = stub(server.target)
         with channel:
             assert s.ModelInfer(request("a", x=X), timeout=5).model_version == "1"
@@ -107,10 +112,8 @@ def test_poll_mode_reloads_a_model_file_rewritten_in_place(tmp_path: Path) -> No
     model_dir = add_model(repo, "a", AFFINE_CONFIG.format(scheduling="", extra=""))
     (model_dir / "1").mkdir()
     (model_dir / "1" / "model.onnx").write_bytes(b"half a model")
-    server = ServerProcess(repo, "--model-control-mode", "poll", "--repository-poll-secs",
-                           "0.3")
+    server = _poll_server(repo)
     try:
-        server.wait_ready()
         channel, s = stub(server.target)
         with channel:
             assert _index(s)["a"][1] == "UNAVAILABLE"
