@@ -76,7 +76,11 @@ def _wait(predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
 def _poll_server(repo: Path) -> ServerProcess:
     server = ServerProcess(repo, "--model-control-mode", "poll", "--repository-poll-secs",
                            "0.3")
-    server.wait_ready()
+    try:
+        server.wait_ready()
+    except Exception:
+        server.terminate()
+        raise
     return server
 
 
