@@ -195,8 +195,19 @@ def _translator_arguments(tr: argparse.ArgumentParser) -> None:
     ev = tr.add_argument_group("evaluation (default: the preset's)")
     ev.add_argument("--beam-size", type=int, help="beam width on the test split")
     ev.add_argument("--length-penalty", type=float, help="GNMT alpha (0 = none)")
+    ev.add_argument("--length-penalty-grid", type=_floats, metavar="A,B,...",
+                    help="alphas tried on the validation split after training; the best by "
+                    "BLEU replaces --length-penalty ('' = none; multi30k: 0.6,0.8,1.0,1.2)")
     ev.add_argument("--eval-batch-rows", type=int, help="decoder rows while evaluating")
     ev.add_argument("--examples", type=int, help="example translations in examples.txt")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}"
+                                         ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -159,8 +159,9 @@ class Client:
     # -- translation -------------------------------------------------------------------------
 
     def translate(self, sentences: Sequence[str], model: str = "translator", beam_size: int = 0,
-                  max_length: int = 0, length_penalty: float = 0.0, n_best: int = 1,
+                  max_length: int = 0, length_penalty: float | None = None, n_best: int = 1,
                   timeout: float | None = None) -> list[Translation]:
+        """`length_penalty` None: the model's default (0 = none)."""
         request = tpb.TranslateRequest(model_name=model, sentences=list(sentences),
                                        beam_size=beam_size, max_length=max_length,
                                        length_penalty=length_penalty, num_hypotheses=n_best)

@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from training.data.sources import DatasetError
 from training.data.tokenizer import train_tokenizer
 from training.decoding import TorchStepModel
 from training.models.transformer import EncoderDecoder, count_parameters, make_model
-from training.translation_eval import evaluate, write_examples
+from training.translation_eval import choose_length_penalty, evaluate, write_examples
 from training.translator_config import (
     TranslatorConfig,
     TranslatorTrainConfig,
@@ -289,7 +289,19 @@ def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
     test = [p for p in corpus["test"] if len(tokenizer.encode_source(p[0])) <= limit]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # step-by-step decoding is latency-bound: more threads only spin
+    search: dict[str, object] = {}
     try:
+        if tc.length_penalty_grid:
+            val = [p for p in corpus["val"] if len(tokenizer.encode_source(p[0])) <= limit]
+            chosen, bleu = choose_length_penalty(
+                torch_translator(model, tokenizer, tc, device), val, tc.beam_size,
+                tc.length_penalty_grid, tc.eval_batch_rows)
+            tc = replace(tc, length_penalty=chosen)  # the test score and the served default
+            payload["train_config"] = checkpoint.plain(tc)
+            search = {"split": "val", "sentences": len(val), "beam_size": tc.beam_size,
+                      "bleu": bleu, "chosen": chosen}
+            if not quiet:
+                print(f"length penalty on validation: {bleu} -> {chosen}", file=sys.stderr)
         scores, hyps = evaluate(torch_translator(model, tokenizer, tc, device), test,
                                 tc.beam_size, tc.length_penalty, tc.eval_batch_rows)
     finally:
@@ -310,6 +322,8 @@ def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
         "load_average_1m": round(os.getloadavg()[0], 2), "data": data_info,
         "validation": fitted.history,
     }
+    if search:
+        metrics["length_penalty_search"] = search
     if tc.data != "numbers":
         metrics.pop("exact_match")
     payload["metrics"] = {k: v for k, v in metrics.items() if k != "validation"}
@@ -349,6 +363,8 @@ def configs_from_args(args: argparse.Namespace
     train = {name: getattr(args, name, None) for name in TranslatorTrainConfig.__dataclass_fields__
              if name != "bf16"}
     train["bf16"] = True if getattr(args, "bf16", False) else None
+    if train.get("length_penalty") is not None and train.get("length_penalty_grid") is None:
+        train["length_penalty_grid"] = ()  # an alpha given by hand is used as given
     return resolve(preset, model, train)
 
 

@@ -42,6 +42,17 @@ def evaluate(translator: Translator, pairs: Sequence[Pair], beam_size: int,
     return metrics, hyps
 
 
+def choose_length_penalty(translator: Translator, pairs: Sequence[Pair], beam_size: int,
+                          grid: Sequence[float], max_rows: int
+                          ) -> tuple[float, dict[str, float]]:
+    """The GNMT alpha of `grid` with the best BLEU on `pairs` (validation: never the test
+    split), the first on ties; and every alpha's BLEU, keyed by the alpha as text."""
+    bleu = {str(alpha): float(evaluate(translator, pairs, beam_size, alpha, max_rows)[0]["bleu"])
+            for alpha in grid}
+    best = max(grid, key=lambda alpha: (bleu[str(alpha)], -grid.index(alpha)))
+    return best, bleu
+
+
 def write_examples(path: Path, pairs: Sequence[Pair], hyps: Sequence[str], n: int) -> None:
     """The first n test sentences: source, reference, hypothesis, and whether they match."""
     lines = []

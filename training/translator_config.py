@@ -85,7 +85,10 @@ class TranslatorTrainConfig:
     patience: int = 6  # evaluations without a better validation loss before stopping
     average_last: int = 5  # checkpoint averaging over the last N snapshots
     beam_size: int = 4
-    length_penalty: float = 0.6  # GNMT alpha at evaluation
+    length_penalty: float = 0.6  # GNMT alpha at evaluation (and the served default)
+    # Alphas tried on the validation split after training; the best by BLEU replaces
+    # `length_penalty` (ties: the first). Empty: keep `length_penalty`.
+    length_penalty_grid: tuple[float, ...] = ()
     eval_batch_rows: int = 64  # decoder rows during evaluation
     bf16: bool = False  # bf16 autocast on CPU (AMX) or CUDA
     seed: int = 0
@@ -119,8 +122,8 @@ PRESETS: dict[str, Preset] = {
         train={"data": "numbers", "numbers_train": 3000, "numbers_heldout": 100,
                "vocab_size": 96, "max_tokens": 2000, "max_source_tokens": 48, "lr": 3e-3,
                "warmup": 60, "eval_every": 60, "max_steps": 120, "max_minutes": 1.0,
-               "average_last": 2, "beam_size": 2, "length_penalty": 0.0, "threads": 1,
-               "examples": 5},
+               "average_last": 2, "beam_size": 2, "length_penalty": 0.0,
+               "length_penalty_grid": (0.0, 1.0), "threads": 1, "examples": 5},
     ),
     "multi30k": Preset(
         model={"d_model": 256, "num_heads": 4, "d_ff": 1024, "num_encoder_layers": 3,
@@ -129,7 +132,8 @@ PRESETS: dict[str, Preset] = {
         train={"data": "multi30k", "vocab_size": 8000, "max_tokens": 5000,
                "max_source_tokens": 128, "lr": 1.5e-3, "warmup": 300, "schedule": "linear",
                "eval_every": 150, "patience": 8, "max_minutes": 55.0, "average_last": 5,
-               "beam_size": 4, "length_penalty": 0.6, "threads": 2},
+               "beam_size": 4, "length_penalty": 0.6,
+               "length_penalty_grid": (0.6, 0.8, 1.0, 1.2), "threads": 2},
     ),
 }
 

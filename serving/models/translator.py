@@ -116,7 +116,8 @@ class TranslatorModel(ServedModel):
     # -- the API the adapters use ------------------------------------------------------------
 
     def prepare(self, text: str, beam_size: int | None = None, max_length: int | None = None,
-                length_penalty: float = 0.0, num_hypotheses: int = 1) -> DecodeRequest:
+                length_penalty: float | None = None, num_hypotheses: int = 1
+                ) -> DecodeRequest:
         """Tokenize and check one sentence (InvalidInput naming the limit when it is not ok)."""
         return self.translator.request(text, next(self._ids), beam_size, max_length,
                                        length_penalty, num_hypotheses)

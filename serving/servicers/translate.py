@@ -32,7 +32,8 @@ def _prepare(model: TranslatorModel, request: pb.TranslateRequest) -> list[Decod
     settings = {
         "beam_size": request.beam_size or None,
         "max_length": request.max_length or None,
-        "length_penalty": request.length_penalty,
+        "length_penalty": (request.length_penalty if request.HasField("length_penalty")
+                           else None),
         "num_hypotheses": request.num_hypotheses or 1,
     }
     out = []

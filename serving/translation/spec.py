@@ -41,6 +41,7 @@ class TranslatorSpec:
     num_heads: int
     head_dim: int
     max_batch_size: int = 0
+    default_length_penalty: float = 0.0  # GNMT alpha chosen at training; older exports: none
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> TranslatorSpec:
@@ -62,6 +63,11 @@ class TranslatorSpec:
             except (ValueError, TypeError) as err:
                 raise SpecError(f"parameter {key!r} is not an integer: {get(key)!r}") from err
 
+        try:
+            alpha = float(json.loads(params.get("default_length_penalty", "0")))
+        except (ValueError, TypeError) as err:
+            raise SpecError("parameter 'default_length_penalty' is not a number: "
+                            f"{params['default_length_penalty']!r}") from err
         return cls(
             src_lang=get("src_lang"), tgt_lang=get("tgt_lang"),
             bos_id=number("bos_id"), eos_id=number("eos_id"), pad_id=number("pad_id"),
@@ -70,6 +76,7 @@ class TranslatorSpec:
             default_beam_size=number("default_beam_size"), tokenizer=get("tokenizer"),
             num_layers=number("num_layers"), num_heads=number("num_heads"),
             head_dim=number("head_dim"), max_batch_size=config.max_batch_size,
+            default_length_penalty=alpha,
         )
 
 

@@ -24,7 +24,8 @@ class Translator:
 
     Per-request settings: `beam_size` (1 = greedy; default: the config's `default_beam_size`),
     `max_length` (target tokens; default min(max_target_tokens, 3 * source tokens + 10)),
-    `length_penalty` (GNMT alpha, 0 = none), `num_hypotheses` (n-best, <= beam_size).
+    `length_penalty` (GNMT alpha, 0 = none; default: the config's `default_length_penalty`,
+    chosen on validation at training), `num_hypotheses` (n-best, <= beam_size).
     """
 
     def __init__(self, model: StepModel, tokenizer: Tokenizer, spec: TranslatorSpec) -> None:
@@ -57,7 +58,7 @@ class Translator:
                            self.tokenizer.decode)
 
     def request(self, text: str, id: Hashable | None = None, beam_size: int | None = None,
-                max_length: int | None = None, length_penalty: float = 0.0,
+                max_length: int | None = None, length_penalty: float | None = None,
                 num_hypotheses: int = 1) -> DecodeRequest:
         """Tokenize and check one sentence. Raises SourceTooLong (naming the limit) or
         BadDecodingSetting, both `InvalidInput`. Whitespace-only text becomes an empty
@@ -66,6 +67,8 @@ class Translator:
         if len(source) > self.spec.max_source_tokens:
             raise SourceTooLong(len(source), self.spec.max_source_tokens)
         beam = self.spec.default_beam_size if beam_size is None else beam_size
+        if length_penalty is None:
+            length_penalty = self.spec.default_length_penalty
         cap = self.spec.max_target_tokens
         if max_length is None:
             max_length = min(cap, 3 * len(source) + 10)
@@ -102,7 +105,7 @@ class Translator:
         return [results[r.id] for r in requests]
 
     def translate(self, texts: Sequence[str], beam_size: int | None = None,
-                  max_length: int | None = None, length_penalty: float = 0.0,
+                  max_length: int | None = None, length_penalty: float | None = None,
                   num_hypotheses: int = 1, max_rows: int | None = None
                   ) -> list[TranslationResult]:
         """Translate sentences (see `request` for the settings); one result per sentence,

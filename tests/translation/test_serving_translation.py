@@ -3,6 +3,7 @@ limits, and no torch."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,14 @@ def test_serving_translation_runs_without_torch(version_dir: Path) -> None:
     assert out.returncode == 0, out.stderr
     text, leaked = out.stdout.strip().splitlines()
     assert text and leaked == "False"
+
+
+def test_the_exported_length_penalty_is_the_default(translator: Translator,
+                                                    tiny_metrics: dict) -> None:
+    """Export writes the alpha chosen on validation; a request without one gets it, an
+    explicit one (0 included) wins."""
+    assert translator.spec.default_length_penalty == tiny_metrics["length_penalty"]
+    other = Translator(translator.model, translator.tokenizer,
+                       dataclasses.replace(translator.spec, default_length_penalty=0.7))
+    assert other.request("eins").length_penalty == 0.7
+    assert other.request("eins", length_penalty=0.0).length_penalty == 0.0

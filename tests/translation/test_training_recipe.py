@@ -1,15 +1,19 @@
-"""The translator's training recipe: learning-rate schedules, the dropout split, the loss."""
+"""The translator's training recipe: learning-rate schedules, the dropout split, the loss,
+the length penalty chosen on validation."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812 - the usual alias
 
+from seqserve.cli import build_parser
 from training.models.transformer import TranslatorConfig, make_model
-from training.train_translator import lr_factor
+from training.train_translator import configs_from_args, load_translator_checkpoint, lr_factor
 from training.translator_config import PRESETS, TranslatorTrainConfig
 
 CONFIG = TranslatorConfig(vocab_size=40, d_model=32, num_heads=4, d_ff=64, num_encoder_layers=1,
@@ -64,3 +68,28 @@ def test_multi30k_preset_warms_up_within_its_budget() -> None:
     train = PRESETS["multi30k"].train
     assert train["schedule"] == "linear"
     assert int(train["warmup"]) < 0.25 * (float(train["max_minutes"]) * 60 / 1.5)
+
+
+def test_length_penalty_is_chosen_on_validation(tiny_checkpoint: Path,
+                                                tiny_metrics: dict[str, Any]) -> None:
+    """The tiny preset tries alphas 0 and 1 on the validation split; the best BLEU wins (the
+    first on ties), scores the test split and becomes the served default."""
+    search = tiny_metrics["length_penalty_search"]
+    assert search["split"] == "val" and set(search["bleu"]) == {"0.0", "1.0"}
+    best = max((0.0, 1.0), key=lambda a: (search["bleu"][str(a)], -a))
+    assert search["chosen"] == best == tiny_metrics["length_penalty"]
+    _, tc, _, _ = load_translator_checkpoint(tiny_checkpoint)
+    assert tc.length_penalty == best and tc.length_penalty_grid == (0.0, 1.0)
+
+
+def test_a_length_penalty_given_by_hand_is_not_searched() -> None:
+    args = build_parser().parse_args(["train", "translator", "--data", "multi30k",
+                                      "--length-penalty", "0.9", "--out", "x"])
+    _, tc = configs_from_args(args)
+    assert tc.length_penalty == 0.9 and tc.length_penalty_grid == ()
+    _, tc = configs_from_args(build_parser().parse_args(
+        ["train", "translator", "--data", "multi30k", "--out", "x"]))
+    assert tc.length_penalty_grid == (0.6, 0.8, 1.0, 1.2)
+    _, tc = configs_from_args(build_parser().parse_args(
+        ["train", "translator", "--data", "multi30k", "--length-penalty-grid", "", "--out", "x"]))
+    assert tc.length_penalty_grid == ()
