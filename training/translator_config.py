@@ -116,12 +116,14 @@ PRESETS: dict[str, Preset] = {
                "patience": 4, "max_steps": 6000, "max_minutes": 6.0, "average_last": 4,
                "beam_size": 4, "length_penalty": 0.0, "threads": 1},
     ),
+    # tiny: 120 steps, about 6 s here; the 10-minute budget only guards against a stalled
+    # machine (a budget that cut the steps short would make tests depend on machine load).
     "tiny": Preset(
         model={"d_model": 64, "num_heads": 4, "d_ff": 128, "num_encoder_layers": 1,
                "num_decoder_layers": 2, "dropout": 0.0, "max_len": 64},
         train={"data": "numbers", "numbers_train": 3000, "numbers_heldout": 100,
                "vocab_size": 96, "max_tokens": 2000, "max_source_tokens": 48, "lr": 3e-3,
-               "warmup": 60, "eval_every": 60, "max_steps": 120, "max_minutes": 1.0,
+               "warmup": 60, "eval_every": 60, "max_steps": 120, "max_minutes": 10.0,
                "average_last": 2, "beam_size": 2, "length_penalty": 0.0,
                "length_penalty_grid": (0.0, 1.0), "threads": 1, "examples": 5},
     ),
