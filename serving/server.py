@@ -94,7 +94,12 @@ class Server:
         self.metrics: MetricsEndpoint | None = None
 
     async def _bind(self) -> None:
-        credentials = _credentials(self.settings)
+        try:
+            credentials = _credentials(self.settings)
+        except OSError as err:
+            await self.grpc.stop(None)
+            self._unregister()
+            raise SystemExit(f"seqserve: cannot read a TLS file: {err}") from None
         target = self.settings.grpc_target
         try:
             self.port = (self.grpc.add_secure_port(target, credentials) if credentials
@@ -143,9 +148,16 @@ class Server:
         if not worker:
             await self._bind()
             if self.settings.metrics_port:
-                self.metrics = MetricsEndpoint(self.settings.metrics_address,
-                                               self.settings.metrics_port,
-                                               metrics.exposition(self.repository.ready_models))
+                try:
+                    self.metrics = MetricsEndpoint(
+                        self.settings.metrics_address, self.settings.metrics_port,
+                        metrics.exposition(self.repository.ready_models))
+                except OSError as err:
+                    await self.grpc.stop(None)
+                    self._unregister()
+                    raise SystemExit(f"seqserve: cannot serve metrics on "
+                                     f"{self.settings.metrics_address}:"
+                                     f"{self.settings.metrics_port}: {err}") from None
         # grpc's HealthServicer starts out SERVING: say NOT_SERVING until the models are loaded.
         for service in ("", *SERVICES):
             await self.health.set(service, NOT_SERVING)

@@ -12,8 +12,10 @@ The supervisor (this process):
   becomes a free port that every worker then uses;
 - serves /metrics by scraping every worker's loopback endpoint and merging the series
   (`serving.metrics_merge`): one server to Prometheus, plus `seqserve_workers`;
-- restarts a worker that dies (with a back-off when it dies young), and on SIGTERM or SIGINT
-  passes SIGTERM on, waits for the workers' drains and exits 0 when they all exited 0.
+- restarts a worker that dies (with a back-off when it dies young), but stops everything and
+  exits 1 when a worker dies before it ever served: that is a configuration error (a TLS file
+  missing, a port taken), which restarts would only repeat; on SIGTERM or SIGINT it passes
+  SIGTERM on, waits for the workers' drains and exits 0 when they all exited 0.
 
 Per-process state stays per worker: ModelStatistics answers for the worker that took the call
 (/metrics has the sums); explicit model control is refused (a Load would reach one worker).
@@ -77,6 +79,7 @@ class _Worker:
         self.started = 0.0
         self.backoff = 0.0
         self.restart_at: float | None = None  # set while a dead worker waits for its restart
+        self.served = False  # has this worker ever reported ready (in any of its lives)?
 
     def metrics_url(self) -> str | None:
         """The worker's loopback /metrics, once it has written its status file."""
@@ -99,6 +102,7 @@ class Supervisor:
                          for i in range(settings.workers)]
         self._context = mp.get_context("spawn")
         self._stopping = threading.Event()
+        self._failed = False
         self.metrics: MetricsEndpoint | None = None
 
     def _worker_settings(self, worker: _Worker) -> Settings:
@@ -132,6 +136,14 @@ class Supervisor:
         """Restart a worker that exited, unless the server is stopping."""
         now = time.monotonic()
         process = worker.process
+        if not worker.served and worker.metrics_url() is not None:
+            worker.served = True
+        if process is not None and not process.is_alive() and not worker.served:
+            log.error("worker %d (pid %d) exited with %s before it ever served: stopping (its "
+                      "log above says why)", worker.index, process.pid, process.exitcode)
+            self._failed = True
+            self._stopping.set()
+            return
         if process is not None and not process.is_alive():
             age = now - worker.started
             worker.backoff = (min(MAX_BACKOFF_S, max(1.0, 2 * worker.backoff))
@@ -153,18 +165,24 @@ class Supervisor:
             signal.signal(sig, on_signal)
         log.info("%d workers on %s:%d", len(self._workers), self.settings.grpc_address,
                  self.port)
+        if self.settings.metrics_port:
+            try:
+                self.metrics = MetricsEndpoint(self.settings.metrics_address,
+                                               self.settings.metrics_port, self._scrape)
+            except OSError as err:
+                self._reservation.close()
+                raise SystemExit(f"seqserve: cannot serve metrics on "
+                                 f"{self.settings.metrics_address}:"
+                                 f"{self.settings.metrics_port}: {err}") from None
         for worker in self._workers:
             self._start(worker)
-        if self.settings.metrics_port:
-            self.metrics = MetricsEndpoint(self.settings.metrics_address,
-                                           self.settings.metrics_port, self._scrape)
         try:
             while not self._stopping.wait(0.5):
                 for worker in self._workers:
                     self._check(worker)
         finally:
             code = self._stop()
-        return code
+        return 1 if self._failed else code
 
     def _stop(self) -> int:
         """SIGTERM to every worker, wait for their drains (grace period + 10 s), then kill."""

@@ -58,7 +58,8 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     add_model(repo, "affine", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
     server = ServerProcess(repo, "--workers", "2")
     try:
-        _wait(lambda: _all_ready(server, 2), "both workers ready in the merged /metrics")
+        _wait(lambda: _all_ready(server, 2), "both workers ready in the merged /metrics",
+              timeout=180)  # two interpreters importing onnxruntime on a loaded 2-core box
         yield server
     finally:
         assert server.terminate() == 0, server.output()
@@ -158,3 +159,37 @@ def test_merge_sums_amounts_and_keeps_the_weakest_readiness() -> None:
     i = lines.index("# TYPE seqserve_model_ready gauge")
     assert lines[i + 1].startswith("seqserve_model_ready{")
     assert merge([a]) == merge([a, ""])  # a worker with nothing to say changes nothing
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_server_that_cannot_start_exits_1_with_the_reason(empty_repository: Path,
+                                                            workers: str) -> None:
+    """A TLS file that is not there: one server says so and exits; with workers, the
+    supervisor stops instead of restarting a worker that never served."""
+    missing = str(empty_repository / "missing.pem")
+    out = subprocess.run(
+        [sys.executable, "-m", "seqserve", "serve", "--model-repository", str(empty_repository),
+         "--workers", workers, "--grpc-port", str(free_port()), "--metrics-port",
+         str(free_port()), "--tls-cert", missing, "--tls-key", missing],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "cannot read a TLS file" in out.stderr and "missing.pem" in out.stderr
+    if workers == "2":
+        assert "before it ever served" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_metrics_port_in_use_fails_at_once(empty_repository: Path, workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "seqserve", "serve", "--model-repository",
+             str(empty_repository), "--workers", workers, "--grpc-port", str(free_port()),
+             "--metrics-port", str(port)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr
