@@ -3,6 +3,7 @@ a clean stop; and the merge rules on their own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -109,11 +110,17 @@ def test_a_dead_worker_is_restarted(two_workers: ServerProcess) -> None:
     assert "exited with -9" in two_workers.output()
 
 
-def test_a_port_in_use_fails_at_once(empty_repository: Path) -> None:
+@contextlib.contextmanager
+def _taken_port() -> Iterator[int]:
+    """A loopback port some other program listens on."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
+        yield taken.getsockname()[1]
+
+
+def test_a_port_in_use_fails_at_once(empty_repository: Path) -> None:
+    with _taken_port() as port:
         out = subprocess.run(
             [sys.executable, "-m", "seqserve", "serve", "--model-repository",
              str(empty_repository), "--workers", "2", "--grpc-port", str(port),
@@ -181,10 +188,7 @@ def test_a_server_that_cannot_start_exits_1_with_the_reason(empty_repository: Pa
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_metrics_port_in_use_fails_at_once(empty_repository: Path, workers: str) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with _taken_port() as port:
         out = subprocess.run(
             [sys.executable, "-m", "seqserve", "serve", "--model-repository",
              str(empty_repository), "--workers", workers, "--grpc-port", str(free_port()),
