@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
@@ -170,15 +170,22 @@ def exposition(models: Callable[[], Iterable[ServedModel]]) -> Callable[[], byte
 
 
 class MetricsEndpoint:
-    """A /metrics HTTP server, on its own port and thread, answering with `body()`."""
+    """A /metrics HTTP server, on its own port and thread, answering with `body()`; `binary`
+    adds paths answered with bytes (a worker's loopback endpoint: `serving.peers`)."""
 
-    def __init__(self, address: str, port: int, body: Callable[[], bytes]) -> None:
+    def __init__(self, address: str, port: int, body: Callable[[], bytes],
+                 binary: Mapping[str, Callable[[], bytes]] | None = None) -> None:
+        routes = {"/": (CONTENT_TYPE_LATEST, body), "/metrics": (CONTENT_TYPE_LATEST, body)}
+        routes |= {path: ("application/octet-stream", f) for path, f in (binary or {}).items()}
+
         def app(environ: dict, start_response: Callable) -> list[bytes]:
-            if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+            route = routes.get(environ.get("PATH_INFO", "/"))
+            if route is None:
                 start_response("404 Not Found", [("Content-Type", "text/plain")])
                 return [b"not found: try /metrics\n"]
-            data = body()
-            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
+            content_type, make = route
+            data = make()
+            start_response("200 OK", [("Content-Type", content_type),
                                       ("Content-Length", str(len(data)))])
             return [data]
 

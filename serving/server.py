@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -20,12 +19,14 @@ from serving import metrics
 from serving.dataplane import DataPlane
 from serving.interceptors import ExceptionToStatusInterceptor
 from serving.metrics import MetricsEndpoint, ModelCollector
+from serving.peers import STATISTICS_PATH, Peers, write_status
 from serving.repository import ModelRepository, State
 from serving.runtime_check import check_single_runtime
 from serving.servicers.forecast import SERVICE_NAME as FORECAST_SERVICE
 from serving.servicers.forecast import ForecasterServicer
 from serving.servicers.inference import SERVICE_NAME as INFERENCE_SERVICE
 from serving.servicers.inference import InferenceServicer
+from serving.servicers.statistics import statistics_response
 from serving.servicers.translate import SERVICE_NAME as TRANSLATE_SERVICE
 from serving.servicers.translate import TranslatorServicer
 from serving.settings import ModelControlMode, Settings
@@ -35,6 +36,7 @@ log = logging.getLogger("seqserve")
 SERVICES = (INFERENCE_SERVICE, FORECAST_SERVICE, TRANSLATE_SERVICE)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+STATISTICS_TIMEOUT_S = 5.0
 
 
 def _version() -> str:
@@ -68,6 +70,7 @@ class Server:
         self._background: set[asyncio.Task] = set()
         self._unregister = metrics.register(ModelCollector(self.repository.ready_models,
                                                            self._ready_rows))
+        peers = Peers(settings.worker_status_file) if settings.worker_status_file else None
         limit = settings.max_message_bytes
         self.grpc = grpc.aio.server(
             interceptors=[ExceptionToStatusInterceptor()],
@@ -78,7 +81,7 @@ class Server:
             ],
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane), self.grpc
+            InferenceServicer(self.dataplane, peers), self.grpc
         )
         forecast_service_pb2_grpc.add_ForecasterServicer_to_server(
             ForecasterServicer(self.dataplane), self.grpc)
@@ -182,16 +185,23 @@ class Server:
                  "TLS" if self.settings.tls_cert else "plaintext")
 
     def _report_to_supervisor(self) -> None:
-        """Serve /metrics on a loopback port and say which in the status file: the
-        supervisor counts this worker as serving from then on and scrapes it."""
+        """Serve /metrics and /statistics on a loopback port and say which in the status
+        file: the supervisor counts this worker as serving from then on and scrapes it, and
+        the sibling workers add its statistics to theirs."""
+        loop = asyncio.get_running_loop()
+
+        def statistics() -> bytes:  # ModelStats change on the event loop: read them there
+            return asyncio.run_coroutine_threadsafe(self._statistics(), loop).result(
+                timeout=STATISTICS_TIMEOUT_S)
+
         self.metrics = MetricsEndpoint("127.0.0.1", 0,
-                                       metrics.exposition(self.repository.ready_models))
-        status = {"pid": os.getpid(), "metrics_port": self.metrics.port}
-        path = self.settings.worker_status_file
-        assert path is not None
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status))
-        tmp.replace(path)  # atomic: the supervisor never reads half a file
+                                       metrics.exposition(self.repository.ready_models),
+                                       binary={STATISTICS_PATH: statistics})
+        assert self.settings.worker_status_file is not None
+        write_status(self.settings.worker_status_file, os.getpid(), self.metrics.port)
+
+    async def _statistics(self) -> bytes:
+        return statistics_response(self.dataplane.statistics()).SerializeToString()
 
     async def stop(self) -> None:
         """Drain: health goes NOT_SERVING, new calls are refused, in-flight calls finish."""

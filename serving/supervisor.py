@@ -17,13 +17,13 @@ The supervisor (this process):
   missing, a port taken), which restarts would only repeat; on SIGTERM or SIGINT it passes
   SIGTERM on, waits for the workers' drains and exits 0 when they all exited 0.
 
-Per-process state stays per worker: ModelStatistics answers for the worker that took the call
-(/metrics has the sums); explicit model control is refused (a Load would reach one worker).
+Per-process state is summed too: the worker that takes a ModelStatistics call adds its
+siblings' figures (`serving.peers`), so the answer agrees with /metrics. Explicit model control
+is refused (a Load would reach one worker).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
 import signal
@@ -38,6 +38,7 @@ from pathlib import Path
 
 from serving.metrics import MetricsEndpoint
 from serving.metrics_merge import merge
+from serving.peers import read_status
 from serving.settings import Settings
 
 log = logging.getLogger("seqserve.supervisor")
@@ -83,13 +84,10 @@ class _Worker:
 
     def metrics_url(self) -> str | None:
         """The worker's loopback /metrics, once it has written its status file."""
-        try:
-            status = json.loads(self.status_file.read_text())
-        except (OSError, ValueError):
-            return None
-        if self.process is None or status.get("pid") != self.process.pid:
-            return None  # an earlier life's file
-        return f"http://127.0.0.1:{status['metrics_port']}/metrics"
+        status = read_status(self.status_file)
+        if status is None or self.process is None or status["pid"] != self.process.pid:
+            return None  # not serving yet, or an earlier life's file
+        return f"http://127.0.0.1:{status['port']}/metrics"
 
 
 class Supervisor:

@@ -13,7 +13,9 @@ from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving.dataplane import DataPlane
 from serving.errors import InvalidInput, ServingError, Unsupported
 from serving.interceptors import status_for
+from serving.peers import STATISTICS_PATH, Peers
 from serving.servicers.codec import decode_request, encode_response
+from serving.servicers.statistics import add_statistics, statistics_response
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 
@@ -46,8 +48,9 @@ def _tensor_metadata(specs: dict, batching: bool) -> list[pb.ModelMetadataRespon
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, peers: Peers | None = None) -> None:
         self._dp = dataplane
+        self._peers = peers  # sibling workers under --workers N, else None
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -123,23 +126,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        reply = pb.ModelStatisticsResponse()
-        for model in self._dp.statistics(request.name, request.version):
-            s = model.stats
-            entry = reply.model_stats.add(
-                name=model.name, version=str(model.version), last_inference=s.last_inference_ms,
-                inference_count=s.inference_count, execution_count=s.execution_count)
-            st = entry.inference_stats
-            for field in ("success", "fail", "queue", "compute_input", "compute_infer",
-                          "compute_output"):
-                d = getattr(s, field)
-                getattr(st, field).count, getattr(st, field).ns = d.count, d.ns
-            for size in sorted(s.batches):
-                b = s.batches[size]
-                bs = entry.batch_stats.add(batch_size=size)
-                for field in ("compute_input", "compute_infer", "compute_output"):
-                    d = getattr(b, field)
-                    getattr(bs, field).count, getattr(bs, field).ns = d.count, d.ns
+        reply = statistics_response(self._dp.statistics(request.name, request.version))
+        if self._peers is not None:  # a worker: the server's figures are the sum of all
+            for body in await self._peers.fetch(STATISTICS_PATH):
+                add_statistics(reply, pb.ModelStatisticsResponse.FromString(body))
         return reply
 
     async def RepositoryIndex(

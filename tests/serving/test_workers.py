@@ -20,6 +20,8 @@ import pytest
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving.metrics_merge import merge
+from serving.peers import read_status
+from serving.servicers.statistics import add_statistics
 from tests.conftest import ROOT, ServerProcess, free_port
 from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
 from tests.serving.v2 import outputs, request, scrape
@@ -55,9 +57,12 @@ def _workers_of(pid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    repo = tmp_path_factory.mktemp("workers") / "model_repository"
+    root = tmp_path_factory.mktemp("workers")
+    repo, tmp = root / "model_repository", root / "tmp"
+    tmp.mkdir()
     add_model(repo, "affine", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
-    server = ServerProcess(repo, "--workers", "2")
+    # the supervisor's status folder goes under TMPDIR: the test reads the workers' own ports
+    server = ServerProcess(repo, "--workers", "2", env={**os.environ, "TMPDIR": str(tmp)})
     try:
         _wait(lambda: _all_ready(server, 2), "both workers ready in the merged /metrics",
               timeout=180)  # two interpreters importing onnxruntime on a loaded 2-core box
@@ -72,28 +77,66 @@ def _channel(target: str) -> grpc.Channel:
     return grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
-def test_connections_spread_over_the_workers_and_metrics_add_up(
+def _worker_metrics(server: ServerProcess) -> list[dict[tuple[str, str], float]]:
+    """Each worker's own /metrics, from the status files in the supervisor's folder."""
+    tmp = Path(server.proc.args[server.proc.args.index("--model-repository") + 1]).parent
+    files = sorted(tmp.glob("tmp/seqserve-workers-*/worker-*.json"))
+    statuses = [read_status(f) for f in files]
+    assert len(statuses) == 2 and None not in statuses, files
+    return [scrape(f"http://127.0.0.1:{s['port']}/metrics") for s in statuses if s]
+
+
+def test_connections_spread_over_the_workers_and_statistics_add_up(
         two_workers: ServerProcess) -> None:
     before = scrape(two_workers.metrics_url).get(SUCCESS, 0)
-    channels = [_channel(two_workers.target) for _ in range(15)]  # odd: the counts differ
+    channels = [_channel(two_workers.target) for _ in range(15)]
     try:
         stubs = [pb_grpc.GRPCInferenceServiceStub(ch) for ch in channels]
         for s in stubs:
             y = outputs(s.ModelInfer(request("affine", x=X), timeout=10))["y"]
             np.testing.assert_allclose(y, 2 * X + 1)
-        # ModelStatistics answers for the worker that holds the connection: two workers, two
-        # different counts (15 is odd), whose sum is everything sent.
-        counts = {s.ModelStatistics(pb.ModelStatisticsRequest(name="affine"), timeout=10)
-                  .model_stats[0].inference_stats.success.count for s in stubs}
+        per_worker = [m.get(SUCCESS, 0) for m in _worker_metrics(two_workers)]
+        samples = scrape(two_workers.metrics_url)
+        # every worker answers ModelStatistics for the whole server, whichever takes the call
+        answers = [s.ModelStatistics(pb.ModelStatisticsRequest(name="affine"), timeout=10)
+                   .model_stats[0] for s in stubs]
     finally:
         for ch in channels:
             ch.close()
-    assert len(counts) == 2, f"every connection went to one worker: {counts}"
-    samples = scrape(two_workers.metrics_url)
+    assert all(n > 0 for n in per_worker), f"every connection went to one worker: {per_worker}"
     assert samples[SUCCESS] - before == 15
-    assert sum(counts) == samples[SUCCESS]
+    assert sum(per_worker) == samples[SUCCESS]  # the merged /metrics is the sum
+    for stats in answers:
+        assert stats.inference_stats.success.count == samples[SUCCESS]
+        assert stats.inference_count == samples[("nv_inference_count", "model=affine,version=1")]
+        assert stats.execution_count == samples[
+            ("nv_inference_exec_count", "model=affine,version=1")]
+        assert sum(b.compute_infer.count for b in stats.batch_stats) == stats.execution_count
     assert samples[("seqserve_workers", "")] == 2
     assert samples[READY] == 1  # the minimum over the workers, not their sum
+
+
+def test_statistics_of_workers_add_up_per_model_and_batch_size() -> None:
+    def response(count: int, last: int, sizes: dict[int, int], name: str = "m"
+                 ) -> pb.ModelStatisticsResponse:
+        reply = pb.ModelStatisticsResponse()
+        entry = reply.model_stats.add(name=name, version="1", last_inference=last,
+                                      inference_count=count, execution_count=len(sizes))
+        entry.inference_stats.success.count, entry.inference_stats.success.ns = count, 10 * count
+        for size, ns in sizes.items():
+            entry.batch_stats.add(batch_size=size).compute_infer.ns = ns
+        return reply
+
+    total = response(3, last=100, sizes={1: 5, 4: 7})
+    other = response(2, last=200, sizes={2: 11, 4: 13})
+    other.model_stats.add(name="only-there", version="1", inference_count=9)
+    add_statistics(total, other)
+    assert [(e.name, e.version) for e in total.model_stats] == [("m", "1")]
+    m = total.model_stats[0]
+    assert (m.inference_count, m.execution_count, m.last_inference) == (5, 4, 200)
+    assert (m.inference_stats.success.count, m.inference_stats.success.ns) == (5, 50)
+    assert [(b.batch_size, b.compute_infer.ns) for b in m.batch_stats] == [(1, 5), (2, 11),
+                                                                             (4, 20)]
 
 
 def test_a_dead_worker_is_restarted(two_workers: ServerProcess) -> None:
