@@ -6,8 +6,8 @@ Presets (`--preset`, default by `--data`):
 - `numbers`: the default `translator` of `make serve`: German number words -> English on the
   built-in corpus; a few minutes on 2 CPU cores (docs/translation.md has the measured numbers).
 - `tiny`: seconds; for tests and `build-repository --preset tiny`.
-- `multi30k`: the Multi30k de->en recipe (d 256, 3+3 layers, joint 8k SentencePiece); about an
-  hour on 2 CPU cores.
+- `multi30k`: the Multi30k de->en recipe (d 256, 4 encoder + 2 decoder layers, joint 8k
+  SentencePiece); about an hour on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -128,8 +128,10 @@ PRESETS: dict[str, Preset] = {
                "length_penalty_grid": (0.0, 1.0), "threads": 1, "examples": 5},
     ),
     "multi30k": Preset(
-        model={"d_model": 256, "num_heads": 4, "d_ff": 1024, "num_encoder_layers": 3,
-               "num_decoder_layers": 3, "dropout": 0.1, "attention_dropout": 0.0,
+        # 4 + 2 layers rather than 3 + 3: the same validation BLEU (41.53 against 41.55) and a
+        # decoder step about 29 % faster, which every served token pays (docs/translation.md).
+        model={"d_model": 256, "num_heads": 4, "d_ff": 1024, "num_encoder_layers": 4,
+               "num_decoder_layers": 2, "dropout": 0.1, "attention_dropout": 0.0,
                "activation_dropout": 0.0, "max_len": 256},
         train={"data": "multi30k", "vocab_size": 8000, "max_tokens": 5000,
                "max_source_tokens": 128, "lr": 1.5e-3, "warmup": 300, "schedule": "linear",
