@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import grpc
 import numpy as np
@@ -116,9 +117,12 @@ def test_different_item_shapes_batch_only_with_equals() -> None:
 
 
 def test_full_queue_rejects() -> None:
+    gate = threading.Event()  # the first batch runs until the third request was refused
+
     async def main() -> None:
 
         def run(inputs: dict[str, np.ndarray], instance: int) -> dict[str, np.ndarray]:
+            gate.wait(10)
             return inputs
 
         batcher = Batcher(BatchPolicy(max_batch_size=1, batching=True, max_queue_size=1,
@@ -134,6 +138,8 @@ def test_full_queue_rejects() -> None:
             assert "queue full (1 requests)" in str(err)
         else:
             raise AssertionError("the third request must be rejected")
+        finally:
+            gate.set()
         await asyncio.gather(first, second)
         await batcher.close()
 
