@@ -13,8 +13,9 @@ In one run, on one machine:
    ("batching off": same server, same file, a second model name); the average batch size
    comes from the server's nv_inference_count / nv_inference_exec_count;
 4. worker processes (`--workers 1,2`): servers with 1 and 2 worker processes
-   (`seqserve serve --workers N`), the tritonclient load generator with one connection per
-   client, repeats interleaved, the ratio to 1 worker per repeat;
+   (`seqserve serve --workers N`), the first load generator with one connection per client
+   (the kernel spreads connections over the workers, not requests), repeats interleaved, the
+   ratio to 1 worker per repeat;
 5. the gRPC floor: the same load against bench/floor_server.py, a grpc.aio server that answers
    with zeros and computes nothing, so served latency splits into transport (the floor),
    seqserve's own work, and onnxruntime.
@@ -113,11 +114,15 @@ def _scrape(url: str, model: str) -> tuple[float, float]:
     return values.get("nv_inference_count", 0.0), values.get("nv_inference_exec_count", 0.0)
 
 
-def perf_analyzer(target: str, model: str, concurrency: int, window_ms: int, out_csv: Path
-                  ) -> dict:
+def perf_analyzer(target: str, model: str, concurrency: int, window_ms: int, out_csv: Path,
+                  own_connections: bool = False) -> dict:
     exe = PERF_VENV / "bin" / "perf_analyzer"
     libs = sorted(PERF_VENV.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
     env = dict(os.environ, LD_LIBRARY_PATH=str(libs[0]) if libs else "")
+    if own_connections:
+        # tritonclient's C++ client shares one gRPC channel (one connection) among up to six
+        # clients; one each lets SO_REUSEPORT spread the clients over worker processes.
+        env["TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT"] = "1"
     cmd = [str(exe), "-m", model, "-u", target, "-i", "grpc", "-b", "1",
            "--concurrency-range", str(concurrency), "-p", str(window_ms), "-s", "25", "-r", "15",
            "-f", str(out_csv)]
@@ -267,9 +272,9 @@ def served(model_dir: Path, concurrencies: list[int], window_ms: int, generators
 
 
 def workers(model_dir: Path, counts: list[int], concurrencies: list[int], seconds: float,
-            repeats: int, workdir: Path) -> dict:
+            repeats: int, generator: str, workdir: Path) -> dict:
     """Servers with 1, 2, ... worker processes, all started once, measured in turn (repeats
-    interleaved) by the tritonclient load generator with one connection per client."""
+    interleaved) by `generator` with one connection per client."""
     repo = workdir / "repository-workers"
     shutil.copytree(model_dir, repo / model_dir.name)
     runs: dict = {n: {c: [] for c in concurrencies} for n in counts}
@@ -278,8 +283,12 @@ def workers(model_dir: Path, counts: list[int], concurrencies: list[int], second
         for r in range(repeats):
             for c in concurrencies:
                 for n in counts:
-                    res = loadgen(servers[n]["target"], model_dir.name, c, seconds,
-                                  connections=c)
+                    target = servers[n]["target"]
+                    res = (perf_analyzer(target, model_dir.name, c, int(seconds * 1e3),
+                                         workdir / f"workers-{n}-{c}-{r}.csv",
+                                         own_connections=True)
+                           if generator == "perf_analyzer"
+                           else loadgen(target, model_dir.name, c, seconds, connections=c))
                     runs[n][c].append(res["inferences_per_s"])
                     print(f"  repeat {r} c={c:<3d} workers {n}: {res['inferences_per_s']:8.0f}/s "
                           f"p50 {res['p50_ms']:.3f} ms", flush=True)
@@ -396,10 +405,12 @@ def run(args: argparse.Namespace) -> int:
         scaling = None
         worker_counts = [int(n) for n in args.workers.split(",") if n]
         if len(worker_counts) > 1:
-            print(f"worker processes {worker_counts} (one connection per client):")
+            print(f"worker processes {worker_counts} ({generators[0]}, one connection per "
+                  "client):")
             scaling = workers(model_dir, worker_counts,
                               [c for c in concurrencies if c >= 2] or concurrencies,
-                              args.window_ms / 1e3, args.worker_repeats, Path(tmp))
+                              args.window_ms / 1e3, args.worker_repeats, generators[0],
+                              Path(tmp))
         print("gRPC floor (bench/floor_server.py: grpc.aio, computes nothing):")
         grpc_floor = floor(model_dir, concurrencies, args.window_ms, generators[0], Path(tmp))
     main = serving[generators[0]]
@@ -419,6 +430,8 @@ def run(args: argparse.Namespace) -> int:
         "floor_throughput_c8": grpc_floor[8]["inferences_per_s"] if 8 in grpc_floor else None,
         "ready_s": boot["ready_s"], "rss_mib": boot["rss_mib"],
         "workers_ratio": scaling["ratio_to_first"] if scaling else None,
+        "workers_throughput_c8": {n: by_c.get(8) for n, by_c in scaling["median_per_s"].items()}
+        if scaling else None,
     }
     print("summary:", json.dumps(summary))
     stamp = time.strftime("%Y%m%d-%H%M%S")

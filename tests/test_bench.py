@@ -48,6 +48,7 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
     assert set(workers["median_per_s"]) == {"1", "2"}
     assert set(workers["median_per_s"]["2"]) == {"8"} and workers["median_per_s"]["2"]["8"] > 0
     assert workers["ratio_to_first"]["2"]["8"] > 0
+    assert data["summary"]["workers_throughput_c8"]["2"] > 0  # measured by perf_analyzer
     assert data["summary"]["batching_gain_c8"] > 0
     assert data["served"]["perf_analyzer"]["batching_on"]["8"]["csv"].startswith("Concurrency,")
     assert set(data["grpc_floor"]) == {"1", "8"}
