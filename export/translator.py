@@ -31,14 +31,15 @@ from export.errors import ExportError
 from export.model_config import SCHEMA_VERSION, parameter_value
 from export.quantize import METHOD, WEIGHT_TYPE, quantize_int8
 from export.repository import write_version
-from export.translator_graphs import (
-    DECODER_INPUTS,
-    DECODER_OUTPUTS,
-    ENCODER_OUTPUTS,
-    export_graphs,
-)
+from export.translator_graphs import ENCODER_OUTPUTS, export_graphs
 from export.verify import check_dims, check_model, check_parity, session
 from protos.inference import model_config_pb2 as mc
+from serving.translation.graphs import (
+    decoder_feeds,
+    decoder_inputs,
+    decoder_outputs,
+    stacked_outputs,
+)
 from serving.translation.tokenizer import Tokenizer
 from training.decoding import greedy_decode
 from training.models.transformer import EncoderDecoder
@@ -65,19 +66,24 @@ def graph_dims(model: EncoderDecoder) -> dict[str, dict[str, list[int | None]]]:
     """Expected dims of both graphs; None = dynamic."""
     c = model.config
     kv = [c.num_decoder_layers, None, c.num_heads, None, c.head_dim]
+    per_layer = [None, c.num_heads, None, c.head_dim]  # [R, H, P|S, K]
+    layers = c.num_decoder_layers
+    decoder: dict[str, list[int | None]] = {"tokens": [None, 1], "positions": [None, 1],
+                                            "past_mask": [None, None], "src_mask": [None, None],
+                                            "log_probs": [None, c.vocab_size]}
+    decoder.update((name, per_layer) for name in decoder_inputs(layers)[4:])
+    decoder.update((name, per_layer) for name in decoder_outputs(layers)[1:])
     return {
         "encoder.onnx": {"src_ids": [None, None], "src_mask": [None, None],
                          "memory": [None, None, c.d_model], "cross_k": kv, "cross_v": kv},
-        "decoder.onnx": {"tokens": [None, 1], "positions": [None, 1], "past_k": kv,
-                         "past_v": kv, "past_mask": [None, None], "cross_k": kv, "cross_v": kv,
-                         "src_mask": [None, None], "log_probs": [None, c.vocab_size],
-                         "present_k": kv, "present_v": kv},
+        "decoder.onnx": decoder,
     }
 
 
 def step_inputs(model: EncoderDecoder, rows: int, past: int, src: int,
                 rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random decoder-step inputs whose rows have different cache and source lengths."""
+    """Random decoder-step feeds (decoder.onnx's names) whose rows have different cache and
+    source lengths."""
     c = model.config
     kv = (c.num_decoder_layers, rows, c.num_heads, past, c.head_dim)
     cross = (c.num_decoder_layers, rows, c.num_heads, src, c.head_dim)
@@ -85,23 +91,33 @@ def step_inputs(model: EncoderDecoder, rows: int, past: int, src: int,
     past_mask = np.arange(past)[None, :] >= (past - own)[:, None]  # [R, P], left-padded
     src_len = rng.integers(1, src + 1, rows)
     src_mask = np.arange(src)[None, :] < src_len[:, None]  # [R, S], right-padded
-    return {
-        "tokens": rng.integers(4, c.vocab_size, (rows, 1)).astype(np.int64),
-        "positions": own[:, None].astype(np.int64),
-        "past_k": rng.standard_normal(kv).astype(np.float32),
-        "past_v": rng.standard_normal(kv).astype(np.float32),
-        "past_mask": past_mask,
-        "cross_k": rng.standard_normal(cross).astype(np.float32),
-        "cross_v": rng.standard_normal(cross).astype(np.float32),
-        "src_mask": src_mask,
-    }
+    return decoder_feeds(
+        tokens=rng.integers(4, c.vocab_size, (rows, 1)).astype(np.int64),
+        positions=own[:, None].astype(np.int64),
+        past_k=rng.standard_normal(kv).astype(np.float32),
+        past_v=rng.standard_normal(kv).astype(np.float32),
+        past_mask=past_mask,
+        cross_k=rng.standard_normal(cross).astype(np.float32),
+        cross_v=rng.standard_normal(cross).astype(np.float32),
+        src_mask=src_mask)
 
 
 def step_reference(model: EncoderDecoder):  # noqa: ANN201 - a callable for check_parity
+    """PyTorch's decode_step on decoder.onnx's feeds, returning decoder.onnx's outputs."""
+    layers = model.config.num_decoder_layers
+
+    def stacked(feeds: dict[str, np.ndarray], name: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([feeds[f"{name}_{i}"] for i in range(layers)]))
+
     @torch.no_grad()
-    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = model.decode_step(*(torch.from_numpy(inputs[n]) for n in DECODER_INPUTS))
-        return {n: o.numpy() for n, o in zip(DECODER_OUTPUTS, out, strict=True)}
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t = {n: torch.from_numpy(feeds[n]) for n in ("tokens", "positions", "past_mask",
+                                                     "src_mask")}
+        log_probs, k, v = model.decode_step(
+            t["tokens"], t["positions"], stacked(feeds, "past_k"), stacked(feeds, "past_v"),
+            t["past_mask"], stacked(feeds, "cross_k"), stacked(feeds, "cross_v"), t["src_mask"])
+        outputs = [log_probs, *k, *v]  # k/v [L, R, H, P+1, K] -> one [R, H, P+1, K] per layer
+        return {n: o.numpy() for n, o in zip(decoder_outputs(layers), outputs, strict=True)}
 
     return run
 
@@ -120,11 +136,10 @@ def onnx_greedy(encoder: ort.InferenceSession, decoder: ort.InferenceSession,
     out: list[list[int]] = [[] for _ in range(rows)]
     done = np.zeros(rows, bool)
     for t in range(max_len):
-        feeds = {"tokens": tokens, "positions": np.full((rows, 1), t, np.int64),
-                 "past_k": past_k, "past_v": past_v,
-                 "past_mask": np.ones((rows, t), bool), "cross_k": cross_k,
-                 "cross_v": cross_v, "src_mask": src_mask}
-        log_probs, past_k, past_v = decoder.run(DECODER_OUTPUTS, feeds)
+        feeds = decoder_feeds(tokens, np.full((rows, 1), t, np.int64), past_k, past_v,
+                              np.ones((rows, t), bool), cross_k, cross_v, src_mask)
+        log_probs, past_k, past_v = stacked_outputs(
+            decoder.run(decoder_outputs(layers), feeds), layers)
         best = log_probs.argmax(axis=-1)  # [B]
         for i in np.flatnonzero(~done):
             if best[i] == eos_id:

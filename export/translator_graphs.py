@@ -1,10 +1,12 @@
-"""The translator's two ONNX graphs: export-only wrappers and the dynamo export of each.
+"""The translator's two ONNX graphs: the encoder wrapper, the decoder step (`decoder_step.py`)
+and the dynamo export of each.
 
 encoder.onnx  src_ids [B, S] int64, src_mask [B, S] bool
               -> memory [B, S, D], cross_k [L, B, H, S, K], cross_v [L, B, H, S, K]
-decoder.onnx  tokens [R, 1] int64, positions [R, 1] int64, past_k/past_v [L, R, H, P, K],
-              past_mask [R, P] bool, cross_k/cross_v [L, R, H, S, K], src_mask [R, S] bool
-              -> log_probs [R, V], present_k/present_v [L, R, H, P+1, K]
+decoder.onnx  tokens [R, 1] int64, positions [R, 1] int64, past_mask [R, P] bool,
+              src_mask [R, S] bool, per layer i past_k_i/past_v_i [R, H, P, K] and
+              cross_k_i/cross_v_i [R, H, S, K]
+              -> log_probs [R, V], per layer present_k_i/present_v_i [R, H, P+1, K]
 
 B, S, R and P are dynamic; P = 0 (an empty first cache) works. Hand-written attention goes
 through the dynamo exporter (the TorchScript one bakes sequence lengths into attention reshapes;
@@ -22,14 +24,13 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from export.decoder_step import DecoderStep
 from export.errors import ExportError
+from serving.translation import graphs as graph_names
 from training.models.transformer import EncoderDecoder
 
-ENCODER_INPUTS = ["src_ids", "src_mask"]
-ENCODER_OUTPUTS = ["memory", "cross_k", "cross_v"]
-DECODER_INPUTS = ["tokens", "positions", "past_k", "past_v", "past_mask", "cross_k", "cross_v",
-                  "src_mask"]
-DECODER_OUTPUTS = ["log_probs", "present_k", "present_v"]
+ENCODER_INPUTS = list(graph_names.ENCODER_INPUTS)
+ENCODER_OUTPUTS = list(graph_names.ENCODER_OUTPUTS)
 
 
 class EncoderGraph(nn.Module):
@@ -46,42 +47,30 @@ class EncoderGraph(nn.Module):
         return memory, cross_k, cross_v
 
 
-class DecoderStepGraph(nn.Module):
-    """decode_step(): one cached step for R independent rows."""
-
-    def __init__(self, model: EncoderDecoder) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, past_k: torch.Tensor,
-                past_v: torch.Tensor, past_mask: torch.Tensor, cross_k: torch.Tensor,
-                cross_v: torch.Tensor, src_mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.model.decode_step(tokens, positions, past_k, past_v, past_mask, cross_k,
-                                      cross_v, src_mask)
-
-
 def example_inputs(model: EncoderDecoder, rows: int = 3, past: int = 4, src: int = 5
                    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """Encoder and decoder example inputs; sizes >= 2 so no dim specialises to 0 or 1."""
+    """Encoder and decoder example inputs (decoder: in `decoder_inputs` order); sizes >= 2 so
+    no dim specialises to 0 or 1."""
     c = model.config
     g = torch.Generator().manual_seed(0)
     src_ids = torch.randint(4, c.vocab_size, (rows, src), generator=g)  # [B, S]
     src_mask = torch.ones(rows, src, dtype=torch.bool)  # [B, S]
-    kv = (c.num_decoder_layers, rows, c.num_heads, past, c.head_dim)
-    cross = (c.num_decoder_layers, rows, c.num_heads, src, c.head_dim)
+    layers = c.num_decoder_layers
+    kv = (rows, c.num_heads, past, c.head_dim)  # [R, H, P, K]
+    cross = (rows, c.num_heads, src, c.head_dim)  # [R, H, S, K]
+    caches = [torch.randn(shape, generator=g)
+              for shape in (kv, kv, cross, cross) for _ in range(layers)]
     decoder = (torch.randint(4, c.vocab_size, (rows, 1), generator=g),  # tokens [R, 1]
                torch.full((rows, 1), past, dtype=torch.long),  # positions [R, 1]
-               torch.randn(kv, generator=g), torch.randn(kv, generator=g),  # [L, R, H, P, K]
                torch.ones(rows, past, dtype=torch.bool),  # past_mask [R, P]
-               torch.randn(cross, generator=g), torch.randn(cross, generator=g),
-               torch.ones(rows, src, dtype=torch.bool))  # src_mask [R, S]
+               torch.ones(rows, src, dtype=torch.bool),  # src_mask [R, S]
+               *caches)
     return (src_ids, src_mask), decoder
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
             input_names: list[str], output_names: list[str],
-            dynamic_shapes: dict[str, dict[int, Dim]], opset: int | None) -> int:
+            dynamic_shapes: dict[str, object], opset: int | None) -> int:
     kwargs = {"opset_version": opset} if opset else {}
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -102,12 +91,14 @@ def export_graphs(model: EncoderDecoder, folder: Path, opset: int | None = None)
     src, past = Dim("src_len", min=1, max=max_len), Dim("past_len", min=0, max=4 * max_len)
     enc_args, dec_args = example_inputs(model)
     enc_shapes = {"src_ids": {0: batch, 1: src}, "src_mask": {0: batch, 1: src}}
-    dec_shapes = {"tokens": {0: rows}, "positions": {0: rows},
-                  "past_k": {1: rows, 3: past}, "past_v": {1: rows, 3: past},
-                  "past_mask": {0: rows, 1: past}, "cross_k": {1: rows, 3: src},
-                  "cross_v": {1: rows, 3: src}, "src_mask": {0: rows, 1: src}}
+    layers = model.config.num_decoder_layers
+    dec_shapes = {"tokens": {0: rows}, "positions": {0: rows}, "past_mask": {0: rows, 1: past},
+                  "src_mask": {0: rows, 1: src},
+                  "caches": tuple({0: rows, 2: length} for length in (past, past, src, src)
+                                  for _ in range(layers))}
     opset_written = _export(EncoderGraph(model), enc_args, folder / "encoder.onnx",
                             ENCODER_INPUTS, ENCODER_OUTPUTS, enc_shapes, opset)
-    _export(DecoderStepGraph(model), dec_args, folder / "decoder.onnx", DECODER_INPUTS,
-            DECODER_OUTPUTS, dec_shapes, opset)
+    _export(DecoderStep(model), dec_args, folder / "decoder.onnx",
+            graph_names.decoder_inputs(layers), graph_names.decoder_outputs(layers), dec_shapes,
+            opset)
     return opset_written

@@ -16,6 +16,12 @@ import torch
 from export.verify import graph_dims
 from protos.inference import model_config_pb2 as mc
 from serving.translation import Translator, TranslatorSpec, read_config
+from serving.translation.graphs import (
+    decoder_feeds,
+    decoder_inputs,
+    decoder_outputs,
+    stacked_outputs,
+)
 from training.decoding import greedy_decode
 
 
@@ -56,8 +62,8 @@ def test_graphs_have_dynamic_batch_length_and_cache(version_dir: Path) -> None:
     dec = graph_dims(onnx.load(str(version_dir / "decoder.onnx")))
     assert all(isinstance(d, str) for d in enc["src_ids"])
     assert enc["cross_k"][0] == 2 and isinstance(enc["cross_k"][3], str)
-    for name in ("past_k", "past_v"):
-        assert isinstance(dec[name][1], str) and isinstance(dec[name][3], str)
+    for name in ("past_k_0", "past_v_0", "past_k_1", "past_v_1", "present_k_1"):
+        assert isinstance(dec[name][0], str) and isinstance(dec[name][2], str), name
     assert isinstance(dec["past_mask"][1], str) and dec["tokens"][1] == 1
     assert not list((version_dir).glob("*.data"))  # single-file ONNX
 
@@ -67,12 +73,31 @@ def test_decoder_accepts_an_empty_cache(version_dir: Path) -> None:
                                 providers=["CPUExecutionProvider"])
     kv = np.zeros((2, 3, 4, 0, 16), np.float32)
     cross = np.random.default_rng(0).standard_normal((2, 3, 4, 5, 16)).astype(np.float32)
-    log_probs, pk, _ = sess.run(None, {
-        "tokens": np.full((3, 1), 2, np.int64), "positions": np.zeros((3, 1), np.int64),
-        "past_k": kv, "past_v": kv, "past_mask": np.zeros((3, 0), bool), "cross_k": cross,
-        "cross_v": cross, "src_mask": np.ones((3, 5), bool)})
+    feeds = decoder_feeds(np.full((3, 1), 2, np.int64), np.zeros((3, 1), np.int64), kv, kv,
+                          np.zeros((3, 0), bool), cross, cross, np.ones((3, 5), bool))
+    assert sorted(feeds) == sorted(i.name for i in sess.get_inputs())
+    log_probs, pk, _ = stacked_outputs(sess.run(decoder_outputs(2), feeds), 2)
     assert log_probs.shape == (3, 96) and pk.shape == (2, 3, 4, 1, 16)
     assert np.allclose(np.exp(log_probs).sum(-1), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize(("rows", "past", "src"), [(1, 0, 3), (4, 6, 9), (3, 13, 1)])
+def test_inference_layout_step_equals_decode_step(torch_checkpoint: tuple[Any, ...], rows: int,
+                                                  past: int, src: int) -> None:
+    """decoder.onnx is written from export.decoder_step (fused, pre-transposed weights, additive
+    masks): in PyTorch it must compute the training model's decode_step, padded rows included."""
+    from export.decoder_step import DecoderStep
+    from export.translator import step_inputs, step_reference
+
+    model = torch_checkpoint[0]
+    feeds = step_inputs(model, rows, past, src, np.random.default_rng(rows + past))
+    names = decoder_inputs(model.config.num_decoder_layers)
+    with torch.no_grad():
+        got = DecoderStep(model).eval()(*(torch.from_numpy(feeds[n]) for n in names))
+    want = step_reference(model)(feeds)  # decode_step, outputs named as decoder.onnx's
+    assert list(want) == decoder_outputs(model.config.num_decoder_layers)
+    for w, g in zip(want.values(), got, strict=True):
+        torch.testing.assert_close(g, torch.from_numpy(w), atol=1e-5, rtol=1e-5)
 
 
 def _torch_greedy(torch_checkpoint: tuple[Any, ...], translator: Translator,
