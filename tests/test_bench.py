@@ -153,3 +153,21 @@ def test_bench_translator_engines_agree_and_measure(
     assert data["settings"]["max_length"] > 0 and data["machine"]["load_avg"]
     if importlib.util.find_spec("matplotlib"):
         assert result.with_suffix(".png").stat().st_size > 1000
+
+
+def test_bench_decoder_step_times_files_side_by_side(tmp_path: Path,
+                                                     tiny_repository: Path) -> None:
+    """Two names for one decoder.onnx: the same log-probabilities, a JSON per row count."""
+    decoder = tiny_repository / "translator" / "1" / "decoder.onnx"
+    out = tmp_path / "step.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.decoder_step", f"a={decoder}", f"b={decoder}",
+         "--rows", "1,3", "--past", "5", "--source", "4", "--calls", "50", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert sorted(result["rows"]) == ["1", "3"]
+    for per_file in result["rows"].values():
+        assert per_file["b"]["max_abs_diff_vs_first"] == 0.0
+        assert per_file["a"]["median_ms"] > 0 and per_file["b"]["p90_ms"] > 0
+    assert "| 3 | b |" in run.stdout
