@@ -122,7 +122,8 @@ class OnnxStepModel:
         _check_names(self.encoder, enc_path, ENCODER_INPUTS, ENCODER_OUTPUTS)
         if "past_k" in {n.name for n in self.decoder.get_inputs()}:
             raise GraphError(f"{dec_path}: a stacked [L, ...] cache input (an export by an "
-                             "earlier seqserve); export the checkpoint again")
+                             "earlier seqserve); export the checkpoint again, or for a default "
+                             "model delete its folder and run `seqserve build-repository`")
         self._decoder_outputs = decoder_outputs(num_layers)
         _check_names(self.decoder, dec_path, decoder_inputs(num_layers), self._decoder_outputs)
 

@@ -137,3 +137,23 @@ def test_export_refuses_to_overwrite_before_exporting(
     code = main(["export", "--checkpoint", str(tiny_checkpoint), "--repository",
                  str(tiny_repository), "--name", "translator", "--version", "1"])
     assert code == 2 and "exists" in capsys.readouterr().err
+
+
+def test_a_stacked_cache_export_is_refused_with_a_reason(version_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """decoder.onnx files of earlier seqserve versions took one stacked past_k [L, R, H, P, K]:
+    loading one names the problem and the fix instead of failing on a missing feed later."""
+    from onnx import TensorProto, helper
+
+    from serving.translation.graphs import GraphError, OnnxStepModel
+
+    old = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["past_k"], ["present_k"])], "old_decoder",
+        [helper.make_tensor_value_info("past_k", TensorProto.FLOAT, [2, None, 4, None, 16])],
+        [helper.make_tensor_value_info("present_k", TensorProto.FLOAT,
+                                       [2, None, 4, None, 16])]),
+        opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    (tmp_path / "encoder.onnx").write_bytes((version_dir / "encoder.onnx").read_bytes())
+    onnx.save(old, str(tmp_path / "decoder.onnx"))
+    with pytest.raises(GraphError, match=r"stacked .* export the checkpoint again"):
+        OnnxStepModel(tmp_path, num_layers=2, num_heads=4, head_dim=16)
