@@ -11,9 +11,14 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812 - the usual alias
 
-from seqserve.cli import build_parser
+from seqserve.cli import build_parser, main
 from training.models.transformer import TranslatorConfig, make_model
-from training.train_translator import configs_from_args, load_translator_checkpoint, lr_factor
+from training.train_translator import (
+    check_bf16,
+    configs_from_args,
+    load_translator_checkpoint,
+    lr_factor,
+)
 from training.translator_config import PRESETS, TranslatorTrainConfig
 
 CONFIG = TranslatorConfig(vocab_size=40, d_model=32, num_heads=4, d_ff=64, num_encoder_layers=1,
@@ -93,3 +98,16 @@ def test_a_length_penalty_given_by_hand_is_not_searched() -> None:
     _, tc = configs_from_args(build_parser().parse_args(
         ["train", "translator", "--data", "multi30k", "--length-penalty-grid", "", "--out", "x"]))
     assert tc.length_penalty_grid == ()
+
+
+def test_bf16_is_refused_on_a_cpu_without_bf16_units(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Emulated bf16 is many times slower than fp32: the run stops before any work, naming
+    the flag; a CPU with bf16 units passes the check."""
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        check_bf16(torch.device("cpu"))
+        return
+    out = tmp_path / "run"
+    assert main(["train", "translator", "--preset", "tiny", "--bf16", "--out", str(out)]) == 2
+    assert "--bf16: this CPU has no bf16 matrix units" in capsys.readouterr().err
+    assert not out.exists()
