@@ -171,3 +171,23 @@ def test_bench_decoder_step_times_files_side_by_side(tmp_path: Path,
         assert per_file["b"]["max_abs_diff_vs_first"] == 0.0
         assert per_file["a"]["median_ms"] > 0 and per_file["b"]["p90_ms"] > 0
     assert "| 3 | b |" in run.stdout
+
+
+def test_bench_train_sweep_summarizes_each_run_and_keeps_failures(tmp_path: Path) -> None:
+    """Two tiny runs and one refused one: a summary line each, the failure with its status."""
+    out = tmp_path / "sweep"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.train_sweep", "--out", str(out), "--jobs", "2",
+         "--common", "--preset tiny --max-steps 6 --length-penalty-grid 0,1 --threads 1 --quiet",
+         "a=", "b=--seed 1 --label-smoothing 0.2", "bad=--max-source-tokens 999"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    lines = {line["name"]: line for line in map(json.loads, (out / "summary.jsonl").open())}
+    assert sorted(lines) == ["a", "b", "bad"]
+    for name in ("a", "b"):
+        assert lines[name]["rc"] == 0 and lines[name]["steps"] == 6
+        assert sorted(lines[name]["val_bleu_by_alpha"]) == ["0.0", "1.0"]
+        assert lines[name]["length_penalty"] in (0.0, 1.0) and "bleu" in lines[name]
+    assert lines["b"]["flags"] == "--seed 1 --label-smoothing 0.2"
+    assert lines["bad"]["rc"] == 2 and "bleu" not in lines["bad"]
+    assert "max_source_tokens 999" in (out / "bad.log").read_text()
