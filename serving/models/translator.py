@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +160,8 @@ class TranslatorModel(ServedModel):
     def _submit(self, request: DecodeRequest, stream: bool = False) -> _Job:
         if self._closing or self._thread is None:
             raise ModelNotReady(f"model '{self.name}' is unloading")
+        if stream:
+            request = replace(request, stream=True)
         job = _Job(request, asyncio.get_running_loop().create_future(), time.monotonic(),
                    asyncio.Queue() if stream else None)
         self._open.add(job)

@@ -41,6 +41,7 @@ class DecodeRequest:
     max_length: int = 64  # target tokens, EOS excluded
     length_penalty: float = 0.0  # GNMT alpha; 0 = plain log-probabilities
     num_hypotheses: int = 1  # n-best, at most beam_size
+    stream: bool = False  # greedy: text with every step's update, not only with the last
 
     def check(self) -> None:
         if self.beam_size < 1:
@@ -80,9 +81,10 @@ class TranslationResult:
 
 @dataclass
 class StepUpdate:
-    """What one step did for one request. For greedy requests `text` is the text decoded
-    by this step (joining a request's `text` pieces gives its translation); beam search
-    changes its mind, so its text arrives whole with the last update."""
+    """What one step did for one request. For streamed greedy requests `text` is the text
+    decoded by this step (joining a request's `text` pieces gives its translation). Otherwise
+    the text arrives whole with the last update: beam search changes its mind, and a request
+    nobody streams need not be detokenized at every step."""
 
     id: Hashable
     step: int
@@ -235,8 +237,8 @@ class DecodeBatch:
             return StepUpdate(r.id, self.step_count)
         tokens = beam.tokens[0]
         entry.reported = len(tokens)
-        return StepUpdate(r.id, self.step_count, tokens[-1:],
-                          self._delta(entry, self._text(tokens)))
+        text = self._delta(entry, self._text(tokens)) if r.stream else ""
+        return StepUpdate(r.id, self.step_count, tokens[-1:], text)
 
     @staticmethod
     def _delta(entry: _Entry, text: str) -> str:

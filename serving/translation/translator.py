@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,6 +121,6 @@ class Translator:
     def stream(self, text: str, **settings: int | float | None) -> Iterator[StepUpdate]:
         """Decode one sentence alone and yield its update after every step."""
         batch = self.new_batch()
-        batch.add([self.request(text, **settings)])
+        batch.add([replace(self.request(text, **settings), stream=True)])
         while len(batch):
             yield from batch.step()

@@ -96,8 +96,25 @@ def test_duplicate_ids_are_refused() -> None:
 
 def test_greedy_updates_stream_one_token_per_step() -> None:
     batch = DecodeBatch(LengthModel(), BOS, EOS, PAD, detokenize=lambda ids: "a" * len(ids))
-    batch.add([DecodeRequest("s", source(3))])
+    batch.add([DecodeRequest("s", source(3), stream=True)])
     updates = [u for _ in range(4) for u in batch.step()]
     assert [u.token_ids for u in updates] == [[A], [A], [A], []]
     assert [u.text for u in updates] == ["a", "a", "a", ""]
     assert updates[-1].finished and updates[-1].result.text == "aaa"
+
+
+def test_a_request_not_streamed_is_detokenized_once_at_the_end() -> None:
+    calls: list[list[int]] = []
+
+    def detokenize(ids: list[int]) -> str:
+        calls.append(list(ids))
+        return "a" * len(ids)
+
+    batch = DecodeBatch(LengthModel(), BOS, EOS, PAD, detokenize=detokenize)
+    batch.add([DecodeRequest("q", source(3)), DecodeRequest("s", source(3), stream=True)])
+    updates = [u for _ in range(4) for u in batch.step()]
+    quiet = [u for u in updates if u.id == "q"]
+    assert [u.token_ids for u in quiet] == [[A], [A], [A], []]
+    assert [u.text for u in quiet] == ["", "", "", "aaa"]  # the pieces still join to the text
+    assert quiet[-1].result.text == "aaa"
+    assert len(calls) == 3 + 2  # the streamed request's three steps, then each result once
