@@ -16,13 +16,24 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _pad(a: np.ndarray, axis: int, before: int, after: int, value: float | bool = 0
-         ) -> np.ndarray:
-    if before == 0 and after == 0:
-        return a
-    widths = [(0, 0)] * a.ndim
-    widths[axis] = (before, after)
-    return np.pad(a, widths, constant_values=value)
+def _joined(a: np.ndarray, b: np.ndarray, axis: int, width: int, left: bool) -> np.ndarray:
+    """The rows of `a` then those of `b` (axis 0 of a mask [R, W], axis 1 of keys or values
+    [L, R, H, W, K]), each padded with zeros (False) to `width` along `axis`: on the left for
+    cache slots, on the right for source positions. One allocation, no padded intermediates."""
+    row_axis = 0 if a.ndim == 2 else 1
+    shape = list(a.shape)
+    shape[row_axis] = a.shape[row_axis] + b.shape[row_axis]
+    shape[axis] = width
+    out = np.zeros(shape, a.dtype)
+    start = 0
+    for part in (a, b):
+        rows = slice(start, start + part.shape[row_axis])
+        cols = slice(width - part.shape[axis], width) if left else slice(0, part.shape[axis])
+        index = [slice(None)] * a.ndim
+        index[row_axis], index[axis] = rows, cols
+        out[tuple(index)] = part
+        start = rows.stop
+    return out
 
 
 @dataclass
@@ -73,23 +84,16 @@ class KVCache:
 
     def concat(self, other: KVCache) -> KVCache:
         """Rows of `self` then rows of `other`; P is left-padded, S right-padded."""
-        p, s = max(self.past_len, other.past_len), max(self.src_mask.shape[1],
-                                                      other.src_mask.shape[1])
-
-        def widen(c: KVCache) -> KVCache:
-            dp, ds = p - c.past_len, s - c.src_mask.shape[1]
-            return KVCache(_pad(c.past_k, 3, dp, 0), _pad(c.past_v, 3, dp, 0),
-                           _pad(c.past_mask, 1, dp, 0, False), _pad(c.cross_k, 3, 0, ds),
-                           _pad(c.cross_v, 3, 0, ds), _pad(c.src_mask, 1, 0, ds, False))
-
-        a, b = widen(self), widen(other)
+        p = max(self.past_len, other.past_len)
+        s = max(self.src_mask.shape[1], other.src_mask.shape[1])
+        a, b = self, other
         return KVCache(
-            np.concatenate([a.past_k, b.past_k], axis=1),  # [L, Ra+Rb, H, P, K]
-            np.concatenate([a.past_v, b.past_v], axis=1),
-            np.concatenate([a.past_mask, b.past_mask], axis=0),  # [Ra+Rb, P]
-            np.concatenate([a.cross_k, b.cross_k], axis=1),  # [L, Ra+Rb, H, S, K]
-            np.concatenate([a.cross_v, b.cross_v], axis=1),
-            np.concatenate([a.src_mask, b.src_mask], axis=0),  # [Ra+Rb, S]
+            _joined(a.past_k, b.past_k, 3, p, left=True),  # [L, Ra+Rb, H, P, K]
+            _joined(a.past_v, b.past_v, 3, p, left=True),
+            _joined(a.past_mask, b.past_mask, 1, p, left=True),  # [Ra+Rb, P]
+            _joined(a.cross_k, b.cross_k, 3, s, left=False),  # [L, Ra+Rb, H, S, K]
+            _joined(a.cross_v, b.cross_v, 3, s, left=False),
+            _joined(a.src_mask, b.src_mask, 1, s, left=False),  # [Ra+Rb, S]
         )
 
     def trim(self) -> KVCache:
