@@ -1,12 +1,19 @@
 """A `seqserve_translator` model: tokenizer, encoder graph and cached decoder-step graph,
 served with continuous (in-flight) batching at decoder-step granularity.
 
-One decode thread per model version drives a `DecodeBatch`, step after step, without waiting
-for the event loop: sentences arrive through a thread-safe inbox, and each step's updates go
-back to the loop with one `call_soon_threadsafe`, where futures and stream queues are served.
-Between two decoder steps, newly arrived sentences join the batch (their encoder runs then) and
-finished ones leave it at once, so a short sentence sent during a long one's decoding finishes
-first. Greedy requests may stream: each step's new text goes to the caller as it is decoded.
+Two threads per model version, each with its own onnxruntime session, work as a pipeline:
+
+    event loop --inbox--> encoder thread --ready--> decode thread --call_soon_threadsafe--> loop
+
+The encoder thread takes every sentence waiting in the inbox, encodes them in one call and
+hands the group on. The decode thread drives a `DecodeBatch` step after step without waiting
+for the event loop: between two decoder steps, encoded groups join the batch (while rows are
+free) and finished requests leave it at once, so a short sentence sent during a long one's
+decoding finishes first. So the encoder of new sentences runs while the decoder steps the
+others, on the second core, instead of stopping every row's decoding for it. Each step's
+updates go back to the loop with one `call_soon_threadsafe`, where futures and stream queues
+are served. Greedy requests may stream: each step's new text goes to the caller as it is
+decoded.
 
 Over the V2 protocol: input `text` BYTES [B, 1]; outputs `translation` BYTES [B, 1] and `score`
 FP32 [B, 1]; request parameters `beam_size`, `max_length`, `length_penalty`.
@@ -35,6 +42,7 @@ from serving.settings import Settings
 from serving.translation import (
     DecodeBatch,
     DecodeRequest,
+    EncodedSources,
     GraphError,
     SpecError,
     TranslationResult,
@@ -52,6 +60,16 @@ class _Job:
     future: asyncio.Future[TranslationResult]  # resolved on the event loop only
     enqueued: float  # time.monotonic()
     pieces: asyncio.Queue | None = None  # streamed text, then _STREAM_END
+
+
+@dataclass(eq=False)
+class _Group:
+    """Jobs the encoder thread encoded together, waiting to join the decode batch."""
+
+    jobs: list[_Job]
+    encoded: EncodedSources
+    queued_ns: list[int]  # each job's time in the inbox
+    encode_ns: int
 
 
 def _decode_settings(params: dict) -> dict:
@@ -93,25 +111,35 @@ class TranslatorModel(ServedModel):
             raise ModelLoadError(f"warm-up translation failed: {err}") from err
         spec = self.translator.spec
         self.max_rows = spec.max_batch_size or 64
-        self._inbox: deque[_Job] = deque()  # loop thread appends, decode thread pops
+        self._inbox: deque[_Job] = deque()  # loop thread appends, encoder thread pops
+        self._ready: deque[_Group] = deque()  # encoder thread appends, decode thread pops
+        self._ready_rows = 0  # rows of the groups in _ready (under _ready_lock)
+        self._ready_lock = threading.Lock()
         self._open: set[_Job] = set()  # submitted and not answered (event loop side)
         self._ids = itertools.count()
-        self._work = threading.Event()
-        self._closing = False
+        self._encode_work = threading.Event()  # wakes the encoder thread
+        self._work = threading.Event()  # wakes the decode thread
+        self._closing = False  # no new requests
+        self._stopped = False  # every request answered: the threads end
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.steps = 0  # decoder steps run (tests and metrics read it)
 
     def start(self) -> None:
         metrics.announce(self)
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._decode_thread, args=(self._loop,),
-                                        name=f"decode-{self.name}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=target, args=(self._loop,), name=f"{kind}-{self.name}",
+                             daemon=True)
+            for kind, target in (("encode", self._encoder_thread),
+                                 ("decode", self._decode_thread))]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queue_size(self) -> int:
-        return len(self._inbox)
+        """Requests not decoding yet: in the inbox, or encoded and waiting for free rows."""
+        return len(self._inbox) + sum(len(g.jobs) for g in list(self._ready))
 
     # -- the API the adapters use ------------------------------------------------------------
 
@@ -158,7 +186,7 @@ class TranslatorModel(ServedModel):
     # -- the decode thread -----------------------------------------------------------------
 
     def _submit(self, request: DecodeRequest, stream: bool = False) -> _Job:
-        if self._closing or self._thread is None:
+        if self._closing or not self._threads:
             raise ModelNotReady(f"model '{self.name}' is unloading")
         if stream:
             request = replace(request, stream=True)
@@ -167,24 +195,71 @@ class TranslatorModel(ServedModel):
         self._open.add(job)
         job.future.add_done_callback(lambda _: self._open.discard(job))  # answered or cancelled
         self._inbox.append(job)
-        self._work.set()
+        self._encode_work.set()
         return job
 
-    def _admit(self, batch: DecodeBatch, active: dict[Hashable, _Job]) -> list[_Job]:
-        """On the decode thread: move waiting jobs into the batch while rows are free."""
-        joining, rows = [], batch.rows
+    def _take(self) -> list[_Job]:
+        """On the encoder thread: the waiting jobs, up to the rows the ready queue has room
+        for (at least one job), cancelled ones dropped."""
+        jobs: list[_Job] = []
+        rows = self._ready_rows
         while self._inbox:
             job = self._inbox[0]
             if job.future.done():  # cancelled while waiting
                 self._inbox.popleft()
                 continue
-            if rows and rows + job.request.beam_size > self.max_rows:
+            if jobs and rows + job.request.beam_size > self.max_rows:
                 break
             self._inbox.popleft()
             rows += job.request.beam_size
-            joining.append(job)
-            active[job.request.id] = job
-        return joining
+            jobs.append(job)
+        return jobs
+
+    def _encoder_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Encode what arrived, in one call, while the ready queue holds fewer than
+        max_rows rows (so that memory stays bounded when the decoder falls behind)."""
+        while True:
+            if not self._inbox or self._ready_rows >= self.max_rows:
+                if self._stopped:
+                    return
+                self._encode_work.wait()
+                self._encode_work.clear()  # a set() after wait() returned is seen: re-read
+                continue
+            jobs = self._take()
+            if not jobs:
+                continue
+            now = time.monotonic()
+            queued = [int((now - j.enqueued) * 1e9) for j in jobs]
+            t0 = time.perf_counter_ns()
+            try:
+                encoded = self.translator.encode([j.request for j in jobs])
+            except Exception as exc:
+                log.error("model '%s': encoding failed", self.name, exc_info=exc)
+                loop.call_soon_threadsafe(self._fail, jobs)
+                continue
+            group = _Group(jobs, encoded, queued, time.perf_counter_ns() - t0)
+            with self._ready_lock:
+                self._ready.append(group)
+                self._ready_rows += encoded.rows
+            self._work.set()
+
+    def _admit(self, batch: DecodeBatch, active: dict[Hashable, _Job]) -> list[_Group]:
+        """On the decode thread: join encoded groups while the batch has rows free."""
+        joined: list[_Group] = []
+        rows = batch.rows
+        while self._ready:
+            group = self._ready[0]
+            if rows and rows + group.encoded.rows > self.max_rows:
+                break
+            with self._ready_lock:
+                self._ready.popleft()
+                self._ready_rows -= group.encoded.rows
+            self._encode_work.set()  # room in the ready queue again
+            batch.join(group.encoded)
+            rows += group.encoded.rows
+            active.update((j.request.id, j) for j in group.jobs)
+            joined.append(group)
+        return joined
 
     def _decode_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         """Admit, step, hand the updates to the event loop; sleep only when idle."""
@@ -193,26 +268,20 @@ class TranslatorModel(ServedModel):
         queued: list[int] = []  # queue times (ns) and executions not yet accounted
         executions: list[tuple[int, int, int, int]] = []  # rows, requests, input ns, infer ns
         while True:
-            if not self._inbox and not len(batch):
-                if self._closing:
+            if not self._ready and not len(batch):
+                if self._stopped:
                     return
                 self._work.wait()
-                self._work.clear()  # a set() after wait() returned is seen: the inbox is re-read
+                self._work.clear()  # a set() after wait() returned is seen: the queue is re-read
                 continue
-            joining = self._admit(batch, active)
-            gone = [i for i, j in active.items() if j.future.done()]  # cancelled by the client
-            for i in gone:
-                del active[i]
-            joining = [j for j in joining if j.request.id in active]
-            if not joining and not len(batch) and not gone:
-                continue
-            now = time.monotonic()
-            queued.extend(int((now - j.enqueued) * 1e9) for j in joining)
             t0 = time.perf_counter_ns()
             try:
+                joined = self._admit(batch, active)
+                gone = [i for i, j in active.items() if j.future.done()]  # cancelled
+                for i in gone:
+                    del active[i]
                 if gone:
                     batch.remove(gone)
-                batch.add([j.request for j in joining])
                 t1 = time.perf_counter_ns()
                 rows = batch.rows
                 updates = batch.step()
@@ -224,8 +293,13 @@ class TranslatorModel(ServedModel):
                 batch = self.translator.new_batch()
                 loop.call_soon_threadsafe(self._fail, failed)
                 continue
+            for group in joined:
+                queued.extend(group.queued_ns)
+            if not updates and not rows:
+                continue
             self.steps += 1
-            executions.append((rows, len(active), t1 - t0, t2 - t1))
+            encode_ns = sum(g.encode_ns for g in joined)
+            executions.append((rows, len(active), t1 - t0 + encode_ns, t2 - t1))
             # Only what a caller waits for wakes the event loop: finished requests and streamed
             # text. Waking it every step makes the two threads trade the GIL every step.
             delivered = [(active[u.id], u) for u in updates if u.id in active
@@ -267,7 +341,9 @@ class TranslatorModel(ServedModel):
         self._closing = True
         while self._open:  # every submitted request answered or cancelled
             await asyncio.sleep(0.01)
-        if self._thread is not None:
-            self._work.set()
-            await asyncio.to_thread(self._thread.join)
+        self._stopped = True
+        self._encode_work.set()
+        self._work.set()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
         metrics.forget(self)

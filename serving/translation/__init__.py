@@ -17,12 +17,19 @@ Step by step, for continuous batching and streaming (a server loop; see `batch.p
     batch.add([translator.request(text, id=request_id, beam_size=1)])  # any time
     updates = batch.step()  # one decoder call for all rows; finished requests leave
     batch.remove([cancelled_id])
+    batch.join(translator.encode(requests))  # encode on one thread, join on the batch's
 
 Errors: `SourceTooLong` and `BadDecodingSetting` are `serving.errors.InvalidInput`;
 `SpecError` / `GraphError` mean the version folder cannot be served (a load error).
 """
 
-from serving.translation.batch import DecodeBatch, DecodeRequest, StepUpdate, TranslationResult
+from serving.translation.batch import (
+    DecodeBatch,
+    DecodeRequest,
+    EncodedSources,
+    StepUpdate,
+    TranslationResult,
+)
 from serving.translation.errors import BadDecodingSetting, SourceTooLong
 from serving.translation.graphs import GraphError, OnnxStepModel, StepModel
 from serving.translation.search import Hypothesis
@@ -35,6 +42,7 @@ __all__ = [
     "BadDecodingSetting",
     "DecodeBatch",
     "DecodeRequest",
+    "EncodedSources",
     "GraphError",
     "Hypothesis",
     "OnnxStepModel",

@@ -13,7 +13,10 @@ server loop is:
         batch.remove(cancelled_ids)            # e.g. clients that went away
 
 `step` blocks on onnxruntime; run it on a worker thread from asyncio. A batch is not thread
-safe: one thread drives it.
+safe: one thread drives it. The encoder can run on another thread, ahead of the batch:
+`encode(model, requests, pad_id)` touches no batch, and `batch.join(encoded)` appends what it
+returns (`add` is the two in one). The served model pipelines them this way, so that one
+onnxruntime session encodes new sentences while the other runs decoder steps.
 """
 
 from __future__ import annotations
@@ -94,6 +97,40 @@ class StepUpdate:
     result: TranslationResult | None = None
 
 
+@dataclass(frozen=True)
+class EncodedSources:
+    """Requests whose sources went through the encoder (`encode`), ready to `DecodeBatch.join`.
+    The arrays cover the requests with a non-empty source, in order; empty ones have no row."""
+
+    requests: list[DecodeRequest]
+    cross_k: np.ndarray  # [L, B, H, S, K]
+    cross_v: np.ndarray  # [L, B, H, S, K]
+    src_mask: np.ndarray  # [B, S] bool
+
+    @property
+    def rows(self) -> int:
+        """Decoder rows these requests take once joined: the sum of their beam sizes."""
+        return sum(r.beam_size for r in self.requests)
+
+
+def encode(model: StepModel, requests: Sequence[DecodeRequest], pad_id: int) -> EncodedSources:
+    """Check the requests' settings and run the encoder over their sources, padded into one
+    call. Reads no batch state, so it may run on another thread than the batch's."""
+    for r in requests:
+        r.check()
+    new = [r for r in requests if r.source_ids]
+    if not new:
+        kv = np.zeros((0,), np.float32)
+        return EncodedSources(list(requests), kv, kv, np.zeros((0, 0), bool))
+    width = max(len(r.source_ids) for r in new)
+    src = np.full((len(new), width), pad_id, np.int64)  # [B, S]
+    for i, r in enumerate(new):
+        src[i, :len(r.source_ids)] = r.source_ids
+    src_mask = src != pad_id  # [B, S]
+    cross_k, cross_v = model.encode(src, src_mask)  # [L, B, H, S, K] each
+    return EncodedSources(list(requests), cross_k, cross_v, src_mask)
+
+
 @dataclass
 class _Entry:
     request: DecodeRequest
@@ -134,30 +171,33 @@ class DecodeBatch:
 
     def add(self, requests: Sequence[DecodeRequest]) -> None:
         """Encode new requests and append their rows; they decode from the next step."""
-        known = set(self.ids)
-        for r in requests:
-            r.check()
-            if r.id in known:
-                raise ValueError(f"request id {r.id!r} is already in the batch")
-            known.add(r.id)
-        self._empty.extend(r for r in requests if not r.source_ids)
-        new = [r for r in requests if r.source_ids]
+        self._check_ids(requests)
+        self.join(encode(self.model, requests, self.pad_id))
+
+    def join(self, encoded: EncodedSources) -> None:
+        """Append requests encoded by `encode` (on any thread); they decode from the next
+        step. Empty sources are answered by the next step without a row."""
+        self._check_ids(encoded.requests)
+        self._empty.extend(r for r in encoded.requests if not r.source_ids)
+        new = [r for r in encoded.requests if r.source_ids]
         if not new:
             return
-        width = max(len(r.source_ids) for r in new)
-        src = np.full((len(new), width), self.pad_id, np.int64)  # [B, S]
-        for i, r in enumerate(new):
-            src[i, :len(r.source_ids)] = r.source_ids
-        src_mask = src != self.pad_id  # [B, S]
-        cross_k, cross_v = self.model.encode(src, src_mask)  # [L, B, H, S, K] each
         beams = np.repeat(np.arange(len(new)), [r.beam_size for r in new])  # [R_new]
-        rows = KVCache.for_sources(cross_k[:, beams], cross_v[:, beams], src_mask[beams])
+        rows = KVCache.for_sources(encoded.cross_k[:, beams], encoded.cross_v[:, beams],
+                                   encoded.src_mask[beams])
         self.cache = self.cache.concat(rows)
         self.tokens = np.concatenate([self.tokens, np.full(len(beams), self.bos_id, np.int64)])
         self.positions = np.concatenate([self.positions, np.zeros(len(beams), np.int64)])
         self._entries.extend(
             _Entry(r, BeamState(r.beam_size, r.max_length, r.length_penalty, self.eos_id),
                    self.step_count) for r in new)
+
+    def _check_ids(self, requests: Sequence[DecodeRequest]) -> None:
+        known = set(self.ids)
+        for r in requests:
+            if r.id in known:
+                raise ValueError(f"request id {r.id!r} is already in the batch")
+            known.add(r.id)
 
     def step(self) -> list[StepUpdate]:
         """One decoder call for every row. Returns one update per request; finished requests

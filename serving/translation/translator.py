@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from protos.inference import model_config_pb2 as mc
-from serving.translation.batch import DecodeBatch, DecodeRequest, StepUpdate, TranslationResult
+from serving.translation.batch import (
+    DecodeBatch,
+    DecodeRequest,
+    EncodedSources,
+    StepUpdate,
+    TranslationResult,
+    encode,
+)
 from serving.translation.errors import BadDecodingSetting, SourceTooLong
 from serving.translation.graphs import OnnxStepModel, StepModel
 from serving.translation.spec import SpecError, TranslatorSpec, read_config
@@ -57,6 +64,11 @@ class Translator:
         """An empty continuous batch on this model (see `serving.translation.batch`)."""
         return DecodeBatch(self.model, self.spec.bos_id, self.spec.eos_id, self.spec.pad_id,
                            self.tokenizer.decode)
+
+    def encode(self, requests: Sequence[DecodeRequest]) -> EncodedSources:
+        """Run the encoder over requests for a later `DecodeBatch.join`; safe to call on
+        another thread than the one driving the batch (onnxruntime sessions are)."""
+        return encode(self.model, requests, self.spec.pad_id)
 
     def request(self, text: str, id: Hashable | None = None, beam_size: int | None = None,
                 max_length: int | None = None, length_penalty: float | None = None,

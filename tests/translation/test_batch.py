@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from serving.translation import DecodeBatch, DecodeRequest
+from serving.translation.batch import encode
 from tests.translation.fakes import BOS, EOS, PAD, A, LengthModel
 
 
@@ -86,6 +87,29 @@ def test_empty_input_is_answered_without_the_model() -> None:
     [update] = batch.step()
     assert update.finished and update.result.text == "" and update.result.token_ids == []
     assert model.calls == [] and len(batch) == 0
+
+
+def test_groups_encoded_apart_and_joined_later_decode_as_if_added() -> None:
+    """The served model encodes on one thread and joins on another: `encode` then `join`
+    must be `add`, whatever the grouping, with empty sources and beams in the groups."""
+    requests = [DecodeRequest(i, source(n) if n else [], beam_size=b, max_length=40)
+                for i, (n, b) in enumerate([(3, 1), (0, 1), (9, 2), (1, 1), (6, 4)])]
+    model = LengthModel()
+    groups = [encode(model, requests[:2], PAD), encode(model, requests[2:3], PAD),
+              encode(model, requests[3:], PAD)]
+    assert [g.rows for g in groups] == [2, 2, 5]
+    batch = DecodeBatch(model, BOS, EOS, PAD)
+    batch.join(groups[0])
+    results = {u.id: u.result for u in batch.step() if u.finished}
+    assert list(results) == [1]  # the empty source, answered by the first step
+    for group in groups[1:]:
+        batch.join(group)
+    assert batch.rows == 1 + 2 + 1 + 4
+    with pytest.raises(ValueError, match="already in the batch"):
+        batch.join(encode(model, [DecodeRequest(0, source(2))], PAD))
+    results.update(run_to_end(batch))
+    for r in requests:
+        assert results[r.id].hypotheses == run_to_end(_batch([r]))[r.id].hypotheses
 
 
 def test_duplicate_ids_are_refused() -> None:
