@@ -212,26 +212,37 @@ class DecodeBatch:
             c.cross_k, c.cross_v, c.src_mask)  # [R, V], [L, R, H, P+1, K] x2
         self.cache = c.appended(present_k, present_v)
         self.step_count += 1
-        order, next_tokens, live = [], [], []
+        picks = log_probs.argmax(axis=1)  # [R] every row's best token; greedy rows take it
+        pick_ids = picks.tolist()
+        pick_lps = log_probs[np.arange(len(picks)), picks].tolist()  # [R]
+        order: list[int] = []  # [R'] the old row each next row continues
+        next_tokens: list[int] = []  # [R']
+        live = []
         offset = 0
         for entry in self._entries:
             k = entry.request.beam_size
-            parents, tokens = entry.beam.advance(log_probs[offset:offset + k])
+            if k == 1:
+                token = entry.beam.greedy_step(pick_ids[offset], pick_lps[offset])
+                parents, tokens = [offset], [token]
+            else:
+                parent_rows, new_tokens = entry.beam.advance(log_probs[offset:offset + k])
+                parents, tokens = (parent_rows + offset).tolist(), new_tokens.tolist()
             entry.steps += 1
             updates.append(self._update(entry))
             if not entry.beam.done:
-                order.append(parents + offset)
-                next_tokens.append(tokens)
+                order += parents
+                next_tokens += tokens
                 live.append(entry)
             offset += k
         self._entries = live
-        rows = np.concatenate(order) if order else np.zeros(0, np.int64)  # [R']
-        if len(rows) != self.rows or np.any(rows != np.arange(len(rows))):
+        if order != list(range(self.rows)):
+            rows = np.array(order, np.int64)  # [R']
             self.cache = self.cache.take(rows)
             if len(rows) < len(self.positions):
                 self.cache = self.cache.trim()
-        self.positions = self.positions[rows] + 1
-        self.tokens = np.concatenate(next_tokens) if next_tokens else np.zeros(0, np.int64)
+            self.positions = self.positions[rows]
+        self.positions = self.positions + 1
+        self.tokens = np.array(next_tokens, np.int64)
         return updates
 
     def filter(self, keep: Iterable[Hashable]) -> None:

@@ -108,17 +108,26 @@ class BeamState:
         """`advance` for beam size 1, without ranking the whole vocabulary: the same result
         (the first of tied maxima wins in both), an argmax instead of a partition of V."""
         token = int(log_probs.argmax())  # [V] -> best token
-        score = float(self.cum[0] + log_probs[token])
+        next_token = self.greedy_step(token, float(log_probs[token]))
+        return np.zeros(1, np.int64), np.array([next_token], np.int64)
+
+    def greedy_step(self, token: int, log_prob: float) -> int:
+        """Beam size 1, once the caller has taken the argmax (`DecodeBatch` takes every greedy
+        row's in one call): extend by `token` whose log-probability is `log_prob`. Returns the
+        row's next input token (0 once done)."""
+        score = float(self.cum[0]) + log_prob
         self.length += 1
         if token == self.eos_id:
             self._finish(self.tokens[0], score)
             self.done = True
-        else:
-            self.tokens, self.cum = [[*self.tokens[0], token]], np.array([score], np.float64)
-            if self.length >= self.max_length:
-                self._finish(self.tokens[0], score)
-                self.done = True
-        return np.zeros(1, np.int64), np.array([token if not self.done else 0], np.int64)
+            return 0
+        self.tokens[0].append(token)
+        self.cum[0] = score
+        if self.length >= self.max_length:
+            self._finish(self.tokens[0], score)
+            self.done = True
+            return 0
+        return token
 
     def _settled(self, k: int, best_live: float) -> bool:
         """No live hypothesis can beat the k-th best finished one."""
