@@ -181,6 +181,10 @@ def _translator_arguments(tr: argparse.ArgumentParser) -> None:
                      help="after warm-up: inverse_sqrt decay, or linear decay to 0 at the end "
                      "of the run (--max-steps or --max-minutes, whichever comes first)")
     opt.add_argument("--label-smoothing", type=float, help="(default: 0.1)")
+    opt.add_argument("--subword-alpha", type=float,
+                     help="subword regularization: resample each training sentence's "
+                          "segmentation every epoch (unigram: smoothing alpha; bpe: dropout "
+                          "probability; default: 0 = off)")
     opt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 0)")
     opt.add_argument("--clip", type=float, help="gradient-norm clip (default: 1.0)")
     opt.add_argument("--eval-every", type=int, help="steps between validation losses")

@@ -19,6 +19,7 @@ import random
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -50,10 +51,12 @@ VALIDATION_SAMPLE = 200  # validation pairs kept in the checkpoint for export ch
 
 @dataclass
 class Encoded:
-    """Token ids of sentence pairs: sources end with EOS, targets are bare."""
+    """Token ids of sentence pairs: sources end with EOS, targets are bare. `pairs` are the
+    texts they came from (for resampling their segmentation)."""
 
     src: list[list[int]]
     tgt: list[list[int]]
+    pairs: list[Pair] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.src)
@@ -103,7 +106,32 @@ def encode_pairs(tokenizer: Tokenizer, pairs: list[Pair], max_source: int, max_t
             continue
         out.src.append(s)
         out.tgt.append(t)
+        out.pairs.append((src, tgt))
     return out, dropped
+
+
+def resampled(tokenizer: Tokenizer, data: Encoded, alpha: float, max_source: int,
+              max_target: int) -> Encoded:
+    """Subword regularization: `data`'s pairs segmented afresh, each sampled from the
+    SentencePiece model with `alpha`. A pair whose sample exceeds the limits keeps its
+    deterministic ids. One sentence per call: SentencePiece's list call samples on fresh
+    worker threads whose generators all start from the same seed, so every epoch would get
+    the same segmentation; the calling thread's generator goes on (spm.set_random_generator_seed
+    seeds it)."""
+    def sample(texts: list[str]) -> list[list[int]]:
+        return [tokenizer.sp.encode(text, out_type=int, enable_sampling=True, alpha=alpha,
+                                    nbest_size=-1) for text in texts]
+
+    srcs = sample([s for s, _ in data.pairs])
+    tgts = sample([t for _, t in data.pairs])
+    out = Encoded([], [], data.pairs)
+    for i, (s, t) in enumerate(zip(srcs, tgts, strict=True)):
+        s = [*s, tokenizer.eos_id]
+        if not t or len(s) > max_source or len(t) + 1 > max_target:
+            s, t = data.src[i], data.tgt[i]
+        out.src.append(s)
+        out.tgt.append(t)
+    return out
 
 
 def _tensors(data: Encoded, idx: np.ndarray, config: TranslatorConfig, device: torch.device
@@ -141,14 +169,14 @@ def _snapshot(model: EncoderDecoder) -> dict[str, torch.Tensor]:
 
 
 def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: Encoded,
-        device: torch.device, quiet: bool = False) -> FitResult:
-    """Train in place; on return the model holds the averaged or the best weights."""
+        device: torch.device, quiet: bool = False,
+        resample: Callable[[], Encoded] | None = None) -> FitResult:
+    """Train in place; on return the model holds the averaged or the best weights.
+    `resample`, when given, makes each epoch's training ids (subword regularization)."""
     c = model.config
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas,
                             weight_decay=tc.weight_decay)
     rng = np.random.default_rng(tc.seed)
-    src_lens = np.array([len(s) for s in train.src])
-    tgt_lens = np.array([len(t) + 1 for t in train.tgt])
     snapshots: deque[dict[str, torch.Tensor]] = deque(maxlen=max(tc.average_last, 1))
     best_state: dict[str, torch.Tensor] | None = None
     result, bad, last_eval = FitResult(), 0, 0
@@ -161,6 +189,10 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
     warm_progress = 0.0
     while not result.stopped_by:
         result.epochs += 1
+        if resample is not None:
+            train = resample()
+        src_lens = np.array([len(s) for s in train.src])  # [N]
+        tgt_lens = np.array([len(t) + 1 for t in train.tgt])  # [N]
         for idx in token_batches(src_lens, tgt_lens, tc.max_tokens, rng):
             model.train()
             src, tgt_in, tgt_out = _tensors(train, idx, c, device)
@@ -284,7 +316,12 @@ def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
         print(f"{tc.data} {tc.src}->{tc.tgt}: {len(train_ids)} training pairs ({dropped} too "
               f"long), {len(val_ids)} validation; vocabulary {config.vocab_size}; "
               f"{params:,} parameters on {device}", file=sys.stderr)
-    fitted = fit(model, tc, train_ids, val_ids, device, quiet)
+    resample = None
+    if tc.subword_alpha > 0:
+        def resample() -> Encoded:
+            return resampled(tokenizer, train_ids, tc.subword_alpha, tc.max_source_tokens,
+                             config.max_len)
+    fitted = fit(model, tc, train_ids, val_ids, device, quiet, resample)
     data_info = {"name": tc.data, "src": tc.src, "tgt": tc.tgt,
                  "sizes": {k: len(v) for k, v in corpus.items()}, "train_dropped": dropped}
     out.mkdir(parents=True, exist_ok=True)

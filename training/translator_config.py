@@ -80,6 +80,10 @@ class TranslatorTrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
+    # Subword regularization (Kudo 2018): every epoch, each training sentence is segmented
+    # afresh by sampling from the SentencePiece model (unigram: smoothing alpha, over all
+    # segmentations; bpe: BPE-dropout with this probability). 0 = the one best segmentation.
+    subword_alpha: float = 0.0
     clip: float = 1.0  # gradient-norm clip
     eval_every: int = 1000  # steps between validation losses (and averaging snapshots)
     patience: int = 6  # evaluations without a better validation loss before stopping

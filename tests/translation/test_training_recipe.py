@@ -12,12 +12,16 @@ import torch
 from torch.nn import functional as F  # noqa: N812 - the usual alias
 
 from seqserve.cli import build_parser, main
+from serving.translation import Tokenizer
+from training.data.tokenizer import train_tokenizer
 from training.models.transformer import TranslatorConfig, make_model
 from training.train_translator import (
     check_bf16,
     configs_from_args,
+    encode_pairs,
     load_translator_checkpoint,
     lr_factor,
+    resampled,
 )
 from training.translator_config import PRESETS, TranslatorTrainConfig
 
@@ -111,3 +115,29 @@ def test_bf16_is_refused_on_a_cpu_without_bf16_units(tmp_path: Path,
     assert main(["train", "translator", "--preset", "tiny", "--bf16", "--out", str(out)]) == 2
     assert "--bf16: this CPU has no bf16 matrix units" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_subword_regularization_resamples_segmentations_of_the_same_text() -> None:
+    """Each epoch's ids spell the same sentences in other pieces; a sample over the limits
+    keeps the deterministic ids."""
+    words = ["ein", "hund", "läuft", "über", "die", "wiese", "zwei", "kinder", "spielen"]
+    pairs = [(" ".join(words[i:] + words[:i]), " ".join(words[:i + 1])) for i in range(9)] * 4
+    tokenizer = Tokenizer.from_bytes(train_tokenizer([s for p in pairs for s in p], 60))
+    data, dropped = encode_pairs(tokenizer, pairs, 64, 64)
+    assert dropped == 0 and data.pairs == pairs
+    epochs = [resampled(tokenizer, data, 0.1, 64, 64) for _ in range(3)]
+    for epoch in epochs:
+        assert [tokenizer.decode(s) for s in epoch.src] == [s for s, _ in pairs]
+        assert [tokenizer.decode(t) for t in epoch.tgt] == [t for _, t in pairs]
+        assert all(s[-1] == tokenizer.eos_id for s in epoch.src)
+    assert epochs[0].src != epochs[1].src != epochs[2].src
+    assert any(e.src != data.src for e in epochs)
+    tight = resampled(tokenizer, data, 0.1, max(len(s) for s in data.src), 64)
+    assert all(len(s) <= max(len(s) for s in data.src) for s in tight.src)
+
+
+def test_subword_alpha_flag_reaches_the_train_config() -> None:
+    args = build_parser().parse_args(["train", "translator", "--data", "multi30k",
+                                      "--subword-alpha", "0.2", "--out", "x"])
+    assert configs_from_args(args)[1].subword_alpha == 0.2
+    assert TranslatorTrainConfig().subword_alpha == 0.0  # off unless asked for
