@@ -35,18 +35,26 @@ def test_serving_code_paths_do_not_import_torch(tmp_path: Path) -> None:
     assert "CLEAN" in out.stdout, out.stdout
 
 
-def test_serve_runs_in_a_venv_without_torch(tmp_path: Path) -> None:
+def test_serve_runs_in_a_venv_without_torch(tiny_repository: Path) -> None:
+    """The default repository, translator engine process included, in a venv without torch."""
+    import numpy as np
+
+    from tests.serving.v2 import outputs, request, stub
+
     python = tool("serving-only")
     has_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True)
     assert has_torch.returncode != 0, "the serving-only venv must not have torch"
-    repo = tmp_path / "model_repository"
-    repo.mkdir()
-    server = ServerProcess(repo, python=str(python))
+    server = ServerProcess(tiny_repository, python=str(python))
     try:
         server.wait_ready()
         health = subprocess.run([str(python), "-m", "seqserve", "health", "--target",
                                  server.target], capture_output=True, text=True, timeout=30)
         assert health.returncode == 0 and health.stdout.strip() == "SERVING"
+        channel, s = stub(server.target)
+        with channel:
+            text = np.array([[b"zweiundvierzig"]], dtype=object)
+            got = outputs(s.ModelInfer(request("translator", text=text), timeout=30))
+        assert got["translation"].reshape(-1)[0], "the engine process translated"
     finally:
         assert server.terminate() == 0
 

@@ -35,7 +35,7 @@ from serving.translation.graphs import GraphError, OnnxStepModel, StepModel
 from serving.translation.search import Hypothesis
 from serving.translation.spec import BACKEND, SpecError, TranslatorSpec, read_config
 from serving.translation.tokenizer import Tokenizer
-from serving.translation.translator import Translator
+from serving.translation.translator import RequestBuilder, Translator
 
 __all__ = [
     "BACKEND",
@@ -46,6 +46,7 @@ __all__ = [
     "GraphError",
     "Hypothesis",
     "OnnxStepModel",
+    "RequestBuilder",
     "SourceTooLong",
     "SpecError",
     "StepModel",

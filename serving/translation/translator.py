@@ -27,17 +27,12 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 
-class Translator:
-    """Tokenize -> encoder -> cached decoder steps -> detokenize.
+class RequestBuilder:
+    """Tokenizes sentences and checks them against a version's limits and defaults: what a
+    server process needs of a translator when another process holds the graphs."""
 
-    Per-request settings: `beam_size` (1 = greedy; default: the config's `default_beam_size`),
-    `max_length` (target tokens; default min(max_target_tokens, 3 * source tokens + 10)),
-    `length_penalty` (GNMT alpha, 0 = none; default: the config's `default_length_penalty`,
-    chosen on validation at training), `num_hypotheses` (n-best, <= beam_size).
-    """
-
-    def __init__(self, model: StepModel, tokenizer: Tokenizer, spec: TranslatorSpec) -> None:
-        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+    def __init__(self, tokenizer: Tokenizer, spec: TranslatorSpec) -> None:
+        self.tokenizer, self.spec = tokenizer, spec
         special = (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
         if special != (spec.bos_id, spec.eos_id, spec.pad_id):
             raise SpecError(f"tokenizer bos/eos/pad ids {special} differ from the config's "
@@ -45,30 +40,16 @@ class Translator:
         self._ids = itertools.count()
 
     @classmethod
-    def load(cls, version_dir: Path, config: mc.ModelConfig | None = None,
-             session_options: ort.SessionOptions | None = None,
-             providers: Sequence[str] | None = None) -> Translator:
-        """Load `<model>/<version>/` (encoder.onnx, decoder.onnx, the tokenizer). `config`
-        defaults to `<model>/config.pbtxt`; sessions get the caller's options and providers."""
+    def load(cls, version_dir: Path, config: mc.ModelConfig | None = None) -> RequestBuilder:
+        """The tokenizer of `<model>/<version>/` and the limits of `config` (default:
+        `<model>/config.pbtxt`)."""
         version_dir = Path(version_dir)
         spec = TranslatorSpec.from_config(config if config is not None
                                           else read_config(version_dir.parent))
         tokenizer_path = version_dir / spec.tokenizer
         if not tokenizer_path.is_file():
             raise SpecError(f"tokenizer {spec.tokenizer} not found in {version_dir}")
-        model = OnnxStepModel(version_dir, spec.num_layers, spec.num_heads, spec.head_dim,
-                              session_options, providers)
-        return cls(model, Tokenizer.from_file(tokenizer_path), spec)
-
-    def new_batch(self) -> DecodeBatch:
-        """An empty continuous batch on this model (see `serving.translation.batch`)."""
-        return DecodeBatch(self.model, self.spec.bos_id, self.spec.eos_id, self.spec.pad_id,
-                           self.tokenizer.decode)
-
-    def encode(self, requests: Sequence[DecodeRequest]) -> EncodedSources:
-        """Run the encoder over requests for a later `DecodeBatch.join`; safe to call on
-        another thread than the one driving the batch (onnxruntime sessions are)."""
-        return encode(self.model, requests, self.spec.pad_id)
+        return cls(Tokenizer.from_file(tokenizer_path), spec)
 
     def request(self, text: str, id: Hashable | None = None, beam_size: int | None = None,
                 max_length: int | None = None, length_penalty: float | None = None,
@@ -95,6 +76,49 @@ class Translator:
                                 max_length, length_penalty, num_hypotheses)
         request.check()
         return request
+
+
+class Translator:
+    """Tokenize -> encoder -> cached decoder steps -> detokenize.
+
+    Per-request settings: `beam_size` (1 = greedy; default: the config's `default_beam_size`),
+    `max_length` (target tokens; default min(max_target_tokens, 3 * source tokens + 10)),
+    `length_penalty` (GNMT alpha, 0 = none; default: the config's `default_length_penalty`,
+    chosen on validation at training), `num_hypotheses` (n-best, <= beam_size).
+    """
+
+    def __init__(self, model: StepModel, tokenizer: Tokenizer, spec: TranslatorSpec) -> None:
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        self.requests = RequestBuilder(tokenizer, spec)
+
+    @classmethod
+    def load(cls, version_dir: Path, config: mc.ModelConfig | None = None,
+             session_options: ort.SessionOptions | None = None,
+             providers: Sequence[str] | None = None) -> Translator:
+        """Load `<model>/<version>/` (encoder.onnx, decoder.onnx, the tokenizer). `config`
+        defaults to `<model>/config.pbtxt`; sessions get the caller's options and providers."""
+        requests = RequestBuilder.load(version_dir, config)
+        spec = requests.spec
+        model = OnnxStepModel(Path(version_dir), spec.num_layers, spec.num_heads, spec.head_dim,
+                              session_options, providers)
+        return cls(model, requests.tokenizer, spec)
+
+    def new_batch(self) -> DecodeBatch:
+        """An empty continuous batch on this model (see `serving.translation.batch`)."""
+        return DecodeBatch(self.model, self.spec.bos_id, self.spec.eos_id, self.spec.pad_id,
+                           self.tokenizer.decode)
+
+    def encode(self, requests: Sequence[DecodeRequest]) -> EncodedSources:
+        """Run the encoder over requests for a later `DecodeBatch.join`; safe to call on
+        another thread than the one driving the batch (onnxruntime sessions are)."""
+        return encode(self.model, requests, self.spec.pad_id)
+
+    def request(self, text: str, id: Hashable | None = None, beam_size: int | None = None,
+                max_length: int | None = None, length_penalty: float | None = None,
+                num_hypotheses: int = 1) -> DecodeRequest:
+        """`RequestBuilder.request`: tokenize and check one sentence."""
+        return self.requests.request(text, id, beam_size, max_length, length_penalty,
+                                     num_hypotheses)
 
     def run(self, requests: Sequence[DecodeRequest], max_rows: int | None = None
             ) -> list[TranslationResult]:

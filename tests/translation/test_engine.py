@@ -1,0 +1,71 @@
+"""The served translator's engine process (`serving/models/translator_engine.py`): requests in
+flight when it dies fail with the INTERNAL error, the model answers UNAVAILABLE (retry) while
+a new engine starts, then serves again; a version the engine cannot load is unavailable with
+the reason, and the rest of the repository serves."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from serving.errors import InferenceError, ModelNotReady
+from serving.repository import ModelRepository
+from serving.settings import Settings
+
+LONG = "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig"
+
+
+async def _kill_engine_mid_flight(repository: Path) -> None:
+    repo = ModelRepository(repository, Settings(model_repository=repository))
+    await repo.load("translator")
+    model = repo.get("translator", "")
+    try:
+        assert model.engine is not None
+        first = model.engine.process.pid
+        in_flight = asyncio.gather(model.translate(
+            [model.prepare(LONG, beam_size=4, max_length=60) for _ in range(8)]))
+        await asyncio.sleep(0)  # submitted to the engine
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(InferenceError):
+            await in_flight
+        with pytest.raises(ModelNotReady, match="is restarting"):
+            await model.translate([model.prepare("eins", beam_size=1)])
+        deadline = time.monotonic() + 120
+        while model.engine is None:
+            assert time.monotonic() < deadline, "no new engine"
+            await asyncio.sleep(0.05)
+        assert model.engine.process.pid != first
+        [again] = await model.translate([model.prepare(LONG, beam_size=1)])
+        assert again.text
+    finally:
+        await repo.close()
+
+
+def test_requests_in_flight_fail_when_the_engine_dies_and_a_new_one_serves(
+        tiny_repository: Path) -> None:
+    asyncio.run(_kill_engine_mid_flight(tiny_repository))
+
+
+def test_a_version_the_engine_cannot_load_is_unavailable_with_the_reason(
+        tiny_repository: Path, tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    shutil.copytree(tiny_repository, repository)
+    (repository / "translator" / "1" / "decoder.onnx").write_bytes(b"not an onnx file")
+
+    async def main() -> list:
+        repo = ModelRepository(repository, Settings(model_repository=repository))
+        await repo.load("translator")
+        try:
+            return repo.index()
+        finally:
+            await repo.close()
+
+    [(name, version, state, reason)] = asyncio.run(main())
+    assert (name, version, state.value) == ("translator", "1", "UNAVAILABLE")
+    assert "decoder.onnx" in reason, reason
