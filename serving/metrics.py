@@ -9,13 +9,15 @@ appends them to prometheus-client's output. Labels are bounded: model, version, 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
 from prometheus_client.exposition import ThreadingWSGIServer
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from serving.models.base import ServedModel
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LABELS = ["model", "version"]  # of every per-model series (failures add "reason")
 
 REQUEST_SECONDS = Histogram(
     "seqserve_request_duration_seconds",
@@ -122,6 +125,23 @@ class ModelCollector(Collector):
                              1.0 if is_ready else 0.0)
         yield ready
         yield self._batch_histogram(models)
+        yield from self._engine_usage(models)
+
+    @staticmethod
+    def _engine_usage(models: list[ServedModel]) -> Iterable[Metric]:
+        """CPU and memory of the models' own processes (the process collector's series only
+        cover the server's)."""
+        cpu = CounterMetricFamily("seqserve_engine_cpu_seconds",
+                                  "CPU time of a model's engine process", labels=LABELS)
+        memory = GaugeMetricFamily("seqserve_engine_resident_memory_bytes",
+                                   "Resident memory of a model's engine process", labels=LABELS)
+        for m in models:
+            usage = process_usage(m.engine_pid) if m.engine_pid else None
+            if usage is not None:
+                cpu.add_metric([m.name, str(m.version)], usage[0])
+                memory.add_metric([m.name, str(m.version)], usage[1])
+        yield cpu
+        yield memory
 
     @staticmethod
     def _gauge(name: str, doc: str, models: list[ServedModel],
@@ -146,6 +166,19 @@ class ModelCollector(Collector):
             metric.add_sample(name + "_count", labels, total)
             metric.add_sample(name + "_sum", labels, sum(s * c for s, c in sizes.items()))
         return metric
+
+
+def process_usage(pid: int) -> tuple[float, float] | None:
+    """(CPU seconds, resident bytes) of a process, read from /proc (Linux); None when it is
+    gone or /proc is not there."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # from field 3 (state) on: utime is field 14
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu, float(resident_pages * os.sysconf("SC_PAGE_SIZE"))
 
 
 def announce(model: ServedModel) -> None:

@@ -135,6 +135,12 @@ class ServedModel(ABC):
         return 0
 
     @property
+    def engine_pid(self) -> int | None:
+        """The model's own process beside the server's, if it has one (the translator's
+        engine), for its CPU and memory series."""
+        return None
+
+    @property
     def queue_capacity(self) -> int:
         return 0
 

@@ -108,6 +108,10 @@ class TranslatorModel(ServedModel):
         return self.engine.counters[STEPS] if self.engine else 0
 
     @property
+    def engine_pid(self) -> int | None:
+        return self.engine.process.pid if self.engine else None
+
+    @property
     def queue_size(self) -> int:
         """Requests not decoding yet: waiting to be encoded, or for free rows."""
         return self.engine.counters[WAITING] if self.engine else 0

@@ -14,7 +14,7 @@ from protos.seqserve.translate.v1 import translate_service_pb2 as tpb
 from protos.seqserve.translate.v1 import translate_service_pb2_grpc as tgrpc
 from serving.client import Client
 from tests.conftest import ServerProcess
-from tests.serving.v2 import call_error, outputs, request, stub
+from tests.serving.v2 import call_error, outputs, request, scrape, stub
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +145,14 @@ def test_short_request_joins_mid_flight_and_finishes_first(tiny_repository: Path
     assert long.joined_step == 0
     assert short.joined_step >= 2, "the short request joined while the long one was decoding"
     assert short.finished_step < long.finished_step, "and left the batch before it"
+
+
+def test_the_engine_process_reports_its_cpu_and_memory(tiny_server: ServerProcess) -> None:
+    with grpc.insecure_channel(tiny_server.target) as ch:
+        msg = tpb.TranslateRequest(model_name="translator", sentences=["zwei"])
+        tgrpc.TranslatorStub(ch).Translate(msg, timeout=30)
+    series = scrape(tiny_server.metrics_url)
+    labels = "model=translator,version=1"
+    assert series[("seqserve_engine_cpu_seconds_total", labels)] > 0
+    assert series[("seqserve_engine_resident_memory_bytes", labels)] > 10e6
+    assert not any(n.startswith("seqserve_engine") and "forecaster" in lb for n, lb in series)
