@@ -140,11 +140,18 @@ class ModelRepository:
                 continue
             for v in sorted(entries):
                 e = entries[v]
-                rows.append((name, str(v) if v else "", e.state, e.reason))
+                why = e.model.unavailable if e.model and e.state is State.READY else None
+                rows.append((name, str(v) if v else "", State.UNAVAILABLE, why) if why else
+                            (name, str(v) if v else "", e.state, e.reason))
         return rows
 
+    @staticmethod
+    def _serving(e: VersionEntry) -> bool:
+        return e.state is State.READY and e.model is not None and e.model.unavailable is None
+
     def versions(self, name: str) -> list[int]:
-        return sorted(v for v, e in self._models.get(name, {}).items() if e.state is State.READY)
+        """The versions that can serve now."""
+        return sorted(v for v, e in self._models.get(name, {}).items() if self._serving(e))
 
     def config(self, name: str) -> mc.ModelConfig:
         self.get(name, "")  # NOT_FOUND / UNAVAILABLE as for inference
@@ -168,18 +175,22 @@ class ModelRepository:
         if wanted is None:
             ready = self.versions(name)
             if not ready:
-                states = "/".join(sorted({e.state for e in entries.values()}))
-                reasons = "; ".join(e.reason for e in entries.values() if e.reason)
+                rows = [r for r in self.index() if r[0] == name]
+                states = "/".join(sorted({state for _, _, state, _ in rows}))
+                reasons = "; ".join(why for _, _, _, why in rows if why)
                 raise ModelNotReady(f"model '{name}' is not ready ({states}"
                                     f"{': ' + reasons if reasons else ''})")
             return entries[ready[-1]].model  # type: ignore[return-value]
         entry = entries.get(wanted)
         if entry is None:
             raise ModelNotFound(f"model '{name}' has no version {wanted}")
-        if entry.state is not State.READY or entry.model is None:
-            raise ModelNotReady(f"model '{name}' version {wanted} is {entry.state.value}"
-                                f"{': ' + entry.reason if entry.reason else ''}")
-        return entry.model
+        if not self._serving(entry):
+            why = entry.model.unavailable if entry.model and entry.state is State.READY \
+                else entry.reason
+            state = State.UNAVAILABLE if entry.state is State.READY else entry.state
+            raise ModelNotReady(f"model '{name}' version {wanted} is {state.value}"
+                                f"{': ' + why if why else ''}")
+        return entry.model  # type: ignore[return-value]
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -267,6 +278,7 @@ class ModelRepository:
             log.exception("model '%s' version %d failed to load", name, v)
         else:
             entry.model, entry.state, entry.reason = model, State.READY, ""
+            model.availability_changed = lambda: self._on_change(name)
             log.info("model '%s' version %d ready", name, v)
 
     async def _retire(self, entries: list[VersionEntry]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,7 @@ class ServedModel(ABC):
         self.outputs = output_specs(config)
         self.max_batch_size = config.max_batch_size
         self.stats = ModelStats()
+        self.availability_changed: Callable[[], None] = lambda: None  # set by the repository
 
     @property
     def batching(self) -> bool:
@@ -133,6 +135,12 @@ class ServedModel(ABC):
     @property
     def queue_size(self) -> int:
         return 0
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why a loaded version cannot serve for now (e.g. its engine process is restarting),
+        or None. Call `availability_changed()` when it changes: health and ModelReady follow."""
+        return None
 
     @property
     def engine_pid(self) -> int | None:

@@ -108,6 +108,12 @@ class TranslatorModel(ServedModel):
         return self.engine.counters[STEPS] if self.engine else 0
 
     @property
+    def unavailable(self) -> str | None:
+        if self.engine is None and not self._closing:
+            return f"its engine process {self._engine_state}"
+        return None
+
+    @property
     def engine_pid(self) -> int | None:
         return self.engine.process.pid if self.engine else None
 
@@ -214,6 +220,7 @@ class TranslatorModel(ServedModel):
         if not self._closing:
             self._engine_state = "is restarting"
             self._restart = asyncio.ensure_future(self._restart_engine())
+            self.availability_changed()
 
     async def _restart_engine(self) -> None:
         try:
@@ -222,6 +229,7 @@ class TranslatorModel(ServedModel):
             self._engine_state = f"did not restart ({err}); load the model again"
             log.error("model '%s' version %d: the engine %s", self.name, self.version,
                       self._engine_state)
+            self.availability_changed()
             return
         if self._closing:
             await asyncio.to_thread(engine.stop)
@@ -229,6 +237,7 @@ class TranslatorModel(ServedModel):
         self.engine = engine
         self._watch()
         log.info("model '%s' version %d: engine restarted", self.name, self.version)
+        self.availability_changed()
 
     def _deliver(self, delivery: Delivery) -> None:
         """Account the steps, stream their text, answer finished requests."""

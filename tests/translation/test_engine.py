@@ -1,7 +1,7 @@
 """The served translator's engine process (`serving/models/translator_engine.py`): requests in
-flight when it dies fail with the INTERNAL error, the model answers UNAVAILABLE (retry) while
-a new engine starts, then serves again; a version the engine cannot load is unavailable with
-the reason, and the rest of the repository serves."""
+flight when it dies fail with the INTERNAL error, the model is not ready and answers
+UNAVAILABLE (retry) while a new engine starts, then serves again; a version the engine cannot
+load is unavailable with the reason."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ LONG = "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig"
 
 
 async def _kill_engine_mid_flight(repository: Path) -> None:
-    repo = ModelRepository(repository, Settings(model_repository=repository))
+    changes: list[str] = []  # what the server's health service is told
+    repo = ModelRepository(repository, Settings(model_repository=repository), changes.append)
     await repo.load("translator")
     model = repo.get("translator", "")
     try:
@@ -36,11 +37,20 @@ async def _kill_engine_mid_flight(repository: Path) -> None:
             await in_flight
         with pytest.raises(ModelNotReady, match="is restarting"):
             await model.translate([model.prepare("eins", beam_size=1)])
+        # Not ready meanwhile: health, ModelReady and RepositoryIndex say why.
+        changes.clear()
+        assert not repo.is_ready("translator")
+        [(_, _, state, reason)] = repo.index()
+        assert state.value == "UNAVAILABLE" and "engine process is restarting" in reason
+        with pytest.raises(ModelNotReady, match="engine process is restarting"):
+            repo.get("translator", "")
         deadline = time.monotonic() + 120
         while model.engine is None:
             assert time.monotonic() < deadline, "no new engine"
             await asyncio.sleep(0.05)
         assert model.engine.process.pid != first
+        assert repo.is_ready("translator") and repo.get("translator", "1") is model
+        assert changes == ["translator"]  # told once it is back
         [again] = await model.translate([model.prepare(LONG, beam_size=1)])
         assert again.text
     finally:
