@@ -185,6 +185,9 @@ def _translator_arguments(tr: argparse.ArgumentParser) -> None:
                      help="subword regularization: resample each training sentence's "
                           "segmentation every epoch (unigram: smoothing alpha; bpe: dropout "
                           "probability; default: 0 = off)")
+    opt.add_argument("--extra-sources", type=_words, metavar="LANG,...",
+                     help="--data multi30k: also train on these source languages into the same "
+                          "targets (e.g. fr: Multi30k's captions in French; default: none)")
     opt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 0)")
     opt.add_argument("--clip", type=float, help="gradient-norm clip (default: 1.0)")
     opt.add_argument("--eval-every", type=int, help="steps between validation losses")
@@ -204,6 +207,10 @@ def _translator_arguments(tr: argparse.ArgumentParser) -> None:
                     "BLEU replaces --length-penalty ('' = none; multi30k: 0.6,0.8,1.0,1.2)")
     ev.add_argument("--eval-batch-rows", type=int, help="decoder rows while evaluating")
     ev.add_argument("--examples", type=int, help="example translations in examples.txt")
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 def _floats(text: str) -> tuple[float, ...]:

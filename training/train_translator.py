@@ -297,7 +297,7 @@ def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
     set_seed(tc.seed)
     wall = time.monotonic()
     corpus = load_corpus(tc.data, tc.src, tc.tgt, tc.seed, tc.test_split, tc.numbers_train,
-                         tc.numbers_heldout, tc.numbers_max_digits)
+                         tc.numbers_heldout, tc.numbers_max_digits, tc.extra_sources)
     spm_model = train_tokenizer([s for pair in corpus["train"] for s in pair], tc.vocab_size,
                                 tc.spm_model, tc.seed)
     tokenizer = Tokenizer.from_bytes(spm_model)

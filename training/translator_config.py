@@ -84,6 +84,9 @@ class TranslatorTrainConfig:
     # afresh by sampling from the SentencePiece model (unigram: smoothing alpha, over all
     # segmentations; bpe: BPE-dropout with this probability). 0 = the one best segmentation.
     subword_alpha: float = 0.0
+    # Multi30k only: training pairs from these source languages into the same targets too
+    # (multi-source augmentation: the same captions in French, say). () = none.
+    extra_sources: tuple[str, ...] = ()
     clip: float = 1.0  # gradient-norm clip
     eval_every: int = 1000  # steps between validation losses (and averaging snapshots)
     patience: int = 6  # evaluations without a better validation loss before stopping

@@ -87,3 +87,20 @@ def test_multi30k_reader_on_the_shared_data() -> None:
     assert train[0][1].startswith("Two young, White males are outside")
     with pytest.raises(CorpusError, match="no 'cs' side"):
         multi30k("cs", "en", "val")
+
+
+def test_extra_source_languages_add_training_pairs_into_the_same_targets() -> None:
+    try:
+        dataset_file("multi30k/train.fr.gz", allow_download=False)
+    except DatasetError:
+        pytest.skip("Multi30k is not available locally (../shared/data or SEQSERVE_DATA_DIR)")
+    corpus = load_corpus("multi30k", "de", "en", extra_sources=("fr",))
+    train = corpus["train"]
+    assert len(train) == 2 * 29000 and len(corpus["val"]) == 1014
+    assert [t for _, t in train[:29000]] == [t for _, t in train[29000:]]  # the same captions
+    assert train[0][0] != train[29000][0]  # German, then French
+    assert corpus["val"] == multi30k("de", "en", "val")  # evaluation stays de -> en
+    with pytest.raises(CorpusError, match="need --data multi30k"):
+        load_corpus("numbers", "de", "en", extra_sources=("fr",))
+    with pytest.raises(CorpusError, match="already a side"):
+        load_corpus("multi30k", "de", "en", extra_sources=("en",))

@@ -114,13 +114,24 @@ def from_path(path: Path, src: str, tgt: str, seed: int) -> Corpus:
 
 def load_corpus(data: str, src: str, tgt: str, seed: int = 0,
                 test_split: str = "test_2016_flickr", numbers_train: int = 30000,
-                numbers_heldout: int = 1000, numbers_max_digits: int = 6) -> Corpus:
-    """{"train", "val", "test"} pairs of the named corpus (see the module docstring)."""
+                numbers_heldout: int = 1000, numbers_max_digits: int = 6,
+                extra_sources: tuple[str, ...] = ()) -> Corpus:
+    """{"train", "val", "test"} pairs of the named corpus (see the module docstring).
+    `extra_sources` (Multi30k only) adds training pairs from other source languages into the
+    same targets: Multi30k's captions are translated into each language, so the English side
+    repeats with a French source, say. Validation and test stay src -> tgt."""
+    if extra_sources and data != "multi30k":
+        raise CorpusError("extra source languages need --data multi30k")
     if data == "numbers":
         return numbers_corpus(seed, numbers_train, numbers_heldout, numbers_max_digits, src,
                               tgt)
     if data == "multi30k":
-        return {"train": multi30k(src, tgt, "train"), "val": multi30k(src, tgt, "val"),
+        train = multi30k(src, tgt, "train")
+        for lang in extra_sources:
+            if lang in (src, tgt):
+                raise CorpusError(f"extra source {lang!r} is already a side of {src}-{tgt}")
+            train += multi30k(lang, tgt, "train")
+        return {"train": train, "val": multi30k(src, tgt, "val"),
                 "test": multi30k(src, tgt, test_split)}
     path = Path(data)
     if not path.exists() and not path.parent.is_dir():
