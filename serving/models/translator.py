@@ -90,6 +90,8 @@ class TranslatorModel(ServedModel):
         self.max_rows = self.requests.spec.max_batch_size or 64
         self._engine_args = (version_dir, config, settings, self.max_rows, f"{name}-{version}")
         self.engine: EngineProcess | None = EngineProcess(*self._engine_args)
+        log.info("model '%s' version %d: engine process %d on %s", name, version,
+                 self.engine.process.pid, ", ".join(self.engine.providers))
         self._jobs: dict[Hashable, _Job] = {}  # submitted, not answered or cancelled
         self._ids = itertools.count()
         self._closing = False  # no new requests

@@ -93,7 +93,10 @@ class Pipeline:
             thread.start()
 
     def stop(self) -> None:
-        """End both threads once idle (the caller answered or cancelled every request)."""
+        """End both threads. Requests still in the pipeline are dropped: the server has
+        answered or given up on every one it still wants before it stops an engine, and when
+        the server died nobody waits for them."""
+        self.cancel(list(self._jobs))
         self._stopped = True
         self._encode_work.set()
         self._work.set()
