@@ -51,7 +51,8 @@ def onnx_model_config(inputs: Sequence[Tensor], outputs: Sequence[Tensor],
         config.output.add(name=t.name, data_type=DATA_TYPES[t.data_type], dims=list(t.dims))
     config.dynamic_batching.SetInParent()  # present even with every field at its default
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    # KIND_AUTO: the server's --device decides (KIND_CPU would pin the model to CPU).
+    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
     config.version_policy.latest.num_versions = 1
     config.parameters["seqserve_schema"].string_value = SCHEMA_VERSION
     for key, value in parameters.items():

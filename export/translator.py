@@ -234,7 +234,8 @@ def build_config(model: EncoderDecoder, tc: TranslatorTrainConfig, payload: dict
     config.input.add(name="text", data_type=mc.TYPE_STRING, dims=[1])
     config.output.add(name="translation", data_type=mc.TYPE_STRING, dims=[1])
     config.output.add(name="score", data_type=mc.TYPE_FP32, dims=[1])
-    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    # KIND_AUTO: the server's --device decides (KIND_CPU would pin the model to CPU).
+    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
     config.version_policy.latest.num_versions = 1
     parameters: dict[str, object] = {
         "seqserve_schema": SCHEMA_VERSION, "task": "translator",

@@ -62,26 +62,47 @@ def session_options(config: mc.ModelConfig, settings: Settings) -> ort.SessionOp
     return opts
 
 
-def create_session(path: Path, config: mc.ModelConfig, settings: Settings
-                   ) -> ort.InferenceSession:
-    """A session on the provider asked for; a fallback fails or warns, never silently."""
+_cuda_preloaded = False
+
+
+def providers_for(config: mc.ModelConfig, settings: Settings) -> tuple[list[str], list[str]]:
+    """(wanted, usable): the providers a model asks for, most preferred first, and those of them
+    this onnxruntime build has. Fails at once when the preferred one is missing and
+    --device-fallback is fail. For CUDA with onnxruntime-gpu it first loads the CUDA and cuDNN
+    libraries of the `nvidia-*` wheels (`seqserve[serve-gpu]`), once per process, so that no
+    LD_LIBRARY_PATH is needed."""
+    global _cuda_preloaded
     device = device_for(config, settings)
-    wanted = PROVIDERS[device]
-    available = ort.get_available_providers()
+    if device is Device.CUDA and not _cuda_preloaded and hasattr(ort, "preload_dlls"):
+        _cuda_preloaded = True
+        ort.preload_dlls()
+    wanted, available = PROVIDERS[device], ort.get_available_providers()
     if wanted[0] not in available and settings.device_fallback is FallbackPolicy.FAIL:
         raise ModelLoadError(f"{wanted[0]} is not available in this onnxruntime build "
                              f"(available: {', '.join(available)})")
+    return wanted, [p for p in wanted if p in available]
+
+
+def check_providers(got: list[str], wanted: list[str], settings: Settings, what: str) -> None:
+    """A session that did not get `wanted[0]` fails the load or warns, per --device-fallback."""
+    if got[:1] == wanted[:1]:
+        return
+    message = f"{what}: asked for {wanted[0]}, the session got {', '.join(got) or 'nothing'}"
+    if settings.device_fallback is FallbackPolicy.FAIL:
+        raise ModelLoadError(message + " (serve with --device-fallback warn to accept)")
+    log.warning("%s", message)
+
+
+def create_session(path: Path, config: mc.ModelConfig, settings: Settings
+                   ) -> ort.InferenceSession:
+    """A session on the provider asked for; a fallback fails or warns, never silently."""
+    wanted, usable = providers_for(config, settings)
     try:
         session = ort.InferenceSession(str(path), session_options(config, settings),
-                                       providers=[p for p in wanted if p in available])
+                                       providers=usable)
     except Exception as err:
         raise ModelLoadError(f"onnxruntime cannot load {path.name}: {err}") from err
-    got = session.get_providers()[0]
-    if got != wanted[0]:
-        message = f"asked for {wanted[0]}, the session got {got}"
-        if settings.device_fallback is FallbackPolicy.FAIL:
-            raise ModelLoadError(message + " (serve with --device-fallback warn to accept)")
-        log.warning("model file %s: %s", path, message)
+    check_providers(session.get_providers(), wanted, settings, f"model file {path}")
     return session
 
 
@@ -177,6 +198,8 @@ class OnnxModel(ServedModel):
         self._sessions = [create_session(path, config, settings)
                           for _ in range(self.policy.instances)]
         check_signature(self._sessions[0], config, self.inputs, self.outputs)
+        log.info("model '%s' version %d: %d session(s) on %s", name, version,
+                 len(self._sessions), ", ".join(self._sessions[0].get_providers()))
         self._output_names = list(self.outputs)
         self._warm_up()
         self._batcher: Batcher | None = None

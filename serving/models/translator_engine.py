@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from protos.inference import model_config_pb2 as mc
-from serving.models.onnx_model import PROVIDERS, ModelLoadError, device_for, session_options
+from serving.models.onnx_model import (
+    ModelLoadError,
+    check_providers,
+    providers_for,
+    session_options,
+)
 from serving.settings import Settings
 from serving.translation import DecodeRequest, GraphError, SpecError, Translator
 from serving.translation.pipeline import Pipeline
@@ -49,10 +54,16 @@ def load_translator(version_dir: Path, config: mc.ModelConfig, settings: Setting
                     ) -> Translator:
     """Sessions on the configured device and threads, warmed up; ModelLoadError naming the
     problem otherwise."""
+    wanted, usable = providers_for(config, settings)
     try:
         translator = Translator.load(version_dir, config, session_options(config, settings),
-                                     PROVIDERS[device_for(config, settings)])
+                                     usable)
+        for part, session in (("encoder", translator.model.encoder),
+                              ("decoder", translator.model.decoder)):
+            check_providers(session.get_providers(), wanted, settings, f"{version_dir} {part}")
         translator.translate(["warm up"], beam_size=1, max_length=2)
+    except ModelLoadError:
+        raise
     except (SpecError, GraphError, OSError) as err:
         raise ModelLoadError(str(err)) from err
     except Exception as err:

@@ -75,7 +75,7 @@ def test_config_is_triton_text_format(tmp_path: Path, config: mc.ModelConfig) ->
     assert parsed.HasField("dynamic_batching")  # eager: delay 0, Triton's default
     assert parsed.dynamic_batching.max_queue_delay_microseconds == 0
     assert [(g.count, g.kind) for g in parsed.instance_group] == [
-        (1, mc.ModelInstanceGroup.KIND_CPU)]
+        (1, mc.ModelInstanceGroup.KIND_AUTO)]
     assert parsed.version_policy.latest.num_versions == 1
     assert parsed.parameters["seqserve_schema"].string_value == "1"
     assert oct((tmp_path / "m" / "config.pbtxt").stat().st_mode & 0o777) == "0o644"

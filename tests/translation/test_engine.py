@@ -6,17 +6,22 @@ load is unavailable with the reason."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import os
 import shutil
 import signal
 import time
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
 from serving.errors import InferenceError, ModelNotReady
-from serving.repository import ModelRepository
-from serving.settings import Settings
+from serving.models.onnx_model import ModelLoadError
+from serving.models.translator_engine import load_translator
+from serving.repository import ModelRepository, read_config
+from serving.settings import Device, FallbackPolicy, Settings
 
 LONG = "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig"
 
@@ -79,3 +84,19 @@ def test_a_version_the_engine_cannot_load_is_unavailable_with_the_reason(
     [(name, version, state, reason)] = asyncio.run(main())
     assert (name, version, state.value) == ("translator", "1", "UNAVAILABLE")
     assert "decoder.onnx" in reason, reason
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
+                    reason="this onnxruntime build has CUDA: the fallback cannot be shown")
+def test_the_translator_follows_the_device_and_its_fallback_policy(
+        version_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = read_config(version_dir.parent)
+    cuda = Settings(model_repository=version_dir.parent.parent, device=Device.CUDA)
+    with pytest.raises(ModelLoadError, match="CUDAExecutionProvider is not available"):
+        load_translator(version_dir, config, cuda)
+    warn = dataclasses.replace(cuda, device_fallback=FallbackPolicy.WARN)
+    with caplog.at_level(logging.WARNING, logger="serving.models.onnx_model"):
+        translator = load_translator(version_dir, config, warn)
+    assert translator.model.providers == ["CPUExecutionProvider"]
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "asked for CUDAExecutionProvider, the session got CPUExecutionProvider"] * 2
