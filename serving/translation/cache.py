@@ -15,11 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.translation.graphs import CacheArray
 
-def _joined(a: np.ndarray, b: np.ndarray, axis: int, width: int, left: bool) -> np.ndarray:
+
+def _joined(a: CacheArray, b: CacheArray, axis: int, width: int, left: bool) -> np.ndarray:
     """The rows of `a` then those of `b` (axis 0 of a mask [R, W], axis 1 of keys or values
     [L, R, H, W, K]), each padded with zeros (False) to `width` along `axis`: on the left for
     cache slots, on the right for source positions. One allocation, no padded intermediates."""
+    a, b = np.asarray(a), np.asarray(b)  # a DeviceCache comes to the host here
     row_axis = 0 if a.ndim == 2 else 1
     shape = list(a.shape)
     shape[row_axis] = a.shape[row_axis] + b.shape[row_axis]
@@ -38,11 +41,12 @@ def _joined(a: np.ndarray, b: np.ndarray, axis: int, width: int, left: bool) -> 
 
 @dataclass
 class KVCache:
-    """past_k/past_v [L, R, H, P, K] float32, past_mask [R, P] bool,
-    cross_k/cross_v [L, R, H, S, K] float32, src_mask [R, S] bool."""
+    """past_k/past_v [L, R, H, P, K] float32 (numpy, or a step's DeviceCache until a change of
+    rows reads it), past_mask [R, P] bool, cross_k/cross_v [L, R, H, S, K] float32,
+    src_mask [R, S] bool."""
 
-    past_k: np.ndarray
-    past_v: np.ndarray
+    past_k: CacheArray
+    past_v: CacheArray
     past_mask: np.ndarray
     cross_k: np.ndarray
     cross_v: np.ndarray
@@ -71,7 +75,7 @@ class KVCache:
     def past_len(self) -> int:
         return self.past_mask.shape[1]
 
-    def appended(self, present_k: np.ndarray, present_v: np.ndarray) -> KVCache:
+    def appended(self, present_k: CacheArray, present_v: CacheArray) -> KVCache:
         """After a step: the graph's present_k/v [L, R, H, P+1, K] become the cache, and the
         new slot belongs to every row."""
         mask = np.concatenate([self.past_mask, np.ones((self.rows, 1), bool)], axis=1)

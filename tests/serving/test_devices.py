@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
 from protos.inference import model_config_pb2 as mc
-from serving.models.onnx_model import ModelLoadError, create_session
+from serving.models.onnx_model import ModelLoadError, create_session, run_bound
 from serving.settings import Device, FallbackPolicy, Settings
 from tests.serving.model_factory import affine
 
@@ -65,3 +66,12 @@ def test_kind_cpu_pins_a_model_to_the_cpu_whatever_the_device(model_file: Path) 
     session = create_session(model_file, _config(mc.ModelInstanceGroup.KIND_CPU),
                              _settings(Device.CUDA))
     assert session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_run_bound_answers_as_run_does(model_file: Path) -> None:
+    session = create_session(model_file, _config(mc.ModelInstanceGroup.KIND_CPU),
+                             _settings(Device.CPU))
+    feeds = {"x": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    got = run_bound(session, feeds, ["z", "y"])
+    want = session.run(["z", "y"], feeds)
+    assert len(got) == 2 and all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))

@@ -101,3 +101,30 @@ def test_the_exported_length_penalty_is_the_default(translator: Translator,
                        dataclasses.replace(translator.spec, default_length_penalty=0.7))
     assert other.request("eins").length_penalty == 0.7
     assert other.request("eins", length_penalty=0.0).length_penalty == 0.0
+
+
+def test_the_cache_kept_on_the_device_decodes_as_run_does(
+        translator: Translator, version_dir: Path, sample_sources: list[str]) -> None:
+    """IO binding (on by itself on CUDA) forced on the CPU: the same tokens and scores through
+    joins, departures and beam reordering, and a step that changes no rows keeps the cache
+    where the decoder wrote it."""
+    import onnxruntime as ort
+
+    from serving.translation.graphs import DeviceCache
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    bound = Translator.load(version_dir, session_options=opts, providers=["CPUExecutionProvider"])
+    assert not bound.model.io_binding  # the default on the CPU
+    bound.model.io_binding = True
+    sources = sample_sources[:12]
+    for beam, rows in ((1, 3), (1, None), (3, 7)):
+        want = translator.translate(sources, beam_size=beam, max_rows=rows)
+        got = bound.translate(sources, beam_size=beam, max_rows=rows)
+        assert [r.token_ids for r in got] == [r.token_ids for r in want], (beam, rows)
+        assert [r.score for r in got] == pytest.approx([r.score for r in want], abs=1e-4)
+    batch = bound.new_batch()
+    batch.add([bound.request(s, id=i, beam_size=1) for i, s in enumerate(sources[:2])])
+    batch.step()
+    batch.step()
+    assert isinstance(batch.cache.past_k, DeviceCache)
