@@ -2,17 +2,21 @@
 onnxruntime-gpu (`seqserve[serve-gpu]`):
 
     python -m bench.gpu --model-repository model_repository [--translator DIR/translator/1]
-        [--sentences FILE] [--out FILE.json]
+        [--sentences FILE] [--clients 8] [--seconds 8] [--out FILE.json]
 
 1. Every `onnxruntime_onnx` model, in process, on sessions made by the server's own code
    (`create_session`) for --device cpu and --device cuda: median latency at batch 1 and 64,
-   CUDA through `run` and through IO binding, and the largest difference between the devices.
-2. Translators (the repository's `translator`, and `--translator` if given): greedy
-   translations of the sentences on both devices, texts compared; the decoder step at R rows
-   on CPU `run`, CUDA `run` (the self-attention and source caches cross to the GPU and back at
-   every step) and CUDA with IO binding (the caches stay on the GPU between steps).
+   CUDA through `run` and through IO binding (`run_bound`, what the server uses on CUDA), and
+   the largest difference between the devices.
+2. Translators (the repository's `translator`, and each `--translator`): translations of the
+   sentences, greedy and beam 4, on the CPU, on CUDA as served (the caches kept on the GPU
+   between steps) and on CUDA through `run`, texts compared and timed; and a bare decoder-step
+   loop at R rows: CPU `run`, CUDA `run` (the self-attention and source caches cross to the
+   GPU and back at every step) and CUDA with the caches kept on the GPU.
 3. The server: `seqserve serve --device cuda` on the repository, one V2 ModelInfer per model,
    compared with the CPU results; the providers it logged; its /metrics.
+4. Each `--translator` served alone with --device cpu, then cuda: `--clients` closed-loop
+   V2 clients for `--seconds`; requests and words per second, median latency.
 
 Calls of the things compared take turns, so the host's slow spells hit all of them alike.
 With `--cpu-only` the "cuda" side runs on the CPU provider (`--device-fallback warn`): a dry
@@ -22,6 +26,7 @@ run of this script on a machine without a GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,9 +36,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +51,7 @@ import onnxruntime as ort
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving import tensors
-from serving.models.onnx_model import create_session
+from serving.models.onnx_model import create_session, run_bound
 from serving.models.translator_engine import load_translator
 from serving.probe import check
 from serving.repository import read_config
@@ -79,22 +86,6 @@ def _inputs(config: Any, batch: int, rng: np.random.Generator) -> dict[str, np.n
             for i in config.input}
 
 
-def _iobinding_call(session: ort.InferenceSession, feeds: dict[str, np.ndarray]
-                    ) -> Callable[[], list[np.ndarray]]:
-    """`run` through IO binding: inputs copied to the session's device by onnxruntime, outputs
-    copied back to host memory."""
-    binding = session.io_binding()
-    for name, array in feeds.items():
-        binding.bind_cpu_input(name, array)
-    for out in session.get_outputs():
-        binding.bind_output(out.name, "cpu")
-
-    def call() -> list[np.ndarray]:
-        session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
-    return call
-
-
 def onnx_models(repository: Path, cpu: Settings, cuda: Settings, repeats: int
                 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -109,6 +100,7 @@ def onnx_models(repository: Path, cpu: Settings, cuda: Settings, repeats: int
                     "cuda": create_session(path, config, cuda)}
         result: dict[str, Any] = {"providers": {k: s.get_providers()[0]
                                                 for k, s in sessions.items()}}
+        names = [o.name for o in sessions["cpu"].get_outputs()]
         for batch in BATCHES:
             feeds = _inputs(config, batch, rng)
             ref, got = (s.run(None, feeds) for s in sessions.values())
@@ -117,7 +109,7 @@ def onnx_models(repository: Path, cpu: Settings, cuda: Settings, repeats: int
             result[f"median_ms_b{batch}"] = _turns({
                 "cpu_run": lambda f=feeds, s=sessions["cpu"]: s.run(None, f),
                 "cuda_run": lambda f=feeds, s=sessions["cuda"]: s.run(None, f),
-                "cuda_iobinding": _iobinding_call(sessions["cuda"], feeds),
+                "cuda_iobinding": lambda f=feeds, s=sessions["cuda"], n=names: run_bound(s, f, n),
             }, repeats)
         out[model_dir.name] = result
         print(model_dir.name, json.dumps(result), flush=True)
@@ -194,15 +186,23 @@ def translator(version_dir: Path, sentences: list[str], cpu: Settings, cuda: Set
                cuda_device: str, repeats: int) -> dict[str, Any]:
     config = read_config(version_dir.parent)
     models = {"cpu": load_translator(version_dir, config, cpu),
-              "cuda": load_translator(version_dir, config, cuda)}
-    result: dict[str, Any] = {"providers": {k: m.model.providers[0] for k, m in models.items()}}
-    texts = {k: [r.text for r in m.translate(sentences, beam_size=1)] for k, m in models.items()}
-    result["sentences"] = len(sentences)
-    result["same_text"] = sum(a == b for a, b in zip(texts["cpu"], texts["cuda"], strict=True))
+              "cuda": load_translator(version_dir, config, cuda),  # as served: IO binding
+              "cuda_run": load_translator(version_dir, config, cuda)}
+    models["cuda_run"].model.io_binding = False  # `run`: the caches cross at every step
+    models["cuda"].model.io_binding = True  # on by itself on CUDA; forced for --cpu-only
+    result: dict[str, Any] = {"providers": {k: m.model.providers[0] for k, m in models.items()},
+                              "io_binding": {k: m.model.io_binding for k, m in models.items()},
+                              "sentences": len(sentences)}
+    for beam in (1, 4):
+        texts = {k: [r.text for r in m.translate(sentences, beam_size=beam)]
+                 for k, m in models.items()}
+        result[f"same_text_beam{beam}"] = {k: sum(a == b for a, b in zip(
+            texts["cpu"], t, strict=True)) for k, t in texts.items() if k != "cpu"}
     result["examples"] = list(zip(sentences[:3], texts["cuda"][:3], strict=True))
-    result["translate_all_greedy_ms"] = _turns(
-        {k: lambda m=m: m.translate(sentences, beam_size=1) for k, m in models.items()},
-        max(3, repeats // 100))
+    for beam in (1, 4):
+        result[f"translate_all_beam{beam}_ms"] = _turns(
+            {k: lambda m=m, b=beam: m.translate(sentences, beam_size=b)
+             for k, m in models.items()}, max(3, repeats // 100))
     rng = np.random.default_rng(0)
     sessions = {k: m.model.decoder for k, m in models.items()}
     steps = {}
@@ -225,48 +225,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server(repository: Path, device_args: list[str],
-           reference: dict[str, Any], log_path: Path) -> dict[str, Any]:
-    """`seqserve serve` on the repository; one ModelInfer per model; SIGTERM."""
+@contextlib.contextmanager
+def _serving(repository: Path, device_args: list[str], log_path: Path,
+             result: dict[str, Any]) -> Iterator[tuple[str, int]]:
+    """`seqserve serve` on the repository until the block ends, then SIGTERM: yields the gRPC
+    target and the metrics port; puts the command, exit code and logged providers in result."""
     port, metrics_port = _free_port(), _free_port()
     cmd = [sys.executable, "-m", "seqserve", "serve", "--model-repository", str(repository),
            "--grpc-port", str(port), "--metrics-port", str(metrics_port), *device_args]
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
-    result: dict[str, Any] = {"command": " ".join(cmd[1:])}
+    result["command"] = " ".join(cmd[1:])
     try:
         deadline = time.monotonic() + 180
         while check(target, timeout=0.5)[0] != 0:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
-        channel = grpc.insecure_channel(target)
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        for name, (feeds, outputs) in reference.items():
-            msg = pb.ModelInferRequest(model_name=name)
-            for key, array in feeds.items():
-                datatype = tensors.v2_datatype(array)
-                msg.inputs.add(name=key, datatype=datatype, shape=array.shape)
-                msg.raw_input_contents.append(tensors.to_raw(array, datatype))
-            reply = stub.ModelInfer(msg, timeout=60)
-            got = {o.name: tensors.from_raw(raw, o.datatype, list(o.shape), o.name)
-                   for o, raw in zip(reply.outputs, reply.raw_output_contents, strict=True)}
-            if name.startswith("translator"):
-                result[name] = {"same_text": int(sum(
-                    a == b for a, b in zip(got["translation"].reshape(-1).tolist(),
-                                           outputs["translation"], strict=True))),
-                    "sentences": len(outputs["translation"])}
-            else:
-                result[name] = {"max_abs_diff": float(max(
-                    np.abs(got[k] - v).max() for k, v in outputs.items()))}
-        channel.close()
-        url = f"http://127.0.0.1:{metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
-        result["metrics"] = [line for line in text.splitlines()
-                             if re.match(r"(seqserve_model_ready|nv_inference_request_success)"
-                                         r"\{", line)]
+        yield target, metrics_port
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -274,9 +251,88 @@ def server(repository: Path, device_args: list[str],
         except subprocess.TimeoutExpired:
             proc.kill()
             result["exit_code"] = "killed"
-    result["providers_logged"] = re.findall(r"(?:session\(s\) on|engine process \d+ on) ([\w, ]+)",
-                                            log_path.read_text())
+        result["providers_logged"] = re.findall(
+            r"(?:session\(s\) on|engine process \d+ on) ([\w, ]+)", log_path.read_text())
+
+
+def _infer(stub: pb_grpc.GRPCInferenceServiceStub, name: str, feeds: dict[str, np.ndarray]
+           ) -> dict[str, np.ndarray]:
+    msg = pb.ModelInferRequest(model_name=name)
+    for key, array in feeds.items():
+        datatype = tensors.v2_datatype(array)
+        msg.inputs.add(name=key, datatype=datatype, shape=array.shape)
+        msg.raw_input_contents.append(tensors.to_raw(array, datatype))
+    reply = stub.ModelInfer(msg, timeout=60)
+    return {o.name: tensors.from_raw(raw, o.datatype, list(o.shape), o.name)
+            for o, raw in zip(reply.outputs, reply.raw_output_contents, strict=True)}
+
+
+def server(repository: Path, device_args: list[str],
+           reference: dict[str, Any], log_path: Path) -> dict[str, Any]:
+    """One ModelInfer per model of the repository, compared with the CPU results; /metrics."""
+    result: dict[str, Any] = {}
+    with _serving(repository, device_args, log_path, result) as (target, metrics_port):
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for name, (feeds, outputs) in reference.items():
+                got = _infer(stub, name, feeds)
+                if "translation" in outputs:
+                    result[name] = {"same_text": int(sum(
+                        a == b for a, b in zip(got["translation"].reshape(-1).tolist(),
+                                               outputs["translation"], strict=True))),
+                        "sentences": len(outputs["translation"])}
+                else:
+                    result[name] = {"max_abs_diff": float(max(
+                        np.abs(got[k] - v).max() for k, v in outputs.items()))}
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        result["metrics"] = [line for line in text.splitlines()
+                             if re.match(r"(seqserve_model_ready|nv_inference_request_success)"
+                                         r"\{", line)]
     print("server", json.dumps(result), flush=True)
+    return result
+
+
+def served_load(version_dir: Path, sentences: list[str], device_args: list[str],
+                log_path: Path, clients: int, seconds: float) -> dict[str, Any]:
+    """A translator version served alone; `clients` closed-loop clients (one channel each)
+    send greedy V2 requests for `seconds` after a warm-up; requests and words per second."""
+    with tempfile.TemporaryDirectory(prefix="seqserve-gpu-") as tmp:
+        repository = Path(tmp)
+        (repository / "translator").mkdir()
+        (repository / "translator" / "config.pbtxt").write_bytes(
+            (version_dir.parent / "config.pbtxt").read_bytes())
+        (repository / "translator" / "1").symlink_to(version_dir.resolve())
+        result: dict[str, Any] = {}
+        with _serving(repository, device_args, log_path, result) as (target, _):
+            def client(i: int, stop_at: float, out: list[tuple[float, int]]) -> None:
+                with grpc.insecure_channel(target) as channel:
+                    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                    k = i
+                    while time.perf_counter() < stop_at:
+                        text = np.array([[sentences[k % len(sentences)].encode()]], object)
+                        k += clients
+                        start = time.perf_counter()
+                        got = _infer(stub, "translator", {"text": text})
+                        words = len(got["translation"].reshape(-1)[0].split())
+                        out.append((time.perf_counter() - start, words))
+
+            for length in (2.0, seconds):  # a warm-up, then the measured window
+                outs: list[list[tuple[float, int]]] = [[] for _ in range(clients)]
+                stop_at = time.perf_counter() + length
+                threads = [threading.Thread(target=client, args=(i, stop_at, outs[i]))
+                           for i in range(clients)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+            done = [x for o in outs for x in o]
+            result.update(clients=clients, seconds=seconds,
+                          requests_per_s=round(len(done) / seconds, 1),
+                          words_per_s=round(sum(w for _, w in done) / seconds, 1),
+                          median_latency_ms=_median_ms([t for t, _ in done]))
+    print("load", device_args, json.dumps(result), flush=True)
     return result
 
 
@@ -312,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
                         "one per line (default: the German number words given to the "
                         "repository's translator)")
     parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=8, help="served load: clients")
+    parser.add_argument("--seconds", type=float, default=8.0, help="served load: window")
     parser.add_argument("--cpu-only", action="store_true", help="dry run without a GPU")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
     args = parser.parse_args(argv)
@@ -336,6 +394,11 @@ def main(argv: list[str] | None = None) -> None:
             *((d, sentences) for d in args.translator)]
     report["translators"] = {str(d): translator(d, texts, cpu, cuda, cuda_device, args.repeats)
                              for d, texts in jobs if d.is_dir()}
+    report["served_load"] = {str(d): {
+        device: served_load(d, sentences, ["--device", device, "--device-fallback",
+                                           fallback.value], args.out.with_suffix(
+                                               f".load-{device}.log"), args.clients, args.seconds)
+        for device in ("cpu", "cuda")} for d in args.translator}
     reference = _reference(args.model_repository, numbers, cpu)
     report["server"] = server(args.model_repository, device_args, reference,
                               args.out.with_suffix(".server.log"))
