@@ -29,7 +29,7 @@ import numpy as np
 
 from protos.inference import model_config_pb2 as mc
 from serving import metrics
-from serving.errors import InferenceError, InvalidInput, ModelNotReady
+from serving.errors import DeadlineExceeded, InferenceError, InvalidInput, ModelNotReady
 from serving.models.base import InferRequest, ServedModel
 from serving.models.onnx_model import ModelLoadError
 from serving.models.translator_engine import EngineGone, EngineProcess
@@ -133,8 +133,12 @@ class TranslatorModel(ServedModel):
         return self.requests.request(text, next(self._ids), beam_size, max_length,
                                      length_penalty, num_hypotheses)
 
-    async def translate(self, requests: list[DecodeRequest]) -> list[TranslationResult]:
-        jobs = self._submit(requests)
+    async def translate(self, requests: list[DecodeRequest], timeout_s: float | None = None
+                        ) -> list[TranslationResult]:
+        """Decode requests; `timeout_s` is the longest each may wait before it starts decoding
+        (V2 `timeout`, else the gRPC deadline): a request still waiting then fails with
+        DeadlineExceeded, undecoded."""
+        jobs = self._submit(requests, timeout_s)
         try:
             return list(await asyncio.gather(*(j.future for j in jobs)))
         except BaseException:
@@ -159,7 +163,7 @@ class TranslatorModel(ServedModel):
         settings = _decode_settings(request.parameters)
         prepared = [self.prepare(_text(t, f"input 'text' element {i}"), **settings)
                     for i, t in enumerate(texts)]
-        results = await self.translate(prepared)
+        results = await self.translate(prepared, request.timeout_s)
         translation = np.empty((batch, 1), dtype=object)
         translation[:, 0] = [r.text.encode("utf-8") for r in results]
         score = np.array([[r.score] for r in results], np.float32)
@@ -168,17 +172,19 @@ class TranslatorModel(ServedModel):
 
     # -- talking to the engine ---------------------------------------------------------------
 
-    def _submit(self, requests: list[DecodeRequest]) -> list[_Job]:
+    def _submit(self, requests: list[DecodeRequest], timeout_s: float | None = None
+                ) -> list[_Job]:
         if self._closing:
             raise ModelNotReady(f"model '{self.name}' is unloading")
         if self.engine is None:
             raise ModelNotReady(f"model '{self.name}': its engine process {self._engine_state}")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
+        deadline = now + timeout_s if timeout_s else None
         jobs = [_Job(r, loop.create_future(), now, asyncio.Queue() if r.stream else None)
                 for r in requests]
         try:
-            self.engine.submit([(j.request, j.enqueued) for j in jobs])
+            self.engine.submit([(j.request, j.enqueued, deadline) for j in jobs])
         except EngineGone as err:
             raise ModelNotReady(f"model '{self.name}': {err}; it is restarting") from None
         for job in jobs:
@@ -209,6 +215,8 @@ class TranslatorModel(ServedModel):
                 self._deliver(payload)
             elif kind == "failed":
                 self._fail(payload)
+            elif kind == "expired":
+                self._expire(payload)
         if engine.gone is None:
             return
         assert self._loop is not None
@@ -269,6 +277,18 @@ class TranslatorModel(ServedModel):
                 continue
             if not job.future.done():
                 job.future.set_exception(InferenceError("decoding failed"))
+            if job.pieces is not None:
+                job.pieces.put_nowait(_STREAM_END)
+
+    def _expire(self, expired: list[tuple[Hashable, float]]) -> None:
+        for request_id, queued_s in expired:
+            job = self._jobs.get(request_id)
+            if job is None:
+                continue
+            if not job.future.done():
+                job.future.set_exception(DeadlineExceeded(
+                    f"model '{self.name}': request timed out after {queued_s * 1e3:.1f} ms "
+                    "in the queue"))
             if job.pieces is not None:
                 job.pieces.put_nowait(_STREAM_END)
 

@@ -13,8 +13,9 @@ engine process").
     EngineProcess.counters (shared memory: decoder steps, requests waiting)
 
 Messages are pickled tuples (both ends are seqserve): to the engine ("submit", [(request,
-arrival time)]), ("cancel", [ids]), ("stop", None); from it ("ready", providers), ("error",
-message), ("deliver", Delivery), ("failed", ids). The engine exits on "stop", or when the
+arrival time, queue deadline or None)]), ("cancel", [ids]), ("stop", None); from it ("ready",
+providers), ("error", message), ("deliver", Delivery), ("failed", ids), ("expired",
+[(id, seconds queued)]). The engine exits on "stop", or when the
 server process goes away (end of file on the pipe).
 """
 
@@ -93,7 +94,8 @@ def _engine_main(conn: Connection, version_dir: Path, config_bytes: bytes, setti
         send(("error", str(err)))
         return
     pipeline = Pipeline(translator, max_rows, lambda d: send(("deliver", d)),
-                        lambda ids: send(("failed", ids)), counters)
+                        lambda ids: send(("failed", ids)),
+                        lambda expired: send(("expired", expired)), counters)
     pipeline.start()
     send(("ready", translator.model.providers))
     while True:
@@ -160,7 +162,7 @@ class EngineProcess:
             self.gone = self._exit_reason()
         return messages
 
-    def submit(self, requests: Sequence[tuple[DecodeRequest, float]]) -> None:
+    def submit(self, requests: Sequence[tuple[DecodeRequest, float, float | None]]) -> None:
         self._send(("submit", list(requests)))
 
     def cancel(self, ids: Sequence[Hashable]) -> None:

@@ -11,6 +11,8 @@ encoder of new sentences thus runs while the decoder steps the others, on anothe
 instead of stopping every row's decoding for it.
 
 Only what a caller waits for is delivered: finished requests and the text of streamed ones.
+A request with a queue deadline that passes before it joins the batch is dropped undecoded
+and reported to `expire` (checked when it would be encoded, and again when it would join).
 No asyncio here: the served model runs a pipeline in its engine process (`engine.py`) and
 delivers through a pipe. Thread-safe entry points: `submit`, `cancel`, `stop`.
 """
@@ -41,7 +43,11 @@ STEPS, WAITING = 0, 1  # indices into the counters a pipeline keeps up to date
 class _Job:
     request: DecodeRequest
     enqueued: float  # time.monotonic() when the server accepted it (system-wide clock)
+    deadline: float | None = None  # time.monotonic() after which it may not join the batch
     cancelled: bool = False
+
+    def late(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline and not self.cancelled
 
 
 @dataclass(eq=False)
@@ -66,15 +72,17 @@ class Delivery:
 
 
 class Pipeline:
-    """`deliver(Delivery)` and `fail(ids)` are called on the pipeline's threads. `counters`
+    """`deliver(Delivery)`, `fail(ids)` and `expire([(id, seconds queued)])` are called on the
+    pipeline's threads. `counters`
     [STEPS] counts decoder steps, [WAITING] the requests not decoding yet (a shared array in
     the engine process, so the server reads them without a message)."""
 
     def __init__(self, translator: Translator, max_rows: int,
                  deliver: Callable[[Delivery], None], fail: Callable[[list[Hashable]], None],
+                 expire: Callable[[list[tuple[Hashable, float]]], None],
                  counters: MutableSequence[int] | None = None) -> None:
         self.translator, self.max_rows = translator, max_rows
-        self._deliver, self._fail = deliver, fail
+        self._deliver, self._fail, self._expire = deliver, fail, expire
         self.counters = counters if counters is not None else [0, 0]
         self._jobs: dict[Hashable, _Job] = {}  # submitted, not finished or cancelled
         self._inbox: deque[_Job] = deque()  # submit appends, the encoder thread pops
@@ -103,10 +111,11 @@ class Pipeline:
         for thread in self._threads:
             thread.join()
 
-    def submit(self, requests: Sequence[tuple[DecodeRequest, float]]) -> None:
-        """(request, time.monotonic() when it arrived) pairs; ids must be unique."""
-        for request, enqueued in requests:
-            job = _Job(request, enqueued)
+    def submit(self, requests: Sequence[tuple[DecodeRequest, float, float | None]]) -> None:
+        """(request, time.monotonic() when it arrived, time.monotonic() after which it may not
+        start decoding or None); ids must be unique."""
+        for request, enqueued, deadline in requests:
+            job = _Job(request, enqueued, deadline)
             self._jobs[request.id] = job
             self._inbox.append(job)
         self._count_waiting()
@@ -127,20 +136,31 @@ class Pipeline:
 
     def _take(self) -> list[_Job]:
         """The waiting jobs, up to the rows the ready queue has room for (at least one job),
-        cancelled ones dropped."""
+        cancelled ones dropped, late ones expired."""
         jobs: list[_Job] = []
+        late: list[_Job] = []
         rows = self._ready_rows
+        now = time.monotonic()
         while self._inbox:
             job = self._inbox[0]
-            if job.cancelled:
+            if job.cancelled or job.late(now):
                 self._inbox.popleft()
+                if not job.cancelled:
+                    late.append(job)
                 continue
             if jobs and rows + job.request.beam_size > self.max_rows:
                 break
             self._inbox.popleft()
             rows += job.request.beam_size
             jobs.append(job)
+        if late:
+            self._expire_jobs(late, now)
         return jobs
+
+    def _expire_jobs(self, jobs: Sequence[_Job], now: float) -> None:
+        self._forget(jobs)
+        self._count_waiting()
+        self._expire([(j.request.id, now - j.enqueued) for j in jobs])
 
     def _encoder_thread(self) -> None:
         """Encode what arrived, in one call, while the ready queue holds fewer than
@@ -177,6 +197,7 @@ class Pipeline:
         """Join encoded groups while the batch has rows free."""
         joined: list[_Group] = []
         rows = batch.rows
+        now = time.monotonic()
         while self._ready:
             group = self._ready[0]
             if rows and rows + group.encoded.rows > self.max_rows:
@@ -187,7 +208,11 @@ class Pipeline:
             self._encode_work.set()  # room in the ready queue again
             batch.join(group.encoded)
             rows += group.encoded.rows
-            active.update((j.request.id, j) for j in group.jobs)
+            late = [j for j in group.jobs if j.late(now)]
+            if late:  # encoded, but their time ran out while rows were busy
+                batch.remove([j.request.id for j in late])
+                self._expire_jobs(late, now)
+            active.update((j.request.id, j) for j in group.jobs if j not in late)
             joined.append(group)
         if joined:
             self._count_waiting()

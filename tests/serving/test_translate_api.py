@@ -101,6 +101,26 @@ def test_v2_translator(tiny_server: ServerProcess) -> None:
         assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "beam_size" in err.details()
 
 
+def test_v2_translator_queue_timeout(tiny_server: ServerProcess) -> None:
+    """V2's `timeout` parameter: a request that cannot start decoding in time fails with
+    DEADLINE_EXCEEDED, counted REJECTED. 1 µs always runs out before the engine process
+    reads the request; a generous one does not."""
+    channel, s = stub(tiny_server.target)
+    with channel:
+        text = np.array([[b"zweiundvierzig"]], dtype=object)
+        late = request("translator", text=text)
+        late.parameters["timeout"].int64_param = 1
+        err = call_error(s.ModelInfer, late, timeout=30)
+        assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "timed out after" in err.details() and "in the queue" in err.details()
+        patient = request("translator", text=text)
+        patient.parameters["timeout"].int64_param = 30_000_000
+        assert outputs(s.ModelInfer(patient, timeout=30))["translation"][0, 0]
+    samples = scrape(tiny_server.metrics_url)
+    assert samples[("nv_inference_request_failure",
+                    "model=translator,reason=REJECTED,version=1")] >= 1
+
+
 SHORT_MAX_LENGTH = 3  # decoder steps the short request needs at most
 
 

@@ -1,6 +1,7 @@
 """The served translator's two-thread pipeline (`serving.translation.pipeline`) on fake models
 with known behaviour: it delivers what decoding alone gives, drops cancelled requests from the
-running batch, streams text step by step, and fails only the requests a broken step held."""
+running batch, streams text step by step, fails only the requests a broken step held, and
+expires requests whose queue time ran out before they could join."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ class Sink:
         self.results: dict = {}
         self.pieces: dict = defaultdict(list)
         self.failed: list = []
+        self.expired: list = []  # (id, seconds queued)
         self.queued: list[int] = []
         self.executions: list[tuple[int, int, int, int]] = []
         self._cond = threading.Condition()
@@ -75,10 +77,16 @@ class Sink:
             self.failed += ids
             self._cond.notify_all()
 
+    def expire(self, expired: list) -> None:
+        with self._cond:
+            self.expired += expired
+            self._cond.notify_all()
+
     def wait_for(self, ids: list) -> None:
         with self._cond:
-            assert self._cond.wait_for(
-                lambda: all(i in self.results or i in self.failed for i in ids), timeout=30)
+            assert self._cond.wait_for(lambda: all(
+                i in self.results or i in self.failed or i in dict(self.expired) for i in ids),
+                timeout=30)
 
 
 @pytest.fixture
@@ -88,7 +96,7 @@ def make_pipeline(translator: Translator) -> Iterator[Callable]:
     def make(model: LengthModel, max_rows: int = 8) -> tuple[Pipeline, Sink]:
         sink = Sink()
         pipeline = Pipeline(Translator(model, translator.tokenizer, translator.spec), max_rows,
-                            sink.deliver, sink.fail)
+                            sink.deliver, sink.fail, sink.expire)
         pipeline.start()
         pipelines.append(pipeline)
         return pipeline, sink
@@ -114,8 +122,8 @@ def test_delivers_what_decoding_alone_gives(make_pipeline: Callable) -> None:
                 for i, (n, b) in enumerate([(3, 1), (9, 2), (1, 1), (6, 4), (4, 1)])]
     requests.append(DecodeRequest(5, []))
     now = time.monotonic()
-    pipeline.submit([(r, now) for r in requests[:2]])
-    pipeline.submit([(r, now) for r in requests[2:]])
+    pipeline.submit([(r, now, None) for r in requests[:2]])
+    pipeline.submit([(r, now, None) for r in requests[2:]])
     sink.wait_for([r.id for r in requests])
     assert not sink.failed
     for r in requests[:-1]:
@@ -132,13 +140,15 @@ def test_delivers_what_decoding_alone_gives(make_pipeline: Callable) -> None:
 def test_a_cancelled_request_leaves_the_running_batch(make_pipeline: Callable) -> None:
     model = SlowLengthModel()
     pipeline, sink = make_pipeline(model)
-    pipeline.submit([(DecodeRequest("long", source(60), max_length=64), time.monotonic())])
+    pipeline.submit([(DecodeRequest("long", source(60), max_length=64), time.monotonic(),
+                      None)])
     deadline = time.monotonic() + 10
     while pipeline.counters[STEPS] < 3:  # the long request is decoding
         assert time.monotonic() < deadline
         time.sleep(0.001)
     pipeline.cancel(["long"])
-    pipeline.submit([(DecodeRequest("short", source(2), max_length=10), time.monotonic())])
+    pipeline.submit([(DecodeRequest("short", source(2), max_length=10), time.monotonic(),
+                      None)])
     sink.wait_for(["short"])
     steps = pipeline.counters[STEPS]
     time.sleep(0.05)
@@ -149,8 +159,9 @@ def test_a_cancelled_request_leaves_the_running_batch(make_pipeline: Callable) -
 def test_streamed_text_arrives_step_by_step(make_pipeline: Callable) -> None:
     pipeline, sink = make_pipeline(WordsModel())
     now = time.monotonic()
-    pipeline.submit([(DecodeRequest("streamed", source(6), max_length=20, stream=True), now),
-                     (DecodeRequest("whole", source(6), max_length=20), now)])
+    pipeline.submit([(DecodeRequest("streamed", source(6), max_length=20, stream=True), now,
+                      None),
+                     (DecodeRequest("whole", source(6), max_length=20), now, None)])
     sink.wait_for(["streamed", "whole"])
     text = sink.results["streamed"].text
     assert text == sink.results["whole"].text and len(sink.results["whole"].token_ids) == 6
@@ -161,8 +172,33 @@ def test_streamed_text_arrives_step_by_step(make_pipeline: Callable) -> None:
 def test_a_broken_step_fails_its_requests_and_the_next_ones_decode(
         make_pipeline: Callable) -> None:
     pipeline, sink = make_pipeline(BrokenFirstStep())
-    pipeline.submit([(DecodeRequest("first", source(3), max_length=10), time.monotonic())])
+    pipeline.submit([(DecodeRequest("first", source(3), max_length=10), time.monotonic(),
+                      None)])
     sink.wait_for(["first"])
-    pipeline.submit([(DecodeRequest("second", source(3), max_length=10), time.monotonic())])
+    pipeline.submit([(DecodeRequest("second", source(3), max_length=10), time.monotonic(),
+                      None)])
     sink.wait_for(["second"])
     assert sink.failed == ["first"] and list(sink.results) == ["second"]
+
+
+def test_requests_whose_queue_time_runs_out_are_expired_undecoded(
+        make_pipeline: Callable) -> None:
+    """One row, held by a long request: `encoded` is encoded at once and expires when it would
+    join; `waiting` stays in the inbox (the ready queue is full) and expires when it would be
+    encoded; `patient` has no deadline and is decoded after the long one."""
+    model = SlowLengthModel()
+    pipeline, sink = make_pipeline(model, max_rows=1)
+    pipeline.submit([(DecodeRequest("long", source(20), max_length=32), time.monotonic(), None)])
+    deadline = time.monotonic() + 10
+    while pipeline.counters[STEPS] < 2:  # the long request holds the row
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    now = time.monotonic()
+    pipeline.submit([(DecodeRequest("encoded", source(2), max_length=10), now, now + 0.01),
+                     (DecodeRequest("waiting", source(2), max_length=10), now, now + 0.01),
+                     (DecodeRequest("patient", source(2), max_length=10), now, None)])
+    sink.wait_for(["long", "encoded", "waiting", "patient"])
+    assert sorted(i for i, _ in sink.expired) == ["encoded", "waiting"]
+    assert min(queued for _, queued in sink.expired) > 0.01
+    assert sorted(sink.results) == ["long", "patient"] and not sink.failed
+    assert pipeline.counters[WAITING] == 0
