@@ -54,6 +54,7 @@ class Settings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # require client certificates signed by this CA
     grace_period_secs: float = 30.0
+    engine_stall_secs: float = 60.0  # a translator engine holding requests, no step: restart it
     log_level: str = "INFO"
     workers: int = 1  # server processes sharing the gRPC port (serving/supervisor.py)
     reuse_port: bool = False  # set by the supervisor for its workers, never by a flag
@@ -107,6 +108,7 @@ class Settings:
             tls_key=path(ns.tls_key),
             tls_client_ca=path(ns.tls_client_ca),
             grace_period_secs=ns.grace_period_secs,
+            engine_stall_secs=ns.engine_stall_secs,
             log_level=ns.log_level,
             workers=ns.workers,
         )
@@ -144,6 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("tls-key", None, "PEM private key of --tls-cert")
     add("tls-client-ca", None, "PEM CA bundle: require and verify client certificates")
     add("grace-period-secs", 30.0, "on SIGTERM, how long in-flight calls may finish", type=float)
+    add("engine-stall-secs", 60.0, "restart a translator engine process that holds requests but "
+        "has run no decoder step for this long (they fail; 0: never)", type=float)
     add("log-level", "INFO", "logging level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add("workers", 1, "server processes sharing the gRPC port (SO_REUSEPORT), each with its "
         "own copy of the models; one /metrics sums them", type=int)

@@ -98,11 +98,15 @@ class TranslatorModel(ServedModel):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._restart: asyncio.Task | None = None
         self._engine_state = "is restarting"  # what UNAVAILABLE says while there is none
+        self._stall_s = settings.engine_stall_secs
+        self._watchdog: asyncio.Task | None = None
 
     def start(self) -> None:
         metrics.announce(self)
         self._loop = asyncio.get_running_loop()
         self._watch()
+        if self._stall_s > 0:
+            self._watchdog = asyncio.ensure_future(self._watch_for_stalls())
 
     @property
     def steps(self) -> int:
@@ -232,6 +236,27 @@ class TranslatorModel(ServedModel):
             self._restart = asyncio.ensure_future(self._restart_engine())
             self.availability_changed()
 
+    async def _watch_for_stalls(self) -> None:
+        """Kill an engine that holds requests but runs no decoder step for `engine_stall_secs`
+        (onnxruntime stuck, the process stopped): its pipe then closes, and `_on_engine` fails
+        what it held and starts a new one, as when it dies."""
+        last_steps, since = -1, time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, self._stall_s / 4))
+            engine, now = self.engine, time.monotonic()
+            if engine is None or not self._jobs:
+                last_steps, since = -1, now
+                continue
+            steps = engine.counters[STEPS]
+            if steps != last_steps:
+                last_steps, since = steps, now
+            elif now - since > self._stall_s:
+                log.error("model '%s' version %d: engine process %d ran no decoder step in "
+                          "%.0f s with %d request(s) in flight; killing it", self.name,
+                          self.version, engine.process.pid, now - since, len(self._jobs))
+                engine.process.kill()
+                last_steps, since = -1, now
+
     async def _restart_engine(self) -> None:
         try:
             engine = await asyncio.to_thread(EngineProcess, *self._engine_args)
@@ -296,6 +321,8 @@ class TranslatorModel(ServedModel):
         self._closing = True
         while self._jobs:  # every submitted request answered or cancelled
             await asyncio.sleep(0.01)
+        if self._watchdog is not None:  # it watched the drain too
+            self._watchdog.cancel()
         if self._restart is not None:
             await self._restart
         engine, self.engine = self.engine, None

@@ -1,5 +1,5 @@
 """The served translator's engine process (`serving/models/translator_engine.py`): requests in
-flight when it dies fail with the INTERNAL error, the model is not ready and answers
+flight when it dies or stalls fail with the INTERNAL error, the model is not ready and answers
 UNAVAILABLE (retry) while a new engine starts, then serves again; a version the engine cannot
 load is unavailable with the reason."""
 
@@ -26,9 +26,11 @@ from serving.settings import Device, FallbackPolicy, Settings
 LONG = "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig"
 
 
-async def _kill_engine_mid_flight(repository: Path) -> None:
+async def _break_engine_mid_flight(repository: Path, sig: signal.Signals, stall_s: float
+                                  ) -> None:
     changes: list[str] = []  # what the server's health service is told
-    repo = ModelRepository(repository, Settings(model_repository=repository), changes.append)
+    settings = Settings(model_repository=repository, engine_stall_secs=stall_s)
+    repo = ModelRepository(repository, settings, changes.append)
     await repo.load("translator")
     model = repo.get("translator", "")
     try:
@@ -37,9 +39,9 @@ async def _kill_engine_mid_flight(repository: Path) -> None:
         in_flight = asyncio.gather(model.translate(
             [model.prepare(LONG, beam_size=4, max_length=60) for _ in range(8)]))
         await asyncio.sleep(0)  # submitted to the engine
-        os.kill(first, signal.SIGKILL)
+        os.kill(first, sig)
         with pytest.raises(InferenceError):
-            await in_flight
+            await asyncio.wait_for(in_flight, 30)
         with pytest.raises(ModelNotReady, match="is restarting"):
             await model.translate([model.prepare("eins", beam_size=1)])
         # Not ready meanwhile: health, ModelReady and RepositoryIndex say why.
@@ -62,9 +64,13 @@ async def _kill_engine_mid_flight(repository: Path) -> None:
         await repo.close()
 
 
-def test_requests_in_flight_fail_when_the_engine_dies_and_a_new_one_serves(
-        tiny_repository: Path) -> None:
-    asyncio.run(_kill_engine_mid_flight(tiny_repository))
+@pytest.mark.parametrize(("sig", "stall_s"), [
+    (signal.SIGKILL, 60.0),  # it dies
+    (signal.SIGSTOP, 1.0),  # it lives, holding the requests, and steps no more: the watchdog
+])
+def test_requests_in_flight_fail_when_the_engine_dies_or_stalls_and_a_new_one_serves(
+        tiny_repository: Path, sig: signal.Signals, stall_s: float) -> None:
+    asyncio.run(_break_engine_mid_flight(tiny_repository, sig, stall_s))
 
 
 def test_a_version_the_engine_cannot_load_is_unavailable_with_the_reason(
@@ -100,3 +106,4 @@ def test_the_translator_follows_the_device_and_its_fallback_policy(
     assert translator.model.providers == ["CPUExecutionProvider"]
     assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
         "asked for CUDAExecutionProvider, the session got CPUExecutionProvider"] * 2
+
