@@ -129,19 +129,25 @@ class ModelCollector(Collector):
 
     @staticmethod
     def _engine_usage(models: list[ServedModel]) -> Iterable[Metric]:
-        """CPU and memory of the models' own processes (the process collector's series only
-        cover the server's)."""
+        """CPU, memory and restarts of the models' own processes (the process collector's
+        series only cover the server's)."""
         cpu = CounterMetricFamily("seqserve_engine_cpu_seconds",
                                   "CPU time of a model's engine process", labels=LABELS)
         memory = GaugeMetricFamily("seqserve_engine_resident_memory_bytes",
                                    "Resident memory of a model's engine process", labels=LABELS)
+        restarts = CounterMetricFamily("seqserve_engine_restarts",
+                                       "Restarts of a model's engine process, by reason "
+                                       "(exited, stalled)", labels=[*LABELS, "reason"])
         for m in models:
             usage = process_usage(m.engine_pid) if m.engine_pid else None
             if usage is not None:
                 cpu.add_metric([m.name, str(m.version)], usage[0])
                 memory.add_metric([m.name, str(m.version)], usage[1])
+            for reason, count in (m.engine_restarts or {}).items():
+                restarts.add_metric([m.name, str(m.version), reason], count)
         yield cpu
         yield memory
+        yield restarts
 
     @staticmethod
     def _gauge(name: str, doc: str, models: list[ServedModel],

@@ -149,6 +149,12 @@ class ServedModel(ABC):
         return None
 
     @property
+    def engine_restarts(self) -> dict[str, int] | None:
+        """How often the model's own process was restarted, by reason ("exited": it died;
+        "stalled": it held requests but made no progress), or None when it has none."""
+        return None
+
+    @property
     def queue_capacity(self) -> int:
         return 0
 

@@ -100,6 +100,8 @@ class TranslatorModel(ServedModel):
         self._engine_state = "is restarting"  # what UNAVAILABLE says while there is none
         self._stall_s = settings.engine_stall_secs
         self._watchdog: asyncio.Task | None = None
+        self._stalled_pid: int | None = None  # the engine the watchdog killed
+        self._restarts = {"exited": 0, "stalled": 0}
 
     def start(self) -> None:
         metrics.announce(self)
@@ -122,6 +124,10 @@ class TranslatorModel(ServedModel):
     @property
     def engine_pid(self) -> int | None:
         return self.engine.process.pid if self.engine else None
+
+    @property
+    def engine_restarts(self) -> dict[str, int]:
+        return self._restarts
 
     @property
     def queue_size(self) -> int:
@@ -232,6 +238,8 @@ class TranslatorModel(ServedModel):
                   "new engine starts", self.name, self.version, engine.gone, len(lost))
         self._fail(lost)
         if not self._closing:
+            self._restarts["stalled" if engine.process.pid == self._stalled_pid
+                           else "exited"] += 1
             self._engine_state = "is restarting"
             self._restart = asyncio.ensure_future(self._restart_engine())
             self.availability_changed()
@@ -254,6 +262,7 @@ class TranslatorModel(ServedModel):
                 log.error("model '%s' version %d: engine process %d ran no decoder step in "
                           "%.0f s with %d request(s) in flight; killing it", self.name,
                           self.version, engine.process.pid, now - since, len(self._jobs))
+                self._stalled_pid = engine.process.pid
                 engine.process.kill()
                 last_steps, since = -1, now
 

@@ -8,7 +8,7 @@ from tests.deploy.conftest import PROMETHEUS_DIR, metric_names, rule_exprs, run,
 from tests.serving.v2 import scrape
 
 ALERTS = {"SeqserveDown", "SeqserveHighP99Latency", "SeqserveHighErrorRatio",
-          "SeqserveModelNotReady", "SeqserveQueueSaturated"}
+          "SeqserveModelNotReady", "SeqserveQueueSaturated", "SeqserveEngineRestarted"}
 
 
 def test_config_and_rules_check() -> None:
@@ -48,6 +48,7 @@ def test_the_issue_alerts_use_the_named_series() -> None:
     assert selected("SeqserveModelNotReady") == {"seqserve_model_ready"}
     assert selected("SeqserveQueueSaturated") == {"seqserve_queue_size",
                                                   "seqserve_queue_capacity"}
+    assert selected("SeqserveEngineRestarted") == {"seqserve_engine_restarts_total"}
 
 
 def test_rules_select_only_exported_series(served: ServerProcess) -> None:

@@ -26,8 +26,8 @@ from serving.settings import Device, FallbackPolicy, Settings
 LONG = "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig"
 
 
-async def _break_engine_mid_flight(repository: Path, sig: signal.Signals, stall_s: float
-                                  ) -> None:
+async def _break_engine_mid_flight(repository: Path, sig: signal.Signals, stall_s: float,
+                                  cause: str) -> None:
     changes: list[str] = []  # what the server's health service is told
     settings = Settings(model_repository=repository, engine_stall_secs=stall_s)
     repo = ModelRepository(repository, settings, changes.append)
@@ -56,6 +56,7 @@ async def _break_engine_mid_flight(repository: Path, sig: signal.Signals, stall_
             assert time.monotonic() < deadline, "no new engine"
             await asyncio.sleep(0.05)
         assert model.engine.process.pid != first
+        assert model.engine_restarts == {"exited": 0, "stalled": 0, cause: 1}
         assert repo.is_ready("translator") and repo.get("translator", "1") is model
         assert changes == ["translator"]  # told once it is back
         [again] = await model.translate([model.prepare(LONG, beam_size=1)])
@@ -64,13 +65,13 @@ async def _break_engine_mid_flight(repository: Path, sig: signal.Signals, stall_
         await repo.close()
 
 
-@pytest.mark.parametrize(("sig", "stall_s"), [
-    (signal.SIGKILL, 60.0),  # it dies
-    (signal.SIGSTOP, 1.0),  # it lives, holding the requests, and steps no more: the watchdog
+@pytest.mark.parametrize(("sig", "stall_s", "cause"), [
+    (signal.SIGKILL, 60.0, "exited"),  # it dies
+    (signal.SIGSTOP, 1.0, "stalled"),  # it lives, holding the requests, stepping no more
 ])
 def test_requests_in_flight_fail_when_the_engine_dies_or_stalls_and_a_new_one_serves(
-        tiny_repository: Path, sig: signal.Signals, stall_s: float) -> None:
-    asyncio.run(_break_engine_mid_flight(tiny_repository, sig, stall_s))
+        tiny_repository: Path, sig: signal.Signals, stall_s: float, cause: str) -> None:
+    asyncio.run(_break_engine_mid_flight(tiny_repository, sig, stall_s, cause))
 
 
 def test_a_version_the_engine_cannot_load_is_unavailable_with_the_reason(
