@@ -60,7 +60,9 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
                         ) -> pb.TranslateResponse:
         async def call(model: ServedModel) -> list[TranslationResult]:
             translator = _translator(model)
-            return await translator.translate(_prepare(translator, request))
+            # The deadline bounds the wait for decoder rows too, as V2's timeout does.
+            return await translator.translate(_prepare(translator, request),
+                                              context.time_remaining())
 
         model, results = await self._dp.run(request.model_name, request.model_version, call)
         return pb.TranslateResponse(model_name=model.name, model_version=str(model.version),
