@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,7 +29,13 @@ import numpy as np
 
 from protos.inference import model_config_pb2 as mc
 from serving import metrics
-from serving.errors import DeadlineExceeded, InferenceError, InvalidInput, ModelNotReady
+from serving.errors import (
+    DeadlineExceeded,
+    InferenceError,
+    InvalidInput,
+    ModelNotReady,
+    QueueFull,
+)
 from serving.models.base import InferRequest, ServedModel
 from serving.models.onnx_model import ModelLoadError
 from serving.models.translator_engine import EngineGone, EngineProcess
@@ -88,6 +94,9 @@ class TranslatorModel(ServedModel):
         except (SpecError, OSError) as err:
             raise ModelLoadError(str(err)) from err
         self.max_rows = self.requests.spec.max_batch_size or 64
+        # config.pbtxt `dynamic_batching { default_queue_policy { max_queue_size } }`: requests
+        # allowed to wait for decoder rows (0 = unbounded, Triton's default).
+        self.max_queue = config.dynamic_batching.default_queue_policy.max_queue_size
         self._engine_args = (version_dir, config, settings, self.max_rows, f"{name}-{version}")
         self.engine: EngineProcess | None = EngineProcess(*self._engine_args)
         log.info("model '%s' version %d: engine process %d on %s", name, version,
@@ -133,6 +142,21 @@ class TranslatorModel(ServedModel):
     def queue_size(self) -> int:
         """Requests not decoding yet: waiting to be encoded, or for free rows."""
         return self.engine.counters[WAITING] if self.engine else 0
+
+    @property
+    def queue_capacity(self) -> int:
+        return self.max_queue
+
+    def _waiting(self, new: Sequence[DecodeRequest]) -> int:
+        """Requests that would wait for decoder rows with `new` added: those in flight beyond
+        what the decode batch holds, in arrival order (the engine admits first come, first
+        served). Counted here, not read from the engine, so that a burst is judged before the
+        engine has seen it."""
+        rows, waiting = 0, 0
+        for request in itertools.chain((j.request for j in self._jobs.values()), new):
+            rows += request.beam_size
+            waiting += rows > self.max_rows
+        return waiting
 
     # -- the API the adapters use ------------------------------------------------------------
 
@@ -188,6 +212,9 @@ class TranslatorModel(ServedModel):
             raise ModelNotReady(f"model '{self.name}' is unloading")
         if self.engine is None:
             raise ModelNotReady(f"model '{self.name}': its engine process {self._engine_state}")
+        if self.max_queue and self._waiting(requests) > self.max_queue:
+            raise QueueFull(f"model '{self.name}': queue full ({self.max_queue} requests "
+                            "waiting for decoder rows); retry after a back-off")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         deadline = now + timeout_s if timeout_s else None

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from serving.errors import InferenceError, ModelNotReady
+from serving.errors import InferenceError, ModelNotReady, QueueFull
 from serving.models.onnx_model import ModelLoadError
 from serving.models.translator_engine import load_translator
 from serving.repository import ModelRepository, read_config
@@ -108,3 +108,33 @@ def test_the_translator_follows_the_device_and_its_fallback_policy(
     assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
         "asked for CUDAExecutionProvider, the session got CPUExecutionProvider"] * 2
 
+
+
+async def _fill_the_queue(repository: Path) -> None:
+    repo = ModelRepository(repository, Settings(model_repository=repository))
+    await repo.load("translator")
+    model = repo.get("translator", "")
+    try:
+        assert (model.max_rows, model.queue_capacity) == (8, 2)
+        held = [asyncio.ensure_future(model.translate(
+            [model.prepare(LONG, beam_size=4, max_length=60)])) for _ in range(4)]
+        await asyncio.sleep(0)  # 2 decode (8 rows), 2 wait: the queue is full
+        with pytest.raises(QueueFull, match="queue full"):
+            await model.translate([model.prepare("eins", beam_size=1)])
+        results = await asyncio.gather(*held)
+        assert all(r[0].text for r in results)
+        [after] = await model.translate([model.prepare("eins", beam_size=1)])  # room again
+        assert after.text
+    finally:
+        await repo.close()
+
+
+def test_a_full_translator_queue_rejects_at_once(tiny_repository: Path, tmp_path: Path) -> None:
+    """`max_queue_size` bounds the requests waiting for decoder rows (here 8 rows and 2
+    places); more are refused with QueueFull (RESOURCE_EXHAUSTED), not queued."""
+    repository = tmp_path / "repo"
+    shutil.copytree(tiny_repository, repository)
+    config = repository / "translator" / "config.pbtxt"
+    text = config.read_text().replace("max_batch_size: 64", "max_batch_size: 8")
+    config.write_text(text + "dynamic_batching { default_queue_policy { max_queue_size: 2 } }\n")
+    asyncio.run(_fill_the_queue(repository))
