@@ -191,3 +191,30 @@ def test_bench_train_sweep_summarizes_each_run_and_keeps_failures(tmp_path: Path
     assert lines["b"]["flags"] == "--seed 1 --label-smoothing 0.2"
     assert lines["bad"]["rc"] == 2 and "bleu" not in lines["bad"]
     assert "max_source_tokens 999" in (out / "bad.log").read_text()
+
+
+def test_bench_gpu_dry_run_compares_devices_and_serves(tmp_path: Path,
+                                                       tiny_repository: Path) -> None:
+    """`bench/gpu.py --cpu-only`: the GPU check's every stage runs (its "cuda" side on the CPU
+    provider, the translator's cache binding forced), so the script a GPU session relies on
+    does not rot between loans."""
+    out = tmp_path / "gpu.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--cpu-only", "--model-repository",
+         str(tiny_repository), "--translator", str(tiny_repository / "translator" / "1"),
+         "--repeats", "6", "--clients", "2", "--seconds", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["onnx_models"]) == {"forecaster_gru", "forecaster_lstm"}
+    assert all(r["max_abs_diff_b64"] == 0.0 for r in report["onnx_models"].values())
+    for result in report["translators"].values():
+        assert result["io_binding"] == {"cpu": False, "cuda": True, "cuda_run": False}
+        for beam in (1, 4):
+            assert result[f"same_text_beam{beam}"] == {"cuda": 64, "cuda_run": 64}
+        assert set(result["decoder_step_ms"]) == {"R1", "R8", "R64"}
+    [load] = report["served_load"].values()
+    assert load["cpu"]["requests_per_s"] > 0 and load["cuda"]["exit_code"] == 0
+    server = report["server"]
+    assert server["exit_code"] == 0 and server["translator"] == {"same_text": 8, "sentences": 8}
+    assert len(server["providers_logged"]) == 3
