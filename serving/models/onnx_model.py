@@ -79,8 +79,10 @@ def providers_for(config: mc.ModelConfig, settings: Settings) -> tuple[list[str]
         ort.preload_dlls()
     wanted, available = PROVIDERS[device], ort.get_available_providers()
     if wanted[0] not in available and settings.device_fallback is FallbackPolicy.FAIL:
+        hint = ("; for CUDA install onnxruntime-gpu (pip install 'seqserve[serve-gpu]') "
+                "instead of onnxruntime" if device is Device.CUDA else "")
         raise ModelLoadError(f"{wanted[0]} is not available in this onnxruntime build "
-                             f"(available: {', '.join(available)})")
+                             f"(available: {', '.join(available)}){hint}")
     return wanted, [p for p in wanted if p in available]
 
 

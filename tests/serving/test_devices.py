@@ -46,8 +46,9 @@ def _settings(device: Device, fallback: FallbackPolicy = FallbackPolicy.FAIL) ->
 ])
 def test_cuda_that_is_not_there_fails_the_load_by_default(model_file: Path, kind: int,
                                                           device: Device) -> None:
-    with pytest.raises(ModelLoadError, match="CUDAExecutionProvider is not available"):
+    with pytest.raises(ModelLoadError, match="CUDAExecutionProvider is not available") as err:
         create_session(model_file, _config(kind), _settings(device))
+    assert "seqserve[serve-gpu]" in str(err.value)  # what to do about it
 
 
 @needs_cpu_only_build
