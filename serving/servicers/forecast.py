@@ -68,8 +68,10 @@ class ForecasterServicer(pb_grpc.ForecasterServicer):
         step = model.max_batch_size or 1
         chunks = [{n: a[i:i + step] for n, a in prepared.inputs.items()}
                   for i in range(0, len(request.windows), step)]
+        timeout = context.time_remaining()  # the deadline bounds the queue wait, as in V2
         results = await asyncio.gather(*(
-            self._dp.infer(model.name, version, InferRequest(inputs=c)) for c in chunks))
+            self._dp.infer(model.name, version, InferRequest(inputs=c, timeout_s=timeout))
+            for c in chunks))
         forecast = np.concatenate([out["forecast"] for _, out in results])  # [B, H, F_out]
         quantiles = (np.concatenate([out["quantiles"] for _, out in results])  # [B,H,F_out,Q]
                      if levels and "quantiles" in results[0][1] else None)
