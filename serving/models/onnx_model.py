@@ -74,6 +74,10 @@ def providers_for(config: mc.ModelConfig, settings: Settings) -> tuple[list[str]
     LD_LIBRARY_PATH is needed."""
     global _cuda_preloaded
     device = device_for(config, settings)
+    if device is not settings.device:
+        log.warning("model '%s': its config.pbtxt pins instance_group kind %s, so it runs on "
+                    "%s, not on --device %s", config.name, "KIND_GPU" if device is Device.CUDA
+                    else "KIND_CPU", device.value, settings.device.value)
     if device is Device.CUDA and not _cuda_preloaded and hasattr(ort, "preload_dlls"):
         _cuda_preloaded = True
         ort.preload_dlls()

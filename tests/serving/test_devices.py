@@ -63,10 +63,15 @@ def test_warn_policy_loads_on_cpu_and_says_so(model_file: Path,
         record.getMessage()
 
 
-def test_kind_cpu_pins_a_model_to_the_cpu_whatever_the_device(model_file: Path) -> None:
-    session = create_session(model_file, _config(mc.ModelInstanceGroup.KIND_CPU),
-                             _settings(Device.CUDA))
+def test_kind_cpu_pins_a_model_to_the_cpu_whatever_the_device(
+        model_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="serving.models.onnx_model"):
+        session = create_session(model_file, _config(mc.ModelInstanceGroup.KIND_CPU),
+                                 _settings(Device.CUDA))
     assert session.get_providers() == ["CPUExecutionProvider"]
+    [record] = caplog.records  # said, since --device asked for something else
+    assert "pins instance_group kind KIND_CPU, so it runs on cpu, not on --device cuda" in \
+        record.getMessage()
 
 
 def test_run_bound_answers_as_run_does(model_file: Path) -> None:
