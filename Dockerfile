@@ -21,16 +21,26 @@ ARG PIP_FIND_LINKS
 ARG PIP_NO_INDEX
 # grpcio-tools must match grpcio (pyproject.toml pins both; tests/deploy checks they agree).
 ARG GRPCIO_TOOLS=grpcio-tools==1.85.1
+ARG PYBIND11=pybind11==3.0.1
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
+# The native front end's build dependencies (serving/native/deps.sh), from bookworm. Not pinned:
+# the base tag fixes the release, and the archive drops superseded versions.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ make pkg-config libgrpc++-dev \
+      libprotobuf-dev protobuf-compiler \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# The generated *_pb2 modules are build outputs, never in the context: generate them with a
-# throw-away venv, then install seqserve (non-editable) with the CPU runtime only.
+# The generated *_pb2 modules and the native front end are build outputs, never in the context:
+# build them with a throw-away venv, then install seqserve (non-editable, the front end's .so
+# as package data) with the CPU runtime only.
 RUN python3 -m venv /opt/protoc \
- && /opt/protoc/bin/pip install "${GRPCIO_TOOLS}" \
+ && /opt/protoc/bin/pip install "${GRPCIO_TOOLS}" "${PYBIND11}" \
  && /opt/protoc/bin/python -m protos.generate \
+ && make -j2 serving/native/_frontend.so PY=/opt/protoc/bin/python \
  && python3 -m venv /opt/seqserve \
  && /opt/seqserve/bin/pip install ".[serve-cpu]" \
  && /opt/seqserve/bin/pip check
@@ -64,7 +74,12 @@ CMD ["build-repository", "--repository", "/models"]
 
 # ---- serving-base: the runtime, without models ---------------------------------------------
 FROM ${BASE_IMAGE} AS serving-base
-RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+# The native front end's runtime libraries (gRPC C++ and protobuf, as it was built against).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgrpc++1.51 libprotobuf32 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin seqserve \
  && mkdir /models && chown seqserve:seqserve /models
 COPY --from=build /opt/seqserve /opt/seqserve

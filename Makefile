@@ -15,7 +15,7 @@ PROTOS := $(shell find protos -name '*.proto')
 export OMP_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install protos repository serve test lint tools clean
+.PHONY: help install protos native repository serve test lint tools clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,13 +27,48 @@ $(STAMPS)/venv: pyproject.toml
 	$(PY) -m pip install -q --no-compile -e '.[serve-cpu,train,dev]'
 	mkdir -p $(STAMPS) && touch $@
 
-install: $(STAMPS)/venv protos  ## create .venv and install everything
+install: $(STAMPS)/venv protos native  ## create .venv and install everything
 
 $(STAMPS)/protos: $(STAMPS)/venv $(PROTOS) protos/generate.py
 	$(PY) -m protos.generate
 	touch $@
 
 protos: $(STAMPS)/protos  ## generate the Python gRPC modules from protos/
+
+# The native gRPC front end (serving/native): a C++ extension module over Debian's gRPC. Its
+# build dependencies come from apt (serving/native/deps.sh) and pybind11 from the venv; the
+# objects build in parallel.
+NATIVE_SO := serving/native/_frontend.so
+NATIVE_DIR := build/native
+NATIVE_GEN := $(NATIVE_DIR)/inference/grpc_service.pb.cc $(NATIVE_DIR)/inference/model_config.pb.cc
+NATIVE_OBJ := $(patsubst %.cc,$(NATIVE_DIR)/%.o,$(wildcard serving/native/*.cc)) \
+	$(NATIVE_GEN:.cc=.o)
+NATIVE_CXXFLAGS = -O2 -std=c++17 -fPIC -fvisibility=hidden -Wall -I$(NATIVE_DIR) \
+	$$($(PY) -m pybind11 --includes) \
+	$$(pkg-config --cflags grpc++ protobuf)
+
+native: $(STAMPS)/venv $(STAMPS)/native-deps  ## build the native gRPC front end
+	$(MAKE) -j2 --no-print-directory $(NATIVE_SO)
+
+$(STAMPS)/native-deps: serving/native/deps.sh
+	bash serving/native/deps.sh
+	mkdir -p $(STAMPS) && touch $@
+
+$(NATIVE_DIR)/inference/%.pb.cc $(NATIVE_DIR)/inference/%.pb.h: protos/inference/%.proto
+	mkdir -p $(NATIVE_DIR)
+	protoc -Iprotos --cpp_out=$(NATIVE_DIR) protos/inference/$*.proto
+
+$(NATIVE_DIR)/serving/native/%.o: serving/native/%.cc serving/native/*.h $(NATIVE_GEN)
+	mkdir -p $(@D)
+	$(CXX) $(NATIVE_CXXFLAGS) -c $< -o $@
+
+$(NATIVE_DIR)/inference/%.o: $(NATIVE_DIR)/inference/%.cc $(NATIVE_GEN)
+	$(CXX) $(NATIVE_CXXFLAGS) -c $< -o $@
+
+.SECONDARY: $(NATIVE_GEN)
+
+$(NATIVE_SO): $(NATIVE_OBJ)
+	$(CXX) -shared $^ -o $@ $$(pkg-config --libs grpc++ protobuf)
 
 repository: install  ## build the default model repository if models are missing
 	$(VENV)/bin/seqserve build-repository --repository $(REPO) --preset $(PRESET)
@@ -55,5 +90,5 @@ image-test: install  ## opt-in: build the CPU image with podman and run it (minu
 	bash deploy/image-test.sh
 
 clean:  ## remove build outputs (keeps .venv and .tools)
-	rm -rf $(STAMPS)/protos .pytest_cache .ruff_cache
+	rm -rf $(STAMPS)/protos .pytest_cache .ruff_cache $(NATIVE_DIR) $(NATIVE_SO)
 	find protos -name '*_pb2*.py*' -delete

@@ -12,10 +12,11 @@ In one run, on one machine:
    (bench/loadgen.py), with dynamic batching as configured and with it removed from the config
    ("batching off": same server, same file, a second model name); the average batch size
    comes from the server's nv_inference_count / nv_inference_exec_count;
-4. worker processes (`--workers 1,2`): servers with 1 and 2 worker processes
-   (`seqserve serve --workers N`), the first load generator with one connection per client
-   (the kernel spreads connections over the workers, not requests), repeats interleaved, the
-   ratio to 1 worker per repeat;
+4. front ends (`--frontends python,native`) and worker processes (`--workers 1,2`), each a
+   side-by-side of servers started once (`seqserve serve --frontend F`, `--workers N`), the
+   first load generator with one connection per client (the kernel spreads connections over
+   workers, not requests), repeats interleaved, the ratio to the first per repeat; the last
+   front end named serves every other measurement;
 5. the gRPC floor: the same load against bench/floor_server.py, a grpc.aio server that answers
    with zeros and computes nothing, so served latency splits into transport (the floor),
    seqserve's own work, and onnxruntime.
@@ -169,7 +170,8 @@ def _unbatched_copy(model_dir: Path, dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def server(repo: Path, workdir: Path, workers: int = 1) -> Iterator[dict]:
+def server(repo: Path, workdir: Path, workers: int = 1, frontend: str = "python"
+           ) -> Iterator[dict]:
     """A real `seqserve serve` process on free loopback ports, until health says SERVING
     (and, with workers, until the merged /metrics counts them all).
 
@@ -194,7 +196,7 @@ def server(repo: Path, workdir: Path, workers: int = 1) -> Iterator[dict]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "seqserve", "serve", "--model-repository", str(repo),
              "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-             "--workers", str(workers)],
+             "--workers", str(workers), "--frontend", frontend],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         target = f"127.0.0.1:{grpc_port}"
         metrics = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -244,13 +246,13 @@ def loadgen(target: str, model: str, concurrency: int, seconds: float,
 
 
 def served(model_dir: Path, concurrencies: list[int], window_ms: int, generators: list[str],
-           workdir: Path) -> dict:
+           workdir: Path, frontend: str) -> dict:
     repo = workdir / "repository"
     shutil.copytree(model_dir, repo / model_dir.name)
     nobatch = model_dir.name + "_nobatch"
     _unbatched_copy(model_dir, repo / nobatch)
-    results: dict = {}
-    with server(repo, workdir) as srv:
+    results: dict = {"frontend": frontend}
+    with server(repo, workdir, frontend=frontend) as srv:
         for name, label in ((model_dir.name, "batching_on"), (nobatch, "batching_off")):
             for gen in generators:
                 results.setdefault(gen, {}).setdefault(label, {})
@@ -271,33 +273,37 @@ def served(model_dir: Path, concurrencies: list[int], window_ms: int, generators
     return results
 
 
-def workers(model_dir: Path, counts: list[int], concurrencies: list[int], seconds: float,
-            repeats: int, generator: str, workdir: Path) -> dict:
-    """Servers with 1, 2, ... worker processes, all started once, measured in turn (repeats
-    interleaved) by `generator` with one connection per client."""
-    repo = workdir / "repository-workers"
-    shutil.copytree(model_dir, repo / model_dir.name)
-    runs: dict = {n: {c: [] for c in concurrencies} for n in counts}
+def side_by_side(model_dir: Path, variants: dict[str, dict], concurrencies: list[int],
+                 seconds: float, repeats: int, generator: str, workdir: Path) -> dict:
+    """Servers in several variants (`server()` keyword arguments: workers, frontend), all
+    started once, measured in turn (repeats interleaved) by `generator` with one connection per
+    client (the kernel spreads connections over workers, not requests); the ratio of each
+    variant to the first, per repeat, then the median."""
+    repo = workdir / "repository-variants"
+    if not repo.exists():
+        shutil.copytree(model_dir, repo / model_dir.name)
+    runs: dict = {v: {c: [] for c in concurrencies} for v in variants}
     with contextlib.ExitStack() as stack:
-        servers = {n: stack.enter_context(server(repo, workdir, n)) for n in counts}
+        servers = {v: stack.enter_context(server(repo, workdir, **kw))
+                   for v, kw in variants.items()}
         for r in range(repeats):
             for c in concurrencies:
-                for n in counts:
-                    target = servers[n]["target"]
+                for v in variants:
+                    target = servers[v]["target"]
                     res = (perf_analyzer(target, model_dir.name, c, int(seconds * 1e3),
-                                         workdir / f"workers-{n}-{c}-{r}.csv",
+                                         workdir / f"variant-{v}-{c}-{r}.csv",
                                          own_connections=True)
                            if generator == "perf_analyzer"
                            else loadgen(target, model_dir.name, c, seconds, connections=c))
-                    runs[n][c].append(res["inferences_per_s"])
-                    print(f"  repeat {r} c={c:<3d} workers {n}: {res['inferences_per_s']:8.0f}/s "
+                    runs[v][c].append(res["inferences_per_s"])
+                    print(f"  repeat {r} c={c:<3d} {v:>10s}: {res['inferences_per_s']:8.0f}/s "
                           f"p50 {res['p50_ms']:.3f} ms", flush=True)
     out: dict = {"per_s": runs, "median_per_s": {
-        n: {c: statistics.median(v) for c, v in by_c.items()} for n, by_c in runs.items()}}
-    base = counts[0]
+        v: {c: statistics.median(x) for c, x in by_c.items()} for v, by_c in runs.items()}}
+    base = next(iter(variants))
     out["ratio_to_first"] = {  # per repeat, same window order, then the median
-        n: {c: statistics.median(a / b for a, b in zip(runs[n][c], runs[base][c], strict=True))
-            for c in concurrencies} for n in counts[1:]}
+        v: {c: statistics.median(a / b for a, b in zip(runs[v][c], runs[base][c], strict=True))
+            for c in concurrencies} for v in list(variants)[1:]}
     return out
 
 
@@ -400,17 +406,26 @@ def run(args: argparse.Namespace) -> int:
         boot = startup(repository, Path(tmp), args.startup_repeats)
         print(f"  ready in {boot['ready_s']:.2f} s, {boot['rss_mib']:.0f} MiB resident "
               f"({', '.join(boot['models'])})")
-        print("served (batch-1 requests):")
-        serving = served(model_dir, concurrencies, args.window_ms, generators, Path(tmp))
+        frontends = [f for f in args.frontends.split(",") if f]
+        print(f"served (batch-1 requests, {frontends[-1]} front end):")
+        serving = served(model_dir, concurrencies, args.window_ms, generators, Path(tmp),
+                         frontends[-1])
+        compared = None
+        if len(frontends) > 1:
+            print(f"front ends {frontends} ({generators[0]}, one connection per client):")
+            compared = side_by_side(model_dir, {f: {"frontend": f} for f in frontends},
+                                    concurrencies, args.window_ms / 1e3, args.worker_repeats,
+                                    generators[0], Path(tmp))
         scaling = None
         worker_counts = [int(n) for n in args.workers.split(",") if n]
         if len(worker_counts) > 1:
             print(f"worker processes {worker_counts} ({generators[0]}, one connection per "
-                  "client):")
-            scaling = workers(model_dir, worker_counts,
-                              [c for c in concurrencies if c >= 2] or concurrencies,
-                              args.window_ms / 1e3, args.worker_repeats, generators[0],
-                              Path(tmp))
+                  f"client, {frontends[-1]} front end):")
+            scaling = side_by_side(
+                model_dir, {str(n): {"workers": n, "frontend": frontends[-1]}
+                            for n in worker_counts},
+                [c for c in concurrencies if c >= 2] or concurrencies, args.window_ms / 1e3,
+                args.worker_repeats, generators[0], Path(tmp))
         print("gRPC floor (bench/floor_server.py: grpc.aio, computes nothing):")
         grpc_floor = floor(model_dir, concurrencies, args.window_ms, generators[0], Path(tmp))
     main = serving[generators[0]]
@@ -429,6 +444,10 @@ def run(args: argparse.Namespace) -> int:
         - ceiling[1]["latency_ms"] if 1 in on else None,
         "floor_throughput_c8": grpc_floor[8]["inferences_per_s"] if 8 in grpc_floor else None,
         "ready_s": boot["ready_s"], "rss_mib": boot["rss_mib"],
+        "frontend": frontends[-1],
+        "frontend_ratio": compared["ratio_to_first"] if compared else None,
+        "frontend_throughput_c8": {f: by_c.get(8) for f, by_c in
+                                   compared["median_per_s"].items()} if compared else None,
         "workers_ratio": scaling["ratio_to_first"] if scaling else None,
         "workers_throughput_c8": {n: by_c.get(8) for n, by_c in scaling["median_per_s"].items()}
         if scaling else None,
@@ -438,7 +457,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"suite": "serving", "model": args.model, "machine": machine(),
               "settings": vars(args) | {"handler": None}, "in_process": ceiling,
               "startup": boot, "served": serving, "grpc_floor": grpc_floor,
-              "workers": scaling,
+              "frontends": compared, "workers": scaling,
               "summary": summary,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out_dir = Path(args.results_dir)
@@ -465,10 +484,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="in-process seconds/repeat")
     parser.add_argument("--startup-repeats", type=int, default=3,
                         help="server starts to time (median)")
+    parser.add_argument("--frontends", default="python,native",
+                        help="front ends to compare side by side (`serve --frontend`); the "
+                        "last one serves the other measurements")
     parser.add_argument("--workers", default="1,2",
                         help="worker process counts to compare (`serve --workers`); "
                         "one value skips the comparison")
     parser.add_argument("--worker-repeats", type=int, default=3,
-                        help="interleaved repeats of the workers comparison")
+                        help="interleaved repeats of the front-end and workers comparisons")
     parser.add_argument("--results-dir", default=str(ROOT / "bench" / "results"),
                         help="where the JSON and PNG go")

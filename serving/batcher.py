@@ -184,7 +184,7 @@ class Batcher:
         start = self._loop.time()
         for p in batch:
             p.queue_ns = int((start - p.enqueued) * 1e9)
-            self._stats.queue.add(p.queue_ns)
+            self._stats.record_queue(p.queue_ns)
             self._on_queued(p.queue_ns / 1e9)
         sizes = [p.size for p in batch]
         done = self._pool.submit(self._run_batch, [p.inputs for p in batch], sizes, instance)

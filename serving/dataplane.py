@@ -124,7 +124,7 @@ class DataPlane:
     @contextmanager
     def _accounted(self, model: ServedModel, start_ns: int) -> Iterator[None]:
         stats = model.stats
-        stats.pending += 1
+        stats.add_pending(1)
         reason: FailureReason | None = None
         try:
             yield
@@ -138,7 +138,7 @@ class DataPlane:
             reason = FailureReason.OTHER
             raise
         finally:
-            stats.pending -= 1
+            stats.add_pending(-1)
             elapsed = time.perf_counter_ns() - start_ns
             if reason is None:
                 stats.record_success(elapsed)

@@ -84,7 +84,7 @@ def triton_families(models: list[ServedModel]) -> Iterable[Metric]:
     yield ModelCollector._gauge(
         "nv_inference_pending_request_count",
         "Instantaneous number of pending requests awaiting execution",
-        models, lambda m: m.stats.pending)
+        models, lambda m: m.pending)
 
 
 def _escape(value: str) -> str:
@@ -125,6 +125,13 @@ class ModelCollector(Collector):
                              1.0 if is_ready else 0.0)
         yield ready
         yield self._batch_histogram(models)
+        fast = CounterMetricFamily(
+            "seqserve_native_requests", "ModelInfer requests the native front end ran itself "
+            "(the rest of the model's requests went to the Python server)", labels=LABELS)
+        for m in models:
+            if m.fast_path_requests is not None:
+                fast.add_metric([m.name, str(m.version)], m.fast_path_requests)
+        yield fast
         yield from self._engine_usage(models)
 
     @staticmethod

@@ -19,6 +19,8 @@ from serving import metrics
 from serving.dataplane import DataPlane
 from serving.interceptors import ExceptionToStatusInterceptor
 from serving.metrics import MetricsEndpoint, ModelCollector
+from serving.native.frontend import NativeFrontend
+from serving.native.frontend import wanted as native_wanted
 from serving.peers import STATISTICS_PATH, Peers, write_status
 from serving.repository import ModelRepository, State
 from serving.runtime_check import check_single_runtime
@@ -63,6 +65,12 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # With the native front end, this process's grpc.aio server sits behind it on a
+        # private socket and answers what the C++ server forwards.
+        try:
+            self.native = NativeFrontend(settings) if native_wanted(settings) else None
+        except OSError as err:
+            raise SystemExit(f"seqserve: cannot read a TLS file: {err}") from None
         self.repository = ModelRepository(settings.model_repository, settings,
                                           on_change=self._model_changed)
         self.dataplane = DataPlane(self.repository, _version(), settings.model_control_mode)
@@ -104,6 +112,8 @@ class Server:
             self._unregister()
             raise SystemExit(f"seqserve: cannot read a TLS file: {err}") from None
         target = self.settings.grpc_target
+        if self.native is not None:  # TLS, if any, is the front end's
+            target, credentials = self.native.upstream, None
         try:
             self.port = (self.grpc.add_secure_port(target, credentials) if credentials
                          else self.grpc.add_insecure_port(target))
@@ -118,7 +128,11 @@ class Server:
                 for name, version, state, _ in self.repository.index() if version]
 
     def _model_changed(self, name: str) -> None:
-        """Per-model health: the model name is a grpc.health.v1 service name."""
+        """Per-model health: the model name is a grpc.health.v1 service name. With the native
+        front end, its fast path follows the versions that serve."""
+        if self.native is not None:
+            self.native.route(name, [self.repository.get(name, str(v))
+                                     for v in self.repository.versions(name)])
         status = SERVING if self.repository.is_ready(name) else NOT_SERVING
         task = asyncio.get_running_loop().create_task(self.health.set(name, status))
         self._background.add(task)
@@ -181,8 +195,16 @@ class Server:
 
     async def _listen(self) -> None:
         await self.grpc.start()
-        log.info("gRPC on %s:%d (%s)", self.settings.grpc_address, self.port,
-                 "TLS" if self.settings.tls_cert else "plaintext")
+        if self.native is not None:
+            try:
+                self.port = self.native.start()
+            except SystemExit:
+                await self.grpc.stop(None)
+                self._unregister()
+                raise
+        log.info("gRPC on %s:%d (%s, %s front end)", self.settings.grpc_address, self.port,
+                 "TLS" if self.settings.tls_cert else "plaintext",
+                 "native" if self.native is not None else "Python")
 
     def _report_to_supervisor(self) -> None:
         """Serve /metrics and /statistics on a loopback port and say which in the status
@@ -208,6 +230,8 @@ class Server:
         log.info("draining (grace period %.1fs)", self.settings.grace_period_secs)
         self.dataplane.start_draining()
         await self.health.enter_graceful_shutdown()
+        if self.native is not None:  # first: the calls it forwards need the server behind it
+            await asyncio.to_thread(self.native.shutdown, self.settings.grace_period_secs)
         await self.grpc.stop(self.settings.grace_period_secs)
         for task in list(self._background):
             task.cancel()

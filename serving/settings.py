@@ -32,6 +32,14 @@ class FallbackPolicy(StrEnum):
     WARN = "warn"  # the model loads on what it got, with a loud warning in the log
 
 
+class Frontend(StrEnum):
+    """What listens on the gRPC port."""
+
+    AUTO = "auto"  # native when it is built (`make native`), else python
+    NATIVE = "native"  # serving/native: ModelInfer of tensor models in C++, the rest forwarded
+    PYTHON = "python"  # grpc.aio alone
+
+
 INT32_MAX = 2**31 - 1  # tritonclient's message size limits
 
 
@@ -59,6 +67,7 @@ class Settings:
     workers: int = 1  # server processes sharing the gRPC port (serving/supervisor.py)
     reuse_port: bool = False  # set by the supervisor for its workers, never by a flag
     worker_status_file: Path | None = None  # a worker writes its loopback metrics port here
+    frontend: Frontend = Frontend.AUTO
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -111,6 +120,7 @@ class Settings:
             engine_stall_secs=ns.engine_stall_secs,
             log_level=ns.log_level,
             workers=ns.workers,
+            frontend=Frontend(ns.frontend),
         )
 
 
@@ -149,5 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("engine-stall-secs", 60.0, "restart a translator engine process that holds requests but "
         "has run no decoder step for this long (they fail; 0: never)", type=float)
     add("log-level", "INFO", "logging level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add("frontend", "auto", "what listens on the gRPC port: native (C++, ModelInfer of tensor "
+        "models batched without the interpreter; the rest forwarded to the Python server), "
+        "python, or auto (native when built)", choices=[f.value for f in Frontend])
     add("workers", 1, "server processes sharing the gRPC port (SO_REUSEPORT), each with its "
         "own copy of the models; one /metrics sums them", type=int)

@@ -1,8 +1,10 @@
 """Cumulative per-model-version statistics: the one source for ModelStatistics and for the
-Triton-named Prometheus series, so the two always agree. Updated on the event loop only."""
+Triton-named Prometheus series, so the two always agree. Updated on the event loop and, for the
+native front end's fast path, from its instance threads: every update takes the stats' lock."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -43,10 +45,16 @@ class ModelStats:
     failures: dict[FailureReason, int] = field(
         default_factory=lambda: dict.fromkeys(FailureReason, 0))
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int,
                          output_ns: int) -> None:
         """One model execution of `batch_size` elements from `requests` requests."""
+        with self.lock:
+            self._record_execution(batch_size, requests, input_ns, infer_ns, output_ns)
+
+    def _record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int,
+                          output_ns: int) -> None:
         self.execution_count += 1
         self.inference_count += batch_size
         self.last_inference_ms = time.time_ns() // 1_000_000
@@ -59,9 +67,30 @@ class ModelStats:
         b.compute_infer.add(infer_ns)
         b.compute_output.add(output_ns)
 
+    def record_batch(self, queue_ns: list[int], batch_size: int, input_ns: int, infer_ns: int,
+                     output_ns: int, durations_ns: list[int]) -> None:
+        """A whole batch of successful requests at once: their queue times, the execution,
+        their end-to-end times (the native front end's one call per batch)."""
+        with self.lock:
+            for ns in queue_ns:
+                self.queue.add(ns)
+            self._record_execution(batch_size, len(queue_ns), input_ns, infer_ns, output_ns)
+            for ns in durations_ns:
+                self.success.add(ns)
+
+    def record_queue(self, ns: int) -> None:
+        with self.lock:
+            self.queue.add(ns)
+
+    def add_pending(self, n: int) -> None:
+        with self.lock:
+            self.pending += n
+
     def record_success(self, ns: int) -> None:
-        self.success.add(ns)
+        with self.lock:
+            self.success.add(ns)
 
     def record_failure(self, ns: int, reason: FailureReason) -> None:
-        self.fail.add(ns)
-        self.failures[reason] += 1
+        with self.lock:
+            self.fail.add(ns)
+            self.failures[reason] += 1

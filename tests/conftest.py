@@ -95,13 +95,25 @@ def tool(name: str, exe: str = "python") -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def standard_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server per test module over the standard test repository (good and broken models)."""
+def native_built() -> None:
+    """Skip unless the native front end is built (`make native`, part of `make test`)."""
+    if not list((ROOT / "serving" / "native").glob("_frontend*.so")):
+        if os.environ.get("CI"):
+            pytest.fail("serving/native/_frontend.so missing: `make native` did not run")
+        pytest.skip("the native front end is not built: run `make native`")
+
+
+@pytest.fixture(scope="module", params=["python", "native"])
+def standard_server(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server per test module and front end over the standard test repository (good and
+    broken models): every contract test runs against both front ends."""
     from tests.serving.model_factory import standard_repository
 
+    if request.param == "native":
+        native_built()
     repo = standard_repository(tmp_path_factory.mktemp("std") / "model_repository")
-    srv = ServerProcess(repo)
+    srv = ServerProcess(repo, "--frontend", request.param)
     try:
         srv.wait_ready()
         yield srv

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, tool
+from tests.conftest import ROOT, native_built, tool
 from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
 
 
 def test_bench_serving_writes_results(tmp_path: Path) -> None:
+    native_built()
     tool("perf_analyzer", "perf_analyzer")
     tool("tritonclient", "python")
     repo = tmp_path / "model_repository"
@@ -44,6 +45,10 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
                 assert runs[label][c]["p50_ms"] <= runs[label][c]["p99_ms"]
         assert runs["batching_off"]["8"]["avg_batch"] == 1.0  # nothing batched when off
     assert data["served"]["tritonclient"]["batching_on"]["8"]["errors"] == 0
+    assert data["served"]["frontend"] == data["summary"]["frontend"] == "native"
+    frontends = data["frontends"]  # python and native, side by side, at c = 1 and 8
+    assert set(frontends["median_per_s"]) == {"python", "native"}
+    assert frontends["ratio_to_first"]["native"]["8"] > 0
     workers = data["workers"]  # 1 and 2 worker processes, at c = 8 only (c = 1 is skipped)
     assert set(workers["median_per_s"]) == {"1", "2"}
     assert set(workers["median_per_s"]["2"]) == {"8"} and workers["median_per_s"]["2"]["8"] > 0

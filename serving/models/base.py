@@ -137,6 +137,17 @@ class ServedModel(ABC):
         return 0
 
     @property
+    def fast_path_requests(self) -> int | None:
+        """Requests the native front end ran without the Python server, or None when the
+        version is not on its fast path."""
+        return None
+
+    @property
+    def pending(self) -> int:
+        """Requests received and not yet answered."""
+        return self.stats.pending
+
+    @property
     def unavailable(self) -> str | None:
         """Why a loaded version cannot serve for now (e.g. its engine process is restarting),
         or None. Call `availability_changed()` when it changes: health and ModelReady follow."""

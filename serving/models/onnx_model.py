@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -228,6 +230,8 @@ class OnnxModel(ServedModel):
         self._output_names = list(self.outputs)
         self._warm_up()
         self._batcher: Batcher | None = None
+        # The native front end's queue for this version (serving.native.frontend), if any.
+        self.native_queue: Any = None
 
     def _warm_up(self) -> None:
         """Run the config's `model_warmup` samples (default: one zero-filled request, variable
@@ -266,8 +270,33 @@ class OnnxModel(ServedModel):
         return dict(zip(self._output_names, results, strict=True))
 
     @property
+    def fast_path(self) -> bool:
+        """Whether the native front end may run this version's ModelInfer: fixed-size tensors
+        (no strings) and no optional inputs."""
+        specs = (*self.inputs.values(), *self.outputs.values())
+        return all(s.datatype != "BYTES" for s in specs) and not any(
+            s.optional for s in self.inputs.values())
+
+    def run_batch(self, instance: int, inputs: Tensors) -> Tensors:
+        """The native front end's runner: one batch on `instance`, outputs C-contiguous in
+        their declared datatypes."""
+        outputs = self._run(inputs, instance)
+        return {n: np.ascontiguousarray(a, dtype=DTYPES[self.outputs[n].datatype])
+                for n, a in outputs.items()}
+
+    @property
     def queue_size(self) -> int:
-        return self._batcher.queue_size if self._batcher else 0
+        native = self.native_queue.queue_size if self.native_queue is not None else 0
+        return (self._batcher.queue_size if self._batcher else 0) + native
+
+    @property
+    def fast_path_requests(self) -> int | None:
+        return self.native_queue.requests if self.native_queue is not None else None
+
+    @property
+    def pending(self) -> int:
+        native = self.native_queue.pending if self.native_queue is not None else 0
+        return self.stats.pending + native
 
     @property
     def queue_capacity(self) -> int:
@@ -285,6 +314,8 @@ class OnnxModel(ServedModel):
         return outputs
 
     async def drain_and_close(self) -> None:
+        if self.native_queue is not None:  # no longer routed there: finish what it holds
+            await asyncio.to_thread(self.native_queue.close)
         if self._batcher is not None:
             await self._batcher.close()
         self._sessions.clear()

@@ -314,7 +314,7 @@ class TranslatorModel(ServedModel):
         """Account the steps, stream their text, answer finished requests."""
         labels = metrics.QUEUE_SECONDS.labels(self.name, str(self.version))
         for ns in delivery.queued_ns:
-            self.stats.queue.add(ns)
+            self.stats.record_queue(ns)
             labels.observe(ns / 1e9)
         for rows, requests, input_ns, infer_ns in delivery.executions:
             if rows:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, native_built
 from tests.serving.model_factory import AFFINE_CONFIG, SLOW_CONFIG, add_model, affine, slow
 from tests.serving.v2 import call_error, held, outputs, request, stub
 
@@ -73,9 +74,9 @@ def _wait(predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
     raise AssertionError("condition not met in time")
 
 
-def _poll_server(repo: Path) -> ServerProcess:
+def _poll_server(repo: Path, frontend: str = "python") -> ServerProcess:
     server = ServerProcess(repo, "--model-control-mode", "poll", "--repository-poll-secs",
-                           "0.3")
+                           "0.3", "--frontend", frontend)
     try:
         server.wait_ready()
     except Exception:
@@ -84,10 +85,13 @@ def _poll_server(repo: Path) -> ServerProcess:
     return server
 
 
-def test_poll_mode_picks_up_versions_and_removals(tmp_path: Path) -> None:
+@pytest.mark.parametrize("frontend", ["python", "native"])
+def test_poll_mode_picks_up_versions_and_removals(tmp_path: Path, frontend: str) -> None:
+    if frontend == "native":
+        native_built()
     repo = tmp_path / "model_repository"
     model_dir = add_model(repo, "a", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
-    server = _poll_server(repo)
+    server = _poll_server(repo, frontend)
     try:
         channel, s = stub(server.target)
         with channel:
@@ -152,10 +156,13 @@ async def _sigterm_while_held(server: ServerProcess) -> list | None:
         return await asyncio.gather(*calls, return_exceptions=True)
 
 
-def test_sigterm_finishes_in_flight_calls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("frontend", ["python", "native"])
+def test_sigterm_finishes_in_flight_calls(tmp_path: Path, frontend: str) -> None:
+    if frontend == "native":
+        native_built()
     repo = tmp_path / "model_repository"
     add_model(repo, "slow", SLOW_CONFIG.format(queue=8), slow)
-    server = ServerProcess(repo)
+    server = ServerProcess(repo, "--frontend", frontend)
     try:
         server.wait_ready()
         for _ in range(5):  # on a loaded machine the calls may end before they are seen held

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos.seqserve.forecast.v1 import forecast_service_pb2 as fpb
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as fgrpc
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, native_built
 from tests.serving.model_factory import AFFINE_CONFIG, add_forecaster, add_model, affine
 from tests.serving.v2 import call_error
 from training.data.calendar import calendar_features
@@ -21,12 +21,16 @@ T0 = np.datetime64("2024-03-01T20:00:00", "ns")
 HOUR = np.timedelta64(3600, "s")
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fgrpc.ForecasterStub]:
+@pytest.fixture(scope="module", params=["python", "native"])
+def api(request: pytest.FixtureRequest,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[fgrpc.ForecasterStub]:
+    """The typed API as the Python front end serves it, and forwarded by the native one."""
+    if request.param == "native":
+        native_built()
     repo = tmp_path_factory.mktemp("fc") / "model_repository"
     add_forecaster(repo)
     add_model(repo, "affine", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
-    server = ServerProcess(repo)
+    server = ServerProcess(repo, "--frontend", request.param)
     try:
         server.wait_ready()
         with grpc.insecure_channel(server.target) as ch:

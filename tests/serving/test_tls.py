@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from serving.probe import check
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, native_built
 
 
 def _openssl(*args: str) -> None:
@@ -45,9 +45,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]
     return {"ca": ca, "server": _cert(folder, "server", ca), "client": _cert(folder, "client", ca)}
 
 
-def test_tls(pki: dict, empty_repository: Path) -> None:
+@pytest.mark.parametrize("frontend", ["python", "native"])
+def test_tls(pki: dict, empty_repository: Path, frontend: str) -> None:
+    if frontend == "native":
+        native_built()
     key, crt = pki["server"]
-    server = ServerProcess(empty_repository, "--tls-cert", str(crt), "--tls-key", str(key))
+    server = ServerProcess(empty_repository, "--tls-cert", str(crt), "--tls-key", str(key),
+                           "--frontend", frontend)
     try:
         creds = grpc.ssl_channel_credentials(root_certificates=pki["ca"][1].read_bytes())
         deadline = time.monotonic() + 30
@@ -59,10 +63,14 @@ def test_tls(pki: dict, empty_repository: Path) -> None:
         assert server.terminate() == 0
 
 
-def test_mutual_tls_requires_a_client_certificate(pki: dict, empty_repository: Path) -> None:
+@pytest.mark.parametrize("frontend", ["python", "native"])
+def test_mutual_tls_requires_a_client_certificate(pki: dict, empty_repository: Path,
+                                                  frontend: str) -> None:
+    if frontend == "native":
+        native_built()
     key, crt = pki["server"]
     server = ServerProcess(empty_repository, "--tls-cert", str(crt), "--tls-key", str(key),
-                           "--tls-client-ca", str(pki["ca"][1]))
+                           "--tls-client-ca", str(pki["ca"][1]), "--frontend", frontend)
     try:
         ca = pki["ca"][1].read_bytes()
         ckey, ccrt = pki["client"]

@@ -1,0 +1,1 @@
+"""seqserve's native gRPC front end (C++), and its Python side."""

@@ -1,0 +1,118 @@
+#include "call.h"
+
+#include <grpcpp/support/proto_buffer_reader.h>
+
+#include "registry.h"
+
+namespace seqserve {
+
+namespace {
+const char kModelInfer[] = "/inference.GRPCInferenceService/ModelInfer";
+
+// Client metadata that gRPC sets itself; the rest travels upstream as the client sent it.
+bool Forwarded(const std::string& key) {
+  return key.rfind("grpc-", 0) != 0 && key != "user-agent" && key != "te" &&
+         key != "content-type" && key[0] != ':';
+}
+}  // namespace
+
+void Upstream::OnReadDone(bool ok) { call_->UpstreamRead(ok); }
+void Upstream::OnWriteDone(bool ok) { call_->UpstreamWrote(ok); }
+void Upstream::OnDone(const grpc::Status& status) { call_->UpstreamDone(status); }
+
+Call::Call(grpc::GenericCallbackServerContext* context, grpc::GenericStub* upstream,
+           Registry* registry)
+    : context_(context), stub_(upstream), registry_(registry),
+      infer_(context->method() == kModelInfer) {
+  if (!infer_) Forward(false);
+  StartRead(&request_);
+}
+
+void Call::OnReadDone(bool ok) {
+  if (infer_) {
+    infer_ = false;
+    if (!ok) {  // the client went away before sending its request
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "no request received"));
+      return;
+    }
+    auto message = std::make_unique<inference::ModelInferRequest>();
+    grpc::ProtoBufferReader reader(&request_);
+    if (message->ParseFromZeroCopyStream(&reader) && registry_->Submit(this, std::move(message)))
+      return;
+    Forward(true);  // the Python server answers it, as every request the fast path leaves
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (upstream_ended_) return;  // the upstream answered already; drop the rest
+  if (ok) {
+    upstream_->StartWrite(&request_);
+  } else {
+    upstream_->StartWritesDone();
+  }
+}
+
+void Call::OnWriteDone(bool ok) {
+  if (upstream_ == nullptr) return;
+  if (!ok) upstream_->context.TryCancel();  // the client is gone: end the upstream call too
+  upstream_->StartRead(&upstream_->reply);   // (after a cancel it ends, and so does the hold)
+}
+
+void Call::OnCancel() {
+  cancelled_.store(true, std::memory_order_relaxed);
+  if (upstream_ != nullptr) upstream_->context.TryCancel();
+}
+
+void Call::OnDone() { Release(); }
+
+void Call::Reply(grpc::ByteBuffer* response) {
+  response_.Swap(response);
+  StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+}
+
+void Call::Fail(const grpc::Status& status) { Finish(status); }
+
+void Call::Forward(bool with_first_message) {
+  refs_.fetch_add(1);
+  upstream_ = new Upstream(this);
+  grpc::ClientContext& up = upstream_->context;
+  up.set_deadline(context_->deadline());
+  for (const auto& [key, value] : context_->client_metadata()) {
+    std::string k(key.data(), key.size());
+    if (Forwarded(k)) up.AddMetadata(k, std::string(value.data(), value.size()));
+  }
+  stub_->PrepareBidiStreamingCall(&up, context_->method(), grpc::StubOptions(), upstream_);
+  upstream_->AddHold();
+  if (with_first_message) upstream_->StartWrite(&request_);
+  upstream_->StartRead(&upstream_->reply);
+  upstream_->StartCall();
+}
+
+void Call::UpstreamRead(bool ok) {
+  if (ok) {
+    StartWrite(&upstream_->reply);  // the next upstream read starts when this write is done
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    upstream_ended_ = true;
+  }
+  upstream_->RemoveHold();  // OnDone, with the status, once the writes in flight are done
+}
+
+void Call::UpstreamWrote(bool ok) {
+  if (ok) StartRead(&request_);
+}
+
+void Call::UpstreamDone(const grpc::Status& status) {
+  Finish(status);
+  Release();
+}
+
+void Call::Release() {
+  if (refs_.fetch_sub(1) == 1) {
+    delete upstream_;
+    delete this;
+  }
+}
+
+}  // namespace seqserve

@@ -1,0 +1,163 @@
+"""The native front end's Python side: listen in C++ in front of the Python gRPC server, and
+put each ready tensor model version on its fast path.
+
+With `--frontend native` the C++ server (serving/native/*.cc, built by `make native`) owns the
+gRPC port. For a model version on the fast path it runs V2 ModelInfer itself: parse, check
+(the request must be exactly what the model takes, as raw tensors with no parameters), queue,
+dynamic batching with the config's policy, and the reply; Python is called once per batch, to
+run the batch on the model's onnxruntime session (`OnnxModel.run_batch`) and to account it in
+the model's statistics. Everything else (other RPCs, the translator, the typed APIs, health,
+reflection, and any request the fast path does not take as it is, so every malformed one) is
+forwarded unchanged to the Python server on a private Unix socket, which answers it as it would
+alone. Errors of the fast path itself (queue full, deadline passed in the queue, cancelled,
+onnxruntime failure, unloading) get their status and message here, from `status_for`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from serving import metrics
+from serving.errors import (
+    DeadlineExceeded,
+    FailureReason,
+    InferenceError,
+    ModelNotReady,
+    QueueFull,
+    ServingError,
+)
+from serving.interceptors import status_for
+from serving.models.base import ServedModel, TensorSpec
+from serving.models.onnx_model import OnnxModel
+from serving.settings import Frontend, Settings
+from serving.tensors import DTYPES
+
+log = logging.getLogger(__name__)
+
+try:
+    from serving.native import _frontend
+except ImportError as err:  # not built: `make native`
+    _frontend = None
+    IMPORT_ERROR: str | None = str(err)
+else:
+    IMPORT_ERROR = None
+
+
+def wanted(settings: Settings) -> bool:
+    """Whether to run the native front end; raise if it is asked for and not built."""
+    if settings.frontend is Frontend.PYTHON:
+        return False
+    if _frontend is None:
+        if settings.frontend is Frontend.NATIVE:
+            raise SystemExit(f"seqserve: --frontend native, but the native front end is not "
+                             f"built ({IMPORT_ERROR}); run `make native`")
+        log.info("native front end not built (%s): serving with the Python one", IMPORT_ERROR)
+        return False
+    return True
+
+
+def _tensor(spec: TensorSpec) -> Any:
+    return _frontend.TensorSpec(spec.name, spec.datatype, list(spec.dims),
+                                DTYPES[spec.datatype].itemsize)
+
+
+class NativeFrontend:
+    """The C++ server on `settings.grpc_target`, forwarding to `upstream` what it leaves."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert _frontend is not None
+        self._dir = tempfile.TemporaryDirectory(prefix="seqserve-")  # 0700: ours alone
+        self.upstream = f"unix:{Path(self._dir.name) / 'grpc.sock'}"
+
+        def pem(path: Path | None) -> str:
+            return path.read_text() if path is not None else ""
+
+        self._server = _frontend.Frontend(
+            settings.grpc_target, self.upstream, settings.max_message_bytes,
+            reuse_port=settings.reuse_port, tls_cert=pem(settings.tls_cert),
+            tls_key=pem(settings.tls_key), tls_client_ca=pem(settings.tls_client_ca))
+        self._routed: dict[str, set[int]] = {}
+
+    def start(self) -> int:
+        """Listen; return the port."""
+        try:
+            return self._server.start()
+        except RuntimeError as err:
+            raise SystemExit(f"seqserve: {err} (is another server using the port?)") from None
+
+    def route(self, name: str, models: list[ServedModel]) -> None:
+        """Route `name`'s fast-path ModelInfer to exactly these ready versions (the newest is
+        the default). A version dropped from the route keeps its queue until its model's
+        `drain_and_close` closes it."""
+        fast = [m for m in models if isinstance(m, OnnxModel) and m.fast_path]
+        keep = {m.version for m in fast}
+        for version in self._routed.get(name, set()) - keep:
+            self._server.remove_model(name, version)
+        for m in fast:
+            if m.version not in self._routed.get(name, set()):
+                m.native_queue = self._attach(m)
+        self._routed[name] = keep
+        versions = [m.version for m in models]
+        # The newest ready version answers an empty model_version: if that one is not on the
+        # fast path, neither is the name without a version.
+        newest = max(versions) if versions else -1
+        self._server.set_default(name, newest if newest in keep else -1)
+
+    def _attach(self, model: OnnxModel) -> Any:
+        p = model.policy
+        policy = _frontend.Policy(
+            max_batch_size=p.max_batch_size, batching=p.batching,
+            max_queue_delay_us=round(p.max_queue_delay_s * 1e6),
+            preferred_batch_sizes=list(p.preferred_batch_sizes),
+            max_queue_size=p.max_queue_size,
+            default_timeout_us=round((p.default_timeout_s or 0) * 1e6), instances=p.instances)
+        stats, version = model.stats, str(model.version)
+        request_seconds = metrics.REQUEST_SECONDS.labels(model.name, version)
+        queue_seconds = metrics.QUEUE_SECONDS.labels(model.name, version)
+
+        def account(queue_ns: list[int], elements: int, input_ns: int, infer_ns: int,
+                    output_ns: int, durations_ns: list[int]) -> None:
+            stats.record_batch(queue_ns, elements, input_ns, infer_ns, output_ns, durations_ns)
+            for ns in queue_ns:
+                queue_seconds.observe(ns / 1e9)
+            for ns in durations_ns:
+                request_seconds.observe(ns / 1e9)
+
+        def fail(kind: str, elapsed_ns: int, detail: str) -> tuple[int, str]:
+            request_seconds.observe(elapsed_ns / 1e9)
+            if kind == "cancelled":  # nobody is there to read the status
+                stats.record_failure(elapsed_ns, FailureReason.CANCELED)
+                return grpc.StatusCode.CANCELLED.value[0], "cancelled by the client"
+            error = _error(model, kind, elapsed_ns, detail)
+            stats.record_failure(elapsed_ns, error.reason)
+            code, message = status_for(error)
+            return code.value[0], message
+
+        return self._server.add_model(
+            model.name, model.version, [_tensor(s) for s in model.inputs.values()],
+            [_tensor(s) for s in model.outputs.values()], policy, model.run_batch, account, fail)
+
+    def shutdown(self, grace_s: float) -> None:
+        """Refuse new calls, let those in flight finish for up to `grace_s`. Blocks."""
+        self._server.shutdown(grace_s)
+        self._dir.cleanup()
+
+
+def _error(model: OnnxModel, kind: str, elapsed_ns: int, detail: str) -> ServingError:
+    name = f"model '{model.name}'"
+    if kind == "queue_full":
+        return QueueFull(f"{name}: queue full ({model.policy.max_queue_size} requests); "
+                         "retry after a back-off")
+    if kind == "expired":
+        return DeadlineExceeded(f"{name}: request timed out after {elapsed_ns / 1e6:.1f} ms "
+                                "in the queue")
+    if kind == "unloading":
+        return ModelNotReady(f"{name} is unloading")
+    log.error("%s: inference failed: %s", name, detail)
+    return InferenceError(f"{name}: inference failed")
+

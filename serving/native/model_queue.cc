@@ -1,0 +1,352 @@
+#include "model_queue.h"
+
+#include <grpcpp/impl/codegen/proto_utils.h>
+#include <pybind11/numpy.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "call.h"
+
+namespace seqserve {
+
+namespace {
+
+int64_t Nanos(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
+
+const char* NumpyDtype(const std::string& datatype) {
+  static const std::pair<const char*, const char*> kTypes[] = {
+      {"BOOL", "bool"},      {"UINT8", "uint8"},    {"UINT16", "uint16"}, {"UINT32", "uint32"},
+      {"UINT64", "uint64"},  {"INT8", "int8"},      {"INT16", "int16"},   {"INT32", "int32"},
+      {"INT64", "int64"},    {"FP16", "float16"},   {"FP32", "float32"},  {"FP64", "float64"}};
+  for (const auto& [v2, numpy] : kTypes)
+    if (datatype == v2) return numpy;
+  throw std::invalid_argument("the fast path does not take datatype " + datatype);
+}
+
+template <typename T>
+bool AllFinite(const std::string& raw) {
+  const size_t n = raw.size() / sizeof(T);
+  const char* p = raw.data();
+  for (size_t i = 0; i < n; ++i) {
+    T v;
+    std::memcpy(&v, p + i * sizeof(T), sizeof(T));
+    if (!std::isfinite(v)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+ModelQueue::ModelQueue(std::string name, int64_t version, std::vector<TensorSpec> inputs,
+                       std::vector<TensorSpec> outputs, Policy policy, Callbacks callbacks)
+    : name_(std::move(name)), version_(version), inputs_(std::move(inputs)),
+      outputs_(std::move(outputs)), policy_(std::move(policy)),
+      callbacks_(std::move(callbacks)) {
+  py::module_ numpy = py::module_::import("numpy");
+  for (const auto& spec : inputs_) dtypes_.push_back(numpy.attr("dtype")(NumpyDtype(spec.datatype)));
+  for (int i = 0; i < std::max(policy_.instances, 1); ++i)
+    threads_.emplace_back([this, i] { Work(i); });
+}
+
+ModelQueue::~ModelQueue() { Close(); }
+
+bool ModelQueue::Accepts(const inference::ModelInferRequest& m, Request* r) const {
+  // Anything unusual (parameters, typed contents, a shape or a value the model refuses) is the
+  // Python server's to answer, with the dataplane's checks and messages.
+  if (m.inputs_size() != static_cast<int>(inputs_.size()) ||
+      m.raw_input_contents_size() != m.inputs_size())
+    return false;
+  r->timeout_us = 0;
+  for (const auto& [key, value] : m.parameters()) {
+    if (key == "timeout" && value.parameter_choice_case() == inference::InferParameter::kInt64Param &&
+        value.int64_param() >= 0) {
+      r->timeout_us = value.int64_param();
+    } else if (key != "triton_enable_empty_final_response") {  // perf_analyzer's; not decoupled
+      return false;
+    }
+  }
+  r->raw_index.assign(inputs_.size(), -1);
+  r->key.clear();
+  r->item_shape.clear();
+  int64_t batch = -1;
+  for (int i = 0; i < m.inputs_size(); ++i) {
+    const auto& t = m.inputs(i);
+    if (t.parameters_size() != 0) return false;
+    size_t k = 0;
+    while (k < inputs_.size() && inputs_[k].name != t.name()) ++k;
+    if (k == inputs_.size() || r->raw_index[k] != -1) return false;
+    const TensorSpec& spec = inputs_[k];
+    if (t.datatype() != spec.datatype) return false;
+    const int lead = policy_.max_batch_size > 0 ? 1 : 0;
+    if (t.shape_size() != static_cast<int>(spec.dims.size()) + lead) return false;
+    int64_t elements = 1;
+    for (int d = 0; d < t.shape_size(); ++d) {
+      const int64_t dim = t.shape(d);
+      if (dim < 0 || (d >= lead && spec.dims[d - lead] != -1 && spec.dims[d - lead] != dim))
+        return false;
+      elements *= dim;
+    }
+    if (lead) {
+      if (batch == -1) batch = t.shape(0);
+      if (t.shape(0) != batch) return false;
+    }
+    const std::string& raw = m.raw_input_contents(i);
+    if (raw.size() != static_cast<size_t>(elements) * spec.itemsize) return false;
+    if (spec.datatype == "FP32" && !AllFinite<float>(raw)) return false;
+    if (spec.datatype == "FP64" && !AllFinite<double>(raw)) return false;
+    if (spec.datatype == "FP16") return false;  // checked for NaN by the Python server
+    r->raw_index[k] = i;
+  }
+  if (policy_.max_batch_size > 0 && (batch < 1 || batch > policy_.max_batch_size)) return false;
+  for (size_t k = 0; k < inputs_.size(); ++k) {
+    const auto& shape = m.inputs(r->raw_index[k]).shape();
+    const int lead = policy_.max_batch_size > 0 ? 1 : 0;
+    r->key.push_back(static_cast<int64_t>(shape.size()) - lead);
+    for (int d = lead; d < shape.size(); ++d) {
+      r->key.push_back(shape[d]);
+      r->item_shape.push_back(shape[d]);
+    }
+  }
+  if (!policy_.batching) r->key.push_back(batch);  // unbatched: a batch is one request
+  r->wanted.assign(outputs_.size(), m.outputs_size() == 0);
+  for (const auto& out : m.outputs()) {
+    if (out.parameters_size() != 0) return false;
+    size_t k = 0;
+    while (k < outputs_.size() && outputs_[k].name != out.name()) ++k;
+    if (k == outputs_.size()) return false;
+    r->wanted[k] = true;
+  }
+  r->size = policy_.max_batch_size > 0 ? batch : 1;
+  return true;
+}
+
+void ModelQueue::Submit(std::unique_ptr<Request> request) {
+  pending_.fetch_add(1);
+  requests_.fetch_add(1);
+  request->enqueued = Clock::now();
+  if (!request->deadline && policy_.default_timeout_us > 0)  // as the Python batcher
+    request->deadline = request->enqueued + std::chrono::microseconds(policy_.default_timeout_us);
+  std::vector<std::unique_ptr<Request>> refused;
+  const char* kind = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closing_) {
+      kind = "unloading";
+    } else if (policy_.max_queue_size && queue_.size() >= policy_.max_queue_size) {
+      kind = "queue_full";
+    } else {
+      queue_.push_back(std::move(request));
+    }
+  }
+  if (kind) {
+    refused.push_back(std::move(request));
+    FailAll(refused, kind, "");
+    return;
+  }
+  wake_.notify_one();
+}
+
+size_t ModelQueue::queue_size() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queue_.size();
+}
+
+void ModelQueue::Close() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closing_ && threads_.empty()) return;
+    closing_ = true;
+  }
+  wake_.notify_all();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  py::gil_scoped_acquire gil;
+  callbacks_ = Callbacks{};
+  dtypes_.clear();
+}
+
+void ModelQueue::Work(int instance) {
+  std::vector<std::unique_ptr<Request>> batch, dropped;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    wake_.wait(lock, [this] { return closing_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // closing, and nothing left to run
+    bool ready = TakeBatch(lock, &batch, &dropped);
+    if (!dropped.empty() || ready) {
+      lock.unlock();
+      for (auto& r : dropped) {
+        std::vector<std::unique_ptr<Request>> one;
+        one.push_back(std::move(r));
+        FailAll(one, one[0]->call->cancelled() ? "cancelled" : "expired", "");
+      }
+      dropped.clear();
+      if (ready) RunBatch(instance, batch);
+      batch.clear();
+      lock.lock();
+    }
+  }
+}
+
+// Under the lock: drop cancelled and expired requests; pick the oldest live request and the
+// same-shaped ones behind it, up to max_batch_size. Return true to run them now; false when
+// the batch may still wait for company (this waits, then the caller looks again).
+bool ModelQueue::TakeBatch(std::unique_lock<std::mutex>& lock,
+                           std::vector<std::unique_ptr<Request>>* batch,
+                           std::vector<std::unique_ptr<Request>>* dropped) {
+  const Clock::time_point now = Clock::now();
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if ((*it)->call->cancelled() || ((*it)->deadline && now > *(*it)->deadline)) {
+      dropped->push_back(std::move(*it));
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (queue_.empty()) return false;
+  const int64_t limit = policy_.batching ? policy_.max_batch_size : 0;
+  std::vector<size_t> picked{0};
+  int64_t total = queue_[0]->size;
+  for (size_t i = 1; limit && i < queue_.size() && total < limit; ++i) {
+    if (queue_[i]->key == queue_[0]->key && total + queue_[i]->size <= limit) {
+      picked.push_back(i);
+      total += queue_[i]->size;
+    }
+  }
+  const auto until = queue_[0]->enqueued + std::chrono::microseconds(policy_.max_queue_delay_us);
+  const auto& preferred = policy_.preferred_batch_sizes;
+  const bool full = !limit || total >= limit ||
+                    std::find(preferred.begin(), preferred.end(), total) != preferred.end();
+  if (!full && now < until && !closing_) {
+    if (!dropped->empty()) return false;  // answer those first, then look again
+    wake_.wait_until(lock, until);
+    return false;
+  }
+  for (auto it = picked.rbegin(); it != picked.rend(); ++it) {
+    batch->push_back(std::move(queue_[*it]));
+    queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(*it));
+  }
+  std::reverse(batch->begin(), batch->end());
+  return true;
+}
+
+void ModelQueue::RunBatch(int instance, std::vector<std::unique_ptr<Request>>& batch) {
+  const Clock::time_point start = Clock::now();
+  int64_t total = 0;
+  for (const auto& r : batch) total += r->size;
+  std::vector<inference::ModelInferResponse> replies(batch.size());
+  std::string error;
+  {
+    py::gil_scoped_acquire gil;
+    try {
+      const auto t0 = Clock::now();
+      py::dict feeds;
+      const bool batched = policy_.max_batch_size > 0;
+      size_t offset = 0;  // into the first request's item_shape
+      for (size_t k = 0; k < inputs_.size(); ++k) {
+        std::vector<py::ssize_t> shape;
+        if (batched) shape.push_back(total);
+        const size_t ndim = inputs_[k].dims.size();
+        for (size_t d = 0; d < ndim; ++d) shape.push_back(batch[0]->item_shape[offset + d]);
+        offset += ndim;
+        py::array array(py::dtype::from_args(dtypes_[k]), shape);
+        char* dst = static_cast<char*>(array.mutable_data());
+        for (const auto& r : batch) {
+          const std::string& raw = r->message->raw_input_contents(r->raw_index[k]);
+          std::memcpy(dst, raw.data(), raw.size());
+          dst += raw.size();
+        }
+        feeds[py::str(inputs_[k].name)] = array;
+      }
+      const auto t1 = Clock::now();
+      py::dict results = callbacks_.run(instance, feeds);
+      const auto t2 = Clock::now();
+      for (size_t o = 0; o < outputs_.size(); ++o) {
+        py::array array = results[py::str(outputs_[o].name)];
+        if (!(array.flags() & py::array::c_style))
+          throw std::runtime_error("output " + outputs_[o].name + " is not C-contiguous");
+        if (batched && (array.ndim() == 0 || array.shape(0) != total))
+          throw std::runtime_error("output " + outputs_[o].name + " has the wrong batch size");
+        const size_t per_item = batched ? array.nbytes() / total : array.nbytes();
+        const char* src = static_cast<const char*>(array.data());
+        for (size_t i = 0; i < batch.size(); ++i) {
+          const Request& r = *batch[i];
+          const size_t bytes = per_item * r.size;
+          if (r.wanted[o]) {
+            auto* tensor = replies[i].add_outputs();
+            tensor->set_name(outputs_[o].name);
+            tensor->set_datatype(outputs_[o].datatype);
+            if (batched) tensor->add_shape(r.size);
+            for (int d = batched ? 1 : 0; d < array.ndim(); ++d) tensor->add_shape(array.shape(d));
+            replies[i].add_raw_output_contents(src, bytes);
+          }
+          src += bytes;
+        }
+      }
+      const auto t3 = Clock::now();
+      py::list queue_ns, durations_ns;
+      for (const auto& r : batch) {
+        queue_ns.append(Nanos(start - r->enqueued));
+        durations_ns.append(Nanos(t3 - r->received));
+      }
+      callbacks_.account(queue_ns, total, Nanos(t1 - t0), Nanos(t2 - t1), Nanos(t3 - t2),
+                         durations_ns);
+    } catch (py::error_already_set& err) {
+      error = err.what();
+    } catch (const std::exception& err) {
+      error = err.what();
+    }
+  }
+  if (!error.empty()) {
+    FailAll(batch, "backend", error);
+    return;
+  }
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Request& r = *batch[i];
+    auto& reply = replies[i];
+    reply.set_model_name(name_);
+    reply.set_model_version(std::to_string(version_));
+    reply.set_id(r.message->id());
+    grpc::ByteBuffer buffer;
+    bool own;
+    grpc::SerializationTraits<inference::ModelInferResponse>::Serialize(reply, &buffer, &own);
+    pending_.fetch_sub(1);
+    r.call->Reply(&buffer);
+  }
+}
+
+void ModelQueue::FailAll(std::vector<std::unique_ptr<Request>>& requests, const char* kind,
+                         const std::string& detail) {
+  std::vector<grpc::Status> statuses;
+  {
+    py::gil_scoped_acquire gil;
+    for (const auto& r : requests) {
+      int code = grpc::StatusCode::UNAVAILABLE;
+      std::string message = "model '" + name_ + "' is unloading; retry";
+      if (!callbacks_.fail) {  // closed: the model is gone
+        statuses.emplace_back(static_cast<grpc::StatusCode>(code), message);
+        continue;
+      }
+      code = grpc::StatusCode::INTERNAL;
+      message = "internal error";
+      try {
+        py::tuple status = callbacks_.fail(kind, Nanos(Clock::now() - r->received), detail);
+        code = status[0].cast<int>();
+        message = status[1].cast<std::string>();
+      } catch (py::error_already_set& err) {
+        err.restore();
+        PyErr_Print();
+      }
+      statuses.emplace_back(static_cast<grpc::StatusCode>(code), message);
+    }
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    pending_.fetch_sub(1);
+    requests[i]->call->Fail(statuses[i]);
+  }
+}
+
+}  // namespace seqserve

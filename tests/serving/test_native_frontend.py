@@ -1,0 +1,147 @@
+"""The native front end (`--frontend native`): what its fast path takes, what it forwards, and
+that both give the answers and the statistics the Python front end gives. The contract tests
+(status table, queue full, timeouts, cancellation, TLS, drain, poll mode, tritonclient,
+perf_analyzer) run against both front ends through the `standard_server` fixture and their
+own parameters; this module covers what only the native one has."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.inference import grpc_service_pb2 as pb
+from protos.inference import grpc_service_pb2_grpc as pb_grpc
+from tests.conftest import ServerProcess, native_built
+from tests.serving.model_factory import standard_repository
+from tests.serving.v2 import call_error, outputs, request, scrape, stub
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    native_built()
+    repo = standard_repository(tmp_path_factory.mktemp("native") / "model_repository")
+    srv = ServerProcess(repo, "--frontend", "native")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        assert srv.terminate() == 0, srv.output()
+
+
+def _series(server: ServerProcess, name: str, model: str) -> float:
+    return scrape(server.metrics_url).get((name, f"model={model},version=1"), 0.0)
+
+
+def test_fast_path_runs_plain_requests_and_forwards_the_rest(native: ServerProcess) -> None:
+    fast = "seqserve_native_requests_total"
+    before = _series(native, fast, "affine_nobatch")
+    ok_before = _series(native, "nv_inference_request_success", "affine_nobatch")
+    channel, s = stub(native.target)
+    with channel:
+        for _ in range(3):
+            reply = s.ModelInfer(request("affine_nobatch", rid="r", x=X), timeout=10)
+            assert (reply.model_name, reply.model_version, reply.id) == ("affine_nobatch", "1",
+                                                                         "r")
+            np.testing.assert_allclose(outputs(reply)["y"], 2 * X + 1)
+        assert _series(native, fast, "affine_nobatch") == before + 3
+        # Typed contents, not raw: the Python server answers it, and it counts there.
+        typed = pb.ModelInferRequest(model_name="affine_nobatch")
+        typed.inputs.add(name="x", datatype="FP32", shape=[2, 4],
+                         contents=pb.InferTensorContents(fp32_contents=X.ravel().tolist()))
+        np.testing.assert_allclose(outputs(s.ModelInfer(typed, timeout=10))["y"], 2 * X + 1)
+        # Malformed: forwarded too, and answered with the dataplane's status and message.
+        bad = X.copy()
+        bad[0, 0] = np.nan
+        err = call_error(s.ModelInfer, request("affine_nobatch", x=bad), timeout=10)
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "input 'x': contains NaN" in err.details()
+        err = call_error(s.ModelInfer, request("affine_nobatch", x=X[:, :3]), timeout=10)
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+        err = call_error(s.ModelInfer, request("nosuch", x=X), timeout=10)
+        assert err.code() is grpc.StatusCode.NOT_FOUND
+    assert _series(native, fast, "affine_nobatch") == before + 3
+    # Both paths account in the same statistics.
+    assert _series(native, "nv_inference_request_success", "affine_nobatch") == ok_before + 4
+
+
+async def _concurrent(target: str, n: int) -> list[np.ndarray]:
+    async with grpc.aio.insecure_channel(target) as ch:
+        s = pb_grpc.GRPCInferenceServiceStub(ch)
+        replies = await asyncio.gather(*(
+            s.ModelInfer(request("affine", x=np.full((1, 4), i, np.float32)), timeout=10)
+            for i in range(n)))
+    return [outputs(r)["y"] for r in replies]
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(
+        native: ServerProcess) -> None:
+    count0 = _series(native, "nv_inference_count", "affine")
+    exec0 = _series(native, "nv_inference_exec_count", "affine")
+    fast0 = _series(native, "seqserve_native_requests_total", "affine")
+    results = asyncio.run(_concurrent(native.target, 24))
+    for i, y in enumerate(results):
+        np.testing.assert_allclose(y, np.full((1, 4), 2 * i + 1, np.float32))
+    inferred = _series(native, "nv_inference_count", "affine") - count0
+    executions = _series(native, "nv_inference_exec_count", "affine") - exec0
+    assert inferred == 24
+    assert executions < 24, "24 concurrent requests with a 2 ms queue delay never batched"
+    assert _series(native, "seqserve_native_requests_total", "affine") == fast0 + 24
+
+
+def test_requested_outputs_and_batch_limits(native: ServerProcess) -> None:
+    channel, s = stub(native.target)
+    with channel:
+        reply = s.ModelInfer(request("affine", outputs=("y",), x=X), timeout=10)
+        assert [o.name for o in reply.outputs] == ["y"]
+        err = call_error(s.ModelInfer, request("affine", x=np.zeros((9, 4), np.float32)),
+                         timeout=10)
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "exceeds max_batch_size 8" in err.details()
+
+
+def test_streams_health_and_reflection_are_forwarded(native: ServerProcess) -> None:
+    channel, s = stub(native.target)
+    with channel:
+        msgs = [request("affine", rid="a", x=X), request("nosuch", rid="b", x=X),
+                request("affine", rid="c", x=X)]
+        replies = list(s.ModelStreamInfer(iter(msgs), timeout=10))
+        assert [r.infer_response.id for r in replies] == ["a", "b", "c"]
+        assert [bool(r.error_message) for r in replies] == [False, True, False]
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(service="affine"), timeout=5)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        meta = s.ServerMetadata(pb.ServerMetadataRequest(), timeout=5)
+        assert meta.name == "seqserve"
+
+
+def test_same_answers_as_the_python_front_end(tiny_repository: Path,
+                                              tiny_server: ServerProcess) -> None:
+    native_built()
+    srv = ServerProcess(tiny_repository, "--frontend", "native")
+    try:
+        srv.wait_ready()
+        got = {}
+        for server in (tiny_server, srv):
+            channel, s = stub(server.target)
+            with channel:
+                meta = s.ModelMetadata(pb.ModelMetadataRequest(name="forecaster_gru"))
+                rng = np.random.default_rng(0)  # the same inputs for both
+                feeds = {t.name: rng.standard_normal((3, *t.shape[1:])).astype(np.float32)
+                         for t in meta.inputs}
+                got[server.target] = outputs(s.ModelInfer(request("forecaster_gru", **feeds),
+                                                          timeout=30))
+        python, native_ = got[tiny_server.target], got[srv.target]
+        assert python.keys() == native_.keys()
+        for name in python:
+            np.testing.assert_array_equal(python[name], native_[name])
+        assert _series(srv, "seqserve_native_requests_total", "forecaster_gru") == 1
+    finally:
+        assert srv.terminate() == 0, srv.output()
