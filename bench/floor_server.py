@@ -6,6 +6,10 @@ batching, no onnxruntime, no metrics. Its latency is what any Python grpc.aio se
 call on this machine; `seqserve bench serving` measures it beside the real server, so the
 served overhead can be read against what the transport alone costs.
 
+With `--native`, the native front end (serving/native) listens in front of it and runs the
+model's ModelInfer on its fast path with a runner that returns zeros: the C++ transport, the
+queue and one Python call per batch, without onnxruntime. That is the native front end's floor.
+
     python -m bench.floor_server --model-dir model_repository/forecaster_gru --port 18011
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -79,20 +84,54 @@ class FloorServicer(pbg.GRPCInferenceServiceServicer):
         return reply
 
 
-async def serve(model_dir: Path, port: int) -> None:
+def _native_front(servicer: FloorServicer, port: int, upstream: str) -> object:
+    """The native front end on `port`, with the model on its fast path answering zeros."""
+    from serving.native import _frontend
+    from serving.stats import ModelStats
+
+    config = servicer.config
+    specs = [[_frontend.TensorSpec(t.name, CONFIG_TO_V2[t.data_type], list(t.dims),
+                                   DTYPES[CONFIG_TO_V2[t.data_type]].itemsize) for t in ts]
+             for ts in (config.input, config.output)]
+
+    def run(instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = next(iter(feeds.values())).shape[0]
+        return {t.name: np.zeros([batch, *t.dims], DTYPES[CONFIG_TO_V2[t.data_type]])
+                for t in config.output}
+
+    stats = ModelStats()  # accounted as the server does, so the floor pays that call too
+    front = _frontend.Frontend(f"127.0.0.1:{port}", upstream, 2**31 - 1)
+    front.add_model(config.name, 1, specs[0], specs[1], _frontend.Policy(
+        max_batch_size=config.max_batch_size, batching=config.max_batch_size > 0,
+        max_queue_delay_us=0, preferred_batch_sizes=[], max_queue_size=0,
+        default_timeout_us=0, instances=1), run, stats.record_batch,
+        lambda kind, ns, detail: (13, kind))
+    front.set_default(config.name, 1)
+    front.start()
+    return front
+
+
+async def serve(model_dir: Path, port: int, native: bool = False) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", -1)])
-    pbg.add_GRPCInferenceServiceServicer_to_server(FloorServicer(model_dir), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
+    servicer = FloorServicer(model_dir)
+    pbg.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    with tempfile.TemporaryDirectory() as tmp:
+        upstream = f"unix:{tmp}/grpc.sock"
+        server.add_insecure_port(upstream if native else f"127.0.0.1:{port}")
+        await server.start()
+        front = _native_front(servicer, port, upstream) if native else None
+        await server.wait_for_termination()
+        del front
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--native", action="store_true",
+                        help="the native front end in front, the model on its fast path")
     args = parser.parse_args()
-    asyncio.run(serve(args.model_dir, args.port))
+    asyncio.run(serve(args.model_dir, args.port, args.native))
 
 
 if __name__ == "__main__":

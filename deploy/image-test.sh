@@ -46,7 +46,10 @@ if ! podman image exists "$BASE"; then
   say "building $BASE with debootstrap (python3, python3-venv)"
   rootfs=$(mktemp -d)
   mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
-  debootstrap --variant=minbase --include=python3,python3-venv,passwd bookworm "$rootfs" \
+  # python3-dev: the native front end builds against the interpreter's headers, which the
+  # official python:*-slim images ship.
+  debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,passwd bookworm \
+    "$rootfs" \
     "${mirror:-http://deb.debian.org/debian}" >"$WORK/debootstrap.log" 2>&1
   tar -C "$rootfs" -c . | podman import --quiet - "$BASE" >/dev/null
   rm -rf "$rootfs"
@@ -55,7 +58,8 @@ fi
 extras="serve-cpu"; [ "${IMAGE_TEST_BUILDER:-}" = 1 ] && extras="serve-cpu,train"
 say "wheels for the image ($extras) into .tools/wheels"
 grpcio_tools=$(sed -n 's/^ARG GRPCIO_TOOLS=//p' Dockerfile)
-"$VENV/bin/pip" download -q -d .tools/wheels ".[$extras]" "$grpcio_tools" setuptools 2>&1 \
+pybind11=$(sed -n 's/^ARG PYBIND11=//p' Dockerfile)
+"$VENV/bin/pip" download -q -d .tools/wheels ".[$extras]" "$grpcio_tools" "$pybind11" setuptools 2>&1 \
   | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 build() {  # build TARGET TAG
@@ -113,7 +117,9 @@ forecast=$("$VENV/bin/seqserve" forecast --target "127.0.0.1:$grpc_port" --model
 echo "$forecast" | head -4
 "$VENV/bin/seqserve" translate --target "127.0.0.1:$grpc_port" "dreihundertzweiundvierzig"
 curl -sf "http://127.0.0.1:$metrics_port/metrics" \
-  | grep -E '^nv_inference_request_success\{model="(forecaster_gru|translator)"'
+  | grep -E '^(nv_inference_request_success|seqserve_native_requests_total)\{model="(forecaster_gru|translator)"'
+say "the native front end owns the port (built in the image)"
+podman logs "$NAME" 2>&1 | grep -F "native front end"
 
 say "runs as a non-root user, holds no torch"
 [ "$(podman exec "$NAME" id -u)" = 10001 ]

@@ -58,6 +58,7 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
     assert data["served"]["perf_analyzer"]["batching_on"]["8"]["csv"].startswith("Concurrency,")
     assert set(data["grpc_floor"]) == {"1", "8"}
     assert data["grpc_floor"]["1"]["inferences_per_s"] > 0
+    assert data["native_floor"]["8"]["inferences_per_s"] > 0
     if importlib.util.find_spec("matplotlib"):
         assert result.with_suffix(".png").stat().st_size > 1000
 
