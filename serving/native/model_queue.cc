@@ -112,14 +112,17 @@ bool ModelQueue::Accepts(const inference::ModelInferRequest& m, Request* r) cons
     }
   }
   if (!policy_.batching) r->key.push_back(batch);  // unbatched: a batch is one request
-  r->wanted.assign(outputs_.size(), m.outputs_size() == 0);
+  r->wanted.clear();
   for (const auto& out : m.outputs()) {
     if (out.parameters_size() != 0) return false;
     size_t k = 0;
     while (k < outputs_.size() && outputs_[k].name != out.name()) ++k;
     if (k == outputs_.size()) return false;
-    r->wanted[k] = true;
+    if (std::find(r->wanted.begin(), r->wanted.end(), k) == r->wanted.end())
+      r->wanted.push_back(k);  // named twice: once, where first named (as the Python server)
   }
+  if (r->wanted.empty())
+    for (size_t k = 0; k < outputs_.size(); ++k) r->wanted.push_back(k);
   r->size = policy_.max_batch_size > 0 ? batch : 1;
   return true;
 }
@@ -264,27 +267,30 @@ void ModelQueue::RunBatch(int instance, std::vector<std::unique_ptr<Request>>& b
       const auto t1 = Clock::now();
       py::dict results = callbacks_.run(instance, feeds);
       const auto t2 = Clock::now();
-      for (size_t o = 0; o < outputs_.size(); ++o) {
-        py::array array = results[py::str(outputs_[o].name)];
+      std::vector<py::array> arrays;
+      for (const auto& spec : outputs_) {
+        py::array array = results[py::str(spec.name)];
         if (!(array.flags() & py::array::c_style))
-          throw std::runtime_error("output " + outputs_[o].name + " is not C-contiguous");
+          throw std::runtime_error("output " + spec.name + " is not C-contiguous");
         if (batched && (array.ndim() == 0 || array.shape(0) != total))
-          throw std::runtime_error("output " + outputs_[o].name + " has the wrong batch size");
-        const size_t per_item = batched ? array.nbytes() / total : array.nbytes();
-        const char* src = static_cast<const char*>(array.data());
-        for (size_t i = 0; i < batch.size(); ++i) {
-          const Request& r = *batch[i];
-          const size_t bytes = per_item * r.size;
-          if (r.wanted[o]) {
-            auto* tensor = replies[i].add_outputs();
-            tensor->set_name(outputs_[o].name);
-            tensor->set_datatype(outputs_[o].datatype);
-            if (batched) tensor->add_shape(r.size);
-            for (int d = batched ? 1 : 0; d < array.ndim(); ++d) tensor->add_shape(array.shape(d));
-            replies[i].add_raw_output_contents(src, bytes);
-          }
-          src += bytes;
+          throw std::runtime_error("output " + spec.name + " has the wrong batch size");
+        arrays.push_back(std::move(array));
+      }
+      int64_t first = 0;  // the request's first row in the batch
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const Request& r = *batch[i];
+        for (size_t o : r.wanted) {
+          const py::array& array = arrays[o];
+          const size_t per_item = batched ? array.nbytes() / total : array.nbytes();
+          auto* tensor = replies[i].add_outputs();
+          tensor->set_name(outputs_[o].name);
+          tensor->set_datatype(outputs_[o].datatype);
+          if (batched) tensor->add_shape(r.size);
+          for (int d = batched ? 1 : 0; d < array.ndim(); ++d) tensor->add_shape(array.shape(d));
+          replies[i].add_raw_output_contents(
+              static_cast<const char*>(array.data()) + per_item * first, per_item * r.size);
         }
+        first += r.size;
       }
       const auto t3 = Clock::now();
       py::list queue_ns, durations_ns;

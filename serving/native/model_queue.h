@@ -55,7 +55,7 @@ struct Request {
   std::vector<int> raw_index;     // per spec input: its index in raw_input_contents
   std::vector<int64_t> key;       // per-item shapes: only equal keys batch together
   std::vector<int64_t> item_shape;  // per spec input, concatenated dims (for the batch array)
-  std::vector<bool> wanted;       // per spec output: requested (all when none named)
+  std::vector<size_t> wanted;     // spec outputs to return, in the request's order (all if none)
   int64_t size = 1;               // batch elements
   int64_t timeout_us = 0;         // the V2 `timeout` parameter, 0 if none
   Clock::time_point received, enqueued;

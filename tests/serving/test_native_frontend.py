@@ -138,10 +138,15 @@ def test_same_answers_as_the_python_front_end(tiny_repository: Path,
                          for t in meta.inputs}
                 got[server.target] = outputs(s.ModelInfer(request("forecaster_gru", **feeds),
                                                           timeout=30))
+                # Requested outputs come back in the order asked for, named twice or not.
+                asked = ("quantiles", "forecast", "quantiles")
+                reply = s.ModelInfer(request("forecaster_gru", outputs=asked, **feeds),
+                                     timeout=30)
+                assert [o.name for o in reply.outputs] == ["quantiles", "forecast"]
         python, native_ = got[tiny_server.target], got[srv.target]
         assert python.keys() == native_.keys()
         for name in python:
             np.testing.assert_array_equal(python[name], native_[name])
-        assert _series(srv, "seqserve_native_requests_total", "forecaster_gru") == 1
+        assert _series(srv, "seqserve_native_requests_total", "forecaster_gru") == 2
     finally:
         assert srv.terminate() == 0, srv.output()
