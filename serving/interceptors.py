@@ -7,6 +7,7 @@ message, and its traceback is logged.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -92,9 +93,19 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001 - mapped to a status here
                 await _abort(exc, context, method)
 
+        async def writing(request: Any, context: grpc.aio.ServicerContext) -> None:
+            """For handlers that send with `context.write()` (grpc's own health Watch)."""
+            try:
+                await inner_stream(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status here
+                await _abort(exc, context, method)
+
         make_stream = (
             grpc.unary_stream_rpc_method_handler
             if handler.unary_stream
             else grpc.stream_stream_rpc_method_handler
         )
-        return make_stream(streaming, handler.request_deserializer, handler.response_serializer)
+        wrapper = streaming if inspect.isasyncgenfunction(inner_stream) else writing
+        return make_stream(wrapper, handler.request_deserializer, handler.response_serializer)

@@ -150,3 +150,81 @@ def test_same_answers_as_the_python_front_end(tiny_repository: Path,
         assert _series(srv, "seqserve_native_requests_total", "forecaster_gru") == 2
     finally:
         assert srv.terminate() == 0, srv.output()
+
+
+async def _mixed_load(target: str, clients: int, each: int) -> dict[str, int]:
+    """Closed-loop clients mixing fast-path requests, forwarded ones (typed contents, bad
+    values, unknown models, streams), short timeouts and cancellations."""
+    seen = {"ok": 0, "invalid": 0, "not_found": 0, "cancelled": 0, "deadline": 0, "stream": 0}
+    async with grpc.aio.insecure_channel(target) as ch:
+        s = pb_grpc.GRPCInferenceServiceStub(ch)
+
+        async def client(k: int) -> None:
+            rng = np.random.default_rng(k)
+            for i in range(each):
+                x = rng.standard_normal((1, 4)).astype(np.float32)
+                kind = (k + i) % 6
+                if kind == 1:
+                    x[0, 0] = np.inf
+                msg = request("nosuch" if kind == 2 else "affine", x=x)
+                if kind == 3:
+                    msg = pb.ModelInferRequest(model_name="affine")
+                    msg.inputs.add(name="x", datatype="FP32", shape=[1, 4],
+                                   contents=pb.InferTensorContents(fp32_contents=x.ravel()))
+                if kind == 5:
+                    replies = [r async for r in s.ModelStreamInfer(iter([msg, msg]), timeout=10)]
+                    assert len(replies) == 2 and not any(r.error_message for r in replies)
+                    seen["stream"] += 1
+                    continue
+                call = s.ModelInfer(msg, timeout=0.0005 if kind == 4 and i % 2 else 10)
+                if kind == 4 and not i % 2:
+                    await asyncio.sleep(rng.uniform(0, 0.002))
+                    call.cancel()
+                try:
+                    reply = await call
+                except asyncio.CancelledError:
+                    seen["cancelled"] += 1
+                    continue
+                except grpc.aio.AioRpcError as err:
+                    key = {grpc.StatusCode.INVALID_ARGUMENT: "invalid",
+                           grpc.StatusCode.NOT_FOUND: "not_found",
+                           grpc.StatusCode.DEADLINE_EXCEEDED: "deadline"}[err.code()]
+                    seen[key] += 1
+                    continue
+                np.testing.assert_allclose(outputs(reply)["y"], 2 * x + 1, rtol=1e-6)
+                seen["ok"] += 1
+
+        await asyncio.gather(*(client(k) for k in range(clients)))
+    return seen
+
+
+def test_mixed_load_with_errors_and_cancellations_loses_nothing(native: ServerProcess) -> None:
+    """Every call ends with its answer or its own error; the server keeps serving, and counts
+    every success the clients saw (and at most the calls they gave up on besides: a call
+    cancelled, or past its deadline, as its answer is on the way was still a success there)."""
+    before = _series(native, "nv_inference_request_success", "affine")
+    seen = asyncio.run(_mixed_load(native.target, clients=8, each=60))
+    assert seen["invalid"] == seen["not_found"] == 80 and seen["stream"] == 80, seen
+    assert seen["ok"] >= 160, seen  # kinds 0 and 3 always succeed
+    assert native.proc.poll() is None, native.output()
+    after = _series(native, "nv_inference_request_success", "affine")
+    answered = seen["ok"] + 2 * seen["stream"]
+    assert answered <= after - before <= answered + seen["cancelled"] + seen["deadline"], seen
+    channel, s = stub(native.target)
+    with channel:
+        np.testing.assert_allclose(outputs(s.ModelInfer(request("affine", x=X), timeout=10))["y"],
+                                   2 * X + 1)
+
+
+def test_cancelled_streams_end_upstream_too(native: ServerProcess) -> None:
+    """A forwarded server stream (health Watch) cancelled by its client ends on both sides,
+    again and again, and the server goes on."""
+    channel, s = stub(native.target)
+    with channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(20):
+            watch = health.Watch(health_pb2.HealthCheckRequest(service="affine"), timeout=10)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
+        assert s.ServerLive(pb.ServerLiveRequest(), timeout=5).live
+    assert native.proc.poll() is None

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import ROOT, ServerProcess, free_port
+from tests.conftest import ROOT, ServerProcess, free_port, native_built
 
 
 def test_health_serving_for_server_and_inference_service(server: ServerProcess) -> None:
@@ -25,6 +25,26 @@ def test_health_serving_for_server_and_inference_service(server: ServerProcess) 
         with pytest.raises(grpc.RpcError) as err:
             stub.Check(health_pb2.HealthCheckRequest(service="no_such_model"), timeout=5)
         assert err.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("frontend", ["python", "native"])
+def test_health_watch_streams_the_status(empty_repository: Path, frontend: str) -> None:
+    """grpc.health.v1 Watch (a handler that sends with context.write) gets through the
+    status-mapping interceptor, and through the native front end's forwarding."""
+    if frontend == "native":
+        native_built()
+    server = ServerProcess(empty_repository, "--frontend", frontend)
+    try:
+        server.wait_ready()
+        with grpc.insecure_channel(server.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            for service, want in (("", health_pb2.HealthCheckResponse.SERVING),
+                                  ("nosuch", health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)):
+                watch = stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                assert next(watch).status == want
+                watch.cancel()
+    finally:
+        assert server.terminate() == 0, server.output()
 
 
 def test_v2_server_rpcs(server: ServerProcess) -> None:
