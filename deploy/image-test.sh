@@ -118,8 +118,14 @@ echo "$forecast" | head -4
 "$VENV/bin/seqserve" translate --target "127.0.0.1:$grpc_port" "dreihundertzweiundvierzig"
 curl -sf "http://127.0.0.1:$metrics_port/metrics" \
   | grep -E '^(nv_inference_request_success|seqserve_native_requests_total)\{model="(forecaster_gru|translator)"'
-say "the native front end owns the port (built in the image)"
+say "the native front end owns the port (built in the image) and runs V2 inference itself"
 podman logs "$NAME" 2>&1 | grep -F "native front end"
+if [ -x .tools/tritonclient/bin/python ]; then  # plain tritonclient, V2 ModelInfer
+  .tools/tritonclient/bin/python examples/tritonclient_infer.py --target "127.0.0.1:$grpc_port" \
+    >/dev/null
+  curl -sf "http://127.0.0.1:$metrics_port/metrics" \
+    | grep -E '^seqserve_native_requests_total\{model="forecaster_gru",version="1"\} [1-9]'
+fi
 
 say "runs as a non-root user, holds no torch"
 [ "$(podman exec "$NAME" id -u)" = 10001 ]
