@@ -81,7 +81,7 @@ class NativeFrontend:
             settings.grpc_target, self.upstream, settings.max_message_bytes,
             reuse_port=settings.reuse_port, tls_cert=pem(settings.tls_cert),
             tls_key=pem(settings.tls_key), tls_client_ca=pem(settings.tls_client_ca))
-        self._routed: dict[str, set[int]] = {}
+        self._routed: dict[str, dict[int, OnnxModel]] = {}  # name -> version -> the instance
 
     def start(self) -> int:
         """Listen; return the port."""
@@ -92,21 +92,21 @@ class NativeFrontend:
 
     def route(self, name: str, models: list[ServedModel]) -> None:
         """Route `name`'s fast-path ModelInfer to exactly these ready versions (the newest is
-        the default). A version dropped from the route keeps its queue until its model's
-        `drain_and_close` closes it."""
-        fast = [m for m in models if isinstance(m, OnnxModel) and m.fast_path]
-        keep = {m.version for m in fast}
-        for version in self._routed.get(name, set()) - keep:
+        the default). A version dropped from the route, or replaced by a reload of the same
+        version, keeps its queue until its model's `drain_and_close` closes it."""
+        fast = {m.version: m for m in models if isinstance(m, OnnxModel) and m.fast_path}
+        routed = self._routed.get(name, {})
+        for version in routed.keys() - fast.keys():
             self._server.remove_model(name, version)
-        for m in fast:
-            if m.version not in self._routed.get(name, set()):
-                m.native_queue = self._attach(m)
-        self._routed[name] = keep
+        for version, m in fast.items():
+            if routed.get(version) is not m:  # new, or a new instance of the version
+                m.native_queue = self._attach(m)  # replaces the old one's route
+        self._routed[name] = fast
         versions = [m.version for m in models]
         # The newest ready version answers an empty model_version: if that one is not on the
         # fast path, neither is the name without a version.
         newest = max(versions) if versions else -1
-        self._server.set_default(name, newest if newest in keep else -1)
+        self._server.set_default(name, newest if newest in fast else -1)
 
     def _attach(self, model: OnnxModel) -> Any:
         p = model.policy

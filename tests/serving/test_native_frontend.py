@@ -7,6 +7,8 @@ own parameters; this module covers what only the native one has."""
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, native_built
-from tests.serving.model_factory import standard_repository
+from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine, standard_repository
 from tests.serving.v2 import call_error, outputs, request, scrape, stub
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -228,3 +230,31 @@ def test_cancelled_streams_end_upstream_too(native: ServerProcess) -> None:
             watch.cancel()
         assert s.ServerLive(pb.ServerLiveRequest(), timeout=5).live
     assert native.proc.poll() is None
+
+
+def test_a_version_reloaded_in_place_stays_on_the_fast_path(tmp_path: Path) -> None:
+    """Poll mode reloads version 1 when its file changes: the new instance of the version
+    takes over the fast path, and the old one's queue closes with it, not the route."""
+    native_built()
+    repo = tmp_path / "model_repository"
+    model_dir = add_model(repo, "a", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    srv = ServerProcess(repo, "--frontend", "native", "--model-control-mode", "poll",
+                        "--repository-poll-secs", "0.3")
+    try:
+        srv.wait_ready()
+        channel, s = stub(srv.target)
+        with channel:
+            s.ModelInfer(request("a", x=X), timeout=10)
+            affine(tmp_path / "new.onnx")  # the same model, a new file: a reload
+            os.replace(tmp_path / "new.onnx", model_dir / "1" / "model.onnx")
+            deadline = time.monotonic() + 30
+            while srv.output().count("model 'a' version 1 ready") < 2:
+                assert time.monotonic() < deadline, srv.output()
+                time.sleep(0.1)
+            time.sleep(0.5)  # the replaced instance is retired after the swap
+            for _ in range(3):
+                np.testing.assert_allclose(
+                    outputs(s.ModelInfer(request("a", x=X), timeout=10))["y"], 2 * X + 1)
+        assert _series(srv, "seqserve_native_requests_total", "a") == 3  # the new instance's
+    finally:
+        assert srv.terminate() == 0, srv.output()
