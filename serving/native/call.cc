@@ -36,9 +36,13 @@ void Call::OnReadDone(bool ok) {
       return;
     }
     auto message = std::make_unique<inference::ModelInferRequest>();
-    grpc::ProtoBufferReader reader(&request_);
-    if (message->ParseFromZeroCopyStream(&reader) && registry_->Submit(this, std::move(message)))
-      return;
+    bool parsed;
+    {
+      grpc::ProtoBufferReader reader(&request_);
+      parsed = message->ParseFromZeroCopyStream(&reader);
+    }
+    // Once submitted, the call may be answered (and this object gone) from another thread.
+    if (parsed && registry_->Submit(this, std::move(message))) return;
     Forward(true);  // the Python server answers it, as every request the fast path leaves
     return;
   }
