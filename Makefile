@@ -86,6 +86,10 @@ lint: install  ## ruff
 test: install tools  ## create .venv if missing, install, run the whole test suite
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+.PHONY: native-sanitize
+native-sanitize: native  ## opt-in: the native front end's tests under ASan and UBSan (minutes)
+	bash serving/native/sanitize.sh
+
 .PHONY: image-test
 image-test: install  ## opt-in: build the CPU image with podman and run it (minutes; not in `test`)
 	bash deploy/image-test.sh
