@@ -49,7 +49,7 @@ NATIVE_CXXFLAGS = -O2 -std=c++17 -fPIC -fvisibility=hidden -Wall -I$(NATIVE_DIR)
 	$$(pkg-config --cflags grpc++ protobuf)
 
 native: $(STAMPS)/venv  ## build the native gRPC front end (needs apt; else Python serves)
-	if bash serving/native/deps.sh; then
+	@if bash serving/native/deps.sh; then
 	  $(MAKE) -j2 --no-print-directory $(NATIVE_SO)
 	else
 	  echo "native: build dependencies not installed; seqserve serves with its Python front end" >&2
