@@ -9,6 +9,8 @@ served overhead can be read against what the transport alone costs.
 With `--native`, the native front end (serving/native) listens in front of it and runs the
 model's ModelInfer on its fast path with a runner that returns zeros: the C++ transport, the
 queue and one Python call per batch, without onnxruntime. That is the native front end's floor.
+With `--native --bare` the fast path has no runner and answers zeros in C++: no Python per
+request or batch at all, the floor of any gRPC server on the machine.
 
     python -m bench.floor_server --model-dir model_repository/forecaster_gru --port 18011
 """
@@ -84,8 +86,9 @@ class FloorServicer(pbg.GRPCInferenceServiceServicer):
         return reply
 
 
-def _native_front(servicer: FloorServicer, port: int, upstream: str) -> object:
-    """The native front end on `port`, with the model on its fast path answering zeros."""
+def _native_front(servicer: FloorServicer, port: int, upstream: str, bare: bool) -> object:
+    """The native front end on `port`, with the model on its fast path answering zeros (from
+    a Python runner, or with `bare` from C++ alone)."""
     from serving.native import _frontend
     from serving.stats import ModelStats
 
@@ -104,14 +107,14 @@ def _native_front(servicer: FloorServicer, port: int, upstream: str) -> object:
     front.add_model(config.name, 1, specs[0], specs[1], _frontend.Policy(
         max_batch_size=config.max_batch_size, batching=config.max_batch_size > 0,
         max_queue_delay_us=0, preferred_batch_sizes=[], max_queue_size=0,
-        default_timeout_us=0, instances=1), run, stats.record_batch,
+        default_timeout_us=0, instances=1), None if bare else run, stats.record_batch,
         lambda kind, ns, detail: (13, kind))
     front.set_default(config.name, 1)
     front.start()
     return front
 
 
-async def serve(model_dir: Path, port: int, native: bool = False) -> None:
+async def serve(model_dir: Path, port: int, native: bool = False, bare: bool = False) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", -1)])
     servicer = FloorServicer(model_dir)
     pbg.add_GRPCInferenceServiceServicer_to_server(servicer, server)
@@ -119,7 +122,7 @@ async def serve(model_dir: Path, port: int, native: bool = False) -> None:
         upstream = f"unix:{tmp}/grpc.sock"
         server.add_insecure_port(upstream if native else f"127.0.0.1:{port}")
         await server.start()
-        front = _native_front(servicer, port, upstream) if native else None
+        front = _native_front(servicer, port, upstream, bare) if native else None
         await server.wait_for_termination()
         del front
 
@@ -130,8 +133,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--native", action="store_true",
                         help="the native front end in front, the model on its fast path")
+    parser.add_argument("--bare", action="store_true",
+                        help="with --native: no runner, zeros from C++ (no Python at all)")
     args = parser.parse_args()
-    asyncio.run(serve(args.model_dir, args.port, args.native))
+    if args.bare and not args.native:
+        parser.error("--bare goes with --native")
+    asyncio.run(serve(args.model_dir, args.port, args.native, args.bare))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ In one run, on one machine:
    front end named serves every other measurement;
 5. the gRPC floor: the same load against bench/floor_server.py, a grpc.aio server that answers
    with zeros and computes nothing, and (when the native front end serves) the native floor,
-   its fast path answering zeros without onnxruntime, so served latency splits into transport
-   (the floor), seqserve's own work, and onnxruntime.
+   its fast path answering zeros without onnxruntime, and the bare floor, zeros from C++ with
+   no Python at all, so served latency splits into transport (the floor), seqserve's own work,
+   and onnxruntime.
 Prints a table and writes JSON (machine, versions, settings, medians) and a PNG of latency and
 throughput against concurrency to bench/results/.
 """
@@ -309,13 +310,15 @@ def side_by_side(model_dir: Path, variants: dict[str, dict], concurrencies: list
 
 
 def floor(model_dir: Path, concurrencies: list[int], window_ms: int, generator: str,
-          workdir: Path, native: bool = False) -> dict:
+          workdir: Path, native: bool = False, bare: bool = False) -> dict:
     """The same load against bench/floor_server.py: a grpc.aio server that computes nothing
-    (with `native`, the native front end's fast path in front of it, answering zeros)."""
+    (with `native`, the native front end's fast path in front of it, answering zeros from a
+    Python runner; with `bare` too, from C++ alone)."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.floor_server", "--model-dir",
                              str(model_dir), "--port", str(port),
-                             *(["--native"] if native else [])], cwd=ROOT,
+                             *(["--native"] if native else []),
+                             *(["--bare"] if bare else [])], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = f"127.0.0.1:{port}"
     try:
@@ -333,7 +336,8 @@ def floor(model_dir: Path, concurrencies: list[int], window_ms: int, generator: 
                  if generator == "perf_analyzer"
                  else loadgen(target, model_dir.name, c, window_ms / 1e3))
             results[c] = r
-            print(f"  {generator:13s} {'native floor' if native else 'grpc floor':13s} c={c:<3d} "
+            label = "bare floor" if bare else "native floor" if native else "grpc floor"
+            print(f"  {generator:13s} {label:13s} c={c:<3d} "
                   f"{r['inferences_per_s']:8.0f}/s  p50 {r['p50_ms']:.3f} ms  "
                   f"p99 {r['p99_ms']:.3f} ms", flush=True)
         return results
@@ -431,11 +435,14 @@ def run(args: argparse.Namespace) -> int:
                 args.worker_repeats, generators[0], Path(tmp))
         print("gRPC floor (bench/floor_server.py: grpc.aio, computes nothing):")
         grpc_floor = floor(model_dir, concurrencies, args.window_ms, generators[0], Path(tmp))
-        native_floor = None
+        native_floor = bare_floor = None
         if frontends[-1] == "native":
             print("native floor (bench/floor_server.py --native: the fast path, zeros):")
             native_floor = floor(model_dir, concurrencies, args.window_ms, generators[0],
                                  Path(tmp), native=True)
+            print("bare floor (bench/floor_server.py --native --bare: zeros from C++ alone):")
+            bare_floor = floor(model_dir, concurrencies, args.window_ms, generators[0],
+                               Path(tmp), native=True, bare=True)
     main = serving[generators[0]]
     own_floor = native_floor or grpc_floor  # the served front end's
     on, off = main["batching_on"], main["batching_off"]
@@ -455,6 +462,9 @@ def run(args: argparse.Namespace) -> int:
         "floor_throughput_c8": own_floor[8]["inferences_per_s"] if 8 in own_floor else None,
         "grpc_floor_throughput_c8": grpc_floor[8]["inferences_per_s"] if 8 in grpc_floor
         else None,
+        # No server on this machine answers perf_analyzer faster than the bare floor.
+        "bare_floor_c1_ms": bare_floor[1]["avg_latency_ms"] if bare_floor and 1 in bare_floor
+        else None,
         "ready_s": boot["ready_s"], "rss_mib": boot["rss_mib"],
         "frontend": frontends[-1],
         "frontend_ratio": compared["ratio_to_first"] if compared else None,
@@ -469,7 +479,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"suite": "serving", "model": args.model, "machine": machine(),
               "settings": vars(args) | {"handler": None}, "in_process": ceiling,
               "startup": boot, "served": serving, "grpc_floor": grpc_floor,
-              "native_floor": native_floor,
+              "native_floor": native_floor, "bare_floor": bare_floor,
               "frontends": compared, "workers": scaling,
               "summary": summary,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -59,6 +59,7 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
     assert set(data["grpc_floor"]) == {"1", "8"}
     assert data["grpc_floor"]["1"]["inferences_per_s"] > 0
     assert data["native_floor"]["8"]["inferences_per_s"] > 0
+    assert data["bare_floor"]["1"]["avg_latency_ms"] == data["summary"]["bare_floor_c1_ms"] > 0
     if importlib.util.find_spec("matplotlib"):
         assert result.with_suffix(".png").stat().st_size > 1000
 

@@ -46,6 +46,7 @@ ModelQueue::ModelQueue(std::string name, int64_t version, std::vector<TensorSpec
     : name_(std::move(name)), version_(version), inputs_(std::move(inputs)),
       outputs_(std::move(outputs)), policy_(std::move(policy)),
       callbacks_(std::move(callbacks)) {
+  zeros_ = callbacks_.run.is_none();
   py::module_ numpy = py::module_::import("numpy");
   for (const auto& spec : inputs_) dtypes_.push_back(numpy.attr("dtype")(NumpyDtype(spec.datatype)));
   for (int i = 0; i < std::max(policy_.instances, 1); ++i)
@@ -242,7 +243,9 @@ void ModelQueue::RunBatch(int instance, std::vector<std::unique_ptr<Request>>& b
   for (const auto& r : batch) total += r->size;
   std::vector<inference::ModelInferResponse> replies(batch.size());
   std::string error;
-  {
+  if (zeros_) {
+    Zeros(batch, &replies);
+  } else {
     py::gil_scoped_acquire gil;
     try {
       const auto t0 = Clock::now();
@@ -321,6 +324,28 @@ void ModelQueue::RunBatch(int instance, std::vector<std::unique_ptr<Request>>& b
     grpc::SerializationTraits<inference::ModelInferResponse>::Serialize(reply, &buffer, &own);
     pending_.fetch_sub(1);
     r.call->Reply(&buffer);
+  }
+}
+
+// Zero-filled outputs of the declared shapes (a variable dimension as 1), without Python: what
+// the transport and the queue cost alone.
+void ModelQueue::Zeros(const std::vector<std::unique_ptr<Request>>& batch,
+                       std::vector<inference::ModelInferResponse>* replies) const {
+  const bool batched = policy_.max_batch_size > 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const Request& r = *batch[i];
+    for (size_t o : r.wanted) {
+      auto* tensor = (*replies)[i].add_outputs();
+      tensor->set_name(outputs_[o].name);
+      tensor->set_datatype(outputs_[o].datatype);
+      int64_t elements = batched ? r.size : 1;
+      if (batched) tensor->add_shape(r.size);
+      for (int64_t d : outputs_[o].dims) {
+        tensor->add_shape(std::max<int64_t>(d, 1));
+        elements *= std::max<int64_t>(d, 1);
+      }
+      (*replies)[i].add_raw_output_contents(std::string(elements * outputs_[o].itemsize, '\0'));
+    }
   }
 }
 

@@ -44,7 +44,7 @@ struct Policy {
 
 // What the Python side provides for one model version (see serving/native/frontend.py).
 struct Callbacks {
-  py::object run;      // run(instance, {name: array}) -> {name: array}
+  py::object run;      // run(instance, {name: array}) -> {name: array}; None: answer zeros
   py::object account;  // account(queue_ns, elements, input_ns, infer_ns, output_ns, durations)
   py::object fail;     // fail(kind, elapsed_ns, detail) -> (grpc status code, message)
 };
@@ -84,6 +84,8 @@ class ModelQueue {
   bool TakeBatch(std::unique_lock<std::mutex>& lock, std::vector<std::unique_ptr<Request>>* batch,
                  std::vector<std::unique_ptr<Request>>* dropped);
   void RunBatch(int instance, std::vector<std::unique_ptr<Request>>& batch);
+  void Zeros(const std::vector<std::unique_ptr<Request>>& batch,
+             std::vector<inference::ModelInferResponse>* replies) const;
   void FailAll(std::vector<std::unique_ptr<Request>>& requests, const char* kind,
                const std::string& detail);
 
@@ -92,6 +94,7 @@ class ModelQueue {
   const std::vector<TensorSpec> inputs_, outputs_;
   const Policy policy_;
   Callbacks callbacks_;
+  bool zeros_ = false;  // no runner: the C++ floor (bench/floor_server.py --native --bare)
   std::vector<py::object> dtypes_;  // numpy dtype per input
 
   std::mutex mu_;
