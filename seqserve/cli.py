@@ -134,7 +134,7 @@ def _forecaster_arguments(fc: argparse.ArgumentParser) -> None:
 def _translator_arguments(tr: argparse.ArgumentParser) -> None:
     """`train translator` flags. Unset flags take the preset's value (training/translator_config.py
     lists the presets; no torch import here)."""
-    from training.translator_config import PRESETS, SCHEDULES, TranslatorTrainConfig
+    from training.translator_config import PRESETS, SCHEDULES, SELECT_BY, TranslatorTrainConfig
 
     t, n = TranslatorTrainConfig(), PRESETS["numbers"]
     tr.add_argument("--data",
@@ -194,6 +194,9 @@ def _translator_arguments(tr: argparse.ArgumentParser) -> None:
     opt.add_argument("--patience", type=int,
                      help="early stopping: evaluations without a better validation loss")
     opt.add_argument("--average-last", type=int, help="checkpoint averaging over the last N")
+    opt.add_argument("--select-by", choices=list(SELECT_BY),
+                     help="what chooses between the averaged and the best snapshot: greedy "
+                          "validation BLEU, or validation loss (default: bleu)")
     opt.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU AMX or CUDA)")
     opt.add_argument("--seed", type=int, help="random seed (default: 0)")
     opt.add_argument("--device", help="cpu or cuda (default: cpu)")

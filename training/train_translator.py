@@ -2,8 +2,9 @@
 
 Data -> joint SentencePiece -> token-based batches -> label-smoothed cross-entropy with AdamW,
 linear warm-up then inverse-square-root decay, gradient clipping, validation loss every
-`eval_every` steps (early stopping, snapshots), average of the last N snapshots (kept when it
-beats the best single one on validation), then beam search on the test split.
+`eval_every` steps (early stopping, snapshots), the average of the last N snapshots or the
+snapshot of lowest validation loss, whichever has the higher greedy validation BLEU (or the
+lower validation loss: `select_by`), then beam search on the test split.
 
 DIR receives: checkpoint.pt (kind "translator": model_args, train_config, state_dict, tokenizer
 bytes, data, metrics), spm.model, metrics.json, examples.txt.
@@ -72,6 +73,8 @@ class FitResult:
     best_val_loss: float = math.inf
     final_val_loss: float = math.inf
     averaged: bool = False
+    # the score of each candidate when a score chose between them: {"averaged": x, "best": y}
+    selection: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -170,9 +173,12 @@ def _snapshot(model: EncoderDecoder) -> dict[str, torch.Tensor]:
 
 def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: Encoded,
         device: torch.device, quiet: bool = False,
-        resample: Callable[[], Encoded] | None = None) -> FitResult:
+        resample: Callable[[], Encoded] | None = None,
+        score: Callable[[EncoderDecoder], float] | None = None) -> FitResult:
     """Train in place; on return the model holds the averaged or the best weights.
-    `resample`, when given, makes each epoch's training ids (subword regularization)."""
+    `resample`, when given, makes each epoch's training ids (subword regularization).
+    `score`, when given, chooses between those two (higher wins, the average on ties);
+    without it the validation loss chooses."""
     c = model.config
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas,
                             weight_decay=tc.weight_decay)
@@ -251,11 +257,20 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
     result.seconds = time.monotonic() - start
     result.final_val_loss = result.best_val_loss
     if len(snapshots) > 1:
-        model.load_state_dict(average_states(list(snapshots)))
+        averaged_state = average_states(list(snapshots))
+        model.load_state_dict(averaged_state)
         averaged = validation_loss(model, val, 2 * tc.max_tokens, device)
         result.history.append({"step": result.steps, "val_loss_averaged": round(averaged, 4)})
-        if averaged <= result.best_val_loss:
-            result.averaged, result.final_val_loss = True, averaged
+        if score is None:
+            result.averaged = averaged <= result.best_val_loss
+        else:
+            result.selection["averaged"] = score(model)
+            model.load_state_dict(best_state)
+            result.selection["best"] = score(model)
+            result.averaged = result.selection["averaged"] >= result.selection["best"]
+        if result.averaged:
+            result.final_val_loss = averaged
+            model.load_state_dict(averaged_state)
     if not result.averaged:
         model.load_state_dict(best_state)
     return result
@@ -269,6 +284,19 @@ def torch_translator(model: EncoderDecoder, tokenizer: Tokenizer, tc: Translator
                           c.max_len - 1, tc.beam_size, TOKENIZER_FILE, c.num_decoder_layers,
                           c.num_heads, c.head_dim, tc.eval_batch_rows)
     return Translator(TorchStepModel(model, device), tokenizer, spec)
+
+
+def greedy_bleu(model: EncoderDecoder, tokenizer: Tokenizer, tc: TranslatorTrainConfig,
+                device: torch.device, pairs: list[Pair]) -> float:
+    """sacreBLEU of greedy decoding on `pairs` (validation), decoded on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # step-by-step decoding is latency-bound: more threads only spin
+    try:
+        scores, _ = evaluate(torch_translator(model, tokenizer, tc, device), pairs, 1, 0.0,
+                             tc.eval_batch_rows)
+    finally:
+        torch.set_num_threads(threads)
+    return float(scores["bleu"])  # type: ignore[arg-type]
 
 
 def pick_device(name: str) -> torch.device:
@@ -321,7 +349,13 @@ def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
         def resample() -> Encoded:
             return resampled(tokenizer, train_ids, tc.subword_alpha, tc.max_source_tokens,
                              config.max_len)
-    fitted = fit(model, tc, train_ids, val_ids, device, quiet, resample)
+    limit = tc.max_source_tokens
+    val = [p for p in corpus["val"] if len(tokenizer.encode_source(p[0])) <= limit]
+    score = None
+    if tc.select_by == "bleu":
+        def score(candidate: EncoderDecoder) -> float:
+            return greedy_bleu(candidate, tokenizer, tc, device, val)
+    fitted = fit(model, tc, train_ids, val_ids, device, quiet, resample, score)
     data_info = {"name": tc.data, "src": tc.src, "tgt": tc.tgt,
                  "sizes": {k: len(v) for k, v in corpus.items()}, "train_dropped": dropped}
     out.mkdir(parents=True, exist_ok=True)
@@ -333,14 +367,12 @@ def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
                "metrics": {}}
     checkpoint.save(out, payload)  # before evaluating: a long evaluation loses nothing
 
-    limit = tc.max_source_tokens
     test = [p for p in corpus["test"] if len(tokenizer.encode_source(p[0])) <= limit]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # step-by-step decoding is latency-bound: more threads only spin
     search: dict[str, object] = {}
     try:
         if tc.length_penalty_grid:
-            val = [p for p in corpus["val"] if len(tokenizer.encode_source(p[0])) <= limit]
             chosen, bleu = choose_length_penalty(
                 torch_translator(model, tokenizer, tc, device), val, tc.beam_size,
                 tc.length_penalty_grid, tc.eval_batch_rows)
@@ -366,6 +398,8 @@ def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
         "best_val_loss": round(fitted.best_val_loss, 4),
         "final_val_loss": round(fitted.final_val_loss, 4),
         "checkpoint_averaged": fitted.averaged, "average_last": tc.average_last,
+        "checkpoint_selection": {"by": tc.select_by, **({"greedy_val_bleu": fitted.selection}
+                                                         if fitted.selection else {})},
         "device": str(device), "torch_threads": threads,
         "load_average_1m": round(os.getloadavg()[0], 2), "data": data_info,
         "validation": fitted.history,

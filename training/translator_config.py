@@ -53,6 +53,7 @@ class TranslatorConfig:
 
 
 SCHEDULES = ("inverse_sqrt", "linear")
+SELECT_BY = ("bleu", "loss")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ class TranslatorTrainConfig:
     eval_every: int = 1000  # steps between validation losses (and averaging snapshots)
     patience: int = 6  # evaluations without a better validation loss before stopping
     average_last: int = 5  # checkpoint averaging over the last N snapshots
+    # What keeps the average of the last N or the snapshot of lowest validation loss: "bleu"
+    # (greedy BLEU on the validation split, the average on ties) or "loss" (validation loss).
+    select_by: str = "bleu"
     beam_size: int = 4
     length_penalty: float = 0.6  # GNMT alpha at evaluation (and the served default)
     # Alphas tried on the validation split after training; the best by BLEU replaces
@@ -106,6 +110,8 @@ class TranslatorTrainConfig:
     def __post_init__(self) -> None:
         assert self.schedule in SCHEDULES, (
             f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        assert self.select_by in SELECT_BY, (
+            f"select_by {self.select_by!r} is not one of {', '.join(SELECT_BY)}")
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,7 @@ PRESETS: dict[str, Preset] = {
                "activation_dropout": 0.0, "max_len": 256},
         train={"data": "multi30k", "vocab_size": 8000, "max_tokens": 5000,
                "max_source_tokens": 128, "lr": 1.5e-3, "warmup": 300, "schedule": "linear",
-               "eval_every": 150, "patience": 8, "max_minutes": 55.0, "average_last": 5,
+               "eval_every": 150, "patience": 8, "max_minutes": 54.0, "average_last": 5,
                "beam_size": 4, "length_penalty": 0.6,
                "length_penalty_grid": (0.6, 0.8, 1.0, 1.2), "threads": 2},
     ),
