@@ -142,12 +142,14 @@ PRESETS: dict[str, Preset] = {
     ),
     "multi30k": Preset(
         # 4 + 2 layers rather than 3 + 3: the same validation BLEU (41.53 against 41.55) and a
-        # decoder step about 29 % faster, which every served token pays (docs/translation.md).
+        # decoder step about 29 % faster, which every served token pays. Attention dropout 0.1
+        # and weight decay 0.05: +0.55 validation BLEU side by side (docs/translation.md).
         model={"d_model": 256, "num_heads": 4, "d_ff": 1024, "num_encoder_layers": 4,
-               "num_decoder_layers": 2, "dropout": 0.1, "attention_dropout": 0.0,
+               "num_decoder_layers": 2, "dropout": 0.1, "attention_dropout": 0.1,
                "activation_dropout": 0.0, "max_len": 256},
         train={"data": "multi30k", "vocab_size": 8000, "max_tokens": 5000,
                "max_source_tokens": 128, "lr": 1.5e-3, "warmup": 300, "schedule": "linear",
+               "weight_decay": 0.05,
                "eval_every": 150, "patience": 8, "max_minutes": 54.0, "average_last": 5,
                "beam_size": 4, "length_penalty": 0.6,
                "length_penalty_grid": (0.6, 0.8, 1.0, 1.2), "threads": 2},
