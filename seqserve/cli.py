@@ -188,6 +188,11 @@ def _translator_arguments(tr: argparse.ArgumentParser) -> None:
     opt.add_argument("--extra-sources", type=_words, metavar="LANG,...",
                      help="--data multi30k: also train on these source languages into the same "
                           "targets (e.g. fr: Multi30k's captions in French; default: none)")
+    opt.add_argument("--rdrop-alpha", type=float,
+                     help="R-Drop: run each batch twice and add this weight times the "
+                          "symmetric KL between the two dropout samples; a step then costs "
+                          "about twice the tokens, so halve --max-tokens to keep its cost "
+                          "(default: 0 = off)")
     opt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 0)")
     opt.add_argument("--clip", type=float, help="gradient-norm clip (default: 1.0)")
     opt.add_argument("--eval-every", type=int, help="steps between validation losses")

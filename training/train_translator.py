@@ -44,6 +44,7 @@ from training.translator_config import (
     preset_for,
     resolve,
 )
+from training.translator_loss import token_loss
 
 KIND = "translator"
 TOKENIZER_FILE = "spm.model"
@@ -202,12 +203,9 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
         for idx in token_batches(src_lens, tgt_lens, tc.max_tokens, rng):
             model.train()
             src, tgt_in, tgt_out = _tensors(train, idx, c, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                logits = model.logits(src, tgt_in)  # [B, T, V]
             ntok = int((tgt_out != c.pad_id).sum())
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(),
-                                   ignore_index=c.pad_id, label_smoothing=tc.label_smoothing,
-                                   reduction="sum") / ntok
+            loss = token_loss(model, src, tgt_in, tgt_out, tc.label_smoothing, tc.rdrop_alpha,
+                              tc.bf16)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)

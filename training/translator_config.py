@@ -88,6 +88,9 @@ class TranslatorTrainConfig:
     # Multi30k only: training pairs from these source languages into the same targets too
     # (multi-source augmentation: the same captions in French, say). () = none.
     extra_sources: tuple[str, ...] = ()
+    # R-Drop (Liang et al. 2021): each batch runs twice and the loss adds this weight times
+    # the symmetric KL between the two dropout samples (fairseq's --rdrop-alpha). 0 = off.
+    rdrop_alpha: float = 0.0
     clip: float = 1.0  # gradient-norm clip
     eval_every: int = 1000  # steps between validation losses (and averaging snapshots)
     patience: int = 6  # evaluations without a better validation loss before stopping

@@ -282,14 +282,18 @@ class EncoderDecoder(nn.Module):
                                           cross_k, cross_v, src_mask)
         return hidden
 
-    def logits(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    def logits(self, src: torch.Tensor, tgt: torch.Tensor,
+               keep: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced scores before the softmax (training's loss takes these, so the
-        log-softmax over V runs once). src [B, S], tgt [B, T] (BOS-prefixed) -> [B, T, V]."""
+        log-softmax over V runs once). src [B, S], tgt [B, T] (BOS-prefixed) -> [B, T, V];
+        with `keep` [B, T] (bool), only those positions, in row-major order: [N, V]."""
         pad = self.config.pad_id
         src_mask = pad_mask(src, pad)  # [B, 1, S]
         memory = self.encode(src, src_mask)  # [B, S, D]
         hidden = self.decode(memory, src_mask, tgt, target_mask(tgt, pad))  # [B, T, D]
-        return self.generator.proj(hidden)  # [B, T, V]
+        if keep is not None:
+            hidden = hidden[keep]  # [N, D]: the projection skips padded positions
+        return self.generator.proj(hidden)  # [B, T, V] or [N, V]
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Teacher-forced log-probabilities. src [B, S], tgt [B, T] -> [B, T, V]."""
