@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the usual alias
 
+from training.models.dropout import Dropout
 from training.models.masks import pad_mask, target_mask
 from training.translator_config import TranslatorConfig
 
@@ -57,7 +58,7 @@ class MultiHeadedAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         b = x.size(0)
@@ -92,7 +93,7 @@ class PositionwiseFeedForward(nn.Module):
         super().__init__()
         self.w_1 = nn.Linear(d_model, d_ff)
         self.w_2 = nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_2(self.dropout(self.w_1(x).relu()))  # [B, T, D] -> [B, T, F] -> [B, T, D]
@@ -104,7 +105,7 @@ class SublayerConnection(nn.Module):
     def __init__(self, size: int, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, sublayer: nn.Module) -> torch.Tensor:
         return x + self.dropout(sublayer(self.norm(x)))
@@ -205,7 +206,7 @@ class PositionalEncoding(nn.Module):
 
     def __init__(self, d_model: int, dropout: float, max_len: int) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         position = torch.arange(max_len).unsqueeze(1)  # [max_len, 1]
         div_term = torch.exp(torch.arange(0, d_model, 2) * -(math.log(10000.0) / d_model))
         pe = torch.zeros(max_len, d_model)  # [max_len, D]
