@@ -75,11 +75,40 @@ c.unload_model("affine"); out["unloaded"] = not c.is_model_ready("affine")
 print(json.dumps(out))
 """
 
+TRANSLATOR_CALLS = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+c = grpcclient.InferenceServerClient(sys.argv[1])
+sources = json.loads(sys.argv[2])
+out = {"inputs": [(t.name, t.datatype, list(t.shape))
+                  for t in c.get_model_metadata("translator").inputs]}
+def text(rows):
+    t = grpcclient.InferInput("text", [len(rows), 1], "BYTES")
+    t.set_data_from_numpy(np.array([[r] for r in rows], dtype=object))
+    return t
+for beam in (1, 4):
+    res = c.infer("translator", [text([s.encode() for s in sources])],
+                  parameters={"beam_size": beam})
+    out[f"beam{beam}"] = [v.decode() for v in res.as_numpy("translation").reshape(-1)]
+    out[f"score{beam}"] = res.as_numpy("score").reshape(-1).tolist()
+    out[f"shape{beam}"] = list(res.as_numpy("translation").shape)
+for name, rows, params in (("utf8", [b"\\xff\\xfe"], None),
+                           ("too_long", ["dreihundert ".encode() * 200], None),
+                           ("beam", [b"vier"], {"beam_size": 0})):
+    try:
+        c.infer("translator", [text(rows)], parameters=params)
+    except InferenceServerException as e:
+        out[name] = [e.status(), e.message()]
+print(json.dumps(out))
+"""
 
-def _run(script: str, target: str) -> dict:
+
+def _run(script: str, target: str, *args: str) -> dict:
     python = tool("tritonclient")
-    out = subprocess.run([str(python), "-c", script, target], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([str(python), "-c", script, target, *args], capture_output=True,
+                         text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -103,6 +132,32 @@ def test_tritonclient_model_calls(standard_server: ServerProcess) -> None:
     assert got["unknown"][0] == "StatusCode.NOT_FOUND" and "nope" in got["unknown"][1]
     assert got["unload"] == "StatusCode.UNIMPLEMENTED"
     assert got["stream"] == ["s0", "s1", "s2"]
+
+
+def test_tritonclient_translator(tiny_server: ServerProcess, tiny_repository: Path) -> None:
+    """BYTES in, BYTES and FP32 out through plain tritonclient, with the `beam_size` request
+    parameter: the same translations and scores as the decoder run in this process on the
+    same version, and bad input refused with INVALID_ARGUMENT naming what is wrong."""
+    import onnxruntime as ort
+
+    from serving.translation import Translator
+
+    sources = ["dreihundertzweiundvierzig", "sieben", "neunzehntausendvierhundertelf"]
+    got = _run(TRANSLATOR_CALLS, tiny_server.target, json.dumps(sources))
+    assert got["inputs"] == [["text", "BYTES", [-1, 1]]]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    local = Translator.load(tiny_repository / "translator" / "1", session_options=opts,
+                            providers=["CPUExecutionProvider"])
+    for beam in (1, 4):
+        want = local.translate(sources, beam_size=beam)
+        assert got[f"shape{beam}"] == [len(sources), 1]
+        assert got[f"beam{beam}"] == [r.text for r in want] and all(got[f"beam{beam}"])
+        assert got[f"score{beam}"] == pytest.approx([r.score for r in want], abs=1e-4)
+    assert got["utf8"][0] == "StatusCode.INVALID_ARGUMENT" and "UTF-8" in got["utf8"][1]
+    assert got["too_long"][0] == "StatusCode.INVALID_ARGUMENT"
+    assert "max_source_tokens" in got["too_long"][1]
+    assert got["beam"][0] == "StatusCode.INVALID_ARGUMENT" and "beam_size" in got["beam"][1]
 
 
 def test_tritonclient_load_unload(tmp_path: Path) -> None:
