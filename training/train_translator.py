@@ -189,7 +189,8 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
     result, bad, last_eval = FitResult(), 0, 0
     budget = tc.max_minutes * 60 or math.inf
     start = time.monotonic()
-    # the bar's ETA counts to max_steps; the description shows the time budget left, if any
+    # the bar counts to max_steps, or with a time budget to the steps that budget will give at
+    # the pace so far (re-estimated as it goes), so that its percentage and ETA mean the run's end
     bar = tqdm(total=tc.max_steps, disable=quiet, unit="step", dynamic_ncols=True,
                file=sys.stderr)
     window_tokens, window_start = 0, time.monotonic()
@@ -244,7 +245,11 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
             if result.steps % 10 == 0 or result.stopped_by:
                 rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
                 window_tokens, window_start = 0, time.monotonic()
-                left = f" budget {(budget - elapsed) / 60:.1f} min" if budget < math.inf else ""
+                left = ""
+                if budget < math.inf:
+                    left = f" budget {max(budget - elapsed, 0) / 60:.1f} min"
+                    bar.total = max(result.steps,
+                                    min(tc.max_steps, round(result.steps * budget / elapsed)))
                 bar.set_description(f"loss {train_loss:.3f} lr {lr:.2e} "
                                     f"{rate:,.0f} tok/s{left}", refresh=False)
             bar.update(1)
