@@ -12,7 +12,8 @@ instead of stopping every row's decoding for it.
 
 Only what a caller waits for is delivered: finished requests and the text of streamed ones.
 A request with a queue deadline that passes before it joins the batch is dropped undecoded
-and reported to `expire` (checked when it would be encoded, and again when it would join).
+and reported to `expire` when the deadline passes, not when rows free up: the encoder thread
+wakes at the next deadline of the requests waiting in the inbox or, encoded, for rows.
 No asyncio here: the served model runs a pipeline in its engine process (`engine.py`) and
 delivers through a pipe. Thread-safe entry points: `submit`, `cancel`, `stop`.
 """
@@ -45,9 +46,11 @@ class _Job:
     enqueued: float  # time.monotonic() when the server accepted it (system-wide clock)
     deadline: float | None = None  # time.monotonic() after which it may not join the batch
     cancelled: bool = False
+    expired: bool = False  # reported late while encoded; dropped when its group joins
 
     def late(self, now: float) -> bool:
-        return self.deadline is not None and now > self.deadline and not self.cancelled
+        return (self.deadline is not None and now > self.deadline and not self.cancelled
+                and not self.expired)
 
 
 @dataclass(eq=False)
@@ -86,6 +89,7 @@ class Pipeline:
         self.counters = counters if counters is not None else [0, 0]
         self._jobs: dict[Hashable, _Job] = {}  # submitted, not finished or cancelled
         self._inbox: deque[_Job] = deque()  # submit appends, the encoder thread pops
+        self._inbox_lock = threading.Lock()
         self._ready: deque[_Group] = deque()  # the encoder thread appends, decode pops
         self._ready_rows = 0  # rows of the groups in _ready (under _ready_lock)
         self._ready_lock = threading.Lock()
@@ -117,7 +121,8 @@ class Pipeline:
         for request, enqueued, deadline in requests:
             job = _Job(request, enqueued, deadline)
             self._jobs[request.id] = job
-            self._inbox.append(job)
+            with self._inbox_lock:
+                self._inbox.append(job)
         self._count_waiting()
         self._encode_work.set()
 
@@ -130,7 +135,9 @@ class Pipeline:
         self._work.set()
 
     def _count_waiting(self) -> None:
-        self.counters[WAITING] = len(self._inbox) + sum(len(g.jobs) for g in list(self._ready))
+        with self._ready_lock:
+            encoded = sum(not j.expired for g in self._ready for j in g.jobs)
+        self.counters[WAITING] = len(self._inbox) + encoded
 
     # -- the encoder thread ------------------------------------------------------------------
 
@@ -141,21 +148,43 @@ class Pipeline:
         late: list[_Job] = []
         rows = self._ready_rows
         now = time.monotonic()
-        while self._inbox:
-            job = self._inbox[0]
-            if job.cancelled or job.late(now):
+        with self._inbox_lock:
+            while self._inbox:
+                job = self._inbox[0]
+                if job.cancelled or job.late(now):
+                    self._inbox.popleft()
+                    if not job.cancelled:
+                        late.append(job)
+                    continue
+                if jobs and rows + job.request.beam_size > self.max_rows:
+                    break
                 self._inbox.popleft()
-                if not job.cancelled:
-                    late.append(job)
-                continue
-            if jobs and rows + job.request.beam_size > self.max_rows:
-                break
-            self._inbox.popleft()
-            rows += job.request.beam_size
-            jobs.append(job)
+                rows += job.request.beam_size
+                jobs.append(job)
         if late:
             self._expire_jobs(late, now)
         return jobs
+
+    def _sweep_late(self) -> float | None:
+        """Expire the waiting requests whose deadline passed (in the inbox: removed; encoded:
+        marked, and dropped when their group joins); seconds to the next deadline, or None."""
+        now = time.monotonic()
+        with self._inbox_lock:
+            late = [j for j in self._inbox if j.late(now)]
+            if late:
+                self._inbox = deque(j for j in self._inbox if j not in late)
+            waiting = list(self._inbox)
+        with self._ready_lock:  # the flag is set before the decode thread can pop the group
+            for job in (j for g in self._ready for j in g.jobs):
+                if job.late(now):
+                    job.expired = True
+                    late.append(job)
+                elif not job.expired:
+                    waiting.append(job)
+        if late:
+            self._expire_jobs(late, now)
+        deadlines = [j.deadline for j in waiting if j.deadline is not None and not j.cancelled]
+        return max(min(deadlines) - now, 0.0) + 1e-3 if deadlines else None
 
     def _expire_jobs(self, jobs: Sequence[_Job], now: float) -> None:
         self._forget(jobs)
@@ -164,12 +193,13 @@ class Pipeline:
 
     def _encoder_thread(self) -> None:
         """Encode what arrived, in one call, while the ready queue holds fewer than
-        max_rows rows (so that memory stays bounded when the decoder falls behind)."""
+        max_rows rows (so that memory stays bounded when the decoder falls behind); while
+        idle, wake at the next queue deadline to expire whoever is still waiting."""
         while True:
             if not self._inbox or self._ready_rows >= self.max_rows:
                 if self._stopped:
                     return
-                self._encode_work.wait()
+                self._encode_work.wait(self._sweep_late())
                 self._encode_work.clear()  # a set() after wait() returned is seen: re-read
                 continue
             jobs = self._take()
@@ -208,11 +238,13 @@ class Pipeline:
             self._encode_work.set()  # room in the ready queue again
             batch.join(group.encoded)
             rows += group.encoded.rows
-            late = [j for j in group.jobs if j.late(now)]
-            if late:  # encoded, but their time ran out while rows were busy
-                batch.remove([j.request.id for j in late])
+            late = [j for j in group.jobs if j.late(now)]  # time ran out while rows were busy
+            dropped = late + [j for j in group.jobs if j.expired]  # those reported already too
+            if dropped:
+                batch.remove([j.request.id for j in dropped])
+            if late:
                 self._expire_jobs(late, now)
-            active.update((j.request.id, j) for j in group.jobs if j not in late)
+            active.update((j.request.id, j) for j in group.jobs if j not in dropped)
             joined.append(group)
         if joined:
             self._count_waiting()

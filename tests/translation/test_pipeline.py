@@ -183,12 +183,14 @@ def test_a_broken_step_fails_its_requests_and_the_next_ones_decode(
 
 def test_requests_whose_queue_time_runs_out_are_expired_undecoded(
         make_pipeline: Callable) -> None:
-    """One row, held by a long request: `encoded` is encoded at once and expires when it would
-    join; `waiting` stays in the inbox (the ready queue is full) and expires when it would be
-    encoded; `patient` has no deadline and is decoded after the long one."""
+    """One row, held by a long request (about 250 steps of 2 ms): `encoded` is encoded at
+    once and waits for the row, `waiting` stays in the inbox (the ready queue is full); both
+    expire when their 10 ms run out, long before the row frees up. `patient` has no deadline
+    and is decoded after the long one."""
     model = SlowLengthModel()
     pipeline, sink = make_pipeline(model, max_rows=1)
-    pipeline.submit([(DecodeRequest("long", source(20), max_length=32), time.monotonic(), None)])
+    pipeline.submit([(DecodeRequest("long", source(250), max_length=256), time.monotonic(),
+                      None)])
     deadline = time.monotonic() + 10
     while pipeline.counters[STEPS] < 2:  # the long request holds the row
         assert time.monotonic() < deadline
@@ -197,6 +199,8 @@ def test_requests_whose_queue_time_runs_out_are_expired_undecoded(
     pipeline.submit([(DecodeRequest("encoded", source(2), max_length=10), now, now + 0.01),
                      (DecodeRequest("waiting", source(2), max_length=10), now, now + 0.01),
                      (DecodeRequest("patient", source(2), max_length=10), now, None)])
+    sink.wait_for(["encoded", "waiting"])
+    assert "long" not in sink.results, "expired at the deadline, not when the row freed up"
     sink.wait_for(["long", "encoded", "waiting", "patient"])
     assert sorted(i for i, _ in sink.expired) == ["encoded", "waiting"]
     assert min(queued for _, queued in sink.expired) > 0.01
