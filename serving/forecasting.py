@@ -24,6 +24,19 @@ from training.data.calendar import FEATURES as CALENDAR  # numpy only: the one f
 from training.data.calendar import calendar_features
 
 NS = np.timedelta64(1, "ns")
+# What datetime64[ns] holds (1677-09-21 to 2262-04-11; the lowest int64 is NaT). Timestamps,
+# durations and the horizon's timestamps are checked against it in Python integers, so no
+# numpy arithmetic can wrap around.
+MIN_NS, MAX_NS = -(2**63) + 1, 2**63 - 1
+
+
+def nanoseconds(seconds: int, nanos: int, where: str) -> int:
+    """A protobuf Timestamp or Duration as integer nanoseconds, within datetime64[ns]."""
+    ns = seconds * 1_000_000_000 + nanos
+    if not MIN_NS <= ns <= MAX_NS:
+        raise InvalidInput(f"{where}: {seconds} s is outside the range served "
+                           "(1677-09-22 to 2262-04-11 UTC, or as many seconds for a duration)")
+    return ns
 
 
 @dataclass(frozen=True)
@@ -97,10 +110,13 @@ def _past_times(spec: ForecasterSpec, w: Window, n: int, where: str) -> np.ndarr
         ts = w.timestamps
         if len(ts) != n:
             raise InvalidInput(f"{where}.timestamps: {len(ts)} timestamps for {n} values")
-        steps = np.diff(ts.astype(np.int64))
-        if (steps <= 0).any():
-            i = int(np.argmax(steps <= 0)) + 1
+        ints = ts.astype(np.int64)
+        if (ints[1:] <= ints[:-1]).any():
+            i = int(np.argmax(ints[1:] <= ints[:-1])) + 1
             raise InvalidInput(f"{where}.timestamps: not strictly increasing at index {i}")
+        if int(ints[-1]) - int(ints[0]) > MAX_NS:
+            raise InvalidInput(f"{where}.timestamps: span more than 292 years")
+        steps = np.diff(ints)  # increasing, within one int64 span: no wrap-around
         if len(steps) and (steps != steps[0]).any():
             i = int(np.argmax(steps != steps[0])) + 1
             raise InvalidInput(f"{where}.timestamps: irregular spacing at index {i} "
@@ -110,6 +126,10 @@ def _past_times(spec: ForecasterSpec, w: Window, n: int, where: str) -> np.ndarr
         step = w.frequency_ns or spec.frequency_ns
         if not step or step <= 0:
             raise InvalidInput(f"{where}.frequency: needed with start (a positive duration)")
+        start = int(w.start.astype(np.int64))
+        if max(start, 0) + (n - 1) * step > MAX_NS:
+            raise InvalidInput(f"{where}: start + {n - 1} steps of {step / 1e9:g} s is past "
+                               "2262-04-11, the end of the range served")
         ts = w.start + np.arange(n, dtype=np.int64) * np.timedelta64(step, "ns")
     else:
         if spec.calendar:
@@ -158,6 +178,9 @@ def prepare(spec: ForecasterSpec, windows: list[Window]) -> Prepared:
                 else spec.frequency_ns)
         horizon = None
         if ts is not None and step:
+            if max(int(ts[-1].astype(np.int64)), 0) + H * step > MAX_NS:
+                raise InvalidInput(f"{where}: the forecast's {H} steps of {step / 1e9:g} s "
+                                   "run past 2262-04-11, the end of the range served")
             horizon = ts[-1] + np.arange(1, H + 1, dtype=np.int64) * np.timedelta64(step, "ns")
         horizons.append(horizon)
         extra = sorted(set(w.future) - set(spec.known_future))

@@ -57,12 +57,28 @@ _CONTENTS_FIELD = {
 
 _LEN = struct.Struct("<I")
 
+# The most elements one tensor may claim. Far above anything the message cap lets through
+# (every element costs at least one byte, a BYTES element four), it only keeps arithmetic on
+# claimed shapes small; the real bound is the bytes received, checked before any allocation.
+MAX_ELEMENTS = 2**31 - 1
+
 
 def element_count(shape: Sequence[int]) -> int:
     n = 1
     for d in shape:
         n *= d
     return n
+
+
+def check_shape(shape: Sequence[int], name: str) -> int:
+    """The element count of a claimed shape, or InvalidInput when a dimension is negative or
+    the count is absurd. Python integers: nothing overflows."""
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+    if any(d > MAX_ELEMENTS for d in shape) or element_count(shape) > MAX_ELEMENTS:
+        raise InvalidInput(f"input '{name}': shape {list(shape)} claims more than "
+                           f"{MAX_ELEMENTS} elements")
+    return element_count(shape)
 
 
 def dtype_of(datatype: str, name: str) -> np.dtype:
@@ -76,7 +92,12 @@ def dtype_of(datatype: str, name: str) -> np.dtype:
 
 
 def decode_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
-    """BYTES elements, each a 4-byte little-endian length then the bytes."""
+    """BYTES elements, each a 4-byte little-endian length then the bytes. The claimed count
+    is checked against the bytes received before anything is allocated: each element needs
+    at least its 4-byte length."""
+    if count > len(raw) // 4:
+        raise InvalidInput(f"input '{name}': raw BYTES data has {len(raw)} bytes, too few for "
+                           f"the {count} elements the shape claims (4 bytes each at least)")
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     pos, end = 0, len(raw)
@@ -108,7 +129,7 @@ def encode_bytes(array: np.ndarray) -> bytes:
 
 def from_raw(raw: bytes, datatype: str, shape: Sequence[int], name: str) -> np.ndarray:
     dtype = dtype_of(datatype, name)
-    count = element_count(shape)
+    count = check_shape(shape, name)
     if datatype == "BYTES":
         return decode_bytes(raw, count, name).reshape(shape)
     expected = count * dtype.itemsize
@@ -128,7 +149,7 @@ def from_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: Sequence
     if field is None:
         raise InvalidInput(f"input '{name}': {datatype} must be sent as raw_input_contents")
     values = getattr(tensor.contents, field)
-    count = element_count(shape)
+    count = check_shape(shape, name)
     if len(values) != count:
         raise InvalidInput(f"input '{name}': contents.{field} has {len(values)} values, "
                            f"shape {list(shape)} needs {count}")

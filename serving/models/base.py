@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,13 +78,36 @@ class ServedModel(ABC):
     def batching(self) -> bool:
         return self.max_batch_size > 0
 
+    def check_input(self, name: str, datatype: str, shape: Sequence[int]) -> None:
+        """One input's name, datatype and shape against the config, before its payload is
+        decoded: what a request claims is checked before the server spends anything on it."""
+        model = f"model '{self.name}'"
+        spec = self.inputs.get(name)
+        if spec is None:
+            raise InvalidInput(f"unexpected input '{name}' for {model}; it takes: "
+                               f"{', '.join(self.inputs)}")
+        if datatype != spec.datatype:
+            raise InvalidInput(f"input '{name}': datatype {datatype}, {model} takes "
+                               f"{spec.datatype}")
+        dims = list(shape)
+        if self.batching:
+            if len(dims) != len(spec.dims) + 1:
+                raise InvalidInput(f"input '{name}': shape {dims} does not match "
+                                   f"{spec.shape(True)}")
+            if dims[0] > self.max_batch_size:
+                raise InvalidInput(f"input '{name}': batch size {dims[0]} exceeds "
+                                   f"max_batch_size {self.max_batch_size} of {model}")
+            dims = dims[1:]
+        if len(dims) != len(spec.dims) or any(
+                d != want and want != -1 for d, want in zip(dims, spec.dims, strict=True)):
+            raise InvalidInput(f"input '{name}': shape {list(shape)} does not match "
+                               f"{spec.shape(self.batching)}")
+
     def validate(self, request: InferRequest) -> int:
         """Check names, datatypes, shapes and values; return the batch size (1 if unbatched)."""
         model = f"model '{self.name}'"
-        unknown = sorted(set(request.inputs) - set(self.inputs))
-        if unknown:
-            raise InvalidInput(f"unexpected input '{unknown[0]}' for {model}; it takes: "
-                               f"{', '.join(self.inputs)}")
+        for name, array in request.inputs.items():
+            self.check_input(name, v2_datatype(array), array.shape)
         missing = [n for n, s in self.inputs.items() if not s.optional and n not in request.inputs]
         if missing:
             raise InvalidInput(f"missing input '{missing[0]}' for {model}")
@@ -94,34 +117,17 @@ class ServedModel(ABC):
                                f"{', '.join(self.outputs)}")
         batch = None
         for name, array in request.inputs.items():
-            spec = self.inputs[name]
-            datatype = v2_datatype(array)
-            if datatype != spec.datatype:
-                raise InvalidInput(f"input '{name}': datatype {datatype}, {model} takes "
-                                   f"{spec.datatype}")
-            dims = array.shape
             if self.batching:
-                if len(dims) != len(spec.dims) + 1:
-                    raise InvalidInput(f"input '{name}': shape {list(dims)} does not match "
-                                       f"{spec.shape(True)}")
                 if batch is None:
-                    batch = dims[0]
-                elif dims[0] != batch:
-                    raise InvalidInput(f"input '{name}': batch size {dims[0]} differs from "
-                                       f"the other inputs' {batch}")
-                dims = dims[1:]
-            if len(dims) != len(spec.dims) or any(
-                    d != want and want != -1 for d, want in zip(dims, spec.dims, strict=True)):
-                raise InvalidInput(f"input '{name}': shape {list(array.shape)} does not match "
-                                   f"{spec.shape(self.batching)}")
+                    batch = array.shape[0]
+                elif array.shape[0] != batch:
+                    raise InvalidInput(f"input '{name}': batch size {array.shape[0]} differs "
+                                       f"from the other inputs' {batch}")
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise InvalidInput(f"input '{name}': contains NaN or infinite values")
         if self.batching:
             if not batch or batch < 1:
                 raise InvalidInput(f"batch size must be at least 1, got {batch}")
-            if batch > self.max_batch_size:
-                raise InvalidInput(f"batch size {batch} exceeds max_batch_size "
-                                   f"{self.max_batch_size} of {model}")
             return batch
         return 1
 

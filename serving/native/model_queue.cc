@@ -13,6 +13,9 @@ namespace seqserve {
 
 namespace {
 
+// As serving.tensors.MAX_ELEMENTS: the most elements one tensor may claim.
+constexpr int64_t kMaxElements = (int64_t{1} << 31) - 1;
+
 int64_t Nanos(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
 }
@@ -84,11 +87,15 @@ bool ModelQueue::Accepts(const inference::ModelInferRequest& m, Request* r) cons
     if (t.datatype() != spec.datatype) return false;
     const int lead = policy_.max_batch_size > 0 ? 1 : 0;
     if (t.shape_size() != static_cast<int>(spec.dims.size()) + lead) return false;
+    // Checked arithmetic: a claimed shape may not wrap the byte count around to the size of
+    // what was sent. Past kMaxElements the Python server answers, naming the input.
     int64_t elements = 1;
     for (int d = 0; d < t.shape_size(); ++d) {
       const int64_t dim = t.shape(d);
-      if (dim < 0 || (d >= lead && spec.dims[d - lead] != -1 && spec.dims[d - lead] != dim))
+      if (dim < 0 || dim > kMaxElements ||
+          (d >= lead && spec.dims[d - lead] != -1 && spec.dims[d - lead] != dim))
         return false;
+      if (dim != 0 && elements > kMaxElements / dim) return false;
       elements *= dim;
     }
     if (lead) {

@@ -9,7 +9,7 @@ import numpy as np
 from protos.inference import grpc_service_pb2 as pb
 from serving import tensors
 from serving.errors import InvalidInput, Unsupported
-from serving.models.base import InferRequest
+from serving.models.base import InferRequest, ServedModel
 
 _SHM_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 _SEQUENCE_PARAMS = ("sequence_id", "sequence_start", "sequence_end")
@@ -20,7 +20,10 @@ def _param_value(p: pb.InferParameter) -> object:
     return getattr(p, kind) if kind else None
 
 
-def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
+def decode_request(msg: pb.ModelInferRequest, model: ServedModel) -> InferRequest:
+    """The request in numpy form. Each input's header (name, datatype, shape) is checked
+    against `model` before its payload is decoded, and every size against the bytes
+    received, so a request costs no more than what it sent."""
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
         raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} "
@@ -33,8 +36,9 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
         if any(k in tensor.parameters for k in _SHM_PARAMS):
             raise Unsupported(f"input '{name}': seqserve does not support shared memory")
         shape = list(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInput(f"input '{name}': shape {shape} has a negative dimension")
+        tensors.check_shape(shape, name)
+        tensors.dtype_of(tensor.datatype, name)
+        model.check_input(name, tensor.datatype, shape)
         if raw:
             inputs[name] = tensors.from_raw(raw[i], tensor.datatype, shape, name)
         else:

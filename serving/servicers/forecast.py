@@ -15,14 +15,21 @@ from protos.seqserve.forecast.v1 import forecast_service_pb2 as pb
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from serving.dataplane import DataPlane
 from serving.errors import InvalidInput, ServingError
-from serving.forecasting import ForecasterSpec, Window, prepare, quantile_indices
+from serving.forecasting import (
+    ForecasterSpec,
+    Prepared,
+    Window,
+    nanoseconds,
+    prepare,
+    quantile_indices,
+)
 from serving.models.base import InferRequest, ServedModel
 
 SERVICE_NAME = "seqserve.forecast.v1.Forecaster"
 
 
-def _times(stamps: list[Timestamp]) -> np.ndarray:
-    return np.array([t.seconds * 1_000_000_000 + t.nanos for t in stamps], "datetime64[ns]")
+def _times(stamps: list[Timestamp], where: str) -> np.ndarray:
+    return np.array([nanoseconds(t.seconds, t.nanos, where) for t in stamps], "datetime64[ns]")
 
 
 def _stamp(t: np.datetime64) -> Timestamp:
@@ -38,12 +45,34 @@ def _window(w: pb.Window, index: int) -> Window:
         past[s.name] = np.asarray(s.values, np.float32)
     return Window(
         past=past,
-        timestamps=_times(list(w.timestamps)) if w.timestamps else None,
-        start=_times([w.start])[0] if w.HasField("start") else None,
-        frequency_ns=(w.frequency.seconds * 1_000_000_000 + w.frequency.nanos
+        timestamps=(_times(list(w.timestamps), f"windows[{index}].timestamps")
+                    if w.timestamps else None),
+        start=(_times([w.start], f"windows[{index}].start")[0] if w.HasField("start")
+               else None),
+        frequency_ns=(nanoseconds(w.frequency.seconds, w.frequency.nanos,
+                                  f"windows[{index}].frequency")
                       if w.HasField("frequency") else None),
         future={s.name: np.asarray(s.values, np.float32) for s in w.future},
     )
+
+
+def _response(model: ServedModel, spec: ForecasterSpec, levels: list[int], prepared: Prepared,
+              results: list[dict[str, np.ndarray]]) -> pb.ForecastResponse:
+    forecast = np.concatenate([out["forecast"] for out in results])  # [B, H, F_out]
+    quantiles = (np.concatenate([out["quantiles"] for out in results])  # [B, H, F_out, Q]
+                 if levels and "quantiles" in results[0] else None)
+    reply = pb.ForecastResponse(model_name=model.name, model_version=str(model.version))
+    for b, horizon in enumerate(prepared.horizon_timestamps):
+        wf = reply.forecasts.add()
+        if horizon is not None:
+            wf.timestamps.extend(_stamp(t) for t in horizon)
+        for f, target in enumerate(spec.target_names):
+            sf = wf.targets.add(name=target, point=forecast[b, :, f].tolist())
+            if quantiles is not None:
+                for q in levels:
+                    sf.quantiles.add(level=spec.quantiles[q],
+                                     values=quantiles[b, :, f, q].tolist())
+    return reply
 
 
 class ForecasterServicer(pb_grpc.ForecasterServicer):
@@ -60,32 +89,21 @@ class ForecasterServicer(pb_grpc.ForecasterServicer):
 
     async def Forecast(self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext
                        ) -> pb.ForecastResponse:
-        model = self._dp.model(request.model_name, request.model_version)
-        spec = self._spec(model)
-        levels = quantile_indices(spec, list(request.quantile_levels))
-        prepared = prepare(spec, [_window(w, i) for i, w in enumerate(request.windows)])
-        version = str(model.version)  # every chunk answered by the same version
-        step = model.max_batch_size or 1
-        chunks = [{n: a[i:i + step] for n, a in prepared.inputs.items()}
-                  for i in range(0, len(request.windows), step)]
         timeout = context.time_remaining()  # the deadline bounds the queue wait, as in V2
-        results = await asyncio.gather(*(
-            self._dp.infer(model.name, version, InferRequest(inputs=c, timeout_s=timeout))
-            for c in chunks))
-        forecast = np.concatenate([out["forecast"] for _, out in results])  # [B, H, F_out]
-        quantiles = (np.concatenate([out["quantiles"] for _, out in results])  # [B,H,F_out,Q]
-                     if levels and "quantiles" in results[0][1] else None)
-        reply = pb.ForecastResponse(model_name=model.name, model_version=version)
-        for b, horizon in enumerate(prepared.horizon_timestamps):
-            wf = reply.forecasts.add()
-            if horizon is not None:
-                wf.timestamps.extend(_stamp(t) for t in horizon)
-            for f, target in enumerate(spec.target_names):
-                sf = wf.targets.add(name=target, point=forecast[b, :, f].tolist())
-                if quantiles is not None:
-                    for q in levels:
-                        sf.quantiles.add(level=spec.quantiles[q],
-                                         values=quantiles[b, :, f, q].tolist())
+
+        async def call(model: ServedModel) -> pb.ForecastResponse:
+            spec = self._spec(model)
+            levels = quantile_indices(spec, list(request.quantile_levels))
+            prepared = prepare(spec, [_window(w, i) for i, w in enumerate(request.windows)])
+            step = model.max_batch_size or 1
+            chunks = [{n: a[i:i + step] for n, a in prepared.inputs.items()}
+                      for i in range(0, len(request.windows), step)]
+            results = await asyncio.gather(*(
+                model.infer(InferRequest(inputs=c, timeout_s=timeout)) for c in chunks))
+            return _response(model, spec, levels, prepared, results)
+
+        # One typed call is one request of the model's statistics, whatever its chunks.
+        _, reply = await self._dp.run(request.model_name, request.model_version, call)
         return reply
 
     def _info(self, model: ServedModel) -> pb.ModelInfo:

@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
+import numpy as np
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving.dataplane import DataPlane
 from serving.errors import InvalidInput, ServingError, Unsupported
 from serving.interceptors import status_for
+from serving.models.base import ServedModel
 from serving.peers import STATISTICS_PATH, Peers
 from serving.servicers.codec import decode_request, encode_response
 from serving.servicers.statistics import add_statistics, statistics_response
@@ -96,12 +98,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         start = time.perf_counter_ns()
-        infer_request = decode_request(request)
         remaining = context.time_remaining()
-        if remaining is not None and infer_request.timeout_s is None:
-            infer_request.timeout_s = remaining
-        model, outputs = await self._dp.infer(request.model_name, request.model_version,
-                                              infer_request, start)
+
+        async def call(model: ServedModel) -> dict[str, np.ndarray]:
+            infer_request = decode_request(request, model)  # counted, as any failure after
+            if remaining is not None and infer_request.timeout_s is None:
+                infer_request.timeout_s = remaining
+            return await model.infer(infer_request)
+
+        model, outputs = await self._dp.run(request.model_name, request.model_version, call,
+                                            start)
         declared = {n: s.datatype for n, s in model.outputs.items()}
         return encode_response(model.name, model.version, request.id, outputs, declared)
 

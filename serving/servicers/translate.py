@@ -72,11 +72,10 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
                               context: grpc.aio.ServicerContext
                               ) -> AsyncIterator[pb.TranslateChunk]:
         """Greedy decoding streamed piece by piece, one sentence after another."""
-        if request.beam_size > 1:
-            raise InvalidInput("beam_size: streaming decodes greedily; use 0 or 1")
-
         async def call(model: ServedModel) -> AsyncIterator[pb.TranslateChunk]:
             translator = _translator(model)
+            if request.beam_size > 1:
+                raise InvalidInput("beam_size: streaming decodes greedily; use 0 or 1")
             request.beam_size = 1
             for index, prepared in enumerate(_prepare(translator, request)):
                 async for item in translator.stream(prepared):
