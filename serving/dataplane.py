@@ -167,11 +167,11 @@ class DataPlane:
 
     async def load(self, name: str, config_override: str | None = None) -> None:
         self._check_explicit("RepositoryModelLoad")
-        await self.repository.load(name, config_override)
-        if not self.repository.is_ready(name):
-            rows = [r for r in self.repository.index() if r[0] == name]
-            reasons = "; ".join(r[3] for r in rows if r[3]) or "unknown reason"
-            raise InvalidInput(f"failed to load model '{name}': {reasons}")
+        failed = await self.repository.load(name, config_override)
+        if failed:  # even when earlier versions go on serving, as Triton answers
+            serving = self.model_versions(name)
+            still = f" (version {', '.join(serving)} still serving)" if serving else ""
+            raise InvalidInput(f"failed to load model '{name}': {'; '.join(failed)}{still}")
 
     async def unload(self, name: str) -> None:
         self._check_explicit("RepositoryModelUnload")

@@ -61,3 +61,8 @@ class InferenceError(ServingError):
     """onnxruntime failed. The client sees a generic message; details go to the log."""
 
     reason = FailureReason.BACKEND
+
+
+class ModelLoadError(Exception):
+    """A model version cannot be served; the message goes to RepositoryIndex's `reason` (and
+    to a Load call's error). Not a request error: no status of its own."""

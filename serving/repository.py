@@ -23,9 +23,10 @@ from pathlib import Path
 from google.protobuf import json_format, text_format
 
 from protos.inference import model_config_pb2 as mc
-from serving.errors import InvalidInput, ModelNotFound, ModelNotReady
+from serving.config_checks import check_config
+from serving.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady
 from serving.models.base import ServedModel
-from serving.models.onnx_model import ModelLoadError, OnnxModel
+from serving.models.onnx_model import OnnxModel
 from serving.models.translator import TranslatorModel
 from serving.settings import Settings
 
@@ -89,6 +90,7 @@ def read_config(model_dir: Path, override_json: str | None = None) -> mc.ModelCo
         raise ModelLoadError(f"config.pbtxt names the model {config.name!r}, its folder is "
                              f"{model_dir.name!r}")
     config.name = model_dir.name
+    check_config(config)
     return config
 
 
@@ -122,18 +124,26 @@ class ModelRepository:
         self._loading: dict[str, dict[int, VersionEntry]] = {}
         self._signatures: dict[str, tuple] = {}
         self._on_change = on_change or (lambda name: None)
+        self._known: set[str] = set()  # model folders at the last scan
 
     # -- queries ---------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and (p / "config.pbtxt").is_file()) if self.root.is_dir() \
-            else []
+        """The model folders (those with a config.pbtxt), read from disk now; the result is
+        remembered for the calls that must not touch the disk (a request for an unknown
+        model, a /metrics scrape)."""
+        found = sorted(p.name for p in self.root.iterdir()
+                       if p.is_dir() and (p / "config.pbtxt").is_file()) \
+            if self.root.is_dir() else []
+        self._known = set(found)
+        return found
 
-    def index(self) -> list[tuple[str, str, State, str]]:
-        """(name, version, state, reason) for every model in the repository folder."""
+    def index(self, scan: bool = True) -> list[tuple[str, str, State, str]]:
+        """(name, version, state, reason) for every model in the repository folder (as last
+        scanned, with `scan=False`)."""
         rows = []
-        for name in sorted(set(self.names()) | set(self._models)):
+        known = set(self.names()) if scan else self._known
+        for name in sorted(known | set(self._models)):
             entries = {**self._models.get(name, {}), **self._loading.get(name, {})}
             if not entries:
                 rows.append((name, "", State.UNAVAILABLE, "not loaded"))
@@ -168,14 +178,14 @@ class ModelRepository:
         """The model to serve `name`/`version` ("" = the latest ready version)."""
         entries = self._models.get(name)
         if not entries:
-            if name in self.names():
+            if name in self._known:
                 raise ModelNotReady(f"model '{name}' is not loaded")
             raise ModelNotFound(f"unknown model '{name}'")
         wanted = parse_version(version)
         if wanted is None:
             ready = self.versions(name)
             if not ready:
-                rows = [r for r in self.index() if r[0] == name]
+                rows = [r for r in self.index(scan=False) if r[0] == name]
                 states = "/".join(sorted({state for _, _, state, _ in rows}))
                 reasons = "; ".join(why for _, _, _, why in rows if why)
                 raise ModelNotReady(f"model '{name}' is not ready ({states}"
@@ -214,16 +224,19 @@ class ModelRepository:
                 parts.append((str(path.relative_to(model_dir)), st.st_size, st.st_mtime_ns))
         return tuple(parts)
 
-    async def load(self, name: str, config_override: str | None = None) -> None:
-        """Load (or reload) a model's versions per its version policy."""
+    async def load(self, name: str, config_override: str | None = None) -> list[str]:
+        """Load (or reload) a model's versions per its version policy. Returns why this
+        attempt failed, if it did (empty when every wanted version is ready): a failed
+        reload leaves the previous versions serving, but it is still a failure."""
         check_name(name)
         model_dir = self.root / name
         if not (model_dir / "config.pbtxt").is_file() and config_override is None:
             raise ModelNotFound(f"model '{name}' is not in the repository {self.root}")
         async with self._lock(name):
-            await self._load_locked(name, model_dir, config_override)
+            return await self._load_locked(name, model_dir, config_override)
 
-    async def _load_locked(self, name: str, model_dir: Path, override: str | None) -> None:
+    async def _load_locked(self, name: str, model_dir: Path, override: str | None
+                           ) -> list[str]:
         self._signatures[name] = self.signature(name)
         old = self._models.get(name, {})
         try:
@@ -240,7 +253,7 @@ class ModelRepository:
             if not old:
                 self._models[name] = {0: VersionEntry(0, State.UNAVAILABLE, str(err))}
                 self._on_change(name)
-            return
+            return [str(err)]
         # Old versions keep serving while the new ones load; then the two swap at once.
         new = {v: VersionEntry(v, State.LOADING) for v in wanted}
         self._loading[name] = new
@@ -250,18 +263,21 @@ class ModelRepository:
                 await self._load_version(name, entry, loader, config, model_dir)
         finally:
             del self._loading[name]
+        failed = [f"version {e.version}: {e.reason}" for e in new.values()
+                  if e.state is not State.READY]
         if not any(e.state is State.READY for e in new.values()) and any(
                 e.state is State.READY for e in old.values()):
             # A failed reload leaves the serving versions in place, as Triton does.
             log.error("model '%s': reload failed, previous versions keep serving", name)
             self._models[name] = {**new, **{v: e for v, e in old.items() if e.model}}
             self._on_change(name)
-            return
+            return failed
         self._configs[name] = config
         self._models[name] = new
         self._on_change(name)
         # Replaced versions: drain their in-flight work, then release them.
         await self._retire([e for v, e in old.items() if e.model and new.get(v) is not e])
+        return failed
 
     async def _load_version(self, name: str, entry: VersionEntry, loader: Loader,
                             config: mc.ModelConfig, model_dir: Path) -> None:

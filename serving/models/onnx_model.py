@@ -14,7 +14,8 @@ import onnxruntime as ort
 from protos.inference import model_config_pb2 as mc
 from serving import metrics
 from serving.batcher import Batcher, BatchPolicy, Tensors
-from serving.errors import InvalidInput
+from serving.config_checks import version_file
+from serving.errors import InvalidInput, ModelLoadError
 from serving.models.base import InferRequest, ServedModel, TensorSpec
 from serving.settings import Device, FallbackPolicy, Settings
 from serving.tensors import DTYPES, ORT_TO_V2
@@ -34,10 +35,6 @@ GRAPH_LEVELS = {
     1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     2: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
-
-
-class ModelLoadError(Exception):
-    """The model cannot be served; the message goes to RepositoryIndex's `reason`."""
 
 
 def device_for(config: mc.ModelConfig, settings: Settings) -> Device:
@@ -214,9 +211,8 @@ class OnnxModel(ServedModel):
     def __init__(self, name: str, version: int, config: mc.ModelConfig, version_dir: Path,
                  settings: Settings) -> None:
         super().__init__(name, version, config)
-        path = version_dir / (config.default_model_filename or "model.onnx")
-        if not path.is_file():
-            raise ModelLoadError(f"{path.name} not found in version folder {version_dir.name}")
+        path = version_file(version_dir, config.default_model_filename or "model.onnx",
+                            "model file")
         self.policy = batch_policy(config)
         self._sessions = [create_session(path, config, settings)
                           for _ in range(self.policy.instances)]

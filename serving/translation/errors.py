@@ -7,11 +7,17 @@ from serving.errors import InvalidInput
 
 
 class SourceTooLong(InvalidInput):
-    """The tokenized source exceeds the model's `max_source_tokens`; never truncated."""
+    """The source exceeds the model's `max_source_tokens` (or, checked before tokenizing,
+    the character cap that follows from it); never truncated."""
 
-    def __init__(self, tokens: int, limit: int) -> None:
-        super().__init__(f"input is {tokens} tokens long (end-of-sentence included); this "
-                         f"model accepts at most {limit} source tokens (max_source_tokens)")
+    def __init__(self, tokens: int, limit: int, unit: str = "tokens") -> None:
+        if unit == "tokens":
+            message = (f"input is {tokens} tokens long (end-of-sentence included); this model "
+                       f"accepts at most {limit} source tokens (max_source_tokens)")
+        else:
+            message = (f"input is {tokens} {unit} long; this model accepts at most {limit} "
+                       f"(32 per token of max_source_tokens)")
+        super().__init__(message)
         self.tokens, self.limit = tokens, limit
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from protos.inference import model_config_pb2 as mc
+from serving.config_checks import version_file
 from serving.translation.batch import (
     DecodeBatch,
     DecodeRequest,
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 
+CHARS_PER_TOKEN = 32  # the character cap of a source is this times max_source_tokens
+
+
 class RequestBuilder:
     """Tokenizes sentences and checks them against a version's limits and defaults: what a
     server process needs of a translator when another process holds the graphs."""
@@ -38,6 +42,10 @@ class RequestBuilder:
             raise SpecError(f"tokenizer bos/eos/pad ids {special} differ from the config's "
                             f"{(spec.bos_id, spec.eos_id, spec.pad_id)}")
         self._ids = itertools.count()
+        # A sentence of more characters than this is refused before it is tokenized: no
+        # SentencePiece piece in these vocabularies is longer than 16 characters, so twice
+        # that per token leaves room for spacing that normalisation collapses.
+        self.max_source_chars = CHARS_PER_TOKEN * spec.max_source_tokens
 
     @classmethod
     def load(cls, version_dir: Path, config: mc.ModelConfig | None = None) -> RequestBuilder:
@@ -46,9 +54,7 @@ class RequestBuilder:
         version_dir = Path(version_dir)
         spec = TranslatorSpec.from_config(config if config is not None
                                           else read_config(version_dir.parent))
-        tokenizer_path = version_dir / spec.tokenizer
-        if not tokenizer_path.is_file():
-            raise SpecError(f"tokenizer {spec.tokenizer} not found in {version_dir}")
+        tokenizer_path = version_file(version_dir, spec.tokenizer, "parameter 'tokenizer'")
         return cls(Tokenizer.from_file(tokenizer_path), spec)
 
     def request(self, text: str, id: Hashable | None = None, beam_size: int | None = None,
@@ -57,6 +63,8 @@ class RequestBuilder:
         """Tokenize and check one sentence. Raises SourceTooLong (naming the limit) or
         BadDecodingSetting, both `InvalidInput`. Whitespace-only text becomes an empty
         request, answered with an empty translation."""
+        if len(text) > self.max_source_chars:  # before tokenizing: bounded work per sentence
+            raise SourceTooLong(len(text), self.max_source_chars, unit="characters")
         source = self.tokenizer.encode_source(text)
         if len(source) > self.spec.max_source_tokens:
             raise SourceTooLong(len(source), self.spec.max_source_tokens)

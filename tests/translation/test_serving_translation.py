@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.errors import InvalidInput
-from serving.translation import BadDecodingSetting, SourceTooLong, Translator
+from serving.errors import InvalidInput, ModelLoadError
+from serving.translation import BadDecodingSetting, RequestBuilder, SourceTooLong, Translator
+from serving.translation.spec import read_config
 from tests.conftest import ROOT
 
 
@@ -69,6 +70,36 @@ def test_too_long_input_names_the_limit(translator: Translator) -> None:
     assert issubclass(SourceTooLong, InvalidInput)
     with pytest.raises(BadDecodingSetting, match="max_target_tokens"):
         translator.request("vier", max_length=10_000)
+
+
+def test_huge_input_is_refused_before_tokenizing(translator: Translator,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A megabyte of text costs no tokenizer time: the character cap (32 per source token)
+    refuses it first, naming the limit."""
+    def never(text: str) -> list[int]:
+        raise AssertionError("tokenized a text over the character cap")
+
+    monkeypatch.setattr(translator.requests.tokenizer, "encode_source", never)
+    with pytest.raises(SourceTooLong, match=r"1000000 characters long; .* at most 1536"):
+        translator.request("a" * 1_000_000)
+
+
+@pytest.mark.parametrize(("tokenizer", "words"), [
+    ("/etc/hostname", "must be a file name in the version folder"),
+    ("../../../../etc/hostname", "must be a file name in the version folder"),
+    ("outside.model", "resolves outside the version folder"),
+])
+def test_tokenizer_outside_the_version_folder(version_dir: Path, tmp_path: Path,
+                                              tokenizer: str, words: str) -> None:
+    """The config's `tokenizer` parameter (a Load override can set it) names a file in the
+    version folder and nothing else; a link out of it is refused as well."""
+    copy = tmp_path / "translator" / "1"
+    copy.mkdir(parents=True)
+    (copy / "outside.model").symlink_to(version_dir / "spm.model")
+    config = read_config(version_dir.parent)
+    config.parameters["tokenizer"].string_value = tokenizer
+    with pytest.raises(ModelLoadError, match=words):
+        RequestBuilder.load(copy, config)
 
 
 def test_empty_input_gives_empty_output(translator: Translator) -> None:
