@@ -67,16 +67,16 @@ _COUNTERS = {  # Triton name -> (help, value from ModelStats)
 
 def triton_families(models: list[ServedModel]) -> Iterable[Metric]:
     """Triton's per-model families, with Triton's names, from the models' statistics."""
+    stats = [m.stats.snapshot() for m in models]
     for name, (doc, value) in _COUNTERS.items():
         metric = Metric(name, doc, "counter")
-        for m in models:
-            metric.add_sample(name, {"model": m.name, "version": str(m.version)},
-                              value(m.stats))
+        for m, s in zip(models, stats, strict=True):
+            metric.add_sample(name, {"model": m.name, "version": str(m.version)}, value(s))
         yield metric
     failure = Metric("nv_inference_request_failure",
                      "Number of failed inference requests, all batch sizes", "counter")
-    for m in models:
-        for reason, count in m.stats.failures.items():
+    for m, s in zip(models, stats, strict=True):
+        for reason, count in s.failures.items():
             failure.add_sample("nv_inference_request_failure",
                                {"model": m.name, "version": str(m.version),
                                 "reason": reason.value}, count)
@@ -170,7 +170,8 @@ class ModelCollector(Collector):
         metric = Metric(name, "Batch elements per model execution", "histogram")
         for m in models:
             labels = {"model": m.name, "version": str(m.version)}
-            sizes = {size: b.compute_infer.count for size, b in m.stats.batches.items()}
+            batches = m.stats.snapshot().batches
+            sizes = {size: b.compute_infer.count for size, b in batches.items()}
             for bound in BATCH_BUCKETS:
                 metric.add_sample(name + "_bucket", {**labels, "le": str(float(bound))},
                                   sum(c for s, c in sizes.items() if s <= bound))
@@ -194,18 +195,36 @@ def process_usage(pid: int) -> tuple[float, float] | None:
     return cpu, float(resident_pages * os.sysconf("SC_PAGE_SIZE"))
 
 
+# Loaded instances per (model, version). A version reloaded in place (poll mode, same number)
+# has two instances for a while, which share the histograms' children: the retired one's
+# `forget` must not remove what the new one still fills.
+_instances: dict[tuple[str, str], int] = {}
+_instances_lock = threading.Lock()
+
+
 def announce(model: ServedModel) -> None:
     """Create a loaded model's histogram series at zero, so that its latency panels and rules
     see the model (at rate 0) before its first request, as the nv_inference_* series do."""
+    key = (model.name, str(model.version))
+    with _instances_lock:
+        _instances[key] = _instances.get(key, 0) + 1
     for histogram in (REQUEST_SECONDS, QUEUE_SECONDS):
-        histogram.labels(model.name, str(model.version))
+        histogram.labels(*key)
 
 
 def forget(model: ServedModel) -> None:
-    """Drop an unloaded model's histogram children, so /metrics stops listing it."""
+    """Drop an unloaded model's histogram children once no instance of its version is left,
+    so /metrics stops listing it."""
+    key = (model.name, str(model.version))
+    with _instances_lock:
+        left = _instances.get(key, 0) - 1
+        if left > 0:
+            _instances[key] = left
+            return
+        _instances.pop(key, None)
     for histogram in (REQUEST_SECONDS, QUEUE_SECONDS):
         try:
-            histogram.remove(model.name, str(model.version))
+            histogram.remove(*key)
         except KeyError:
             pass
 

@@ -124,8 +124,8 @@ class Server:
                              "(is another server using the port?)") from None
 
     def _ready_rows(self) -> list[tuple[str, str, bool]]:
-        return [(name, version, state is State.READY)
-                for name, version, state, _ in self.repository.index() if version]
+        return [(name, version, state is State.READY)  # no disk access per scrape
+                for name, version, state, _ in self.repository.index(scan=False) if version]
 
     def _model_changed(self, name: str) -> None:
         """Per-model health: the model name is a grpc.health.v1 service name. With the native

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from serving.errors import FailureReason
 
@@ -46,6 +46,22 @@ class ModelStats:
         default_factory=lambda: dict.fromkeys(FailureReason, 0))
     batches: dict[int, BatchStats] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def snapshot(self) -> ModelStats:
+        """A consistent copy, taken under the lock: readers (/metrics, ModelStatistics) run on
+        other threads than the fast path's instance threads, which insert batch sizes."""
+        with self.lock:
+            return ModelStats(
+                success=replace(self.success), fail=replace(self.fail),
+                queue=replace(self.queue), compute_input=replace(self.compute_input),
+                compute_infer=replace(self.compute_infer),
+                compute_output=replace(self.compute_output),
+                inference_count=self.inference_count, execution_count=self.execution_count,
+                last_inference_ms=self.last_inference_ms, pending=self.pending,
+                failures=dict(self.failures),
+                batches={size: BatchStats(replace(b.compute_input), replace(b.compute_infer),
+                                          replace(b.compute_output))
+                         for size, b in self.batches.items()})
 
     def record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int,
                          output_ns: int) -> None:

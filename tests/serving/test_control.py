@@ -16,7 +16,7 @@ from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, native_built
 from tests.serving.model_factory import AFFINE_CONFIG, SLOW_CONFIG, add_model, affine, slow
-from tests.serving.v2 import call_error, held, outputs, request, stub
+from tests.serving.v2 import call_error, held, outputs, request, scrape, stub
 
 X = np.ones((1, 4), np.float32)
 
@@ -130,6 +130,39 @@ def test_poll_mode_reloads_a_model_file_rewritten_in_place(tmp_path: Path) -> No
             _wait(lambda: s.ModelReady(pb.ModelReadyRequest(name="a"), timeout=5).ready)
             y = outputs(s.ModelInfer(request("a", x=X), timeout=5))["y"]
             np.testing.assert_allclose(y, 2 * X + 1)
+    finally:
+        assert server.terminate() == 0
+
+
+@pytest.mark.parametrize("frontend", ["python", "native"])
+def test_in_place_reload_keeps_the_latency_series(tmp_path: Path, frontend: str) -> None:
+    """The retired instance of a version reloaded in place must not take the new instance's
+    histogram series with it: they share the (model, version) labels."""
+    if frontend == "native":
+        native_built()
+    repo = tmp_path / "model_repository"
+    model_dir = add_model(repo, "a", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    server = _poll_server(repo, frontend)
+    key = ("seqserve_request_duration_seconds_count", "model=a,version=1")
+
+    def served() -> int:
+        stats = s.ModelStatistics(pb.ModelStatisticsRequest(name="a"), timeout=5)
+        return stats.model_stats[0].inference_count
+
+    try:
+        channel, s = stub(server.target)
+        with channel:
+            for _ in range(3):
+                outputs(s.ModelInfer(request("a", x=X), timeout=5))
+            assert scrape(server.metrics_url)[key] == 3
+            affine(tmp_path / "new.onnx")  # the same graph, a new file: version 1 reloads
+            time.sleep(0.05)  # a new mtime even on a coarse clock
+            shutil.copy(tmp_path / "new.onnx", model_dir / "1" / "model.onnx")
+            _wait(lambda: served() == 0)  # a new instance (fresh statistics) serves
+            time.sleep(1.0)  # the retired instance drains and is released
+            assert key in scrape(server.metrics_url), "the latency series vanished"
+            outputs(s.ModelInfer(request("a", x=X), timeout=5))
+            assert scrape(server.metrics_url)[key] >= 1
     finally:
         assert server.terminate() == 0
 
