@@ -53,8 +53,19 @@ class MessageTooLarge(ServingError):
     """The request or response is larger than the configured cap."""
 
 
+class PermissionDenied(ServingError):
+    """A restricted protocol called without its header (`--grpc-restricted-protocol`)."""
+
+
 class Unsupported(ServingError):
     """A protocol feature seqserve does not implement (shared memory, trace, log settings)."""
+
+
+class EngineFailed(ServingError):
+    """A model's engine process died or stalled with the request in flight; a new one is
+    starting. Retryable (UNAVAILABLE), and a backend failure for the alerts."""
+
+    reason = FailureReason.BACKEND
 
 
 class InferenceError(ServingError):

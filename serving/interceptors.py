@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
 
 from serving import errors
+from serving.restricted import Rule
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,12 @@ STATUS: dict[type[errors.ServingError], grpc.StatusCode] = {
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
     errors.ServerNotReady: grpc.StatusCode.UNAVAILABLE,
+    errors.EngineFailed: grpc.StatusCode.UNAVAILABLE,
     errors.QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.MessageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.InferenceError: grpc.StatusCode.INTERNAL,
 }
 
@@ -109,3 +112,44 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
         )
         wrapper = streaming if inspect.isasyncgenfunction(inner_stream) else writing
         return make_stream(wrapper, handler.request_deserializer, handler.response_serializer)
+
+
+def _refusing(handler: grpc.RpcMethodHandler, error: errors.ServingError
+              ) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that raises `error` (the exception interceptor
+    around it turns that into the status)."""
+    if handler.unary_unary or handler.stream_unary:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            raise error
+
+        make = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler)
+        return make(unary, handler.request_deserializer, handler.response_serializer)
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        raise error
+        yield  # an async generator, as the exception interceptor expects
+
+    make_stream = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
+                   else grpc.stream_stream_rpc_method_handler)
+    return make_stream(stream, handler.request_deserializer, handler.response_serializer)
+
+
+class RestrictedProtocolInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses a call to a restricted method without its header (`serving.restricted`);
+    placed inside ExceptionToStatusInterceptor, which answers PERMISSION_DENIED."""
+
+    def __init__(self, rules: Mapping[str, Rule]) -> None:
+        self._rules = dict(rules)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        rule = self._rules.get(handler_call_details.method)
+        if handler is None or rule is None or rule.allows(
+                handler_call_details.invocation_metadata or ()):
+            return handler
+        return _refusing(handler, errors.PermissionDenied(rule.message))

@@ -333,5 +333,12 @@ class ModelRepository:
             await self.unload(name)
 
     async def close(self) -> None:
-        for name in list(self._models):
-            await self.unload(name)
+        """Unload every model, draining them side by side."""
+        await asyncio.gather(*(self.unload(name) for name in list(self._models)))
+
+    def kill(self) -> None:
+        """Stop every model at once, dropping what it holds: after a drain ran out of time."""
+        for entries in self._models.values():
+            for e in entries.values():
+                if e.model is not None:
+                    e.model.kill()

@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha import reflection
 from protos.inference import grpc_service_pb2_grpc
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc
 from protos.seqserve.translate.v1 import translate_service_pb2_grpc
-from serving import metrics
+from serving import metrics, restricted
 from serving.dataplane import DataPlane
-from serving.interceptors import ExceptionToStatusInterceptor
+from serving.interceptors import ExceptionToStatusInterceptor, RestrictedProtocolInterceptor
 from serving.metrics import MetricsEndpoint, ModelCollector
 from serving.native.frontend import NativeFrontend
 from serving.native.frontend import wanted as native_wanted
@@ -39,6 +39,7 @@ SERVICES = (INFERENCE_SERVICE, FORECAST_SERVICE, TRANSLATE_SERVICE)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 STATISTICS_TIMEOUT_S = 5.0
+MODEL_DRAIN_MIN_S = 5.0  # the models' drain gets at least this, whatever the RPCs took
 
 
 def _version() -> str:
@@ -80,13 +81,18 @@ class Server:
                                                            self._ready_rows))
         peers = Peers(settings.worker_status_file) if settings.worker_status_file else None
         limit = settings.max_message_bytes
+        options = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", int(settings.reuse_port)),  # workers only
+        ]
+        if settings.max_streams_per_connection:
+            options.append(("grpc.max_concurrent_streams", settings.max_streams_per_connection))
+        rules = restricted.parse(settings.grpc_restricted_protocol)
         self.grpc = grpc.aio.server(
-            interceptors=[ExceptionToStatusInterceptor()],
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", int(settings.reuse_port)),  # workers only
-            ],
+            interceptors=[ExceptionToStatusInterceptor(), RestrictedProtocolInterceptor(rules)],
+            options=options,
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane, peers), self.grpc
@@ -225,26 +231,40 @@ class Server:
     async def _statistics(self) -> bytes:
         return statistics_response(self.dataplane.statistics()).SerializeToString()
 
-    async def stop(self) -> None:
-        """Drain: health goes NOT_SERVING, new calls are refused, in-flight calls finish."""
-        log.info("draining (grace period %.1fs)", self.settings.grace_period_secs)
+    async def stop(self) -> bool:
+        """Drain: health goes NOT_SERVING, new calls are refused, in-flight calls finish within
+        the grace period, then the models drain in what is left of it (at least
+        MODEL_DRAIN_MIN_S). False when they did not: they were killed."""
+        grace = self.settings.grace_period_secs
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        log.info("draining (grace period %.1fs)", grace)
         self.dataplane.start_draining()
         await self.health.enter_graceful_shutdown()
         if self.native is not None:  # first: the calls it forwards need the server behind it
-            await asyncio.to_thread(self.native.shutdown, self.settings.grace_period_secs)
-        await self.grpc.stop(self.settings.grace_period_secs)
+            await asyncio.to_thread(self.native.shutdown, grace)
+        await self.grpc.stop(max(deadline - loop.time(), 0.0))
         for task in list(self._background):
             task.cancel()
-        await self.repository.close()
+        left = max(deadline - loop.time(), MODEL_DRAIN_MIN_S)
+        drained = True
+        try:
+            await asyncio.wait_for(self.repository.close(), left)
+        except TimeoutError:
+            log.error("models did not drain in %.1f s: stopping them", left)
+            self.repository.kill()
+            drained = False
         if self.metrics is not None:
             self.metrics.close()
         self._unregister()
         log.info("stopped")
+        return drained
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return. Repeated signals during the drain
-    are logged and ignored (an orchestrator's SIGKILL ends a drain that takes too long)."""
+async def serve(settings: Settings) -> bool:
+    """Run until SIGTERM or SIGINT, then drain and return whether the models drained in
+    time. Repeated signals during the drain are logged and ignored (an orchestrator's SIGKILL
+    ends a drain that takes too long)."""
     runtime = check_single_runtime()
     log.info("seqserve %s with %s", _version(), runtime)
     server = Server(settings)
@@ -262,10 +282,11 @@ async def serve(settings: Settings) -> None:
     try:
         await stop.wait()
     finally:
-        await server.stop()
+        drained = await server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)  # until exit: the drain is done
+    return drained
 
 
 def main(settings: Settings) -> int:
@@ -277,5 +298,9 @@ def main(settings: Settings) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(serve(settings))
+    if not asyncio.run(serve(settings)):
+        # A model did not drain (an inference thread stuck in onnxruntime, say): exit now,
+        # rather than wait for its threads at interpreter exit.
+        logging.shutdown()
+        os._exit(1)
     return 0

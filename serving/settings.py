@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from serving import restricted
+
 
 class ModelControlMode(StrEnum):
     """As tritonserver's `--model-control-mode`."""
@@ -41,6 +43,9 @@ class Frontend(StrEnum):
 
 
 INT32_MAX = 2**31 - 1  # tritonclient's message size limits
+MAX_MESSAGE_BYTES = 64 * 2**20  # default cap on a request or response (docs/serving.md)
+MAX_CONCURRENT_RPCS = 256  # default cap on calls in progress, over all connections
+MAX_STREAMS_PER_CONNECTION = 64  # default HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,9 @@ class Settings:
     device_fallback: FallbackPolicy = FallbackPolicy.FAIL
     intra_op_threads: int = 1  # per onnxruntime session; scale with instances and processes
     inter_op_threads: int = 1
-    max_message_bytes: int = INT32_MAX
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS  # more get RESOURCE_EXHAUSTED (0: no cap)
+    max_streams_per_connection: int = MAX_STREAMS_PER_CONNECTION  # more wait at the client
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # require client certificates signed by this CA
@@ -68,6 +75,8 @@ class Settings:
     reuse_port: bool = False  # set by the supervisor for its workers, never by a flag
     worker_status_file: Path | None = None  # a worker writes its loopback metrics port here
     frontend: Frontend = Frontend.AUTO
+    # Triton's --grpc-restricted-protocol values, "<protocols>:<key>=<value>" each.
+    grpc_restricted_protocol: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -84,8 +93,13 @@ class Settings:
             raise ValueError("--repository-poll-secs must be > 0")
         if not 0 < self.max_message_bytes <= INT32_MAX:
             raise ValueError(f"--max-message-bytes must be in 1..{INT32_MAX}")
+        for name in ("max_concurrent_rpcs", "max_streams_per_connection"):
+            if not 0 <= getattr(self, name) <= INT32_MAX:
+                raise ValueError(f"--{name.replace('_', '-')} must be in 0..{INT32_MAX} "
+                                 "(0: no cap)")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        restricted.parse(self.grpc_restricted_protocol)  # ValueError naming the problem
         if self.workers > 1 and self.model_control_mode is ModelControlMode.EXPLICIT:
             raise ValueError("--workers > 1 needs --model-control-mode none or poll: a Load or "
                              "Unload call would reach one worker only")
@@ -113,6 +127,8 @@ class Settings:
             intra_op_threads=ns.intra_op_threads,
             inter_op_threads=ns.inter_op_threads,
             max_message_bytes=ns.max_message_bytes,
+            max_concurrent_rpcs=ns.max_concurrent_rpcs,
+            max_streams_per_connection=ns.max_streams_per_connection,
             tls_cert=path(ns.tls_cert),
             tls_key=path(ns.tls_key),
             tls_client_ca=path(ns.tls_client_ca),
@@ -121,7 +137,20 @@ class Settings:
             log_level=ns.log_level,
             workers=ns.workers,
             frontend=Frontend(ns.frontend),
+            grpc_restricted_protocol=tuple(ns.grpc_restricted_protocol or ()),
         )
+
+
+class _AppendOverDefault(argparse.Action):
+    """Like action="append", except that the flags replace the default (taken from the
+    environment) instead of adding to it: a flag on the command line wins."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest)
+        if current is self.default:
+            current = None
+        setattr(namespace, self.dest, [*(current or []), values])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,7 +180,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the model, or warn and go on", choices=[p.value for p in FallbackPolicy])
     add("intra-op-threads", 1, "intra-op threads per onnxruntime session", type=int)
     add("inter-op-threads", 1, "inter-op threads per onnxruntime session", type=int)
-    add("max-message-bytes", INT32_MAX, "largest gRPC message accepted or sent", type=int)
+    add("max-message-bytes", MAX_MESSAGE_BYTES, "largest gRPC message accepted or sent",
+        type=int)
+    add("max-concurrent-rpcs", MAX_CONCURRENT_RPCS, "calls in progress at once, over all "
+        "connections; more are refused with RESOURCE_EXHAUSTED (0: no cap)", type=int)
+    add("max-streams-per-connection", MAX_STREAMS_PER_CONNECTION, "HTTP/2 streams one "
+        "connection may have open; more wait at the client (0: gRPC's default, 100)", type=int)
     add("tls-cert", None, "PEM server certificate (enables TLS)")
     add("tls-key", None, "PEM private key of --tls-cert")
     add("tls-client-ca", None, "PEM CA bundle: require and verify client certificates")
@@ -162,5 +196,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("frontend", "auto", "what listens on the gRPC port: native (C++, ModelInfer of tensor "
         "models batched without the interpreter; the rest forwarded to the Python server), "
         "python, or auto (native when built)", choices=[f.value for f in Frontend])
+    env_restricted = os.environ.get("SEQSERVE_GRPC_RESTRICTED_PROTOCOL", "")
+    parser.add_argument(
+        "--grpc-restricted-protocol", action=_AppendOverDefault, metavar="PROTOCOLS:KEY=VALUE",
+        default=[s for s in env_restricted.split(";") if s] or None,
+        help="as tritonserver's: only callers with the header triton-grpc-protocol-KEY: VALUE "
+        "may call these protocols (comma-separated: health, metadata, inference, "
+        "shared-memory, model-config, model-repository, statistics, trace, logging); others "
+        "get PERMISSION_DENIED. Repeatable, one group each [env "
+        "SEQSERVE_GRPC_RESTRICTED_PROTOCOL, groups separated by ';']")
     add("workers", 1, "server processes sharing the gRPC port (SO_REUSEPORT), each with its "
         "own copy of the models; one /metrics sums them", type=int)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
 import socket
 import tempfile
@@ -70,7 +71,9 @@ def worker_main(settings: Settings, index: int) -> None:
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s "
                         f"[worker {index}] %(name)s: %(message)s")
-    asyncio.run(serve(settings))
+    if not asyncio.run(serve(settings)):  # a model did not drain: as serving.server.main
+        logging.shutdown()
+        os._exit(1)
 
 
 class _Worker:

@@ -27,7 +27,7 @@ class ServerProcess:
     """`seqserve serve` in a subprocess on free loopback ports."""
 
     def __init__(self, repository: Path, *extra: str, python: str = sys.executable,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, new_session: bool = False) -> None:
         self.grpc_port, self.metrics_port = free_port(), free_port()
         self.target = f"127.0.0.1:{self.grpc_port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -36,8 +36,11 @@ class ServerProcess:
                "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
                "--grace-period-secs", "5", *extra]
         self._log_file = self.log.open("w")
+        # new_session: the server leads a process group of its own (its engines in it), as
+        # under systemd, so a test can signal the whole group.
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, env=env)
+                                     stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=new_session)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         from serving.probe import check

@@ -138,6 +138,10 @@ class ServedModel(ABC):
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         """Run one validated request; return the requested outputs (all when none named)."""
 
+    def statistics(self) -> ModelStats:
+        """A consistent snapshot of the statistics: what /metrics and ModelStatistics read."""
+        return self.stats.snapshot()
+
     @property
     def queue_size(self) -> int:
         return 0
@@ -178,3 +182,7 @@ class ServedModel(ABC):
     @abstractmethod
     async def drain_and_close(self) -> None:
         """Refuse new requests, finish the queued and in-flight ones, release resources."""
+
+    def kill(self) -> None:  # noqa: B027 - optional hook
+        """Stop at once, dropping what is in flight (the drain ran out of time): end the
+        model's own processes, if it has any."""

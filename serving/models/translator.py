@@ -8,8 +8,10 @@ futures and stream queues, accounts statistics and metrics from what the engine 
 cancels requests whose callers went away. Greedy requests may stream: each step's new text
 comes back as it is decoded.
 
-If the engine process dies, the requests it held fail (INTERNAL, details in the log) and a
-new engine starts; requests that arrive meanwhile get UNAVAILABLE (retry).
+If the engine process dies, or a watchdog thread kills it because it stopped (no heartbeat) or
+wedged (requests held, no decoder step) for `--engine-stall-secs`, the requests it held fail
+with UNAVAILABLE (retry; counted as BACKEND failures) and a new engine starts; requests that
+arrive meanwhile get UNAVAILABLE too. Nothing here blocks the event loop on the engine.
 
 Over the V2 protocol: input `text` BYTES [B, 1]; outputs `translation` BYTES [B, 1] and `score`
 FP32 [B, 1]; request parameters `beam_size`, `max_length`, `length_penalty`.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +34,7 @@ from protos.inference import model_config_pb2 as mc
 from serving import metrics
 from serving.errors import (
     DeadlineExceeded,
+    EngineFailed,
     InferenceError,
     InvalidInput,
     ModelNotReady,
@@ -38,7 +42,7 @@ from serving.errors import (
 )
 from serving.models.base import InferRequest, ServedModel
 from serving.models.onnx_model import ModelLoadError
-from serving.models.translator_engine import EngineGone, EngineProcess
+from serving.models.translator_engine import HEARTBEAT, EngineGone, EngineProcess
 from serving.settings import Settings
 from serving.translation import (
     DecodeRequest,
@@ -108,7 +112,8 @@ class TranslatorModel(ServedModel):
         self._restart: asyncio.Task | None = None
         self._engine_state = "is restarting"  # what UNAVAILABLE says while there is none
         self._stall_s = settings.engine_stall_secs
-        self._watchdog: asyncio.Task | None = None
+        self._watchdog: threading.Thread | None = None
+        self._watchdog_stop = threading.Event()
         self._stalled_pid: int | None = None  # the engine the watchdog killed
         self._restarts = {"exited": 0, "stalled": 0}
 
@@ -117,7 +122,9 @@ class TranslatorModel(ServedModel):
         self._loop = asyncio.get_running_loop()
         self._watch()
         if self._stall_s > 0:
-            self._watchdog = asyncio.ensure_future(self._watch_for_stalls())
+            self._watchdog = threading.Thread(target=self._watch_for_stalls, daemon=True,
+                                              name=f"watchdog-{self.name}-{self.version}")
+            self._watchdog.start()
 
     @property
     def steps(self) -> int:
@@ -233,65 +240,70 @@ class TranslatorModel(ServedModel):
         """Answered or cancelled: forget it, and when cancelled, tell the engine."""
         self._jobs.pop(job.request.id, None)
         if future.cancelled() and self.engine is not None:
-            try:
-                self.engine.cancel([job.request.id])
-            except EngineGone:
-                pass  # the reader sees it exit
+            self.engine.cancel([job.request.id])
 
     def _watch(self) -> None:
         assert self._loop is not None and self.engine is not None
-        self._loop.add_reader(self.engine.fileno(), self._on_engine)
+        self.engine.start_io(self._loop, self._on_message, self._on_gone)
 
-    def _on_engine(self) -> None:
-        """On the event loop, when the engine wrote (or exited)."""
-        engine = self.engine
-        if engine is None:
+    def _on_message(self, message: tuple[str, object]) -> None:
+        """On the event loop: one message the engine sent (the reader thread received it)."""
+        kind, payload = message
+        if kind == "deliver":
+            self._deliver(payload)  # type: ignore[arg-type]
+        elif kind == "failed":
+            self._fail(payload, InferenceError("decoding failed"))  # type: ignore[arg-type]
+        elif kind == "expired":
+            self._expire(payload)  # type: ignore[arg-type]
+
+    def _on_gone(self, engine: EngineProcess) -> None:
+        """On the event loop, once the engine's pipe has ended: fail what it held (UNAVAILABLE:
+        the caller may retry), and start a new engine."""
+        if engine is not self.engine:
             return
-        for kind, payload in engine.receive():
-            if kind == "deliver":
-                self._deliver(payload)
-            elif kind == "failed":
-                self._fail(payload)
-            elif kind == "expired":
-                self._expire(payload)
-        if engine.gone is None:
-            return
-        assert self._loop is not None
-        self._loop.remove_reader(engine.fileno())
-        engine.kill()
         self.engine = None
         lost = list(self._jobs)
-        log.error("model '%s' version %d: %s with %d request(s) in flight; they fail, and a "
-                  "new engine starts", self.name, self.version, engine.gone, len(lost))
-        self._fail(lost)
+        stalled = engine.process.pid == self._stalled_pid
+        log.error("model '%s' version %d: %s%s with %d request(s) in flight; they fail, and a "
+                  "new engine starts", self.name, self.version, engine.gone,
+                  " (killed: it stalled)" if stalled else "", len(lost))
+        self._fail(lost, EngineFailed(
+            f"model '{self.name}': its engine process {'stalled' if stalled else 'exited'} "
+            "with this request in flight and is restarting; retry"))
         if not self._closing:
-            self._restarts["stalled" if engine.process.pid == self._stalled_pid
-                           else "exited"] += 1
+            self._restarts["stalled" if stalled else "exited"] += 1
             self._engine_state = "is restarting"
             self._restart = asyncio.ensure_future(self._restart_engine())
             self.availability_changed()
 
-    async def _watch_for_stalls(self) -> None:
-        """Kill an engine that holds requests but runs no decoder step for `engine_stall_secs`
-        (onnxruntime stuck, the process stopped): its pipe then closes, and `_on_engine` fails
-        what it held and starts a new one, as when it dies."""
-        last_steps, since = -1, time.monotonic()
-        while True:
-            await asyncio.sleep(min(1.0, self._stall_s / 4))
-            engine, now = self.engine, time.monotonic()
-            if engine is None or not self._jobs:
-                last_steps, since = -1, now
+    def _watch_for_stalls(self) -> None:
+        """A thread (the event loop may be what is stuck): kill an engine that stops beating
+        (the process is stopped or frozen) or that holds requests but runs no decoder step
+        for `engine_stall_secs` (onnxruntime stuck). Its pipe then ends, and `_on_gone`
+        fails what it held and starts a new one, as when it dies."""
+        engine: EngineProcess | None = None
+        beat = steps = -1
+        beat_at = step_at = time.monotonic()
+        while not self._watchdog_stop.wait(min(1.0, self._stall_s / 4)):
+            now = time.monotonic()
+            if self.engine is not engine:  # a new engine (or none): start over
+                engine, beat, steps, beat_at, step_at = self.engine, -1, -1, now, now
+            if engine is None or engine.gone is not None:
                 continue
-            steps = engine.counters[STEPS]
-            if steps != last_steps:
-                last_steps, since = steps, now
-            elif now - since > self._stall_s:
-                log.error("model '%s' version %d: engine process %d ran no decoder step in "
-                          "%.0f s with %d request(s) in flight; killing it", self.name,
-                          self.version, engine.process.pid, now - since, len(self._jobs))
+            if engine.counters[HEARTBEAT] != beat:
+                beat, beat_at = engine.counters[HEARTBEAT], now
+            if engine.counters[STEPS] != steps or not self._jobs:
+                steps, step_at = engine.counters[STEPS], now
+            silent, idle = now - beat_at, now - step_at
+            if silent > self._stall_s or idle > self._stall_s:
+                log.error("model '%s' version %d: engine process %d %s for %.0f s; killing it",
+                          self.name, self.version, engine.process.pid,
+                          "stopped beating" if silent > self._stall_s else
+                          f"ran no decoder step with {len(self._jobs)} request(s) in flight",
+                          max(silent, idle))
                 self._stalled_pid = engine.process.pid
-                engine.process.kill()
-                last_steps, since = -1, now
+                engine.kill()
+                beat_at = step_at = now
 
     async def _restart_engine(self) -> None:
         try:
@@ -331,13 +343,13 @@ class TranslatorModel(ServedModel):
                 if job.pieces is not None:
                     job.pieces.put_nowait(_STREAM_END)
 
-    def _fail(self, ids: list[Hashable]) -> None:
+    def _fail(self, ids: list[Hashable], error: Exception) -> None:
         for request_id in ids:
             job = self._jobs.get(request_id)
             if job is None:
                 continue
             if not job.future.done():
-                job.future.set_exception(InferenceError("decoding failed"))
+                job.future.set_exception(error)
             if job.pieces is not None:
                 job.pieces.put_nowait(_STREAM_END)
 
@@ -353,17 +365,19 @@ class TranslatorModel(ServedModel):
             if job.pieces is not None:
                 job.pieces.put_nowait(_STREAM_END)
 
+    def kill(self) -> None:
+        self._watchdog_stop.set()
+        if self.engine is not None:
+            self.engine.kill()
+
     async def drain_and_close(self) -> None:
         self._closing = True
         while self._jobs:  # every submitted request answered or cancelled
             await asyncio.sleep(0.01)
-        if self._watchdog is not None:  # it watched the drain too
-            self._watchdog.cancel()
+        self._watchdog_stop.set()  # it watched the drain too
         if self._restart is not None:
             await self._restart
         engine, self.engine = self.engine, None
         if engine is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(engine.fileno())
             await asyncio.to_thread(engine.stop)
         metrics.forget(self)

@@ -7,25 +7,37 @@ or three times per step. In a process of its own it shares the GIL only with its
 thread, which is almost always inside onnxruntime (docs/benchmarks.md, "The translator's
 engine process").
 
-    server process (asyncio)              engine process (spawned)
-    EngineProcess.submit / cancel  ---->  reader (main thread) -> Pipeline.submit / cancel
-    EngineProcess.receive          <----  Pipeline's deliver / fail, from its two threads
-    EngineProcess.counters (shared memory: decoder steps, requests waiting)
+    server process (asyncio)                     engine process (spawned)
+    EngineProcess.submit / cancel -> writer thread  ---->  reader (main thread) -> Pipeline
+    on_message (event loop) <- reader thread       <----  Pipeline's deliver / fail, threads
+    EngineProcess.counters (shared memory: decoder steps, requests waiting, heartbeat)
+
+The event loop never touches the pipe: a stopped engine fills it, and a blocking send or a
+half-written message read on the loop would stall every RPC of the server. The writer thread
+sends what `submit` and `cancel` queue; the reader thread receives whole messages and hands
+them to the loop, and when the pipe ends it finds out why (a join that may take a second) and
+reports that. The watchdog that kills a stopped or wedged engine is a thread as well
+(`serving.models.translator`).
 
 Messages are pickled tuples (both ends are seqserve): to the engine ("submit", [(request,
 arrival time, queue deadline or None)]), ("cancel", [ids]), ("stop", None); from it ("ready",
 providers), ("error", message), ("deliver", Delivery), ("failed", ids), ("expired",
-[(id, seconds queued)]). The engine exits on "stop", or when the
-server process goes away (end of file on the pipe).
+[(id, seconds queued)]). The engine exits on "stop", or when the server process goes away
+(end of file on the pipe). It ignores SIGINT and SIGTERM: a signal sent to the whole process
+group (systemd's default, `kill -TERM -PGID`, Ctrl-C) is the server's to act on; the server
+drains its calls, then stops the engine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing as mp
+import queue
 import signal
 import threading
-from collections.abc import Hashable, Sequence
+import time
+from collections.abc import Callable, Hashable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -45,6 +57,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0  # spawn, imports, sessions and warm-up
 STOP_TIMEOUT_S = 10.0
+HEARTBEAT, HEARTBEAT_S = 2, 0.25  # counters[HEARTBEAT] goes up every HEARTBEAT_S while alive
 
 
 class EngineGone(Exception):
@@ -75,7 +88,8 @@ def load_translator(version_dir: Path, config: mc.ModelConfig, settings: Setting
 def _engine_main(conn: Connection, version_dir: Path, config_bytes: bytes, settings: Settings,
                  max_rows: int, counters: Any, label: str) -> None:
     """The engine process's entry point."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the server drains, then stops us
+    for sig in (signal.SIGINT, signal.SIGTERM):  # group signals: the server drains, then
+        signal.signal(sig, signal.SIG_IGN)         # stops us
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s "
                         f"[{label} engine] %(name)s: %(message)s")
     send_lock = threading.Lock()
@@ -97,6 +111,13 @@ def _engine_main(conn: Connection, version_dir: Path, config_bytes: bytes, setti
                         lambda ids: send(("failed", ids)),
                         lambda expired: send(("expired", expired)), counters)
     pipeline.start()
+
+    def beat() -> None:  # stops when the process does (SIGSTOP): the watchdog sees that
+        while True:
+            counters[HEARTBEAT] += 1
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
     send(("ready", translator.model.providers))
     while True:
         try:
@@ -114,23 +135,29 @@ def _engine_main(conn: Connection, version_dir: Path, config_bytes: bytes, setti
 
 class EngineProcess:
     """The server's handle on one engine process. Starting blocks until the engine is ready
-    (call it on a worker thread); the rest runs on the event loop."""
+    (call it on a worker thread); then `start_io` hands the pipe to two threads, and nothing
+    the event loop calls blocks."""
 
     def __init__(self, version_dir: Path, config: mc.ModelConfig, settings: Settings,
                  max_rows: int, label: str) -> None:
         context = mp.get_context("spawn")  # the server has threads: never fork
         self._conn, child = context.Pipe()
-        self.counters = context.Array("q", 2, lock=False)  # pipeline.STEPS, pipeline.WAITING
+        # pipeline.STEPS, pipeline.WAITING, HEARTBEAT
+        self.counters = context.Array("q", 3, lock=False)
         self.process = context.Process(
             target=_engine_main, name=f"seqserve-engine-{label}", daemon=True,
             args=(child, version_dir, config.SerializeToString(), settings, max_rows,
                   self.counters, label))
         self.process.start()
         child.close()  # so that the engine's exit reads as end of file here
+        self._outbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self.gone: str | None = None  # why the engine exited, once the reader saw it
         try:
             self._wait_ready()
         except BaseException:
             self.kill()
+            self._conn.close()
             raise
 
     def _wait_ready(self) -> None:
@@ -145,52 +172,70 @@ class EngineProcess:
         if kind == "error":
             raise ModelLoadError(payload)
         self.providers: list[str] = payload
-        self.gone: str | None = None  # why the engine exited, once it has
 
-    def fileno(self) -> int:
-        """Readable when the engine sent something (or exited): for loop.add_reader."""
-        return self._conn.fileno()
+    def start_io(self, loop: asyncio.AbstractEventLoop,
+                 on_message: Callable[[tuple[str, Any]], None],
+                 on_gone: Callable[[EngineProcess], None]) -> None:
+        """Run the pipe on two threads: messages from the engine reach `on_message` on the
+        loop, in order; once the pipe has ended (the engine exited, was killed, or stopped),
+        `gone` says why and `on_gone(self)` runs on the loop."""
 
-    def receive(self) -> list[tuple[str, Any]]:
-        """Every message waiting, without blocking. When the engine has exited, `gone` says
-        why (after the messages it sent before)."""
-        messages = []
-        try:
-            while self._conn.poll():
-                messages.append(self._conn.recv())
-        except (EOFError, OSError):
-            self.gone = self._exit_reason()
-        return messages
+        def read() -> None:
+            try:
+                while True:
+                    message = self._conn.recv()
+                    loop.call_soon_threadsafe(on_message, message)
+            except (EOFError, OSError):
+                pass
+            self.process.join(1.0)  # off the loop: the exit code, if it is there yet
+            code = self.process.exitcode
+            self.gone = ("the translation engine process exited" +
+                         (f" (exit code {code})" if code is not None else ""))
+            self._outbox.put(None)  # the writer ends too (a send to a dead engine fails)
+            writer.join(STOP_TIMEOUT_S)
+            self._conn.close()  # ours alone now
+            try:
+                loop.call_soon_threadsafe(on_gone, self)
+            except RuntimeError:  # the loop is closed: the server is gone
+                pass
+
+        def write() -> None:
+            while (message := self._outbox.get()) is not None:
+                try:
+                    self._conn.send(message)
+                except (OSError, ValueError):  # the engine is gone: the reader reports it
+                    return
+
+        pid = self.process.pid
+        writer = threading.Thread(target=write, name=f"engine-{pid}-writer", daemon=True)
+        self._threads = [writer, threading.Thread(target=read, name=f"engine-{pid}-reader",
+                                                  daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, requests: Sequence[tuple[DecodeRequest, float, float | None]]) -> None:
-        self._send(("submit", list(requests)))
+        """Queue requests for the engine (never blocks; the writer thread sends them)."""
+        if self.gone is not None:
+            raise EngineGone(self.gone)
+        self._outbox.put(("submit", list(requests)))
 
     def cancel(self, ids: Sequence[Hashable]) -> None:
-        self._send(("cancel", list(ids)))
-
-    def _send(self, message: tuple) -> None:
-        try:
-            self._conn.send(message)
-        except OSError:
-            raise EngineGone(self._exit_reason()) from None
-
-    def _exit_reason(self) -> str:
-        self.process.join(1.0)
-        code = self.process.exitcode
-        return ("the translation engine process exited" +
-                (f" (exit code {code})" if code is not None else ""))
+        if self.gone is None:
+            self._outbox.put(("cancel", list(ids)))
 
     def stop(self) -> None:
-        """Ask the engine to exit once idle and wait for it (blocking: use a thread)."""
-        try:
-            self._conn.send(("stop", None))
-        except OSError:
-            pass
+        """Ask the engine to exit once idle and wait for it, then for the pipe's threads
+        (blocking: use a thread). A stopped or wedged engine is killed after STOP_TIMEOUT_S."""
+        self._outbox.put(("stop", None))
         self.process.join(STOP_TIMEOUT_S)
         self.kill()
+        for thread in self._threads:
+            thread.join(STOP_TIMEOUT_S)
+        if not self._threads:  # the pipe was never handed over
+            self._conn.close()
 
     def kill(self) -> None:
+        """SIGKILL (a stopped process dies too); the reader then sees the pipe end."""
         if self.process.is_alive():
             self.process.kill()
             self.process.join(STOP_TIMEOUT_S)
-        self._conn.close()

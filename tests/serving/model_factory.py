@@ -47,8 +47,10 @@ def echo_bytes(path: Path) -> None:
     _save(graph, path)
 
 
-def slow(path: Path, size: int = 256, repeats: int = 160) -> None:
-    """x FP32 [B, size, size] -> a chain of MatMuls (~25 ms per call here): for queueing."""
+def slow(path: Path, size: int = 256, repeats: int = 160, rows: int | str | None = None
+         ) -> None:
+    """x FP32 [B, size, size] -> a chain of MatMuls (~25 ms per call here): for queueing.
+    `rows="n"` makes the middle dimension variable: the cost grows with the rows sent."""
     w = numpy_helper.from_array(np.eye(size, dtype=np.float32), "w")
     nodes, prev = [], "x"
     for i in range(repeats):
@@ -57,8 +59,8 @@ def slow(path: Path, size: int = 256, repeats: int = 160) -> None:
     nodes.append(helper.make_node("Identity", [prev], ["y"]))
     graph = helper.make_graph(
         nodes, "slow",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", size, size])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", rows or size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", rows or size, size])],
         initializer=[w],
     )
     _save(graph, path)

@@ -210,6 +210,39 @@ def test_sigterm_finishes_in_flight_calls(tmp_path: Path, frontend: str) -> None
     assert "draining" in server.output()
 
 
+async def _one_held(server: ServerProcess, x: np.ndarray) -> asyncio.Future:
+    channel = grpc.aio.insecure_channel(server.target)
+    s = pb_grpc.GRPCInferenceServiceStub(channel)
+    call = asyncio.ensure_future(s.ModelInfer(request("slow", x=x), timeout=60))
+    assert await held(server.metrics_url, "slow", 1, [call])
+    server.proc.terminate()
+    try:
+        return await asyncio.gather(call, return_exceptions=True)
+    finally:
+        await channel.close()
+
+
+def test_model_drain_is_bounded_by_the_grace_period(tmp_path: Path) -> None:
+    """A batch that runs far longer than the grace period (a minute or so here) does not
+    hold the exit: calls get the grace period (1 s), the models what is left of it (at least
+    5 s), then the server says so and exits 1. (The warm-up sends one row: it is quick.)"""
+    repo = tmp_path / "model_repository"
+    add_model(repo, "slow", SLOW_CONFIG.replace("256, 256", "-1, 1024").format(queue=8),
+              lambda p: slow(p, size=1024, repeats=800, rows="n"))
+    server = ServerProcess(repo, "--frontend", "python", "--grace-period-secs", "1")
+    try:
+        server.wait_ready(timeout=180)
+        start = time.monotonic()
+        asyncio.run(_one_held(server, np.zeros((1, 1024, 1024), np.float32)))
+        code = server.proc.wait(30)
+        took = time.monotonic() - start
+    finally:
+        server.terminate()
+    assert code == 1, server.output()
+    assert took < 20, f"the drain took {took:.1f} s"
+    assert "models did not drain in" in server.output()
+
+
 def test_health_is_not_serving_until_models_are_loaded(tmp_path: Path) -> None:
     from serving.probe import check
 

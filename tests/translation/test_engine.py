@@ -1,7 +1,8 @@
 """The served translator's engine process (`serving/models/translator_engine.py`): requests in
-flight when it dies or stalls fail with the INTERNAL error, the model is not ready and answers
-UNAVAILABLE (retry) while a new engine starts, then serves again; a version the engine cannot
-load is unavailable with the reason."""
+flight when it dies, stops or wedges fail with EngineFailed (UNAVAILABLE: retry), the model is
+not ready and answers UNAVAILABLE while a new engine starts, then serves again; a stopped
+engine never blocks the event loop; a version the engine cannot load is unavailable with the
+reason."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+from google.protobuf import text_format
 
-from serving.errors import InferenceError, ModelNotReady, QueueFull
+from serving.errors import EngineFailed, ModelNotReady, QueueFull
 from serving.models.onnx_model import ModelLoadError
 from serving.models.translator_engine import load_translator
 from serving.repository import ModelRepository, read_config
@@ -40,7 +42,7 @@ async def _break_engine_mid_flight(repository: Path, sig: signal.Signals, stall_
             [model.prepare(LONG, beam_size=4, max_length=60) for _ in range(8)]))
         await asyncio.sleep(0)  # submitted to the engine
         os.kill(first, sig)
-        with pytest.raises(InferenceError):
+        with pytest.raises(EngineFailed, match="retry"):
             await asyncio.wait_for(in_flight, 30)
         with pytest.raises(ModelNotReady, match="is restarting"):
             await model.translate([model.prepare("eins", beam_size=1)])
@@ -72,6 +74,73 @@ async def _break_engine_mid_flight(repository: Path, sig: signal.Signals, stall_
 def test_requests_in_flight_fail_when_the_engine_dies_or_stalls_and_a_new_one_serves(
         tiny_repository: Path, sig: signal.Signals, stall_s: float, cause: str) -> None:
     asyncio.run(_break_engine_mid_flight(tiny_repository, sig, stall_s, cause))
+
+
+async def _ticker(gaps: list[float]) -> None:
+    """Sleep 10 ms again and again, recording how late each wake-up was: how long the event
+    loop was blocked."""
+    while True:
+        t = time.monotonic()
+        await asyncio.sleep(0.01)
+        gaps.append(time.monotonic() - t - 0.01)
+
+
+async def _stop_and_flood(repository: Path) -> None:
+    settings = Settings(model_repository=repository, engine_stall_secs=2.0)
+    repo = ModelRepository(repository, settings)
+    await repo.load("translator")
+    model = repo.get("translator", "")
+    gaps: list[float] = []
+    ticker = asyncio.ensure_future(_ticker(gaps))
+    try:
+        first = model.engine.process.pid
+        os.kill(first, signal.SIGSTOP)
+        # A thousand requests: far more than the pipe to a stopped engine holds (its buffer
+        # filled and the loop blocked on the next send, so the watchdog never ran).
+        calls = [asyncio.ensure_future(model.translate(
+            [model.prepare(f"{LONG} {i}", beam_size=1) for i in range(j, j + 20)]))
+            for j in range(0, 1000, 20)]
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)
+        assert all(isinstance(r, EngineFailed) for r in results), results[:3]
+        assert max(gaps) < 0.5, f"the event loop was blocked for {max(gaps):.2f} s"
+        deadline = time.monotonic() + 120
+        while model.engine is None:
+            assert time.monotonic() < deadline, "no new engine"
+            await asyncio.sleep(0.05)
+        assert model.engine.process.pid != first
+        assert model.engine_restarts["stalled"] == 1
+        [again] = await model.translate([model.prepare("eins", beam_size=1)])
+        assert again.text
+    finally:
+        ticker.cancel()
+        await repo.close()
+
+
+def test_a_stopped_engine_never_blocks_the_event_loop(tiny_repository: Path) -> None:
+    asyncio.run(_stop_and_flood(tiny_repository))
+
+
+async def _stop_while_idle(repository: Path) -> None:
+    repo = ModelRepository(repository, Settings(model_repository=repository,
+                                                engine_stall_secs=1.0))
+    await repo.load("translator")
+    model = repo.get("translator", "")
+    try:
+        first = model.engine.process.pid
+        os.kill(first, signal.SIGSTOP)  # no request in flight: only its heartbeat stops
+        deadline = time.monotonic() + 60
+        while model.engine is None or model.engine.process.pid == first:
+            assert time.monotonic() < deadline, "a stopped idle engine was never replaced"
+            await asyncio.sleep(0.05)
+        assert model.engine_restarts == {"exited": 0, "stalled": 1}
+        [result] = await model.translate([model.prepare("eins", beam_size=1)])
+        assert result.text
+    finally:
+        await repo.close()
+
+
+def test_a_stopped_idle_engine_is_replaced(tiny_repository: Path) -> None:
+    asyncio.run(_stop_while_idle(tiny_repository))
 
 
 def test_a_version_the_engine_cannot_load_is_unavailable_with_the_reason(
@@ -134,7 +203,9 @@ def test_a_full_translator_queue_rejects_at_once(tiny_repository: Path, tmp_path
     places); more are refused with QueueFull (RESOURCE_EXHAUSTED), not queued."""
     repository = tmp_path / "repo"
     shutil.copytree(tiny_repository, repository)
-    config = repository / "translator" / "config.pbtxt"
-    text = config.read_text().replace("max_batch_size: 64", "max_batch_size: 8")
-    config.write_text(text + "dynamic_batching { default_queue_policy { max_queue_size: 2 } }\n")
+    path = repository / "translator" / "config.pbtxt"
+    config = read_config(path.parent)
+    config.max_batch_size = 8
+    config.dynamic_batching.default_queue_policy.max_queue_size = 2
+    path.write_text(text_format.MessageToString(config))
     asyncio.run(_fill_the_queue(repository))
