@@ -108,7 +108,8 @@ def _native_front(servicer: FloorServicer, port: int, upstream: str, bare: bool)
         max_batch_size=config.max_batch_size, batching=config.max_batch_size > 0,
         max_queue_delay_us=0, preferred_batch_sizes=[], max_queue_size=0,
         default_timeout_us=0, instances=1), None if bare else run, stats.record_batch,
-        lambda kind, ns, detail: (13, kind))
+        lambda kind, ns, detail: (13, kind), queue_full_message="queue full",
+        unloading_message="unloading")
     front.set_default(config.name, 1)
     front.start()
     return front

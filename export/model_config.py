@@ -4,6 +4,8 @@ Fixed choices, the same for every model (see docs/model-repository.md):
 - `max_batch_size: 64`: dims in config.pbtxt exclude the batch dimension;
 - `dynamic_batching { max_queue_delay_microseconds: 0 }`: eager batching, as Triton's default: a
   lone request runs at once, and requests that arrive while the instance is busy run together;
+- `default_queue_policy { max_queue_size: 1024 }`: a bounded queue (Triton's default is
+  unbounded); past it a request is refused at once with RESOURCE_EXHAUSTED, retryable;
 - one CPU instance, and only the latest version served.
 Task metadata goes in `parameters` only: string values, lists and records as JSON.
 """
@@ -19,6 +21,7 @@ from protos.inference import model_config_pb2 as mc
 SCHEMA_VERSION = "1"
 MAX_BATCH_SIZE = 64
 MAX_QUEUE_DELAY_US = 0
+MAX_QUEUE_SIZE = 1024  # requests waiting per model version (docs/serving.md, "Security")
 
 DATA_TYPES = {"FP32": mc.TYPE_FP32, "FP16": mc.TYPE_FP16, "INT64": mc.TYPE_INT64,
               "INT32": mc.TYPE_INT32, "BOOL": mc.TYPE_BOOL, "STRING": mc.TYPE_STRING}
@@ -51,6 +54,7 @@ def onnx_model_config(inputs: Sequence[Tensor], outputs: Sequence[Tensor],
         config.output.add(name=t.name, data_type=DATA_TYPES[t.data_type], dims=list(t.dims))
     config.dynamic_batching.SetInParent()  # present even with every field at its default
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    config.dynamic_batching.default_queue_policy.max_queue_size = MAX_QUEUE_SIZE
     # KIND_AUTO: the server's --device decides (KIND_CPU would pin the model to CPU).
     config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
     config.version_policy.latest.num_versions = 1

@@ -28,7 +28,7 @@ import sacrebleu
 import torch
 
 from export.errors import ExportError
-from export.model_config import SCHEMA_VERSION, parameter_value
+from export.model_config import MAX_QUEUE_SIZE, SCHEMA_VERSION, parameter_value
 from export.quantize import METHOD, WEIGHT_TYPE, quantize_int8
 from export.repository import write_version
 from export.translator_graphs import ENCODER_OUTPUTS, export_graphs
@@ -234,6 +234,8 @@ def build_config(model: EncoderDecoder, tc: TranslatorTrainConfig, payload: dict
     config.input.add(name="text", data_type=mc.TYPE_STRING, dims=[1])
     config.output.add(name="translation", data_type=mc.TYPE_STRING, dims=[1])
     config.output.add(name="score", data_type=mc.TYPE_FP32, dims=[1])
+    # Sentences allowed to wait for decoder rows; past it RESOURCE_EXHAUSTED, at once.
+    config.dynamic_batching.default_queue_policy.max_queue_size = MAX_QUEUE_SIZE
     # KIND_AUTO: the server's --device decides (KIND_CPU would pin the model to CPU).
     config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
     config.version_policy.latest.num_versions = 1

@@ -67,7 +67,7 @@ _COUNTERS = {  # Triton name -> (help, value from ModelStats)
 
 def triton_families(models: list[ServedModel]) -> Iterable[Metric]:
     """Triton's per-model families, with Triton's names, from the models' statistics."""
-    stats = [m.stats.snapshot() for m in models]
+    stats = [m.statistics() for m in models]
     for name, (doc, value) in _COUNTERS.items():
         metric = Metric(name, doc, "counter")
         for m, s in zip(models, stats, strict=True):
@@ -170,7 +170,7 @@ class ModelCollector(Collector):
         metric = Metric(name, "Batch elements per model execution", "histogram")
         for m in models:
             labels = {"model": m.name, "version": str(m.version)}
-            batches = m.stats.snapshot().batches
+            batches = m.statistics().batches
             sizes = {size: b.compute_infer.count for size, b in batches.items()}
             for bound in BATCH_BUCKETS:
                 metric.add_sample(name + "_bucket", {**labels, "le": str(float(bound))},

@@ -107,6 +107,10 @@ class ModelStats:
             self.success.add(ns)
 
     def record_failure(self, ns: int, reason: FailureReason) -> None:
+        self.record_failures(1, ns, reason)
+
+    def record_failures(self, count: int, ns: int, reason: FailureReason) -> None:
+        """`count` failed requests that took `ns` in all."""
         with self.lock:
-            self.fail.add(ns)
-            self.failures[reason] += 1
+            self.fail.add(ns, count)
+            self.failures[reason] += count

@@ -21,9 +21,9 @@ void Upstream::OnWriteDone(bool ok) { call_->UpstreamWrote(ok); }
 void Upstream::OnDone(const grpc::Status& status) { call_->UpstreamDone(status); }
 
 Call::Call(grpc::GenericCallbackServerContext* context, grpc::GenericStub* upstream,
-           Registry* registry)
+           Registry* registry, std::atomic<int>* active)
     : context_(context), stub_(upstream), registry_(registry),
-      infer_(context->method() == kModelInfer) {
+      infer_(context->method() == kModelInfer), active_(active) {
   if (!infer_) Forward(false);
   StartRead(&request_);
 }
@@ -49,21 +49,23 @@ void Call::OnReadDone(bool ok) {
   std::lock_guard<std::mutex> lock(mu_);
   if (upstream_ended_) return;  // the upstream answered already; drop the rest
   if (ok) {
-    upstream_->StartWrite(&request_);
+    upstream_.load()->StartWrite(&request_);
   } else {
-    upstream_->StartWritesDone();
+    upstream_.load()->StartWritesDone();
   }
 }
 
 void Call::OnWriteDone(bool ok) {
-  if (upstream_ == nullptr) return;
-  if (!ok) upstream_->context.TryCancel();  // the client is gone: end the upstream call too
-  upstream_->StartRead(&upstream_->reply);   // (after a cancel it ends, and so does the hold)
+  Upstream* up = upstream_.load();
+  if (up == nullptr) return;
+  if (!ok) up->context.TryCancel();  // the client is gone: end the upstream call too
+  up->StartRead(&up->reply);          // (after a cancel it ends, and so does the hold)
 }
 
 void Call::OnCancel() {
   cancelled_.store(true, std::memory_order_relaxed);
-  if (upstream_ != nullptr) upstream_->context.TryCancel();
+  Upstream* up = upstream_.load();
+  if (up != nullptr) up->context.TryCancel();
 }
 
 void Call::OnDone() { Release(); }
@@ -77,30 +79,32 @@ void Call::Fail(const grpc::Status& status) { Finish(status); }
 
 void Call::Forward(bool with_first_message) {
   refs_.fetch_add(1);
-  upstream_ = new Upstream(this);
-  grpc::ClientContext& up = upstream_->context;
+  auto* upstream = new Upstream(this);
+  grpc::ClientContext& up = upstream->context;
   up.set_deadline(context_->deadline());
   for (const auto& [key, value] : context_->client_metadata()) {
     std::string k(key.data(), key.size());
     if (Forwarded(k)) up.AddMetadata(k, std::string(value.data(), value.size()));
   }
-  stub_->PrepareBidiStreamingCall(&up, context_->method(), grpc::StubOptions(), upstream_);
-  upstream_->AddHold();
-  if (with_first_message) upstream_->StartWrite(&request_);
-  upstream_->StartRead(&upstream_->reply);
-  upstream_->StartCall();
+  stub_->PrepareBidiStreamingCall(&up, context_->method(), grpc::StubOptions(), upstream);
+  upstream->AddHold();
+  if (with_first_message) upstream->StartWrite(&request_);
+  upstream->StartRead(&upstream->reply);
+  upstream_.store(upstream);  // before the call starts: its callbacks use it
+  if (cancelled_.load()) up.TryCancel();  // a cancel that came while it was being set up
+  upstream->StartCall();
 }
 
 void Call::UpstreamRead(bool ok) {
   if (ok) {
-    StartWrite(&upstream_->reply);  // the next upstream read starts when this write is done
+    StartWrite(&upstream_.load()->reply);  // the next upstream read starts after this write
     return;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
     upstream_ended_ = true;
   }
-  upstream_->RemoveHold();  // OnDone, with the status, once the writes in flight are done
+  upstream_.load()->RemoveHold();  // OnDone, with the status, once writes in flight are done
 }
 
 void Call::UpstreamWrote(bool ok) {
@@ -114,7 +118,8 @@ void Call::UpstreamDone(const grpc::Status& status) {
 
 void Call::Release() {
   if (refs_.fetch_sub(1) == 1) {
-    delete upstream_;
+    delete upstream_.load();
+    active_->fetch_sub(1);
     delete this;
   }
 }

@@ -36,7 +36,7 @@ class Upstream : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuff
 class Call : public grpc::ServerGenericBidiReactor {
  public:
   Call(grpc::GenericCallbackServerContext* context, grpc::GenericStub* upstream,
-       Registry* registry);
+       Registry* registry, std::atomic<int>* active);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -65,7 +65,9 @@ class Call : public grpc::ServerGenericBidiReactor {
   Registry* registry_;
   bool infer_;  // a ModelInfer whose first message is still to be read
   grpc::ByteBuffer request_, response_;
-  Upstream* upstream_ = nullptr;
+  // Set by Forward (on the thread that reads the request) and read by OnCancel (on another).
+  std::atomic<Upstream*> upstream_{nullptr};
+  std::atomic<int>* active_;  // the service's count of calls in progress
   // The upstream call holds (AddHold) until its response stream has ended; after that no
   // operation may start on it. `mu_` orders that end against writes being started.
   std::mutex mu_;

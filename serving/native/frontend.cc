@@ -13,9 +13,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "call.h"
 #include "model_queue.h"
@@ -25,18 +29,65 @@ namespace seqserve {
 
 namespace py = pybind11;
 
+// Answers a call with a status at once: what a call past the concurrency cap gets.
+class Refuse : public grpc::ServerGenericBidiReactor {
+ public:
+  explicit Refuse(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+// One restricted method (serving/restricted.py): the header and value it needs.
+struct Restriction {
+  std::string header, value, message;
+};
+using Restrictions = std::map<std::string, Restriction, std::less<>>;
+
+// Whether `context` carries what its method's restriction asks for (none: yes).
+bool Allowed(const Restrictions& restrictions, grpc::GenericCallbackServerContext* context,
+             const Restriction** refused) {
+  auto rule = restrictions.find(context->method());
+  if (rule == restrictions.end()) return true;
+  const auto& metadata = context->client_metadata();
+  auto found = metadata.find(rule->second.header);
+  const std::string& want = rule->second.value;
+  if (found != metadata.end() && found->second.size() == want.size()) {
+    unsigned char diff = 0;  // in constant time, as Python's hmac.compare_digest
+    for (size_t i = 0; i < want.size(); ++i)
+      diff |= static_cast<unsigned char>(found->second.data()[i] ^ want[i]);
+    if (diff == 0) return true;
+  }
+  *refused = &rule->second;
+  return false;
+}
+
 class Service : public grpc::CallbackGenericService {
  public:
-  Service(std::shared_ptr<grpc::Channel> upstream, Registry* registry)
-      : stub_(std::move(upstream)), registry_(registry) {}
+  Service(std::shared_ptr<grpc::Channel> upstream, Registry* registry, int max_calls,
+          Restrictions restrictions)
+      : stub_(std::move(upstream)), registry_(registry), max_calls_(max_calls),
+        restrictions_(std::move(restrictions)) {}
   grpc::ServerGenericBidiReactor* CreateReactor(
       grpc::GenericCallbackServerContext* context) override {
-    return new Call(context, &stub_, registry_);
+    const Restriction* refused = nullptr;
+    if (!Allowed(restrictions_, context, &refused))
+      return new Refuse(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, refused->message));
+    if (max_calls_ > 0 && active_.fetch_add(1) >= max_calls_) {
+      active_.fetch_sub(1);
+      return new Refuse(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          "server busy: " + std::to_string(max_calls_) +
+              " calls in progress (--max-concurrent-rpcs); retry after a back-off"));
+    }
+    if (max_calls_ <= 0) active_.fetch_add(1);
+    return new Call(context, &stub_, registry_, &active_);
   }
 
  private:
   grpc::GenericStub stub_;
   Registry* registry_;
+  const int max_calls_;  // 0: no cap
+  const Restrictions restrictions_;
+  std::atomic<int> active_{0};
 };
 
 struct Tls {
@@ -46,14 +97,15 @@ struct Tls {
 class Frontend {
  public:
   Frontend(std::string address, std::string upstream, int max_message_bytes, bool reuse_port,
-           Tls tls)
+           Tls tls, int max_calls, int max_streams, Restrictions restrictions)
       : address_(std::move(address)), max_message_bytes_(max_message_bytes),
-        reuse_port_(reuse_port), tls_(std::move(tls)) {
+        reuse_port_(reuse_port), tls_(std::move(tls)), max_streams_(max_streams) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
     service_ = std::make_unique<Service>(
-        grpc::CreateCustomChannel(upstream, grpc::InsecureChannelCredentials(), args), &registry_);
+        grpc::CreateCustomChannel(upstream, grpc::InsecureChannelCredentials(), args), &registry_,
+        max_calls, std::move(restrictions));
   }
 
   // Listen; return the bound port. Raise if the address cannot be bound.
@@ -73,6 +125,8 @@ class Frontend {
     builder.SetMaxReceiveMessageSize(max_message_bytes_);
     builder.SetMaxSendMessageSize(max_message_bytes_);
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, reuse_port_ ? 1 : 0);
+    if (max_streams_ > 0)  // HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: per connection
+      builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_streams_);
     builder.RegisterCallbackGenericService(service_.get());
     server_ = builder.BuildAndStart();
     if (!server_ || port == 0) {
@@ -94,10 +148,13 @@ class Frontend {
   std::shared_ptr<ModelQueue> AddModel(const std::string& name, int64_t version,
                                        std::vector<TensorSpec> inputs,
                                        std::vector<TensorSpec> outputs, Policy policy,
-                                       py::object run, py::object account, py::object fail) {
-    auto model = std::make_shared<ModelQueue>(name, version, std::move(inputs),
-                                              std::move(outputs), std::move(policy),
-                                              Callbacks{run, account, fail});
+                                       py::object run, py::object account, py::object fail,
+                                       std::string queue_full_message,
+                                       std::string unloading_message) {
+    auto model = std::make_shared<ModelQueue>(
+        name, version, std::move(inputs), std::move(outputs), std::move(policy),
+        Callbacks{run, account, fail}, std::move(queue_full_message),
+        std::move(unloading_message));
     registry_.Add(name, version, model);
     return model;
   }
@@ -115,6 +172,7 @@ class Frontend {
   int max_message_bytes_;
   bool reuse_port_;
   Tls tls_;
+  int max_streams_;
   Registry registry_;
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> server_;
@@ -146,23 +204,34 @@ PYBIND11_MODULE(_frontend, m) {
                              py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("pending", &ModelQueue::pending)
       .def_property_readonly("requests", &ModelQueue::requests)
+      .def("take_refusals", &ModelQueue::TakeRefusals)
       .def("close", &ModelQueue::Close, py::call_guard<py::gil_scoped_release>());
   py::class_<Frontend>(m, "Frontend")
       .def(py::init([](std::string address, std::string upstream, int max_message_bytes,
-                       bool reuse_port, std::string cert, std::string key, std::string ca) {
+                       bool reuse_port, std::string cert, std::string key, std::string ca,
+                       int max_calls, int max_streams,
+                       std::vector<std::tuple<std::string, std::string, std::string, std::string>>
+                           restricted) {
+             Restrictions restrictions;
+             for (auto& [method, header, value, message] : restricted)
+               restrictions[method] = Restriction{header, value, message};
              return std::make_unique<Frontend>(std::move(address), std::move(upstream),
                                                max_message_bytes, reuse_port,
-                                               Tls{std::move(cert), std::move(key), std::move(ca)});
+                                               Tls{std::move(cert), std::move(key), std::move(ca)},
+                                               max_calls, max_streams, std::move(restrictions));
            }),
            py::arg("address"), py::arg("upstream"), py::arg("max_message_bytes"),
            py::arg("reuse_port") = false, py::arg("tls_cert") = "", py::arg("tls_key") = "",
-           py::arg("tls_client_ca") = "")
+           py::arg("tls_client_ca") = "", py::arg("max_calls") = 0, py::arg("max_streams") = 0,
+           py::arg("restricted") = std::vector<
+               std::tuple<std::string, std::string, std::string, std::string>>{})
       .def("start", &Frontend::Start, py::call_guard<py::gil_scoped_release>())
       .def("shutdown", &Frontend::Shutdown, py::arg("grace_s"),
            py::call_guard<py::gil_scoped_release>())
       .def("add_model", &Frontend::AddModel, py::arg("name"), py::arg("version"),
            py::arg("inputs"), py::arg("outputs"), py::arg("policy"), py::arg("run"),
-           py::arg("account"), py::arg("fail"))
+           py::arg("account"), py::arg("fail"), py::arg("queue_full_message"),
+           py::arg("unloading_message"))
       .def("set_default", &Frontend::SetDefault, py::arg("name"), py::arg("version"))
       .def("remove_model", &Frontend::RemoveModel, py::arg("name"), py::arg("version"));
 }

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from serving import metrics
+from serving import metrics, restricted
 from serving.errors import (
     DeadlineExceeded,
     FailureReason,
@@ -80,7 +80,11 @@ class NativeFrontend:
         self._server = _frontend.Frontend(
             settings.grpc_target, self.upstream, settings.max_message_bytes,
             reuse_port=settings.reuse_port, tls_cert=pem(settings.tls_cert),
-            tls_key=pem(settings.tls_key), tls_client_ca=pem(settings.tls_client_ca))
+            tls_key=pem(settings.tls_key), tls_client_ca=pem(settings.tls_client_ca),
+            max_calls=settings.max_concurrent_rpcs,
+            max_streams=settings.max_streams_per_connection,
+            restricted=restricted.native_rules(
+                restricted.parse(settings.grpc_restricted_protocol)))
         self._routed: dict[str, dict[int, OnnxModel]] = {}  # name -> version -> the instance
 
     def start(self) -> int:
@@ -138,9 +142,17 @@ class NativeFrontend:
             code, message = status_for(error)
             return code.value[0], message
 
+        # Refusals at admission are answered in C++ with these fixed statuses (no GIL while
+        # shedding load) and folded into the statistics when they are read
+        # (`OnnxModel.statistics`).
+        full_code, full = status_for(_error(model, "queue_full", 0, ""))
+        gone_code, gone = status_for(_error(model, "unloading", 0, ""))
+        assert full_code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert gone_code is grpc.StatusCode.UNAVAILABLE
         return self._server.add_model(
             model.name, model.version, [_tensor(s) for s in model.inputs.values()],
-            [_tensor(s) for s in model.outputs.values()], policy, model.run_batch, account, fail)
+            [_tensor(s) for s in model.outputs.values()], policy, model.run_batch, account, fail,
+            queue_full_message=full, unloading_message=gone)
 
     def shutdown(self, grace_s: float) -> None:
         """Refuse new calls, let those in flight finish for up to `grace_s`. Blocks."""

@@ -13,9 +13,6 @@ namespace seqserve {
 
 namespace {
 
-// As serving.tensors.MAX_ELEMENTS: the most elements one tensor may claim.
-constexpr int64_t kMaxElements = (int64_t{1} << 31) - 1;
-
 int64_t Nanos(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
 }
@@ -30,25 +27,18 @@ const char* NumpyDtype(const std::string& datatype) {
   throw std::invalid_argument("the fast path does not take datatype " + datatype);
 }
 
-template <typename T>
-bool AllFinite(const std::string& raw) {
-  const size_t n = raw.size() / sizeof(T);
-  const char* p = raw.data();
-  for (size_t i = 0; i < n; ++i) {
-    T v;
-    std::memcpy(&v, p + i * sizeof(T), sizeof(T));
-    if (!std::isfinite(v)) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 ModelQueue::ModelQueue(std::string name, int64_t version, std::vector<TensorSpec> inputs,
-                       std::vector<TensorSpec> outputs, Policy policy, Callbacks callbacks)
-    : name_(std::move(name)), version_(version), inputs_(std::move(inputs)),
-      outputs_(std::move(outputs)), policy_(std::move(policy)),
+                       std::vector<TensorSpec> outputs, Policy policy, Callbacks callbacks,
+                       std::string queue_full_message, std::string unloading_message)
+    : name_(std::move(name)), version_(version),
+      signature_{std::move(inputs), std::move(outputs), std::move(policy)},
       callbacks_(std::move(callbacks)) {
+  queue_full_.code = grpc::StatusCode::RESOURCE_EXHAUSTED;
+  queue_full_.message = std::move(queue_full_message);
+  unloading_.code = grpc::StatusCode::UNAVAILABLE;
+  unloading_.message = std::move(unloading_message);
   zeros_ = callbacks_.run.is_none();
   py::module_ numpy = py::module_::import("numpy");
   for (const auto& spec : inputs_) dtypes_.push_back(numpy.attr("dtype")(NumpyDtype(spec.datatype)));
@@ -58,107 +48,40 @@ ModelQueue::ModelQueue(std::string name, int64_t version, std::vector<TensorSpec
 
 ModelQueue::~ModelQueue() { Close(); }
 
-bool ModelQueue::Accepts(const inference::ModelInferRequest& m, Request* r) const {
-  // Anything unusual (parameters, typed contents, a shape or a value the model refuses) is the
-  // Python server's to answer, with the dataplane's checks and messages.
-  if (m.inputs_size() != static_cast<int>(inputs_.size()) ||
-      m.raw_input_contents_size() != m.inputs_size())
-    return false;
-  r->timeout_us = 0;
-  for (const auto& [key, value] : m.parameters()) {
-    if (key == "timeout" && value.parameter_choice_case() == inference::InferParameter::kInt64Param &&
-        value.int64_param() >= 0) {
-      r->timeout_us = value.int64_param();
-    } else if (key != "triton_enable_empty_final_response") {  // perf_analyzer's; not decoupled
-      return false;
-    }
-  }
-  r->raw_index.assign(inputs_.size(), -1);
-  r->key.clear();
-  r->item_shape.clear();
-  int64_t batch = -1;
-  for (int i = 0; i < m.inputs_size(); ++i) {
-    const auto& t = m.inputs(i);
-    if (t.parameters_size() != 0) return false;
-    size_t k = 0;
-    while (k < inputs_.size() && inputs_[k].name != t.name()) ++k;
-    if (k == inputs_.size() || r->raw_index[k] != -1) return false;
-    const TensorSpec& spec = inputs_[k];
-    if (t.datatype() != spec.datatype) return false;
-    const int lead = policy_.max_batch_size > 0 ? 1 : 0;
-    if (t.shape_size() != static_cast<int>(spec.dims.size()) + lead) return false;
-    // Checked arithmetic: a claimed shape may not wrap the byte count around to the size of
-    // what was sent. Past kMaxElements the Python server answers, naming the input.
-    int64_t elements = 1;
-    for (int d = 0; d < t.shape_size(); ++d) {
-      const int64_t dim = t.shape(d);
-      if (dim < 0 || dim > kMaxElements ||
-          (d >= lead && spec.dims[d - lead] != -1 && spec.dims[d - lead] != dim))
-        return false;
-      if (dim != 0 && elements > kMaxElements / dim) return false;
-      elements *= dim;
-    }
-    if (lead) {
-      if (batch == -1) batch = t.shape(0);
-      if (t.shape(0) != batch) return false;
-    }
-    const std::string& raw = m.raw_input_contents(i);
-    if (raw.size() != static_cast<size_t>(elements) * spec.itemsize) return false;
-    if (spec.datatype == "FP32" && !AllFinite<float>(raw)) return false;
-    if (spec.datatype == "FP64" && !AllFinite<double>(raw)) return false;
-    if (spec.datatype == "FP16") return false;  // checked for NaN by the Python server
-    r->raw_index[k] = i;
-  }
-  if (policy_.max_batch_size > 0 && (batch < 1 || batch > policy_.max_batch_size)) return false;
-  for (size_t k = 0; k < inputs_.size(); ++k) {
-    const auto& shape = m.inputs(r->raw_index[k]).shape();
-    const int lead = policy_.max_batch_size > 0 ? 1 : 0;
-    r->key.push_back(static_cast<int64_t>(shape.size()) - lead);
-    for (int d = lead; d < shape.size(); ++d) {
-      r->key.push_back(shape[d]);
-      r->item_shape.push_back(shape[d]);
-    }
-  }
-  if (!policy_.batching) r->key.push_back(batch);  // unbatched: a batch is one request
-  r->wanted.clear();
-  for (const auto& out : m.outputs()) {
-    if (out.parameters_size() != 0) return false;
-    size_t k = 0;
-    while (k < outputs_.size() && outputs_[k].name != out.name()) ++k;
-    if (k == outputs_.size()) return false;
-    if (std::find(r->wanted.begin(), r->wanted.end(), k) == r->wanted.end())
-      r->wanted.push_back(k);  // named twice: once, where first named (as the Python server)
-  }
-  if (r->wanted.empty())
-    for (size_t k = 0; k < outputs_.size(); ++k) r->wanted.push_back(k);
-  r->size = policy_.max_batch_size > 0 ? batch : 1;
-  return true;
-}
-
 void ModelQueue::Submit(std::unique_ptr<Request> request) {
-  pending_.fetch_add(1);
-  requests_.fetch_add(1);
   request->enqueued = Clock::now();
   if (!request->deadline && policy_.default_timeout_us > 0)  // as the Python batcher
     request->deadline = request->enqueued + std::chrono::microseconds(policy_.default_timeout_us);
-  std::vector<std::unique_ptr<Request>> refused;
-  const char* kind = nullptr;
+  Refusal* refusal = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closing_) {
-      kind = "unloading";
+      refusal = &unloading_;
     } else if (policy_.max_queue_size && queue_.size() >= policy_.max_queue_size) {
-      kind = "queue_full";
+      refusal = &queue_full_;
     } else {
+      pending_.fetch_add(1);
       queue_.push_back(std::move(request));
     }
   }
-  if (kind) {
-    refused.push_back(std::move(request));
-    FailAll(refused, kind, "");
+  if (refusal) {  // no GIL: counted here, folded into the statistics by Python later
+    refusal->count.fetch_add(1);
+    refusal->ns.fetch_add(Nanos(Clock::now() - request->received));
+    request->call->Fail(grpc::Status(refusal->code, refusal->message));
     return;
   }
   wake_.notify_one();
+}
+
+std::vector<std::tuple<std::string, int64_t, int64_t>> ModelQueue::TakeRefusals() {
+  std::vector<std::tuple<std::string, int64_t, int64_t>> out;
+  for (auto& [kind, refusal] : {std::pair<const char*, Refusal*>{"queue_full", &queue_full_},
+                                {"unloading", &unloading_}}) {
+    const int64_t count = refusal->count.exchange(0);
+    const int64_t ns = refusal->ns.exchange(0);
+    if (count) out.emplace_back(kind, count, ns);
+  }
+  return out;
 }
 
 size_t ModelQueue::queue_size() {
@@ -330,6 +253,7 @@ void ModelQueue::RunBatch(int instance, std::vector<std::unique_ptr<Request>>& b
     bool own;
     grpc::SerializationTraits<inference::ModelInferResponse>::Serialize(reply, &buffer, &own);
     pending_.fetch_sub(1);
+    requests_.fetch_add(1);
     r.call->Reply(&buffer);
   }
 }

@@ -13,34 +13,17 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
+#include <grpcpp/support/status.h>
+
+#include "accept.h"
 #include "inference/grpc_service.pb.h"
 
 namespace seqserve {
 
 namespace py = pybind11;
-using Clock = std::chrono::steady_clock;
-
-class Call;
-
-struct TensorSpec {
-  std::string name;
-  std::string datatype;       // V2 datatype
-  std::vector<int64_t> dims;  // without the batch dimension; -1 = any
-  size_t itemsize = 0;
-};
-
-// Mirrors serving.batcher.BatchPolicy.
-struct Policy {
-  int64_t max_batch_size = 0;  // 0: the model does not batch
-  bool batching = false;
-  int64_t max_queue_delay_us = 0;
-  std::vector<int64_t> preferred_batch_sizes;
-  size_t max_queue_size = 0;      // 0: unbounded
-  int64_t default_timeout_us = 0;  // 0: none
-  int instances = 1;
-};
 
 // What the Python side provides for one model version (see serving/native/frontend.py).
 struct Callbacks {
@@ -49,35 +32,36 @@ struct Callbacks {
   py::object fail;     // fail(kind, elapsed_ns, detail) -> (grpc status code, message)
 };
 
-struct Request {
-  Call* call;
-  std::unique_ptr<inference::ModelInferRequest> message;
-  std::vector<int> raw_index;     // per spec input: its index in raw_input_contents
-  std::vector<int64_t> key;       // per-item shapes: only equal keys batch together
-  std::vector<int64_t> item_shape;  // per spec input, concatenated dims (for the batch array)
-  std::vector<size_t> wanted;     // spec outputs to return, in the request's order (all if none)
-  int64_t size = 1;               // batch elements
-  int64_t timeout_us = 0;         // the V2 `timeout` parameter, 0 if none
-  Clock::time_point received, enqueued;
-  std::optional<Clock::time_point> deadline;
+// Refusals at admission (queue full, unloading) are answered without the interpreter: the
+// status is fixed when the model is attached, and the count is kept here until Python folds
+// it into the model's statistics (`TakeRefusals`), so shedding load costs no GIL.
+struct Refusal {
+  grpc::StatusCode code;
+  std::string message;
+  std::atomic<int64_t> count{0}, ns{0};
 };
+
 
 class ModelQueue {
  public:
   ModelQueue(std::string name, int64_t version, std::vector<TensorSpec> inputs,
-             std::vector<TensorSpec> outputs, Policy policy, Callbacks callbacks);
+             std::vector<TensorSpec> outputs, Policy policy, Callbacks callbacks,
+             std::string queue_full_message, std::string unloading_message);
   ~ModelQueue();
 
-  // Whether the fast path takes this request as it is; if so, fill `request`. A request it does
-  // not take goes to the Python server, which answers it (and every malformed request).
-  bool Accepts(const inference::ModelInferRequest& message, Request* request) const;
+  // Whether the fast path takes this request as it is (see accept.h); if so, fill `request`.
+  bool Accepts(const inference::ModelInferRequest& message, Request* request) const {
+    return Accept(signature_, message, request);
+  }
   void Submit(std::unique_ptr<Request> request);
   // Refuse new requests, run the queued ones, stop the threads. Blocks; call without the GIL.
   void Close();
 
   size_t queue_size();
   int64_t pending() const { return pending_.load(); }
-  int64_t requests() const { return requests_.load(); }  // taken by the fast path, ever
+  int64_t requests() const { return requests_.load(); }  // run by the fast path, ever
+  // Refusals since the last call, by kind ("queue_full", "unloading"): (count, total ns).
+  std::vector<std::tuple<std::string, int64_t, int64_t>> TakeRefusals();
 
  private:
   void Work(int instance);
@@ -91,8 +75,10 @@ class ModelQueue {
 
   const std::string name_;
   const int64_t version_;
-  const std::vector<TensorSpec> inputs_, outputs_;
-  const Policy policy_;
+  const Signature signature_;
+  const std::vector<TensorSpec>& inputs_ = signature_.inputs;
+  const std::vector<TensorSpec>& outputs_ = signature_.outputs;
+  const Policy& policy_ = signature_.policy;
   Callbacks callbacks_;
   bool zeros_ = false;  // no runner: the C++ floor (bench/floor_server.py --native --bare)
   std::vector<py::object> dtypes_;  // numpy dtype per input
@@ -102,6 +88,7 @@ class ModelQueue {
   std::deque<std::unique_ptr<Request>> queue_;
   bool closing_ = false;
   std::atomic<int64_t> pending_{0}, requests_{0};
+  Refusal queue_full_, unloading_;
   std::vector<std::thread> threads_;
 };
 

@@ -18,7 +18,7 @@ def statistics_response(models: Iterable[ServedModel]) -> pb.ModelStatisticsResp
     """Triton's statistics of these model versions, in this process."""
     reply = pb.ModelStatisticsResponse()
     for model in models:
-        s = model.stats.snapshot()
+        s = model.statistics()
         entry = reply.model_stats.add(
             name=model.name, version=str(model.version), last_inference=s.last_inference_ms,
             inference_count=s.inference_count, execution_count=s.execution_count)
