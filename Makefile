@@ -90,10 +90,53 @@ test: install tools  ## create .venv if missing, install, run the whole test sui
 native-sanitize: native  ## opt-in: the native front end's tests under ASan and UBSan (minutes)
 	bash serving/native/sanitize.sh
 
+# Fuzzing (docs/serving.md, "Security"). `make test` replays the committed corpus; `make fuzz`
+# runs each target for FUZZ_SECONDS (the recorded campaign: FUZZ_SECONDS=600) and merges what
+# added coverage into tests/fuzz/corpus/. Python targets run under atheris; the native
+# acceptance target under clang's libFuzzer with ASan and UBSan (clang from apt).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= v2_request bytes_tensor forecast_request translate_request model_config \
+	native_accept
+FUZZ_REPLAY ?= build/fuzz/accept_replay
+FUZZ_SOURCES := serving/native/accept.cc serving/native/fuzz/accept_fuzzer.cc \
+	$(NATIVE_GEN:.cc=.o)
+FUZZ_FLAGS = -O1 -g -std=c++17 -Iserving/native -I$(NATIVE_DIR) $$(pkg-config --cflags protobuf)
+
+.PHONY: fuzz fuzz-replay-binary
+fuzz-replay-binary: $(NATIVE_GEN:.cc=.o)  ## the native fuzz target as a corpus replayer (g++, ASan, UBSan)
+	mkdir -p $(dir $(FUZZ_REPLAY))
+	$(CXX) $(FUZZ_FLAGS) -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	  $(FUZZ_SOURCES) serving/native/fuzz/replay_main.cc -o $(FUZZ_REPLAY) \
+	  $$(pkg-config --libs protobuf)
+
+fuzz: install  ## coverage-guided fuzzing of the decoders, FUZZ_SECONDS per target (minutes)
+	$(PY) -m pip install -q atheris==3.0.0
+	command -v clang++-14 >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-14 libclang-rt-14-dev >/dev/null)
+	mkdir -p build/fuzz
+	clang++-14 $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	  $(FUZZ_SOURCES) \
+	  -o build/fuzz/accept_fuzzer $$(pkg-config --libs protobuf)
+	for t in $(FUZZ_TARGETS); do
+	  rm -rf build/fuzz/new-$$t build/fuzz/merged-$$t
+	  mkdir -p build/fuzz/new-$$t build/fuzz/merged-$$t
+	  if [ $$t = native_accept ]; then run="build/fuzz/accept_fuzzer"
+	  else run="$(PY) -m tests.fuzz.run $$t"; fi
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"
+	  $$run -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+	    -dict=tests/fuzz/protobuf.dict -artifact_prefix=build/fuzz/$$t- \
+	    build/fuzz/new-$$t tests/fuzz/corpus/$$t 2>&1 | tail -n 25 | tee build/fuzz/$$t.log
+	  $$run -merge=1 build/fuzz/merged-$$t tests/fuzz/corpus/$$t build/fuzz/new-$$t >/dev/null 2>&1
+	  if [ -n "$$(ls build/fuzz/merged-$$t)" ]; then  # the corpus, minimised; else keep it
+	    rm -rf tests/fuzz/corpus/$$t && mv build/fuzz/merged-$$t tests/fuzz/corpus/$$t
+	  fi
+	done
+	$(PY) -m tests.fuzz.run --seed  # the seeds stay, whatever the merge kept
+
 .PHONY: image-test
 image-test: install  ## opt-in: build the CPU image with podman and run it (minutes; not in `test`)
 	bash deploy/image-test.sh
 
 clean:  ## remove build outputs (keeps .venv and .tools)
-	rm -rf $(STAMPS)/protos .pytest_cache .ruff_cache $(NATIVE_DIR) $(NATIVE_SO)
+	rm -rf $(STAMPS)/protos .pytest_cache .ruff_cache $(NATIVE_DIR) $(NATIVE_SO) build/fuzz
 	find protos -name '*_pb2*.py*' -delete

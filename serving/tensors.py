@@ -72,10 +72,12 @@ def element_count(shape: Sequence[int]) -> int:
 
 def check_shape(shape: Sequence[int], name: str) -> int:
     """The element count of a claimed shape, or InvalidInput when a dimension is negative or
-    the count is absurd. Python integers: nothing overflows."""
+    the shape is absurd: the product of its dimensions, zeros left out, over MAX_ELEMENTS
+    (numpy refuses such a shape even with no element in it). Python integers: nothing
+    overflows."""
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
-    if any(d > MAX_ELEMENTS for d in shape) or element_count(shape) > MAX_ELEMENTS:
+    if element_count([d for d in shape if d]) > MAX_ELEMENTS:
         raise InvalidInput(f"input '{name}': shape {list(shape)} claims more than "
                            f"{MAX_ELEMENTS} elements")
     return element_count(shape)

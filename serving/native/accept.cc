@@ -54,13 +54,16 @@ bool Accept(const Signature& signature, const inference::ModelInferRequest& m, R
     if (t.shape_size() != static_cast<int>(spec.dims.size()) + lead) return false;
     // Checked arithmetic: a claimed shape may not wrap the byte count around to the size of
     // what was sent. Past kMaxElements the Python server answers, naming the input.
-    int64_t elements = 1;
+    // The product of the dimensions, zeros left out, is bounded too: numpy refuses a larger
+    // shape even with no element in it.
+    int64_t elements = 1, extent = 1;
     for (int d = 0; d < t.shape_size(); ++d) {
       const int64_t dim = t.shape(d);
       if (dim < 0 || dim > kMaxElements ||
           (d >= lead && spec.dims[d - lead] != -1 && spec.dims[d - lead] != dim))
         return false;
-      if (dim != 0 && elements > kMaxElements / dim) return false;
+      if (dim != 0 && extent > kMaxElements / dim) return false;
+      extent *= dim != 0 ? dim : 1;
       elements *= dim;
     }
     if (lead) {
