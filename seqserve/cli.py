@@ -349,6 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_accuracy_bench(ba)
     ba.set_defaults(handler=_lazy("bench.accuracy"))
+    bk = suites.add_parser("soak", help="mixed load for a long time, with faults injected",
+                           description="V2, Forecast, Translate and TranslateStream clients "
+                           "on one server for --minutes while its translator engine is killed "
+                           "and stopped and new versions (corrupt, then good) are dropped in: "
+                           "errors by status, memory and p99 over time, ServerLive's p99.")
+    from bench.soak import add_arguments as add_soak_bench  # stdlib-only at import
+
+    add_soak_bench(bk)
+    bk.set_defaults(handler=_lazy("bench.soak"))
     return parser
 
 

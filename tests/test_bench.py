@@ -225,3 +225,46 @@ def test_bench_gpu_dry_run_compares_devices_and_serves(tmp_path: Path,
     server = report["server"]
     assert server["exit_code"] == 0 and server["translator"] == {"same_text": 8, "sentences": 8}
     assert len(server["providers_logged"]) == 3
+
+
+def test_bench_soak_summary_separates_what_faults_cause() -> None:
+    from bench.soak import Record, summarize
+
+    record = Record(
+        calls=[(1.0, "v2", "OK", 0.002), (1.5, "translate", "OK", 0.02),
+               (9.0, "translate", "UNAVAILABLE", 1.5),  # in flight when the engine died
+               (10.5, "translate", "UNAVAILABLE", 0.001),  # right after the engine's kill
+               (11.0, "stream", "UNAVAILABLE", 0.001),
+               (30.0, "translate", "UNAVAILABLE", 0.001),  # long after: not the fault's
+               (31.0, "v2", "INTERNAL", 0.001)],
+        live=[(t / 10, 0.001) for t in range(400)],
+        rss=[(t, 100.0, 50.0) for t in range(0, 40, 2)],
+        faults=[(10.0, "engine SIGKILL")])
+    result = summarize(record, seconds=40, warmup_s=5, window_s=10, fault_window_s=5)
+    assert result["caused_by_faults"] == {"translate": {"UNAVAILABLE": 2},
+                                          "stream": {"UNAVAILABLE": 1}}
+    assert result["unexpected_errors"] == {"translate": {"UNAVAILABLE": 1},
+                                           "v2": {"INTERNAL": 1}}
+    assert result["rss_mib"]["growth"] == 0
+    assert result["goals"] == {"rss_growth_under_5pct": True, "only_fault_failures": False,
+                               "fault_failures_retryable": True, "live_p99_under_50ms": True}
+
+
+def test_bench_soak_runs_with_its_faults(tiny_repository: Path, tmp_path: Path) -> None:
+    """A short soak on the tiny default repository: every fault injected, every call
+    answered, ServerLive probed throughout (numbers are the benchmark's, not asserted)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "seqserve", "bench", "soak", "--repository",
+         str(tiny_repository), "--minutes", "0.75", "--clients", "8", "--engine-stall-secs",
+         "3", "--warmup-secs", "5", "--window-secs", "5", "--results-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    (result,) = tmp_path.glob("soak-*.json")
+    data = json.loads(result.read_text())
+    assert [name for _, name in data["faults"]] == [
+        "engine SIGKILL", "engine SIGSTOP 10 s", "corrupt new version", "good new version"]
+    assert all(n > 0 for n in data["calls"].values()), data["calls"]
+    assert data["lost_ids"] == 0 and data["unfinished_streams"] == 0
+    assert data["live"]["probes"] > 100 and data["live"]["failures"] == 0
+    assert data["exit_code"] == 0
+    assert data["rss_series"] and list(tmp_path.glob("soak-*.png"))
+    assert out.returncode in (0, 1), out.stdout[-2000:] + out.stderr[-2000:]
