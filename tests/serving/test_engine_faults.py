@@ -1,8 +1,9 @@
 """A translator engine that fails alone, and one way of stopping, against a real server: with
 the engine stopped and hundreds of Translate calls queued, ServerLive and the other models
 keep answering and the calls fail UNAVAILABLE once the watchdog replaces the engine; a
-SIGTERM sent to the server's whole process group (systemd's default) drains every in-flight
-translation and exits 0, as a SIGTERM to the server alone does."""
+SIGTERM or SIGINT sent to the server's whole process group (systemd's default, Ctrl-C in a
+terminal) drains every in-flight translation and exits 0, as a SIGTERM to the server alone
+does."""
 
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def test_a_stopped_engine_does_not_stall_the_server(tiny_repository: Path) -> No
         assert server.terminate() == 0
 
 
-async def _group_sigterm(server: ServerProcess) -> list:
+async def _group_signal(server: ServerProcess, sig: signal.Signals) -> list:
     async with grpc.aio.insecure_channel(server.target) as ch:
         translate = tgrpc.TranslatorStub(ch)
         v2 = pb_grpc.GRPCInferenceServiceStub(ch)
@@ -122,16 +123,17 @@ async def _group_sigterm(server: ServerProcess) -> list:
         calls.append(asyncio.ensure_future(v2.ModelInfer(forecast, timeout=60)))
         if not await held(server.metrics_url, "translator", 24, calls):
             pytest.skip("the translations ended before the server held them all")
-        os.killpg(server.proc.pid, signal.SIGTERM)  # the server and its engine, as systemd
+        os.killpg(server.proc.pid, sig)  # the server and its engine, as systemd or Ctrl-C
         return await asyncio.gather(*calls, return_exceptions=True)
 
 
-def test_sigterm_to_the_process_group_drains_in_flight_translations(
-        tiny_repository: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_process_group_drains_in_flight_translations(
+        tiny_repository: Path, sig: signal.Signals) -> None:
     server = ServerProcess(tiny_repository, new_session=True)
     try:
         server.wait_ready()
-        results = asyncio.run(_group_sigterm(server))
+        results = asyncio.run(_group_signal(server, sig))
         failed = [r for r in results if isinstance(r, BaseException)]
         assert not failed, failed[:3]
         assert server.proc.wait(30) == 0
