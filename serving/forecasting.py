@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.calendar import FEATURES as CALENDAR
+from core.calendar import calendar_features
 from serving.errors import InvalidInput
 from serving.models.base import ServedModel, parameter
-from training.data.calendar import FEATURES as CALENDAR  # numpy only: the one formula
-from training.data.calendar import calendar_features
 
 NS = np.timedelta64(1, "ns")
 # What datetime64[ns] holds (1677-09-21 to 2262-04-11; the lowest int64 is NaT). Timestamps,

@@ -10,12 +10,12 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from core.calendar import calendar_features
 from protos.seqserve.forecast.v1 import forecast_service_pb2 as fpb
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as fgrpc
 from tests.conftest import ServerProcess, native_built
 from tests.serving.model_factory import AFFINE_CONFIG, add_forecaster, add_model, affine
 from tests.serving.v2 import call_error
-from training.data.calendar import calendar_features
 
 T0 = np.datetime64("2024-03-01T20:00:00", "ns")
 HOUR = np.timedelta64(3600, "s")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from training.data.calendar import FEATURES, calendar_features
+from core.calendar import FEATURES, calendar_features
 
 NAMES = list(FEATURES)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.calendar import calendar_features, check_names
 from training.config import TrainConfig
 from training.data import synthetic
-from training.data.calendar import calendar_features, check_names
 from training.data.frame import CSVError, Frame, read_csv
 from training.data.scalers import std_scale, std_statistics
 from training.data.sources import dataset_file

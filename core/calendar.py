@@ -1,4 +1,4 @@
-"""Calendar features of timestamps, in UTC (numpy only; serving implements the same formula).
+"""Calendar features of timestamps, in UTC (numpy only; training and serving share it).
 
 Each feature is an index in 0..n-1 mapped to [-0.5, 0.5]:  value = index / (n - 1) - 0.5
 
