@@ -48,11 +48,19 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
-async def _abort(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+def _status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status for `exc`, logged when it is INTERNAL.
+
+    A failed request must not outlive its call. grpc.aio's `context.abort` raises an AbortError
+    that its call state keeps, and whose traceback keeps the frames it passed through: a
+    reference cycle, freed only when Python's cyclic garbage collector next runs, which kept
+    each failed request's payload (up to the message cap) alive for a dozen calls. So the
+    wrappers below drop their reference to the request, and abort outside the `except` block
+    (inside it the exception they caught, and its frames, would join the cycle)."""
     code, message = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.error("%s failed", method, exc_info=exc)
-    await context.abort(code, message)
+    return code, message
 
 
 class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
@@ -76,7 +84,9 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped to a status here
-                    await _abort(exc, context, method)
+                    code, message = _status(exc, method)
+                del request  # see _status
+                await context.abort(code, message)
 
             make = (
                 grpc.unary_unary_rpc_method_handler
@@ -91,19 +101,25 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
             try:
                 async for response in inner_stream(request, context):
                     yield response
+                return
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status here
-                await _abort(exc, context, method)
+                code, message = _status(exc, method)
+            del request  # see _status
+            await context.abort(code, message)
 
         async def writing(request: Any, context: grpc.aio.ServicerContext) -> None:
             """For handlers that send with `context.write()` (grpc's own health Watch)."""
             try:
                 await inner_stream(request, context)
+                return
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status here
-                await _abort(exc, context, method)
+                code, message = _status(exc, method)
+            del request  # see _status
+            await context.abort(code, message)
 
         make_stream = (
             grpc.unary_stream_rpc_method_handler
