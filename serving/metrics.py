@@ -103,6 +103,23 @@ def render(families: Iterable[Metric]) -> bytes:
     return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
+class FrontendCollector(Collector):
+    """The native front end's request-bytes budget (docs/serving.md, "Memory, worst case")."""
+
+    def __init__(self, in_flight: Callable[[], int], shed: Callable[[], int]) -> None:
+        self._in_flight = in_flight
+        self._shed = shed
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("seqserve_request_bytes_in_flight",
+                                "Request bytes the native front end counts as held, copies "
+                                "included", value=self._in_flight())
+        yield CounterMetricFamily("seqserve_requests_shed",
+                                  "Calls ended with RESOURCE_EXHAUSTED while their message "
+                                  "arrived, to keep --max-request-bytes-in-flight",
+                                  value=self._shed())
+
+
 class ModelCollector(Collector):
     """seqserve's per-model series (gauges and histograms), computed at scrape time."""
 

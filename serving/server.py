@@ -77,8 +77,11 @@ class Server:
         self.dataplane = DataPlane(self.repository, _version(), settings.model_control_mode)
         self.health = health.aio.HealthServicer()
         self._background: set[asyncio.Task] = set()
-        self._unregister = metrics.register(ModelCollector(self.repository.ready_models,
-                                                           self._ready_rows))
+        collectors = [ModelCollector(self.repository.ready_models, self._ready_rows)]
+        if self.native is not None:
+            collectors.append(self.native.collector())
+        unregister = [metrics.register(c) for c in collectors]
+        self._unregister = lambda: [u() for u in unregister]
         peers = Peers(settings.worker_status_file) if settings.worker_status_file else None
         limit = settings.max_message_bytes
         options = [
@@ -208,6 +211,8 @@ class Server:
                 await self.grpc.stop(None)
                 self._unregister()
                 raise
+            task = asyncio.get_running_loop().create_task(self.native.beat())
+            self._background.add(task)
         log.info("gRPC on %s:%d (%s, %s front end)", self.settings.grpc_address, self.port,
                  "TLS" if self.settings.tls_cert else "plaintext",
                  "native" if self.native is not None else "Python")

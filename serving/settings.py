@@ -46,6 +46,11 @@ INT32_MAX = 2**31 - 1  # tritonclient's message size limits
 MAX_MESSAGE_BYTES = 64 * 2**20  # default cap on a request or response (docs/serving.md)
 MAX_CONCURRENT_RPCS = 256  # default cap on calls in progress, over all connections
 MAX_STREAMS_PER_CONNECTION = 64  # default HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
+# Default budget of the request bytes the native front end holds, copies included
+# (serving/native/budget.h): the copies of one message at the cap being served (3 x 64 MiB),
+# and 320 MiB of messages received or still arriving. With what may arrive before the front
+# end sheds calls, the worst case stays under 1 GiB (docs/serving.md, "Memory, worst case").
+MAX_REQUEST_BYTES_IN_FLIGHT = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class Settings:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS  # more get RESOURCE_EXHAUSTED (0: no cap)
     max_streams_per_connection: int = MAX_STREAMS_PER_CONNECTION  # more wait at the client
+    max_request_bytes_in_flight: int = MAX_REQUEST_BYTES_IN_FLIGHT  # native; 0: no budget
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # require client certificates signed by this CA
@@ -97,6 +103,8 @@ class Settings:
             if not 0 <= getattr(self, name) <= INT32_MAX:
                 raise ValueError(f"--{name.replace('_', '-')} must be in 0..{INT32_MAX} "
                                  "(0: no cap)")
+        if not 0 <= self.max_request_bytes_in_flight < 2**62:
+            raise ValueError("--max-request-bytes-in-flight must be >= 0 (0: no budget)")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         restricted.parse(self.grpc_restricted_protocol)  # ValueError naming the problem
@@ -129,6 +137,7 @@ class Settings:
             max_message_bytes=ns.max_message_bytes,
             max_concurrent_rpcs=ns.max_concurrent_rpcs,
             max_streams_per_connection=ns.max_streams_per_connection,
+            max_request_bytes_in_flight=ns.max_request_bytes_in_flight,
             tls_cert=path(ns.tls_cert),
             tls_key=path(ns.tls_key),
             tls_client_ca=path(ns.tls_client_ca),
@@ -186,6 +195,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "connections; more are refused with RESOURCE_EXHAUSTED (0: no cap)", type=int)
     add("max-streams-per-connection", MAX_STREAMS_PER_CONNECTION, "HTTP/2 streams one "
         "connection may have open; more wait at the client (0: gRPC's default, 100)", type=int)
+    add("max-request-bytes-in-flight", MAX_REQUEST_BYTES_IN_FLIGHT, "native front end: "
+        "request bytes held at once, copies included; past it, messages wait to be served, "
+        "and calls whose message is still arriving after 20 ms are refused with "
+        "RESOURCE_EXHAUSTED (0: no budget)", type=int)
     add("tls-cert", None, "PEM server certificate (enables TLS)")
     add("tls-key", None, "PEM private key of --tls-cert")
     add("tls-client-ca", None, "PEM CA bundle: require and verify client certificates")

@@ -21,18 +21,78 @@ void Upstream::OnWriteDone(bool ok) { call_->UpstreamWrote(ok); }
 void Upstream::OnDone(const grpc::Status& status) { call_->UpstreamDone(status); }
 
 Call::Call(grpc::GenericCallbackServerContext* context, grpc::GenericStub* upstream,
-           Registry* registry, std::atomic<int>* active)
+           Registry* registry, std::atomic<int>* active, Budgets budgets)
     : context_(context), stub_(upstream), registry_(registry),
-      infer_(context->method() == kModelInfer), active_(active) {
+      infer_(context->method() == kModelInfer), active_(active), budgets_(budgets) {
   if (!infer_) Forward(false);
+  StartReading();
+}
+
+void Call::StartReading() {
+  // (Not under mu_: the watch takes its lock, then a call's. A call is shed only after the
+  // grace, long after its read has started.)
+  ticket_ = budgets_.arrivals->Add(this);
   StartRead(&request_);
 }
 
+bool Call::Shed() {
+  Upstream* up;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return false;
+    finished_ = true;
+    up = upstream_.load();
+  }
+  if (up != nullptr) up->context.TryCancel();  // its end only releases: this call is finished
+  Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, *budgets_.busy));
+  return true;
+}
+
+bool Call::FinishOnce(const grpc::Status& status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return false;
+    finished_ = true;
+  }
+  Finish(status);
+  return true;
+}
+
 void Call::OnReadDone(bool ok) {
+  budgets_.arrivals->Remove(ticket_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return;  // shed while it arrived, or the upstream has ended it
+  }
+  // From here the message costs what it is.
+  const int64_t size = ok ? static_cast<int64_t>(request_.Length()) : 0;
+  held_received_ = size * kReceivedCopies;
+  budgets_.received->Force(held_received_);
+  read_ok_ = ok;
+  if (size > 0) {
+    held_serving_ = size * kFurtherCopies;  // before Take: a grant may come on another thread
+    refs_.fetch_add(1);                     // the budget's, while this call waits in it
+    if (!budgets_.serving->Take(held_serving_, this)) return;  // Granted() serves it
+    refs_.fetch_sub(1);
+  }
+  Serve(ok);
+}
+
+void Call::Granted() {
+  bool finished;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    finished = finished_;  // the upstream ended it meanwhile
+  }
+  if (!finished) Serve(read_ok_);
+  Release();
+}
+
+void Call::Serve(bool ok) {
   if (infer_) {
     infer_ = false;
     if (!ok) {  // the client went away before sending its request
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "no request received"));
+      FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "no request received"));
       return;
     }
     auto message = std::make_unique<inference::ModelInferRequest>();
@@ -55,6 +115,16 @@ void Call::OnReadDone(bool ok) {
   }
 }
 
+void Call::ReadNext() {
+  // The last message has gone upstream.
+  budgets_.serving->Give(held_serving_);
+  held_serving_ = 0;
+  budgets_.received->Give(held_received_);
+  held_received_ = 0;
+  if (cancelled()) return;  // it reads no more: its upstream's end finishes it
+  StartReading();
+}
+
 void Call::OnWriteDone(bool ok) {
   Upstream* up = upstream_.load();
   if (up == nullptr) return;
@@ -66,6 +136,13 @@ void Call::OnCancel() {
   cancelled_.store(true, std::memory_order_relaxed);
   Upstream* up = upstream_.load();
   if (up != nullptr) up->context.TryCancel();
+  if (!budgets_.serving->Cancel(this)) return;
+  // It was waiting for the serving budget, which it never got; nothing else ends it but the
+  // upstream call, if there is one (cancelled above: its end finishes this call).
+  held_serving_ = 0;
+  if (up == nullptr)
+    FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it was served"));
+  Release();  // the budget's reference
 }
 
 void Call::OnDone() { Release(); }
@@ -108,16 +185,18 @@ void Call::UpstreamRead(bool ok) {
 }
 
 void Call::UpstreamWrote(bool ok) {
-  if (ok) StartRead(&request_);
+  if (ok) ReadNext();
 }
 
 void Call::UpstreamDone(const grpc::Status& status) {
-  Finish(status);
+  FinishOnce(status);  // (a call shed meanwhile is finished already)
   Release();
 }
 
 void Call::Release() {
   if (refs_.fetch_sub(1) == 1) {
+    budgets_.received->Give(held_received_);
+    budgets_.serving->Give(held_serving_);
     delete upstream_.load();
     active_->fetch_sub(1);
     delete this;

@@ -13,6 +13,8 @@
 #include <mutex>
 #include <string>
 
+#include "budget.h"
+
 namespace seqserve {
 
 class Registry;
@@ -33,15 +35,25 @@ class Upstream : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuff
   Call* call_;
 };
 
-class Call : public grpc::ServerGenericBidiReactor {
+// The front end's budgets of request bytes (budget.h).
+struct Budgets {
+  ByteBudget* received;  // what calls have received
+  Arrivals* arrivals;    // calls whose message is still arriving (and may be shed)
+  ByteBudget* serving;   // the further copies of the messages being served
+  const std::string* busy;  // the message a shed call gets
+};
+
+class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public Sheddable {
  public:
   Call(grpc::GenericCallbackServerContext* context, grpc::GenericStub* upstream,
-       Registry* registry, std::atomic<int>* active);
+       Registry* registry, std::atomic<int>* active, Budgets budgets);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
   void OnCancel() override;
   void OnDone() override;
+  void Granted() override;  // the serving budget has room for the message: serve it
+  bool Shed() override;     // the received budget is over: end it if its message is arriving
 
   // Fast path: answer with a serialized ModelInferResponse, or fail.
   void Reply(grpc::ByteBuffer* response);
@@ -57,6 +69,10 @@ class Call : public grpc::ServerGenericBidiReactor {
 
  private:
   void Forward(bool with_first_message);
+  void Serve(bool ok);  // the message read (or not: `ok` false) goes where it goes
+  void ReadNext();      // a stream's next message: give back the last one's bytes, then read
+  void StartReading();  // registered with the arrivals watch, read
+  bool FinishOnce(const grpc::Status& status);  // unless finished already
   void Release();
 
   const std::chrono::steady_clock::time_point received_ = std::chrono::steady_clock::now();
@@ -68,11 +84,20 @@ class Call : public grpc::ServerGenericBidiReactor {
   // Set by Forward (on the thread that reads the request) and read by OnCancel (on another).
   std::atomic<Upstream*> upstream_{nullptr};
   std::atomic<int>* active_;  // the service's count of calls in progress
+  const Budgets budgets_;
+  // What this call holds of each budget: its message's received size, and its further copies
+  // while it is served. Reads are sequential, and so are these.
+  int64_t held_received_ = 0, held_serving_ = 0;
+  uint64_t ticket_ = 0;  // with the arrivals watch, while a read runs
+  bool read_ok_ = false;  // the last read's outcome, for Granted()
   // The upstream call holds (AddHold) until its response stream has ended; after that no
-  // operation may start on it. `mu_` orders that end against writes being started.
+  // operation may start on it. `mu_` orders that end against writes being started, and a
+  // granted read against the call's end.
   std::mutex mu_;
   bool upstream_ended_ = false;
-  std::atomic<int> refs_{1};  // this half, and the upstream half while it runs
+  bool finished_ = false;  // Finish was called (or is about to be): nothing more starts
+  // This half, the upstream half while it runs, the serving budget while it waits in it.
+  std::atomic<int> refs_{1};
   std::atomic<bool> cancelled_{false};
 };
 

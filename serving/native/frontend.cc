@@ -13,6 +13,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "call.h"
+#include "inference/grpc_service.pb.h"
 #include "model_queue.h"
 #include "registry.h"
 
@@ -41,6 +43,39 @@ struct Restriction {
   std::string header, value, message;
 };
 using Restrictions = std::map<std::string, Restriction, std::less<>>;
+
+// Answers ServerLive here, without the hop to the Python server: a liveness probe must not
+// fail because the server is busy (the soak saw its p99 over 50 ms through the hop while a
+// translator engine restarted). Used only while the Python server's event loop turns (its
+// beat is recent): a stuck server still fails its probes.
+class AnswerLive : public grpc::ServerGenericBidiReactor {
+ public:
+  AnswerLive() { StartRead(&request_); }
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "no request received"));
+      return;
+    }
+    inference::ServerLiveResponse live;
+    live.set_live(true);
+    const std::string bytes = live.SerializeAsString();
+    grpc::Slice slice(bytes);
+    response_ = grpc::ByteBuffer(&slice, 1);
+    StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  grpc::ByteBuffer request_, response_;
+};
+
+constexpr char kServerLive[] = "/inference.GRPCInferenceService/ServerLive";
+// The Python server beats every 100 ms; older than this, ServerLive goes to it.
+constexpr auto kLoopStale = std::chrono::seconds(1);
+
+// A message still arriving this long counts the cap (budget.h); the watch looks this often.
+constexpr auto kArrivalGrace = std::chrono::milliseconds(20);
+constexpr auto kArrivalTick = std::chrono::milliseconds(5);
 
 // Whether `context` carries what its method's restriction asks for (none: yes).
 bool Allowed(const Restrictions& restrictions, grpc::GenericCallbackServerContext* context,
@@ -62,15 +97,26 @@ bool Allowed(const Restrictions& restrictions, grpc::GenericCallbackServerContex
 
 class Service : public grpc::CallbackGenericService {
  public:
+  // `budget_bytes` (0: none) is split: the further copies of one message at the cap being
+  // served, and the rest for what calls receive.
   Service(std::shared_ptr<grpc::Channel> upstream, Registry* registry, int max_calls,
-          Restrictions restrictions)
+          Restrictions restrictions, int64_t budget_bytes, int64_t cap)
       : stub_(std::move(upstream)), registry_(registry), max_calls_(max_calls),
-        restrictions_(std::move(restrictions)) {}
+        restrictions_(std::move(restrictions)),
+        received_(budget_bytes <= 0 ? 0
+                                    : std::max<int64_t>(budget_bytes - cap * kFurtherCopies, 1)),
+        serving_(budget_bytes <= 0 ? 0 : cap * kFurtherCopies),
+        arrivals_(&received_, cap * kReceivedCopies, kArrivalGrace, kArrivalTick),
+        busy_("server busy: the requests in progress would hold more than " +
+              std::to_string(budget_bytes) +
+              " bytes (--max-request-bytes-in-flight); retry after a back-off") {}
   grpc::ServerGenericBidiReactor* CreateReactor(
       grpc::GenericCallbackServerContext* context) override {
     const Restriction* refused = nullptr;
     if (!Allowed(restrictions_, context, &refused))
       return new Refuse(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, refused->message));
+    // (Before the concurrency cap: a probe must not fail because the server is busy.)
+    if (context->method() == kServerLive && LoopTurns()) return new AnswerLive();
     if (max_calls_ > 0 && active_.fetch_add(1) >= max_calls_) {
       active_.fetch_sub(1);
       return new Refuse(grpc::Status(
@@ -79,15 +125,35 @@ class Service : public grpc::CallbackGenericService {
               " calls in progress (--max-concurrent-rpcs); retry after a back-off"));
     }
     if (max_calls_ <= 0) active_.fetch_add(1);
-    return new Call(context, &stub_, registry_, &active_);
+    return new Call(context, &stub_, registry_, &active_,
+                    Budgets{&received_, &arrivals_, &serving_, &busy_});
   }
+
+  int64_t request_bytes() const { return received_.in_use() + serving_.in_use(); }
+
+  // The Python server's event loop turned just now.
+  void Beat() {
+    beat_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                std::memory_order_relaxed);
+  }
+  int64_t shed() const { return arrivals_.shed(); }
 
  private:
   grpc::GenericStub stub_;
   Registry* registry_;
   const int max_calls_;  // 0: no cap
   const Restrictions restrictions_;
+  bool LoopTurns() const {
+    const auto last = std::chrono::steady_clock::time_point(
+        std::chrono::steady_clock::duration(beat_.load(std::memory_order_relaxed)));
+    return std::chrono::steady_clock::now() - last < kLoopStale;
+  }
+
   std::atomic<int> active_{0};
+  std::atomic<std::chrono::steady_clock::rep> beat_{0};  // never: the loop has not turned
+  ByteBudget received_, serving_;
+  Arrivals arrivals_;
+  const std::string busy_;
 };
 
 struct Tls {
@@ -97,7 +163,8 @@ struct Tls {
 class Frontend {
  public:
   Frontend(std::string address, std::string upstream, int max_message_bytes, bool reuse_port,
-           Tls tls, int max_calls, int max_streams, Restrictions restrictions)
+           Tls tls, int max_calls, int max_streams, Restrictions restrictions,
+           int64_t max_request_bytes)
       : address_(std::move(address)), max_message_bytes_(max_message_bytes),
         reuse_port_(reuse_port), tls_(std::move(tls)), max_streams_(max_streams) {
     grpc::ChannelArguments args;
@@ -105,8 +172,12 @@ class Frontend {
     args.SetMaxSendMessageSize(-1);
     service_ = std::make_unique<Service>(
         grpc::CreateCustomChannel(upstream, grpc::InsecureChannelCredentials(), args), &registry_,
-        max_calls, std::move(restrictions));
+        max_calls, std::move(restrictions), max_request_bytes, max_message_bytes);
   }
+
+  int64_t request_bytes_in_flight() const { return service_->request_bytes(); }
+  int64_t calls_shed() const { return service_->shed(); }
+  void Beat() { service_->Beat(); }
 
   // Listen; return the bound port. Raise if the address cannot be bound.
   int Start() {
@@ -183,6 +254,7 @@ class Frontend {
 PYBIND11_MODULE(_frontend, m) {
   using namespace seqserve;
   m.doc() = "seqserve's native gRPC front end (see serving/native/frontend.py)";
+  m.attr("FURTHER_COPIES") = kFurtherCopies;
   py::class_<TensorSpec>(m, "TensorSpec")
       .def(py::init([](std::string name, std::string datatype, std::vector<int64_t> dims,
                        size_t itemsize) {
@@ -211,20 +283,26 @@ PYBIND11_MODULE(_frontend, m) {
                        bool reuse_port, std::string cert, std::string key, std::string ca,
                        int max_calls, int max_streams,
                        std::vector<std::tuple<std::string, std::string, std::string, std::string>>
-                           restricted) {
+                           restricted,
+                       int64_t max_request_bytes) {
              Restrictions restrictions;
              for (auto& [method, header, value, message] : restricted)
                restrictions[method] = Restriction{header, value, message};
              return std::make_unique<Frontend>(std::move(address), std::move(upstream),
                                                max_message_bytes, reuse_port,
                                                Tls{std::move(cert), std::move(key), std::move(ca)},
-                                               max_calls, max_streams, std::move(restrictions));
+                                               max_calls, max_streams, std::move(restrictions),
+                                               max_request_bytes);
            }),
            py::arg("address"), py::arg("upstream"), py::arg("max_message_bytes"),
            py::arg("reuse_port") = false, py::arg("tls_cert") = "", py::arg("tls_key") = "",
            py::arg("tls_client_ca") = "", py::arg("max_calls") = 0, py::arg("max_streams") = 0,
            py::arg("restricted") = std::vector<
-               std::tuple<std::string, std::string, std::string, std::string>>{})
+               std::tuple<std::string, std::string, std::string, std::string>>{},
+           py::arg("max_request_bytes") = 0)
+      .def_property_readonly("request_bytes_in_flight", &Frontend::request_bytes_in_flight)
+      .def_property_readonly("calls_shed", &Frontend::calls_shed)
+      .def("beat", &Frontend::Beat)
       .def("start", &Frontend::Start, py::call_guard<py::gil_scoped_release>())
       .def("shutdown", &Frontend::Shutdown, py::arg("grace_s"),
            py::call_guard<py::gil_scoped_release>())

@@ -15,6 +15,7 @@ onnxruntime failure, unloading) get their status and message here, from `status_
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ from serving.errors import (
     ServingError,
 )
 from serving.interceptors import status_for
+from serving.metrics import FrontendCollector
 from serving.models.base import ServedModel, TensorSpec
 from serving.models.onnx_model import OnnxModel
 from serving.settings import Frontend, Settings
@@ -84,8 +86,21 @@ class NativeFrontend:
             max_calls=settings.max_concurrent_rpcs,
             max_streams=settings.max_streams_per_connection,
             restricted=restricted.native_rules(
-                restricted.parse(settings.grpc_restricted_protocol)))
+                restricted.parse(settings.grpc_restricted_protocol)),
+            max_request_bytes=settings.max_request_bytes_in_flight)
         self._routed: dict[str, dict[int, OnnxModel]] = {}  # name -> version -> the instance
+
+    async def beat(self) -> None:
+        """Tell the front end, every 100 ms, that this event loop turns: it answers ServerLive
+        itself while the beats are recent (a stuck loop still fails the probes)."""
+        while True:
+            self._server.beat()
+            await asyncio.sleep(0.1)
+
+    def collector(self) -> FrontendCollector:
+        """Its request-bytes budget, for /metrics."""
+        return FrontendCollector(lambda: self._server.request_bytes_in_flight,
+                                 lambda: self._server.calls_shed)
 
     def start(self) -> int:
         """Listen; return the port."""

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess, native_built
+from tests.serving.freeze import frozen
 from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine, standard_repository
 from tests.serving.v2 import call_error, outputs, request, scrape, stub
 
@@ -122,6 +123,21 @@ def test_streams_health_and_reflection_are_forwarded(native: ServerProcess) -> N
         assert status.status == health_pb2.HealthCheckResponse.SERVING
         meta = s.ServerMetadata(pb.ServerMetadataRequest(), timeout=5)
         assert meta.name == "seqserve"
+
+
+def test_server_live_is_answered_while_the_event_loop_turns(native: ServerProcess) -> None:
+    """The front end answers ServerLive itself, without the hop to the Python server, but only
+    while that server's event loop beats: once the loop has been stuck for over a second, the
+    probe goes to it and fails, as a liveness probe of a stuck server must."""
+    channel, s = stub(native.target)
+    with channel:
+        assert s.ServerLive(pb.ServerLiveRequest(), timeout=5).live
+        with frozen([native.proc.pid]):  # the main thread: the event loop
+            assert s.ServerLive(pb.ServerLiveRequest(), timeout=0.5).live  # by the C++ server
+            time.sleep(1.5)
+            err = call_error(s.ServerLive, pb.ServerLiveRequest(), timeout=1)
+            assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert s.ServerLive(pb.ServerLiveRequest(), timeout=5).live  # the loop turns again
 
 
 def test_same_answers_as_the_python_front_end(tiny_repository: Path,
