@@ -125,14 +125,32 @@ def standard_server(request: pytest.FixtureRequest,
 
 
 @pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default repository with the tiny preset, built once per test session by the same
-    command `make serve` runs (`seqserve build-repository`)."""
-    repo = tmp_path_factory.mktemp("tiny") / "model_repository"
-    out = subprocess.run([sys.executable, "-m", "seqserve", "build-repository", "--repository",
-                          str(repo), "--preset", "tiny"], cwd=ROOT, capture_output=True,
+def tiny_translator_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset's translator checkpoint, trained once per test session through the CLI
+    (`seqserve train translator --preset tiny`). Training is seeded and deterministic on one
+    thread, so these are the weights `seqserve build-repository --preset tiny` exports."""
+    out = tmp_path_factory.mktemp("tiny-translator-checkpoint")
+    run = subprocess.run([sys.executable, "-m", "seqserve", "train", "translator", "--preset",
+                          "tiny", "--out", str(out), "--quiet"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory,
+                    tiny_translator_checkpoint: Path) -> Path:
+    """The default repository with the tiny preset, built once per test session by the
+    command `make serve` runs (`seqserve build-repository`). Its translator is the session's
+    tiny checkpoint exported first (the same weights; build-repository keeps a model that is
+    present), so the session trains that translator once, not three times."""
+    repo = tmp_path_factory.mktemp("tiny") / "model_repository"
+    for cmd in (["export", "--checkpoint", str(tiny_translator_checkpoint), "--repository",
+                 str(repo), "--name", "translator"],
+                ["build-repository", "--repository", str(repo), "--preset", "tiny"]):
+        out = subprocess.run([sys.executable, "-m", "seqserve", *cmd], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return repo
 
 

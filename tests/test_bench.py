@@ -92,19 +92,6 @@ def test_bench_accuracy_trains_scores_and_writes_results(tmp_path: Path,
     assert "| synthetic | 96 | gru | 2 |" in out.stdout
 
 
-@pytest.fixture(scope="module")
-def tiny_translator_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny preset's checkpoint, trained as tests/translation trains it. Training is
-    seeded and deterministic on one thread, so these are the weights of the `translator` in
-    `tiny_repository` (built from the same preset by `seqserve build-repository`)."""
-    out = tmp_path_factory.mktemp("tiny-translator-checkpoint")
-    run = subprocess.run([sys.executable, "-m", "seqserve", "train", "translator", "--preset",
-                          "tiny", "--out", str(out), "--quiet"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return out
-
-
 def test_bench_translator_engines_agree_and_measure(
         tmp_path: Path, tiny_repository: Path, tiny_translator_checkpoint: Path) -> None:
     """Every engine decodes the same 8 sentences: greedy and beam-4 tokens are identical
@@ -209,7 +196,7 @@ def test_bench_gpu_dry_run_compares_devices_and_serves(tmp_path: Path,
     run = subprocess.run(
         [sys.executable, "-m", "bench.gpu", "--cpu-only", "--model-repository",
          str(tiny_repository), "--translator", str(tiny_repository / "translator" / "1"),
-         "--repeats", "6", "--clients", "2", "--seconds", "1", "--out", str(out)],
+         "--repeats", "2", "--clients", "2", "--seconds", "1", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -255,7 +242,7 @@ def test_bench_soak_runs_with_its_faults(tiny_repository: Path, tmp_path: Path) 
     answered, ServerLive probed throughout (numbers are the benchmark's, not asserted)."""
     out = subprocess.run(
         [sys.executable, "-m", "seqserve", "bench", "soak", "--repository",
-         str(tiny_repository), "--minutes", "0.5", "--clients", "8", "--engine-stall-secs",
+         str(tiny_repository), "--minutes", "0.4", "--clients", "8", "--engine-stall-secs",
          "3", "--warmup-secs", "5", "--window-secs", "5", "--results-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     (result,) = tmp_path.glob("soak-*.json")

@@ -1,5 +1,5 @@
 """A translator engine that fails alone, and one way of stopping, against a real server: with
-the engine stopped and hundreds of Translate calls queued, ServerLive and the other models
+the engine stopped or wedged and hundreds of Translate calls queued, ServerLive and the other models
 keep answering and the calls fail UNAVAILABLE once the watchdog replaces the engine; a
 SIGTERM or SIGINT sent to the server's whole process group (systemd's default, Ctrl-C in a
 terminal) drains every in-flight translation and exits 0, as a SIGTERM to the server alone
@@ -22,6 +22,7 @@ from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from protos.seqserve.translate.v1 import translate_service_pb2 as tpb
 from protos.seqserve.translate.v1 import translate_service_pb2_grpc as tgrpc
 from tests.conftest import ServerProcess
+from tests.serving.freeze import frozen, sleeping_threads, threads
 from tests.serving.v2 import held, request
 
 LONG = "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig"
@@ -49,7 +50,7 @@ async def forecast_request(v2: pb_grpc.GRPCInferenceServiceStub) -> pb.ModelInfe
                                         for t in meta.inputs})
 
 
-async def _stopped_engine(server: ServerProcess, pid: int) -> tuple[list, list[float]]:
+async def _stopped_engine(server: ServerProcess) -> tuple[list, list[float]]:
     async with grpc.aio.insecure_channel(server.target) as ch:
         translate = tgrpc.TranslatorStub(ch)
         v2 = pb_grpc.GRPCInferenceServiceStub(ch)
@@ -64,7 +65,6 @@ async def _stopped_engine(server: ServerProcess, pid: int) -> tuple[list, list[f
                 return err.code()
             return grpc.StatusCode.OK
 
-        os.kill(pid, signal.SIGSTOP)
         calls = [asyncio.ensure_future(one(i)) for i in range(300)]
         live: list[float] = []
         while not all(c.done() for c in calls):
@@ -76,17 +76,30 @@ async def _stopped_engine(server: ServerProcess, pid: int) -> tuple[list, list[f
         return [c.result() for c in calls], live
 
 
-def test_a_stopped_engine_does_not_stall_the_server(tiny_repository: Path) -> None:
+@pytest.mark.parametrize("fault", ["stopped", "wedged"])
+def test_a_stopped_or_wedged_engine_does_not_stall_the_server(tiny_repository: Path,
+                                                               fault: str) -> None:
+    """stopped: SIGSTOP, the whole engine (no heartbeat either). wedged: every thread of the
+    engine frozen but its heartbeat, which goes on beating, as when an onnxruntime call never
+    returns: the watchdog sees requests in flight and no decoder step."""
     server = ServerProcess(tiny_repository, "--engine-stall-secs", "3")
     pid = None
     try:
         server.wait_ready()
         pid = engine_pid(server)
-        codes, live = asyncio.run(_stopped_engine(server, pid))
+        if fault == "stopped":
+            os.kill(pid, signal.SIGSTOP)
+            codes, live = asyncio.run(_stopped_engine(server))
+        else:
+            beating = sleeping_threads(pid)
+            assert len(beating) == 1, f"the heartbeat thread is not alone asleep: {beating}"
+            with frozen([t for t in threads(pid) if t not in beating]):
+                codes, live = asyncio.run(_stopped_engine(server))
         assert max(live) < 1.0, f"ServerLive took {max(live):.2f} s"
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(codes)
         assert grpc.StatusCode.UNAVAILABLE in codes  # those the stopped engine held
-        assert "killing it" in server.output()
+        reason = "stopped beating" if fault == "stopped" else "ran no decoder step"
+        assert reason in server.output() and "killing it" in server.output()
         # The new engine serves.
         with grpc.insecure_channel(server.target) as ch:
             translate = tgrpc.TranslatorStub(ch)

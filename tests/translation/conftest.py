@@ -1,5 +1,6 @@
-"""Session fixtures: one tiny translator trained through the CLI for a few seconds on the
-numbers corpus, and its export; both shared by every test here."""
+"""Session fixtures: the session's tiny translator (trained through the CLI for a few seconds
+on the numbers corpus) and the tiny repository it is exported into (tests/conftest.py); both
+shared by every test here."""
 
 from __future__ import annotations
 
@@ -14,27 +15,13 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from seqserve.cli import main
-
-    out = tmp_path_factory.mktemp("tiny-translator")
-    assert main(["train", "translator", "--preset", "tiny", "--out", str(out), "--quiet"]) == 0
-    return out
+def tiny_checkpoint(tiny_translator_checkpoint: Path) -> Path:
+    return tiny_translator_checkpoint  # tests/conftest.py: trained once per session
 
 
 @pytest.fixture(scope="session")
 def tiny_metrics(tiny_checkpoint: Path) -> dict[str, Any]:
     return json.loads((tiny_checkpoint / "metrics.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def tiny_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from seqserve.cli import main
-
-    repo = tmp_path_factory.mktemp("repo")
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--repository", str(repo),
-                 "--name", "translator"]) == 0
-    return repo
 
 
 @pytest.fixture(scope="session")
