@@ -172,8 +172,8 @@ def _unbatched_copy(model_dir: Path, dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def server(repo: Path, workdir: Path, workers: int = 1, frontend: str = "python"
-           ) -> Iterator[dict]:
+def server(repo: Path, workdir: Path, workers: int = 1, frontend: str = "python",
+           flags: tuple[str, ...] = ()) -> Iterator[dict]:
     """A real `seqserve serve` process on free loopback ports, until health says SERVING
     (and, with workers, until the merged /metrics counts them all).
 
@@ -198,7 +198,7 @@ def server(repo: Path, workdir: Path, workers: int = 1, frontend: str = "python"
         proc = subprocess.Popen(
             [sys.executable, "-m", "seqserve", "serve", "--model-repository", str(repo),
              "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-             "--workers", str(workers), "--frontend", frontend],
+             "--workers", str(workers), "--frontend", frontend, *flags],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         target = f"127.0.0.1:{grpc_port}"
         metrics = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -277,7 +277,7 @@ def served(model_dir: Path, concurrencies: list[int], window_ms: int, generators
 
 def side_by_side(model_dir: Path, variants: dict[str, dict], concurrencies: list[int],
                  seconds: float, repeats: int, generator: str, workdir: Path) -> dict:
-    """Servers in several variants (`server()` keyword arguments: workers, frontend), all
+    """Servers in several variants (`server()` keyword arguments: workers, frontend, flags), all
     started once, measured in turn (repeats interleaved) by `generator` with one connection per
     client (the kernel spreads connections over workers, not requests); the ratio of each
     variant to the first, per repeat, then the median."""
@@ -433,6 +433,17 @@ def run(args: argparse.Namespace) -> int:
                             for n in worker_counts},
                 [c for c in concurrencies if c >= 2] or concurrencies, args.window_ms / 1e3,
                 args.worker_repeats, generators[0], Path(tmp))
+        budgets = None
+        budget_values = [b for b in args.budgets.split(",") if b]
+        if len(budget_values) > 1:
+            print(f"request-bytes budgets {budget_values} (--max-request-bytes-in-flight, "
+                  f"{generators[0]}, one connection per client, native front end):")
+            budgets = side_by_side(
+                model_dir, {b: {"frontend": "native",
+                                "flags": ("--max-request-bytes-in-flight", b)}
+                            for b in budget_values},
+                concurrencies, args.window_ms / 1e3, args.worker_repeats, generators[0],
+                Path(tmp))
         print("gRPC floor (bench/floor_server.py: grpc.aio, computes nothing):")
         grpc_floor = floor(model_dir, concurrencies, args.window_ms, generators[0], Path(tmp))
         native_floor = bare_floor = None
@@ -471,6 +482,7 @@ def run(args: argparse.Namespace) -> int:
         "frontend_throughput_c8": {f: by_c.get(8) for f, by_c in
                                    compared["median_per_s"].items()} if compared else None,
         "workers_ratio": scaling["ratio_to_first"] if scaling else None,
+        "budgets_ratio": budgets["ratio_to_first"] if budgets else None,
         "workers_throughput_c8": {n: by_c.get(8) for n, by_c in scaling["median_per_s"].items()}
         if scaling else None,
     }
@@ -480,7 +492,7 @@ def run(args: argparse.Namespace) -> int:
               "settings": vars(args) | {"handler": None}, "in_process": ceiling,
               "startup": boot, "served": serving, "grpc_floor": grpc_floor,
               "native_floor": native_floor, "bare_floor": bare_floor,
-              "frontends": compared, "workers": scaling,
+              "frontends": compared, "workers": scaling, "budgets": budgets,
               "summary": summary,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out_dir = Path(args.results_dir)
@@ -513,7 +525,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", default="1,2",
                         help="worker process counts to compare (`serve --workers`); "
                         "one value skips the comparison")
+    parser.add_argument("--budgets", default="",
+                        help="--max-request-bytes-in-flight values to compare side by side on "
+                        "the native front end (e.g. 0,536870912: off against the default); "
+                        "fewer than two skip the comparison")
     parser.add_argument("--worker-repeats", type=int, default=3,
-                        help="interleaved repeats of the front-end and workers comparisons")
+                        help="interleaved repeats of the front-end, workers and budgets "
+                        "comparisons")
     parser.add_argument("--results-dir", default=str(ROOT / "bench" / "results"),
                         help="where the JSON and PNG go")

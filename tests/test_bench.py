@@ -242,7 +242,7 @@ def test_bench_soak_runs_with_its_faults(tiny_repository: Path, tmp_path: Path) 
     answered, ServerLive probed throughout (numbers are the benchmark's, not asserted)."""
     out = subprocess.run(
         [sys.executable, "-m", "seqserve", "bench", "soak", "--repository",
-         str(tiny_repository), "--minutes", "0.4", "--clients", "8", "--engine-stall-secs",
+         str(tiny_repository), "--minutes", "0.3", "--clients", "8", "--engine-stall-secs",
          "3", "--warmup-secs", "5", "--window-secs", "5", "--results-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     (result,) = tmp_path.glob("soak-*.json")
