@@ -8,7 +8,7 @@ Forecasters: each (data, horizon, cell, seed) is trained with the defaults of
 and scaling of docs/datasets.md) and evaluated on the test split; the table gives the mean and
 standard deviation over seeds beside the published figures. Translator: an exported model
 (`<repository>/<name>`, latest version) is scored through the serving decoder
-(`serving.translation`, the code the server runs) with sacreBLEU and chrF, default settings.
+(`core.translation`, the code the server runs) with sacreBLEU and chrF, default settings.
 Prints a table and writes JSON (machine, versions, settings, every run) to bench/results/.
 """
 
@@ -69,8 +69,8 @@ def forecasters(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]
 
 
 def translator(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from core.translation import Translator
     from serving.repository import read_config, select_versions
-    from serving.translation import Translator
     from training.data.parallel import multi30k
     from training.translation_eval import evaluate
 

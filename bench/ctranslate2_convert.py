@@ -116,7 +116,7 @@ def convert(checkpoint_dir: Path, out: Path, quantization: str | None = None,
     """Write a CTranslate2 model folder for the checkpoint in `checkpoint_dir`."""
     from ctranslate2.converters.converter import Converter
 
-    from serving.translation.tokenizer import Tokenizer
+    from core.translation.tokenizer import Tokenizer
     from training.train_translator import load_translator_checkpoint
 
     model, _, tokenizer_bytes, _ = load_translator_checkpoint(checkpoint_dir)
@@ -137,7 +137,7 @@ def check(checkpoint_dir: Path, ct2_dir: Path, sentences: list[str], max_length:
     import ctranslate2
     import torch
 
-    from serving.translation.tokenizer import Tokenizer
+    from core.translation.tokenizer import Tokenizer
     from training.decoding import greedy_decode
     from training.train_translator import load_translator_checkpoint
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from serving.translation.graphs import decoder_feeds
+from core.translation.graphs import decoder_feeds
 
 
 def _session(path: str) -> ort.InferenceSession:

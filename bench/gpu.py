@@ -48,6 +48,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
+from core.translation.graphs import decoder_feeds, decoder_outputs
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving import tensors
@@ -56,7 +57,6 @@ from serving.models.translator_engine import load_translator
 from serving.probe import check
 from serving.repository import read_config
 from serving.settings import Device, FallbackPolicy, Settings
-from serving.translation.graphs import decoder_feeds, decoder_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCHES = (1, 64)

@@ -8,7 +8,7 @@ Engines (1 thread each; greedy and beam 4 where the engine has it):
 - served: `seqserve serve` in a subprocess, the V2 model with BYTES input `text`, driven by a
   closed-loop tritonclient load generator (`bench/translator_load.py`, in the tool venv) at
   each concurrency; fp32, and int8 when `--int8-model` is in the repository;
-- seqserve: `serving.translation.Translator` in process (the server's decoding code and session
+- seqserve: `core.translation.Translator` in process (the server's decoding code and session
   options), batch 1 and 8, fp32 and int8;
 - pytorch_uncached / pytorch_cached: PyTorch eager on the checkpoint, greedy, batch 1 and 8;
 - ct2_fp32 / ct2_int8: CTranslate2 on the checkpoint converted by `bench.ctranslate2_convert`.
@@ -267,8 +267,8 @@ def run(args: argparse.Namespace) -> int:
         TorchUncached,
         load_torch,
     )
+    from core.translation.spec import TranslatorSpec
     from serving.repository import read_config, select_versions
-    from serving.translation.spec import TranslatorSpec
 
     def version_of(name: str) -> int:
         versions_ = sorted(int(p.name) for p in (repository / name).iterdir() if p.name.isdigit())

@@ -1,12 +1,12 @@
 """The in-process engines of the translator benchmark, one interface: translate a group of
 sentences (one batch) with a beam size and a maximum length, return ids and text per sentence.
 
-- `SeqserveEngine`: `serving.translation.Translator` on the exported ONNX graphs, with exactly
+- `SeqserveEngine`: `core.translation.Translator` on the exported ONNX graphs, with exactly
   the server's session options (1 intra-op, 1 inter-op thread by default);
 - `TorchUncached`: PyTorch eager, the decoder re-run over the whole prefix at every step
   (`training.decoding.greedy_decode`, the Annotated-Transformer style);
 - `TorchCached`: PyTorch eager with a key/value cache (`EncoderDecoder.decode_step`);
-  both beam search with serving's search rule (`serving.translation.search.BeamState`, length
+  both beam search with serving's search rule (`core.translation.search.BeamState`, length
   penalty 0), so beam results can be compared token for token;
 - `CTranslate2Engine`: the checkpoint converted by `bench.ctranslate2_convert`, fp32 or int8.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from serving.translation.tokenizer import Tokenizer
+from core.translation.tokenizer import Tokenizer
 
 
 @dataclass
@@ -46,10 +46,10 @@ class SeqserveEngine:
     beams = (1, 4)
 
     def __init__(self, name: str, model_dir: Path, version: int) -> None:
+        from core.translation import Translator
+        from core.translation.spec import read_config
         from serving.models.onnx_model import session_options
         from serving.settings import Settings
-        from serving.translation import Translator
-        from serving.translation.spec import read_config
 
         config = read_config(model_dir)
         settings = Settings(model_repository=model_dir.parent)
@@ -62,7 +62,7 @@ class SeqserveEngine:
                      "inter_op_threads": settings.inter_op_threads}
 
     def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
-        from serving.translation import DecodeRequest
+        from core.translation import DecodeRequest
 
         requests = [DecodeRequest(i, src, beam, max_length) for i, src in enumerate(sources)]
         results = self.translator.run(requests)
@@ -103,7 +103,7 @@ class _Torch:
         by the surviving rows' parents."""
         import numpy as np
 
-        from serving.translation.search import BeamState
+        from core.translation.search import BeamState
         from training.models.masks import subsequent_mask
 
         torch, m = self.torch, self.model

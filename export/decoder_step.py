@@ -102,7 +102,7 @@ class DecoderStep(nn.Module):
         """tokens/positions [R, 1] int64, past_mask [R, P], src_mask [R, S], then per layer
         past_k_i..., past_v_i... [R, H, P, K] and cross_k_i..., cross_v_i... [R, H, S, K]
         -> log_probs [R, V], present_k_i..., present_v_i... [R, H, P+1, K]
-        (serving.translation.graphs.decoder_inputs / decoder_outputs name them)."""
+        (core.translation.graphs.decoder_inputs / decoder_outputs name them)."""
         n = len(self.layers)
         past_k, past_v, cross_k, cross_v = (caches[j * n:(j + 1) * n] for j in range(4))
         x = self.embed(tokens[:, 0]) + self.position.pe[positions[:, 0]]  # [R, D]

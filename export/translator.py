@@ -1,6 +1,6 @@
 """Export a translator checkpoint: encoder.onnx, decoder.onnx and spm.model in one version
 folder, and a config.pbtxt for the `seqserve_translator` backend (a pipeline model: Triton
-itself will not load it; seqserve's `serving.translation` does).
+itself will not load it; seqserve's `core.translation` does).
 
 Verification before anything is written:
 - onnx.checker, and the dims of every graph input/output (dynamic where they must be);
@@ -27,6 +27,13 @@ import onnxruntime as ort
 import sacrebleu
 import torch
 
+from core.translation.graphs import (
+    decoder_feeds,
+    decoder_inputs,
+    decoder_outputs,
+    stacked_outputs,
+)
+from core.translation.tokenizer import Tokenizer
 from export.errors import ExportError
 from export.model_config import MAX_QUEUE_SIZE, SCHEMA_VERSION, parameter_value
 from export.quantize import METHOD, WEIGHT_TYPE, quantize_int8
@@ -34,13 +41,6 @@ from export.repository import write_version
 from export.translator_graphs import ENCODER_OUTPUTS, export_graphs
 from export.verify import check_dims, check_model, check_parity, session
 from protos.inference import model_config_pb2 as mc
-from serving.translation.graphs import (
-    decoder_feeds,
-    decoder_inputs,
-    decoder_outputs,
-    stacked_outputs,
-)
-from serving.translation.tokenizer import Tokenizer
 from training.decoding import greedy_decode
 from training.models.transformer import EncoderDecoder
 from training.train_translator import TOKENIZER_FILE, load_translator_checkpoint

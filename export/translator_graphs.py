@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from core.translation import graphs as graph_names
 from export.decoder_step import DecoderStep
 from export.errors import ExportError
-from serving.translation import graphs as graph_names
 from training.models.transformer import EncoderDecoder
 
 ENCODER_INPUTS = list(graph_names.ENCODER_INPUTS)

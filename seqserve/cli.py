@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--repository", default="model_repository", help="folder to write")
     br.add_argument("--preset", choices=["default", "tiny"], default="default",
                     help="tiny: seconds, for tests; default: what `make serve` serves")
-    br.set_defaults(handler=_lazy("training.defaults"))
+    br.set_defaults(handler=_lazy("seqserve.defaults"))
 
     # serve
     sv = sub.add_parser("serve", help="serve a model repository over gRPC",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.errors import DeadlineExceeded, InferenceError, ModelNotReady, QueueFull
+from core.errors import DeadlineExceeded, InferenceError, ModelNotReady, QueueFull
 from serving.stats import ModelStats
 
 log = logging.getLogger(__name__)

@@ -12,15 +12,15 @@ from typing import TypeVar
 
 import numpy as np
 
-from protos.inference import model_config_pb2 as mc
-from serving import metrics
-from serving.errors import (
+from core.errors import (
     FailureReason,
     InvalidInput,
     ServerNotReady,
     ServingError,
     Unsupported,
 )
+from protos.inference import model_config_pb2 as mc
+from serving import metrics
 from serving.models.base import InferRequest, ServedModel
 from serving.repository import ModelRepository, State
 from serving.settings import ModelControlMode

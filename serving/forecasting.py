@@ -20,7 +20,7 @@ import numpy as np
 
 from core.calendar import FEATURES as CALENDAR
 from core.calendar import calendar_features
-from serving.errors import InvalidInput
+from core.errors import InvalidInput
 from serving.models.base import ServedModel, parameter
 
 NS = np.timedelta64(1, "ns")

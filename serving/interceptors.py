@@ -1,4 +1,4 @@
-"""Maps the typed errors of `serving.errors` to gRPC status codes, in one place.
+"""Maps the typed errors of `core.errors` to gRPC status codes, in one place.
 
 Servicers never call `context.abort` themselves: they raise, and this interceptor turns the
 exception into a status. Anything that is not a `ServingError` becomes INTERNAL with a generic
@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from serving import errors
+from core import errors
 from serving.restricted import Rule
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from google.protobuf import json_format, text_format
 
+from core.config_checks import check_config
+from core.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady
 from protos.inference import model_config_pb2 as mc
-from serving.config_checks import check_config
-from serving.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady
 from serving.models.base import ServedModel
 from serving.models.onnx_model import OnnxModel
 from serving.models.translator import TranslatorModel

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from serving.errors import FailureReason
+from core.errors import FailureReason
 
 
 @dataclass

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from core.errors import InvalidInput
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import model_config_pb2 as mc
-from serving.errors import InvalidInput
 
 # V2 datatype string -> numpy dtype (little-endian, as on the wire). BYTES is numpy object.
 DTYPES: dict[str, np.dtype] = {

@@ -13,9 +13,9 @@ import numpy as np
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
+from seqserve.defaults import BUILDERS
 from serving import tensors
 from tests.conftest import ServerProcess
-from training.defaults import BUILDERS
 
 
 def test_repository_holds_every_default_model(tiny_repository: Path) -> None:

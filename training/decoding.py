@@ -17,7 +17,7 @@ from training.models.transformer import EncoderDecoder
 
 
 class TorchStepModel:
-    """serving.translation.graphs.StepModel on an EncoderDecoder (eval mode, no grad)."""
+    """core.translation.graphs.StepModel on an EncoderDecoder (eval mode, no grad)."""
 
     def __init__(self, model: EncoderDecoder, device: torch.device | str = "cpu") -> None:
         self.model = model.eval()

@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F  # noqa: N812 - the usual alias
 from tqdm import tqdm
 
-from serving.translation import Tokenizer, Translator, TranslatorSpec
+from core.translation import Tokenizer, Translator, TranslatorSpec
 from training import checkpoint
 from training.data.batching import collate, token_batches
 from training.data.parallel import CorpusError, Pair, load_corpus

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import sacrebleu
 
-from serving.translation import Translator
+from core.translation import Translator
 
 Pair = tuple[str, str]
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import InvalidInput
 from protos.inference import model_config_pb2 as mc
-from serving.errors import InvalidInput
 from serving.stats import ModelStats
 from serving.tensors import CONFIG_TO_V2, v2_datatype
 

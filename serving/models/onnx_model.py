@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from core.config_checks import version_file
+from core.errors import FailureReason, InvalidInput, ModelLoadError
 from protos.inference import model_config_pb2 as mc
 from serving import metrics
 from serving.batcher import Batcher, BatchPolicy, Tensors
-from serving.config_checks import version_file
-from serving.errors import FailureReason, InvalidInput, ModelLoadError
 from serving.models.base import InferRequest, ServedModel, TensorSpec
 from serving.settings import Device, FallbackPolicy, Settings
 from serving.stats import ModelStats

@@ -2,7 +2,7 @@
 
 Requests are tokenized and checked here (`RequestBuilder`). Decoding runs in the version's
 engine process (`translator_engine.py`), whose encoder and decode threads batch continuously
-at decoder-step granularity (`serving.translation.pipeline`): a request joins the running
+at decoder-step granularity (`core.translation.pipeline`): a request joins the running
 batch at the next step and leaves it as soon as it is finished. This side keeps the asyncio
 futures and stream queues, accounts statistics and metrics from what the engine delivers, and
 cancels requests whose callers went away. Greedy requests may stream: each step's new text
@@ -30,9 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protos.inference import model_config_pb2 as mc
-from serving import metrics
-from serving.errors import (
+from core.errors import (
     DeadlineExceeded,
     EngineFailed,
     InferenceError,
@@ -40,17 +38,19 @@ from serving.errors import (
     ModelNotReady,
     QueueFull,
 )
-from serving.models.base import InferRequest, ServedModel
-from serving.models.onnx_model import ModelLoadError
-from serving.models.translator_engine import HEARTBEAT, EngineGone, EngineProcess
-from serving.settings import Settings
-from serving.translation import (
+from core.translation import (
     DecodeRequest,
     RequestBuilder,
     SpecError,
     TranslationResult,
 )
-from serving.translation.pipeline import STEPS, WAITING, Delivery
+from core.translation.pipeline import STEPS, WAITING, Delivery
+from protos.inference import model_config_pb2 as mc
+from serving import metrics
+from serving.models.base import InferRequest, ServedModel
+from serving.models.onnx_model import ModelLoadError
+from serving.models.translator_engine import HEARTBEAT, EngineGone, EngineProcess
+from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from core.translation import DecodeRequest, GraphError, SpecError, Translator
+from core.translation.pipeline import Pipeline
 from protos.inference import model_config_pb2 as mc
 from serving.models.onnx_model import (
     ModelLoadError,
@@ -50,8 +52,6 @@ from serving.models.onnx_model import (
     session_options,
 )
 from serving.settings import Settings
-from serving.translation import DecodeRequest, GraphError, SpecError, Translator
-from serving.translation.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

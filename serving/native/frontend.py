@@ -23,8 +23,7 @@ from typing import Any
 
 import grpc
 
-from serving import metrics, restricted
-from serving.errors import (
+from core.errors import (
     DeadlineExceeded,
     FailureReason,
     InferenceError,
@@ -32,6 +31,7 @@ from serving.errors import (
     QueueFull,
     ServingError,
 )
+from serving import metrics, restricted
 from serving.interceptors import status_for
 from serving.metrics import FrontendCollector
 from serving.models.base import ServedModel, TensorSpec

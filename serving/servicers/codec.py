@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from core.errors import InvalidInput, Unsupported
 from protos.inference import grpc_service_pb2 as pb
 from serving import tensors
-from serving.errors import InvalidInput, Unsupported
 from serving.models.base import InferRequest, ServedModel
 
 _SHM_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")

@@ -11,10 +11,10 @@ import numpy as np
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from core.errors import InvalidInput, ServingError
 from protos.seqserve.forecast.v1 import forecast_service_pb2 as pb
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from serving.dataplane import DataPlane
-from serving.errors import InvalidInput, ServingError
 from serving.forecasting import (
     ForecasterSpec,
     Prepared,

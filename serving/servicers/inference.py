@@ -9,10 +9,10 @@ from typing import Any, NoReturn
 import grpc
 import numpy as np
 
+from core.errors import InvalidInput, ServingError, Unsupported
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving.dataplane import DataPlane
-from serving.errors import InvalidInput, ServingError, Unsupported
 from serving.interceptors import status_for
 from serving.models.base import ServedModel
 from serving.peers import STATISTICS_PATH, Peers

@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from core.errors import InvalidInput
+from core.translation import DecodeRequest, TranslationResult
 from protos.seqserve.translate.v1 import translate_service_pb2 as pb
 from protos.seqserve.translate.v1 import translate_service_pb2_grpc as pb_grpc
 from serving.dataplane import DataPlane
-from serving.errors import InvalidInput
 from serving.models.base import ServedModel
 from serving.models.translator import TranslatorModel
-from serving.translation import DecodeRequest, TranslationResult
 
 SERVICE_NAME = "seqserve.translate.v1.Translator"
 

@@ -28,13 +28,14 @@ import sentencepiece as spm
 from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 
+from core.config_checks import check_config, version_file
+from core.errors import ModelLoadError, ServingError
+from core.translation import RequestBuilder, Tokenizer, TranslatorSpec
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import model_config_pb2 as mc
 from protos.seqserve.forecast.v1 import forecast_service_pb2 as fpb
 from protos.seqserve.translate.v1 import translate_service_pb2 as tpb
 from serving import tensors
-from serving.config_checks import check_config, version_file
-from serving.errors import ModelLoadError, ServingError
 from serving.forecasting import ForecasterSpec, prepare, quantile_indices
 from serving.models.base import InferRequest, ServedModel
 from serving.models.onnx_model import _utf8
@@ -42,7 +43,6 @@ from serving.models.translator import _decode_settings, _text
 from serving.servicers.codec import decode_request
 from serving.servicers.forecast import _window
 from serving.servicers.translate import _prepare
-from serving.translation import RequestBuilder, Tokenizer, TranslatorSpec
 from tests.serving.model_factory import (
     AFFINE_CONFIG,
     ECHO_CONFIG,

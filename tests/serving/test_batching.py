@@ -8,10 +8,10 @@ import threading
 import grpc
 import numpy as np
 
+from core.errors import QueueFull
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving.batcher import Batcher, BatchPolicy
-from serving.errors import QueueFull
 from serving.stats import ModelStats
 from tests.conftest import ServerProcess
 from tests.serving.v2 import outputs, request

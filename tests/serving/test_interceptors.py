@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from core import errors
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
-from serving import errors
 from serving.interceptors import INTERNAL_MESSAGE, STATUS, ExceptionToStatusInterceptor
 
 CASES = [(cls, code) for cls, code in STATUS.items()] + [

@@ -140,7 +140,7 @@ def test_tritonclient_translator(tiny_server: ServerProcess, tiny_repository: Pa
     same version, and bad input refused with INVALID_ARGUMENT naming what is wrong."""
     import onnxruntime as ort
 
-    from serving.translation import Translator
+    from core.translation import Translator
 
     sources = ["dreihundertzweiundvierzig", "sieben", "neunzehntausendvierhundertelf"]
     got = _run(TRANSLATOR_CALLS, tiny_server.target, json.dumps(sources))

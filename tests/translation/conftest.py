@@ -30,10 +30,10 @@ def version_dir(tiny_repository: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def translator(version_dir: Path):  # noqa: ANN201 - serving.translation.Translator
+def translator(version_dir: Path):  # noqa: ANN201 - core.translation.Translator
     import onnxruntime as ort
 
-    from serving.translation import Translator
+    from core.translation import Translator
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1

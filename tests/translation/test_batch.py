@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.translation import DecodeBatch, DecodeRequest
-from serving.translation.batch import encode
+from core.translation import DecodeBatch, DecodeRequest
+from core.translation.batch import encode
 from tests.translation.fakes import BOS, EOS, PAD, A, LengthModel
 
 

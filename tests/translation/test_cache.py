@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.translation.cache import KVCache
+from core.translation.cache import KVCache
 
 L, H, K = 2, 3, 4
 

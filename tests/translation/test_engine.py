@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
 
-from serving.errors import EngineFailed, ModelNotReady, QueueFull
+from core.errors import EngineFailed, ModelNotReady, QueueFull
 from serving.models.onnx_model import ModelLoadError
 from serving.models.translator_engine import load_translator
 from serving.repository import ModelRepository, read_config

@@ -13,15 +13,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.verify import graph_dims
-from protos.inference import model_config_pb2 as mc
-from serving.translation import Translator, TranslatorSpec, read_config
-from serving.translation.graphs import (
+from core.translation import Translator, TranslatorSpec, read_config
+from core.translation.graphs import (
     decoder_feeds,
     decoder_inputs,
     decoder_outputs,
     stacked_outputs,
 )
+from export.verify import graph_dims
+from protos.inference import model_config_pb2 as mc
 from training.decoding import greedy_decode
 
 
@@ -145,7 +145,7 @@ def test_a_stacked_cache_export_is_refused_with_a_reason(version_dir: Path,
     loading one names the problem and the fix instead of failing on a missing feed later."""
     from onnx import TensorProto, helper
 
-    from serving.translation.graphs import GraphError, OnnxStepModel
+    from core.translation.graphs import GraphError, OnnxStepModel
 
     old = helper.make_model(helper.make_graph(
         [helper.make_node("Identity", ["past_k"], ["present_k"])], "old_decoder",

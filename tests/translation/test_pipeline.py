@@ -1,4 +1,4 @@
-"""The served translator's two-thread pipeline (`serving.translation.pipeline`) on fake models
+"""The served translator's two-thread pipeline (`core.translation.pipeline`) on fake models
 with known behaviour: it delivers what decoding alone gives, drops cancelled requests from the
 running batch, streams text step by step, fails only the requests a broken step held, and
 expires requests whose queue time ran out before they could join."""
@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from serving.translation import DecodeBatch, DecodeRequest, Translator
-from serving.translation.pipeline import STEPS, WAITING, Delivery, Pipeline
+from core.translation import DecodeBatch, DecodeRequest, Translator
+from core.translation.pipeline import STEPS, WAITING, Delivery, Pipeline
 from tests.translation.fakes import BOS, EOS, PAD, B, C, LengthModel, log
 
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from serving.translation import BadDecodingSetting, DecodeBatch, DecodeRequest
-from serving.translation.search import BeamState, length_penalty
+from core.translation import BadDecodingSetting, DecodeBatch, DecodeRequest
+from core.translation.search import BeamState, length_penalty
 from tests.translation.fakes import BOS, EOS, PAD, A, B, FakeModel, LateModel
 
 

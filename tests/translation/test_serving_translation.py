@@ -1,4 +1,4 @@
-"""serving.translation on the exported tiny model: batching, continuous batching, streaming,
+"""core.translation on the exported tiny model: batching, continuous batching, streaming,
 limits, and no torch."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.errors import InvalidInput, ModelLoadError
-from serving.translation import BadDecodingSetting, RequestBuilder, SourceTooLong, Translator
-from serving.translation.spec import read_config
+from core.errors import InvalidInput, ModelLoadError
+from core.translation import BadDecodingSetting, RequestBuilder, SourceTooLong, Translator
+from core.translation.spec import read_config
 from tests.conftest import ROOT
 
 
@@ -112,7 +112,7 @@ def test_serving_translation_runs_without_torch(version_dir: Path) -> None:
     probe = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from serving.translation import Translator\n"
+        "from core.translation import Translator\n"
         f"t = Translator.load(Path({str(version_dir)!r}))\n"
         "print(t.translate(['siebenhundertzwölf'], beam_size=3)[0].text)\n"
         "print('torch' in sys.modules)\n")
@@ -141,7 +141,7 @@ def test_the_cache_kept_on_the_device_decodes_as_run_does(
     where the decoder wrote it."""
     import onnxruntime as ort
 
-    from serving.translation.graphs import DeviceCache
+    from core.translation.graphs import DeviceCache
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.translation import Tokenizer
+from core.translation import Tokenizer
 from training.data.numbers import numbers_corpus
 from training.data.tokenizer import train_tokenizer
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812 - the usual alias
 
+from core.translation import Tokenizer
 from seqserve.cli import build_parser, main
-from serving.translation import Tokenizer
 from training.data.tokenizer import train_tokenizer
 from training.models.transformer import TranslatorConfig, make_model
 from training.train_translator import (

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from training.forecaster_builders import forecaster_gru, forecaster_lstm
-from training.translator_builder import translator
+from seqserve.forecaster_builders import forecaster_gru, forecaster_lstm
+from seqserve.translator_builder import translator
 
 log = logging.getLogger(__name__)
 

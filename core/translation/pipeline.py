@@ -27,13 +27,13 @@ from collections import deque
 from collections.abc import Callable, Hashable, MutableSequence, Sequence
 from dataclasses import dataclass
 
-from serving.translation.batch import (
+from core.translation.batch import (
     DecodeBatch,
     DecodeRequest,
     EncodedSources,
     TranslationResult,
 )
-from serving.translation.translator import Translator
+from core.translation.translator import Translator
 
 log = logging.getLogger(__name__)
 

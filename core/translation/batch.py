@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.translation.cache import KVCache
-from serving.translation.errors import BadDecodingSetting
-from serving.translation.graphs import StepModel
-from serving.translation.search import BeamState, Hypothesis
+from core.translation.cache import KVCache
+from core.translation.errors import BadDecodingSetting
+from core.translation.graphs import StepModel
+from core.translation.search import BeamState, Hypothesis
 
 
 @dataclass(frozen=True)

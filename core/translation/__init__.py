@@ -19,23 +19,23 @@ Step by step, for continuous batching and streaming (a server loop; see `batch.p
     batch.remove([cancelled_id])
     batch.join(translator.encode(requests))  # encode on one thread, join on the batch's
 
-Errors: `SourceTooLong` and `BadDecodingSetting` are `serving.errors.InvalidInput`;
+Errors: `SourceTooLong` and `BadDecodingSetting` are `core.errors.InvalidInput`;
 `SpecError` / `GraphError` mean the version folder cannot be served (a load error).
 """
 
-from serving.translation.batch import (
+from core.translation.batch import (
     DecodeBatch,
     DecodeRequest,
     EncodedSources,
     StepUpdate,
     TranslationResult,
 )
-from serving.translation.errors import BadDecodingSetting, SourceTooLong
-from serving.translation.graphs import GraphError, OnnxStepModel, StepModel
-from serving.translation.search import Hypothesis
-from serving.translation.spec import BACKEND, SpecError, TranslatorSpec, read_config
-from serving.translation.tokenizer import Tokenizer
-from serving.translation.translator import RequestBuilder, Translator
+from core.translation.errors import BadDecodingSetting, SourceTooLong
+from core.translation.graphs import GraphError, OnnxStepModel, StepModel
+from core.translation.search import Hypothesis
+from core.translation.spec import BACKEND, SpecError, TranslatorSpec, read_config
+from core.translation.tokenizer import Tokenizer
+from core.translation.translator import RequestBuilder, Translator
 
 __all__ = [
     "BACKEND",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.translation.graphs import CacheArray
+from core.translation.graphs import CacheArray
 
 
 def _joined(a: CacheArray, b: CacheArray, axis: int, width: int, left: bool) -> np.ndarray:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import ModelLoadError
 from protos.inference import model_config_pb2 as mc
-from serving.errors import ModelLoadError
 
 MAX_INSTANCES = 16  # onnxruntime sessions (or engines) per model version, over all groups
 MAX_THREADS = 64  # intra_op_thread_count / inter_op_thread_count parameters

@@ -9,9 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protos.inference import model_config_pb2 as mc
-from serving.config_checks import version_file
-from serving.translation.batch import (
+from core.config_checks import version_file
+from core.translation.batch import (
     DecodeBatch,
     DecodeRequest,
     EncodedSources,
@@ -19,10 +18,11 @@ from serving.translation.batch import (
     TranslationResult,
     encode,
 )
-from serving.translation.errors import BadDecodingSetting, SourceTooLong
-from serving.translation.graphs import OnnxStepModel, StepModel
-from serving.translation.spec import SpecError, TranslatorSpec, read_config
-from serving.translation.tokenizer import Tokenizer
+from core.translation.errors import BadDecodingSetting, SourceTooLong
+from core.translation.graphs import OnnxStepModel, StepModel
+from core.translation.spec import SpecError, TranslatorSpec, read_config
+from core.translation.tokenizer import Tokenizer
+from protos.inference import model_config_pb2 as mc
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -112,7 +112,7 @@ class Translator:
         return cls(model, requests.tokenizer, spec)
 
     def new_batch(self) -> DecodeBatch:
-        """An empty continuous batch on this model (see `serving.translation.batch`)."""
+        """An empty continuous batch on this model (see `core.translation.batch`)."""
         return DecodeBatch(self.model, self.spec.bos_id, self.spec.eos_id, self.spec.pad_id,
                            self.tokenizer.decode)
 

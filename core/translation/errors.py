@@ -1,9 +1,9 @@
-"""Errors of the translation pipeline. Both are `serving.errors.InvalidInput`, so the gRPC
+"""Errors of the translation pipeline. Both are `core.errors.InvalidInput`, so the gRPC
 interceptor answers INVALID_ARGUMENT with the message as written here."""
 
 from __future__ import annotations
 
-from serving.errors import InvalidInput
+from core.errors import InvalidInput
 
 
 class SourceTooLong(InvalidInput):

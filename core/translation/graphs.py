@@ -31,7 +31,7 @@ import numpy as np
 if TYPE_CHECKING:  # imported when a session is made: the search code runs without onnxruntime
     import onnxruntime as ort
 
-from serving.translation.spec import DECODER_FILE, ENCODER_FILE
+from core.translation.spec import DECODER_FILE, ENCODER_FILE
 
 ENCODER_INPUTS = ("src_ids", "src_mask")
 ENCODER_OUTPUTS = ("memory", "cross_k", "cross_v")
