@@ -16,14 +16,6 @@ bool ByteBudget::Take(int64_t bytes, BudgetWaiter* waiter) {
   return false;
 }
 
-bool ByteBudget::TryTake(int64_t bytes) {
-  if (limit_ <= 0) return true;
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!waiting_.empty() || (used_ + bytes > limit_ && used_ > 0)) return false;
-  used_ += bytes;
-  return true;
-}
-
 void ByteBudget::Force(int64_t bytes) {
   if (limit_ <= 0) return;
   std::lock_guard<std::mutex> lock(mu_);
@@ -66,11 +58,6 @@ void ByteBudget::GrantLocked(std::vector<BudgetWaiter*>* granted) {
 int64_t ByteBudget::in_use() const {
   std::lock_guard<std::mutex> lock(mu_);
   return used_;
-}
-
-int64_t ByteBudget::waiting() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<int64_t>(waiting_.size());
 }
 
 Arrivals::Arrivals(ByteBudget* received, int64_t charge, Clock::duration grace,

@@ -61,8 +61,6 @@ class ByteBudget {
   // Take `bytes` now (true) or queue `waiter`, granted once they fit and every earlier waiter
   // has been served (false). A limit of 0 or less means no budget: always true.
   bool Take(int64_t bytes, BudgetWaiter* waiter);
-  // Take `bytes` if they fit now and nobody waits (true), else nothing (false).
-  bool TryTake(int64_t bytes);
   // Take `bytes` whether they fit or not.
   void Force(int64_t bytes);
   // Give back `bytes`; grants what now fits to waiters, in order, on this thread.
@@ -72,7 +70,6 @@ class ByteBudget {
 
   int64_t limit() const { return limit_; }
   int64_t in_use() const;
-  int64_t waiting() const;
 
  private:
   void GrantLocked(std::vector<BudgetWaiter*>* granted);

@@ -56,10 +56,12 @@ class AnswerLive : public grpc::ServerGenericBidiReactor {
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "no request received"));
       return;
     }
-    inference::ServerLiveResponse live;
-    live.set_live(true);
-    const std::string bytes = live.SerializeAsString();
-    grpc::Slice slice(bytes);
+    static const std::string live = [] {
+      inference::ServerLiveResponse response;
+      response.set_live(true);
+      return response.SerializeAsString();
+    }();
+    grpc::Slice slice(live);
     response_ = grpc::ByteBuffer(&slice, 1);
     StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
   }
@@ -254,7 +256,6 @@ class Frontend {
 PYBIND11_MODULE(_frontend, m) {
   using namespace seqserve;
   m.doc() = "seqserve's native gRPC front end (see serving/native/frontend.py)";
-  m.attr("FURTHER_COPIES") = kFurtherCopies;
   py::class_<TensorSpec>(m, "TensorSpec")
       .def(py::init([](std::string name, std::string datatype, std::vector<int64_t> dims,
                        size_t itemsize) {
