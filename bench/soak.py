@@ -298,6 +298,7 @@ def summarize(record: Record, seconds: float, warmup_s: float, window_s: float,
     engine_faults = [t for t, name in record.faults if name.startswith("engine")]
     errors: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     caused: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    unexpected: list[tuple[float, str, str]] = []  # when, to set beside the faults' times
     for t, kind, code, took in record.calls:
         if code == "OK":
             continue
@@ -308,6 +309,7 @@ def summarize(record: Record, seconds: float, warmup_s: float, window_s: float,
             caused[kind][code] += 1
         else:
             errors[kind][code] += 1
+            unexpected.append((round(t, 3), kind, code))
     calls = {k: sum(1 for c in record.calls if c[1] == k) for k in KINDS}
     p99_series = []
     t = 0.0
@@ -328,6 +330,7 @@ def summarize(record: Record, seconds: float, warmup_s: float, window_s: float,
     result = {
         "calls": calls, "unexpected_errors": {k: dict(v) for k, v in errors.items()},
         "caused_by_faults": {k: dict(v) for k, v in caused.items()},
+        "unexpected_at": unexpected[:100],
         "lost_ids": record.lost_ids, "unfinished_streams": record.unfinished_streams,
         "live": {"probes": len(live_ms), "p99_ms": _p99(live_ms),
                  "max_ms": max(live_ms, default=float("nan")),
@@ -427,9 +430,9 @@ def run(args: argparse.Namespace) -> int:
     path = out_dir / f"soak-{stamp}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     png = plot(result, out_dir / f"soak-{stamp}.png")
-    print(json.dumps({k: result[k] for k in ("calls", "unexpected_errors", "caused_by_faults",
-                                            "lost_ids", "unfinished_streams", "live", "rss_mib",
-                                            "goals", "exit_code")}, indent=1, default=str))
+    shown = ("calls", "unexpected_errors", "unexpected_at", "caused_by_faults", "lost_ids",
+             "unfinished_streams", "live", "rss_mib", "goals", "exit_code")
+    print(json.dumps({k: result[k] for k in shown}, indent=1, default=str))
     print(f"wrote {path}" + (f" and {png}" if png else ""))
     return 0 if all(result["goals"].values()) and code == 0 else 1
 

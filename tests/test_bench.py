@@ -232,6 +232,8 @@ def test_bench_soak_summary_separates_what_faults_cause() -> None:
                                           "stream": {"UNAVAILABLE": 1}}
     assert result["unexpected_errors"] == {"translate": {"UNAVAILABLE": 1},
                                            "v2": {"INTERNAL": 1}}
+    assert result["unexpected_at"] == [(30.0, "translate", "UNAVAILABLE"),
+                                       (31.0, "v2", "INTERNAL")]
     assert result["rss_mib"]["growth"] == 0
     assert result["goals"] == {"rss_growth_under_5pct": True, "only_fault_failures": False,
                                "fault_failures_retryable": True, "live_p99_under_50ms": True}

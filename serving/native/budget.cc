@@ -77,7 +77,7 @@ Arrivals::~Arrivals() {
 
 uint64_t Arrivals::Add(Sheddable* call) {
   std::lock_guard<std::mutex> lock(mu_);
-  arriving_.emplace(next_, std::make_pair(call, Clock::now()));
+  arriving_.emplace(next_, std::make_pair(call, clock_));
   return next_++;
 }
 
@@ -90,12 +90,15 @@ void Arrivals::Watch() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     wake_.wait_for(lock, tick_);
-    if (!stop_) CheckLocked(Clock::now());
+    const Clock::time_point now = Clock::now();
+    clock_ += std::min<Clock::duration>(now - looked_, 2 * tick_);
+    looked_ = now;
+    if (!stop_) CheckLocked();
   }
 }
 
-void Arrivals::CheckLocked(Clock::time_point now) {
-  const Clock::time_point cutoff = now - grace_;
+void Arrivals::CheckLocked() {
+  const Clock::duration cutoff = clock_ - grace_;
   int64_t late = 0;  // calls arriving for longer than the grace
   for (const auto& [ticket, entry] : arriving_) {
     if (entry.second > cutoff) break;  // (in ticket order, so in the order they started)

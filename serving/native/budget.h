@@ -9,8 +9,11 @@
 //   the next one); a message still arriving after `grace` counts the cap. When the sum passes
 //   the limit, the watch (Arrivals) ends the newest calls still arriving with
 //   RESOURCE_EXHAUSTED, and the transport drops their bytes. Small messages arrive well within
-//   the grace, unless the machine is so busy that no thread reads them for that long (the
-//   soak on two saturated cores shed 4 of 1.16 M small calls);
+//   the grace. Age is counted on the watch's own clock, which advances at most two ticks per
+//   look: a pause of the whole process (the machine too busy to run it, a page-fault storm) is
+//   not charged to the calls it delayed. Only calls whose client owes a message now are
+//   watched: a ModelStreamInfer stream may wait for its client indefinitely (its messages
+//   count once they have arrived);
 // - the further copies a message needs to be served (parsed, batched, or forwarded to the
 //   Python server, which holds it twice more), taken after it has arrived: a message that does
 //   not fit waits, in arrival order, until the messages ahead of it are done.
@@ -99,7 +102,7 @@ class Arrivals {
 
  private:
   void Watch();
-  void CheckLocked(Clock::time_point now);
+  void CheckLocked();
 
   ByteBudget* received_;
   const int64_t charge_;  // what a message still arriving after the grace counts
@@ -108,7 +111,10 @@ class Arrivals {
   std::condition_variable wake_;
   bool stop_ = false;
   uint64_t next_ = 0;
-  std::map<uint64_t, std::pair<Sheddable*, Clock::time_point>> arriving_;  // oldest first
+  // The watch's clock: the time it has run, each look adding at most two ticks.
+  Clock::duration clock_{0};
+  Clock::time_point looked_ = Clock::now();
+  std::map<uint64_t, std::pair<Sheddable*, Clock::duration>> arriving_;  // oldest first
   std::atomic<int64_t> shed_{0};
   std::thread watch_;  // last: started once the rest is built
 };

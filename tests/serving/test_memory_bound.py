@@ -6,6 +6,7 @@ an answer, and calls of ordinary size are never refused."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import Counter
@@ -132,5 +133,51 @@ def test_a_failed_request_is_freed_when_its_call_ends(tmp_path: Path) -> None:
                     base = _rss(server.proc.pid)
         growth = _rss(server.proc.pid) - base
         assert growth < 128 * MIB, f"RSS grew {growth / MIB:.0f} MiB over 10 failed requests"
+    finally:
+        assert server.terminate() == 0
+
+
+def test_idle_streams_are_not_taken_for_arriving_messages(tmp_path: Path) -> None:
+    """A ModelStreamInfer client (tritonclient's `start_stream`, perf_analyzer --streaming)
+    opens its stream and sends when it chooses. Such a stream waiting for its client holds no
+    bytes: the budget's watch once counted each as a message at the cap still arriving, and
+    three idle streams were enough to have the newest refused."""
+    native_built()
+    repo = tmp_path / "model_repository"
+    add_model(repo, "slow", SLOW_CONFIG.format(queue=64), slow)
+    server = ServerProcess(repo, "--frontend", "native")
+    streams = 12  # counted as messages at the cap, 12 x 128 MiB: 3 times the budget
+    try:
+        server.wait_ready()
+        with grpc.insecure_channel(server.target) as ch:
+            stream_infer = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                            response_deserializer=(
+                                                pb.ModelStreamInferResponse.FromString))
+            outboxes = [queue.Queue() for _ in range(streams)]
+            answers: list[list[str]] = [[] for _ in range(streams)]
+
+            def talk(k: int) -> None:
+                try:
+                    for reply in stream_infer(iter(outboxes[k].get, None), timeout=60):
+                        answers[k].append(reply.error_message or "ok")
+                except grpc.RpcError as err:
+                    answers[k].append(f"{err.code().name}: {err.details()}")
+
+            threads = [threading.Thread(target=talk, args=(k,)) for k in range(streams)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)  # 25 times the watch's grace, every stream open and idle
+            request = pb.ModelInferRequest(model_name="nobody").SerializeToString()
+            for outbox in outboxes:
+                outbox.put(request)
+            time.sleep(0.5)  # idle again, between messages
+            for outbox in outboxes:
+                outbox.put(request)
+                outbox.put(None)
+            for t in threads:
+                t.join(timeout=30)
+        assert all(len(a) == 2 and all("unknown model 'nobody'" in m for m in a)
+                   for a in answers), answers
+        assert scrape(server.metrics_url)[("seqserve_requests_shed_total", "")] == 0
     finally:
         assert server.terminate() == 0
