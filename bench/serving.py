@@ -47,6 +47,8 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+from bench.procfs import memory_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
 PERF_VENV = ROOT / ".tools" / "perf_analyzer"
 TRITON_VENV = ROOT / ".tools" / "tritonclient"
@@ -217,10 +219,8 @@ def server(repo: Path, workdir: Path, workers: int = 1, frontend: str = "python"
 
 def rss_mib(pid: int) -> float:
     """Resident memory of a process (VmRSS), MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    rss = memory_bytes(pid)
+    return float("nan") if rss is None else rss / 2**20
 
 
 def startup(repo: Path, workdir: Path, repeats: int) -> dict:

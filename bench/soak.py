@@ -47,6 +47,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.procfs import engine_children, memory_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("v2", "forecast", "translate", "stream")
 SENTENCES = ("dreihundertzweiundvierzig", "siebenundsiebzig", "neunhundertneunundneunzig",
@@ -61,31 +63,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _children(pid: int) -> list[int]:
-    """The server's engine processes: its children started by multiprocessing's spawn."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 def _p99(values: list[float]) -> float:
@@ -215,10 +192,10 @@ class Load:
 
     async def _sampler(self, every_s: float) -> None:
         while self.now() < self.seconds:
-            engines = [r for r in (_rss_mib(p) for p in _children(self.pid)) if r]
-            server = _rss_mib(self.pid)
-            if server is not None:
-                self.record.rss.append((self.now(), server, sum(engines)))
+            engines = [r for r in (memory_bytes(p) for p in engine_children(self.pid)) if r]
+            server = memory_bytes(self.pid)
+            if server is not None:  # MiB
+                self.record.rss.append((self.now(), server / 2**20, sum(engines) / 2**20))
             await asyncio.sleep(every_s)
 
     async def _faults(self, repo: Path) -> None:
@@ -228,7 +205,7 @@ class Load:
             await asyncio.sleep(max(0.0, at * self.seconds - self.now()))
             self.record.faults.append((self.now(), name))
             print(f"  {self.now():7.1f} s  fault: {name}", flush=True)
-            engines = _children(self.pid)
+            engines = engine_children(self.pid)
             if name == "engine SIGKILL" and engines:
                 os.kill(engines[0], signal.SIGKILL)
             elif name == "engine SIGSTOP 10 s" and engines:

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
+from bench.procfs import engine_children
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from protos.seqserve.translate.v1 import translate_service_pb2 as tpb
@@ -30,17 +31,9 @@ LONG = "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig"
 
 def engine_pid(server: ServerProcess) -> int:
     """The translator's engine: the server's child started by multiprocessing's spawn."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == server.proc.pid and b"spawn_main" in cmdline:
-            return int(entry.name)
-    raise AssertionError("no engine process found")
+    engines = engine_children(server.proc.pid)
+    assert engines, "no engine process found"
+    return engines[0]
 
 
 async def forecast_request(v2: pb_grpc.GRPCInferenceServiceStub) -> pb.ModelInferRequest:

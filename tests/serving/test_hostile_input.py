@@ -6,13 +6,13 @@ the server goes on serving everyone else. Against both front ends."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from bench.procfs import memory_bytes
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from protos.seqserve.forecast.v1 import forecast_service_pb2 as fpb
@@ -57,10 +57,9 @@ def claim(model: str, name: str, datatype: str, shape: list[int], raw: bytes = b
 
 
 def peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc")
+    peak = memory_bytes(pid, "VmHWM")
+    assert peak is not None, f"the server ({pid}) is gone"
+    return peak
 
 
 def failures(server: ServerProcess, model: str, reason: str) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.procfs import memory_bytes
 from protos.inference import grpc_service_pb2 as pb
 from serving.settings import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES_IN_FLIGHT, Settings
 from tests.conftest import ServerProcess, native_built
@@ -31,10 +32,9 @@ CONNECTIONS = 4
 
 
 def _rss(pid: int, field: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} for {pid}")
+    value = memory_bytes(pid, field)
+    assert value is not None, f"no {field} for {pid}"
+    return value
 
 
 def _maximal_request() -> bytes:
