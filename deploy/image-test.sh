@@ -97,8 +97,11 @@ say "podman run (gRPC on 127.0.0.1:$grpc_port, metrics on 127.0.0.1:$metrics_por
 # podman schedules health checks with systemd timers, absent here: it logs "unable to get
 # systemd connection" (harmless), and `podman healthcheck run` below runs the image's
 # HEALTHCHECK command by hand instead.
+# The container binds 0.0.0.0, where `auto` serves with the Python front end (docs/serving.md,
+# "HTTP/2 abuse"); its port is published on loopback only here, as behind a proxy, so the
+# native front end is asked for.
 podman run -d --name "$NAME" --health-interval=disable -p "127.0.0.1:$grpc_port:8001" -p "127.0.0.1:$metrics_port:8002" \
-  -v "$models:/models:ro" "$IMAGE" >/dev/null
+  -e SEQSERVE_FRONTEND=native -v "$models:/models:ro" "$IMAGE" >/dev/null
 
 for _ in $(seq 120); do
   if "$VENV/bin/seqserve" health --target "127.0.0.1:$grpc_port" --timeout 1 >/dev/null; then break; fi

@@ -16,6 +16,7 @@ onnxruntime failure, unloading) get their status and message here, from `status_
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import tempfile
 from pathlib import Path
@@ -50,8 +51,26 @@ else:
     IMPORT_ERROR = None
 
 
+def loopback(address: str) -> bool:
+    """Whether a --grpc-address only takes connections from this machine."""
+    host = address.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+# Why `auto` keeps the native front end off addresses others can reach (docs/serving.md,
+# "HTTP/2 abuse"): Debian's gRPC 1.51 has no defence against Rapid Reset.
+EXPOSED = ("the native front end's HTTP/2 stack (Debian's gRPC 1.51) has no defence against "
+           "Rapid Reset (CVE-2023-44487)")
+
+
 def wanted(settings: Settings) -> bool:
-    """Whether to run the native front end; raise if it is asked for and not built."""
+    """Whether to run the native front end; raise if it is asked for and not built. `auto`
+    takes it only on a loopback address."""
     if settings.frontend is Frontend.PYTHON:
         return False
     if _frontend is None:
@@ -60,6 +79,14 @@ def wanted(settings: Settings) -> bool:
                              f"built ({IMPORT_ERROR}); run `make native`")
         log.info("native front end not built (%s): serving with the Python one", IMPORT_ERROR)
         return False
+    if not loopback(settings.grpc_address):
+        if settings.frontend is Frontend.AUTO:
+            log.info("--grpc-address %s is not loopback: serving with the Python front end, as "
+                     "%s; put a proxy in front and ask for --frontend native to use it",
+                     settings.grpc_address, EXPOSED)
+            return False
+        log.warning("--frontend native on %s, which others may reach: %s; put a proxy "
+                    "in front of it", settings.grpc_address, EXPOSED)
     return True
 
 

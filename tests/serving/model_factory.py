@@ -66,6 +66,18 @@ def slow(path: Path, size: int = 256, repeats: int = 160, rows: int | str | None
     _save(graph, path)
 
 
+def fan_out(path: Path, width: int = 65536) -> None:
+    """x FP32 [B, 1] -> y = x * ones [B, width]: a few bytes in, 256 KiB out per row."""
+    ones = numpy_helper.from_array(np.ones((1, width), np.float32), "ones")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "ones"], ["y"])], "fan_out",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
+        initializer=[ones],
+    )
+    _save(graph, path)
+
+
 def fragile(path: Path) -> None:
     """x FP32 [B, N] -> Reshape to [B, 4]: onnxruntime fails at run time unless N == 4."""
     shape = numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")
@@ -104,6 +116,13 @@ dynamic_batching {{
   max_queue_delay_microseconds: 0
   default_queue_policy {{ max_queue_size: {queue} }}
 }}
+"""
+
+FAN_OUT_CONFIG = """
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [{ name: "x" data_type: TYPE_FP32 dims: [ 1 ] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [ 65536 ] }]
 """
 
 FRAGILE_CONFIG = """
