@@ -1,6 +1,10 @@
 #include "budget.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 
 namespace seqserve {
 
@@ -60,9 +64,11 @@ int64_t ByteBudget::in_use() const {
   return used_;
 }
 
-Arrivals::Arrivals(ByteBudget* received, int64_t charge, Clock::duration grace,
-                   Clock::duration tick)
-    : received_(received), charge_(charge), grace_(grace), tick_(tick) {
+Arrivals::Arrivals(ByteBudget* received, int64_t charge, int64_t confirm,
+                   Clock::duration grace, Clock::duration tick)
+    : received_(received), charge_(charge), confirm_(confirm), grace_(grace), tick_(tick),
+      statm_(open("/proc/self/statm", O_RDONLY | O_CLOEXEC)) {
+  resident_ = Resident();
   if (received_->limit() > 0) watch_ = std::thread([this] { Watch(); });
 }
 
@@ -73,11 +79,12 @@ Arrivals::~Arrivals() {
   }
   wake_.notify_all();
   if (watch_.joinable()) watch_.join();
+  if (statm_ >= 0) close(statm_);
 }
 
 uint64_t Arrivals::Add(Sheddable* call) {
   std::lock_guard<std::mutex> lock(mu_);
-  arriving_.emplace(next_, std::make_pair(call, clock_));
+  arriving_.emplace(next_, Arriving{call, clock_, resident_});
   return next_++;
 }
 
@@ -93,25 +100,46 @@ void Arrivals::Watch() {
     const Clock::time_point now = Clock::now();
     clock_ += std::min<Clock::duration>(now - looked_, 2 * tick_);
     looked_ = now;
-    if (!stop_) CheckLocked();
+    // At every look, arrivals or not (a pread of /proc/self/statm: a few microseconds), so
+    // that a call starting after a quiet spell is compared with the memory of that time.
+    resident_ = Resident();
+    if (!stop_ && !arriving_.empty()) CheckLocked();
   }
+}
+
+int64_t Arrivals::Resident() const {
+  static const long page = sysconf(_SC_PAGESIZE);
+  char text[128];
+  const ssize_t n = statm_ < 0 ? -1 : pread(statm_, text, sizeof(text) - 1, 0);
+  if (n <= 0) return -1;
+  text[n] = '\0';
+  long size = 0, resident = -1;
+  if (std::sscanf(text, "%ld %ld", &size, &resident) != 2 || resident < 0) return -1;
+  return static_cast<int64_t>(resident) * page;
 }
 
 void Arrivals::CheckLocked() {
   const Clock::duration cutoff = clock_ - grace_;
   int64_t late = 0;  // calls arriving for longer than the grace
+  int64_t before = resident_;  // the least resident memory when one of them started
   for (const auto& [ticket, entry] : arriving_) {
-    if (entry.second > cutoff) break;  // (in ticket order, so in the order they started)
+    if (entry.started > cutoff) break;  // (in ticket order, so in the order they started)
     ++late;
+    if (entry.resident >= 0) before = std::min(before, entry.resident);
   }
+  if (late == 0) return;
   const int64_t held = received_->in_use();
+  // Little received and nothing grown: the late calls are waiting for a thread to read them,
+  // not arriving. (Once large messages have been received, the flood is plain: and the
+  // memory they explain would hide the late calls' growth.)
+  if (held < charge_ && resident_ >= 0 && before >= 0 && resident_ - before < confirm_) return;
   // Shed the newest late calls while the total passes the limit; one late call alone, with
   // nothing received, may go on (a cap raised past the budget).
   for (auto it = arriving_.end(); late > 0 && it != arriving_.begin();) {
     --it;
-    if (it->second.second > cutoff) continue;
+    if (it->second.started > cutoff) continue;
     if (held + late * charge_ <= received_->limit() || (late == 1 && held == 0)) break;
-    if (it->second.first->Shed()) shed_.fetch_add(1, std::memory_order_relaxed);
+    if (it->second.call->Shed()) shed_.fetch_add(1, std::memory_order_relaxed);
     it = arriving_.erase(it);
     --late;
   }

@@ -11,14 +11,18 @@
 //   RESOURCE_EXHAUSTED, and the transport drops their bytes. Small messages arrive well within
 //   the grace. Age is counted on the watch's own clock, which advances at most two ticks per
 //   look: a pause of the whole process (the machine too busy to run it, a page-fault storm) is
-//   not charged to the calls it delayed. Only calls whose client owes a message now are
+//   not charged to the calls it delayed. And while less than one message at the cap has been
+//   received, the watch sheds only once the process's resident memory has grown by
+//   `confirm` since the oldest late call started: a call can be late
+//   because no gRPC thread got to read it (two saturated cores), and then nothing arrives;
+//   no scheduling delay fakes growth. Only calls whose client owes a message now are
 //   watched: a ModelStreamInfer stream may wait for its client indefinitely (its messages
 //   count once they have arrived);
 // - the further copies a message needs to be served (parsed, batched, or forwarded to the
 //   Python server, which holds it twice more), taken after it has arrived: a message that does
 //   not fit waits, in arrival order, until the messages ahead of it are done.
-// The memory requests hold is then the sum of the two limits, and what may arrive within the
-// grace and one tick of the watch before it acts.
+// The memory requests hold is then the sum of the two limits, `confirm`, and what may arrive
+// within the grace and one tick of the watch before it acts.
 #pragma once
 
 #include <atomic>
@@ -92,7 +96,8 @@ class ByteBudget {
 class Arrivals {
  public:
   using Clock = std::chrono::steady_clock;
-  Arrivals(ByteBudget* received, int64_t charge, Clock::duration grace, Clock::duration tick);
+  Arrivals(ByteBudget* received, int64_t charge, int64_t confirm, Clock::duration grace,
+           Clock::duration tick);
   ~Arrivals();  // stops the watch
 
   // A read started (its ticket) or ended. A call stays alive while it is registered here.
@@ -104,8 +109,17 @@ class Arrivals {
   void Watch();
   void CheckLocked();
 
+  // The process's resident bytes now (-1: unknown, and then every shed is confirmed).
+  int64_t Resident() const;
+
+  struct Arriving {
+    Sheddable* call;
+    Clock::duration started;  // on the watch's clock
+    int64_t resident;         // the process's resident bytes at the look before it started
+  };
   ByteBudget* received_;
-  const int64_t charge_;  // what a message still arriving after the grace counts
+  const int64_t charge_;   // what a message still arriving after the grace counts
+  const int64_t confirm_;  // the growth that confirms late calls are arriving
   const Clock::duration grace_, tick_;
   std::mutex mu_;
   std::condition_variable wake_;
@@ -114,7 +128,9 @@ class Arrivals {
   // The watch's clock: the time it has run, each look adding at most two ticks.
   Clock::duration clock_{0};
   Clock::time_point looked_ = Clock::now();
-  std::map<uint64_t, std::pair<Sheddable*, Clock::duration>> arriving_;  // oldest first
+  const int statm_;        // /proc/self/statm, open
+  int64_t resident_ = -1;  // at the last look
+  std::map<uint64_t, Arriving> arriving_;  // oldest first
   std::atomic<int64_t> shed_{0};
   std::thread watch_;  // last: started once the rest is built
 };
