@@ -77,6 +77,7 @@ class Record:
     """Everything the run observed; times in seconds from the start of the load."""
 
     calls: list[tuple[float, str, str, float]] = field(default_factory=list)  # t, kind, code, s
+    messages: dict[float, str] = field(default_factory=dict)  # a failed call's t: its details
     live: list[tuple[float, float]] = field(default_factory=list)  # t, seconds
     live_failures: list[tuple[float, str]] = field(default_factory=list)
     rss: list[tuple[float, float, float]] = field(default_factory=list)  # t, server, engines
@@ -170,6 +171,7 @@ class Load:
                             self.record.unfinished_streams += 1
                 except grpc.aio.AioRpcError as err:
                     code = err.code().name
+                    self.record.messages[started - self.t0] = err.details() or ""
                 self.record.calls.append((started - self.t0, kind, code,
                                           time.monotonic() - started))
                 if code == "UNAVAILABLE":
@@ -275,7 +277,7 @@ def summarize(record: Record, seconds: float, warmup_s: float, window_s: float,
     engine_faults = [t for t, name in record.faults if name.startswith("engine")]
     errors: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     caused: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    unexpected: list[tuple[float, str, str]] = []  # when, to set beside the faults' times
+    unexpected: list[tuple[float, str, str, str]] = []  # when (beside the faults'), and why
     for t, kind, code, took in record.calls:
         if code == "OK":
             continue
@@ -286,7 +288,7 @@ def summarize(record: Record, seconds: float, warmup_s: float, window_s: float,
             caused[kind][code] += 1
         else:
             errors[kind][code] += 1
-            unexpected.append((round(t, 3), kind, code))
+            unexpected.append((round(t, 3), kind, code, record.messages.get(t, "")))
     calls = {k: sum(1 for c in record.calls if c[1] == k) for k in KINDS}
     p99_series = []
     t = 0.0

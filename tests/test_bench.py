@@ -226,14 +226,14 @@ def test_bench_soak_summary_separates_what_faults_cause() -> None:
                (31.0, "v2", "INTERNAL", 0.001)],
         live=[(t / 10, 0.001) for t in range(400)],
         rss=[(t, 100.0, 50.0) for t in range(0, 40, 2)],
-        faults=[(10.0, "engine SIGKILL")])
+        faults=[(10.0, "engine SIGKILL")], messages={30.0: "engine gone"})
     result = summarize(record, seconds=40, warmup_s=5, window_s=10, fault_window_s=5)
     assert result["caused_by_faults"] == {"translate": {"UNAVAILABLE": 2},
                                           "stream": {"UNAVAILABLE": 1}}
     assert result["unexpected_errors"] == {"translate": {"UNAVAILABLE": 1},
                                            "v2": {"INTERNAL": 1}}
-    assert result["unexpected_at"] == [(30.0, "translate", "UNAVAILABLE"),
-                                       (31.0, "v2", "INTERNAL")]
+    assert result["unexpected_at"] == [(30.0, "translate", "UNAVAILABLE", "engine gone"),
+                                       (31.0, "v2", "INTERNAL", "")]
     assert result["rss_mib"]["growth"] == 0
     assert result["goals"] == {"rss_growth_under_5pct": True, "only_fault_failures": False,
                                "fault_failures_retryable": True, "live_p99_under_50ms": True}
