@@ -84,7 +84,7 @@ lint: install  ## ruff
 	$(VENV)/bin/ruff check .
 
 test: install tools  ## create .venv if missing, install, run the whole test suite
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 .PHONY: native-sanitize
 native-sanitize: native  ## opt-in: the native front end's tests under ASan and UBSan (minutes)

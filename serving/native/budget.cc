@@ -64,10 +64,10 @@ int64_t ByteBudget::in_use() const {
   return used_;
 }
 
-Arrivals::Arrivals(ByteBudget* received, int64_t charge, int64_t confirm,
-                   Clock::duration grace, Clock::duration tick)
-    : received_(received), charge_(charge), confirm_(confirm), grace_(grace), tick_(tick),
-      statm_(open("/proc/self/statm", O_RDONLY | O_CLOEXEC)) {
+Arrivals::Arrivals(ByteBudget* received, std::vector<const ByteBudget*> accounted,
+                   int64_t charge, Clock::duration grace, Clock::duration tick)
+    : received_(received), accounted_by_(std::move(accounted)), charge_(charge),
+      grace_(grace), tick_(tick), statm_(open("/proc/self/statm", O_RDONLY | O_CLOEXEC)) {
   resident_ = Resident();
   if (received_->limit() > 0) watch_ = std::thread([this] { Watch(); });
 }
@@ -84,7 +84,7 @@ Arrivals::~Arrivals() {
 
 uint64_t Arrivals::Add(Sheddable* call) {
   std::lock_guard<std::mutex> lock(mu_);
-  arriving_.emplace(next_, Arriving{call, clock_, resident_});
+  arriving_.emplace(next_, Arriving{call, clock_, resident_, accounted_});
   return next_++;
 }
 
@@ -103,6 +103,7 @@ void Arrivals::Watch() {
     // At every look, arrivals or not (a pread of /proc/self/statm: a few microseconds), so
     // that a call starting after a quiet spell is compared with the memory of that time.
     resident_ = Resident();
+    accounted_ = Accounted();
     if (!stop_ && !arriving_.empty()) CheckLocked();
   }
 }
@@ -118,30 +119,41 @@ int64_t Arrivals::Resident() const {
   return static_cast<int64_t>(resident) * page;
 }
 
+int64_t Arrivals::Accounted() const {
+  int64_t sum = 0;
+  for (const ByteBudget* budget : accounted_by_) sum += budget->in_use();
+  return sum;
+}
+
 void Arrivals::CheckLocked() {
   const Clock::duration cutoff = clock_ - grace_;
-  int64_t late = 0;  // calls arriving for longer than the grace
-  int64_t before = resident_;  // the least resident memory when one of them started
+  int64_t late = 0;     // calls arriving for longer than the grace
+  int64_t growth = 0;   // what arriving messages hold: the most the process has grown, beyond
+  bool known = true;    // what the budgets took, since one of the late calls started
   for (const auto& [ticket, entry] : arriving_) {
     if (entry.started > cutoff) break;  // (in ticket order, so in the order they started)
     ++late;
-    if (entry.resident >= 0) before = std::min(before, entry.resident);
+    if (entry.resident < 0 || resident_ < 0) {
+      known = false;
+    } else {
+      growth = std::max(growth, (resident_ - entry.resident) - (accounted_ - entry.accounted));
+    }
   }
   if (late == 0) return;
+  const int64_t most = late * charge_;  // (each holds at most a message at the cap)
+  const int64_t arriving = known ? std::min(growth, most) : most;
   const int64_t held = received_->in_use();
-  // Little received and nothing grown: the late calls are waiting for a thread to read them,
-  // not arriving. (Once large messages have been received, the flood is plain: and the
-  // memory they explain would hide the late calls' growth.)
-  if (held < charge_ && resident_ >= 0 && before >= 0 && resident_ - before < confirm_) return;
-  // Shed the newest late calls while the total passes the limit; one late call alone, with
-  // nothing received, may go on (a cap raised past the budget).
-  for (auto it = arriving_.end(); late > 0 && it != arriving_.begin();) {
+  // Shed the newest late calls while the total passes the limit, taking each to hold an
+  // equal share of what arrives; one late call alone, with nothing received, may go on (a
+  // cap raised past the budget).
+  int64_t left = late;
+  for (auto it = arriving_.end(); left > 0 && it != arriving_.begin();) {
     --it;
     if (it->second.started > cutoff) continue;
-    if (held + late * charge_ <= received_->limit() || (late == 1 && held == 0)) break;
+    if (held + arriving * left / late <= received_->limit() || (left == 1 && held == 0)) break;
     if (it->second.call->Shed()) shed_.fetch_add(1, std::memory_order_relaxed);
     it = arriving_.erase(it);
-    --late;
+    --left;
   }
 }
 

@@ -6,23 +6,21 @@
 // before anyone sees its size. Waiting to read does not help; only ending a call frees it.
 // So the front end keeps two budgets:
 // - received bytes: a message that has arrived counts its size until its call ends (or reads
-//   the next one); a message still arriving after `grace` counts the cap. When the sum passes
-//   the limit, the watch (Arrivals) ends the newest calls still arriving with
-//   RESOURCE_EXHAUSTED, and the transport drops their bytes. Small messages arrive well within
-//   the grace. Age is counted on the watch's own clock, which advances at most two ticks per
-//   look: a pause of the whole process (the machine too busy to run it, a page-fault storm) is
-//   not charged to the calls it delayed. And while less than one message at the cap has been
-//   received, the watch sheds only once the process's resident memory has grown by
-//   `confirm` since the oldest late call started: a call can be late
-//   because no gRPC thread got to read it (two saturated cores), and then nothing arrives;
-//   no scheduling delay fakes growth. Only calls whose client owes a message now are
-//   watched: a ModelStreamInfer stream may wait for its client indefinitely (its messages
-//   count once they have arrived);
+//   the next one). Bytes still arriving cannot be seen per call, only in the whole: the watch
+//   (Arrivals) reads the process's resident memory at each look, and what it has grown by
+//   since a call's read started, beyond what the budgets took meanwhile, is what arriving
+//   messages hold (at most the cap for each call still arriving after `grace`). While the
+//   received bytes and that pass the limit, it ends the newest calls still arriving with
+//   RESOURCE_EXHAUSTED, and the transport drops their bytes. So a call that is late because
+//   no gRPC thread got to read it (two saturated cores), or a stream waiting for its client,
+//   holds nothing and is never shed for it; a flood shows in the memory. Ages count on the
+//   watch's own clock, which advances at most two ticks per look (a pause of the whole
+//   process is not charged to the calls it delayed);
 // - the further copies a message needs to be served (parsed, batched, or forwarded to the
 //   Python server, which holds it twice more), taken after it has arrived: a message that does
 //   not fit waits, in arrival order, until the messages ahead of it are done.
-// The memory requests hold is then the sum of the two limits, `confirm`, and what may arrive
-// within the grace and one tick of the watch before it acts.
+// The memory requests hold is then the sum of the two limits, and what may arrive within the
+// grace and one tick of the watch before it acts.
 #pragma once
 
 #include <atomic>
@@ -92,12 +90,14 @@ class ByteBudget {
 };
 
 // The calls whose message is still arriving, and the watch that sheds the newest of them while
-// what they may hold, with what `received` holds, passes `received`'s limit.
+// what they hold, with what `received` holds, passes `received`'s limit.
 class Arrivals {
  public:
   using Clock = std::chrono::steady_clock;
-  Arrivals(ByteBudget* received, int64_t charge, int64_t confirm, Clock::duration grace,
-           Clock::duration tick);
+  // `accounted`: the budgets whose takings explain growth (received and serving); `charge`:
+  // the most a message still arriving can hold.
+  Arrivals(ByteBudget* received, std::vector<const ByteBudget*> accounted, int64_t charge,
+           Clock::duration grace, Clock::duration tick);
   ~Arrivals();  // stops the watch
 
   // A read started (its ticket) or ended. A call stays alive while it is registered here.
@@ -108,18 +108,19 @@ class Arrivals {
  private:
   void Watch();
   void CheckLocked();
-
-  // The process's resident bytes now (-1: unknown, and then every shed is confirmed).
+  // The process's resident bytes now (-1: unknown: then a late call counts `charge`).
   int64_t Resident() const;
+  int64_t Accounted() const;
 
   struct Arriving {
     Sheddable* call;
     Clock::duration started;  // on the watch's clock
     int64_t resident;         // the process's resident bytes at the look before it started
+    int64_t accounted;        // and what the budgets held then
   };
   ByteBudget* received_;
-  const int64_t charge_;   // what a message still arriving after the grace counts
-  const int64_t confirm_;  // the growth that confirms late calls are arriving
+  const std::vector<const ByteBudget*> accounted_by_;
+  const int64_t charge_;
   const Clock::duration grace_, tick_;
   std::mutex mu_;
   std::condition_variable wake_;
@@ -128,8 +129,8 @@ class Arrivals {
   // The watch's clock: the time it has run, each look adding at most two ticks.
   Clock::duration clock_{0};
   Clock::time_point looked_ = Clock::now();
-  const int statm_;        // /proc/self/statm, open
-  int64_t resident_ = -1;  // at the last look
+  const int statm_;  // /proc/self/statm, open
+  int64_t resident_ = -1, accounted_ = 0;  // at the last look
   std::map<uint64_t, Arriving> arriving_;  // oldest first
   std::atomic<int64_t> shed_{0};
   std::thread watch_;  // last: started once the rest is built

@@ -8,7 +8,6 @@ namespace seqserve {
 
 namespace {
 const char kModelInfer[] = "/inference.GRPCInferenceService/ModelInfer";
-const char kModelStreamInfer[] = "/inference.GRPCInferenceService/ModelStreamInfer";
 
 // Client metadata that gRPC sets itself; the rest travels upstream as the client sent it.
 bool Forwarded(const std::string& key) {
@@ -24,10 +23,7 @@ void Upstream::OnDone(const grpc::Status& status) { call_->UpstreamDone(status);
 Call::Call(grpc::GenericCallbackServerContext* context, grpc::GenericStub* upstream,
            Registry* registry, std::atomic<int>* active, Budgets budgets)
     : context_(context), stub_(upstream), registry_(registry),
-      infer_(context->method() == kModelInfer),
-      // Every other RPC's client sends its one message right behind its headers; a
-      // ModelStreamInfer client sends when it chooses, and its stream may wait idle for hours.
-      watched_(context->method() != kModelStreamInfer), active_(active), budgets_(budgets) {
+      infer_(context->method() == kModelInfer), active_(active), budgets_(budgets) {
   if (!infer_) Forward(false);
   StartReading();
 }
@@ -35,7 +31,7 @@ Call::Call(grpc::GenericCallbackServerContext* context, grpc::GenericStub* upstr
 void Call::StartReading() {
   // (Not under mu_: the watch takes its lock, then a call's. A call is shed only after the
   // grace, long after its read has started.)
-  if (watched_) ticket_ = budgets_.arrivals->Add(this);
+  ticket_ = budgets_.arrivals->Add(this);
   StartRead(&request_);
 }
 
@@ -63,7 +59,7 @@ bool Call::FinishOnce(const grpc::Status& status) {
 }
 
 void Call::OnReadDone(bool ok) {
-  if (watched_) budgets_.arrivals->Remove(ticket_);
+  budgets_.arrivals->Remove(ticket_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;  // shed while it arrived, or the upstream has ended it

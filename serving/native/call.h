@@ -80,7 +80,6 @@ class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public 
   grpc::GenericStub* stub_;
   Registry* registry_;
   bool infer_;  // a ModelInfer whose first message is still to be read
-  const bool watched_;  // its reads are watched while they arrive (not a client's stream)
   grpc::ByteBuffer request_, response_;
   // Set by Forward (on the thread that reads the request) and read by OnCancel (on another).
   std::atomic<Upstream*> upstream_{nullptr};

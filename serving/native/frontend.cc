@@ -75,9 +75,8 @@ constexpr char kServerLive[] = "/inference.GRPCInferenceService/ServerLive";
 // The Python server beats every 100 ms; older than this, ServerLive goes to it.
 constexpr auto kLoopStale = std::chrono::seconds(1);
 
-// A message still arriving this long counts the cap (budget.h), once the process has grown by
-// the cap since it started; the watch looks this often.
-constexpr auto kArrivalGrace = std::chrono::milliseconds(20);
+// A message still arriving this long may be shed (budget.h); the watch looks this often.
+constexpr auto kArrivalGrace = std::chrono::milliseconds(10);
 constexpr auto kArrivalTick = std::chrono::milliseconds(5);
 
 // Whether `context` carries what its method's restriction asks for (none: yes).
@@ -109,7 +108,8 @@ class Service : public grpc::CallbackGenericService {
         received_(budget_bytes <= 0 ? 0
                                     : std::max<int64_t>(budget_bytes - cap * kFurtherCopies, 1)),
         serving_(budget_bytes <= 0 ? 0 : cap * kFurtherCopies),
-        arrivals_(&received_, cap * kReceivedCopies, cap, kArrivalGrace, kArrivalTick),
+        arrivals_(&received_, {&received_, &serving_}, cap * kReceivedCopies, kArrivalGrace,
+                  kArrivalTick),
         busy_("server busy: the requests in progress would hold more than " +
               std::to_string(budget_bytes) +
               " bytes (--max-request-bytes-in-flight); retry after a back-off") {}

@@ -38,7 +38,7 @@ from tests.serving.v2 import request, stub
 
 MIB = 2**20
 MEMORY = 200 * MIB
-ATTACK_S = 3.0
+ATTACK_S = 2.0
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 T = TypeVar("T")
 
