@@ -103,7 +103,9 @@ async def _stop_and_flood(repository: Path) -> None:
         calls = [asyncio.ensure_future(model.translate(batch)) for batch in batches]
         results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 60)
         assert all(isinstance(r, EngineFailed) for r in results), results[:3]
-        assert max(gaps) < 0.5, f"the event loop was blocked for {max(gaps):.2f} s"
+        # (Generous, as the hardening issue asks: the defect blocked it for 17 s and more; a
+        # slow hour of this shared VM has shown 0.50 s.)
+        assert max(gaps) < 1.0, f"the event loop was blocked for {max(gaps):.2f} s"
         deadline = time.monotonic() + 120
         while model.engine is None:
             assert time.monotonic() < deadline, "no new engine"
