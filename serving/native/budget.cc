@@ -64,9 +64,9 @@ int64_t ByteBudget::in_use() const {
   return used_;
 }
 
-Arrivals::Arrivals(ByteBudget* received, std::vector<const ByteBudget*> accounted,
-                   int64_t charge, Clock::duration grace, Clock::duration tick)
-    : received_(received), accounted_by_(std::move(accounted)), charge_(charge),
+Arrivals::Arrivals(ByteBudget* received, const ByteBudget* serving, int64_t charge,
+                   Clock::duration grace, Clock::duration tick)
+    : received_(received), serving_(serving), charge_(charge),
       grace_(grace), tick_(tick), statm_(open("/proc/self/statm", O_RDONLY | O_CLOEXEC)) {
   resident_ = Resident();
   if (received_->limit() > 0) watch_ = std::thread([this] { Watch(); });
@@ -97,14 +97,20 @@ void Arrivals::Watch() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     wake_.wait_for(lock, tick_);
-    const Clock::time_point now = Clock::now();
-    clock_ += std::min<Clock::duration>(now - looked_, 2 * tick_);
-    looked_ = now;
+    if (stop_) break;
     // At every look, arrivals or not (a pread of /proc/self/statm: a few microseconds), so
     // that a call starting after a quiet spell is compared with the memory of that time.
-    resident_ = Resident();
-    accounted_ = Accounted();
-    if (!stop_ && !arriving_.empty()) CheckLocked();
+    // Sampled outside the lock, which every call's Add and Remove take.
+    lock.unlock();
+    const int64_t resident = Resident();
+    const int64_t accounted = received_->in_use() + serving_->in_use();
+    const Clock::time_point now = Clock::now();
+    lock.lock();
+    clock_ += std::min<Clock::duration>(now - looked_, 2 * tick_);
+    looked_ = now;
+    resident_ = resident;
+    accounted_ = accounted;
+    if (!arriving_.empty()) CheckLocked();
   }
 }
 
@@ -117,12 +123,6 @@ int64_t Arrivals::Resident() const {
   long size = 0, resident = -1;
   if (std::sscanf(text, "%ld %ld", &size, &resident) != 2 || resident < 0) return -1;
   return static_cast<int64_t>(resident) * page;
-}
-
-int64_t Arrivals::Accounted() const {
-  int64_t sum = 0;
-  for (const ByteBudget* budget : accounted_by_) sum += budget->in_use();
-  return sum;
 }
 
 void Arrivals::CheckLocked() {

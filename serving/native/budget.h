@@ -94,9 +94,9 @@ class ByteBudget {
 class Arrivals {
  public:
   using Clock = std::chrono::steady_clock;
-  // `accounted`: the budgets whose takings explain growth (received and serving); `charge`:
-  // the most a message still arriving can hold.
-  Arrivals(ByteBudget* received, std::vector<const ByteBudget*> accounted, int64_t charge,
+  // `serving`'s takings, with `received`'s, explain growth; `charge`: the most a message
+  // still arriving can hold.
+  Arrivals(ByteBudget* received, const ByteBudget* serving, int64_t charge,
            Clock::duration grace, Clock::duration tick);
   ~Arrivals();  // stops the watch
 
@@ -110,7 +110,6 @@ class Arrivals {
   void CheckLocked();
   // The process's resident bytes now (-1: unknown: then a late call counts `charge`).
   int64_t Resident() const;
-  int64_t Accounted() const;
 
   struct Arriving {
     Sheddable* call;
@@ -119,7 +118,7 @@ class Arrivals {
     int64_t accounted;        // and what the budgets held then
   };
   ByteBudget* received_;
-  const std::vector<const ByteBudget*> accounted_by_;
+  const ByteBudget* serving_;
   const int64_t charge_;
   const Clock::duration grace_, tick_;
   std::mutex mu_;

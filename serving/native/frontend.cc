@@ -108,8 +108,7 @@ class Service : public grpc::CallbackGenericService {
         received_(budget_bytes <= 0 ? 0
                                     : std::max<int64_t>(budget_bytes - cap * kFurtherCopies, 1)),
         serving_(budget_bytes <= 0 ? 0 : cap * kFurtherCopies),
-        arrivals_(&received_, {&received_, &serving_}, cap * kReceivedCopies, kArrivalGrace,
-                  kArrivalTick),
+        arrivals_(&received_, &serving_, cap * kReceivedCopies, kArrivalGrace, kArrivalTick),
         busy_("server busy: the requests in progress would hold more than " +
               std::to_string(budget_bytes) +
               " bytes (--max-request-bytes-in-flight); retry after a back-off") {}

@@ -52,9 +52,6 @@ class RawConnection:
             self.conn.send_data(stream_id, grpc_message(body), end_stream=True)
         return stream_id
 
-    def reset(self, stream_id: int) -> None:
-        self.conn.reset_stream(stream_id, error_code=8)  # CANCEL
-
     def drain(self) -> list[h2.events.Event]:
         """Read what the server sent, without blocking; acknowledge its SETTINGS."""
         events: list[h2.events.Event] = []
