@@ -64,6 +64,21 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
         assert result.with_suffix(".png").stat().st_size > 1000
 
 
+def test_perf_analyzer_retries_a_measurement_that_did_not_stabilise(tmp_path: Path) -> None:
+    """perf_analyzer reports an unstable measurement on stderr; the bench then tries the next
+    rung of its ladder instead of failing (a 0% spread never stabilises)."""
+    from bench.serving import perf_analyzer, server
+
+    tool("perf_analyzer", "perf_analyzer")
+    repo = tmp_path / "model_repository"
+    add_model(repo, "affine", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    with server(repo, tmp_path) as running:
+        result = perf_analyzer(running["target"], "affine", 2, 100, tmp_path / "pa.csv",
+                               ladder=((0, 1), (1000, 2)))
+    assert result["stability_percent"] == 1000 and result["window_ms"] == 200
+    assert result["inferences_per_s"] > 0
+
+
 def test_bench_accuracy_trains_scores_and_writes_results(tmp_path: Path,
                                                          tiny_repository: Path) -> None:
     """One tiny forecaster run on generated data and the tiny translator on 20 Multi30k
