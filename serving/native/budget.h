@@ -17,8 +17,9 @@
 //   watch's own clock, which advances at most two ticks per look (a pause of the whole
 //   process is not charged to the calls it delayed);
 // - the further copies a message needs to be served (parsed, batched, or forwarded to the
-//   Python server, which holds it twice more), taken after it has arrived: a message that does
-//   not fit waits, in arrival order, until the messages ahead of it are done.
+//   Python server, which holds it three times more until it has answered it), taken after it
+//   has arrived: a message that does not fit waits, in arrival order, until the messages ahead
+//   of it are done (answered, when forwarded).
 // The memory requests hold is then the sum of the two limits, and what may arrive within the
 // grace and one tick of the watch before it acts.
 #pragma once

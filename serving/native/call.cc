@@ -109,16 +109,21 @@ void Call::Serve(bool ok) {
   std::lock_guard<std::mutex> lock(mu_);
   if (upstream_ended_) return;  // the upstream answered already; drop the rest
   if (ok) {
+    HandedOn();
     upstream_.load()->StartWrite(&request_);
   } else {
     upstream_.load()->StartWritesDone();
   }
 }
 
-void Call::ReadNext() {
-  // The last message has gone upstream.
-  budgets_.serving->Give(held_serving_);
+void Call::HandedOn() {
+  unanswered_.push_back(held_serving_);
   held_serving_ = 0;
+}
+
+void Call::ReadNext() {
+  // The last message has gone upstream: the transport's copies are free (its further copies
+  // wait for its answer).
   budgets_.received->Give(held_received_);
   held_received_ = 0;
   if (cancelled()) return;  // it reads no more: its upstream's end finishes it
@@ -165,7 +170,11 @@ void Call::Forward(bool with_first_message) {
   }
   stub_->PrepareBidiStreamingCall(&up, context_->method(), grpc::StubOptions(), upstream);
   upstream->AddHold();
-  if (with_first_message) upstream->StartWrite(&request_);
+  if (with_first_message) {
+    std::lock_guard<std::mutex> lock(mu_);  // (nothing else runs yet: for HandedOn's contract)
+    HandedOn();
+    upstream->StartWrite(&request_);
+  }
   upstream->StartRead(&upstream->reply);
   upstream_.store(upstream);  // before the call starts: its callbacks use it
   if (cancelled_.load()) up.TryCancel();  // a cancel that came while it was being set up
@@ -174,6 +183,15 @@ void Call::Forward(bool with_first_message) {
 
 void Call::UpstreamRead(bool ok) {
   if (ok) {
+    int64_t answered = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!unanswered_.empty()) {
+        answered = unanswered_.front();
+        unanswered_.pop_front();
+      }
+    }
+    budgets_.serving->Give(answered);
     StartWrite(&upstream_.load()->reply);  // the next upstream read starts after this write
     return;
   }
@@ -196,7 +214,9 @@ void Call::UpstreamDone(const grpc::Status& status) {
 void Call::Release() {
   if (refs_.fetch_sub(1) == 1) {
     budgets_.received->Give(held_received_);
-    budgets_.serving->Give(held_serving_);
+    int64_t serving = held_serving_;
+    for (int64_t bytes : unanswered_) serving += bytes;
+    budgets_.serving->Give(serving);
     delete upstream_.load();
     active_->fetch_sub(1);
     delete this;

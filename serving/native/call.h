@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -70,7 +71,8 @@ class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public 
  private:
   void Forward(bool with_first_message);
   void Serve(bool ok);  // the message read (or not: `ok` false) goes where it goes
-  void ReadNext();      // a stream's next message: give back the last one's bytes, then read
+  void ReadNext();      // a stream's next message: give back the last one's received bytes
+  void HandedOn();      // under mu_: the message's further copies now wait for its answer
   void StartReading();  // registered with the arrivals watch, read
   bool FinishOnce(const grpc::Status& status);  // unless finished already
   void Release();
@@ -88,6 +90,11 @@ class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public 
   // What this call holds of each budget: its message's received size, and its further copies
   // while it is served. Reads are sequential, and so are these.
   int64_t held_received_ = 0, held_serving_ = 0;
+  // The further copies of the messages handed to the Python server, oldest first, held until
+  // it answers each (one response per request: ModelInfer, ModelStreamInfer without decoupled
+  // models) or the call ends: it keeps its copies until then, not until the handing on is done
+  // (given back at the write's end, a flood over streams held ~150 MiB more). Under mu_.
+  std::deque<int64_t> unanswered_;
   uint64_t ticket_ = 0;  // with the arrivals watch, while a read runs
   bool read_ok_ = false;  // the last read's outcome, for Granted()
   // The upstream call holds (AddHold) until its response stream has ended; after that no
