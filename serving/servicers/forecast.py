@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Sequence
 
 import grpc
 import numpy as np
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.errors import InvalidInput, ServingError
@@ -16,6 +18,7 @@ from protos.seqserve.forecast.v1 import forecast_service_pb2 as pb
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as pb_grpc
 from serving.dataplane import DataPlane
 from serving.forecasting import (
+    MAX_NS,
     ForecasterSpec,
     Prepared,
     Window,
@@ -28,13 +31,24 @@ from serving.models.base import InferRequest, ServedModel
 SERVICE_NAME = "seqserve.forecast.v1.Forecaster"
 
 
-def _times(stamps: list[Timestamp], where: str) -> np.ndarray:
-    return np.array([nanoseconds(t.seconds, t.nanos, where) for t in stamps], "datetime64[ns]")
+# Seconds whose nanoseconds cannot overflow int64, whatever the nanos (an int32).
+_SAFE_S = MAX_NS // 1_000_000_000 - 3
 
 
-def _stamp(t: np.datetime64) -> Timestamp:
-    ns = int(t.astype("datetime64[ns]").astype(np.int64))
-    return Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+def _times(stamps: Sequence[Timestamp], where: str) -> np.ndarray:
+    seconds = np.fromiter((t.seconds for t in stamps), np.int64, len(stamps))
+    nanos = np.fromiter((t.nanos for t in stamps), np.int64, len(stamps))
+    edge = (seconds > _SAFE_S) | (seconds < -_SAFE_S)
+    ns = np.where(edge, 0, seconds) * 1_000_000_000 + nanos
+    for i in np.flatnonzero(edge).tolist():  # exactly, in Python integers (raises, naming it)
+        ns[i] = nanoseconds(int(seconds[i]), int(nanos[i]), f"{where}[{i}]")
+    return ns.astype("datetime64[ns]")
+
+
+def _stamps(times: np.ndarray, into: RepeatedCompositeFieldContainer[Timestamp]) -> None:
+    seconds, nanos = np.divmod(times.astype("datetime64[ns]").astype(np.int64), 1_000_000_000)
+    for s, n in zip(seconds.tolist(), nanos.tolist(), strict=True):
+        into.add(seconds=s, nanos=n)
 
 
 def _window(w: pb.Window, index: int) -> Window:
@@ -45,7 +59,7 @@ def _window(w: pb.Window, index: int) -> Window:
         past[s.name] = np.asarray(s.values, np.float32)
     return Window(
         past=past,
-        timestamps=(_times(list(w.timestamps), f"windows[{index}].timestamps")
+        timestamps=(_times(w.timestamps, f"windows[{index}].timestamps")
                     if w.timestamps else None),
         start=(_times([w.start], f"windows[{index}].start")[0] if w.HasField("start")
                else None),
@@ -65,7 +79,7 @@ def _response(model: ServedModel, spec: ForecasterSpec, levels: list[int], prepa
     for b, horizon in enumerate(prepared.horizon_timestamps):
         wf = reply.forecasts.add()
         if horizon is not None:
-            wf.timestamps.extend(_stamp(t) for t in horizon)
+            _stamps(horizon, wf.timestamps)
         for f, target in enumerate(spec.target_names):
             sf = wf.targets.add(name=target, point=forecast[b, :, f].tolist())
             if quantiles is not None:

@@ -80,6 +80,19 @@ def test_forecast(api: fgrpc.ForecasterStub) -> None:
                                    rtol=1e-5)
 
 
+def test_timestamps_before_1970_and_within_a_second_round_trip(
+        api: fgrpc.ForecasterStub) -> None:
+    """Stamps are decoded and encoded as arrays: negative seconds keep their nanos in
+    [0, 1e9), as protobuf normalises them, and the horizon continues at the same step."""
+    start = np.datetime64("1969-12-31T21:00:00.250", "ns")
+    w = window(start=start)
+    assert w.timestamps[0].seconds < 0 and w.timestamps[0].nanos == 250_000_000
+    reply = api.Forecast(fpb.ForecastRequest(model_name="fc", windows=[w]), timeout=10)
+    got = [np.datetime64(t.seconds * 10**9 + t.nanos, "ns") for t in reply.forecasts[0].timestamps]
+    assert got == [start + 6 * HOUR, start + 7 * HOUR]
+    assert all(0 <= t.nanos < 10**9 for t in reply.forecasts[0].timestamps)
+
+
 def test_start_and_frequency_and_quantile_subset(api: fgrpc.ForecasterStub) -> None:
     w = window()
     del w.timestamps[:]
