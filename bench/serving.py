@@ -168,6 +168,21 @@ def perf_analyzer(target: str, model: str, concurrency: int, window_ms: int, out
     }
 
 
+def _alone(model_dir: Path, workdir: Path) -> Path:
+    """A repository holding only this model (copied once per run)."""
+    repo = workdir / "repository-variants"
+    if not repo.exists():
+        shutil.copytree(model_dir, repo / model_dir.name)
+    return repo
+
+
+def _is_forecaster(model_dir: Path) -> bool:
+    """Whether the typed Forecast API serves this model (its config carries a horizon)."""
+    from serving.repository import read_config
+
+    return "horizon" in read_config(model_dir).parameters
+
+
 def _unbatched_copy(model_dir: Path, dest: Path) -> None:
     """The same model with its `dynamic_batching` removed ("batching off")."""
     from google.protobuf import text_format
@@ -289,9 +304,7 @@ def side_by_side(model_dir: Path, variants: dict[str, dict], concurrencies: list
     started once, measured in turn (repeats interleaved) by `generator` with one connection per
     client (the kernel spreads connections over workers, not requests); the ratio of each
     variant to the first, per repeat, then the median."""
-    repo = workdir / "repository-variants"
-    if not repo.exists():
-        shutil.copytree(model_dir, repo / model_dir.name)
+    repo = _alone(model_dir, workdir)
     runs: dict = {v: {c: [] for c in concurrencies} for v in variants}
     with contextlib.ExitStack() as stack:
         servers = {v: stack.enter_context(server(repo, workdir, **kw))
@@ -452,6 +465,18 @@ def run(args: argparse.Namespace) -> int:
                             for b in budget_values},
                 concurrencies, args.window_ms / 1e3, args.worker_repeats, generators[0],
                 Path(tmp))
+        typed = None
+        typed_frontends = [f for f in args.typed_frontends.split(",") if f]
+        if typed_frontends and _is_forecaster(model_dir):
+            from bench.typed_load import typed_vs_v2
+
+            typed = {}
+            for f in typed_frontends:
+                print(f"typed Forecast beside V2 ModelInfer ({f} front end, the project's "
+                      "grpc.aio stubs, one connection per client):")
+                with server(_alone(model_dir, Path(tmp)), Path(tmp), frontend=f) as running:
+                    typed[f] = typed_vs_v2(running["target"], model_dir.name, concurrencies,
+                                           args.window_ms / 1e3, args.worker_repeats)
         print("gRPC floor (bench/floor_server.py: grpc.aio, computes nothing):")
         grpc_floor = floor(model_dir, concurrencies, args.window_ms, generators[0], Path(tmp))
         native_floor = bare_floor = None
@@ -493,6 +518,7 @@ def run(args: argparse.Namespace) -> int:
         "budgets_ratio": budgets["ratio_to_first"] if budgets else None,
         "workers_throughput_c8": {n: by_c.get(8) for n, by_c in scaling["median_per_s"].items()}
         if scaling else None,
+        "typed_to_v2": {f: t["typed_to_v2"] for f, t in typed.items()} if typed else None,
     }
     print("summary:", json.dumps(summary))
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -501,7 +527,7 @@ def run(args: argparse.Namespace) -> int:
               "startup": boot, "served": serving, "grpc_floor": grpc_floor,
               "native_floor": native_floor, "bare_floor": bare_floor,
               "frontends": compared, "workers": scaling, "budgets": budgets,
-              "summary": summary,
+              "typed": typed, "summary": summary,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out_dir = Path(args.results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -530,6 +556,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frontends", default="python,native",
                         help="front ends to compare side by side (`serve --frontend`); the "
                         "last one serves the other measurements")
+    parser.add_argument("--typed-frontends", default="python,native",
+                        help="front ends on which to measure the typed Forecast API beside V2 "
+                        "(a forecaster only; empty: skip)")
     parser.add_argument("--workers", default="1,2",
                         help="worker process counts to compare (`serve --workers`); "
                         "one value skips the comparison")

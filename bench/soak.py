@@ -99,36 +99,10 @@ class Load:
 
     async def _requests(self, channel: object) -> dict:
         """One of each request, built from the server's own metadata."""
-        import numpy as np
+        from bench.forecast_requests import forecast_request, v2_request
 
-        from protos.inference import grpc_service_pb2 as pb
-        from protos.inference import grpc_service_pb2_grpc as pb_grpc
-        from protos.seqserve.forecast.v1 import forecast_service_pb2 as fpb
-        from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as fgrpc
-        from serving import tensors
-        from serving.client import Client
-
-        v2 = pb_grpc.GRPCInferenceServiceStub(channel)
-        meta = await v2.ModelMetadata(pb.ModelMetadataRequest(name="forecaster_gru"), timeout=10)
-        rng = np.random.default_rng(0)
-        infer = pb.ModelInferRequest(model_name="forecaster_gru")
-        for t in meta.inputs:
-            array = rng.standard_normal((1, *t.shape[1:])).astype(np.float32)
-            infer.inputs.add(name=t.name, datatype=t.datatype, shape=array.shape)
-            infer.raw_input_contents.append(tensors.to_raw(array, t.datatype))
-        info = await fgrpc.ForecasterStub(channel).GetModelInfo(
-            fpb.GetModelInfoRequest(model_name="forecaster_lstm"), timeout=10)
-        model = info.model
-        step = model.frequency.seconds or 3600
-        start = np.datetime64("2024-01-01T00:00:00", "s")
-        stamps = [start + np.timedelta64(i * step, "s") for i in range(model.input_window)]
-        series = {name: rng.standard_normal(model.input_window).tolist()
-                  for name in (*model.target_names, *model.covariate_names)}
-        window = Client.window(series, stamps)
-        for name in model.future_covariate_names:
-            window.future.add(name=name, values=[0.0] * model.horizon)
-        return {"infer": infer, "forecast": fpb.ForecastRequest(model_name="forecaster_lstm",
-                                                                 windows=[window])}
+        return {"infer": await v2_request(channel, "forecaster_gru"),
+                "forecast": await forecast_request(channel, "forecaster_lstm")}
 
     async def _client(self, index: int, kind: str, requests: dict) -> None:
         import grpc

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, native_built, tool
+from tests.conftest import ROOT, ServerProcess, native_built, tool
 from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
 
 
@@ -272,3 +272,15 @@ def test_bench_soak_runs_with_its_faults(tiny_repository: Path, tmp_path: Path) 
     assert data["exit_code"] == 0
     assert data["rss_series"] and list(tmp_path.glob("soak-*.png"))
     assert out.returncode in (0, 1), out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_typed_forecast_is_measured_beside_v2(tiny_server: ServerProcess) -> None:
+    """The same client, the same forecaster and window on both sides: each API answered
+    without errors, and a ratio per concurrency."""
+    from bench.typed_load import typed_vs_v2
+
+    result = typed_vs_v2(tiny_server.target, "forecaster_gru", [1, 2], seconds=0.3, repeats=1)
+    assert result["errors"] == 0
+    for api in ("v2", "typed"):
+        assert all(result["median_per_s"][api][c] > 0 for c in ("1", "2")), result
+    assert set(result["typed_to_v2"]) == {"1", "2"} and result["typed_to_v2"]["2"] > 0
