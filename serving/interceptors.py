@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from core import errors
 from serving.restricted import Rule
@@ -48,7 +49,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
 
-def _status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+def failure_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
     """The status for `exc`, logged when it is INTERNAL.
 
     A failed request must not outlive its call. grpc.aio's `context.abort` raises an AbortError
@@ -61,6 +62,17 @@ def _status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
     if code is grpc.StatusCode.INTERNAL:
         log.error("%s failed", method, exc_info=exc)
     return code, message
+
+
+def decoded(deserializer: Callable[[bytes], Any], data: bytes) -> Any:
+    """A request message from its bytes: malformed bytes are the client's error
+    (INVALID_ARGUMENT, naming the message type), not grpc's UNKNOWN with a traceback's words."""
+    try:
+        return deserializer(data)
+    except DecodeError:
+        kind = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+        name = kind.full_name if kind is not None else "request message"
+        raise errors.InvalidInput(f"request: not a valid {name}") from None
 
 
 class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
@@ -77,15 +89,19 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
+            # A single request is decoded in here, so that a malformed one gets its status.
+            decode = handler.request_deserializer if handler.unary_unary else None
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
+                    if decode is not None:
+                        request = decoded(decode, request)
                     return await inner(request, context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped to a status here
-                    code, message = _status(exc, method)
-                del request  # see _status
+                    code, message = failure_status(exc, method)
+                del request  # see failure_status
                 await context.abort(code, message)
 
             make = (
@@ -93,32 +109,38 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
                 if handler.unary_unary
                 else grpc.stream_unary_rpc_method_handler
             )
-            return make(unary, handler.request_deserializer, handler.response_serializer)
+            return make(unary, None if decode else handler.request_deserializer,
+                        handler.response_serializer)
 
         inner_stream = handler.unary_stream or handler.stream_stream
+        decode_one = handler.request_deserializer if handler.unary_stream else None
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
+                if decode_one is not None:
+                    request = decoded(decode_one, request)
                 async for response in inner_stream(request, context):
                     yield response
                 return
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status here
-                code, message = _status(exc, method)
-            del request  # see _status
+                code, message = failure_status(exc, method)
+            del request  # see failure_status
             await context.abort(code, message)
 
         async def writing(request: Any, context: grpc.aio.ServicerContext) -> None:
             """For handlers that send with `context.write()` (grpc's own health Watch)."""
             try:
+                if decode_one is not None:
+                    request = decoded(decode_one, request)
                 await inner_stream(request, context)
                 return
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status here
-                code, message = _status(exc, method)
-            del request  # see _status
+                code, message = failure_status(exc, method)
+            del request  # see failure_status
             await context.abort(code, message)
 
         make_stream = (
@@ -127,7 +149,8 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
             else grpc.stream_stream_rpc_method_handler
         )
         wrapper = streaming if inspect.isasyncgenfunction(inner_stream) else writing
-        return make_stream(wrapper, handler.request_deserializer, handler.response_serializer)
+        return make_stream(wrapper, None if decode_one else handler.request_deserializer,
+                           handler.response_serializer)
 
 
 def _refusing(handler: grpc.RpcMethodHandler, error: errors.ServingError

@@ -104,11 +104,14 @@ def render(families: Iterable[Metric]) -> bytes:
 
 
 class FrontendCollector(Collector):
-    """The native front end's request-bytes budget (docs/serving.md, "Memory, worst case")."""
+    """The native front end's request-bytes budget (docs/serving.md, "Memory, worst case"), and
+    the calls its in-process servicers answered (no hop to the Python server behind)."""
 
-    def __init__(self, in_flight: Callable[[], int], shed: Callable[[], int]) -> None:
+    def __init__(self, in_flight: Callable[[], int], shed: Callable[[], int],
+                 in_process: Callable[[], Mapping[str, int]]) -> None:
         self._in_flight = in_flight
         self._shed = shed
+        self._in_process = in_process
 
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily("seqserve_request_bytes_in_flight",
@@ -118,6 +121,13 @@ class FrontendCollector(Collector):
                                   "Calls ended with RESOURCE_EXHAUSTED while their message "
                                   "arrived, to keep --max-request-bytes-in-flight",
                                   value=self._shed())
+        calls = CounterMetricFamily("seqserve_native_in_process_calls",
+                                    "Calls the native front end had this process's servicers "
+                                    "answer, without the hop to the Python server",
+                                    labels=["method"])
+        for method, n in sorted(self._in_process().items()):
+            calls.add_metric([method], n)
+        yield calls
 
 
 class ModelCollector(Collector):

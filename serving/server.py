@@ -21,6 +21,7 @@ from serving.interceptors import ExceptionToStatusInterceptor, RestrictedProtoco
 from serving.metrics import MetricsEndpoint, ModelCollector
 from serving.native.frontend import NativeFrontend
 from serving.native.frontend import wanted as native_wanted
+from serving.native.in_process import Collected, InProcess
 from serving.peers import STATISTICS_PATH, Peers, write_status
 from serving.repository import ModelRepository, State
 from serving.runtime_check import check_single_runtime
@@ -100,8 +101,12 @@ class Server:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane, peers), self.grpc
         )
-        forecast_service_pb2_grpc.add_ForecasterServicer_to_server(
-            ForecasterServicer(self.dataplane), self.grpc)
+        forecaster = ForecasterServicer(self.dataplane)
+        forecast_service_pb2_grpc.add_ForecasterServicer_to_server(forecaster, self.grpc)
+        # Behind the native front end the typed Forecaster API skips the hop to self.grpc.
+        self._in_process = Collected()
+        forecast_service_pb2_grpc.add_ForecasterServicer_to_server(forecaster,
+                                                                   self._in_process)
         translate_service_pb2_grpc.add_TranslatorServicer_to_server(
             TranslatorServicer(self.dataplane), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -205,6 +210,8 @@ class Server:
     async def _listen(self) -> None:
         await self.grpc.start()
         if self.native is not None:
+            self.native.serve_in_process(
+                InProcess(asyncio.get_running_loop(), self._in_process.handlers))
             try:
                 self.port = self.native.start()
             except SystemExit:

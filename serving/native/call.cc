@@ -2,6 +2,7 @@
 
 #include <grpcpp/support/proto_buffer_reader.h>
 
+#include "in_process.h"
 #include "registry.h"
 
 namespace seqserve {
@@ -21,10 +22,13 @@ void Upstream::OnWriteDone(bool ok) { call_->UpstreamWrote(ok); }
 void Upstream::OnDone(const grpc::Status& status) { call_->UpstreamDone(status); }
 
 Call::Call(grpc::GenericCallbackServerContext* context, grpc::GenericStub* upstream,
-           Registry* registry, std::atomic<int>* active, Budgets budgets)
-    : context_(context), stub_(upstream), registry_(registry),
-      infer_(context->method() == kModelInfer), active_(active), budgets_(budgets) {
-  if (!infer_) Forward(false);
+           Registry* registry, InProcess* in_process, std::atomic<int>* active,
+           Budgets budgets)
+    : context_(context), stub_(upstream), registry_(registry), in_process_(in_process),
+      infer_(context->method() == kModelInfer),
+      local_(!infer_ && in_process->Serves(context->method())), active_(active),
+      budgets_(budgets) {
+  if (!infer_ && !local_) Forward(false);
   StartReading();
 }
 
@@ -104,6 +108,22 @@ void Call::Serve(bool ok) {
     // Once submitted, the call may be answered (and this object gone) from another thread.
     if (parsed && registry_->Submit(this, std::move(message))) return;
     Forward(true);  // the Python server answers it, as every request the fast path leaves
+    return;
+  }
+  if (local_) {
+    if (!ok) {
+      FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "no request received"));
+      return;
+    }
+    std::string request;
+    {
+      grpc::ProtoBufferReader reader(&request_);
+      const void* data;
+      int size;
+      while (reader.Next(&data, &size)) request.append(static_cast<const char*>(data), size);
+    }
+    request_.Clear();
+    in_process_->Submit(this, std::move(request));  // answered through Reply or Fail
     return;
   }
   std::lock_guard<std::mutex> lock(mu_);

@@ -20,6 +20,7 @@ namespace seqserve {
 
 class Registry;
 class Call;
+class InProcess;
 
 // The upstream half of a forwarded call: a bidi stream of raw messages to the Python server.
 class Upstream : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
@@ -47,7 +48,7 @@ struct Budgets {
 class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public Sheddable {
  public:
   Call(grpc::GenericCallbackServerContext* context, grpc::GenericStub* upstream,
-       Registry* registry, std::atomic<int>* active, Budgets budgets);
+       Registry* registry, InProcess* in_process, std::atomic<int>* active, Budgets budgets);
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -56,7 +57,7 @@ class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public 
   void Granted() override;  // the serving budget has room for the message: serve it
   bool Shed() override;     // the received budget is over: end it if its message is arriving
 
-  // Fast path: answer with a serialized ModelInferResponse, or fail.
+  // Fast path and in-process calls: answer with a serialized response, or fail.
   void Reply(grpc::ByteBuffer* response);
   void Fail(const grpc::Status& status);
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
@@ -81,7 +82,9 @@ class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public 
   grpc::GenericCallbackServerContext* context_;
   grpc::GenericStub* stub_;
   Registry* registry_;
+  InProcess* in_process_;
   bool infer_;  // a ModelInfer whose first message is still to be read
+  const bool local_;  // answered by a Python servicer in this process (in_process.h)
   grpc::ByteBuffer request_, response_;
   // Set by Forward (on the thread that reads the request) and read by OnCancel (on another).
   std::atomic<Upstream*> upstream_{nullptr};

@@ -4,9 +4,11 @@
 // which caps it near 1,800 calls/s however little the model costs. This front end listens in
 // its place: it runs the KServe V2 ModelInfer of plain tensor models itself, from parsing to
 // dynamic batching to the response, and calls into Python once per batch (the model's runner,
-// then its statistics). Every other call, and every ModelInfer it does not take as it is, goes
-// unchanged to the Python server on a private socket, which stays the one dataplane for
-// validation, errors, the typed APIs, health, reflection and repository control.
+// then its statistics). The typed Forecaster API is answered in process by the Python servicer
+// (in_process.h), without a second gRPC call. Every other call, and every ModelInfer it does
+// not take as it is, goes unchanged to the Python server on a private socket; the Python side
+// stays the one dataplane for validation, errors, the typed APIs, health, reflection and
+// repository control.
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "call.h"
+#include "in_process.h"
 #include "inference/grpc_service.pb.h"
 #include "model_queue.h"
 #include "registry.h"
@@ -101,9 +104,10 @@ class Service : public grpc::CallbackGenericService {
  public:
   // `budget_bytes` (0: none) is split: the further copies of one message at the cap being
   // served, and the rest for what calls receive.
-  Service(std::shared_ptr<grpc::Channel> upstream, Registry* registry, int max_calls,
-          Restrictions restrictions, int64_t budget_bytes, int64_t cap)
-      : stub_(std::move(upstream)), registry_(registry), max_calls_(max_calls),
+  Service(std::shared_ptr<grpc::Channel> upstream, Registry* registry, InProcess* in_process,
+          int max_calls, Restrictions restrictions, int64_t budget_bytes, int64_t cap)
+      : stub_(std::move(upstream)), registry_(registry), in_process_(in_process),
+        max_calls_(max_calls),
         restrictions_(std::move(restrictions)),
         received_(budget_bytes <= 0 ? 0
                                     : std::max<int64_t>(budget_bytes - cap * kFurtherCopies, 1)),
@@ -127,7 +131,7 @@ class Service : public grpc::CallbackGenericService {
               " calls in progress (--max-concurrent-rpcs); retry after a back-off"));
     }
     if (max_calls_ <= 0) active_.fetch_add(1);
-    return new Call(context, &stub_, registry_, &active_,
+    return new Call(context, &stub_, registry_, in_process_, &active_,
                     Budgets{&received_, &arrivals_, &serving_, &busy_});
   }
 
@@ -143,6 +147,7 @@ class Service : public grpc::CallbackGenericService {
  private:
   grpc::GenericStub stub_;
   Registry* registry_;
+  InProcess* in_process_;
   const int max_calls_;  // 0: no cap
   const Restrictions restrictions_;
   bool LoopTurns() const {
@@ -174,7 +179,7 @@ class Frontend {
     args.SetMaxSendMessageSize(-1);
     service_ = std::make_unique<Service>(
         grpc::CreateCustomChannel(upstream, grpc::InsecureChannelCredentials(), args), &registry_,
-        max_calls, std::move(restrictions), max_request_bytes, max_message_bytes);
+        &in_process_, max_calls, std::move(restrictions), max_request_bytes, max_message_bytes);
   }
 
   int64_t request_bytes_in_flight() const { return service_->request_bytes(); }
@@ -216,6 +221,12 @@ class Frontend {
                       std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6)));
     server_->Wait();
     server_.reset();
+    in_process_.Stop();  // every call is done
+  }
+
+  // Answer `methods` (unary) with `handler` in this process (in_process.h). Before Start.
+  void ServeInProcess(std::vector<std::string> methods, py::object handler) {
+    in_process_.Set(std::move(methods), std::move(handler));
   }
 
   std::shared_ptr<ModelQueue> AddModel(const std::string& name, int64_t version,
@@ -247,6 +258,7 @@ class Frontend {
   Tls tls_;
   int max_streams_;
   Registry registry_;
+  InProcess in_process_;  // before the service, which calls use it through
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> server_;
 };
@@ -279,6 +291,13 @@ PYBIND11_MODULE(_frontend, m) {
       .def_property_readonly("requests", &ModelQueue::requests)
       .def("take_refusals", &ModelQueue::TakeRefusals)
       .def("close", &ModelQueue::Close, py::call_guard<py::gil_scoped_release>());
+  py::class_<InProcessCall>(m, "InProcessCall")
+      .def_readonly("method", &InProcessCall::method)
+      .def_readonly("request", &InProcessCall::request)
+      .def_readonly("timeout_s", &InProcessCall::timeout_s)
+      .def_readonly("metadata", &InProcessCall::metadata)
+      .def("reply", &InProcessCall::Reply, py::arg("response"))
+      .def("fail", &InProcessCall::Fail, py::arg("code"), py::arg("message"));
   py::class_<Frontend>(m, "Frontend")
       .def(py::init([](std::string address, std::string upstream, int max_message_bytes,
                        bool reuse_port, std::string cert, std::string key, std::string ca,
@@ -311,6 +330,8 @@ PYBIND11_MODULE(_frontend, m) {
            py::arg("inputs"), py::arg("outputs"), py::arg("policy"), py::arg("run"),
            py::arg("account"), py::arg("fail"), py::arg("queue_full_message"),
            py::arg("unloading_message"))
+      .def("serve_in_process", &Frontend::ServeInProcess, py::arg("methods"),
+           py::arg("handler"))
       .def("set_default", &Frontend::SetDefault, py::arg("name"), py::arg("version"))
       .def("remove_model", &Frontend::RemoveModel, py::arg("name"), py::arg("version"));
 }

@@ -6,11 +6,13 @@ gRPC port. For a model version on the fast path it runs V2 ModelInfer itself: pa
 (the request must be exactly what the model takes, as raw tensors with no parameters), queue,
 dynamic batching with the config's policy, and the reply; Python is called once per batch, to
 run the batch on the model's onnxruntime session (`OnnxModel.run_batch`) and to account it in
-the model's statistics. Everything else (other RPCs, the translator, the typed APIs, health,
-reflection, and any request the fast path does not take as it is, so every malformed one) is
-forwarded unchanged to the Python server on a private Unix socket, which answers it as it would
-alone. Errors of the fast path itself (queue full, deadline passed in the queue, cancelled,
-onnxruntime failure, unloading) get their status and message here, from `status_for`.
+the model's statistics. The typed Forecaster API is answered in process, by the servicer the Python
+server registers, without the hop (`serving.native.in_process`). Everything else (other RPCs,
+the translator, health, reflection, and any request the fast path does not take as it is, so
+every malformed one) is forwarded unchanged to the Python server on a private Unix socket,
+which answers it as it would alone. Errors of the fast path itself (queue full, deadline
+passed in the queue, cancelled, onnxruntime failure, unloading) get their status and message
+here, from `status_for`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from serving.interceptors import status_for
 from serving.metrics import FrontendCollector
 from serving.models.base import ServedModel, TensorSpec
 from serving.models.onnx_model import OnnxModel
+from serving.native.in_process import InProcess
 from serving.settings import Frontend, Settings
 from serving.tensors import DTYPES
 
@@ -116,6 +119,7 @@ class NativeFrontend:
                 restricted.parse(settings.grpc_restricted_protocol)),
             max_request_bytes=settings.max_request_bytes_in_flight)
         self._routed: dict[str, dict[int, OnnxModel]] = {}  # name -> version -> the instance
+        self._in_process: InProcess | None = None
 
     async def beat(self) -> None:
         """Tell the front end, every 100 ms, that this event loop turns: it answers ServerLive
@@ -126,8 +130,14 @@ class NativeFrontend:
 
     def collector(self) -> FrontendCollector:
         """Its request-bytes budget, for /metrics."""
-        return FrontendCollector(lambda: self._server.request_bytes_in_flight,
-                                 lambda: self._server.calls_shed)
+        return FrontendCollector(
+            lambda: self._server.request_bytes_in_flight, lambda: self._server.calls_shed,
+            lambda: dict.copy(self._in_process.calls) if self._in_process is not None else {})
+
+    def serve_in_process(self, handler: InProcess) -> None:
+        """Have `handler` answer its methods in this process (before `start`)."""
+        self._in_process = handler
+        self._server.serve_in_process(handler.methods, handler)
 
     def start(self) -> int:
         """Listen; return the port."""

@@ -160,3 +160,27 @@ def test_typed_forecast_rejections(server: ServerProcess, case: str) -> None:
         good = api.Forecast(fpb.ForecastRequest(model_name="fc", windows=[forecast_window()]),
                             timeout=10)
         assert len(good.forecasts[0].targets[0].point) == 2
+
+
+@pytest.mark.parametrize("method, kind", [
+    ("/seqserve.forecast.v1.Forecaster/Forecast", "seqserve.forecast.v1.ForecastRequest"),
+    ("/seqserve.translate.v1.Translator/Translate", "seqserve.translate.v1.TranslateRequest"),
+    ("/seqserve.translate.v1.Translator/TranslateStream",
+     "seqserve.translate.v1.TranslateRequest"),
+    ("/inference.GRPCInferenceService/ModelMetadata", "inference.ModelMetadataRequest"),
+])
+def test_bytes_that_are_not_the_request_message(server: ServerProcess, method: str,
+                                                 kind: str) -> None:
+    """Malformed protobuf is the client's error, named, on every front end (grpc.aio alone
+    answered UNKNOWN with its exception's words), and the server goes on."""
+    with grpc.insecure_channel(server.target) as ch:
+        with pytest.raises(grpc.RpcError) as caught:
+            if method.endswith("Stream"):
+                list(ch.unary_stream(method)(b"\xff\xff\xff", timeout=10))
+            else:
+                ch.unary_unary(method)(b"\xff\xff\xff", timeout=10)
+        assert caught.value.code() is INVALID, caught.value.details()
+        assert caught.value.details() == f"request: not a valid {kind}"
+        good = fgrpc.ForecasterStub(ch).Forecast(
+            fpb.ForecastRequest(model_name="fc", windows=[forecast_window()]), timeout=10)
+        assert len(good.forecasts[0].targets[0].point) == 2

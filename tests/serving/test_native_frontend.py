@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +21,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
+from protos.seqserve.forecast.v1 import forecast_service_pb2 as fpb
+from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as fgrpc
 from tests.conftest import ServerProcess, native_built
 from tests.serving.freeze import frozen
-from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine, standard_repository
+from tests.serving.model_factory import (
+    AFFINE_CONFIG,
+    add_forecaster,
+    add_model,
+    affine,
+    standard_repository,
+)
+from tests.serving.test_hostile_input import forecast_window
 from tests.serving.v2 import call_error, outputs, request, scrape, stub
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -274,3 +285,71 @@ def test_a_version_reloaded_in_place_stays_on_the_fast_path(tmp_path: Path) -> N
         assert _series(srv, "seqserve_native_requests_total", "a") == 3  # the new instance's
     finally:
         assert srv.terminate() == 0, srv.output()
+
+
+async def _typed_load(target: str, clients: int, each: int) -> Counter:
+    """Typed Forecast calls, answered in process by the native front end: a third cancelled at
+    once, a third with a 1 ms deadline, a third plain."""
+    request = fpb.ForecastRequest(model_name="fc", windows=[forecast_window()])
+    seen: Counter = Counter()
+    async with grpc.aio.insecure_channel(target) as channel:
+        api = fgrpc.ForecasterStub(channel)
+
+        async def client(k: int) -> None:
+            for i in range(each):
+                kind = (k + i) % 3
+                call = api.Forecast(request, timeout=0.001 if kind == 1 else 10)
+                if kind == 0:
+                    call.cancel()
+                try:
+                    reply = await call
+                except asyncio.CancelledError:
+                    seen["cancelled"] += 1
+                    continue
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED, err
+                    seen["deadline"] += 1
+                    continue
+                assert len(reply.forecasts[0].targets[0].point) == 2
+                seen["ok"] += 1
+
+        await asyncio.gather(*(client(k) for k in range(clients)))
+    return seen
+
+
+def test_typed_forecast_is_answered_in_process_and_loses_nothing(tmp_path: Path) -> None:
+    """The typed Forecaster API skips the hop to the Python server behind the front end (each
+    call counted in seqserve_native_in_process_calls_total). Under cancellations and
+    deadlines every call ends with its answer or its own error, and a SIGTERM with typed
+    calls in flight lets each finish, then exits 0."""
+    native_built()
+    repo = tmp_path / "model_repository"
+    add_forecaster(repo)
+    srv = ServerProcess(repo, "--frontend", "native")
+    try:
+        srv.wait_ready()
+        seen = asyncio.run(_typed_load(srv.target, clients=8, each=30))
+        assert seen["ok"] >= 80 and sum(seen.values()) == 240, seen
+
+        calls = scrape(srv.metrics_url)[("seqserve_native_in_process_calls_total",
+                                          "method=/seqserve.forecast.v1.Forecaster/Forecast")]
+        # Each call answered went through here (one cancelled or past its deadline at once
+        # may not have got here).
+        assert seen["ok"] <= calls <= 240, (calls, seen)
+
+        async def drained() -> list:
+            async with grpc.aio.insecure_channel(srv.target) as channel:
+                api = fgrpc.ForecasterStub(channel)
+                request = fpb.ForecastRequest(model_name="fc", windows=[forecast_window()] * 64)
+                calls = [api.Forecast(request, timeout=30) for _ in range(32)]
+                await asyncio.sleep(0.05)
+                srv.proc.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*calls, return_exceptions=True)
+
+        replies = asyncio.run(drained())
+        failed = [r for r in replies if isinstance(r, BaseException)]
+        assert not failed, failed[:3]
+        assert all(len(r.forecasts) == 64 for r in replies)
+        assert srv.proc.wait(30) == 0, srv.output()
+    finally:
+        srv.terminate()

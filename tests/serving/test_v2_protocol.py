@@ -151,7 +151,8 @@ def test_metric_names_types_and_labels(v2, standard_server: ServerProcess) -> No
     for (name, labels), _ in scrape(standard_server.metrics_url).items():
         if name.startswith(("nv_", "seqserve_")):
             keys = {kv.split("=")[0] for kv in labels.split(",") if kv}
-            assert keys <= {"model", "version", "reason", "le"}, (name, labels)
+            # (`method`: the native front end's in-process methods, a fixed few)
+            assert keys <= {"model", "version", "reason", "le", "method"}, (name, labels)
     ready = [ln for ln in text.splitlines() if ln.startswith("seqserve_model_ready{")]
     assert any('model="affine"' in ln and ln.endswith(" 1.0") for ln in ready)
     assert any('model="corrupt"' in ln and ln.endswith(" 0.0") for ln in ready)

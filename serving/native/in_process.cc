@@ -1,0 +1,116 @@
+#include "in_process.h"
+
+#include <pybind11/stl.h>
+
+#include <chrono>
+
+#include "call.h"
+
+namespace seqserve {
+
+namespace {
+// Calls handed to Python at once, at most: one GIL take each.
+constexpr size_t kMostAtOnce = 256;
+}  // namespace
+
+InProcessCall::InProcessCall(Call* call, std::string method, py::bytes request,
+                             double timeout_s,
+                             std::vector<std::pair<std::string, std::string>> metadata)
+    : method(std::move(method)), request(std::move(request)), timeout_s(timeout_s),
+      metadata(std::move(metadata)), call_(call) {}
+
+InProcessCall::~InProcessCall() {
+  if (!answered_) Fail(static_cast<int>(grpc::StatusCode::INTERNAL), "Internal server error");
+}
+
+void InProcessCall::Reply(const std::string& response) {
+  if (answered_) return;
+  answered_ = true;
+  grpc::Slice slice(response);
+  grpc::ByteBuffer buffer(&slice, 1);
+  py::gil_scoped_release unlocked;
+  call_->Reply(&buffer);
+}
+
+void InProcessCall::Fail(int code, const std::string& message) {
+  if (answered_) return;
+  answered_ = true;
+  py::gil_scoped_release unlocked;
+  call_->Fail(grpc::Status(static_cast<grpc::StatusCode>(code), message));
+}
+
+InProcess::~InProcess() {
+  if (!thread_.joinable()) return;
+  if (PyGILState_Check()) {  // (destroyed by Python's collector: let the thread finish)
+    py::gil_scoped_release unlocked;
+    Stop();
+  } else {
+    Stop();
+  }
+}
+
+void InProcess::Set(std::vector<std::string> methods, py::object handler) {
+  methods_ = std::set<std::string, std::less<>>(methods.begin(), methods.end());
+  handler_ = std::move(handler);
+  if (!thread_.joinable()) thread_ = std::thread([this] { Work(); });
+}
+
+void InProcess::Submit(Call* call, std::string request) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.push_back(Pending{call, std::move(request)});
+  }
+  wake_.notify_one();
+}
+
+void InProcess::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void InProcess::Work() {
+  for (;;) {
+    std::vector<Pending> batch;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [this] { return stop_ || !pending_.empty(); });
+      if (pending_.empty()) return;  // stopping, and nothing is left
+      while (!pending_.empty() && batch.size() < kMostAtOnce) {
+        batch.push_back(std::move(pending_.front()));
+        pending_.pop_front();
+      }
+    }
+    const auto now = std::chrono::system_clock::now();
+    py::gil_scoped_acquire gil;
+    py::list calls;
+    for (Pending& p : batch) {
+      grpc::GenericCallbackServerContext* context = p.call->context();
+      const auto deadline = context->deadline();
+      const double timeout_s =
+          deadline == std::chrono::system_clock::time_point::max()
+              ? -1.0
+              : std::chrono::duration<double>(deadline - now).count();
+      std::vector<std::pair<std::string, std::string>> metadata;
+      for (const auto& [key, value] : context->client_metadata())
+        metadata.emplace_back(std::string(key.data(), key.size()),
+                              std::string(value.data(), value.size()));
+      calls.append(py::cast(new InProcessCall(p.call, context->method(),
+                                              py::bytes(p.request), timeout_s,
+                                              std::move(metadata)),
+                            py::return_value_policy::take_ownership));
+      std::string().swap(p.request);  // the Python copy is the one kept
+    }
+    try {
+      handler_(calls);
+    } catch (py::error_already_set& err) {
+      err.restore();
+      PyErr_Print();  // each call unanswered fails INTERNAL when its object goes
+    }
+  }
+}
+
+}  // namespace seqserve
