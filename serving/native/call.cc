@@ -123,7 +123,14 @@ void Call::Serve(bool ok) {
       while (reader.Next(&data, &size)) request.append(static_cast<const char*>(data), size);
     }
     request_.Clear();
-    in_process_->Submit(this, std::move(request));  // answered through Reply or Fail
+    bool cancelled_meanwhile;
+    uint64_t id;
+    {
+      std::lock_guard<std::mutex> lock(mu_);  // ordered against OnCancel's look at the id
+      id = local_id_ = in_process_->Submit(this, std::move(request));  // Reply or Fail answer
+      cancelled_meanwhile = cancelled();
+    }
+    if (cancelled_meanwhile) in_process_->Cancel(id);
     return;
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -158,9 +165,17 @@ void Call::OnWriteDone(bool ok) {
 }
 
 void Call::OnCancel() {
-  cancelled_.store(true, std::memory_order_relaxed);
+  cancelled_.store(true);
   Upstream* up = upstream_.load();
   if (up != nullptr) up->context.TryCancel();
+  if (local_) {  // its work, if handed over already (else Serve sees the flag)
+    uint64_t id;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      id = local_id_;
+    }
+    if (id != 0) in_process_->Cancel(id);
+  }
   if (!budgets_.serving->Cancel(this)) return;
   // It was waiting for the serving budget, which it never got; nothing else ends it but the
   // upstream call, if there is one (cancelled above: its end finishes this call).

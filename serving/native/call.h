@@ -99,6 +99,7 @@ class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public 
   // (given back at the write's end, a flood over streams held ~150 MiB more). Under mu_.
   std::deque<int64_t> unanswered_;
   uint64_t ticket_ = 0;  // with the arrivals watch, while a read runs
+  uint64_t local_id_ = 0;  // an in-process call's, once handed over (under mu_)
   bool read_ok_ = false;  // the last read's outcome, for Granted()
   // The upstream call holds (AddHold) until its response stream has ended; after that no
   // operation may start on it. `mu_` orders that end against writes being started, and a

@@ -292,6 +292,7 @@ PYBIND11_MODULE(_frontend, m) {
       .def("take_refusals", &ModelQueue::TakeRefusals)
       .def("close", &ModelQueue::Close, py::call_guard<py::gil_scoped_release>());
   py::class_<InProcessCall>(m, "InProcessCall")
+      .def_readonly("id", &InProcessCall::id)
       .def_readonly("method", &InProcessCall::method)
       .def_readonly("request", &InProcessCall::request)
       .def_readonly("timeout_s", &InProcessCall::timeout_s)

@@ -13,10 +13,10 @@ namespace {
 constexpr size_t kMostAtOnce = 256;
 }  // namespace
 
-InProcessCall::InProcessCall(Call* call, std::string method, py::bytes request,
+InProcessCall::InProcessCall(Call* call, uint64_t id, std::string method, py::bytes request,
                              double timeout_s,
                              std::vector<std::pair<std::string, std::string>> metadata)
-    : method(std::move(method)), request(std::move(request)), timeout_s(timeout_s),
+    : id(id), method(std::move(method)), request(std::move(request)), timeout_s(timeout_s),
       metadata(std::move(metadata)), call_(call) {}
 
 InProcessCall::~InProcessCall() {
@@ -55,10 +55,21 @@ void InProcess::Set(std::vector<std::string> methods, py::object handler) {
   if (!thread_.joinable()) thread_ = std::thread([this] { Work(); });
 }
 
-void InProcess::Submit(Call* call, std::string request) {
+uint64_t InProcess::Submit(Call* call, std::string request) {
+  uint64_t id;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    pending_.push_back(Pending{call, std::move(request)});
+    id = ++next_id_;
+    pending_.push_back(Pending{call, id, std::move(request)});
+  }
+  wake_.notify_one();
+  return id;
+}
+
+void InProcess::Cancel(uint64_t id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_.push_back(id);
   }
   wake_.notify_one();
 }
@@ -75,14 +86,16 @@ void InProcess::Stop() {
 void InProcess::Work() {
   for (;;) {
     std::vector<Pending> batch;
+    std::vector<uint64_t> cancelled;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [this] { return stop_ || !pending_.empty(); });
-      if (pending_.empty()) return;  // stopping, and nothing is left
+      wake_.wait(lock, [this] { return stop_ || !pending_.empty() || !cancelled_.empty(); });
+      if (pending_.empty() && cancelled_.empty()) return;  // stopping, and nothing is left
       while (!pending_.empty() && batch.size() < kMostAtOnce) {
         batch.push_back(std::move(pending_.front()));
         pending_.pop_front();
       }
+      cancelled.swap(cancelled_);  // (after the calls they may name: handed over first)
     }
     const auto now = std::chrono::system_clock::now();
     py::gil_scoped_acquire gil;
@@ -98,14 +111,15 @@ void InProcess::Work() {
       for (const auto& [key, value] : context->client_metadata())
         metadata.emplace_back(std::string(key.data(), key.size()),
                               std::string(value.data(), value.size()));
-      calls.append(py::cast(new InProcessCall(p.call, context->method(),
+      calls.append(py::cast(new InProcessCall(p.call, p.id, context->method(),
                                               py::bytes(p.request), timeout_s,
                                               std::move(metadata)),
                             py::return_value_policy::take_ownership));
       std::string().swap(p.request);  // the Python copy is the one kept
     }
     try {
-      handler_(calls);
+      if (!batch.empty()) handler_(calls);
+      if (!cancelled.empty()) handler_.attr("cancel")(cancelled);
     } catch (py::error_already_set& err) {
       err.restore();
       PyErr_Print();  // each call unanswered fails INTERNAL when its object goes

@@ -61,7 +61,7 @@ class InProcess:
             assert h.unary_unary is not None, f"{method}: only unary methods run in process"
         self._loop = loop
         self._handlers = dict(handlers)
-        self._tasks: set[asyncio.Task] = set()
+        self._running: dict[int, asyncio.Task] = {}  # by call id, until answered
         # Answered here, by method: every key from the start (a scrape reads it on its thread).
         self.calls: Counter[str] = Counter(dict.fromkeys(self._handlers, 0))
 
@@ -72,11 +72,20 @@ class InProcess:
     def __call__(self, calls: list[Any]) -> None:
         self._loop.call_soon_threadsafe(self._start, calls)
 
+    def cancel(self, ids: list[int]) -> None:
+        """The front end's: these calls were cancelled (on its thread, with the GIL)."""
+        self._loop.call_soon_threadsafe(self._cancel, ids)
+
     def _start(self, calls: list[Any]) -> None:
         for call in calls:
             task = self._loop.create_task(self._answer(call))
-            self._tasks.add(task)  # held until done: the loop keeps only weak references
-            task.add_done_callback(self._tasks.discard)
+            self._running[call.id] = task  # (held: the loop keeps only weak references)
+            task.add_done_callback(lambda _, i=call.id: self._running.pop(i, None))
+
+    def _cancel(self, ids: list[int]) -> None:
+        for i in ids:  # one already answered is no longer there
+            if (task := self._running.get(i)) is not None:
+                task.cancel()
 
     async def _answer(self, call: Any) -> None:
         handler = self._handlers[call.method]
@@ -87,6 +96,8 @@ class InProcess:
             response = await handler.unary_unary(request,
                                                  _Context(call.timeout_s, call.metadata))
             data = respond(response)
+        except asyncio.CancelledError:  # the call was cancelled: nobody reads the status
+            code, message = grpc.StatusCode.CANCELLED, "cancelled"
         except Exception as exc:  # noqa: BLE001 - mapped to a status here, as by the interceptor
             code, message = failure_status(exc, call.method)
         else:

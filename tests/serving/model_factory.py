@@ -166,9 +166,11 @@ def standard_repository(repo: Path) -> Path:
 
 
 def mean_forecaster(path: Path, window: int, horizon: int, n_in: int, targets: list[int],
-                    n_future: int, quantile_offsets: list[float]) -> None:
+                    n_future: int, quantile_offsets: list[float], matmuls: int = 0) -> None:
     """A forecaster-shaped graph with a known answer: forecast[b, h, t] = mean over the window
-    of past[b, :, targets[t]] + sum(future[b, h, :]); quantiles add fixed offsets."""
+    of past[b, :, targets[t]] + sum(future[b, h, :]); quantiles add fixed offsets. `matmuls`
+    chains that many 256 x 256 MatMuls on the input, times 0, into the forecast: a slow model
+    with the same answer (~25 ms per 160 here)."""
     idx = numpy_helper.from_array(np.array(targets, np.int64), "targets")
     axis1 = numpy_helper.from_array(np.array([1], np.int64), "axis1")
     axis2 = numpy_helper.from_array(np.array([2], np.int64), "axis2")
@@ -178,10 +180,24 @@ def mean_forecaster(path: Path, window: int, horizon: int, n_in: int, targets: l
         helper.make_node("ReduceMean", ["past", "axis1"], ["mean"], keepdims=1),  # [B,1,F_in]
         helper.make_node("Gather", ["mean", "targets"], ["level"], axis=2),  # [B,1,F_out]
         helper.make_node("ReduceSum", ["future", "axis2"], ["fsum"], keepdims=1),  # [B,H,1]
-        helper.make_node("Add", ["level", "fsum"], ["forecast"]),  # [B,H,F_out]
-        helper.make_node("Unsqueeze", ["forecast", "axis3"], ["f4"]),  # [B,H,F_out,1]
-        helper.make_node("Add", ["f4", "offsets"], ["quantiles"]),  # [B,H,F_out,Q]
+        helper.make_node("Add", ["level", "fsum"], ["forecast" if not matmuls else "fast"]),
     ]
+    initializers = [idx, axis1, axis2, axis3, offsets]
+    if matmuls:
+        initializers += [numpy_helper.from_array(np.array([1, 256, 256], np.int64), "square"),
+                         numpy_helper.from_array(np.eye(256, dtype=np.float32), "eye"),
+                         numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+                         numpy_helper.from_array(np.array([1, 2], np.int64), "axes12")]
+        nodes += [helper.make_node("ReduceMean", ["mean", "axis2"], ["m"], keepdims=1),
+                  helper.make_node("Expand", ["m", "square"], ["h0"])]  # [B,256,256]
+        for i in range(matmuls):
+            nodes.append(helper.make_node("MatMul", [f"h{i}", "eye"], [f"h{i + 1}"]))
+        nodes += [helper.make_node("ReduceMean", [f"h{matmuls}", "axes12"], ["hm"],
+                                   keepdims=1),  # [B,1,1]
+                  helper.make_node("Mul", ["hm", "zero"], ["nothing"]),
+                  helper.make_node("Add", ["fast", "nothing"], ["forecast"])]
+    nodes += [helper.make_node("Unsqueeze", ["forecast", "axis3"], ["f4"]),  # [B,H,F_out,1]
+              helper.make_node("Add", ["f4", "offsets"], ["quantiles"])]  # [B,H,F_out,Q]
     n_out, q = len(targets), len(quantile_offsets)
     graph = helper.make_graph(
         nodes, "mean_forecaster",
@@ -192,7 +208,7 @@ def mean_forecaster(path: Path, window: int, horizon: int, n_in: int, targets: l
                                        ["batch", horizon, n_out]),
          helper.make_tensor_value_info("quantiles", TensorProto.FLOAT,
                                        ["batch", horizon, n_out, q])],
-        initializer=[idx, axis1, axis2, axis3, offsets],
+        initializer=initializers,
     )
     _save(graph, path)
 
@@ -221,7 +237,7 @@ parameters [
 """
 
 
-def add_forecaster(repo: Path, name: str = "fc") -> Path:
+def add_forecaster(repo: Path, name: str = "fc", matmuls: int = 0) -> Path:
     return add_model(repo, name, FORECASTER_CONFIG, lambda p: mean_forecaster(
         p, window=6, horizon=2, n_in=3, targets=[0], n_future=3,
-        quantile_offsets=[-1.0, 0.0, 1.0]))
+        quantile_offsets=[-1.0, 0.0, 1.0], matmuls=matmuls))

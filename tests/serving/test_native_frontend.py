@@ -353,3 +353,57 @@ def test_typed_forecast_is_answered_in_process_and_loses_nothing(tmp_path: Path)
         assert srv.proc.wait(30) == 0, srv.output()
     finally:
         srv.terminate()
+
+
+def test_an_in_process_call_cancelled_stops_its_work(tmp_path: Path) -> None:
+    """A typed call answered in process that its client cancels, or that the grace period
+    ends, stops where it is, as a forwarded call's handler is cancelled by grpc.aio: counted
+    CANCELED at once, and SIGTERM's drain does not wait for the work it was doing."""
+    native_built()
+    repo = tmp_path / "model_repository"
+    add_forecaster(repo, matmuls=160)  # ~60 ms per window: 100 windows are ~6 s of work
+    srv = ServerProcess(repo, "--frontend", "native", "--grace-period-secs", "1")
+    request = fpb.ForecastRequest(model_name="fc", windows=[forecast_window()] * 100)
+    cancelled = ("nv_inference_request_failure", "model=fc,reason=CANCELED,version=1")
+
+    async def started(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryCall:
+        call = fgrpc.ForecasterStub(channel).Forecast(request, timeout=60)
+        deadline = time.monotonic() + 10
+        while scrape(srv.metrics_url).get(("nv_inference_pending_request_count",
+                                           "model=fc,version=1"), 0) < 1:
+            assert time.monotonic() < deadline, "the call never reached the model"
+            await asyncio.sleep(0.02)
+        return call
+
+    async def cancel() -> float:
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            call = await started(channel)
+            call.cancel()
+            t0 = time.monotonic()
+            while scrape(srv.metrics_url).get(cancelled, 0) < 1:
+                assert time.monotonic() - t0 < 5, "the cancelled call was not counted CANCELED"
+                await asyncio.sleep(0.02)
+            return time.monotonic() - t0
+
+    async def sigterm() -> tuple[object, float]:
+        async with grpc.aio.insecure_channel(srv.target) as channel:
+            call = await started(channel)
+            srv.proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            try:
+                outcome: object = await call
+            except grpc.aio.AioRpcError as err:
+                outcome = err.code()
+            return outcome, time.monotonic() - t0
+
+    try:
+        srv.wait_ready()
+        assert asyncio.run(cancel()) < 2
+        outcome, took = asyncio.run(sigterm())
+        assert outcome in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE) and took < 4, (
+            outcome, took)
+        t0 = time.monotonic()
+        srv.proc.wait(30)
+        assert time.monotonic() - t0 < 4, srv.output()
+    finally:
+        srv.terminate()
