@@ -296,7 +296,6 @@ PYBIND11_MODULE(_frontend, m) {
       .def_readonly("method", &InProcessCall::method)
       .def_readonly("request", &InProcessCall::request)
       .def_readonly("timeout_s", &InProcessCall::timeout_s)
-      .def_readonly("metadata", &InProcessCall::metadata)
       .def("reply", &InProcessCall::Reply, py::arg("response"))
       .def("fail", &InProcessCall::Fail, py::arg("code"), py::arg("message"));
   py::class_<Frontend>(m, "Frontend")

@@ -14,10 +14,9 @@ constexpr size_t kMostAtOnce = 256;
 }  // namespace
 
 InProcessCall::InProcessCall(Call* call, uint64_t id, std::string method, py::bytes request,
-                             double timeout_s,
-                             std::vector<std::pair<std::string, std::string>> metadata)
+                             double timeout_s)
     : id(id), method(std::move(method)), request(std::move(request)), timeout_s(timeout_s),
-      metadata(std::move(metadata)), call_(call) {}
+      call_(call) {}
 
 InProcessCall::~InProcessCall() {
   if (!answered_) Fail(static_cast<int>(grpc::StatusCode::INTERNAL), "Internal server error");
@@ -107,13 +106,8 @@ void InProcess::Work() {
           deadline == std::chrono::system_clock::time_point::max()
               ? -1.0
               : std::chrono::duration<double>(deadline - now).count();
-      std::vector<std::pair<std::string, std::string>> metadata;
-      for (const auto& [key, value] : context->client_metadata())
-        metadata.emplace_back(std::string(key.data(), key.size()),
-                              std::string(value.data(), value.size()));
       calls.append(py::cast(new InProcessCall(p.call, p.id, context->method(),
-                                              py::bytes(p.request), timeout_s,
-                                              std::move(metadata)),
+                                              py::bytes(p.request), timeout_s),
                             py::return_value_policy::take_ownership));
       std::string().swap(p.request);  // the Python copy is the one kept
     }

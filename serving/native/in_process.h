@@ -20,7 +20,6 @@
 #include <string>
 #include <string_view>
 #include <thread>
-#include <utility>
 #include <vector>
 
 namespace seqserve {
@@ -33,7 +32,7 @@ class Call;
 class InProcessCall {
  public:
   InProcessCall(Call* call, uint64_t id, std::string method, py::bytes request,
-                double timeout_s, std::vector<std::pair<std::string, std::string>> metadata);
+                double timeout_s);
   ~InProcessCall();  // unanswered: INTERNAL
   InProcessCall(const InProcessCall&) = delete;
   InProcessCall& operator=(const InProcessCall&) = delete;
@@ -46,7 +45,6 @@ class InProcessCall {
   const std::string method;
   py::bytes request;
   const double timeout_s;  // from the call's deadline when handed over; < 0: none
-  const std::vector<std::pair<std::string, std::string>> metadata;
 
  private:
   Call* call_;  // alive until answered: nothing else finishes it

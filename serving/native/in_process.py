@@ -38,17 +38,13 @@ class Collected:
 
 
 class _Context:
-    """What the in-process servicers use of grpc.aio's ServicerContext."""
+    """What the in-process servicers use of grpc.aio's ServicerContext: the deadline."""
 
-    def __init__(self, timeout_s: float, metadata: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, timeout_s: float) -> None:
         self._deadline = time.monotonic() + timeout_s if timeout_s >= 0 else None
-        self._metadata = tuple(metadata)
 
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
 
 
 class InProcess:
@@ -94,7 +90,7 @@ class InProcess:
         try:
             request = decoded(handler.request_deserializer, call.request)
             response = await handler.unary_unary(request,
-                                                 _Context(call.timeout_s, call.metadata))
+                                                 _Context(call.timeout_s))
             data = respond(response)
         except asyncio.CancelledError:  # the call was cancelled: nobody reads the status
             code, message = grpc.StatusCode.CANCELLED, "cancelled"
