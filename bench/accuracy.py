@@ -69,7 +69,7 @@ def forecasters(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]
 
 
 def translator(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from core.translation import Translator
+    from serving.models.onnx_step_model import load_translator
     from serving.repository import read_config, select_versions
     from training.data.parallel import multi30k
     from training.translation_eval import evaluate
@@ -81,7 +81,7 @@ def translator(args: argparse.Namespace) -> list[dict[str, Any]]:
     version = select_versions(config, sorted(int(p.name) for p in model_dir.iterdir()
                                              if p.name.isdigit()))[-1]
     params = {k: v.string_value for k, v in config.parameters.items()}
-    model = Translator.load(model_dir / str(version))
+    model = load_translator(model_dir / str(version))
     rows = []
     for split in args.splits.split(","):
         pairs = multi30k(params["src_lang"], params["tgt_lang"], split)[: args.limit or None]

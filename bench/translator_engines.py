@@ -46,15 +46,15 @@ class SeqserveEngine:
     beams = (1, 4)
 
     def __init__(self, name: str, model_dir: Path, version: int) -> None:
-        from core.translation import Translator
         from core.translation.spec import read_config
         from serving.models.onnx_model import session_options
+        from serving.models.onnx_step_model import load_translator
         from serving.settings import Settings
 
         config = read_config(model_dir)
         settings = Settings(model_repository=model_dir.parent)
         self.name = name
-        self.translator = Translator.load(model_dir / str(version), config,
+        self.translator = load_translator(model_dir / str(version), config,
                                           session_options(config, settings),
                                           ["CPUExecutionProvider"])
         self.info = {"model": str(model_dir / str(version)),

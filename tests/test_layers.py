@@ -1,6 +1,7 @@
-"""Layers import one way (docs/architecture in issue 28): `core` imports no layer; training,
-export and serving import `core`; export imports training (it loads checkpoints); serving
-imports neither; `seqserve` (the CLI and the train-then-export pipelines) sits above all."""
+"""Layers import one way: `core` imports no layer and no torch, onnx, onnxruntime or grpc;
+training, export and serving import `core`; export imports training (it loads checkpoints);
+serving imports neither; `seqserve` (the CLI and the train-then-export pipelines) sits above
+all (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "core": {"training", "export", "serving", "seqserve", "bench"},
+    "core": {"training", "export", "serving", "seqserve", "bench",
+             "torch", "onnx", "onnxscript", "onnxruntime", "grpc"},
     "training": {"export", "serving", "seqserve", "bench"},
     "export": {"serving", "seqserve", "bench"},
     "serving": {"training", "export", "seqserve", "bench"},

@@ -1,4 +1,4 @@
-"""Translation with an exported seqserve translator: numpy, onnxruntime and sentencepiece only.
+"""Translation with a seqserve translator over any step backend: numpy and sentencepiece only.
 
 A translator version folder (`<repo>/translator/<N>/`) holds `encoder.onnx`, `decoder.onnx`
 and `spm.model`; `config.pbtxt` (backend "seqserve_translator") carries the special ids, limits
@@ -6,8 +6,7 @@ and cache geometry (`TranslatorSpec`).
 
 Whole sentences:
 
-    translator = Translator.load(repo / "translator" / "1", session_options=opts,
-                                 providers=["CPUExecutionProvider"])
+    translator = Translator(step_model, tokenizer, spec)  # serving: `load_translator`
     [result] = translator.translate(["dreihundertzweiundvierzig"], beam_size=4)
     result.text, result.score, result.hypotheses  # n-best with scores
 
@@ -31,7 +30,7 @@ from core.translation.batch import (
     TranslationResult,
 )
 from core.translation.errors import BadDecodingSetting, SourceTooLong
-from core.translation.graphs import GraphError, OnnxStepModel, StepModel
+from core.translation.graphs import GraphError, StepModel
 from core.translation.search import Hypothesis
 from core.translation.spec import BACKEND, SpecError, TranslatorSpec, read_config
 from core.translation.tokenizer import Tokenizer
@@ -45,7 +44,6 @@ __all__ = [
     "EncodedSources",
     "GraphError",
     "Hypothesis",
-    "OnnxStepModel",
     "RequestBuilder",
     "SourceTooLong",
     "SpecError",

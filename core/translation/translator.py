@@ -7,7 +7,6 @@ import itertools
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from core.config_checks import version_file
 from core.translation.batch import (
@@ -19,14 +18,10 @@ from core.translation.batch import (
     encode,
 )
 from core.translation.errors import BadDecodingSetting, SourceTooLong
-from core.translation.graphs import OnnxStepModel, StepModel
+from core.translation.graphs import StepModel
 from core.translation.spec import SpecError, TranslatorSpec, read_config
 from core.translation.tokenizer import Tokenizer
 from protos.inference import model_config_pb2 as mc
-
-if TYPE_CHECKING:
-    import onnxruntime as ort
-
 
 CHARS_PER_TOKEN = 32  # the character cap of a source is this times max_source_tokens
 
@@ -98,18 +93,6 @@ class Translator:
     def __init__(self, model: StepModel, tokenizer: Tokenizer, spec: TranslatorSpec) -> None:
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.requests = RequestBuilder(tokenizer, spec)
-
-    @classmethod
-    def load(cls, version_dir: Path, config: mc.ModelConfig | None = None,
-             session_options: ort.SessionOptions | None = None,
-             providers: Sequence[str] | None = None) -> Translator:
-        """Load `<model>/<version>/` (encoder.onnx, decoder.onnx, the tokenizer). `config`
-        defaults to `<model>/config.pbtxt`; sessions get the caller's options and providers."""
-        requests = RequestBuilder.load(version_dir, config)
-        spec = requests.spec
-        model = OnnxStepModel(Path(version_dir), spec.num_layers, spec.num_heads, spec.head_dim,
-                              session_options, providers)
-        return cls(model, requests.tokenizer, spec)
 
     def new_batch(self) -> DecodeBatch:
         """An empty continuous batch on this model (see `core.translation.batch`)."""

@@ -45,6 +45,7 @@ from typing import Any
 from core.translation import DecodeRequest, GraphError, SpecError, Translator
 from core.translation.pipeline import Pipeline
 from protos.inference import model_config_pb2 as mc
+from serving.models import onnx_step_model
 from serving.models.onnx_model import (
     ModelLoadError,
     check_providers,
@@ -70,8 +71,8 @@ def load_translator(version_dir: Path, config: mc.ModelConfig, settings: Setting
     problem otherwise."""
     wanted, usable = providers_for(config, settings)
     try:
-        translator = Translator.load(version_dir, config, session_options(config, settings),
-                                     usable)
+        translator = onnx_step_model.load_translator(
+            version_dir, config, session_options(config, settings), usable)
         for part, session in (("encoder", translator.model.encoder),
                               ("decoder", translator.model.decoder)):
             check_providers(session.get_providers(), wanted, settings, f"{version_dir} {part}")

@@ -140,14 +140,14 @@ def test_tritonclient_translator(tiny_server: ServerProcess, tiny_repository: Pa
     same version, and bad input refused with INVALID_ARGUMENT naming what is wrong."""
     import onnxruntime as ort
 
-    from core.translation import Translator
+    from serving.models.onnx_step_model import load_translator
 
     sources = ["dreihundertzweiundvierzig", "sieben", "neunzehntausendvierhundertelf"]
     got = _run(TRANSLATOR_CALLS, tiny_server.target, json.dumps(sources))
     assert got["inputs"] == [["text", "BYTES", [-1, 1]]]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    local = Translator.load(tiny_repository / "translator" / "1", session_options=opts,
+    local = load_translator(tiny_repository / "translator" / "1", session_options=opts,
                             providers=["CPUExecutionProvider"])
     for beam in (1, 4):
         want = local.translate(sources, beam_size=beam)

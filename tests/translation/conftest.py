@@ -33,11 +33,11 @@ def version_dir(tiny_repository: Path) -> Path:
 def translator(version_dir: Path):  # noqa: ANN201 - core.translation.Translator
     import onnxruntime as ort
 
-    from core.translation import Translator
+    from serving.models.onnx_step_model import load_translator
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    return Translator.load(version_dir, session_options=opts,
+    return load_translator(version_dir, session_options=opts,
                            providers=["CPUExecutionProvider"])
 
 

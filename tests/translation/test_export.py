@@ -145,7 +145,8 @@ def test_a_stacked_cache_export_is_refused_with_a_reason(version_dir: Path,
     loading one names the problem and the fix instead of failing on a missing feed later."""
     from onnx import TensorProto, helper
 
-    from core.translation.graphs import GraphError, OnnxStepModel
+    from core.translation.graphs import GraphError
+    from serving.models.onnx_step_model import OnnxStepModel
 
     old = helper.make_model(helper.make_graph(
         [helper.make_node("Identity", ["past_k"], ["present_k"])], "old_decoder",

@@ -112,8 +112,8 @@ def test_serving_translation_runs_without_torch(version_dir: Path) -> None:
     probe = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from core.translation import Translator\n"
-        f"t = Translator.load(Path({str(version_dir)!r}))\n"
+        "from serving.models.onnx_step_model import load_translator\n"
+        f"t = load_translator(Path({str(version_dir)!r}))\n"
         "print(t.translate(['siebenhundertzwölf'], beam_size=3)[0].text)\n"
         "print('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
@@ -141,11 +141,11 @@ def test_the_cache_kept_on_the_device_decodes_as_run_does(
     where the decoder wrote it."""
     import onnxruntime as ort
 
-    from core.translation.graphs import DeviceCache
+    from serving.models.onnx_step_model import DeviceCache, load_translator
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    bound = Translator.load(version_dir, session_options=opts, providers=["CPUExecutionProvider"])
+    bound = load_translator(version_dir, session_options=opts, providers=["CPUExecutionProvider"])
     assert not bound.model.io_binding  # the default on the CPU
     bound.model.io_binding = True
     sources = sample_sources[:12]
