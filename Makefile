@@ -15,7 +15,7 @@ PROTOS := $(shell find protos -name '*.proto')
 export OMP_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install protos native repository serve test lint tools clean
+.PHONY: help install protos native repository serve test lint format tools clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -80,8 +80,13 @@ serve: repository  ## build the default models if missing, then serve on 127.0.0
 tools:  ## Debian packages and the tritonclient/perf_analyzer tool venvs the tests use
 	bash tests/tools/setup.sh
 
-lint: install  ## ruff
+lint: install  ## ruff check and ruff format --check (tests/test_lint.py runs both)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install  ## ruff format the tree, and apply ruff's safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 test: install tools  ## create .venv if missing, install, run the whole test suite
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)

@@ -28,9 +28,13 @@ from bench.serving import ROOT, machine
 
 # Published test MSE / MAE, multivariate (M), input 96, from each paper's own tables.
 PUBLISHED: dict[tuple[str, int], dict[str, tuple[float, float]]] = {
-    ("etth1", 96): {"SegRNN": (0.368, 0.395), "DLinear": (0.386, 0.400),
-                    "iTransformer": (0.386, 0.405), "PatchTST": (0.414, 0.419),
-                    "repeat last": (1.295, 0.713)},
+    ("etth1", 96): {
+        "SegRNN": (0.368, 0.395),
+        "DLinear": (0.386, 0.400),
+        "iTransformer": (0.386, 0.405),
+        "PatchTST": (0.414, 0.419),
+        "repeat last": (1.295, 0.713),
+    },
 }
 
 
@@ -49,22 +53,53 @@ def forecasters(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]
                 runs = []
                 for seed in (int(s) for s in args.seeds.split(",")):
                     model = replace(ForecasterConfig(), cell=cell, horizon=horizon)
-                    tc = replace(TrainConfig(), data=data, seed=seed, threads=args.threads,
-                                 synthetic_rows=args.synthetic_rows,
-                                 **({"epochs": args.epochs} if args.epochs else {}))
-                    m = train(model, tc, workdir / f"{data}-{horizon}-{cell}-{seed}",
-                              progress=False)
-                    runs.append({k: m[k] for k in (
-                        "seed", "test_mse", "test_mae", "val_mse", "repeat_last_test_mse",
-                        "repeat_last_test_mae", "test_windows", "best_epoch", "epochs",
-                        "wall_seconds", "cpu_seconds")})
-                    print(f"  {data} H={horizon} {cell} seed {seed}: test MSE "
-                          f"{m['test_mse']:.4f} MAE {m['test_mae']:.4f} "
-                          f"({m['wall_seconds']:.0f} s)", flush=True)
+                    tc = replace(
+                        TrainConfig(),
+                        data=data,
+                        seed=seed,
+                        threads=args.threads,
+                        synthetic_rows=args.synthetic_rows,
+                        **({"epochs": args.epochs} if args.epochs else {}),
+                    )
+                    m = train(
+                        model, tc, workdir / f"{data}-{horizon}-{cell}-{seed}", progress=False
+                    )
+                    runs.append(
+                        {
+                            k: m[k]
+                            for k in (
+                                "seed",
+                                "test_mse",
+                                "test_mae",
+                                "val_mse",
+                                "repeat_last_test_mse",
+                                "repeat_last_test_mae",
+                                "test_windows",
+                                "best_epoch",
+                                "epochs",
+                                "wall_seconds",
+                                "cpu_seconds",
+                            )
+                        }
+                    )
+                    print(
+                        f"  {data} H={horizon} {cell} seed {seed}: test MSE "
+                        f"{m['test_mse']:.4f} MAE {m['test_mae']:.4f} "
+                        f"({m['wall_seconds']:.0f} s)",
+                        flush=True,
+                    )
                 mse, mae = (_mean_std([r[k] for r in runs]) for k in ("test_mse", "test_mae"))
-                rows.append({"data": data, "horizon": horizon, "cell": cell, "runs": runs,
-                             "test_mse": mse, "test_mae": mae,
-                             "published": PUBLISHED.get((data, horizon), {})})
+                rows.append(
+                    {
+                        "data": data,
+                        "horizon": horizon,
+                        "cell": cell,
+                        "runs": runs,
+                        "test_mse": mse,
+                        "test_mae": mae,
+                        "published": PUBLISHED.get((data, horizon), {}),
+                    }
+                )
     return rows
 
 
@@ -78,43 +113,66 @@ def translator(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not (model_dir / "config.pbtxt").is_file():
         raise ValueError(f"no model at {model_dir}: expected <repository>/<name>/config.pbtxt")
     config = read_config(model_dir)
-    version = select_versions(config, sorted(int(p.name) for p in model_dir.iterdir()
-                                             if p.name.isdigit()))[-1]
+    version = select_versions(
+        config, sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    )[-1]
     params = {k: v.string_value for k, v in config.parameters.items()}
     model = load_translator(model_dir / str(version))
     rows = []
     for split in args.splits.split(","):
         pairs = multi30k(params["src_lang"], params["tgt_lang"], split)[: args.limit or None]
         # The server rejects sources over max_source_tokens; scoring the rest says so.
-        fits = [p for p in pairs
-                if len(model.tokenizer.encode_source(p[0])) <= model.spec.max_source_tokens]
+        fits = [
+            p
+            for p in pairs
+            if len(model.tokenizer.encode_source(p[0])) <= model.spec.max_source_tokens
+        ]
         if len(fits) < len(pairs):
-            print(f"  {len(pairs) - len(fits)} of {len(pairs)} {split} sources are over "
-                  f"max_source_tokens {model.spec.max_source_tokens}: scored without them",
-                  flush=True)
+            print(
+                f"  {len(pairs) - len(fits)} of {len(pairs)} {split} sources are over "
+                f"max_source_tokens {model.spec.max_source_tokens}: scored without them",
+                flush=True,
+            )
         metrics, _ = evaluate(model, fits, args.beam_size, args.length_penalty, max_rows=256)
-        rows.append({"model": str(model_dir), "version": version, "split": split,
-                     "skipped_too_long": len(pairs) - len(fits), **metrics})
-        print(f"  {model_dir.name} v{version} {split}: BLEU {metrics['bleu']:.2f} chrF "
-              f"{metrics['chrf']:.2f} (beam {args.beam_size})", flush=True)
+        rows.append(
+            {
+                "model": str(model_dir),
+                "version": version,
+                "split": split,
+                "skipped_too_long": len(pairs) - len(fits),
+                **metrics,
+            }
+        )
+        print(
+            f"  {model_dir.name} v{version} {split}: BLEU {metrics['bleu']:.2f} chrF "
+            f"{metrics['chrf']:.2f} (beam {args.beam_size})",
+            flush=True,
+        )
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| data | H | cell | seeds | test MSE | test MAE | published (MSE / MAE) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| data | H | cell | seeds | test MSE | test MAE | published (MSE / MAE) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         published = ", ".join(f"{k} {v[0]:.3f} / {v[1]:.3f}" for k, v in r["published"].items())
-        lines.append(f"| {r['data']} | {r['horizon']} | {r['cell']} | {len(r['runs'])} | "
-                     f"{r['test_mse'][0]:.4f} ± {r['test_mse'][1]:.4f} | "
-                     f"{r['test_mae'][0]:.4f} ± {r['test_mae'][1]:.4f} | {published or '—'} |")
+        lines.append(
+            f"| {r['data']} | {r['horizon']} | {r['cell']} | {len(r['runs'])} | "
+            f"{r['test_mse'][0]:.4f} ± {r['test_mse'][1]:.4f} | "
+            f"{r['test_mae'][0]:.4f} ± {r['test_mae'][1]:.4f} | {published or '—'} |"
+        )
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
-    result: dict[str, Any] = {"suite": "accuracy", "machine": machine(),
-                              "settings": vars(args) | {"handler": None},
-                              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result: dict[str, Any] = {
+        "suite": "accuracy",
+        "machine": machine(),
+        "settings": vars(args) | {"handler": None},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     try:
         if args.cells:
             print("forecasters (test split, standard protocol):")
@@ -136,24 +194,44 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="etth1",
-                        help="comma-separated: etth1, etth2, ettm1, ettm2, synthetic or a CSV")
-    parser.add_argument("--cells", default="gru,lstm",
-                        help="forecaster cells, comma-separated ('' skips the forecasters)")
+    parser.add_argument(
+        "--data",
+        default="etth1",
+        help="comma-separated: etth1, etth2, ettm1, ettm2, synthetic or a CSV",
+    )
+    parser.add_argument(
+        "--cells",
+        default="gru,lstm",
+        help="forecaster cells, comma-separated ('' skips the forecasters)",
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
     parser.add_argument("--horizons", default="96", help="comma-separated, e.g. 96,192,336,720")
-    parser.add_argument("--epochs", type=int, default=0,
-                        help="at most this many epochs (0: the training default)")
-    parser.add_argument("--synthetic-rows", type=int, default=8760,
-                        help="hourly rows of --data synthetic (default: %(default)s)")
+    parser.add_argument(
+        "--epochs", type=int, default=0, help="at most this many epochs (0: the training default)"
+    )
+    parser.add_argument(
+        "--synthetic-rows",
+        type=int,
+        default=8760,
+        help="hourly rows of --data synthetic (default: %(default)s)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--translator", default=None,
-                        help="an exported translator, <repository>/<name>, to score")
-    parser.add_argument("--splits", default="test_2016_flickr,test_2017_flickr",
-                        help="Multi30k test splits for --translator")
-    parser.add_argument("--limit", type=int, default=0,
-                        help="score only the first N sentences of each split (0: all)")
+    parser.add_argument(
+        "--translator", default=None, help="an exported translator, <repository>/<name>, to score"
+    )
+    parser.add_argument(
+        "--splits",
+        default="test_2016_flickr,test_2017_flickr",
+        help="Multi30k test splits for --translator",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="score only the first N sentences of each split (0: all)",
+    )
     parser.add_argument("--beam-size", type=int, default=4)
     parser.add_argument("--length-penalty", type=float, default=0.6)
-    parser.add_argument("--results-dir", default=str(ROOT / "bench" / "results"),
-                        help="where the JSON goes")
+    parser.add_argument(
+        "--results-dir", default=str(ROOT / "bench" / "results"), help="where the JSON goes"
+    )

@@ -79,9 +79,13 @@ def build_spec(model: EncoderDecoder, pieces: list[str]) -> TransformerSpec:
 
     c = model.config
     assert len(pieces) == c.vocab_size, f"{len(pieces)} pieces for vocabulary {c.vocab_size}"
-    spec = TransformerSpec.from_config((c.num_encoder_layers, c.num_decoder_layers),
-                                       c.num_heads, pre_norm=True, no_final_norm=False,
-                                       activation=common_spec.Activation.RELU)
+    spec = TransformerSpec.from_config(
+        (c.num_encoder_layers, c.num_decoder_layers),
+        c.num_heads,
+        pre_norm=True,
+        no_final_norm=False,
+        activation=common_spec.Activation.RELU,
+    )
     spec.config.layer_norm_epsilon = LAYER_NORM_EPSILON
     spec.config.unk_token = pieces[1]
     spec.config.bos_token = spec.config.decoder_start_token = pieces[c.bos_id]
@@ -111,8 +115,9 @@ def build_spec(model: EncoderDecoder, pieces: list[str]) -> TransformerSpec:
     return spec
 
 
-def convert(checkpoint_dir: Path, out: Path, quantization: str | None = None,
-            force: bool = True) -> Path:
+def convert(
+    checkpoint_dir: Path, out: Path, quantization: str | None = None, force: bool = True
+) -> Path:
     """Write a CTranslate2 model folder for the checkpoint in `checkpoint_dir`."""
     from ctranslate2.converters.converter import Converter
 
@@ -130,8 +135,7 @@ def convert(checkpoint_dir: Path, out: Path, quantization: str | None = None,
     return Path(_Checkpoint().convert(str(out), quantization=quantization, force=force))
 
 
-def check(checkpoint_dir: Path, ct2_dir: Path, sentences: list[str], max_length: int = 0
-          ) -> dict:
+def check(checkpoint_dir: Path, ct2_dir: Path, sentences: list[str], max_length: int = 0) -> dict:
     """Greedy tokens of CTranslate2 (fp32, 1 thread) against PyTorch's uncached greedy
     reference (`training.decoding.greedy_decode`), sentence by sentence."""
     import ctranslate2
@@ -144,33 +148,47 @@ def check(checkpoint_dir: Path, ct2_dir: Path, sentences: list[str], max_length:
     torch.set_num_threads(1)
     model, _, tokenizer_bytes, _ = load_translator_checkpoint(checkpoint_dir)
     tok = Tokenizer.from_bytes(tokenizer_bytes)
-    translator = ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type="float32",
-                                        inter_threads=1, intra_threads=1)
+    translator = ctranslate2.Translator(
+        str(ct2_dir), device="cpu", compute_type="float32", inter_threads=1, intra_threads=1
+    )
     mismatched, tokens = [], 0
     for i, text in enumerate(sentences):
         source = tok.encode_source(text)
         limit = max_length or 3 * len(source) + 10
         with torch.inference_mode():
             (ref,) = greedy_decode(model, torch.tensor([source]), limit)  # [1, S] -> ids
-        (res,) = translator.translate_batch([tok.pieces(source)], beam_size=1,
-                                            max_decoding_length=limit)
+        (res,) = translator.translate_batch(
+            [tok.pieces(source)], beam_size=1, max_decoding_length=limit
+        )
         got = [tok.sp.piece_to_id(p) for p in res.hypotheses[0]]
         tokens += len(ref)
         if got != ref:
             mismatched.append({"sentence": i, "pytorch": ref, "ctranslate2": got})
-    return {"sentences": len(sentences), "tokens": tokens, "mismatched": len(mismatched),
-            "first_mismatches": mismatched[:3]}
+    return {
+        "sentences": len(sentences),
+        "tokens": tokens,
+        "mismatched": len(mismatched),
+        "first_mismatches": mismatched[:3],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="seqserve translator checkpoint dir")
     parser.add_argument("--out", required=True, help="CTranslate2 model folder to write")
-    parser.add_argument("--quantization", choices=["int8", "int8_float32"],
-                        help="store weights quantized (default: float32)")
-    parser.add_argument("--check", type=int, default=32, metavar="N",
-                        help="compare greedy tokens with PyTorch on N validation sentences "
-                        "kept in the checkpoint (0 = skip)")
+    parser.add_argument(
+        "--quantization",
+        choices=["int8", "int8_float32"],
+        help="store weights quantized (default: float32)",
+    )
+    parser.add_argument(
+        "--check",
+        type=int,
+        default=32,
+        metavar="N",
+        help="compare greedy tokens with PyTorch on N validation sentences "
+        "kept in the checkpoint (0 = skip)",
+    )
     args = parser.parse_args(argv)
     out = convert(Path(args.checkpoint), Path(args.out), args.quantization)
     print(f"wrote {out}")
@@ -178,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         from training.train_translator import load_translator_checkpoint
 
         payload = load_translator_checkpoint(Path(args.checkpoint))[3]
-        sample = [s for s, _ in payload["data"]["validation_sample"][:args.check]]
+        sample = [s for s, _ in payload["data"]["validation_sample"][: args.check]]
         result = check(Path(args.checkpoint), out, sample)
-        print(f"greedy parity with PyTorch: {result['sentences'] - result['mismatched']}/"
-              f"{result['sentences']} sentences identical ({result['tokens']} tokens)")
+        print(
+            f"greedy parity with PyTorch: {result['sentences'] - result['mismatched']}/"
+            f"{result['sentences']} sentences identical ({result['tokens']} tokens)"
+        )
         if result["mismatched"]:
             print(result["first_mismatches"], file=sys.stderr)
             return 1

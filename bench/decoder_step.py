@@ -33,8 +33,9 @@ def _session(path: str) -> ort.InferenceSession:
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def _stacked_inputs(sess: ort.InferenceSession, rows: int, past: int, source: int,
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _stacked_inputs(
+    sess: ort.InferenceSession, rows: int, past: int, source: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Decoder-step inputs with stacked caches; the first row's cache half padding, the last
     row's source half padding."""
     shapes = {i.name: i.shape for i in sess.get_inputs()}
@@ -44,15 +45,20 @@ def _stacked_inputs(sess: ort.InferenceSession, rows: int, past: int, source: in
         layers = sum(name.startswith("past_k_") for name in shapes)
         _, heads, _, head_dim = shapes["past_k_0"]
     past_mask = np.ones((rows, past), bool)  # [R, P]
-    past_mask[0, :past // 2] = False
+    past_mask[0, : past // 2] = False
     src_mask = np.ones((rows, source), bool)  # [R, S]
-    src_mask[-1, source // 2:] = False
+    src_mask[-1, source // 2 :] = False
     kv, cross = (layers, rows, heads, past, head_dim), (layers, rows, heads, source, head_dim)
-    return {"tokens": rng.integers(4, 100, (rows, 1)), "positions": np.full((rows, 1), past),
-            "past_k": rng.standard_normal(kv, np.float32),
-            "past_v": rng.standard_normal(kv, np.float32), "past_mask": past_mask,
-            "cross_k": rng.standard_normal(cross, np.float32),
-            "cross_v": rng.standard_normal(cross, np.float32), "src_mask": src_mask}
+    return {
+        "tokens": rng.integers(4, 100, (rows, 1)),
+        "positions": np.full((rows, 1), past),
+        "past_k": rng.standard_normal(kv, np.float32),
+        "past_v": rng.standard_normal(kv, np.float32),
+        "past_mask": past_mask,
+        "cross_k": rng.standard_normal(cross, np.float32),
+        "cross_v": rng.standard_normal(cross, np.float32),
+        "src_mask": src_mask,
+    }
 
 
 def _feeds(sess: ort.InferenceSession, stacked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -61,11 +67,13 @@ def _feeds(sess: ort.InferenceSession, stacked: dict[str, np.ndarray]) -> dict[s
     return decoder_feeds(**stacked)
 
 
-def measure(files: dict[str, str], rows: int, past: int, source: int, calls: int
-            ) -> dict[str, dict[str, float]]:
+def measure(
+    files: dict[str, str], rows: int, past: int, source: int, calls: int
+) -> dict[str, dict[str, float]]:
     sessions = {name: _session(path) for name, path in files.items()}
-    stacked = _stacked_inputs(next(iter(sessions.values())), rows, past, source,
-                              np.random.default_rng(0))
+    stacked = _stacked_inputs(
+        next(iter(sessions.values())), rows, past, source, np.random.default_rng(0)
+    )
     feeds = {name: _feeds(s, stacked) for name, s in sessions.items()}
     first = next(iter(sessions))
     reference = sessions[first].run(["log_probs"], feeds[first])[0]
@@ -82,11 +90,13 @@ def measure(files: dict[str, str], rows: int, past: int, source: int, calls: int
     for name, s in sessions.items():
         log_probs = s.run(["log_probs"], feeds[name])[0]
         deciles = statistics.quantiles(times[name], n=10)
-        out[name] = {"median_ms": statistics.median(times[name]) * 1e3,
-                     "p10_ms": deciles[0] * 1e3, "p90_ms": deciles[-1] * 1e3,
-                     "speedup_vs_first": statistics.median(times[first])
-                     / statistics.median(times[name]),
-                     "max_abs_diff_vs_first": float(np.abs(log_probs - reference).max())}
+        out[name] = {
+            "median_ms": statistics.median(times[name]) * 1e3,
+            "p10_ms": deciles[0] * 1e3,
+            "p90_ms": deciles[-1] * 1e3,
+            "speedup_vs_first": statistics.median(times[first]) / statistics.median(times[name]),
+            "max_abs_diff_vs_first": float(np.abs(log_probs - reference).max()),
+        }
     return out
 
 
@@ -100,17 +110,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     files = dict(f.split("=", 1) for f in args.files)
-    result: dict = {"settings": vars(args) | {"out": str(args.out)},
-                    "load_avg_start": list(os.getloadavg()), "rows": {}}
+    result: dict = {
+        "settings": vars(args) | {"out": str(args.out)},
+        "load_avg_start": list(os.getloadavg()),
+        "rows": {},
+    }
     print("| rows | file | median ms | p10-p90 ms | speed-up vs first | max abs diff |")
     print("|---|---|---|---|---|---|")
     for rows in (int(r) for r in args.rows.split(",")):
         calls = max(200, args.calls * 8 // max(rows, 8))
         result["rows"][rows] = measure(files, rows, args.past, args.source, calls)
         for name, m in result["rows"][rows].items():
-            print(f"| {rows} | {name} | {m['median_ms']:.3f} | {m['p10_ms']:.3f}-"
-                  f"{m['p90_ms']:.3f} | {m['speedup_vs_first']:.3f} | "
-                  f"{m['max_abs_diff_vs_first']:.1e} |")
+            print(
+                f"| {rows} | {name} | {m['median_ms']:.3f} | {m['p10_ms']:.3f}-"
+                f"{m['p90_ms']:.3f} | {m['speedup_vs_first']:.3f} | "
+                f"{m['max_abs_diff_vs_first']:.1e} |"
+            )
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
 

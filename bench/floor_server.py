@@ -37,47 +37,65 @@ class FloorServicer(pbg.GRPCInferenceServiceServicer):
         self.config.name = model_dir.name
         batch = [-1] if self.config.max_batch_size else []
         self.metadata = pb.ModelMetadataResponse(
-            name=self.config.name, versions=["1"], platform=self.config.platform,
-            inputs=[pb.ModelMetadataResponse.TensorMetadata(
-                name=t.name, datatype=CONFIG_TO_V2[t.data_type], shape=[*batch, *t.dims])
-                for t in self.config.input],
-            outputs=[pb.ModelMetadataResponse.TensorMetadata(
-                name=t.name, datatype=CONFIG_TO_V2[t.data_type], shape=[*batch, *t.dims])
-                for t in self.config.output])
+            name=self.config.name,
+            versions=["1"],
+            platform=self.config.platform,
+            inputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=t.name, datatype=CONFIG_TO_V2[t.data_type], shape=[*batch, *t.dims]
+                )
+                for t in self.config.input
+            ],
+            outputs=[
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=t.name, datatype=CONFIG_TO_V2[t.data_type], shape=[*batch, *t.dims]
+                )
+                for t in self.config.output
+            ],
+        )
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: object
-                         ) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: object
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: object
-                             ) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: object
+    ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="grpc-floor", version="0", extensions=[])
 
-    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: object
-                              ) -> pb.ModelStatisticsResponse:
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: object
+    ) -> pb.ModelStatisticsResponse:
         return pb.ModelStatisticsResponse()  # nothing is computed, nothing to report
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: object
-                          ) -> pb.ServerReadyResponse:
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: object
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=True)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: object
-                         ) -> pb.ModelReadyResponse:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: object
+    ) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=True)
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: object
-                            ) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: object
+    ) -> pb.ModelMetadataResponse:
         return self.metadata
 
-    async def ModelConfig(self, request: pb.ModelConfigRequest, context: object
-                          ) -> pb.ModelConfigResponse:
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: object
+    ) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self.config)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: object
-                         ) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: object
+    ) -> pb.ModelInferResponse:
         batch = request.inputs[0].shape[0] if self.config.max_batch_size else None
-        reply = pb.ModelInferResponse(model_name=request.model_name, model_version="1",
-                                      id=request.id)
+        reply = pb.ModelInferResponse(
+            model_name=request.model_name, model_version="1", id=request.id
+        )
         for t in self.config.output:
             shape = [batch, *t.dims] if batch is not None else list(t.dims)
             dtype = CONFIG_TO_V2[t.data_type]
@@ -93,23 +111,48 @@ def _native_front(servicer: FloorServicer, port: int, upstream: str, bare: bool)
     from serving.stats import ModelStats
 
     config = servicer.config
-    specs = [[_frontend.TensorSpec(t.name, CONFIG_TO_V2[t.data_type], list(t.dims),
-                                   DTYPES[CONFIG_TO_V2[t.data_type]].itemsize) for t in ts]
-             for ts in (config.input, config.output)]
+    specs = [
+        [
+            _frontend.TensorSpec(
+                t.name,
+                CONFIG_TO_V2[t.data_type],
+                list(t.dims),
+                DTYPES[CONFIG_TO_V2[t.data_type]].itemsize,
+            )
+            for t in ts
+        ]
+        for ts in (config.input, config.output)
+    ]
 
     def run(instance: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = next(iter(feeds.values())).shape[0]
-        return {t.name: np.zeros([batch, *t.dims], DTYPES[CONFIG_TO_V2[t.data_type]])
-                for t in config.output}
+        return {
+            t.name: np.zeros([batch, *t.dims], DTYPES[CONFIG_TO_V2[t.data_type]])
+            for t in config.output
+        }
 
     stats = ModelStats()  # accounted as the server does, so the floor pays that call too
     front = _frontend.Frontend(f"127.0.0.1:{port}", upstream, 2**31 - 1)
-    front.add_model(config.name, 1, specs[0], specs[1], _frontend.Policy(
-        max_batch_size=config.max_batch_size, batching=config.max_batch_size > 0,
-        max_queue_delay_us=0, preferred_batch_sizes=[], max_queue_size=0,
-        default_timeout_us=0, instances=1), None if bare else run, stats.record_batch,
-        lambda kind, ns, detail: (13, kind), queue_full_message="queue full",
-        unloading_message="unloading")
+    front.add_model(
+        config.name,
+        1,
+        specs[0],
+        specs[1],
+        _frontend.Policy(
+            max_batch_size=config.max_batch_size,
+            batching=config.max_batch_size > 0,
+            max_queue_delay_us=0,
+            preferred_batch_sizes=[],
+            max_queue_size=0,
+            default_timeout_us=0,
+            instances=1,
+        ),
+        None if bare else run,
+        stats.record_batch,
+        lambda kind, ns, detail: (13, kind),
+        queue_full_message="queue full",
+        unloading_message="unloading",
+    )
     front.set_default(config.name, 1)
     front.start()
     return front
@@ -132,10 +175,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", required=True, type=Path)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--native", action="store_true",
-                        help="the native front end in front, the model on its fast path")
-    parser.add_argument("--bare", action="store_true",
-                        help="with --native: no runner, zeros from C++ (no Python at all)")
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="the native front end in front, the model on its fast path",
+    )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="with --native: no runner, zeros from C++ (no Python at all)",
+    )
     args = parser.parse_args()
     if args.bare and not args.native:
         parser.error("--bare goes with --native")

@@ -15,10 +15,10 @@ from serving import tensors
 from serving.client import Client
 
 
-async def v2_request(channel: grpc.aio.Channel, model: str, seed: int = 0
-                     ) -> pb.ModelInferRequest:
+async def v2_request(channel: grpc.aio.Channel, model: str, seed: int = 0) -> pb.ModelInferRequest:
     meta = await pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
-        pb.ModelMetadataRequest(name=model), timeout=10)
+        pb.ModelMetadataRequest(name=model), timeout=10
+    )
     rng = np.random.default_rng(seed)
     infer = pb.ModelInferRequest(model_name=model)
     for t in meta.inputs:
@@ -28,17 +28,21 @@ async def v2_request(channel: grpc.aio.Channel, model: str, seed: int = 0
     return infer
 
 
-async def forecast_request(channel: grpc.aio.Channel, model: str, seed: int = 0
-                           ) -> fpb.ForecastRequest:
+async def forecast_request(
+    channel: grpc.aio.Channel, model: str, seed: int = 0
+) -> fpb.ForecastRequest:
     info = await fgrpc.ForecasterStub(channel).GetModelInfo(
-        fpb.GetModelInfoRequest(model_name=model), timeout=10)
+        fpb.GetModelInfoRequest(model_name=model), timeout=10
+    )
     m = info.model
     rng = np.random.default_rng(seed)
     step = m.frequency.seconds or 3600
     start = np.datetime64("2024-01-01T00:00:00", "s")
     stamps = [start + np.timedelta64(i * step, "s") for i in range(m.input_window)]
-    series = {name: rng.standard_normal(m.input_window).tolist()
-              for name in (*m.target_names, *m.covariate_names)}
+    series = {
+        name: rng.standard_normal(m.input_window).tolist()
+        for name in (*m.target_names, *m.covariate_names)
+    }
     window = Client.window(series, stamps)
     for name in m.future_covariate_names:
         window.future.add(name=name, values=[0.0] * m.horizon)

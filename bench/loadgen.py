@@ -27,12 +27,21 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-NUMPY = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
-         "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+NUMPY = {
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "FP16": np.float16,
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "BOOL": np.bool_,
+}
 
 
-def _inputs(metadata: dict, texts: list[str], rng: np.random.Generator
-            ) -> list[grpcclient.InferInput]:
+def _inputs(
+    metadata: dict, texts: list[str], rng: np.random.Generator
+) -> list[grpcclient.InferInput]:
     inputs = []
     for spec in metadata["inputs"]:
         shape = [1] + [d if d > 0 else 1 for d in (int(x) for x in spec["shape"][1:])]
@@ -47,12 +56,18 @@ def _inputs(metadata: dict, texts: list[str], rng: np.random.Generator
     return inputs
 
 
-async def measure(url: str, model: str, concurrency: int, seconds: float, warmup: float,
-                  texts: list[str], connections: int = 1) -> dict:
+async def measure(
+    url: str,
+    model: str,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    texts: list[str],
+    connections: int = 1,
+) -> dict:
     # A local subchannel pool per client: its own TCP connection, not grpc's shared one.
     own = [("grpc.use_local_subchannel_pool", 1)] if connections > 1 else None
-    clients = [grpcclient.InferenceServerClient(url, channel_args=own)
-               for _ in range(connections)]
+    clients = [grpcclient.InferenceServerClient(url, channel_args=own) for _ in range(connections)]
     client = clients[0]
     try:
         metadata = await client.get_model_metadata(model, as_json=True)
@@ -70,8 +85,7 @@ async def measure(url: str, model: str, concurrency: int, seconds: float, warmup
                 if t0 >= stop:
                     return
                 try:
-                    await clients[offset % connections].infer(model,
-                                                              requests[i % len(requests)])
+                    await clients[offset % connections].infer(model, requests[i % len(requests)])
                 except InferenceServerException:  # counted, not fatal: reported in the result
                     errors += 1
                     continue
@@ -87,10 +101,13 @@ async def measure(url: str, model: str, concurrency: int, seconds: float, warmup
         return {"requests": 0, "errors": errors}
     ms = sorted(x * 1e3 for x in latencies)
     return {
-        "requests": len(ms), "errors": errors, "seconds": seconds,
+        "requests": len(ms),
+        "errors": errors,
+        "seconds": seconds,
         "inferences_per_s": len(ms) / seconds,
         "avg_latency_ms": statistics.fmean(ms),
-        "p50_ms": ms[len(ms) // 2], "p90_ms": ms[int(len(ms) * 0.9)],
+        "p50_ms": ms[len(ms) // 2],
+        "p90_ms": ms[int(len(ms) * 0.9)],
         "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
     }
 
@@ -102,16 +119,29 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0, help="measurement window")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds not measured")
-    parser.add_argument("--connections", type=int, default=1,
-                        help="gRPC connections the clients share (round robin)")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="gRPC connections the clients share (round robin)",
+    )
     parser.add_argument("--text-file", help="one input sentence per line, for BYTES inputs")
     args = parser.parse_args()
     texts = ["dreihundertzweiundvierzig"]
     if args.text_file:
         with open(args.text_file, encoding="utf-8") as f:
             texts = [line.rstrip("\n") for line in f if line.strip()]
-    result = asyncio.run(measure(args.url, args.model, args.concurrency, args.seconds,
-                                 args.warmup, texts, args.connections))
+    result = asyncio.run(
+        measure(
+            args.url,
+            args.model,
+            args.concurrency,
+            args.seconds,
+            args.warmup,
+            texts,
+            args.connections,
+        )
+    )
     print(json.dumps(result))
 
 

@@ -51,8 +51,14 @@ from bench.procfs import engine_children, memory_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("v2", "forecast", "translate", "stream")
-SENTENCES = ("dreihundertzweiundvierzig", "siebenundsiebzig", "neunhundertneunundneunzig",
-             "eins", "zwölftausendeinhundert", "vierzig")
+SENTENCES = (
+    "dreihundertzweiundvierzig",
+    "siebenundsiebzig",
+    "neunhundertneunundneunzig",
+    "eins",
+    "zwölftausendeinhundert",
+    "vierzig",
+)
 CALL_DEADLINE_S = 60.0
 GOALS = {"rss_growth": 0.05, "live_p99_ms": 50.0}
 
@@ -101,8 +107,10 @@ class Load:
         """One of each request, built from the server's own metadata."""
         from bench.forecast_requests import forecast_request, v2_request
 
-        return {"infer": await v2_request(channel, "forecaster_gru"),
-                "forecast": await forecast_request(channel, "forecaster_lstm")}
+        return {
+            "infer": await v2_request(channel, "forecaster_gru"),
+            "forecast": await forecast_request(channel, "forecaster_lstm"),
+        }
 
     async def _client(self, index: int, kind: str, requests: dict) -> None:
         import grpc
@@ -131,23 +139,29 @@ class Load:
                     elif kind == "forecast":
                         await fc.Forecast(requests["forecast"], timeout=CALL_DEADLINE_S)
                     elif kind == "translate":
-                        await tr.Translate(tpb.TranslateRequest(
-                            model_name="translator",
-                            sentences=[SENTENCES[n % len(SENTENCES)]]), timeout=CALL_DEADLINE_S)
+                        await tr.Translate(
+                            tpb.TranslateRequest(
+                                model_name="translator", sentences=[SENTENCES[n % len(SENTENCES)]]
+                            ),
+                            timeout=CALL_DEADLINE_S,
+                        )
                     else:
                         done = False
-                        async for chunk in tr.TranslateStream(tpb.TranslateRequest(
-                                model_name="translator",
-                                sentences=[SENTENCES[n % len(SENTENCES)]]),
-                                timeout=CALL_DEADLINE_S):
+                        async for chunk in tr.TranslateStream(
+                            tpb.TranslateRequest(
+                                model_name="translator", sentences=[SENTENCES[n % len(SENTENCES)]]
+                            ),
+                            timeout=CALL_DEADLINE_S,
+                        ):
                             done = done or chunk.done
                         if not done:
                             self.record.unfinished_streams += 1
                 except grpc.aio.AioRpcError as err:
                     code = err.code().name
                     self.record.messages[started - self.t0] = err.details() or ""
-                self.record.calls.append((started - self.t0, kind, code,
-                                          time.monotonic() - started))
+                self.record.calls.append(
+                    (started - self.t0, kind, code, time.monotonic() - started)
+                )
                 if code == "UNAVAILABLE":
                     await asyncio.sleep(0.05)  # what a client's back-off does
 
@@ -158,8 +172,9 @@ class Load:
 
         context = mp.get_context("spawn")
         results = context.Queue()
-        process = context.Process(target=_probe, args=(self.target, self.t0, self.seconds,
-                                                       results), daemon=True)
+        process = context.Process(
+            target=_probe, args=(self.target, self.t0, self.seconds, results), daemon=True
+        )
         process.start()
         live, failures = await asyncio.to_thread(results.get)
         await asyncio.to_thread(process.join, 30)
@@ -175,8 +190,12 @@ class Load:
             await asyncio.sleep(every_s)
 
     async def _faults(self, repo: Path) -> None:
-        plan = [(0.2, "engine SIGKILL"), (0.4, "engine SIGSTOP 10 s"),
-                (0.6, "corrupt new version"), (0.8, "good new version")]
+        plan = [
+            (0.2, "engine SIGKILL"),
+            (0.4, "engine SIGSTOP 10 s"),
+            (0.6, "corrupt new version"),
+            (0.8, "good new version"),
+        ]
         for at, name in plan:
             await asyncio.sleep(max(0.0, at * self.seconds - self.now()))
             self.record.faults.append((self.now(), name))
@@ -246,8 +265,9 @@ def _drop_version(model_dir: Path, onnx: bytes) -> None:
     staging.rename(model_dir / version)
 
 
-def summarize(record: Record, seconds: float, warmup_s: float, window_s: float,
-              fault_window_s: float) -> dict:
+def summarize(
+    record: Record, seconds: float, warmup_s: float, window_s: float, fault_window_s: float
+) -> dict:
     engine_faults = [t for t, name in record.faults if name.startswith("engine")]
     errors: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     caused: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -269,8 +289,16 @@ def summarize(record: Record, seconds: float, warmup_s: float, window_s: float,
     while t < seconds:
         row = {"t": t}
         for k in KINDS:
-            row[k] = _p99([d for s, kind, code, d in record.calls
-                           if kind == k and code == "OK" and t <= s < t + window_s]) * 1e3
+            row[k] = (
+                _p99(
+                    [
+                        d
+                        for s, kind, code, d in record.calls
+                        if kind == k and code == "OK" and t <= s < t + window_s
+                    ]
+                )
+                * 1e3
+            )
         p99_series.append(row)
         t += window_s
     after = [r for r in record.rss if r[0] >= warmup_s]
@@ -278,29 +306,44 @@ def summarize(record: Record, seconds: float, warmup_s: float, window_s: float,
     start_rss = statistics.median(r[1] + r[2] for r in after[:tenth]) if after else float("nan")
     end_rss = statistics.median(r[1] + r[2] for r in after[-tenth:]) if after else float("nan")
     live_ms = [d * 1e3 for _, d in record.live]
-    live_by_fault = {name: _p99([d * 1e3 for t, d in record.live if f <= t <= f + fault_window_s])
-                     for f, name in record.faults}
+    live_by_fault = {
+        name: _p99([d * 1e3 for t, d in record.live if f <= t <= f + fault_window_s])
+        for f, name in record.faults
+    }
     result = {
-        "calls": calls, "unexpected_errors": {k: dict(v) for k, v in errors.items()},
+        "calls": calls,
+        "unexpected_errors": {k: dict(v) for k, v in errors.items()},
         "caused_by_faults": {k: dict(v) for k, v in caused.items()},
         "unexpected_at": unexpected[:100],
-        "lost_ids": record.lost_ids, "unfinished_streams": record.unfinished_streams,
-        "live": {"probes": len(live_ms), "p99_ms": _p99(live_ms),
-                 "max_ms": max(live_ms, default=float("nan")),
-                 "failures": len(record.live_failures), "p99_ms_by_fault": live_by_fault},
-        "rss_mib": {"after_warmup": start_rss, "at_end": end_rss,
-                    "growth": end_rss / start_rss - 1 if after else float("nan")},
-        "p99_ms_over_time": p99_series, "faults": record.faults,
+        "lost_ids": record.lost_ids,
+        "unfinished_streams": record.unfinished_streams,
+        "live": {
+            "probes": len(live_ms),
+            "p99_ms": _p99(live_ms),
+            "max_ms": max(live_ms, default=float("nan")),
+            "failures": len(record.live_failures),
+            "p99_ms_by_fault": live_by_fault,
+        },
+        "rss_mib": {
+            "after_warmup": start_rss,
+            "at_end": end_rss,
+            "growth": end_rss / start_rss - 1 if after else float("nan"),
+        },
+        "p99_ms_over_time": p99_series,
+        "faults": record.faults,
         "rss_series": record.rss,
     }
     result["goals"] = {
         "rss_growth_under_5pct": result["rss_mib"]["growth"] < GOALS["rss_growth"],
-        "only_fault_failures": not errors and not record.lost_ids
-        and not record.unfinished_streams and not record.live_failures,
-        "fault_failures_retryable": all(code == "UNAVAILABLE"
-                                        for v in caused.values() for code in v),
-        "live_p99_under_50ms": result["live"]["p99_ms"] < GOALS["live_p99_ms"] and all(
-            v < GOALS["live_p99_ms"] for v in live_by_fault.values() if v == v),
+        "only_fault_failures": not errors
+        and not record.lost_ids
+        and not record.unfinished_streams
+        and not record.live_failures,
+        "fault_failures_retryable": all(
+            code == "UNAVAILABLE" for v in caused.values() for code in v
+        ),
+        "live_p99_under_50ms": result["live"]["p99_ms"] < GOALS["live_p99_ms"]
+        and all(v < GOALS["live_p99_ms"] for v in live_by_fault.values() if v == v),
     }
     return result
 
@@ -328,8 +371,9 @@ def plot(result: dict, path: Path) -> Path | None:
         for t, name in result["faults"]:
             axis.axvline(t, color="grey", linestyle=":")
             if axis is top:
-                axis.annotate(name, (t, axis.get_ylim()[1]), fontsize=7, rotation=90,
-                              va="top", ha="right")
+                axis.annotate(
+                    name, (t, axis.get_ylim()[1]), fontsize=7, rotation=90, va="top", ha="right"
+                )
         axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -340,8 +384,10 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.repository)
     for name in ("forecaster_gru", "forecaster_lstm", "translator"):
         if not (source / name / "config.pbtxt").is_file():
-            print(f"seqserve bench soak: no model {name!r} in {source} (run `make repository`)",
-                  file=sys.stderr)
+            print(
+                f"seqserve bench soak: no model {name!r} in {source} (run `make repository`)",
+                file=sys.stderr,
+            )
             return 2
     seconds = args.minutes * 60
     with tempfile.TemporaryDirectory() as tmp:
@@ -351,11 +397,30 @@ def run(args: argparse.Namespace) -> int:
         log = Path(tmp) / "server.log"
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "seqserve", "serve", "--model-repository", str(repo),
-                 "--grpc-port", str(port), "--metrics-port", str(metrics),
-                 "--model-control-mode", "poll", "--repository-poll-secs", "2",
-                 "--engine-stall-secs", str(args.engine_stall_secs),
-                 "--frontend", args.frontend], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "seqserve",
+                    "serve",
+                    "--model-repository",
+                    str(repo),
+                    "--grpc-port",
+                    str(port),
+                    "--metrics-port",
+                    str(metrics),
+                    "--model-control-mode",
+                    "poll",
+                    "--repository-poll-secs",
+                    "2",
+                    "--engine-stall-secs",
+                    str(args.engine_stall_secs),
+                    "--frontend",
+                    args.frontend,
+                ],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             from serving.probe import check
 
@@ -365,15 +430,21 @@ def run(args: argparse.Namespace) -> int:
                     print(log.read_text(), file=sys.stderr)
                     return 1
                 time.sleep(0.1)
-            print(f"soak: {args.clients} clients for {args.minutes:g} min "
-                  f"({args.frontend} front end, engine stall {args.engine_stall_secs:g} s)")
-            record = asyncio.run(Load(f"127.0.0.1:{port}", proc.pid, args.clients,
-                                      seconds).run(repo, args.sample_secs))
+            print(
+                f"soak: {args.clients} clients for {args.minutes:g} min "
+                f"({args.frontend} front end, engine stall {args.engine_stall_secs:g} s)"
+            )
+            record = asyncio.run(
+                Load(f"127.0.0.1:{port}", proc.pid, args.clients, seconds).run(
+                    repo, args.sample_secs
+                )
+            )
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(120)
-        result = summarize(record, seconds, args.warmup_secs, args.window_secs,
-                           args.fault_window_secs)
+        result = summarize(
+            record, seconds, args.warmup_secs, args.window_secs, args.fault_window_secs
+        )
         result["exit_code"] = code
         result["server_log_tail"] = log.read_text().splitlines()[-40:]
     result["settings"] = {k: v for k, v in vars(args).items() if k != "handler"}
@@ -383,29 +454,56 @@ def run(args: argparse.Namespace) -> int:
     path = out_dir / f"soak-{stamp}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     png = plot(result, out_dir / f"soak-{stamp}.png")
-    shown = ("calls", "unexpected_errors", "unexpected_at", "caused_by_faults", "lost_ids",
-             "unfinished_streams", "live", "rss_mib", "goals", "exit_code")
+    shown = (
+        "calls",
+        "unexpected_errors",
+        "unexpected_at",
+        "caused_by_faults",
+        "lost_ids",
+        "unfinished_streams",
+        "live",
+        "rss_mib",
+        "goals",
+        "exit_code",
+    )
     print(json.dumps({k: result[k] for k in shown}, indent=1, default=str))
     print(f"wrote {path}" + (f" and {png}" if png else ""))
     return 0 if all(result["goals"].values()) and code == 0 else 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repository", default="model_repository",
-                        help="repository with forecaster_gru, forecaster_lstm and translator "
-                        "(copied: the run adds versions to its copy)")
+    parser.add_argument(
+        "--repository",
+        default="model_repository",
+        help="repository with forecaster_gru, forecaster_lstm and translator "
+        "(copied: the run adds versions to its copy)",
+    )
     parser.add_argument("--minutes", type=float, default=30.0, help="length of the load")
-    parser.add_argument("--clients", type=int, default=32,
-                        help="closed-loop clients, split over V2, Forecast, Translate, stream")
-    parser.add_argument("--engine-stall-secs", type=float, default=5.0,
-                        help="the server's --engine-stall-secs (below the 10 s SIGSTOP, so the "
-                        "watchdog's replacement is part of the run)")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=32,
+        help="closed-loop clients, split over V2, Forecast, Translate, stream",
+    )
+    parser.add_argument(
+        "--engine-stall-secs",
+        type=float,
+        default=5.0,
+        help="the server's --engine-stall-secs (below the 10 s SIGSTOP, so the "
+        "watchdog's replacement is part of the run)",
+    )
     parser.add_argument("--frontend", default="auto", choices=["auto", "native", "python"])
     parser.add_argument("--sample-secs", type=float, default=2.0, help="RSS sampling period")
-    parser.add_argument("--warmup-secs", type=float, default=60.0,
-                        help="RSS growth is measured after this")
+    parser.add_argument(
+        "--warmup-secs", type=float, default=60.0, help="RSS growth is measured after this"
+    )
     parser.add_argument("--window-secs", type=float, default=30.0, help="p99 time buckets")
-    parser.add_argument("--fault-window-secs", type=float, default=30.0,
-                        help="after an engine fault, translator UNAVAILABLE counts as caused")
-    parser.add_argument("--results-dir", default=str(ROOT / "bench" / "results"),
-                        help="where the JSON and PNG go")
+    parser.add_argument(
+        "--fault-window-secs",
+        type=float,
+        default=30.0,
+        help="after an engine fault, translator UNAVAILABLE counts as caused",
+    )
+    parser.add_argument(
+        "--results-dir", default=str(ROOT / "bench" / "results"), help="where the JSON and PNG go"
+    )

@@ -29,24 +29,43 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-KEPT = ("bleu", "chrf", "steps", "epochs", "stopped_by", "train_seconds", "wall_seconds",
-        "train_target_tokens_per_second", "best_val_loss", "final_val_loss",
-        "checkpoint_averaged", "parameters", "device", "length_penalty")
+KEPT = (
+    "bleu",
+    "chrf",
+    "steps",
+    "epochs",
+    "stopped_by",
+    "train_seconds",
+    "wall_seconds",
+    "train_target_tokens_per_second",
+    "best_val_loss",
+    "final_val_loss",
+    "checkpoint_averaged",
+    "parameters",
+    "device",
+    "length_penalty",
+)
 
 
 def _variant(text: str) -> tuple[str, list[str]]:
     name, sep, flags = text.partition("=")
     if not sep or not name.replace("-", "").replace("_", "").isalnum():
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=\"FLAGS\" (NAME: letters, "
-                                         "digits, '-' and '_')")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAME=\"FLAGS\" (NAME: letters, digits, '-' and '_')"
+        )
     return name, shlex.split(flags)
 
 
-def summarize(name: str, flags: list[str], rc: int, seconds: float, folder: Path
-              ) -> dict[str, object]:
+def summarize(
+    name: str, flags: list[str], rc: int, seconds: float, folder: Path
+) -> dict[str, object]:
     """One line of summary.jsonl; a run that wrote no metrics.json keeps its exit status."""
-    line: dict[str, object] = {"name": name, "flags": shlex.join(flags), "rc": rc,
-                               "seconds": round(seconds, 1)}
+    line: dict[str, object] = {
+        "name": name,
+        "flags": shlex.join(flags),
+        "rc": rc,
+        "seconds": round(seconds, 1),
+    }
     metrics_file = folder / "metrics.json"
     if metrics_file.exists():
         metrics = json.loads(metrics_file.read_text())
@@ -57,10 +76,20 @@ def summarize(name: str, flags: list[str], rc: int, seconds: float, folder: Path
     return line
 
 
-def run_one(name: str, flags: list[str], common: list[str], out: Path,
-            lock: threading.Lock) -> dict[str, object]:
-    command = [sys.executable, "-m", "seqserve", "train", "translator", *common, *flags,
-               "--out", str(out / name)]
+def run_one(
+    name: str, flags: list[str], common: list[str], out: Path, lock: threading.Lock
+) -> dict[str, object]:
+    command = [
+        sys.executable,
+        "-m",
+        "seqserve",
+        "train",
+        "translator",
+        *common,
+        *flags,
+        "--out",
+        str(out / name),
+    ]
     start = time.monotonic()
     with open(out / f"{name}.log", "w") as log:
         rc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -85,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     common = shlex.split(args.common)
     lock = threading.Lock()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        lines = list(pool.map(lambda v: run_one(v[0], v[1], common, args.out, lock),
-                              args.variants))
+        lines = list(pool.map(lambda v: run_one(v[0], v[1], common, args.out, lock), args.variants))
     return 0 if all(line["rc"] == 0 for line in lines) else 1
 
 

@@ -84,8 +84,12 @@ class Cell:
         self.texts: dict[int, str] = {}  # sentence -> last output text
         self.ids: dict[int, list[int]] = {}  # sentence -> last output ids, where known
 
-    def add(self, seconds: float, done: list[tuple[int, float, str, list[int] | None]],
-            count: Callable[[str], int]) -> None:
+    def add(
+        self,
+        seconds: float,
+        done: list[tuple[int, float, str, list[int] | None]],
+        count: Callable[[str], int],
+    ) -> None:
         self.tokens_per_s.append(sum(count(t) for _, _, t, _ in done) / seconds)
         self.sentences_per_s.append(len(done) / seconds)
         self.latencies.append([lat for _, lat, _, _ in done])
@@ -98,8 +102,9 @@ class Cell:
         def med(xs: list[float]) -> float:
             return statistics.median(xs) if xs else float("nan")
 
-        pct = {q: [_percentile(lat, q) * 1e3 for lat in self.latencies if lat]
-               for q in (50, 90, 99)}
+        pct = {
+            q: [_percentile(lat, q) * 1e3 for lat in self.latencies if lat] for q in (50, 90, 99)
+        }
         return {
             "tokens_per_s": med(self.tokens_per_s),
             "tokens_per_s_spread": [min(self.tokens_per_s), max(self.tokens_per_s)],
@@ -111,13 +116,14 @@ class Cell:
         }
 
 
-def measure_pass(engine: Engine, sources: list[list[int]], beam: int, batch: int,
-                 max_length: int) -> tuple[float, list]:
+def measure_pass(
+    engine: Engine, sources: list[list[int]], beam: int, batch: int, max_length: int
+) -> tuple[float, list]:
     """One pass over all sentences in consecutive groups of `batch`; every sentence's latency
     is its group's call time."""
     done, total = [], 0.0
     for start in range(0, len(sources), batch):
-        group = sources[start:start + batch]
+        group = sources[start : start + batch]
         t0 = time.perf_counter()
         outputs = engine.translate(group, beam, max_length)
         dt = time.perf_counter() - t0
@@ -139,9 +145,22 @@ class Server:
         self.log_path = workdir / "server.log"
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seqserve", "serve", "--model-repository", str(repo),
-             "--grpc-port", self.target.rsplit(":", 1)[1], "--metrics-port",
-             str(_free_port())], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "seqserve",
+                "serve",
+                "--model-repository",
+                str(repo),
+                "--grpc-port",
+                self.target.rsplit(":", 1)[1],
+                "--metrics-port",
+                str(_free_port()),
+            ],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 180
         while check(self.target, timeout=0.5)[0] != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -152,8 +171,12 @@ class Server:
     def load(self, spec: dict, workdir: Path) -> dict:
         path = workdir / "load.json"
         path.write_text(json.dumps({"target": self.target, **spec}))
-        run = subprocess.run([str(TOOL_PYTHON), str(LOAD_SCRIPT), str(path)],
-                             capture_output=True, text=True, timeout=spec["seconds"] * 3 + 120)
+        run = subprocess.run(
+            [str(TOOL_PYTHON), str(LOAD_SCRIPT), str(path)],
+            capture_output=True,
+            text=True,
+            timeout=spec["seconds"] * 3 + 120,
+        )
         if run.returncode != 0:
             raise RuntimeError(f"load generator failed: {run.stderr[-2000:]}")
         return json.loads(run.stdout)
@@ -169,8 +192,9 @@ class Server:
         self._log.close()
 
 
-def _ratio(results: dict, a: tuple[str, str, str], b: tuple[str, str, str], key: str
-           ) -> dict | None:
+def _ratio(
+    results: dict, a: tuple[str, str, str], b: tuple[str, str, str], key: str
+) -> dict | None:
     """Per-repeat ratio a / b of `key` (tokens_per_s, or p50 latency); median and spread."""
     try:
         ca, cb = results[a[0]][a[1]][a[2]], results[b[0]][b[1]][b[2]]
@@ -191,18 +215,23 @@ def ratios(results: dict) -> dict:
     g, b4 = "beam1", "beam4"
     out: dict[str, dict | None] = {}
     for beam, suffix in ((g, ""), (b4, "_beam4")):  # greedy keeps the goals' original names
-        for torch_engine, conc, batch, key in (("pytorch_uncached", "c8", "b8", "tokens"),
-                                               ("pytorch_uncached", "c1", "b1", "latency"),
-                                               ("pytorch_cached", "c8", "b8", "tokens")):
+        for torch_engine, conc, batch, key in (
+            ("pytorch_uncached", "c8", "b8", "tokens"),
+            ("pytorch_uncached", "c1", "b1", "latency"),
+            ("pytorch_cached", "c8", "b8", "tokens"),
+        ):
             out[f"served_{conc}_vs_{torch_engine}_{batch}_{key}{suffix}"] = _ratio(
-                results, ("served", beam, conc), (torch_engine, beam, batch), key)
+                results, ("served", beam, conc), (torch_engine, beam, batch), key
+            )
     for beam in (g, b4):
         for conc, batch in (("c8", "b8"), ("c1", "b1")):
             for kind, ct2 in (("", "ct2_fp32"), ("_int8", "ct2_int8")):
                 out[f"served{kind}_{conc}_vs_{ct2}_{batch}_tokens_{beam}"] = _ratio(
-                    results, (f"served{kind}", beam, conc), (ct2, beam, batch), "tokens")
+                    results, (f"served{kind}", beam, conc), (ct2, beam, batch), "tokens"
+                )
                 out[f"seqserve{kind}_{batch}_vs_{ct2}_{batch}_tokens_{beam}"] = _ratio(
-                    results, (f"seqserve{kind}", beam, batch), (ct2, beam, batch), "tokens")
+                    results, (f"seqserve{kind}", beam, batch), (ct2, beam, batch), "tokens"
+                )
     out["served_c8_vs_ct2_fp32_b8_tokens"] = out["served_c8_vs_ct2_fp32_b8_tokens_beam1"]
     return {k: v for k, v in out.items() if v is not None}
 
@@ -220,10 +249,13 @@ def agreement(results: dict) -> dict:
                 common = [i for i in cell.texts if i in ref.texts]
                 same = sum(cell.texts[i] == ref.texts[i] for i in common)
                 out.setdefault(engine, {}).setdefault(beam, {})[label] = (
-                    same / len(common) if common else None)
-    pairs = {"ct2_fp32_vs_pytorch_uncached": ("ct2_fp32", "pytorch_uncached"),
-             "seqserve_vs_pytorch_uncached": ("seqserve", "pytorch_uncached"),
-             "pytorch_cached_vs_pytorch_uncached": ("pytorch_cached", "pytorch_uncached")}
+                    same / len(common) if common else None
+                )
+    pairs = {
+        "ct2_fp32_vs_pytorch_uncached": ("ct2_fp32", "pytorch_uncached"),
+        "seqserve_vs_pytorch_uncached": ("seqserve", "pytorch_uncached"),
+        "pytorch_cached_vs_pytorch_uncached": ("pytorch_cached", "pytorch_uncached"),
+    }
     found: dict[str, dict] = {"beam1": {}, "beam4": {}}
     for beam, tokens in found.items():
         for name, (a, b) in pairs.items():
@@ -232,11 +264,16 @@ def agreement(results: dict) -> dict:
             except KeyError:
                 continue
             common = sorted(set(ia) & set(ib))
-            tokens[name] = {"sentences": len(common),
-                            "identical": sum(ia[i] == ib[i] for i in common),
-                            "tokens": sum(len(ib[i]) for i in common)}
-    return {"text_vs_seqserve_b1": out, "greedy_tokens": found["beam1"],
-            "beam4_tokens": found["beam4"]}
+            tokens[name] = {
+                "sentences": len(common),
+                "identical": sum(ia[i] == ib[i] for i in common),
+                "tokens": sum(len(ib[i]) for i in common),
+            }
+    return {
+        "text_vs_seqserve_b1": out,
+        "greedy_tokens": found["beam1"],
+        "beam4_tokens": found["beam4"],
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -244,16 +281,19 @@ def run(args: argparse.Namespace) -> int:
 
     repository, checkpoint = Path(args.repository), Path(args.checkpoint)
     if not (repository / args.model / "config.pbtxt").is_file():
-        print(f"seqserve bench translator: no model {args.model!r} in {repository}",
-              file=sys.stderr)
+        print(
+            f"seqserve bench translator: no model {args.model!r} in {repository}", file=sys.stderr
+        )
         return 2
     if not (checkpoint / "checkpoint.pt").is_file():
         print(f"seqserve bench translator: no checkpoint.pt in {checkpoint}", file=sys.stderr)
         return 2
     served = args.concurrency != "" and not args.no_served
     if served and not TOOL_PYTHON.exists():
-        print("seqserve bench translator: .tools/tritonclient is missing: run `make tools`",
-              file=sys.stderr)
+        print(
+            "seqserve bench translator: .tools/tritonclient is missing: run `make tools`",
+            file=sys.stderr,
+        )
         return 2
     int8 = bool(args.int8_model) and (repository / args.int8_model / "config.pbtxt").is_file()
     beams = [int(b) for b in args.beams.split(",")]
@@ -280,16 +320,23 @@ def run(args: argparse.Namespace) -> int:
     sources = [tokenizer.encode_source(s) for s in sentences]
     too_long = [i for i, s in enumerate(sources) if len(s) > spec.max_source_tokens]
     assert not too_long, f"sentences {too_long} exceed max_source_tokens"
-    max_length = args.max_length or min(spec.max_target_tokens,
-                                        3 * max(len(s) for s in sources) + 10)
+    max_length = args.max_length or min(
+        spec.max_target_tokens, 3 * max(len(s) for s in sources) + 10
+    )
 
     engines: list[Engine] = [
-        SeqserveEngine("seqserve", repository / args.model, version_of(args.model))]
+        SeqserveEngine("seqserve", repository / args.model, version_of(args.model))
+    ]
     if int8:
-        engines.append(SeqserveEngine("seqserve_int8", repository / args.int8_model,
-                                      version_of(args.int8_model)))
-    engines += [TorchUncached("pytorch_uncached", model, tokenizer),
-                TorchCached("pytorch_cached", model, tokenizer)]
+        engines.append(
+            SeqserveEngine(
+                "seqserve_int8", repository / args.int8_model, version_of(args.int8_model)
+            )
+        )
+    engines += [
+        TorchUncached("pytorch_uncached", model, tokenizer),
+        TorchCached("pytorch_cached", model, tokenizer),
+    ]
     workdir = Path(tempfile.mkdtemp(prefix="seqserve-bench-translator-"))
     conversion = None
     try:
@@ -300,8 +347,10 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         ct2_dir = Path(args.ct2_dir) if args.ct2_dir else convert(checkpoint, workdir / "ct2")
         conversion = {"seconds": time.perf_counter() - t0, "dir": str(ct2_dir)}
-        engines += [CTranslate2Engine("ct2_fp32", ct2_dir, "float32", tokenizer),
-                    CTranslate2Engine("ct2_int8", ct2_dir, "int8", tokenizer)]
+        engines += [
+            CTranslate2Engine("ct2_fp32", ct2_dir, "float32", tokenizer),
+            CTranslate2Engine("ct2_int8", ct2_dir, "int8", tokenizer),
+        ]
     except ImportError:
         print("ctranslate2 is not installed (pip install 'seqserve[bench]'): skipping it")
 
@@ -309,12 +358,14 @@ def run(args: argparse.Namespace) -> int:
     server = None
     loads = [os.getloadavg()]  # at the start, then after every repeat
     cursor: dict[tuple[str, int, int], int] = {}  # served cell -> next first sentence
-    print(f"{len(sentences)} sentences, max_length {max_length}, beams {beams}, "
-          f"{args.repeats} repeats; load average {machine()['load_avg']}", flush=True)
+    print(
+        f"{len(sentences)} sentences, max_length {max_length}, beams {beams}, "
+        f"{args.repeats} repeats; load average {machine()['load_avg']}",
+        flush=True,
+    )
     try:
         if concurrencies:
-            server = Server(repository, [args.model] + ([args.int8_model] if int8 else []),
-                            workdir)
+            server = Server(repository, [args.model] + ([args.int8_model] if int8 else []), workdir)
         for e in engines:  # warm-up: one group per setting
             for beam in (b for b in beams if b in e.beams):
                 for batch in batches:
@@ -325,12 +376,19 @@ def run(args: argparse.Namespace) -> int:
                 for beam in beams:
                     for c in concurrencies:
                         start = cursor.get((name, beam, c), 0)
-                        out = server.load({
-                            "model": model_name, "sentences": sentences, "concurrency": c,
-                            "seconds": args.seconds, "windows": 1, "start": start,
-                            "warmup_seconds": args.warmup_seconds,
-                            "parameters": {"beam_size": beam, "max_length": max_length}},
-                            workdir)
+                        out = server.load(
+                            {
+                                "model": model_name,
+                                "sentences": sentences,
+                                "concurrency": c,
+                                "seconds": args.seconds,
+                                "windows": 1,
+                                "start": start,
+                                "warmup_seconds": args.warmup_seconds,
+                                "parameters": {"beam_size": beam, "max_length": max_length},
+                            },
+                            workdir,
+                        )
                         if out["error_count"]:
                             raise RuntimeError(f"{name} c{c}: {out['errors']}")
                         (window,) = out["windows"]
@@ -339,38 +397,52 @@ def run(args: argparse.Namespace) -> int:
                         cursor[(name, beam, c)] = (start + sent - sent % c) % len(sentences)
                         done = [(i, lat, text, None) for i, lat, text in window["requests"]]
                         cell = results.setdefault(name, {}).setdefault(f"beam{beam}", {})
-                        cell.setdefault(f"c{c}", Cell()).add(window["seconds"], done,
-                                                             lambda t: len(tokenizer.encode(t)))
+                        cell.setdefault(f"c{c}", Cell()).add(
+                            window["seconds"], done, lambda t: len(tokenizer.encode(t))
+                        )
             for e in engines:
                 for beam in (b for b in beams if b in e.beams):
                     for batch in batches:
                         seconds, done = measure_pass(e, sources, beam, batch, max_length)
                         cell = results.setdefault(e.name, {}).setdefault(f"beam{beam}", {})
                         cell.setdefault(f"b{batch}", Cell()).add(
-                            seconds, done, lambda t: len(tokenizer.encode(t)))
+                            seconds, done, lambda t: len(tokenizer.encode(t))
+                        )
             loads.append(os.getloadavg())
-            print(f"  repeat {rep + 1}/{args.repeats} done; load average {loads[-1]}",
-                  flush=True)
+            print(f"  repeat {rep + 1}/{args.repeats} done; load average {loads[-1]}", flush=True)
     finally:
         if server:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    summary = {e: {b: {k: c.summary() for k, c in cells.items()} for b, cells in beams_.items()}
-               for e, beams_ in results.items()}
+    summary = {
+        e: {b: {k: c.summary() for k, c in cells.items()} for b, cells in beams_.items()}
+        for e, beams_ in results.items()
+    }
     result = {
         "suite": "translator",
         "machine": machine() | {"versions": versions(), "load_avg_per_repeat": loads},
-        "settings": vars(args) | {"handler": None, "max_length": max_length,
-                                  "length_penalty": 0.0, "threads_per_session": 1,
-                                  "token_count": "SentencePiece pieces of the output text",
-                                  "int8_served": int8},
-        "model": {"d_model": model.config.d_model, "layers": [model.config.num_encoder_layers,
-                  model.config.num_decoder_layers], "vocab": model.config.vocab_size},
+        "settings": vars(args)
+        | {
+            "handler": None,
+            "max_length": max_length,
+            "length_penalty": 0.0,
+            "threads_per_session": 1,
+            "token_count": "SentencePiece pieces of the output text",
+            "int8_served": int8,
+        },
+        "model": {
+            "d_model": model.config.d_model,
+            "layers": [model.config.num_encoder_layers, model.config.num_decoder_layers],
+            "vocab": model.config.vocab_size,
+        },
         "engines": {e.name: e.info for e in engines},
-        "conversion": conversion, "results": summary, "ratios": ratios(results),
+        "conversion": conversion,
+        "results": summary,
+        "ratios": ratios(results),
         "goals": {k: {"comparison": op, "goal": v} for k, (op, v) in GOALS.items()},
-        "agreement": agreement(results), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "agreement": agreement(results),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     print_table(result)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -384,27 +456,42 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default="runs/m30k-bench",
-                        help="translator checkpoint folder (PyTorch and CTranslate2 weights)")
+    parser.add_argument(
+        "--checkpoint",
+        default="runs/m30k-bench",
+        help="translator checkpoint folder (PyTorch and CTranslate2 weights)",
+    )
     parser.add_argument("--repository", default="model_repository", help="model repository")
     parser.add_argument("--model", default="translator", help="fp32 translator in it")
-    parser.add_argument("--int8-model", default="translator_int8",
-                        help="int8 export of the same checkpoint ('' or missing: skipped)")
+    parser.add_argument(
+        "--int8-model",
+        default="translator_int8",
+        help="int8 export of the same checkpoint ('' or missing: skipped)",
+    )
     parser.add_argument("--ct2-dir", help="converted CTranslate2 model (default: convert now)")
-    parser.add_argument("--source", default="multi30k:test_2016_flickr",
-                        help="sentences: multi30k:SPLIT (German side) or validation (the "
-                        "checkpoint's validation sample)")
+    parser.add_argument(
+        "--source",
+        default="multi30k:test_2016_flickr",
+        help="sentences: multi30k:SPLIT (German side) or validation (the "
+        "checkpoint's validation sample)",
+    )
     parser.add_argument("--sentences", type=int, default=64, help="the first N sentences")
     parser.add_argument("--beams", default="1,4", help="beam sizes (1 = greedy)")
     parser.add_argument("--batches", default="1,8", help="in-process batch sizes")
     parser.add_argument("--concurrency", default="1,8", help="served concurrencies")
-    parser.add_argument("--max-length", type=int, default=0,
-                        help="target tokens (default: 3 x longest source + 10, capped)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=0,
+        help="target tokens (default: 3 x longest source + 10, capped)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--seconds", type=float, default=10.0, help="served window per repeat")
-    parser.add_argument("--warmup-seconds", type=float, default=1.0,
-                        help="served warm-up before each window")
+    parser.add_argument(
+        "--warmup-seconds", type=float, default=1.0, help="served warm-up before each window"
+    )
     parser.add_argument("--no-served", action="store_true", help="in-process engines only")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    parser.add_argument("--results-dir", default=str(ROOT / "bench" / "results"),
-                        help="where the JSON and PNG go")
+    parser.add_argument(
+        "--results-dir", default=str(ROOT / "bench" / "results"), help="where the JSON and PNG go"
+    )

@@ -54,12 +54,17 @@ class SeqserveEngine:
         config = read_config(model_dir)
         settings = Settings(model_repository=model_dir.parent)
         self.name = name
-        self.translator = load_translator(model_dir / str(version), config,
-                                          session_options(config, settings),
-                                          ["CPUExecutionProvider"])
-        self.info = {"model": str(model_dir / str(version)),
-                     "intra_op_threads": settings.intra_op_threads,
-                     "inter_op_threads": settings.inter_op_threads}
+        self.translator = load_translator(
+            model_dir / str(version),
+            config,
+            session_options(config, settings),
+            ["CPUExecutionProvider"],
+        )
+        self.info = {
+            "model": str(model_dir / str(version)),
+            "intra_op_threads": settings.intra_op_threads,
+            "inter_op_threads": settings.inter_op_threads,
+        }
 
     def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
         from core.translation import DecodeRequest
@@ -77,8 +82,10 @@ class _Torch:
 
         self.name, self.model, self.tokenizer = name, model.eval(), tokenizer
         self.torch = torch
-        self.info = {"threads": torch.get_num_threads(),
-                     "interop_threads": torch.get_num_interop_threads()}
+        self.info = {
+            "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(),
+        }
 
     def _src(self, sources: list[list[int]]) -> Any:
         """Right-padded source ids [B, S] int64."""
@@ -95,8 +102,9 @@ class _Torch:
     def _outputs(self, rows: list[list[int]]) -> list[Output]:
         return [Output(r, self.tokenizer.decode(r)) for r in rows]
 
-    def _beam(self, sources: list[list[int]], beam: int, max_length: int, cached: bool
-              ) -> list[Output]:
+    def _beam(
+        self, sources: list[list[int]], beam: int, max_length: int, cached: bool
+    ) -> list[Output]:
         """Beam search over the batch: every sentence keeps `beam` decoder rows (R rows in
         all); a finished sentence's rows leave the batch. Uncached: the decoder re-runs over
         the whole prefix each step; cached: one `decode_step` per token, the cache reordered
@@ -117,27 +125,35 @@ class _Torch:
             if cached:
                 cross_k, cross_v = m.cross_kv(memory)  # [L, B, H, S, K] each
                 cross_k, cross_v = cross_k[:, rows], cross_v[:, rows]  # [L, R, H, S, K]
-                past_k = past_v = memory.new_zeros(c.num_decoder_layers, b * beam,
-                                                   c.num_heads, 0, c.head_dim)  # [L, R, H, 0, K]
+                past_k = past_v = memory.new_zeros(
+                    c.num_decoder_layers, b * beam, c.num_heads, 0, c.head_dim
+                )  # [L, R, H, 0, K]
             alive = list(range(b))
             for t in range(max_length):
                 n = ys.size(0)
                 if cached:
                     log_probs, k, v = m.decode_step(
-                        ys[:, -1:], torch.full((n, 1), t, dtype=torch.long), past_k, past_v,
-                        torch.ones(n, t, dtype=torch.bool), cross_k, cross_v,
-                        src_mask[rows])  # [R, V], [L, R, H, t+1, K] x2
+                        ys[:, -1:],
+                        torch.full((n, 1), t, dtype=torch.long),
+                        past_k,
+                        past_v,
+                        torch.ones(n, t, dtype=torch.bool),
+                        cross_k,
+                        cross_v,
+                        src_mask[rows],
+                    )  # [R, V], [L, R, H, t+1, K] x2
                 else:
                     tgt_mask = subsequent_mask(t + 1, src.device).expand(n, -1, -1)  # [R, T, T]
-                    hidden = m.decode(memory[rows], src_mask[rows].unsqueeze(1), ys,
-                                      tgt_mask)  # [R, T, D]
+                    hidden = m.decode(
+                        memory[rows], src_mask[rows].unsqueeze(1), ys, tgt_mask
+                    )  # [R, T, D]
                     log_probs = m.generator(hidden[:, -1])  # [R, V]
                 scores = log_probs.float().numpy()
                 keep: list[int] = []
                 tokens: list[int] = []
                 still = []
                 for j, i in enumerate(alive):
-                    parents, nxt = states[i].advance(scores[j * beam:(j + 1) * beam])
+                    parents, nxt = states[i].advance(scores[j * beam : (j + 1) * beam])
                     if not states[i].done:
                         keep.extend((j * beam + parents).tolist())
                         tokens.extend(nxt.tolist())
@@ -180,8 +196,9 @@ class TorchCached(_Torch):
             src, src_mask, memory = self._encode(sources)  # [B, S], [B, S], [B, S, D]
             b = src.size(0)
             cross_k, cross_v = m.cross_kv(memory)  # [L, B, H, S, K] each
-            past_k = memory.new_zeros(c.num_decoder_layers, b, c.num_heads, 0,
-                                      c.head_dim)  # [L, B, H, 0, K]
+            past_k = memory.new_zeros(
+                c.num_decoder_layers, b, c.num_heads, 0, c.head_dim
+            )  # [L, B, H, 0, K]
             past_v = past_k
             past_mask = torch.zeros(b, 0, dtype=torch.bool)  # [B, 0]
             tokens = torch.full((b, 1), c.bos_id, dtype=torch.long)  # [B, 1]
@@ -190,8 +207,8 @@ class TorchCached(_Torch):
             for t in range(max_length):
                 positions = torch.full((b, 1), t, dtype=torch.long)  # [B, 1]
                 log_probs, past_k, past_v = m.decode_step(
-                    tokens, positions, past_k, past_v, past_mask, cross_k, cross_v,
-                    src_mask)  # [B, V], [L, B, H, t+1, K] x2
+                    tokens, positions, past_k, past_v, past_mask, cross_k, cross_v, src_mask
+                )  # [B, V], [L, B, H, t+1, K] x2
                 past_mask = torch.ones(b, t + 1, dtype=torch.bool)  # [B, t+1]
                 nxt = log_probs.argmax(dim=-1)  # [B]
                 nxt = torch.where(done, torch.full_like(nxt, c.pad_id), nxt)
@@ -201,8 +218,9 @@ class TorchCached(_Torch):
                     break
                 tokens = nxt.unsqueeze(1)  # [B] -> [B, 1]
             ys = torch.stack(steps, dim=1).tolist()  # [B, T]
-        rows = [r[:r.index(c.eos_id)] if c.eos_id in r else [t for t in r if t != c.pad_id]
-                for r in ys]
+        rows = [
+            r[: r.index(c.eos_id)] if c.eos_id in r else [t for t in r if t != c.pad_id] for r in ys
+        ]
         return self._outputs(rows)
 
 
@@ -213,22 +231,32 @@ class CTranslate2Engine:
 
     beams = (1, 4)
 
-    def __init__(self, name: str, model_dir: Path, compute_type: str, tokenizer: Tokenizer
-                 ) -> None:
+    def __init__(self, name: str, model_dir: Path, compute_type: str, tokenizer: Tokenizer) -> None:
         import ctranslate2
 
         self.name, self.tokenizer = name, tokenizer
-        self.translator = ctranslate2.Translator(str(model_dir), device="cpu",
-                                                 compute_type=compute_type, inter_threads=1,
-                                                 intra_threads=1)
-        self.info = {"compute_type": self.translator.compute_type,  # what it really runs
-                     "inter_threads": 1, "intra_threads": 1}
+        self.translator = ctranslate2.Translator(
+            str(model_dir),
+            device="cpu",
+            compute_type=compute_type,
+            inter_threads=1,
+            intra_threads=1,
+        )
+        self.info = {
+            "compute_type": self.translator.compute_type,  # what it really runs
+            "inter_threads": 1,
+            "intra_threads": 1,
+        }
 
     def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:
         tok = self.tokenizer
         results = self.translator.translate_batch(
-            [tok.pieces(s) for s in sources], beam_size=beam, max_decoding_length=max_length,
-            length_penalty=0.0, num_hypotheses=1)
+            [tok.pieces(s) for s in sources],
+            beam_size=beam,
+            max_decoding_length=max_length,
+            length_penalty=0.0,
+            num_hypotheses=1,
+        )
         out = []
         for r in results:
             ids = [tok.sp.piece_to_id(p) for p in r.hypotheses[0]]

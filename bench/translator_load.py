@@ -27,8 +27,15 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
 
-async def _client(client: grpcclient.InferenceServerClient, spec: dict, first: int,
-                  stop_at: float, window_start: float, out: list, errors: list) -> None:
+async def _client(
+    client: grpcclient.InferenceServerClient,
+    spec: dict,
+    first: int,
+    stop_at: float,
+    window_start: float,
+    out: list,
+    errors: list,
+) -> None:
     sentences, c = spec["sentences"], spec["concurrency"]
     k = first
     while time.perf_counter() < stop_at:
@@ -47,12 +54,17 @@ async def _client(client: grpcclient.InferenceServerClient, spec: dict, first: i
             out.append([index, t1 - t0, result.as_numpy("translation").reshape(-1)[0].decode()])
 
 
-async def _window(client: grpcclient.InferenceServerClient, spec: dict, seconds: float,
-                  errors: list) -> list:
+async def _window(
+    client: grpcclient.InferenceServerClient, spec: dict, seconds: float, errors: list
+) -> list:
     out: list = []
     start = time.perf_counter()
-    await asyncio.gather(*(_client(client, spec, i, start + seconds, start, out, errors)
-                           for i in range(spec["concurrency"])))
+    await asyncio.gather(
+        *(
+            _client(client, spec, i, start + seconds, start, out, errors)
+            for i in range(spec["concurrency"])
+        )
+    )
     return out
 
 

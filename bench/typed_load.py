@@ -19,8 +19,9 @@ from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as fgrpc
 
 
-async def closed_loop(calls: list[Callable[[], Awaitable[object]]], seconds: float,
-                      warmup: float) -> dict:
+async def closed_loop(
+    calls: list[Callable[[], Awaitable[object]]], seconds: float, warmup: float
+) -> dict:
     """Each of `calls` (one per client) in a loop for `warmup` then `seconds`: throughput and
     latency of the calls started in the measured window."""
     latencies: list[float] = []
@@ -43,47 +44,67 @@ async def closed_loop(calls: list[Callable[[], Awaitable[object]]], seconds: flo
     ms = sorted(x * 1e3 for x in latencies)
     if not ms:
         return {"requests": 0, "errors": errors, "inferences_per_s": 0.0}
-    return {"requests": len(ms), "errors": errors, "inferences_per_s": len(ms) / seconds,
-            "p50_ms": ms[len(ms) // 2], "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))]}
+    return {
+        "requests": len(ms),
+        "errors": errors,
+        "inferences_per_s": len(ms) / seconds,
+        "p50_ms": ms[len(ms) // 2],
+        "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+    }
 
 
-async def _typed_vs_v2(target: str, model: str, concurrencies: list[int], seconds: float,
-                       repeats: int) -> dict:
+async def _typed_vs_v2(
+    target: str, model: str, concurrencies: list[int], seconds: float, repeats: int
+) -> dict:
     # A local subchannel pool per channel: its own TCP connection, as perf_analyzer's clients.
-    channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(max(concurrencies))]
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(max(concurrencies))
+    ]
     try:
         infer = await v2_request(channels[0], model)
         forecast = await forecast_request(channels[0], model)
         v2 = [pb_grpc.GRPCInferenceServiceStub(ch) for ch in channels]
         fc = [fgrpc.ForecasterStub(ch) for ch in channels]
-        apis = {"v2": [functools.partial(s.ModelInfer, infer, timeout=30) for s in v2],
-                "typed": [functools.partial(s.Forecast, forecast, timeout=30) for s in fc]}
+        apis = {
+            "v2": [functools.partial(s.ModelInfer, infer, timeout=30) for s in v2],
+            "typed": [functools.partial(s.Forecast, forecast, timeout=30) for s in fc],
+        }
         runs: dict = {api: {c: [] for c in concurrencies} for api in apis}
         for r in range(repeats):
             for c in concurrencies:
                 for api, calls in apis.items():
                     res = await closed_loop(calls[:c], seconds, warmup=min(0.5, seconds))
                     runs[api][c].append(res)
-                    print(f"  repeat {r} c={c:<3d} {api:>6s}: {res['inferences_per_s']:8.0f}/s "
-                          f"p50 {res.get('p50_ms', 0):.3f} ms  errors {res['errors']}",
-                          flush=True)
+                    print(
+                        f"  repeat {r} c={c:<3d} {api:>6s}: {res['inferences_per_s']:8.0f}/s "
+                        f"p50 {res.get('p50_ms', 0):.3f} ms  errors {res['errors']}",
+                        flush=True,
+                    )
     finally:
         for ch in channels:
             await ch.close()
     return {
         "runs": {api: {str(c): x for c, x in by_c.items()} for api, by_c in runs.items()},
-        "median_per_s": {api: {str(c): statistics.median(r["inferences_per_s"] for r in x)
-                               for c, x in by_c.items()} for api, by_c in runs.items()},
-        "typed_to_v2": {str(c): statistics.median(
-            t["inferences_per_s"] / v["inferences_per_s"] if v["inferences_per_s"] else 0.0
-            for t, v in zip(runs["typed"][c], runs["v2"][c], strict=True))
-            for c in concurrencies},
+        "median_per_s": {
+            api: {
+                str(c): statistics.median(r["inferences_per_s"] for r in x) for c, x in by_c.items()
+            }
+            for api, by_c in runs.items()
+        },
+        "typed_to_v2": {
+            str(c): statistics.median(
+                t["inferences_per_s"] / v["inferences_per_s"] if v["inferences_per_s"] else 0.0
+                for t, v in zip(runs["typed"][c], runs["v2"][c], strict=True)
+            )
+            for c in concurrencies
+        },
         "errors": sum(r["errors"] for by_c in runs.values() for x in by_c.values() for r in x),
     }
 
 
-def typed_vs_v2(target: str, model: str, concurrencies: list[int], seconds: float,
-                repeats: int) -> dict:
+def typed_vs_v2(
+    target: str, model: str, concurrencies: list[int], seconds: float, repeats: int
+) -> dict:
     """Typed Forecast and V2 ModelInfer on `model` at `target`, side by side (module doc)."""
     return asyncio.run(_typed_vs_v2(target, model, concurrencies, seconds, repeats))

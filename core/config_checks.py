@@ -23,14 +23,16 @@ def check_config(config: mc.ModelConfig) -> None:
             raise ModelLoadError(f"instance_group[{i}].count: {group.count} is negative")
     instances = sum(max(g.count, 1) for g in config.instance_group)
     if instances > MAX_INSTANCES:
-        raise ModelLoadError(f"instance_group: {instances} instances, at most {MAX_INSTANCES} "
-                             "per model version")
+        raise ModelLoadError(
+            f"instance_group: {instances} instances, at most {MAX_INSTANCES} per model version"
+        )
     for key in THREAD_PARAMETERS:
         if key in config.parameters:
             value = config.parameters[key].string_value
             if not value.isdigit() or int(value) > MAX_THREADS:
-                raise ModelLoadError(f"parameters.{key}: {value!r} is not a thread count in "
-                                     f"0..{MAX_THREADS}")
+                raise ModelLoadError(
+                    f"parameters.{key}: {value!r} is not a thread count in 0..{MAX_THREADS}"
+                )
     if config.default_model_filename:
         check_file_name(config.default_model_filename, "default_model_filename")
 

@@ -1,6 +1,6 @@
 """Forecast with the typed API: the last window of a CSV to `forecaster_gru`.
 
-    .venv/bin/python examples/forecast.py [--target 127.0.0.1:8001] [--csv FILE]
+.venv/bin/python examples/forecast.py [--target 127.0.0.1:8001] [--csv FILE]
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ with Client(args.target) as client:
     info = client.model_info(args.model)
     names = [*info.target_names, *info.covariate_names]
     window = slice(-info.input_window, None)
-    forecast = client.forecast(args.model, {n: series[n][window] for n in names},
-                               timestamps=stamps[window], quantiles=[0.1, 0.9])
+    forecast = client.forecast(
+        args.model,
+        {n: series[n][window] for n in names},
+        timestamps=stamps[window],
+        quantiles=[0.1, 0.9],
+    )
 target = info.target_names[0]
 low, high = forecast.quantiles[target][0.1], forecast.quantiles[target][0.9]
 print(f"{args.model} v{forecast.model_version}: {info.horizon} steps of {target}")

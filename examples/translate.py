@@ -1,6 +1,6 @@
 """Translate with the typed API: beam search, n-best, and streaming.
 
-    .venv/bin/python examples/translate.py [--target 127.0.0.1:8001] [SENTENCE ...]
+.venv/bin/python examples/translate.py [--target 127.0.0.1:8001] [SENTENCE ...]
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ parser.add_argument("--model", default="translator")
 args = parser.parse_args()
 
 with Client(args.target) as client:
-    for source, t in zip(args.sentences, client.translate(args.sentences, args.model,
-                                                          beam_size=4, n_best=2), strict=True):
+    for source, t in zip(
+        args.sentences,
+        client.translate(args.sentences, args.model, beam_size=4, n_best=2),
+        strict=True,
+    ):
         print(f"{source} -> {t.text}  (score {t.score:.3f}, {t.num_tokens} tokens)")
         for text, score in t.alternatives:
             print(f"    also: {text}  ({score:.3f})")

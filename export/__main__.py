@@ -16,9 +16,13 @@ from training import checkpoint
 
 
 def _forecaster(args: argparse.Namespace) -> Path:
-    options = ExportOptions(version=args.version, force=args.force, quantize=args.quantize,
-                            opset=args.opset,
-                            max_mse_increase=getattr(args, "max_mse_increase", 0.05))
+    options = ExportOptions(
+        version=args.version,
+        force=args.force,
+        quantize=args.quantize,
+        opset=args.opset,
+        max_mse_increase=getattr(args, "max_mse_increase", 0.05),
+    )
     return export_forecaster(Path(args.checkpoint), Path(args.repository), args.name, options)
 
 
@@ -29,8 +33,10 @@ def _translator(args: argparse.Namespace) -> Path:
 
 
 # checkpoint kind -> exporter(args) -> version folder written
-EXPORTERS: dict[str, Callable[[argparse.Namespace], Path]] = {"forecaster": _forecaster,
-                                                             "translator": _translator}
+EXPORTERS: dict[str, Callable[[argparse.Namespace], Path]] = {
+    "forecaster": _forecaster,
+    "translator": _translator,
+}
 
 
 def checkpoint_kind(folder: Path) -> str:
@@ -42,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         kind = checkpoint_kind(Path(args.checkpoint))
         exporter = EXPORTERS.get(kind)
         if exporter is None:
-            raise ExportError(f"no exporter for checkpoint kind {kind!r} (known: "
-                              f"{', '.join(EXPORTERS)})")
+            raise ExportError(
+                f"no exporter for checkpoint kind {kind!r} (known: {', '.join(EXPORTERS)})"
+            )
         version_dir = exporter(args)
     except (ExportError, checkpoint.CheckpointError) as err:
         print(f"seqserve export: {err}", file=sys.stderr)

@@ -53,25 +53,40 @@ class StepLayer(nn.Module):
         self.heads, self.head_dim = sa.h, sa.d_k
         self.scale = 1 / math.sqrt(sa.d_k)
         self.norms = nn.ModuleList(sub.norm for sub in layer.sublayer)
-        self.register_buffer("w_qkv", torch.cat(
-            [_weight(sa.q_proj), _weight(sa.k_proj), _weight(sa.v_proj)], dim=1))  # [D, 3D]
-        self.register_buffer("b_qkv", torch.cat(
-            [_bias(sa.q_proj), _bias(sa.k_proj), _bias(sa.v_proj)]))  # [3D]
-        for name, linear in (("self_out", sa.out_proj), ("cross_q", ca.q_proj),
-                             ("cross_out", ca.out_proj), ("ff_1", ff.w_1), ("ff_2", ff.w_2)):
+        self.register_buffer(
+            "w_qkv", torch.cat([_weight(sa.q_proj), _weight(sa.k_proj), _weight(sa.v_proj)], dim=1)
+        )  # [D, 3D]
+        self.register_buffer(
+            "b_qkv", torch.cat([_bias(sa.q_proj), _bias(sa.k_proj), _bias(sa.v_proj)])
+        )  # [3D]
+        for name, linear in (
+            ("self_out", sa.out_proj),
+            ("cross_q", ca.q_proj),
+            ("cross_out", ca.out_proj),
+            ("ff_1", ff.w_1),
+            ("ff_2", ff.w_2),
+        ):
             self.register_buffer(f"w_{name}", _weight(linear))
             self.register_buffer(f"b_{name}", _bias(linear))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
-               ) -> torch.Tensor:
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
         """q [R, H, 1, K] over k/v [R, H, T, K]; bias [R, 1, 1, T] -> [R, D]."""
         scores = (q * self.scale) @ k.transpose(-2, -1) + bias  # [R, H, 1, T]
         out = scores.softmax(dim=-1) @ v  # [R, H, 1, T] x [R, H, T, K] -> [R, H, 1, K]
         return out.reshape(out.size(0), self.heads * self.head_dim)  # [R, D]
 
-    def forward(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
-                self_bias: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor,
-                src_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        self_bias: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        src_bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [R, D], past_k/v [R, H, P, K], self_bias [R, 1, 1, P+1], cross_k/v [R, H, S, K],
         src_bias [R, 1, 1, S] -> (x [R, D], present_k/v [R, H, P+1, K])."""
         r, h, k_dim = x.size(0), self.heads, self.head_dim
@@ -97,14 +112,20 @@ class DecoderStep(nn.Module):
         self.register_buffer("w_out", _weight(model.generator.proj))  # [D, V]
         self.register_buffer("b_out", _bias(model.generator.proj))  # [V]
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, past_mask: torch.Tensor,
-                src_mask: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        past_mask: torch.Tensor,
+        src_mask: torch.Tensor,
+        *caches: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         """tokens/positions [R, 1] int64, past_mask [R, P], src_mask [R, S], then per layer
         past_k_i..., past_v_i... [R, H, P, K] and cross_k_i..., cross_v_i... [R, H, S, K]
         -> log_probs [R, V], present_k_i..., present_v_i... [R, H, P+1, K]
         (core.translation.graphs.decoder_inputs / decoder_outputs name them)."""
         n = len(self.layers)
-        past_k, past_v, cross_k, cross_v = (caches[j * n:(j + 1) * n] for j in range(4))
+        past_k, past_v, cross_k, cross_v = (caches[j * n : (j + 1) * n] for j in range(4))
         x = self.embed(tokens[:, 0]) + self.position.pe[positions[:, 0]]  # [R, D]
         new_slot = torch.ones_like(tokens, dtype=torch.bool)  # [R, 1]
         self_bias = torch.where(torch.cat([past_mask, new_slot], dim=1), 0.0, NEG_INF)
@@ -112,9 +133,7 @@ class DecoderStep(nn.Module):
         src_bias = torch.where(src_mask, 0.0, NEG_INF)[:, None, None, :]  # [R, 1, 1, S]
         present: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer [R, H, P+1, K] x2
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, past_k[i], past_v[i], self_bias, cross_k[i], cross_v[i],
-                            src_bias)
+            x, k, v = layer(x, past_k[i], past_v[i], self_bias, cross_k[i], cross_v[i], src_bias)
             present.append((k, v))
         logits = self.norm(x) @ self.w_out + self.b_out  # [R, V]
-        return (F.log_softmax(logits, dim=-1), *(k for k, _ in present),
-                *(v for _, v in present))
+        return (F.log_softmax(logits, dim=-1), *(k for k, _ in present), *(v for _, v in present))

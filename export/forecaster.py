@@ -67,8 +67,9 @@ def tensors(config: ForecasterConfig) -> tuple[list[Tensor], list[Tensor]]:
     return inputs, outputs
 
 
-def random_inputs(config: ForecasterConfig, data: dict[str, Any], batch: int,
-                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+def random_inputs(
+    config: ForecasterConfig, data: dict[str, Any], batch: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Fresh raw-unit inputs: standard normal in scaled space, mapped back to raw units."""
     mean, std = np.array(data["mean"]), np.array(data["std"])
     past = mean + std * rng.standard_normal((batch, config.input_len, config.n_past))
@@ -79,8 +80,9 @@ def random_inputs(config: ForecasterConfig, data: dict[str, Any], batch: int,
     return inputs
 
 
-def torch_reference(graph: ForecasterGraph, output_names: list[str]
-                    ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+def torch_reference(
+    graph: ForecasterGraph, output_names: list[str]
+) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     @torch.no_grad()
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = graph(*(torch.from_numpy(v) for v in inputs.values()))
@@ -101,11 +103,16 @@ def validation_mse(path: Path, config: ForecasterConfig, data: dict[str, Any]) -
     t = list(config.target_index)
     std = np.array(data["std"])[t]
     err = (forecast.astype(np.float64) - sample["target"].numpy()) / std
-    return float(np.mean(err ** 2))
+    return float(np.mean(err**2))
 
 
-def build_config(config: ForecasterConfig, payload: dict[str, Any], opset: int, atol: float,
-                 quantization: dict[str, Any] | None) -> ModelConfig:
+def build_config(
+    config: ForecasterConfig,
+    payload: dict[str, Any],
+    opset: int,
+    atol: float,
+    quantization: dict[str, Any] | None,
+) -> ModelConfig:
     data = payload["data"]
     parameters: dict[str, object] = {
         "task": "forecaster",
@@ -128,8 +135,9 @@ def build_config(config: ForecasterConfig, payload: dict[str, Any], opset: int, 
     return onnx_model_config(inputs, outputs, parameters)
 
 
-def export_forecaster(checkpoint_dir: Path, repository: Path, name: str,
-                      options: ExportOptions = ExportOptions()) -> Path:
+def export_forecaster(
+    checkpoint_dir: Path, repository: Path, name: str, options: ExportOptions = ExportOptions()
+) -> Path:
     """Export, verify and write one version; returns the version folder."""
     payload = checkpoint.load(checkpoint_dir)
     config, graph = load_forecaster(payload)
@@ -143,8 +151,14 @@ def export_forecaster(checkpoint_dir: Path, repository: Path, name: str,
 
     with tempfile.TemporaryDirectory(prefix="seqserve-export-") as tmp:
         path = Path(tmp) / "model.onnx"
-        opset = export_onnx(graph, tuple(torch.from_numpy(v) for v in example.values()), path,
-                            input_names, output_names, options.opset)
+        opset = export_onnx(
+            graph,
+            tuple(torch.from_numpy(v) for v in example.values()),
+            path,
+            input_names,
+            output_names,
+            options.opset,
+        )
         dims = {t.name: [None, *t.dims] for t in [*inputs, *outputs]}
         set_output_dims(path, dims)
         check_dims(check_model(path), dims)
@@ -154,14 +168,21 @@ def export_forecaster(checkpoint_dir: Path, repository: Path, name: str,
         quantization = None
         if options.quantize == "int8":
             q_path = Path(tmp) / "model.int8.onnx"
-            record: dict[str, Any] = {"type": "int8", "method": METHOD,
-                                      "weight_type": WEIGHT_TYPE,
-                                      "quantized_nodes": quantize_int8(path, q_path)}
+            record: dict[str, Any] = {
+                "type": "int8",
+                "method": METHOD,
+                "weight_type": WEIGHT_TYPE,
+                "quantized_nodes": quantize_int8(path, q_path),
+            }
         elif options.quantize == "fp16":
             q_path = Path(tmp) / "model.fp16.onnx"
             # The network in fp16; the scaling around it (nodes outside /net/) stays FP32.
-            record = {"type": "fp16", "method": FP16_METHOD, "intended_device": "gpu",
-                      **convert_fp16(path, q_path, lambda n: not n.startswith("/net/"))}
+            record = {
+                "type": "fp16",
+                "method": FP16_METHOD,
+                "intended_device": "gpu",
+                **convert_fp16(path, q_path, lambda n: not n.startswith("/net/")),
+            }
         elif options.quantize is not None:
             raise ExportError(f"unknown quantisation {options.quantize!r} (known: int8, fp16)")
         if options.quantize is not None:
@@ -169,21 +190,27 @@ def export_forecaster(checkpoint_dir: Path, repository: Path, name: str,
             full, reduced = validation_mse(path, config, data), validation_mse(q_path, config, data)
             increase = (reduced - full) / full if full > 0 else 0.0
             if increase > options.max_mse_increase:
-                raise ExportError(f"{options.quantize} raises the validation MSE from {full:.4f} "
-                                  f"to {reduced:.4f} (+{increase:.1%}, limit "
-                                  f"{options.max_mse_increase:.1%}); nothing was written. "
-                                  "Raise --max-mse-increase to accept it")
-            quantization = {**record, "val_mse_fp32": round(full, 6),
-                            f"val_mse_{options.quantize}": round(reduced, 6),
-                            "val_mse_increase": round(increase, 6),
-                            "max_val_mse_increase": options.max_mse_increase,
-                            "val_windows": int(data["validation_sample"]["past"].shape[0])}
+                raise ExportError(
+                    f"{options.quantize} raises the validation MSE from {full:.4f} "
+                    f"to {reduced:.4f} (+{increase:.1%}, limit "
+                    f"{options.max_mse_increase:.1%}); nothing was written. "
+                    "Raise --max-mse-increase to accept it"
+                )
+            quantization = {
+                **record,
+                "val_mse_fp32": round(full, 6),
+                f"val_mse_{options.quantize}": round(reduced, 6),
+                "val_mse_increase": round(increase, 6),
+                "max_val_mse_increase": options.max_mse_increase,
+                "val_windows": int(data["validation_sample"]["past"].shape[0]),
+            }
             path = q_path
 
         model_config = build_config(config, payload, opset, atol, quantization)
         check_config_signature(model_config, check_model(path))
-        return write_version(repository, name, model_config, {"model.onnx": path},
-                             options.version, options.force)
+        return write_version(
+            repository, name, model_config, {"model.onnx": path}, options.version, options.force
+        )
 
 
 def parameters_of(config: ModelConfig) -> dict[str, Any]:

@@ -23,8 +23,14 @@ MAX_BATCH_SIZE = 64
 MAX_QUEUE_DELAY_US = 0
 MAX_QUEUE_SIZE = 1024  # requests waiting per model version (docs/serving.md, "Security")
 
-DATA_TYPES = {"FP32": mc.TYPE_FP32, "FP16": mc.TYPE_FP16, "INT64": mc.TYPE_INT64,
-              "INT32": mc.TYPE_INT32, "BOOL": mc.TYPE_BOOL, "STRING": mc.TYPE_STRING}
+DATA_TYPES = {
+    "FP32": mc.TYPE_FP32,
+    "FP16": mc.TYPE_FP16,
+    "INT64": mc.TYPE_INT64,
+    "INT32": mc.TYPE_INT32,
+    "BOOL": mc.TYPE_BOOL,
+    "STRING": mc.TYPE_STRING,
+}
 
 
 @dataclass(frozen=True)
@@ -41,13 +47,18 @@ def parameter_value(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def onnx_model_config(inputs: Sequence[Tensor], outputs: Sequence[Tensor],
-                      parameters: Mapping[str, object], name: str = "",
-                      max_batch_size: int = MAX_BATCH_SIZE,
-                      max_queue_delay_us: int = MAX_QUEUE_DELAY_US) -> mc.ModelConfig:
+def onnx_model_config(
+    inputs: Sequence[Tensor],
+    outputs: Sequence[Tensor],
+    parameters: Mapping[str, object],
+    name: str = "",
+    max_batch_size: int = MAX_BATCH_SIZE,
+    max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
+) -> mc.ModelConfig:
     """A ModelConfig for an ONNX graph served by onnxruntime, with seqserve's fixed settings."""
-    config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", backend="onnxruntime",
-                            max_batch_size=max_batch_size)
+    config = mc.ModelConfig(
+        name=name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=max_batch_size
+    )
     for t in inputs:
         config.input.add(name=t.name, data_type=DATA_TYPES[t.data_type], dims=list(t.dims))
     for t in outputs:

@@ -35,8 +35,9 @@ def set_output_dims(path: Path, dims: Mapping[str, Sequence[int | None]]) -> Non
             continue
         shape = value.type.tensor_type.shape
         if len(shape.dim) != len(want):
-            raise ExportError(f"output {value.name!r} has rank {len(shape.dim)}, expected "
-                              f"{len(want)}")
+            raise ExportError(
+                f"output {value.name!r} has rank {len(shape.dim)}, expected {len(want)}"
+            )
         for dim, w in zip(shape.dim, want, strict=True):
             if w is None:
                 if not dim.dim_param:
@@ -46,9 +47,15 @@ def set_output_dims(path: Path, dims: Mapping[str, Sequence[int | None]]) -> Non
     onnx.save(model, str(path))
 
 
-def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
-                input_names: Sequence[str], output_names: Sequence[str],
-                opset: int | None = None, dynamo: bool = False) -> int:
+def export_onnx(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    opset: int | None = None,
+    dynamo: bool = False,
+) -> int:
     """Export `module(*args)` to a single-file ONNX graph at `path`, with dim 0 of every input
     and output named "batch" (dynamic). Returns the opset of the default domain written."""
     axes = {name: {0: BATCH} for name in [*input_names, *output_names]}
@@ -62,13 +69,28 @@ def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
             if dynamo:
-                torch.onnx.export(module, args, str(path), input_names=list(input_names),
-                                  output_names=list(output_names), dynamic_axes=axes,
-                                  dynamo=True, external_data=False, **kwargs)
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    dynamic_axes=axes,
+                    dynamo=True,
+                    external_data=False,
+                    **kwargs,
+                )
             else:
-                torch.onnx.export(module, args, str(path), input_names=list(input_names),
-                                  output_names=list(output_names), dynamic_axes=axes,
-                                  dynamo=False, **kwargs)
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    input_names=list(input_names),
+                    output_names=list(output_names),
+                    dynamic_axes=axes,
+                    dynamo=False,
+                    **kwargs,
+                )
     except Exception as err:
         raise ExportError(f"torch.onnx.export failed: {err}") from err
     model = onnx.load(str(path), load_external_data=False)

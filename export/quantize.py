@@ -22,8 +22,15 @@ from export.errors import ExportError
 
 METHOD = "onnxruntime.quantization.quantize_dynamic"
 WEIGHT_TYPE = "QInt8"
-INT8_OPS = {"DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLSTM", "QAttention",
-            "ConvInteger", "DynamicQuantizeLinear", "MatMulIntegerToFloat"}
+INT8_OPS = {
+    "DynamicQuantizeMatMul",
+    "MatMulInteger",
+    "DynamicQuantizeLSTM",
+    "QAttention",
+    "ConvInteger",
+    "DynamicQuantizeLinear",
+    "MatMulIntegerToFloat",
+}
 
 
 def quantize_int8(src: Path, dst: Path) -> dict[str, int]:
@@ -38,8 +45,10 @@ def quantize_int8(src: Path, dst: Path) -> dict[str, int]:
         if node.op_type in INT8_OPS:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     if not counts:
-        raise ExportError("int8 quantisation changed nothing: the graph has no node onnxruntime "
-                          "quantises dynamically")
+        raise ExportError(
+            "int8 quantisation changed nothing: the graph has no node onnxruntime "
+            "quantises dynamically"
+        )
     return counts
 
 

@@ -28,8 +28,9 @@ CONFIG_FILE = "config.pbtxt"
 
 def check_name(name: str) -> str:
     if not NAME.match(name) or len(name) > 128:
-        raise ExportError(f"invalid model name {name!r}: it must match "
-                          f"{NAME.pattern} (at most 128 characters)")
+        raise ExportError(
+            f"invalid model name {name!r}: it must match {NAME.pattern} (at most 128 characters)"
+        )
     return name
 
 
@@ -59,9 +60,14 @@ def _write_config(model_dir: Path, config: ModelConfig) -> None:
         raise
 
 
-def write_version(repository: Path, name: str, config: ModelConfig,
-                  files: Mapping[str, Path | bytes], version: int | None = None,
-                  force: bool = False) -> Path:
+def write_version(
+    repository: Path,
+    name: str,
+    config: ModelConfig,
+    files: Mapping[str, Path | bytes],
+    version: int | None = None,
+    force: bool = False,
+) -> Path:
     """Atomically write <repository>/<name>/<version>/{files...} and
     <repository>/<name>/config.pbtxt.
 
@@ -85,8 +91,10 @@ def write_version(repository: Path, name: str, config: ModelConfig,
         version = (existing[-1] + 1) if existing else 1
     final = model_dir / str(version)
     if final.exists() and not force:
-        raise ExportError(f"{final} exists: pass force (--force) to overwrite version {version}, "
-                          "or leave the version out to write the next free one")
+        raise ExportError(
+            f"{final} exists: pass force (--force) to overwrite version {version}, "
+            "or leave the version out to write the next free one"
+        )
     config = ModelConfig.FromString(config.SerializeToString())  # the caller's stays untouched
     config.name = name
 

@@ -68,20 +68,30 @@ def graph_dims(model: EncoderDecoder) -> dict[str, dict[str, list[int | None]]]:
     kv = [c.num_decoder_layers, None, c.num_heads, None, c.head_dim]
     per_layer = [None, c.num_heads, None, c.head_dim]  # [R, H, P|S, K]
     layers = c.num_decoder_layers
-    decoder: dict[str, list[int | None]] = {"tokens": [None, 1], "positions": [None, 1],
-                                            "past_mask": [None, None], "src_mask": [None, None],
-                                            "log_probs": [None, c.vocab_size]}
+    decoder: dict[str, list[int | None]] = {
+        "tokens": [None, 1],
+        "positions": [None, 1],
+        "past_mask": [None, None],
+        "src_mask": [None, None],
+        "log_probs": [None, c.vocab_size],
+    }
     decoder.update((name, per_layer) for name in decoder_inputs(layers)[4:])
     decoder.update((name, per_layer) for name in decoder_outputs(layers)[1:])
     return {
-        "encoder.onnx": {"src_ids": [None, None], "src_mask": [None, None],
-                         "memory": [None, None, c.d_model], "cross_k": kv, "cross_v": kv},
+        "encoder.onnx": {
+            "src_ids": [None, None],
+            "src_mask": [None, None],
+            "memory": [None, None, c.d_model],
+            "cross_k": kv,
+            "cross_v": kv,
+        },
         "decoder.onnx": decoder,
     }
 
 
-def step_inputs(model: EncoderDecoder, rows: int, past: int, src: int,
-                rng: np.random.Generator) -> dict[str, np.ndarray]:
+def step_inputs(
+    model: EncoderDecoder, rows: int, past: int, src: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Random decoder-step feeds (decoder.onnx's names) whose rows have different cache and
     source lengths."""
     c = model.config
@@ -99,7 +109,8 @@ def step_inputs(model: EncoderDecoder, rows: int, past: int, src: int,
         past_mask=past_mask,
         cross_k=rng.standard_normal(cross).astype(np.float32),
         cross_v=rng.standard_normal(cross).astype(np.float32),
-        src_mask=src_mask)
+        src_mask=src_mask,
+    )
 
 
 def step_reference(model: EncoderDecoder):  # noqa: ANN201 - a callable for check_parity
@@ -111,20 +122,34 @@ def step_reference(model: EncoderDecoder):  # noqa: ANN201 - a callable for chec
 
     @torch.no_grad()
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        t = {n: torch.from_numpy(feeds[n]) for n in ("tokens", "positions", "past_mask",
-                                                     "src_mask")}
+        t = {
+            n: torch.from_numpy(feeds[n]) for n in ("tokens", "positions", "past_mask", "src_mask")
+        }
         log_probs, k, v = model.decode_step(
-            t["tokens"], t["positions"], stacked(feeds, "past_k"), stacked(feeds, "past_v"),
-            t["past_mask"], stacked(feeds, "cross_k"), stacked(feeds, "cross_v"), t["src_mask"])
+            t["tokens"],
+            t["positions"],
+            stacked(feeds, "past_k"),
+            stacked(feeds, "past_v"),
+            t["past_mask"],
+            stacked(feeds, "cross_k"),
+            stacked(feeds, "cross_v"),
+            t["src_mask"],
+        )
         outputs = [log_probs, *k, *v]  # k/v [L, R, H, P+1, K] -> one [R, H, P+1, K] per layer
         return {n: o.numpy() for n, o in zip(decoder_outputs(layers), outputs, strict=True)}
 
     return run
 
 
-def onnx_greedy(encoder: ort.InferenceSession, decoder: ort.InferenceSession,
-                src: np.ndarray, pad_id: int, bos_id: int, eos_id: int, max_len: int
-                ) -> list[list[int]]:
+def onnx_greedy(
+    encoder: ort.InferenceSession,
+    decoder: ort.InferenceSession,
+    src: np.ndarray,
+    pad_id: int,
+    bos_id: int,
+    eos_id: int,
+    max_len: int,
+) -> list[list[int]]:
     """Plain batched greedy decoding on the two graphs with the key/value cache (independent
     of serving's search code). src [B, S] int64 -> tokens per row, EOS excluded."""
     src_mask = src != pad_id  # [B, S]
@@ -136,10 +161,19 @@ def onnx_greedy(encoder: ort.InferenceSession, decoder: ort.InferenceSession,
     out: list[list[int]] = [[] for _ in range(rows)]
     done = np.zeros(rows, bool)
     for t in range(max_len):
-        feeds = decoder_feeds(tokens, np.full((rows, 1), t, np.int64), past_k, past_v,
-                              np.ones((rows, t), bool), cross_k, cross_v, src_mask)
+        feeds = decoder_feeds(
+            tokens,
+            np.full((rows, 1), t, np.int64),
+            past_k,
+            past_v,
+            np.ones((rows, t), bool),
+            cross_k,
+            cross_v,
+            src_mask,
+        )
         log_probs, past_k, past_v = stacked_outputs(
-            decoder.run(decoder_outputs(layers), feeds), layers)
+            decoder.run(decoder_outputs(layers), feeds), layers
+        )
         best = log_probs.argmax(axis=-1)  # [B]
         for i in np.flatnonzero(~done):
             if best[i] == eos_id:
@@ -152,30 +186,44 @@ def onnx_greedy(encoder: ort.InferenceSession, decoder: ort.InferenceSession,
     return out
 
 
-def encode_sources(tokenizer: Tokenizer, sentences: list[str], limit: int, pad_id: int
-                   ) -> np.ndarray:
+def encode_sources(
+    tokenizer: Tokenizer, sentences: list[str], limit: int, pad_id: int
+) -> np.ndarray:
     ids = [s for s in (tokenizer.encode_source(x) for x in sentences) if 0 < len(s) <= limit]
     if not ids:
         raise ExportError("the checkpoint has no validation sentences to verify greedy parity")
     src = np.full((len(ids), max(map(len, ids))), pad_id, np.int64)  # [B, S]
     for i, s in enumerate(ids):
-        src[i, :len(s)] = s
+        src[i, : len(s)] = s
     return src
 
 
-def check_greedy(model: EncoderDecoder, folder: Path, src: np.ndarray, max_len: int
-                 ) -> dict[str, int]:
+def check_greedy(
+    model: EncoderDecoder, folder: Path, src: np.ndarray, max_len: int
+) -> dict[str, int]:
     """ONNX greedy == PyTorch greedy, token for token; returns sentence/token counts."""
     c = model.config
     want = greedy_decode(model, torch.from_numpy(src), max_len)
-    got = onnx_greedy(session(folder / "encoder.onnx"), session(folder / "decoder.onnx"), src,
-                      c.pad_id, c.bos_id, c.eos_id, max_len)
+    got = onnx_greedy(
+        session(folder / "encoder.onnx"),
+        session(folder / "decoder.onnx"),
+        src,
+        c.pad_id,
+        c.bos_id,
+        c.eos_id,
+        max_len,
+    )
     for i, (w, g) in enumerate(zip(want, got, strict=True)):
         if w != g:
-            raise ExportError(f"greedy decoding differs on validation sentence {i}: PyTorch "
-                              f"{w} vs onnxruntime {g}; nothing was written")
-    return {"sentences": len(want), "tokens": sum(map(len, want)),
-            "longest_output_tokens": max(map(len, want))}
+            raise ExportError(
+                f"greedy decoding differs on validation sentence {i}: PyTorch "
+                f"{w} vs onnxruntime {g}; nothing was written"
+            )
+    return {
+        "sentences": len(want),
+        "tokens": sum(map(len, want)),
+        "longest_output_tokens": max(map(len, want)),
+    }
 
 
 def untie_initializers(src: Path, dst: Path) -> int:
@@ -215,20 +263,38 @@ def check_length(src: np.ndarray, max_len: int) -> int:
     return min(max_len, 3 * src.shape[1] + 10)  # src [B, S], S = the longest source
 
 
-def greedy_bleu(folder: Path, encoder_file: str, decoder_file: str, tokenizer: Tokenizer,
-                pairs: list[list[str]], tc: TranslatorTrainConfig, max_len: int) -> float:
-    src = encode_sources(tokenizer, [s for s, _ in pairs], tc.max_source_tokens,
-                         tokenizer.pad_id)
-    hyps = onnx_greedy(session(folder / encoder_file), session(folder / decoder_file), src,
-                       tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id,
-                       check_length(src, max_len))
+def greedy_bleu(
+    folder: Path,
+    encoder_file: str,
+    decoder_file: str,
+    tokenizer: Tokenizer,
+    pairs: list[list[str]],
+    tc: TranslatorTrainConfig,
+    max_len: int,
+) -> float:
+    src = encode_sources(tokenizer, [s for s, _ in pairs], tc.max_source_tokens, tokenizer.pad_id)
+    hyps = onnx_greedy(
+        session(folder / encoder_file),
+        session(folder / decoder_file),
+        src,
+        tokenizer.pad_id,
+        tokenizer.bos_id,
+        tokenizer.eos_id,
+        check_length(src, max_len),
+    )
     texts = [tokenizer.decode(h) for h in hyps]
     return float(sacrebleu.corpus_bleu(texts, [[t for _, t in pairs]]).score)
 
 
-def build_config(model: EncoderDecoder, tc: TranslatorTrainConfig, payload: dict[str, Any],
-                 opset: int, max_batch_size: int, verification: dict[str, Any],
-                 quantization: dict[str, Any] | None) -> mc.ModelConfig:
+def build_config(
+    model: EncoderDecoder,
+    tc: TranslatorTrainConfig,
+    payload: dict[str, Any],
+    opset: int,
+    max_batch_size: int,
+    verification: dict[str, Any],
+    quantization: dict[str, Any] | None,
+) -> mc.ModelConfig:
     c = model.config
     config = mc.ModelConfig(backend=BACKEND, max_batch_size=max_batch_size)
     config.input.add(name="text", data_type=mc.TYPE_STRING, dims=[1])
@@ -240,16 +306,27 @@ def build_config(model: EncoderDecoder, tc: TranslatorTrainConfig, payload: dict
     config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
     config.version_policy.latest.num_versions = 1
     parameters: dict[str, object] = {
-        "seqserve_schema": SCHEMA_VERSION, "task": "translator",
-        "src_lang": tc.src, "tgt_lang": tc.tgt,
-        "bos_id": c.bos_id, "eos_id": c.eos_id, "pad_id": c.pad_id,
-        "max_source_tokens": tc.max_source_tokens, "max_target_tokens": c.max_len - 1,
-        "default_beam_size": tc.beam_size, "default_length_penalty": tc.length_penalty,
-        "tokenizer": TOKENIZER_FILE, "vocab_size": c.vocab_size, "d_model": c.d_model,
-        "num_layers": c.num_decoder_layers, "num_heads": c.num_heads, "head_dim": c.head_dim,
+        "seqserve_schema": SCHEMA_VERSION,
+        "task": "translator",
+        "src_lang": tc.src,
+        "tgt_lang": tc.tgt,
+        "bos_id": c.bos_id,
+        "eos_id": c.eos_id,
+        "pad_id": c.pad_id,
+        "max_source_tokens": tc.max_source_tokens,
+        "max_target_tokens": c.max_len - 1,
+        "default_beam_size": tc.beam_size,
+        "default_length_penalty": tc.length_penalty,
+        "tokenizer": TOKENIZER_FILE,
+        "vocab_size": c.vocab_size,
+        "d_model": c.d_model,
+        "num_layers": c.num_decoder_layers,
+        "num_heads": c.num_heads,
+        "head_dim": c.head_dim,
         "metrics": payload.get("metrics", {}),
         "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
-        "opset": opset, "verification": verification,
+        "opset": opset,
+        "verification": verification,
     }
     if quantization is not None:
         parameters["quantization"] = quantization
@@ -258,15 +335,21 @@ def build_config(model: EncoderDecoder, tc: TranslatorTrainConfig, payload: dict
     return config
 
 
-def export_translator(checkpoint_dir: Path, repository: Path, name: str,
-                      options: TranslatorExportOptions = TranslatorExportOptions()) -> Path:
+def export_translator(
+    checkpoint_dir: Path,
+    repository: Path,
+    name: str,
+    options: TranslatorExportOptions = TranslatorExportOptions(),
+) -> Path:
     """Export, verify and write one version; returns the version folder."""
     for logger in ("torch.onnx", "onnx_ir", "onnxscript"):  # "torchvision is not installed",
         logging.getLogger(logger).setLevel(logging.ERROR)  # initializer de-duplication
     existing = Path(repository) / name / str(options.version)
     if options.version is not None and existing.exists() and not options.force:
-        raise ExportError(f"{existing} exists: pass --force to overwrite version "
-                          f"{options.version}, or leave --version out to write the next one")
+        raise ExportError(
+            f"{existing} exists: pass --force to overwrite version "
+            f"{options.version}, or leave --version out to write the next one"
+        )
     model, tc, spm_model, payload = load_translator_checkpoint(checkpoint_dir)
     c = model.config
     tokenizer = Tokenizer.from_bytes(spm_model)
@@ -279,15 +362,25 @@ def export_translator(checkpoint_dir: Path, repository: Path, name: str,
         for file, want in dims.items():
             check_dims(check_model(folder / file), want)
         rng = np.random.default_rng(0)
-        worst = check_parity(step_reference(model), session(folder / "decoder.onnx"),
-                             [step_inputs(model, *case, rng) for case in STEP_CASES], STEP_ATOL)
-        src = encode_sources(tokenizer, [s for s, _ in sample[:PARITY_SENTENCES]],
-                             tc.max_source_tokens, c.pad_id)
-        verification = {"step_max_abs_diff": float(f"{worst:.3g}"), "step_atol": STEP_ATOL,
-                        "greedy_equal": check_greedy(model, folder, src,
-                                                     check_length(src, max_len))}
-        files = {"encoder.onnx": folder / "encoder.onnx", "decoder.onnx": folder / "decoder.onnx",
-                 TOKENIZER_FILE: spm_model}
+        worst = check_parity(
+            step_reference(model),
+            session(folder / "decoder.onnx"),
+            [step_inputs(model, *case, rng) for case in STEP_CASES],
+            STEP_ATOL,
+        )
+        src = encode_sources(
+            tokenizer, [s for s, _ in sample[:PARITY_SENTENCES]], tc.max_source_tokens, c.pad_id
+        )
+        verification = {
+            "step_max_abs_diff": float(f"{worst:.3g}"),
+            "step_atol": STEP_ATOL,
+            "greedy_equal": check_greedy(model, folder, src, check_length(src, max_len)),
+        }
+        files = {
+            "encoder.onnx": folder / "encoder.onnx",
+            "decoder.onnx": folder / "decoder.onnx",
+            TOKENIZER_FILE: spm_model,
+        }
         quantization = None
         if options.quantize == "int8":
             counts = {}
@@ -298,23 +391,33 @@ def export_translator(checkpoint_dir: Path, repository: Path, name: str,
                 counts[file] = quantize_int8(untied, q)
                 check_dims(check_model(q), dims[file])
                 files[file] = q
-            fp32 = greedy_bleu(folder, "encoder.onnx", "decoder.onnx", tokenizer, sample, tc,
-                               max_len)
-            int8 = greedy_bleu(folder, "encoder.int8.onnx", "decoder.int8.onnx", tokenizer,
-                               sample, tc, max_len)
-            quantization = {"type": "int8", "method": METHOD, "weight_type": WEIGHT_TYPE,
-                            "quantized_nodes": counts, "validation_sentences": len(sample),
-                            "greedy_bleu_fp32": round(fp32, 2), "greedy_bleu_int8": round(int8, 2),
-                            "bleu_change": round(int8 - fp32, 2)}
+            fp32 = greedy_bleu(
+                folder, "encoder.onnx", "decoder.onnx", tokenizer, sample, tc, max_len
+            )
+            int8 = greedy_bleu(
+                folder, "encoder.int8.onnx", "decoder.int8.onnx", tokenizer, sample, tc, max_len
+            )
+            quantization = {
+                "type": "int8",
+                "method": METHOD,
+                "weight_type": WEIGHT_TYPE,
+                "quantized_nodes": counts,
+                "validation_sentences": len(sample),
+                "greedy_bleu_fp32": round(fp32, 2),
+                "greedy_bleu_int8": round(int8, 2),
+                "bleu_change": round(int8 - fp32, 2),
+            }
         elif options.quantize is not None:
             raise ExportError(f"unknown quantisation {options.quantize!r} (known: int8)")
-        config = build_config(model, tc, payload, opset, options.max_batch_size, verification,
-                              quantization)
+        config = build_config(
+            model, tc, payload, opset, options.max_batch_size, verification, quantization
+        )
         return write_version(repository, name, config, files, options.version, options.force)
 
 
 def run_from_args(args: argparse.Namespace) -> Path:
     """The EXPORTERS entry of `seqserve export`."""
-    options = TranslatorExportOptions(version=args.version, force=args.force,
-                                      quantize=args.quantize, opset=args.opset)
+    options = TranslatorExportOptions(
+        version=args.version, force=args.force, quantize=args.quantize, opset=args.opset
+    )
     return export_translator(Path(args.checkpoint), Path(args.repository), args.name, options)

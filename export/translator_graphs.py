@@ -40,15 +40,17 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, src_ids: torch.Tensor, src_mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, src_ids: torch.Tensor, src_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         memory = self.model.encode(src_ids, src_mask.unsqueeze(1))  # [B, S, D]
         cross_k, cross_v = self.model.cross_kv(memory)  # [L, B, H, S, K] each
         return memory, cross_k, cross_v
 
 
-def example_inputs(model: EncoderDecoder, rows: int = 3, past: int = 4, src: int = 5
-                   ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+def example_inputs(
+    model: EncoderDecoder, rows: int = 3, past: int = 4, src: int = 5
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """Encoder and decoder example inputs (decoder: in `decoder_inputs` order); sizes >= 2 so
     no dim specialises to 0 or 1."""
     c = model.config
@@ -58,26 +60,44 @@ def example_inputs(model: EncoderDecoder, rows: int = 3, past: int = 4, src: int
     layers = c.num_decoder_layers
     kv = (rows, c.num_heads, past, c.head_dim)  # [R, H, P, K]
     cross = (rows, c.num_heads, src, c.head_dim)  # [R, H, S, K]
-    caches = [torch.randn(shape, generator=g)
-              for shape in (kv, kv, cross, cross) for _ in range(layers)]
-    decoder = (torch.randint(4, c.vocab_size, (rows, 1), generator=g),  # tokens [R, 1]
-               torch.full((rows, 1), past, dtype=torch.long),  # positions [R, 1]
-               torch.ones(rows, past, dtype=torch.bool),  # past_mask [R, P]
-               torch.ones(rows, src, dtype=torch.bool),  # src_mask [R, S]
-               *caches)
+    caches = [
+        torch.randn(shape, generator=g) for shape in (kv, kv, cross, cross) for _ in range(layers)
+    ]
+    decoder = (
+        torch.randint(4, c.vocab_size, (rows, 1), generator=g),  # tokens [R, 1]
+        torch.full((rows, 1), past, dtype=torch.long),  # positions [R, 1]
+        torch.ones(rows, past, dtype=torch.bool),  # past_mask [R, P]
+        torch.ones(rows, src, dtype=torch.bool),  # src_mask [R, S]
+        *caches,
+    )
     return (src_ids, src_mask), decoder
 
 
-def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
-            input_names: list[str], output_names: list[str],
-            dynamic_shapes: dict[str, object], opset: int | None) -> int:
+def _export(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: dict[str, object],
+    opset: int | None,
+) -> int:
     kwargs = {"opset_version": opset} if opset else {}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module.eval(), args, str(path), input_names=input_names,
-                              output_names=output_names, dynamic_shapes=dynamic_shapes,
-                              dynamo=True, external_data=False, verbose=False, **kwargs)
+            torch.onnx.export(
+                module.eval(),
+                args,
+                str(path),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                **kwargs,
+            )
     except Exception as err:
         raise ExportError(f"torch.onnx.export of {path.name} failed: {err}") from err
     model = onnx.load(str(path), load_external_data=False)
@@ -92,13 +112,31 @@ def export_graphs(model: EncoderDecoder, folder: Path, opset: int | None = None)
     enc_args, dec_args = example_inputs(model)
     enc_shapes = {"src_ids": {0: batch, 1: src}, "src_mask": {0: batch, 1: src}}
     layers = model.config.num_decoder_layers
-    dec_shapes = {"tokens": {0: rows}, "positions": {0: rows}, "past_mask": {0: rows, 1: past},
-                  "src_mask": {0: rows, 1: src},
-                  "caches": tuple({0: rows, 2: length} for length in (past, past, src, src)
-                                  for _ in range(layers))}
-    opset_written = _export(EncoderGraph(model), enc_args, folder / "encoder.onnx",
-                            ENCODER_INPUTS, ENCODER_OUTPUTS, enc_shapes, opset)
-    _export(DecoderStep(model), dec_args, folder / "decoder.onnx",
-            graph_names.decoder_inputs(layers), graph_names.decoder_outputs(layers), dec_shapes,
-            opset)
+    dec_shapes = {
+        "tokens": {0: rows},
+        "positions": {0: rows},
+        "past_mask": {0: rows, 1: past},
+        "src_mask": {0: rows, 1: src},
+        "caches": tuple(
+            {0: rows, 2: length} for length in (past, past, src, src) for _ in range(layers)
+        ),
+    }
+    opset_written = _export(
+        EncoderGraph(model),
+        enc_args,
+        folder / "encoder.onnx",
+        ENCODER_INPUTS,
+        ENCODER_OUTPUTS,
+        enc_shapes,
+        opset,
+    )
+    _export(
+        DecoderStep(model),
+        dec_args,
+        folder / "decoder.onnx",
+        graph_names.decoder_inputs(layers),
+        graph_names.decoder_outputs(layers),
+        dec_shapes,
+        opset,
+    )
     return opset_written

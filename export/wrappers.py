@@ -13,8 +13,9 @@ class ForecasterGraph(nn.Module):
     Outputs: forecast [B, H, F_out] raw, and quantiles [B, H, F_out, Q] raw when trained with them.
     """
 
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float],
-                 target_index: tuple[int, ...]) -> None:
+    def __init__(
+        self, net: nn.Module, mean: list[float], std: list[float], target_index: tuple[int, ...]
+    ) -> None:
         super().__init__()
         self.net = net
         t = list(target_index)
@@ -25,8 +26,9 @@ class ForecasterGraph(nn.Module):
         self.register_buffer("target_mean", mean_[t].clone())  # [F_out]
         self.register_buffer("target_std", std_[t].clone())  # [F_out]
 
-    def forward(self, past: torch.Tensor, future: torch.Tensor | None = None
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, past: torch.Tensor, future: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         forecast, quantiles = self.net((past - self.mean) / self.std, future)  # scaled
         forecast = forecast * self.target_std + self.target_mean  # [B, H, F_out]
         if quantiles is None:

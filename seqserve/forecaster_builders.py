@@ -25,13 +25,25 @@ DEFAULT_WIDTH = 256  # the served default; ETTh1 benchmarks keep 512 (SegRNN's)
 PRESETS: dict[str, tuple[ForecasterConfig, TrainConfig]] = {
     "default": (
         ForecasterConfig(d_model=DEFAULT_WIDTH, quantiles=QUANTILES),
-        TrainConfig(data="synthetic", features="MS", future_features=FUTURE_FEATURES,
-                    synthetic_rows=2 * 8760, threads=2),
+        TrainConfig(
+            data="synthetic",
+            features="MS",
+            future_features=FUTURE_FEATURES,
+            synthetic_rows=2 * 8760,
+            threads=2,
+        ),
     ),
     "tiny": (
         ForecasterConfig(input_len=48, horizon=24, d_model=16, seg_len=24, quantiles=QUANTILES),
-        TrainConfig(data="synthetic", features="MS", future_features=FUTURE_FEATURES,
-                    synthetic_rows=1500, epochs=1, batch_size=64, threads=1),
+        TrainConfig(
+            data="synthetic",
+            features="MS",
+            future_features=FUTURE_FEATURES,
+            synthetic_rows=1500,
+            epochs=1,
+            batch_size=64,
+            threads=1,
+        ),
     ),
 }
 

@@ -63,16 +63,23 @@ class _Pending:
 
 
 def _shape_key(inputs: Tensors, batching: bool) -> tuple:
-    return tuple(sorted((n, a.shape[1:] if batching else a.shape, a.dtype.str)
-                        for n, a in inputs.items()))
+    return tuple(
+        sorted((n, a.shape[1:] if batching else a.shape, a.dtype.str) for n, a in inputs.items())
+    )
 
 
 class Batcher:
     """The queue, the scheduling and the instances of one model version. Built, and used, on
     the event loop; only `_run_batch` runs on an instance's thread."""
 
-    def __init__(self, policy: BatchPolicy, run: Runner, stats: ModelStats, name: str,
-                 on_queued: Callable[[float], None] = lambda seconds: None) -> None:
+    def __init__(
+        self,
+        policy: BatchPolicy,
+        run: Runner,
+        stats: ModelStats,
+        name: str,
+        on_queued: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
         self.policy = policy
         self._on_queued = on_queued
         self._run = run
@@ -85,27 +92,36 @@ class Batcher:
         self._idle.set()
         self._wakeup: asyncio.Handle | None = None  # a batch waiting for company re-checks
         # One thread per instance: a free instance always finds a free thread.
-        self._pool = ThreadPoolExecutor(max_workers=policy.instances,
-                                        thread_name_prefix=f"infer-{name}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=policy.instances, thread_name_prefix=f"infer-{name}"
+        )
         self._closing = False
 
     @property
     def queue_size(self) -> int:
         return len(self._queue)
 
-    async def submit(self, inputs: Tensors, size: int, timeout_s: float | None = None
-                     ) -> tuple[Tensors, int]:
+    async def submit(
+        self, inputs: Tensors, size: int, timeout_s: float | None = None
+    ) -> tuple[Tensors, int]:
         """Run one request in a batch; return its outputs and its queue time in ns."""
         if self._closing:
             raise ModelNotReady(f"model '{self._name}' is unloading")
         cap = self.policy.max_queue_size
         if cap and len(self._queue) >= cap:
-            raise QueueFull(f"model '{self._name}': queue full ({cap} requests); "
-                            "retry after a back-off")
+            raise QueueFull(
+                f"model '{self._name}': queue full ({cap} requests); retry after a back-off"
+            )
         now = self._loop.time()
         timeout = timeout_s if timeout_s is not None else self.policy.default_timeout_s
-        pending = _Pending(inputs, size, _shape_key(inputs, self.policy.batching),
-                           self._loop.create_future(), now, now + timeout if timeout else None)
+        pending = _Pending(
+            inputs,
+            size,
+            _shape_key(inputs, self.policy.batching),
+            self._loop.create_future(),
+            now,
+            now + timeout if timeout else None,
+        )
         self._queue.append(pending)
         self._idle.clear()
         self._dispatch()
@@ -153,9 +169,12 @@ class Batcher:
             if p.future.done():  # cancelled by its client
                 continue
             if p.deadline is not None and now > p.deadline:
-                p.future.set_exception(DeadlineExceeded(
-                    f"model '{self._name}': request timed out after "
-                    f"{(now - p.enqueued) * 1e3:.1f} ms in the queue"))
+                p.future.set_exception(
+                    DeadlineExceeded(
+                        f"model '{self._name}': request timed out after "
+                        f"{(now - p.enqueued) * 1e3:.1f} ms in the queue"
+                    )
+                )
                 continue
             if not batch:
                 batch.append(p)
@@ -189,10 +208,10 @@ class Batcher:
         sizes = [p.size for p in batch]
         done = self._pool.submit(self._run_batch, [p.inputs for p in batch], sizes, instance)
         done.add_done_callback(
-            lambda d: self._loop.call_soon_threadsafe(self._finish, batch, sizes, instance, d))
+            lambda d: self._loop.call_soon_threadsafe(self._finish, batch, sizes, instance, d)
+        )
 
-    def _finish(self, batch: list[_Pending], sizes: list[int], instance: int,
-                done: Future) -> None:
+    def _finish(self, batch: list[_Pending], sizes: list[int], instance: int, done: Future) -> None:
         """On the loop: give each request its outputs (or the error), then dispatch more."""
         self._free.append(instance)
         try:
@@ -210,8 +229,9 @@ class Batcher:
                     p.future.set_result(out)
         self._dispatch()
 
-    def _run_batch(self, inputs: list[Tensors], sizes: list[int], instance: int
-                   ) -> tuple[list[Tensors], int, int, int]:
+    def _run_batch(
+        self, inputs: list[Tensors], sizes: list[int], instance: int
+    ) -> tuple[list[Tensors], int, int, int]:
         """On the instance's thread: concatenate, run, split."""
         t0 = time.perf_counter_ns()
         if len(inputs) == 1:

@@ -66,16 +66,27 @@ class Translation:
 class Client:
     """Connection to one seqserve server."""
 
-    def __init__(self, target: str = "127.0.0.1:8001", *, timeout: float = 30.0,
-                 retries: int = 3, backoff: float = 0.1, tls_ca: bytes | None = None,
-                 tls_cert: bytes | None = None, tls_key: bytes | None = None,
-                 channel_options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        target: str = "127.0.0.1:8001",
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        tls_ca: bytes | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
         """`channel_options` go to the gRPC channel as they are, e.g.
         [("grpc.lb_policy_name", "round_robin")] with a `dns:///` target naming a headless
         Service, to spread calls over every replica."""
         # gRPC takes the first of repeated keys: the caller's options come first and win.
-        options = [*channel_options, ("grpc.max_send_message_length", -1),
-                   ("grpc.max_receive_message_length", -1)]
+        options = [
+            *channel_options,
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+        ]
         if tls_ca is not None:
             creds = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
             self._channel = grpc.secure_channel(target, creds, options)
@@ -112,72 +123,121 @@ class Client:
     # -- forecasting -------------------------------------------------------------------------
 
     @staticmethod
-    def window(series: Mapping[str, Sequence[float]], timestamps: Sequence[Any] | None = None,
-               future: Mapping[str, Sequence[float]] | None = None) -> fpb.Window:
-        w = fpb.Window(past=[fpb.Series(name=k, values=list(map(float, v)))
-                             for k, v in series.items()],
-                       future=[fpb.Series(name=k, values=list(map(float, v)))
-                               for k, v in (future or {}).items()])
+    def window(
+        series: Mapping[str, Sequence[float]],
+        timestamps: Sequence[Any] | None = None,
+        future: Mapping[str, Sequence[float]] | None = None,
+    ) -> fpb.Window:
+        w = fpb.Window(
+            past=[fpb.Series(name=k, values=list(map(float, v))) for k, v in series.items()],
+            future=[
+                fpb.Series(name=k, values=list(map(float, v))) for k, v in (future or {}).items()
+            ],
+        )
         if timestamps is not None:
             w.timestamps.extend(_stamp(t) for t in timestamps)
         return w
 
-    def forecast_windows(self, model: str, windows: Sequence[fpb.Window],
-                         quantiles: Sequence[float] = (), version: str = "",
-                         timeout: float | None = None) -> list[Forecast]:
-        request = fpb.ForecastRequest(model_name=model, model_version=version,
-                                      windows=list(windows), quantile_levels=list(quantiles))
+    def forecast_windows(
+        self,
+        model: str,
+        windows: Sequence[fpb.Window],
+        quantiles: Sequence[float] = (),
+        version: str = "",
+        timeout: float | None = None,
+    ) -> list[Forecast]:
+        request = fpb.ForecastRequest(
+            model_name=model,
+            model_version=version,
+            windows=list(windows),
+            quantile_levels=list(quantiles),
+        )
         reply = self._call(self._forecaster.Forecast, request, timeout)
         out = []
         for f in reply.forecasts:
-            out.append(Forecast(
-                timestamps=[np.datetime64(t.seconds * 10**9 + t.nanos, "ns")
-                            for t in f.timestamps],
-                point={t.name: list(t.point) for t in f.targets},
-                quantiles={t.name: {round(q.level, 6): list(q.values) for q in t.quantiles}
-                           for t in f.targets},
-                model_version=reply.model_version))
+            out.append(
+                Forecast(
+                    timestamps=[
+                        np.datetime64(t.seconds * 10**9 + t.nanos, "ns") for t in f.timestamps
+                    ],
+                    point={t.name: list(t.point) for t in f.targets},
+                    quantiles={
+                        t.name: {round(q.level, 6): list(q.values) for q in t.quantiles}
+                        for t in f.targets
+                    },
+                    model_version=reply.model_version,
+                )
+            )
         return out
 
-    def forecast(self, model: str, series: Mapping[str, Sequence[float]],
-                 timestamps: Sequence[Any] | None = None,
-                 future: Mapping[str, Sequence[float]] | None = None,
-                 quantiles: Sequence[float] = (), timeout: float | None = None) -> Forecast:
+    def forecast(
+        self,
+        model: str,
+        series: Mapping[str, Sequence[float]],
+        timestamps: Sequence[Any] | None = None,
+        future: Mapping[str, Sequence[float]] | None = None,
+        quantiles: Sequence[float] = (),
+        timeout: float | None = None,
+    ) -> Forecast:
         """Forecast one window of named series."""
-        return self.forecast_windows(model, [self.window(series, timestamps, future)],
-                                     quantiles, timeout=timeout)[0]
+        return self.forecast_windows(
+            model, [self.window(series, timestamps, future)], quantiles, timeout=timeout
+        )[0]
 
     def model_info(self, model: str, timeout: float | None = None) -> fpb.ModelInfo:
-        reply = self._call(self._forecaster.GetModelInfo,
-                           fpb.GetModelInfoRequest(model_name=model), timeout)
+        reply = self._call(
+            self._forecaster.GetModelInfo, fpb.GetModelInfoRequest(model_name=model), timeout
+        )
         return reply.model
 
     def list_forecasters(self, timeout: float | None = None) -> list[fpb.ModelInfo]:
-        return list(self._call(self._forecaster.ListModels, fpb.ListModelsRequest(),
-                               timeout).models)
+        return list(
+            self._call(self._forecaster.ListModels, fpb.ListModelsRequest(), timeout).models
+        )
 
     # -- translation -------------------------------------------------------------------------
 
-    def translate(self, sentences: Sequence[str], model: str = "translator", beam_size: int = 0,
-                  max_length: int = 0, length_penalty: float | None = None, n_best: int = 1,
-                  timeout: float | None = None) -> list[Translation]:
+    def translate(
+        self,
+        sentences: Sequence[str],
+        model: str = "translator",
+        beam_size: int = 0,
+        max_length: int = 0,
+        length_penalty: float | None = None,
+        n_best: int = 1,
+        timeout: float | None = None,
+    ) -> list[Translation]:
         """`length_penalty` None: the model's default (0 = none)."""
-        request = tpb.TranslateRequest(model_name=model, sentences=list(sentences),
-                                       beam_size=beam_size, max_length=max_length,
-                                       length_penalty=length_penalty, num_hypotheses=n_best)
+        request = tpb.TranslateRequest(
+            model_name=model,
+            sentences=list(sentences),
+            beam_size=beam_size,
+            max_length=max_length,
+            length_penalty=length_penalty,
+            num_hypotheses=n_best,
+        )
         reply = self._call(self._translator.Translate, request, timeout)
         out = []
         for t in reply.translations:
             best, *rest = t.hypotheses
-            out.append(Translation(best.text, best.score, best.num_tokens,
-                                   [(h.text, h.score) for h in rest]))
+            out.append(
+                Translation(
+                    best.text, best.score, best.num_tokens, [(h.text, h.score) for h in rest]
+                )
+            )
         return out
 
-    def translate_stream(self, sentence: str, model: str = "translator",
-                         max_length: int = 0, timeout: float | None = None) -> Iterator[str]:
+    def translate_stream(
+        self,
+        sentence: str,
+        model: str = "translator",
+        max_length: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[str]:
         """Text pieces of one sentence's translation as they are decoded (greedy)."""
-        request = tpb.TranslateRequest(model_name=model, sentences=[sentence], beam_size=1,
-                                       max_length=max_length)
+        request = tpb.TranslateRequest(
+            model_name=model, sentences=[sentence], beam_size=1, max_length=max_length
+        )
         for chunk in self._translator.TranslateStream(request, timeout=timeout or self.timeout):
             if chunk.text:
                 yield chunk.text

@@ -20,8 +20,9 @@ class CsvError(ValueError):
     """A CSV cell or column the forecast command cannot use."""
 
 
-def read_series_csv(path: Path, date_col: str | None = None
-                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def read_series_csv(
+    path: Path, date_col: str | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A CSV with a timestamp column and numeric columns -> ([N] datetime64[ns], {name: [N]})."""
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
@@ -40,16 +41,18 @@ def read_series_csv(path: Path, date_col: str | None = None
         try:
             stamps.append(np.datetime64(row[d].strip().replace("Z", ""), "ns"))
         except ValueError:
-            raise CsvError(f"{path}: row {r}, column {date_col!r}: {row[d]!r} is not a "
-                           "timestamp") from None
+            raise CsvError(
+                f"{path}: row {r}, column {date_col!r}: {row[d]!r} is not a timestamp"
+            ) from None
         for i, h in enumerate(header):
             if i == d:
                 continue
             try:
                 columns[h].append(float(row[i]))
             except ValueError:
-                raise CsvError(f"{path}: row {r}, column {h!r}: {row[i]!r} is not a "
-                               "number") from None
+                raise CsvError(
+                    f"{path}: row {r}, column {h!r}: {row[i]!r} is not a number"
+                ) from None
     return np.array(stamps), {k: np.asarray(v) for k, v in columns.items()}
 
 
@@ -65,23 +68,34 @@ def run_forecast(args: argparse.Namespace) -> int:
             wanted = [*info.target_names, *info.covariate_names]
             missing = [n for n in wanted if n not in series]
             if missing:
-                print(f"seqserve forecast: {args.csv} lacks column {missing[0]!r}; model "
-                      f"{args.model!r} takes {', '.join(wanted)}", file=sys.stderr)
+                print(
+                    f"seqserve forecast: {args.csv} lacks column {missing[0]!r}; model "
+                    f"{args.model!r} takes {', '.join(wanted)}",
+                    file=sys.stderr,
+                )
                 return 2
             keep = -int(info.input_window) if len(stamps) > info.input_window else 0
-            result = client.forecast(args.model, {n: series[n][keep:] for n in wanted},
-                                     timestamps=stamps[keep:])
+            result = client.forecast(
+                args.model, {n: series[n][keep:] for n in wanted}, timestamps=stamps[keep:]
+            )
         except grpc.RpcError as err:
             print(f"seqserve forecast: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
     if args.json:
-        print(json.dumps({
-            "model": args.model, "version": result.model_version,
-            "timestamps": [str(t) for t in result.timestamps],
-            "forecast": result.point,
-            "quantiles": {k: {str(q): v for q, v in qs.items()}
-                          for k, qs in result.quantiles.items()},
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "version": result.model_version,
+                    "timestamps": [str(t) for t in result.timestamps],
+                    "forecast": result.point,
+                    "quantiles": {
+                        k: {str(q): v for q, v in qs.items()} for k, qs in result.quantiles.items()
+                    },
+                },
+                indent=2,
+            )
+        )
         return 0
     columns = [(name, None) for name in result.point]
     for name, qs in result.quantiles.items():

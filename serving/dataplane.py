@@ -42,12 +42,20 @@ class DataPlane:
     # Only what seqserve really implements is advertised: perf_analyzer and tritonclient act on
     # this list (for example, "statistics" makes perf_analyzer call ModelStatistics).
     EXTENSIONS: tuple[str, ...] = (
-        "model_repository", "schedule_policy", "model_configuration", "binary_tensor_data",
-        "parameters", "statistics",
+        "model_repository",
+        "schedule_policy",
+        "model_configuration",
+        "binary_tensor_data",
+        "parameters",
+        "statistics",
     )
 
-    def __init__(self, repository: ModelRepository, version: str,
-                 control_mode: ModelControlMode = ModelControlMode.NONE) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        version: str,
+        control_mode: ModelControlMode = ModelControlMode.NONE,
+    ) -> None:
         self.repository = repository
         self._version = version
         self._control_mode = control_mode
@@ -93,13 +101,19 @@ class DataPlane:
     def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
         return self.model(name, version).config
 
-    async def infer(self, name: str, version: str, request: InferRequest,
-                    start_ns: int | None = None) -> tuple[ServedModel, dict[str, np.ndarray]]:
+    async def infer(
+        self, name: str, version: str, request: InferRequest, start_ns: int | None = None
+    ) -> tuple[ServedModel, dict[str, np.ndarray]]:
         """Run one V2 request; account its outcome in the model's statistics and metrics."""
         return await self.run(name, version, lambda model: model.infer(request), start_ns)
 
-    async def run(self, name: str, version: str, call: Callable[[ServedModel], Awaitable[T]],
-                  start_ns: int | None = None) -> tuple[ServedModel, T]:
+    async def run(
+        self,
+        name: str,
+        version: str,
+        call: Callable[[ServedModel], Awaitable[T]],
+        start_ns: int | None = None,
+    ) -> tuple[ServedModel, T]:
         """Run `call(model)` on the resolved model, with the same readiness checks, statistics
         and metrics for every protocol (V2, typed APIs)."""
         start_ns = start_ns or time.perf_counter_ns()
@@ -107,8 +121,9 @@ class DataPlane:
         with self._accounted(model, start_ns):
             return model, await call(model)
 
-    async def stream(self, name: str, version: str,
-                     call: Callable[[ServedModel], AsyncIterator[T]]) -> AsyncIterator[T]:
+    async def stream(
+        self, name: str, version: str, call: Callable[[ServedModel], AsyncIterator[T]]
+    ) -> AsyncIterator[T]:
         """Like `run`, for calls that yield a stream of results."""
         start_ns = time.perf_counter_ns()
         model = self._resolve(name, version)
@@ -162,8 +177,10 @@ class DataPlane:
 
     def _check_explicit(self, rpc: str) -> None:
         if self._control_mode is not ModelControlMode.EXPLICIT:
-            raise Unsupported(f"{rpc}: model control mode is {self._control_mode.value}; "
-                              "start the server with --model-control-mode explicit")
+            raise Unsupported(
+                f"{rpc}: model control mode is {self._control_mode.value}; "
+                "start the server with --model-control-mode explicit"
+            )
 
     async def load(self, name: str, config_override: str | None = None) -> None:
         self._check_explicit("RepositoryModelLoad")

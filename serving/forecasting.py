@@ -34,8 +34,10 @@ def nanoseconds(seconds: int, nanos: int, where: str) -> int:
     """A protobuf Timestamp or Duration as integer nanoseconds, within datetime64[ns]."""
     ns = seconds * 1_000_000_000 + nanos
     if not MIN_NS <= ns <= MAX_NS:
-        raise InvalidInput(f"{where}: {seconds} s is outside the range served "
-                           "(1677-09-22 to 2262-04-11 UTC, or as many seconds for a duration)")
+        raise InvalidInput(
+            f"{where}: {seconds} s is outside the range served "
+            "(1677-09-22 to 2262-04-11 UTC, or as many seconds for a duration)"
+        )
     return ns
 
 
@@ -67,8 +69,9 @@ class ForecasterSpec:
     def of(cls, model: ServedModel) -> ForecasterSpec:
         cfg = model.config
         if parameter(cfg, "task") != "forecaster":
-            raise InvalidInput(f"model '{model.name}' is not a forecaster "
-                               f"(task {parameter(cfg, 'task')!r})")
+            raise InvalidInput(
+                f"model '{model.name}' is not a forecaster (task {parameter(cfg, 'task')!r})"
+            )
         freq = parameter(cfg, "frequency_seconds")
         metrics = parameter(cfg, "metrics", {}) or {}
         return cls(
@@ -82,8 +85,11 @@ class ForecasterSpec:
             frequency_ns=int(float(freq) * 1e9) if freq not in (None, "", 0) else None,
             quantiles=tuple(float(q) for q in parameter(cfg, "quantiles", []) or []),
             architecture=str(parameter(cfg, "architecture", "")),
-            metrics={k: float(v) for k, v in metrics.items()
-                     if isinstance(v, int | float) and not isinstance(v, bool)},
+            metrics={
+                k: float(v)
+                for k, v in metrics.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            },
         )
 
 
@@ -119,8 +125,10 @@ def _past_times(spec: ForecasterSpec, w: Window, n: int, where: str) -> np.ndarr
         steps = np.diff(ints)  # increasing, within one int64 span: no wrap-around
         if len(steps) and (steps != steps[0]).any():
             i = int(np.argmax(steps != steps[0])) + 1
-            raise InvalidInput(f"{where}.timestamps: irregular spacing at index {i} "
-                               f"({steps[i - 1] / 1e9:g} s, expected {steps[0] / 1e9:g} s)")
+            raise InvalidInput(
+                f"{where}.timestamps: irregular spacing at index {i} "
+                f"({steps[i - 1] / 1e9:g} s, expected {steps[0] / 1e9:g} s)"
+            )
         step = int(steps[0]) if len(steps) else spec.frequency_ns
     elif w.start is not None:
         step = w.frequency_ns or spec.frequency_ns
@@ -128,17 +136,23 @@ def _past_times(spec: ForecasterSpec, w: Window, n: int, where: str) -> np.ndarr
             raise InvalidInput(f"{where}.frequency: needed with start (a positive duration)")
         start = int(w.start.astype(np.int64))
         if max(start, 0) + (n - 1) * step > MAX_NS:
-            raise InvalidInput(f"{where}: start + {n - 1} steps of {step / 1e9:g} s is past "
-                               "2262-04-11, the end of the range served")
+            raise InvalidInput(
+                f"{where}: start + {n - 1} steps of {step / 1e9:g} s is past "
+                "2262-04-11, the end of the range served"
+            )
         ts = w.start + np.arange(n, dtype=np.int64) * np.timedelta64(step, "ns")
     else:
         if spec.calendar:
-            raise InvalidInput(f"{where}: timestamps (or start and frequency) are needed: the "
-                               f"model computes calendar features {', '.join(spec.calendar)}")
+            raise InvalidInput(
+                f"{where}: timestamps (or start and frequency) are needed: the "
+                f"model computes calendar features {', '.join(spec.calendar)}"
+            )
         return None
     if spec.frequency_ns and step and step != spec.frequency_ns:
-        raise InvalidInput(f"{where}: series spaced {step / 1e9:g} s apart, the model was "
-                           f"trained on {spec.frequency_ns / 1e9:g} s")
+        raise InvalidInput(
+            f"{where}: series spaced {step / 1e9:g} s apart, the model was "
+            f"trained on {spec.frequency_ns / 1e9:g} s"
+        )
     return ts
 
 
@@ -154,39 +168,44 @@ def prepare(spec: ForecasterSpec, windows: list[Window]) -> Prepared:
         where = f"windows[{b}]"
         unknown = sorted(set(w.past) - set(spec.past_features))
         if unknown:
-            raise InvalidInput(f"{where}.past: unknown series '{unknown[0]}'; model "
-                               f"'{spec.name}' takes: {', '.join(spec.past_features)}")
+            raise InvalidInput(
+                f"{where}.past: unknown series '{unknown[0]}'; model "
+                f"'{spec.name}' takes: {', '.join(spec.past_features)}"
+            )
         lengths = set()
         for f, name in enumerate(spec.past_features):
             if name not in w.past:
                 raise InvalidInput(f"{where}.past: series '{name}' is missing")
             values = np.asarray(w.past[name], np.float32)
             if len(values) < L:
-                raise InvalidInput(f"{where}.past['{name}']: {len(values)} values, the model "
-                                   f"needs the last {L}")
+                raise InvalidInput(
+                    f"{where}.past['{name}']: {len(values)} values, the model needs the last {L}"
+                )
             if not np.isfinite(values).all():
                 i = int(np.argmax(~np.isfinite(values)))
                 raise InvalidInput(f"{where}.past['{name}']: value {i} is not finite")
             lengths.add(len(values))
             past[b, :, f] = values[-L:]
         if len(lengths) > 1:
-            raise InvalidInput(f"{where}.past: series have different lengths "
-                               f"{sorted(lengths)}")
+            raise InvalidInput(f"{where}.past: series have different lengths {sorted(lengths)}")
         n = lengths.pop()
         ts = _past_times(spec, w, n, where)
-        step = (int((ts[-1] - ts[-2]) // NS) if ts is not None and len(ts) > 1
-                else spec.frequency_ns)
+        step = int((ts[-1] - ts[-2]) // NS) if ts is not None and len(ts) > 1 else spec.frequency_ns
         horizon = None
         if ts is not None and step:
             if max(int(ts[-1].astype(np.int64)), 0) + H * step > MAX_NS:
-                raise InvalidInput(f"{where}: the forecast's {H} steps of {step / 1e9:g} s "
-                                   "run past 2262-04-11, the end of the range served")
+                raise InvalidInput(
+                    f"{where}: the forecast's {H} steps of {step / 1e9:g} s "
+                    "run past 2262-04-11, the end of the range served"
+                )
             horizon = ts[-1] + np.arange(1, H + 1, dtype=np.int64) * np.timedelta64(step, "ns")
         horizons.append(horizon)
         extra = sorted(set(w.future) - set(spec.known_future))
         if extra:
-            raise InvalidInput(f"{where}.future: unknown series '{extra[0]}'; model "
-                               f"'{spec.name}' takes: {', '.join(spec.known_future) or 'none'}")
+            raise InvalidInput(
+                f"{where}.future: unknown series '{extra[0]}'; model "
+                f"'{spec.name}' takes: {', '.join(spec.known_future) or 'none'}"
+            )
         for f, name in enumerate(spec.future_features):
             if name in CALENDAR:
                 assert horizon is not None  # _past_times demanded timestamps
@@ -196,8 +215,9 @@ def prepare(spec: ForecasterSpec, windows: list[Window]) -> Prepared:
                 raise InvalidInput(f"{where}.future: known-future series '{name}' is missing")
             values = np.asarray(w.future[name], np.float32)
             if len(values) != H or not np.isfinite(values).all():
-                raise InvalidInput(f"{where}.future['{name}']: needs {H} finite values, got "
-                                   f"{len(values)}")
+                raise InvalidInput(
+                    f"{where}.future['{name}']: needs {H} finite values, got {len(values)}"
+                )
             future[b, :, f] = values
     inputs = {"past": past}
     if spec.future_features:
@@ -214,7 +234,8 @@ def quantile_indices(spec: ForecasterSpec, levels: list[float]) -> list[int]:
         match = [i for i, known in enumerate(spec.quantiles) if abs(known - q) < 1e-6]
         if not match:
             trained = ", ".join(f"{k:g}" for k in spec.quantiles) or "none"
-            raise InvalidInput(f"quantile_levels: {q:g} is not one the model was trained for "
-                               f"({trained})")
+            raise InvalidInput(
+                f"quantile_levels: {q:g} is not one the model was trained for ({trained})"
+            )
         out.append(match[0])
     return out

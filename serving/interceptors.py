@@ -109,8 +109,9 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
                 if handler.unary_unary
                 else grpc.stream_unary_rpc_method_handler
             )
-            return make(unary, None if decode else handler.request_deserializer,
-                        handler.response_serializer)
+            return make(
+                unary, None if decode else handler.request_deserializer, handler.response_serializer
+            )
 
         inner_stream = handler.unary_stream or handler.stream_stream
         decode_one = handler.request_deserializer if handler.unary_stream else None
@@ -149,28 +150,37 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
             else grpc.stream_stream_rpc_method_handler
         )
         wrapper = streaming if inspect.isasyncgenfunction(inner_stream) else writing
-        return make_stream(wrapper, None if decode_one else handler.request_deserializer,
-                           handler.response_serializer)
+        return make_stream(
+            wrapper,
+            None if decode_one else handler.request_deserializer,
+            handler.response_serializer,
+        )
 
 
-def _refusing(handler: grpc.RpcMethodHandler, error: errors.ServingError
-              ) -> grpc.RpcMethodHandler:
+def _refusing(handler: grpc.RpcMethodHandler, error: errors.ServingError) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler` that raises `error` (the exception interceptor
     around it turns that into the status)."""
     if handler.unary_unary or handler.stream_unary:
+
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             raise error
 
-        make = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
-                else grpc.stream_unary_rpc_method_handler)
+        make = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary
+            else grpc.stream_unary_rpc_method_handler
+        )
         return make(unary, handler.request_deserializer, handler.response_serializer)
 
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         raise error
         yield  # an async generator, as the exception interceptor expects
 
-    make_stream = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
-                   else grpc.stream_stream_rpc_method_handler)
+    make_stream = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream
+        else grpc.stream_stream_rpc_method_handler
+    )
     return make_stream(stream, handler.request_deserializer, handler.response_serializer)
 
 
@@ -188,7 +198,10 @@ class RestrictedProtocolInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         rule = self._rules.get(handler_call_details.method)
-        if handler is None or rule is None or rule.allows(
-                handler_call_details.invocation_metadata or ()):
+        if (
+            handler is None
+            or rule is None
+            or rule.allows(handler_call_details.invocation_metadata or ())
+        ):
             return handler
         return _refusing(handler, errors.PermissionDenied(rule.message))

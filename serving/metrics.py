@@ -25,43 +25,74 @@ from serving.models.base import ServedModel
 log = logging.getLogger(__name__)
 
 # 50 µs .. 10 s
-LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25,
-                   0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LABELS = ["model", "version"]  # of every per-model series (failures add "reason")
 
 REQUEST_SECONDS = Histogram(
     "seqserve_request_duration_seconds",
     "Server-side request duration, receipt to response, successful and failed",
-    ["model", "version"], buckets=LATENCY_BUCKETS,
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
 )
 QUEUE_SECONDS = Histogram(
-    "seqserve_queue_duration_seconds", "Time a request waited in the model's queue",
-    ["model", "version"], buckets=LATENCY_BUCKETS,
+    "seqserve_queue_duration_seconds",
+    "Time a request waited in the model's queue",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
 )
 
 _COUNTERS = {  # Triton name -> (help, value from ModelStats)
     "nv_inference_request_success": (
         "Number of successful inference requests, all batch sizes",
-        lambda s: s.success.count),
-    "nv_inference_count": ("Number of inferences performed (batch elements)",
-                           lambda s: s.inference_count),
-    "nv_inference_exec_count": ("Number of model executions performed (batches)",
-                                lambda s: s.execution_count),
+        lambda s: s.success.count,
+    ),
+    "nv_inference_count": (
+        "Number of inferences performed (batch elements)",
+        lambda s: s.inference_count,
+    ),
+    "nv_inference_exec_count": (
+        "Number of model executions performed (batches)",
+        lambda s: s.execution_count,
+    ),
     "nv_inference_request_duration_us": (
         "Cumulative inference request duration in microseconds",
-        lambda s: (s.success.ns + s.fail.ns) // 1000),
-    "nv_inference_queue_duration_us": ("Cumulative inference queuing duration in microseconds",
-                                       lambda s: s.queue.ns // 1000),
+        lambda s: (s.success.ns + s.fail.ns) // 1000,
+    ),
+    "nv_inference_queue_duration_us": (
+        "Cumulative inference queuing duration in microseconds",
+        lambda s: s.queue.ns // 1000,
+    ),
     "nv_inference_compute_input_duration_us": (
         "Cumulative compute input duration in microseconds",
-        lambda s: s.compute_input.ns // 1000),
+        lambda s: s.compute_input.ns // 1000,
+    ),
     "nv_inference_compute_infer_duration_us": (
         "Cumulative compute inference duration in microseconds",
-        lambda s: s.compute_infer.ns // 1000),
+        lambda s: s.compute_infer.ns // 1000,
+    ),
     "nv_inference_compute_output_duration_us": (
         "Cumulative inference compute output duration in microseconds",
-        lambda s: s.compute_output.ns // 1000),
+        lambda s: s.compute_output.ns // 1000,
+    ),
 }
 
 
@@ -73,18 +104,25 @@ def triton_families(models: list[ServedModel]) -> Iterable[Metric]:
         for m, s in zip(models, stats, strict=True):
             metric.add_sample(name, {"model": m.name, "version": str(m.version)}, value(s))
         yield metric
-    failure = Metric("nv_inference_request_failure",
-                     "Number of failed inference requests, all batch sizes", "counter")
+    failure = Metric(
+        "nv_inference_request_failure",
+        "Number of failed inference requests, all batch sizes",
+        "counter",
+    )
     for m, s in zip(models, stats, strict=True):
         for reason, count in s.failures.items():
-            failure.add_sample("nv_inference_request_failure",
-                               {"model": m.name, "version": str(m.version),
-                                "reason": reason.value}, count)
+            failure.add_sample(
+                "nv_inference_request_failure",
+                {"model": m.name, "version": str(m.version), "reason": reason.value},
+                count,
+            )
     yield failure
     yield ModelCollector._gauge(
         "nv_inference_pending_request_count",
         "Instantaneous number of pending requests awaiting execution",
-        models, lambda m: m.pending)
+        models,
+        lambda m: m.pending,
+    )
 
 
 def _escape(value: str) -> str:
@@ -107,24 +145,34 @@ class FrontendCollector(Collector):
     """The native front end's request-bytes budget (docs/serving.md, "Memory, worst case"), and
     the calls its in-process servicers answered (no hop to the Python server behind)."""
 
-    def __init__(self, in_flight: Callable[[], int], shed: Callable[[], int],
-                 in_process: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(
+        self,
+        in_flight: Callable[[], int],
+        shed: Callable[[], int],
+        in_process: Callable[[], Mapping[str, int]],
+    ) -> None:
         self._in_flight = in_flight
         self._shed = shed
         self._in_process = in_process
 
     def collect(self) -> Iterable[Metric]:
-        yield GaugeMetricFamily("seqserve_request_bytes_in_flight",
-                                "Request bytes the native front end counts as held, copies "
-                                "included", value=self._in_flight())
-        yield CounterMetricFamily("seqserve_requests_shed",
-                                  "Calls ended with RESOURCE_EXHAUSTED while their message "
-                                  "arrived, to keep --max-request-bytes-in-flight",
-                                  value=self._shed())
-        calls = CounterMetricFamily("seqserve_native_in_process_calls",
-                                    "Calls the native front end had this process's servicers "
-                                    "answer, without the hop to the Python server",
-                                    labels=["method"])
+        yield GaugeMetricFamily(
+            "seqserve_request_bytes_in_flight",
+            "Request bytes the native front end counts as held, copies included",
+            value=self._in_flight(),
+        )
+        yield CounterMetricFamily(
+            "seqserve_requests_shed",
+            "Calls ended with RESOURCE_EXHAUSTED while their message "
+            "arrived, to keep --max-request-bytes-in-flight",
+            value=self._shed(),
+        )
+        calls = CounterMetricFamily(
+            "seqserve_native_in_process_calls",
+            "Calls the native front end had this process's servicers "
+            "answer, without the hop to the Python server",
+            labels=["method"],
+        )
         for method, n in sorted(self._in_process().items()):
             calls.add_metric([method], n)
         yield calls
@@ -133,28 +181,43 @@ class FrontendCollector(Collector):
 class ModelCollector(Collector):
     """seqserve's per-model series (gauges and histograms), computed at scrape time."""
 
-    def __init__(self, models: Callable[[], Iterable[ServedModel]],
-                 ready: Callable[[], Iterable[tuple[str, str, bool]]]) -> None:
+    def __init__(
+        self,
+        models: Callable[[], Iterable[ServedModel]],
+        ready: Callable[[], Iterable[tuple[str, str, bool]]],
+    ) -> None:
         self.models = models
         self._ready = ready
 
     def collect(self) -> Iterable[Metric]:
         models = list(self.models())
-        yield self._gauge("seqserve_queue_size", "Requests waiting in the model's queue",
-                          models, lambda m: m.queue_size)
-        yield self._gauge("seqserve_queue_capacity",
-                          "Capacity of the model's queue (0 = unbounded)",
-                          models, lambda m: m.queue_capacity)
-        ready = Metric("seqserve_model_ready", "1 when a model version is ready, else 0",
-                       "gauge")
+        yield self._gauge(
+            "seqserve_queue_size",
+            "Requests waiting in the model's queue",
+            models,
+            lambda m: m.queue_size,
+        )
+        yield self._gauge(
+            "seqserve_queue_capacity",
+            "Capacity of the model's queue (0 = unbounded)",
+            models,
+            lambda m: m.queue_capacity,
+        )
+        ready = Metric("seqserve_model_ready", "1 when a model version is ready, else 0", "gauge")
         for name, version, is_ready in self._ready():
-            ready.add_sample("seqserve_model_ready", {"model": name, "version": version},
-                             1.0 if is_ready else 0.0)
+            ready.add_sample(
+                "seqserve_model_ready",
+                {"model": name, "version": version},
+                1.0 if is_ready else 0.0,
+            )
         yield ready
         yield self._batch_histogram(models)
         fast = CounterMetricFamily(
-            "seqserve_native_requests", "ModelInfer requests the native front end ran itself "
-            "(the rest of the model's requests went to the Python server)", labels=LABELS)
+            "seqserve_native_requests",
+            "ModelInfer requests the native front end ran itself "
+            "(the rest of the model's requests went to the Python server)",
+            labels=LABELS,
+        )
         for m in models:
             if m.fast_path_requests is not None:
                 fast.add_metric([m.name, str(m.version)], m.fast_path_requests)
@@ -165,13 +228,19 @@ class ModelCollector(Collector):
     def _engine_usage(models: list[ServedModel]) -> Iterable[Metric]:
         """CPU, memory and restarts of the models' own processes (the process collector's
         series only cover the server's)."""
-        cpu = CounterMetricFamily("seqserve_engine_cpu_seconds",
-                                  "CPU time of a model's engine process", labels=LABELS)
-        memory = GaugeMetricFamily("seqserve_engine_resident_memory_bytes",
-                                   "Resident memory of a model's engine process", labels=LABELS)
-        restarts = CounterMetricFamily("seqserve_engine_restarts",
-                                       "Restarts of a model's engine process, by reason "
-                                       "(exited, stalled)", labels=[*LABELS, "reason"])
+        cpu = CounterMetricFamily(
+            "seqserve_engine_cpu_seconds", "CPU time of a model's engine process", labels=LABELS
+        )
+        memory = GaugeMetricFamily(
+            "seqserve_engine_resident_memory_bytes",
+            "Resident memory of a model's engine process",
+            labels=LABELS,
+        )
+        restarts = CounterMetricFamily(
+            "seqserve_engine_restarts",
+            "Restarts of a model's engine process, by reason (exited, stalled)",
+            labels=[*LABELS, "reason"],
+        )
         for m in models:
             usage = process_usage(m.engine_pid) if m.engine_pid else None
             if usage is not None:
@@ -184,8 +253,9 @@ class ModelCollector(Collector):
         yield restarts
 
     @staticmethod
-    def _gauge(name: str, doc: str, models: list[ServedModel],
-               value: Callable[[ServedModel], float]) -> Metric:
+    def _gauge(
+        name: str, doc: str, models: list[ServedModel], value: Callable[[ServedModel], float]
+    ) -> Metric:
         metric = Metric(name, doc, "gauge")
         for m in models:
             metric.add_sample(name, {"model": m.name, "version": str(m.version)}, value(m))
@@ -200,8 +270,11 @@ class ModelCollector(Collector):
             batches = m.statistics().batches
             sizes = {size: b.compute_infer.count for size, b in batches.items()}
             for bound in BATCH_BUCKETS:
-                metric.add_sample(name + "_bucket", {**labels, "le": str(float(bound))},
-                                  sum(c for s, c in sizes.items() if s <= bound))
+                metric.add_sample(
+                    name + "_bucket",
+                    {**labels, "le": str(float(bound))},
+                    sum(c for s, c in sizes.items() if s <= bound),
+                )
             total = sum(sizes.values())
             metric.add_sample(name + "_bucket", {**labels, "le": "+Inf"}, total)
             metric.add_sample(name + "_count", labels, total)
@@ -265,8 +338,13 @@ class MetricsEndpoint:
     """A /metrics HTTP server, on its own port and thread, answering with `body()`; `binary`
     adds paths answered with bytes (a worker's loopback endpoint: `serving.peers`)."""
 
-    def __init__(self, address: str, port: int, body: Callable[[], bytes],
-                 binary: Mapping[str, Callable[[], bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        body: Callable[[], bytes],
+        binary: Mapping[str, Callable[[], bytes]] | None = None,
+    ) -> None:
         routes = {"/": (CONTENT_TYPE_LATEST, body), "/metrics": (CONTENT_TYPE_LATEST, body)}
         routes |= {path: ("application/octet-stream", f) for path, f in (binary or {}).items()}
 
@@ -277,15 +355,18 @@ class MetricsEndpoint:
                 return [b"not found: try /metrics\n"]
             content_type, make = route
             data = make()
-            start_response("200 OK", [("Content-Type", content_type),
-                                      ("Content-Length", str(len(data)))])
+            start_response(
+                "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(data)))]
+            )
             return [data]
 
-        self._server = make_server(address, port, app, ThreadingWSGIServer,
-                                   handler_class=_QuietHandler)
+        self._server = make_server(
+            address, port, app, ThreadingWSGIServer, handler_class=_QuietHandler
+        )
         self.address, self.port = self._server.server_address[:2]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                        name="metrics")
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, daemon=True, name="metrics"
+        )
         self._thread.start()
         log.info("metrics at http://%s:%d/metrics", self.address, self.port)
 

@@ -45,13 +45,15 @@ class Peers:
 
     def ports(self) -> list[int]:
         """Loopback ports of the siblings that have said they serve."""
-        statuses = (read_status(p) for p in sorted(self._own.parent.glob("*.json"))
-                    if p != self._own)
+        statuses = (
+            read_status(p) for p in sorted(self._own.parent.glob("*.json")) if p != self._own
+        )
         return [s["port"] for s in statuses if s is not None]
 
     async def fetch(self, path: str) -> list[bytes]:
         """GET `path` from every sibling at once. A sibling that does not answer (it died, or
         is being restarted) is logged and left out: its figures are gone with it."""
+
         async def get(port: int) -> bytes | None:
             url = f"http://127.0.0.1:{port}{path}"
             try:

@@ -12,11 +12,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 EXIT_SERVING, EXIT_NOT_SERVING, EXIT_UNREACHABLE = 0, 1, 2
 
 
-def check(target: str, service: str = "", timeout: float = 3.0,
-          credentials: grpc.ChannelCredentials | None = None) -> tuple[int, str]:
+def check(
+    target: str,
+    service: str = "",
+    timeout: float = 3.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> tuple[int, str]:
     """Ask `target` about `service` ("" = the whole server). Returns (exit code, status word)."""
-    channel = (grpc.secure_channel(target, credentials) if credentials
-               else grpc.insecure_channel(target))
+    channel = (
+        grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    )
     with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
@@ -26,5 +31,6 @@ def check(target: str, service: str = "", timeout: float = 3.0,
                 return EXIT_NOT_SERVING, "SERVICE_UNKNOWN"
             return EXIT_UNREACHABLE, f"{err.code().name}: {err.details()}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    return (EXIT_SERVING if reply.status == health_pb2.HealthCheckResponse.SERVING
-            else EXIT_NOT_SERVING), status
+    return (
+        EXIT_SERVING if reply.status == health_pb2.HealthCheckResponse.SERVING else EXIT_NOT_SERVING
+    ), status

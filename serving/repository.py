@@ -78,8 +78,7 @@ def read_config(model_dir: Path, override_json: str | None = None) -> mc.ModelCo
         try:
             config = json_format.Parse(override_json, mc.ModelConfig())
         except json_format.ParseError as err:
-            raise InvalidInput(f"parameter 'config': not a valid ModelConfig JSON: {err}"
-                               ) from err
+            raise InvalidInput(f"parameter 'config': not a valid ModelConfig JSON: {err}") from err
     else:
         path = model_dir / "config.pbtxt"
         try:
@@ -87,8 +86,9 @@ def read_config(model_dir: Path, override_json: str | None = None) -> mc.ModelCo
         except (OSError, text_format.ParseError) as err:
             raise ModelLoadError(f"config.pbtxt: {err}") from err
     if config.name and config.name != model_dir.name:
-        raise ModelLoadError(f"config.pbtxt names the model {config.name!r}, its folder is "
-                             f"{model_dir.name!r}")
+        raise ModelLoadError(
+            f"config.pbtxt names the model {config.name!r}, its folder is {model_dir.name!r}"
+        )
     config.name = model_dir.name
     check_config(config)
     return config
@@ -96,8 +96,11 @@ def read_config(model_dir: Path, override_json: str | None = None) -> mc.ModelCo
 
 def available_versions(model_dir: Path) -> list[int]:
     """Numeric version folders; names starting with 0 are ignored, as in Triton."""
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.is_dir() and p.name.isdigit() and not p.name.startswith("0"))
+    return sorted(
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")
+    )
 
 
 def select_versions(config: mc.ModelConfig, versions: list[int]) -> list[int]:
@@ -108,14 +111,15 @@ def select_versions(config: mc.ModelConfig, versions: list[int]) -> list[int]:
     if kind == "specific":
         return [v for v in versions if v in set(policy.specific.versions)]
     n = policy.latest.num_versions if kind == "latest" else 1
-    return versions[-max(n, 1):] if versions else []
+    return versions[-max(n, 1) :] if versions else []
 
 
 class ModelRepository:
     """Models by name, each with its versions and their states."""
 
-    def __init__(self, root: Path, settings: Settings,
-                 on_change: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, root: Path, settings: Settings, on_change: Callable[[str], None] | None = None
+    ) -> None:
         self.root = root
         self.settings = settings
         self._models: dict[str, dict[int, VersionEntry]] = {}
@@ -132,9 +136,13 @@ class ModelRepository:
         """The model folders (those with a config.pbtxt), read from disk now; the result is
         remembered for the calls that must not touch the disk (a request for an unknown
         model, a /metrics scrape)."""
-        found = sorted(p.name for p in self.root.iterdir()
-                       if p.is_dir() and (p / "config.pbtxt").is_file()) \
-            if self.root.is_dir() else []
+        found = (
+            sorted(
+                p.name for p in self.root.iterdir() if p.is_dir() and (p / "config.pbtxt").is_file()
+            )
+            if self.root.is_dir()
+            else []
+        )
         self._known = set(found)
         return found
 
@@ -151,8 +159,11 @@ class ModelRepository:
             for v in sorted(entries):
                 e = entries[v]
                 why = e.model.unavailable if e.model and e.state is State.READY else None
-                rows.append((name, str(v) if v else "", State.UNAVAILABLE, why) if why else
-                            (name, str(v) if v else "", e.state, e.reason))
+                rows.append(
+                    (name, str(v) if v else "", State.UNAVAILABLE, why)
+                    if why
+                    else (name, str(v) if v else "", e.state, e.reason)
+                )
         return rows
 
     @staticmethod
@@ -168,8 +179,12 @@ class ModelRepository:
         return self._configs[name]
 
     def ready_models(self) -> list[ServedModel]:
-        return [e.model for entries in self._models.values() for e in entries.values()
-                if e.state is State.READY and e.model is not None]
+        return [
+            e.model
+            for entries in self._models.values()
+            for e in entries.values()
+            if e.state is State.READY and e.model is not None
+        ]
 
     def is_ready(self, name: str) -> bool:
         return bool(self.versions(name))
@@ -188,18 +203,23 @@ class ModelRepository:
                 rows = [r for r in self.index(scan=False) if r[0] == name]
                 states = "/".join(sorted({state for _, _, state, _ in rows}))
                 reasons = "; ".join(why for _, _, _, why in rows if why)
-                raise ModelNotReady(f"model '{name}' is not ready ({states}"
-                                    f"{': ' + reasons if reasons else ''})")
+                raise ModelNotReady(
+                    f"model '{name}' is not ready ({states}{': ' + reasons if reasons else ''})"
+                )
             return entries[ready[-1]].model  # type: ignore[return-value]
         entry = entries.get(wanted)
         if entry is None:
             raise ModelNotFound(f"model '{name}' has no version {wanted}")
         if not self._serving(entry):
-            why = entry.model.unavailable if entry.model and entry.state is State.READY \
+            why = (
+                entry.model.unavailable
+                if entry.model and entry.state is State.READY
                 else entry.reason
+            )
             state = State.UNAVAILABLE if entry.state is State.READY else entry.state
-            raise ModelNotReady(f"model '{name}' version {wanted} is {state.value}"
-                                f"{': ' + why if why else ''}")
+            raise ModelNotReady(
+                f"model '{name}' version {wanted} is {state.value}{': ' + why if why else ''}"
+            )
         return entry.model  # type: ignore[return-value]
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -235,16 +255,17 @@ class ModelRepository:
         async with self._lock(name):
             return await self._load_locked(name, model_dir, config_override)
 
-    async def _load_locked(self, name: str, model_dir: Path, override: str | None
-                           ) -> list[str]:
+    async def _load_locked(self, name: str, model_dir: Path, override: str | None) -> list[str]:
         self._signatures[name] = self.signature(name)
         old = self._models.get(name, {})
         try:
             config = read_config(model_dir, override)
             loader = LOADERS.get(config.platform) or LOADERS.get(config.backend)
             if loader is None:
-                raise ModelLoadError(f"no loader for platform {config.platform!r} / backend "
-                                     f"{config.backend!r} (known: {', '.join(LOADERS)})")
+                raise ModelLoadError(
+                    f"no loader for platform {config.platform!r} / backend "
+                    f"{config.backend!r} (known: {', '.join(LOADERS)})"
+                )
             wanted = select_versions(config, available_versions(model_dir))
             if not wanted:
                 raise ModelLoadError("no version folder matches the version policy")
@@ -263,10 +284,12 @@ class ModelRepository:
                 await self._load_version(name, entry, loader, config, model_dir)
         finally:
             del self._loading[name]
-        failed = [f"version {e.version}: {e.reason}" for e in new.values()
-                  if e.state is not State.READY]
+        failed = [
+            f"version {e.version}: {e.reason}" for e in new.values() if e.state is not State.READY
+        ]
         if not any(e.state is State.READY for e in new.values()) and any(
-                e.state is State.READY for e in old.values()):
+            e.state is State.READY for e in old.values()
+        ):
             # A failed reload leaves the serving versions in place, as Triton does.
             log.error("model '%s': reload failed, previous versions keep serving", name)
             self._models[name] = {**new, **{v: e for v, e in old.items() if e.model}}
@@ -279,12 +302,19 @@ class ModelRepository:
         await self._retire([e for v, e in old.items() if e.model and new.get(v) is not e])
         return failed
 
-    async def _load_version(self, name: str, entry: VersionEntry, loader: Loader,
-                            config: mc.ModelConfig, model_dir: Path) -> None:
+    async def _load_version(
+        self,
+        name: str,
+        entry: VersionEntry,
+        loader: Loader,
+        config: mc.ModelConfig,
+        model_dir: Path,
+    ) -> None:
         v = entry.version
         try:
-            model = await asyncio.to_thread(loader, name, v, config, model_dir / str(v),
-                                            self.settings)
+            model = await asyncio.to_thread(
+                loader, name, v, config, model_dir / str(v), self.settings
+            )
             model.start()
         except ModelLoadError as err:
             entry.state, entry.reason = State.UNAVAILABLE, str(err)

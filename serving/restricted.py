@@ -35,19 +35,39 @@ _FORECAST = "/seqserve.forecast.v1.Forecaster/"
 _TRANSLATE = "/seqserve.translate.v1.Translator/"
 
 GROUPS: dict[str, tuple[str, ...]] = {
-    "health": (_V2 + "ServerLive", _V2 + "ServerReady", _V2 + "ModelReady",
-               "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"),
-    "metadata": (_V2 + "ServerMetadata", _V2 + "ModelMetadata", _FORECAST + "ListModels",
-                 _FORECAST + "GetModelInfo",
-                 "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                 "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
-    "inference": (_V2 + "ModelInfer", _V2 + "ModelStreamInfer", _FORECAST + "Forecast",
-                  _TRANSLATE + "Translate", _TRANSLATE + "TranslateStream"),
-    "shared-memory": tuple(_V2 + f"{kind}SharedMemory{op}" for kind in ("System", "Cuda")
-                           for op in ("Status", "Register", "Unregister")),
+    "health": (
+        _V2 + "ServerLive",
+        _V2 + "ServerReady",
+        _V2 + "ModelReady",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    ),
+    "metadata": (
+        _V2 + "ServerMetadata",
+        _V2 + "ModelMetadata",
+        _FORECAST + "ListModels",
+        _FORECAST + "GetModelInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    ),
+    "inference": (
+        _V2 + "ModelInfer",
+        _V2 + "ModelStreamInfer",
+        _FORECAST + "Forecast",
+        _TRANSLATE + "Translate",
+        _TRANSLATE + "TranslateStream",
+    ),
+    "shared-memory": tuple(
+        _V2 + f"{kind}SharedMemory{op}"
+        for kind in ("System", "Cuda")
+        for op in ("Status", "Register", "Unregister")
+    ),
     "model-config": (_V2 + "ModelConfig",),
-    "model-repository": (_V2 + "RepositoryIndex", _V2 + "RepositoryModelLoad",
-                         _V2 + "RepositoryModelUnload"),
+    "model-repository": (
+        _V2 + "RepositoryIndex",
+        _V2 + "RepositoryModelLoad",
+        _V2 + "RepositoryModelUnload",
+    ),
     "statistics": (_V2 + "ModelStatistics",),
     "trace": (_V2 + "TraceSetting",),
     "logging": (_V2 + "LogSettings",),
@@ -63,8 +83,10 @@ class Rule:
 
     @property
     def message(self) -> str:
-        return (f"this protocol is restricted: send the header '{self.header}' with the "
-                "value the server was given (--grpc-restricted-protocol)")
+        return (
+            f"this protocol is restricted: send the header '{self.header}' with the "
+            "value the server was given (--grpc-restricted-protocol)"
+        )
 
     def allows(self, metadata: Iterable[tuple[str, str | bytes]]) -> bool:
         for key, value in metadata:
@@ -83,20 +105,28 @@ def parse(specs: Sequence[str]) -> dict[str, Rule]:
         groups, sep, assignment = spec.partition(":")
         key, eq, value = assignment.partition("=")
         if not sep or not eq or not groups or not key.strip() or not value:
-            raise ValueError(f"--grpc-restricted-protocol {spec!r}: expected "
-                             "<protocol>[,<protocol>...]:<key>=<value>")
+            raise ValueError(
+                f"--grpc-restricted-protocol {spec!r}: expected "
+                "<protocol>[,<protocol>...]:<key>=<value>"
+            )
         key = key.strip().lower()
         if not all(c.isalnum() or c in "-_." for c in key):
-            raise ValueError(f"--grpc-restricted-protocol {spec!r}: the key may hold letters, "
-                             "digits, '-', '_' and '.' only (it becomes a header name)")
+            raise ValueError(
+                f"--grpc-restricted-protocol {spec!r}: the key may hold letters, "
+                "digits, '-', '_' and '.' only (it becomes a header name)"
+            )
         rule = Rule(HEADER_PREFIX + key, value)
         for group in (g.strip() for g in groups.split(",")):
             if group not in GROUPS:
-                raise ValueError(f"--grpc-restricted-protocol: unknown protocol {group!r} "
-                                 f"(known: {', '.join(GROUPS)})")
+                raise ValueError(
+                    f"--grpc-restricted-protocol: unknown protocol {group!r} "
+                    f"(known: {', '.join(GROUPS)})"
+                )
             if group in seen:
-                raise ValueError(f"--grpc-restricted-protocol: protocol {group!r} is in two "
-                                 "groups; each protocol may be restricted once")
+                raise ValueError(
+                    f"--grpc-restricted-protocol: protocol {group!r} is in two "
+                    "groups; each protocol may be restricted once"
+                )
             seen[group] = spec
             rules.update(dict.fromkeys(GROUPS[group], rule))
     return rules

@@ -57,7 +57,8 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     if settings.tls_client_ca is None:
         return grpc.ssl_server_credentials(chain)
     return grpc.ssl_server_credentials(
-        chain, root_certificates=settings.tls_client_ca.read_bytes(),
+        chain,
+        root_certificates=settings.tls_client_ca.read_bytes(),
         require_client_auth=True,
     )
 
@@ -73,8 +74,9 @@ class Server:
             self.native = NativeFrontend(settings) if native_wanted(settings) else None
         except OSError as err:
             raise SystemExit(f"seqserve: cannot read a TLS file: {err}") from None
-        self.repository = ModelRepository(settings.model_repository, settings,
-                                          on_change=self._model_changed)
+        self.repository = ModelRepository(
+            settings.model_repository, settings, on_change=self._model_changed
+        )
         self.dataplane = DataPlane(self.repository, _version(), settings.model_control_mode)
         self.health = health.aio.HealthServicer()
         self._background: set[asyncio.Task] = set()
@@ -105,14 +107,17 @@ class Server:
         forecast_service_pb2_grpc.add_ForecasterServicer_to_server(forecaster, self.grpc)
         # Behind the native front end the typed Forecaster API skips the hop to self.grpc.
         self._in_process = Collected()
-        forecast_service_pb2_grpc.add_ForecasterServicer_to_server(forecaster,
-                                                                   self._in_process)
+        forecast_service_pb2_grpc.add_ForecasterServicer_to_server(forecaster, self._in_process)
         translate_service_pb2_grpc.add_TranslatorServicer_to_server(
-            TranslatorServicer(self.dataplane), self.grpc)
+            TranslatorServicer(self.dataplane), self.grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
-            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                *SERVICES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self.grpc,
         )
         self.port = 0  # known once start() has bound it
@@ -129,24 +134,32 @@ class Server:
         if self.native is not None:  # TLS, if any, is the front end's
             target, credentials = self.native.upstream, None
         try:
-            self.port = (self.grpc.add_secure_port(target, credentials) if credentials
-                         else self.grpc.add_insecure_port(target))
+            self.port = (
+                self.grpc.add_secure_port(target, credentials)
+                if credentials
+                else self.grpc.add_insecure_port(target)
+            )
         except RuntimeError as err:
             await self.grpc.stop(None)  # else grpc's teardown at exit garbles the message
             self._unregister()
-            raise SystemExit(f"seqserve: cannot listen on {target}: {err} "
-                             "(is another server using the port?)") from None
+            raise SystemExit(
+                f"seqserve: cannot listen on {target}: {err} (is another server using the port?)"
+            ) from None
 
     def _ready_rows(self) -> list[tuple[str, str, bool]]:
-        return [(name, version, state is State.READY)  # no disk access per scrape
-                for name, version, state, _ in self.repository.index(scan=False) if version]
+        return [
+            (name, version, state is State.READY)  # no disk access per scrape
+            for name, version, state, _ in self.repository.index(scan=False)
+            if version
+        ]
 
     def _model_changed(self, name: str) -> None:
         """Per-model health: the model name is a grpc.health.v1 service name. With the native
         front end, its fast path follows the versions that serve."""
         if self.native is not None:
-            self.native.route(name, [self.repository.get(name, str(v))
-                                     for v in self.repository.versions(name)])
+            self.native.route(
+                name, [self.repository.get(name, str(v)) for v in self.repository.versions(name)]
+            )
         status = SERVING if self.repository.is_ready(name) else NOT_SERVING
         task = asyncio.get_running_loop().create_task(self.health.set(name, status))
         self._background.add(task)
@@ -181,14 +194,18 @@ class Server:
             if self.settings.metrics_port:
                 try:
                     self.metrics = MetricsEndpoint(
-                        self.settings.metrics_address, self.settings.metrics_port,
-                        metrics.exposition(self.repository.ready_models))
+                        self.settings.metrics_address,
+                        self.settings.metrics_port,
+                        metrics.exposition(self.repository.ready_models),
+                    )
                 except OSError as err:
                     await self.grpc.stop(None)
                     self._unregister()
-                    raise SystemExit(f"seqserve: cannot serve metrics on "
-                                     f"{self.settings.metrics_address}:"
-                                     f"{self.settings.metrics_port}: {err}") from None
+                    raise SystemExit(
+                        f"seqserve: cannot serve metrics on "
+                        f"{self.settings.metrics_address}:"
+                        f"{self.settings.metrics_port}: {err}"
+                    ) from None
         # grpc's HealthServicer starts out SERVING: say NOT_SERVING until the models are loaded.
         for service in ("", *SERVICES):
             await self.health.set(service, NOT_SERVING)
@@ -211,7 +228,8 @@ class Server:
         await self.grpc.start()
         if self.native is not None:
             self.native.serve_in_process(
-                InProcess(asyncio.get_running_loop(), self._in_process.handlers))
+                InProcess(asyncio.get_running_loop(), self._in_process.handlers)
+            )
             try:
                 self.port = self.native.start()
             except SystemExit:
@@ -220,9 +238,13 @@ class Server:
                 raise
             task = asyncio.get_running_loop().create_task(self.native.beat())
             self._background.add(task)
-        log.info("gRPC on %s:%d (%s, %s front end)", self.settings.grpc_address, self.port,
-                 "TLS" if self.settings.tls_cert else "plaintext",
-                 "native" if self.native is not None else "Python")
+        log.info(
+            "gRPC on %s:%d (%s, %s front end)",
+            self.settings.grpc_address,
+            self.port,
+            "TLS" if self.settings.tls_cert else "plaintext",
+            "native" if self.native is not None else "Python",
+        )
 
     def _report_to_supervisor(self) -> None:
         """Serve /metrics and /statistics on a loopback port and say which in the status
@@ -232,11 +254,15 @@ class Server:
 
         def statistics() -> bytes:  # ModelStats change on the event loop: read them there
             return asyncio.run_coroutine_threadsafe(self._statistics(), loop).result(
-                timeout=STATISTICS_TIMEOUT_S)
+                timeout=STATISTICS_TIMEOUT_S
+            )
 
-        self.metrics = MetricsEndpoint("127.0.0.1", 0,
-                                       metrics.exposition(self.repository.ready_models),
-                                       binary={STATISTICS_PATH: statistics})
+        self.metrics = MetricsEndpoint(
+            "127.0.0.1",
+            0,
+            metrics.exposition(self.repository.ready_models),
+            binary={STATISTICS_PATH: statistics},
+        )
         assert self.settings.worker_status_file is not None
         write_status(self.settings.worker_status_file, os.getpid(), self.metrics.port)
 

@@ -101,16 +101,19 @@ class Settings:
             raise ValueError(f"--max-message-bytes must be in 1..{INT32_MAX}")
         for name in ("max_concurrent_rpcs", "max_streams_per_connection"):
             if not 0 <= getattr(self, name) <= INT32_MAX:
-                raise ValueError(f"--{name.replace('_', '-')} must be in 0..{INT32_MAX} "
-                                 "(0: no cap)")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be in 0..{INT32_MAX} (0: no cap)"
+                )
         if not 0 <= self.max_request_bytes_in_flight < 2**62:
             raise ValueError("--max-request-bytes-in-flight must be >= 0 (0: no budget)")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         restricted.parse(self.grpc_restricted_protocol)  # ValueError naming the problem
         if self.workers > 1 and self.model_control_mode is ModelControlMode.EXPLICIT:
-            raise ValueError("--workers > 1 needs --model-control-mode none or poll: a Load or "
-                             "Unload call would reach one worker only")
+            raise ValueError(
+                "--workers > 1 needs --model-control-mode none or poll: a Load or "
+                "Unload call would reach one worker only"
+            )
 
     @property
     def grpc_target(self) -> str:
@@ -154,8 +157,13 @@ class _AppendOverDefault(argparse.Action):
     """Like action="append", except that the flags replace the default (taken from the
     environment) instead of adding to it: a flag on the command line wins."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: object, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
         current = getattr(namespace, self.dest)
         if current is self.default:
             current = None
@@ -170,53 +178,101 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     def add(flag: str, default: object, help: str, **kw: object) -> None:
         value = env(flag, default)
-        parser.add_argument(f"--{flag}", default=value, help=f"{help} [env SEQSERVE_"
-                            f"{flag.upper().replace('-', '_')}; default: {value}]", **kw)
+        parser.add_argument(
+            f"--{flag}",
+            default=value,
+            help=f"{help} [env SEQSERVE_{flag.upper().replace('-', '_')}; default: {value}]",
+            **kw,
+        )
 
     add("model-repository", "model_repository", "Triton-style model repository folder")
     add("grpc-address", "127.0.0.1", "address to serve gRPC on (0.0.0.0 for all interfaces)")
     add("grpc-port", 8001, "gRPC port", type=int)
     add("metrics-address", "127.0.0.1", "address of the Prometheus /metrics endpoint")
     add("metrics-port", 8002, "Prometheus metrics port (0 disables it)", type=int)
-    add("model-control-mode", "none", "none: load all at start; explicit: --load-model and "
+    add(
+        "model-control-mode",
+        "none",
+        "none: load all at start; explicit: --load-model and "
         "Load/Unload RPCs; poll: pick up repository changes",
-        choices=[m.value for m in ModelControlMode])
+        choices=[m.value for m in ModelControlMode],
+    )
     add("repository-poll-secs", 15.0, "poll interval in poll mode", type=float)
-    parser.add_argument("--load-model", action="append", metavar="NAME",
-                        help="explicit mode: a model to load at start (repeatable, * = all)")
+    parser.add_argument(
+        "--load-model",
+        action="append",
+        metavar="NAME",
+        help="explicit mode: a model to load at start (repeatable, * = all)",
+    )
     add("device", "cpu", "onnxruntime execution provider", choices=[d.value for d in Device])
-    add("device-fallback", "fail", "when a session does not get the provider asked for: fail "
-        "the model, or warn and go on", choices=[p.value for p in FallbackPolicy])
+    add(
+        "device-fallback",
+        "fail",
+        "when a session does not get the provider asked for: fail the model, or warn and go on",
+        choices=[p.value for p in FallbackPolicy],
+    )
     add("intra-op-threads", 1, "intra-op threads per onnxruntime session", type=int)
     add("inter-op-threads", 1, "inter-op threads per onnxruntime session", type=int)
-    add("max-message-bytes", MAX_MESSAGE_BYTES, "largest gRPC message accepted or sent",
-        type=int)
-    add("max-concurrent-rpcs", MAX_CONCURRENT_RPCS, "calls in progress at once, over all "
-        "connections; more are refused with RESOURCE_EXHAUSTED (0: no cap)", type=int)
-    add("max-streams-per-connection", MAX_STREAMS_PER_CONNECTION, "HTTP/2 streams one "
-        "connection may have open; more wait at the client (0: gRPC's default, 100)", type=int)
-    add("max-request-bytes-in-flight", MAX_REQUEST_BYTES_IN_FLIGHT, "native front end: "
+    add("max-message-bytes", MAX_MESSAGE_BYTES, "largest gRPC message accepted or sent", type=int)
+    add(
+        "max-concurrent-rpcs",
+        MAX_CONCURRENT_RPCS,
+        "calls in progress at once, over all "
+        "connections; more are refused with RESOURCE_EXHAUSTED (0: no cap)",
+        type=int,
+    )
+    add(
+        "max-streams-per-connection",
+        MAX_STREAMS_PER_CONNECTION,
+        "HTTP/2 streams one "
+        "connection may have open; more wait at the client (0: gRPC's default, 100)",
+        type=int,
+    )
+    add(
+        "max-request-bytes-in-flight",
+        MAX_REQUEST_BYTES_IN_FLIGHT,
+        "native front end: "
         "request bytes held at once, copies included; past it, messages wait to be served, "
         "and calls whose message is still arriving after 20 ms are refused with "
-        "RESOURCE_EXHAUSTED (0: no budget)", type=int)
+        "RESOURCE_EXHAUSTED (0: no budget)",
+        type=int,
+    )
     add("tls-cert", None, "PEM server certificate (enables TLS)")
     add("tls-key", None, "PEM private key of --tls-cert")
     add("tls-client-ca", None, "PEM CA bundle: require and verify client certificates")
     add("grace-period-secs", 30.0, "on SIGTERM, how long in-flight calls may finish", type=float)
-    add("engine-stall-secs", 60.0, "restart a translator engine process that holds requests but "
-        "has run no decoder step for this long (they fail; 0: never)", type=float)
+    add(
+        "engine-stall-secs",
+        60.0,
+        "restart a translator engine process that holds requests but "
+        "has run no decoder step for this long (they fail; 0: never)",
+        type=float,
+    )
     add("log-level", "INFO", "logging level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    add("frontend", "auto", "what listens on the gRPC port: native (C++, ModelInfer of tensor "
+    add(
+        "frontend",
+        "auto",
+        "what listens on the gRPC port: native (C++, ModelInfer of tensor "
         "models batched without the interpreter; the rest forwarded to the Python server), "
-        "python, or auto (native when built)", choices=[f.value for f in Frontend])
+        "python, or auto (native when built)",
+        choices=[f.value for f in Frontend],
+    )
     env_restricted = os.environ.get("SEQSERVE_GRPC_RESTRICTED_PROTOCOL", "")
     parser.add_argument(
-        "--grpc-restricted-protocol", action=_AppendOverDefault, metavar="PROTOCOLS:KEY=VALUE",
+        "--grpc-restricted-protocol",
+        action=_AppendOverDefault,
+        metavar="PROTOCOLS:KEY=VALUE",
         default=[s for s in env_restricted.split(";") if s] or None,
         help="as tritonserver's: only callers with the header triton-grpc-protocol-KEY: VALUE "
         "may call these protocols (comma-separated: health, metadata, inference, "
         "shared-memory, model-config, model-repository, statistics, trace, logging); others "
         "get PERMISSION_DENIED. Repeatable, one group each [env "
-        "SEQSERVE_GRPC_RESTRICTED_PROTOCOL, groups separated by ';']")
-    add("workers", 1, "server processes sharing the gRPC port (SO_REUSEPORT), each with its "
-        "own copy of the models; one /metrics sums them", type=int)
+        "SEQSERVE_GRPC_RESTRICTED_PROTOCOL, groups separated by ';']",
+    )
+    add(
+        "workers",
+        1,
+        "server processes sharing the gRPC port (SO_REUSEPORT), each with its "
+        "own copy of the models; one /metrics sums them",
+        type=int,
+    )

@@ -43,7 +43,8 @@ class ModelStats:
     last_inference_ms: int = 0
     pending: int = 0  # requests received and not yet answered
     failures: dict[FailureReason, int] = field(
-        default_factory=lambda: dict.fromkeys(FailureReason, 0))
+        default_factory=lambda: dict.fromkeys(FailureReason, 0)
+    )
     batches: dict[int, BatchStats] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -52,25 +53,37 @@ class ModelStats:
         other threads than the fast path's instance threads, which insert batch sizes."""
         with self.lock:
             return ModelStats(
-                success=replace(self.success), fail=replace(self.fail),
-                queue=replace(self.queue), compute_input=replace(self.compute_input),
+                success=replace(self.success),
+                fail=replace(self.fail),
+                queue=replace(self.queue),
+                compute_input=replace(self.compute_input),
                 compute_infer=replace(self.compute_infer),
                 compute_output=replace(self.compute_output),
-                inference_count=self.inference_count, execution_count=self.execution_count,
-                last_inference_ms=self.last_inference_ms, pending=self.pending,
+                inference_count=self.inference_count,
+                execution_count=self.execution_count,
+                last_inference_ms=self.last_inference_ms,
+                pending=self.pending,
                 failures=dict(self.failures),
-                batches={size: BatchStats(replace(b.compute_input), replace(b.compute_infer),
-                                          replace(b.compute_output))
-                         for size, b in self.batches.items()})
+                batches={
+                    size: BatchStats(
+                        replace(b.compute_input),
+                        replace(b.compute_infer),
+                        replace(b.compute_output),
+                    )
+                    for size, b in self.batches.items()
+                },
+            )
 
-    def record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int,
-                         output_ns: int) -> None:
+    def record_execution(
+        self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int
+    ) -> None:
         """One model execution of `batch_size` elements from `requests` requests."""
         with self.lock:
             self._record_execution(batch_size, requests, input_ns, infer_ns, output_ns)
 
-    def _record_execution(self, batch_size: int, requests: int, input_ns: int, infer_ns: int,
-                          output_ns: int) -> None:
+    def _record_execution(
+        self, batch_size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int
+    ) -> None:
         self.execution_count += 1
         self.inference_count += batch_size
         self.last_inference_ms = time.time_ns() // 1_000_000
@@ -83,8 +96,15 @@ class ModelStats:
         b.compute_infer.add(infer_ns)
         b.compute_output.add(output_ns)
 
-    def record_batch(self, queue_ns: list[int], batch_size: int, input_ns: int, infer_ns: int,
-                     output_ns: int, durations_ns: list[int]) -> None:
+    def record_batch(
+        self,
+        queue_ns: list[int],
+        batch_size: int,
+        input_ns: int,
+        infer_ns: int,
+        output_ns: int,
+        durations_ns: list[int],
+    ) -> None:
         """A whole batch of successful requests at once: their queue times, the execution,
         their end-to-end times (the native front end's one call per batch)."""
         with self.lock:

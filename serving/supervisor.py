@@ -58,8 +58,10 @@ def reserve_port(address: str, port: int) -> socket.socket:
         sock.bind((address.strip("[]"), port))
     except OSError as err:
         sock.close()
-        raise SystemExit(f"seqserve: cannot listen on {address}:{port}: {err} "
-                         "(is another server using the port?)") from err
+        raise SystemExit(
+            f"seqserve: cannot listen on {address}:{port}: {err} "
+            "(is another server using the port?)"
+        ) from err
     return sock
 
 
@@ -69,8 +71,10 @@ def worker_main(settings: Settings, index: int) -> None:
 
     from serving.server import serve
 
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s "
-                        f"[worker {index}] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s",
+    )
     if not asyncio.run(serve(settings)):  # a model did not drain: as serving.server.main
         logging.shutdown()
         os._exit(1)
@@ -99,21 +103,31 @@ class Supervisor:
         self._reservation = reserve_port(settings.grpc_address, settings.grpc_port)
         self.port = self._reservation.getsockname()[1]
         self._folder = tempfile.TemporaryDirectory(prefix="seqserve-workers-")
-        self._workers = [_Worker(i, Path(self._folder.name) / f"worker-{i}.json")
-                         for i in range(settings.workers)]
+        self._workers = [
+            _Worker(i, Path(self._folder.name) / f"worker-{i}.json")
+            for i in range(settings.workers)
+        ]
         self._context = mp.get_context("spawn")
         self._stopping = threading.Event()
         self._failed = False
         self.metrics: MetricsEndpoint | None = None
 
     def _worker_settings(self, worker: _Worker) -> Settings:
-        return replace(self.settings, grpc_port=self.port, workers=1, reuse_port=True,
-                       worker_status_file=worker.status_file)
+        return replace(
+            self.settings,
+            grpc_port=self.port,
+            workers=1,
+            reuse_port=True,
+            worker_status_file=worker.status_file,
+        )
 
     def _start(self, worker: _Worker) -> None:
         worker.status_file.unlink(missing_ok=True)
-        process = self._context.Process(target=worker_main, name=f"seqserve-worker-{worker.index}",
-                                        args=(self._worker_settings(worker), worker.index))
+        process = self._context.Process(
+            target=worker_main,
+            name=f"seqserve-worker-{worker.index}",
+            args=(self._worker_settings(worker), worker.index),
+        )
         process.start()
         worker.process, worker.started = process, time.monotonic()
         log.info("worker %d started (pid %d)", worker.index, process.pid)
@@ -129,8 +143,10 @@ class Supervisor:
                     texts.append(response.read().decode())
             except OSError as err:
                 log.warning("worker %d: /metrics did not answer: %s", worker.index, err)
-        own = ("# HELP seqserve_workers Worker processes serving (ready, and answering this "
-               f"scrape)\n# TYPE seqserve_workers gauge\nseqserve_workers {len(texts)}.0\n")
+        own = (
+            "# HELP seqserve_workers Worker processes serving (ready, and answering this "
+            f"scrape)\n# TYPE seqserve_workers gauge\nseqserve_workers {len(texts)}.0\n"
+        )
         return (merge(texts) + own).encode()
 
     def _check(self, worker: _Worker) -> None:
@@ -140,17 +156,29 @@ class Supervisor:
         if not worker.served and worker.metrics_url() is not None:
             worker.served = True
         if process is not None and not process.is_alive() and not worker.served:
-            log.error("worker %d (pid %d) exited with %s before it ever served: stopping (its "
-                      "log above says why)", worker.index, process.pid, process.exitcode)
+            log.error(
+                "worker %d (pid %d) exited with %s before it ever served: stopping (its "
+                "log above says why)",
+                worker.index,
+                process.pid,
+                process.exitcode,
+            )
             self._failed = True
             self._stopping.set()
             return
         if process is not None and not process.is_alive():
             age = now - worker.started
-            worker.backoff = (min(MAX_BACKOFF_S, max(1.0, 2 * worker.backoff))
-                              if age < YOUNG_S else 0.0)
-            log.error("worker %d (pid %d) exited with %s after %.1fs; restarting in %.0fs",
-                      worker.index, process.pid, process.exitcode, age, worker.backoff)
+            worker.backoff = (
+                min(MAX_BACKOFF_S, max(1.0, 2 * worker.backoff)) if age < YOUNG_S else 0.0
+            )
+            log.error(
+                "worker %d (pid %d) exited with %s after %.1fs; restarting in %.0fs",
+                worker.index,
+                process.pid,
+                process.exitcode,
+                age,
+                worker.backoff,
+            )
             worker.process, worker.restart_at = None, now + worker.backoff
         if worker.restart_at is not None and now >= worker.restart_at:
             worker.restart_at = None
@@ -164,17 +192,19 @@ class Supervisor:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
-        log.info("%d workers on %s:%d", len(self._workers), self.settings.grpc_address,
-                 self.port)
+        log.info("%d workers on %s:%d", len(self._workers), self.settings.grpc_address, self.port)
         if self.settings.metrics_port:
             try:
-                self.metrics = MetricsEndpoint(self.settings.metrics_address,
-                                               self.settings.metrics_port, self._scrape)
+                self.metrics = MetricsEndpoint(
+                    self.settings.metrics_address, self.settings.metrics_port, self._scrape
+                )
             except OSError as err:
                 self._reservation.close()
-                raise SystemExit(f"seqserve: cannot serve metrics on "
-                                 f"{self.settings.metrics_address}:"
-                                 f"{self.settings.metrics_port}: {err}") from None
+                raise SystemExit(
+                    f"seqserve: cannot serve metrics on "
+                    f"{self.settings.metrics_address}:"
+                    f"{self.settings.metrics_port}: {err}"
+                ) from None
         for worker in self._workers:
             self._start(worker)
         try:
@@ -208,6 +238,8 @@ class Supervisor:
 
 
 def main(settings: Settings) -> int:
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s",
+    )
     return Supervisor(settings).run()

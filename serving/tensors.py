@@ -31,28 +31,54 @@ DTYPES: dict[str, np.dtype] = {
 
 # config.pbtxt data types -> V2 datatype strings (TYPE_STRING is BYTES on the wire).
 CONFIG_TO_V2 = {
-    mc.TYPE_BOOL: "BOOL", mc.TYPE_UINT8: "UINT8", mc.TYPE_UINT16: "UINT16",
-    mc.TYPE_UINT32: "UINT32", mc.TYPE_UINT64: "UINT64", mc.TYPE_INT8: "INT8",
-    mc.TYPE_INT16: "INT16", mc.TYPE_INT32: "INT32", mc.TYPE_INT64: "INT64",
-    mc.TYPE_FP16: "FP16", mc.TYPE_FP32: "FP32", mc.TYPE_FP64: "FP64", mc.TYPE_STRING: "BYTES",
+    mc.TYPE_BOOL: "BOOL",
+    mc.TYPE_UINT8: "UINT8",
+    mc.TYPE_UINT16: "UINT16",
+    mc.TYPE_UINT32: "UINT32",
+    mc.TYPE_UINT64: "UINT64",
+    mc.TYPE_INT8: "INT8",
+    mc.TYPE_INT16: "INT16",
+    mc.TYPE_INT32: "INT32",
+    mc.TYPE_INT64: "INT64",
+    mc.TYPE_FP16: "FP16",
+    mc.TYPE_FP32: "FP32",
+    mc.TYPE_FP64: "FP64",
+    mc.TYPE_STRING: "BYTES",
     mc.TYPE_BF16: "BF16",
 }
 
 # onnxruntime's type strings -> V2 datatype strings.
 ORT_TO_V2 = {
-    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
-    "tensor(string)": "BYTES", "tensor(bfloat16)": "BF16",
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+    "tensor(bfloat16)": "BF16",
 }
 
 # Which typed `contents` field carries each datatype.
 _CONTENTS_FIELD = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
-    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
-    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 _LEN = struct.Struct("<I")
@@ -78,8 +104,9 @@ def check_shape(shape: Sequence[int], name: str) -> int:
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
     if element_count([d for d in shape if d]) > MAX_ELEMENTS:
-        raise InvalidInput(f"input '{name}': shape {list(shape)} claims more than "
-                           f"{MAX_ELEMENTS} elements")
+        raise InvalidInput(
+            f"input '{name}': shape {list(shape)} claims more than {MAX_ELEMENTS} elements"
+        )
     return element_count(shape)
 
 
@@ -98,25 +125,30 @@ def decode_bytes(raw: bytes, count: int, name: str) -> np.ndarray:
     is checked against the bytes received before anything is allocated: each element needs
     at least its 4-byte length."""
     if count > len(raw) // 4:
-        raise InvalidInput(f"input '{name}': raw BYTES data has {len(raw)} bytes, too few for "
-                           f"the {count} elements the shape claims (4 bytes each at least)")
+        raise InvalidInput(
+            f"input '{name}': raw BYTES data has {len(raw)} bytes, too few for "
+            f"the {count} elements the shape claims (4 bytes each at least)"
+        )
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     pos, end = 0, len(raw)
     for i in range(count):
         if pos + 4 > end:
-            raise InvalidInput(f"input '{name}': raw BYTES data holds {i} elements, "
-                               f"the shape says {count}")
+            raise InvalidInput(
+                f"input '{name}': raw BYTES data holds {i} elements, the shape says {count}"
+            )
         (size,) = _LEN.unpack_from(view, pos)
         pos += 4
         if pos + size > end:
-            raise InvalidInput(f"input '{name}': BYTES element {i} claims {size} bytes, "
-                               f"only {end - pos} remain")
-        out[i] = bytes(view[pos:pos + size])
+            raise InvalidInput(
+                f"input '{name}': BYTES element {i} claims {size} bytes, only {end - pos} remain"
+            )
+        out[i] = bytes(view[pos : pos + size])
         pos += size
     if pos != end:
-        raise InvalidInput(f"input '{name}': {end - pos} bytes left over after {count} "
-                           "BYTES elements")
+        raise InvalidInput(
+            f"input '{name}': {end - pos} bytes left over after {count} BYTES elements"
+        )
     return out
 
 
@@ -143,8 +175,9 @@ def from_raw(raw: bytes, datatype: str, shape: Sequence[int], name: str) -> np.n
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def from_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: Sequence[int]
-                  ) -> np.ndarray:
+def from_contents(
+    tensor: pb.ModelInferRequest.InferInputTensor, shape: Sequence[int]
+) -> np.ndarray:
     name, datatype = tensor.name, tensor.datatype
     dtype = dtype_of(datatype, name)
     field = _CONTENTS_FIELD.get(datatype)
@@ -153,8 +186,10 @@ def from_contents(tensor: pb.ModelInferRequest.InferInputTensor, shape: Sequence
     values = getattr(tensor.contents, field)
     count = check_shape(shape, name)
     if len(values) != count:
-        raise InvalidInput(f"input '{name}': contents.{field} has {len(values)} values, "
-                           f"shape {list(shape)} needs {count}")
+        raise InvalidInput(
+            f"input '{name}': contents.{field} has {len(values)} values, "
+            f"shape {list(shape)} needs {count}"
+        )
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = list(values)

@@ -26,21 +26,44 @@ def free_port() -> int:
 class ServerProcess:
     """`seqserve serve` in a subprocess on free loopback ports."""
 
-    def __init__(self, repository: Path, *extra: str, python: str = sys.executable,
-                 env: dict[str, str] | None = None, new_session: bool = False) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        *extra: str,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        new_session: bool = False,
+    ) -> None:
         self.grpc_port, self.metrics_port = free_port(), free_port()
         self.target = f"127.0.0.1:{self.grpc_port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log = repository.parent / f"server-{self.grpc_port}.log"
-        cmd = [python, "-m", "seqserve", "serve", "--model-repository", str(repository),
-               "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
-               "--grace-period-secs", "5", *extra]
+        cmd = [
+            python,
+            "-m",
+            "seqserve",
+            "serve",
+            "--model-repository",
+            str(repository),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--grace-period-secs",
+            "5",
+            *extra,
+        ]
         self._log_file = self.log.open("w")
         # new_session: the server leads a process group of its own (its engines in it), as
         # under systemd, so a test can signal the whole group.
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=new_session)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=new_session,
+        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         from serving.probe import check
@@ -107,8 +130,9 @@ def native_built() -> None:
 
 
 @pytest.fixture(scope="module", params=["python", "native"])
-def standard_server(request: pytest.FixtureRequest,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def standard_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     """One server per test module and front end over the standard test repository (good and
     broken models): every contract test runs against both front ends."""
     from tests.serving.model_factory import standard_repository
@@ -130,26 +154,56 @@ def tiny_translator_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path
     (`seqserve train translator --preset tiny`). Training is seeded and deterministic on one
     thread, so these are the weights `seqserve build-repository --preset tiny` exports."""
     out = tmp_path_factory.mktemp("tiny-translator-checkpoint")
-    run = subprocess.run([sys.executable, "-m", "seqserve", "train", "translator", "--preset",
-                          "tiny", "--out", str(out), "--quiet"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "train",
+            "translator",
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out
 
 
 @pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory: pytest.TempPathFactory,
-                    tiny_translator_checkpoint: Path) -> Path:
+def tiny_repository(
+    tmp_path_factory: pytest.TempPathFactory, tiny_translator_checkpoint: Path
+) -> Path:
     """The default repository with the tiny preset, built once per test session by the
     command `make serve` runs (`seqserve build-repository`). Its translator is the session's
     tiny checkpoint exported first (the same weights; build-repository keeps a model that is
     present), so the session trains that translator once, not three times."""
     repo = tmp_path_factory.mktemp("tiny") / "model_repository"
-    for cmd in (["export", "--checkpoint", str(tiny_translator_checkpoint), "--repository",
-                 str(repo), "--name", "translator"],
-                ["build-repository", "--repository", str(repo), "--preset", "tiny"]):
-        out = subprocess.run([sys.executable, "-m", "seqserve", *cmd], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
+    for cmd in (
+        [
+            "export",
+            "--checkpoint",
+            str(tiny_translator_checkpoint),
+            "--repository",
+            str(repo),
+            "--name",
+            "translator",
+        ],
+        ["build-repository", "--repository", str(repo), "--preset", "tiny"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "seqserve", *cmd],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return repo
 

@@ -21,15 +21,46 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
     tool("perf_analyzer", "perf_analyzer")
     tool("tritonclient", "python")
     repo = tmp_path / "model_repository"
-    add_model(repo, "affine", AFFINE_CONFIG.format(
-        scheduling="dynamic_batching { max_queue_delay_microseconds: 0 }", extra=""), affine)
+    add_model(
+        repo,
+        "affine",
+        AFFINE_CONFIG.format(
+            scheduling="dynamic_batching { max_queue_delay_microseconds: 0 }", extra=""
+        ),
+        affine,
+    )
     results = tmp_path / "results"
     out = subprocess.run(
-        [sys.executable, "-m", "seqserve", "bench", "serving", "--repository", str(repo),
-         "--model", "affine", "--concurrency", "1,8", "--window-ms", "500", "--repeats", "1",
-         "--seconds", "0.1", "--startup-repeats", "1", "--worker-repeats", "1",
-         "--results-dir", str(results)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "bench",
+            "serving",
+            "--repository",
+            str(repo),
+            "--model",
+            "affine",
+            "--concurrency",
+            "1,8",
+            "--window-ms",
+            "500",
+            "--repeats",
+            "1",
+            "--seconds",
+            "0.1",
+            "--startup-repeats",
+            "1",
+            "--worker-repeats",
+            "1",
+            "--results-dir",
+            str(results),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (result,) = results.glob("serving-affine-*.json")
     data = json.loads(result.read_text())
@@ -73,31 +104,60 @@ def test_perf_analyzer_retries_a_measurement_that_did_not_stabilise(tmp_path: Pa
     repo = tmp_path / "model_repository"
     add_model(repo, "affine", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
     with server(repo, tmp_path) as running:
-        result = perf_analyzer(running["target"], "affine", 2, 100, tmp_path / "pa.csv",
-                               ladder=((0, 1), (1000, 2)))
+        result = perf_analyzer(
+            running["target"], "affine", 2, 100, tmp_path / "pa.csv", ladder=((0, 1), (1000, 2))
+        )
     assert result["stability_percent"] == 1000 and result["window_ms"] == 200
     assert result["inferences_per_s"] > 0
 
 
-def test_bench_accuracy_trains_scores_and_writes_results(tmp_path: Path,
-                                                         tiny_repository: Path) -> None:
+def test_bench_accuracy_trains_scores_and_writes_results(
+    tmp_path: Path, tiny_repository: Path
+) -> None:
     """One tiny forecaster run on generated data and the tiny translator on 20 Multi30k
     sentences: the suite's plumbing, not its numbers."""
     results = tmp_path / "results"
     out = subprocess.run(
-        [sys.executable, "-m", "seqserve", "bench", "accuracy", "--data", "synthetic",
-         "--synthetic-rows", "1500", "--cells", "gru", "--seeds", "0,1", "--epochs", "1",
-         "--threads", "1",
-         "--translator", str(tiny_repository / "translator"), "--splits", "test_2016_flickr",
-         "--limit", "20", "--beam-size", "2", "--results-dir", str(results)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "bench",
+            "accuracy",
+            "--data",
+            "synthetic",
+            "--synthetic-rows",
+            "1500",
+            "--cells",
+            "gru",
+            "--seeds",
+            "0,1",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--translator",
+            str(tiny_repository / "translator"),
+            "--splits",
+            "test_2016_flickr",
+            "--limit",
+            "20",
+            "--beam-size",
+            "2",
+            "--results-dir",
+            str(results),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (result,) = results.glob("accuracy-*.json")
     data = json.loads(result.read_text())
     (row,) = data["forecasters"]
     assert [r["seed"] for r in row["runs"]] == [0, 1]
-    assert row["test_mse"][0] == pytest.approx(
-        sum(r["test_mse"] for r in row["runs"]) / 2)
+    assert row["test_mse"][0] == pytest.approx(sum(r["test_mse"] for r in row["runs"]) / 2)
     assert all(r["test_mse"] < r["repeat_last_test_mse"] for r in row["runs"])
     (tr,) = data["translator"]
     # The tiny numbers model's vocabulary spells Multi30k out piece by piece: most sources
@@ -108,7 +168,8 @@ def test_bench_accuracy_trains_scores_and_writes_results(tmp_path: Path,
 
 
 def test_bench_translator_engines_agree_and_measure(
-        tmp_path: Path, tiny_repository: Path, tiny_translator_checkpoint: Path) -> None:
+    tmp_path: Path, tiny_repository: Path, tiny_translator_checkpoint: Path
+) -> None:
     """Every engine decodes the same 8 sentences: greedy and beam-4 tokens are identical
     across PyTorch (uncached, cached), seqserve in process, CTranslate2 fp32 and the served
     model, and every cell measured a positive throughput and latency."""
@@ -118,11 +179,36 @@ def test_bench_translator_engines_agree_and_measure(
         pytest.fail("ctranslate2 is missing: the dev extra installs it (seqserve[bench])")
     results = tmp_path / "results"
     out = subprocess.run(
-        [sys.executable, "-m", "seqserve", "bench", "translator", "--checkpoint",
-         str(tiny_translator_checkpoint), "--repository", str(tiny_repository),
-         "--int8-model", "", "--source", "validation", "--sentences", "8", "--repeats", "1",
-         "--seconds", "1", "--warmup-seconds", "0.2", "--results-dir", str(results)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "bench",
+            "translator",
+            "--checkpoint",
+            str(tiny_translator_checkpoint),
+            "--repository",
+            str(tiny_repository),
+            "--int8-model",
+            "",
+            "--source",
+            "validation",
+            "--sentences",
+            "8",
+            "--repeats",
+            "1",
+            "--seconds",
+            "1",
+            "--warmup-seconds",
+            "0.2",
+            "--results-dir",
+            str(results),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (result,) = results.glob("translator-*.json")
     data = json.loads(result.read_text())
@@ -152,10 +238,14 @@ def test_bench_translator_engines_agree_and_measure(
         assert t["sentences"] == 8 and t["identical"] == 8 and t["tokens"] > 8, name
     texts = data["agreement"]["text_vs_seqserve_b1"]
     for engine in engines - {"ct2_int8"}:  # int8 may round differently
-        assert texts[engine]["beam1"] and all(v == 1.0 for v in texts[engine]["beam1"].values()
-                                              ), (engine, texts[engine]["beam1"])
-    assert {"served_c8_vs_pytorch_uncached_b8_tokens",
-            "served_c1_vs_pytorch_uncached_b1_latency"} <= set(data["ratios"])
+        assert texts[engine]["beam1"] and all(v == 1.0 for v in texts[engine]["beam1"].values()), (
+            engine,
+            texts[engine]["beam1"],
+        )
+    assert {
+        "served_c8_vs_pytorch_uncached_b8_tokens",
+        "served_c1_vs_pytorch_uncached_b1_latency",
+    } <= set(data["ratios"])
     if has_ct2:
         assert data["conversion"]["seconds"] > 0
         assert "served_c8_vs_ct2_fp32_b8_tokens" in data["ratios"]
@@ -164,15 +254,33 @@ def test_bench_translator_engines_agree_and_measure(
         assert result.with_suffix(".png").stat().st_size > 1000
 
 
-def test_bench_decoder_step_times_files_side_by_side(tmp_path: Path,
-                                                     tiny_repository: Path) -> None:
+def test_bench_decoder_step_times_files_side_by_side(tmp_path: Path, tiny_repository: Path) -> None:
     """Two names for one decoder.onnx: the same log-probabilities, a JSON per row count."""
     decoder = tiny_repository / "translator" / "1" / "decoder.onnx"
     out = tmp_path / "step.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench.decoder_step", f"a={decoder}", f"b={decoder}",
-         "--rows", "1,3", "--past", "5", "--source", "4", "--calls", "50", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "bench.decoder_step",
+            f"a={decoder}",
+            f"b={decoder}",
+            "--rows",
+            "1,3",
+            "--past",
+            "5",
+            "--source",
+            "4",
+            "--calls",
+            "50",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
     assert sorted(result["rows"]) == ["1", "3"]
@@ -186,10 +294,25 @@ def test_bench_train_sweep_summarizes_each_run_and_keeps_failures(tmp_path: Path
     """Two tiny runs and one refused one: a summary line each, the failure with its status."""
     out = tmp_path / "sweep"
     run = subprocess.run(
-        [sys.executable, "-m", "bench.train_sweep", "--out", str(out), "--jobs", "2",
-         "--common", "--preset tiny --max-steps 6 --length-penalty-grid 0,1 --threads 1 --quiet",
-         "a=", "b=--seed 1 --label-smoothing 0.2", "bad=--max-source-tokens 999"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "bench.train_sweep",
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            "--common",
+            "--preset tiny --max-steps 6 --length-penalty-grid 0,1 --threads 1 --quiet",
+            "a=",
+            "b=--seed 1 --label-smoothing 0.2",
+            "bad=--max-source-tokens 999",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 1, run.stderr
     lines = {line["name"]: line for line in map(json.loads, (out / "summary.jsonl").open())}
     assert sorted(lines) == ["a", "b", "bad"]
@@ -202,17 +325,37 @@ def test_bench_train_sweep_summarizes_each_run_and_keeps_failures(tmp_path: Path
     assert "max_source_tokens 999" in (out / "bad.log").read_text()
 
 
-def test_bench_gpu_dry_run_compares_devices_and_serves(tmp_path: Path,
-                                                       tiny_repository: Path) -> None:
+def test_bench_gpu_dry_run_compares_devices_and_serves(
+    tmp_path: Path, tiny_repository: Path
+) -> None:
     """`bench/gpu.py --cpu-only`: the GPU check's every stage runs (its "cuda" side on the CPU
     provider, the translator's cache binding forced), so the script a GPU session relies on
     does not rot between loans."""
     out = tmp_path / "gpu.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench.gpu", "--cpu-only", "--model-repository",
-         str(tiny_repository), "--translator", str(tiny_repository / "translator" / "1"),
-         "--repeats", "2", "--clients", "2", "--seconds", "1", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu",
+            "--cpu-only",
+            "--model-repository",
+            str(tiny_repository),
+            "--translator",
+            str(tiny_repository / "translator" / "1"),
+            "--repeats",
+            "2",
+            "--clients",
+            "2",
+            "--seconds",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert set(report["onnx_models"]) == {"forecaster_gru", "forecaster_lstm"}
@@ -233,39 +376,77 @@ def test_bench_soak_summary_separates_what_faults_cause() -> None:
     from bench.soak import Record, summarize
 
     record = Record(
-        calls=[(1.0, "v2", "OK", 0.002), (1.5, "translate", "OK", 0.02),
-               (9.0, "translate", "UNAVAILABLE", 1.5),  # in flight when the engine died
-               (10.5, "translate", "UNAVAILABLE", 0.001),  # right after the engine's kill
-               (11.0, "stream", "UNAVAILABLE", 0.001),
-               (30.0, "translate", "UNAVAILABLE", 0.001),  # long after: not the fault's
-               (31.0, "v2", "INTERNAL", 0.001)],
+        calls=[
+            (1.0, "v2", "OK", 0.002),
+            (1.5, "translate", "OK", 0.02),
+            (9.0, "translate", "UNAVAILABLE", 1.5),  # in flight when the engine died
+            (10.5, "translate", "UNAVAILABLE", 0.001),  # right after the engine's kill
+            (11.0, "stream", "UNAVAILABLE", 0.001),
+            (30.0, "translate", "UNAVAILABLE", 0.001),  # long after: not the fault's
+            (31.0, "v2", "INTERNAL", 0.001),
+        ],
         live=[(t / 10, 0.001) for t in range(400)],
         rss=[(t, 100.0, 50.0) for t in range(0, 40, 2)],
-        faults=[(10.0, "engine SIGKILL")], messages={30.0: "engine gone"})
+        faults=[(10.0, "engine SIGKILL")],
+        messages={30.0: "engine gone"},
+    )
     result = summarize(record, seconds=40, warmup_s=5, window_s=10, fault_window_s=5)
-    assert result["caused_by_faults"] == {"translate": {"UNAVAILABLE": 2},
-                                          "stream": {"UNAVAILABLE": 1}}
-    assert result["unexpected_errors"] == {"translate": {"UNAVAILABLE": 1},
-                                           "v2": {"INTERNAL": 1}}
-    assert result["unexpected_at"] == [(30.0, "translate", "UNAVAILABLE", "engine gone"),
-                                       (31.0, "v2", "INTERNAL", "")]
+    assert result["caused_by_faults"] == {
+        "translate": {"UNAVAILABLE": 2},
+        "stream": {"UNAVAILABLE": 1},
+    }
+    assert result["unexpected_errors"] == {"translate": {"UNAVAILABLE": 1}, "v2": {"INTERNAL": 1}}
+    assert result["unexpected_at"] == [
+        (30.0, "translate", "UNAVAILABLE", "engine gone"),
+        (31.0, "v2", "INTERNAL", ""),
+    ]
     assert result["rss_mib"]["growth"] == 0
-    assert result["goals"] == {"rss_growth_under_5pct": True, "only_fault_failures": False,
-                               "fault_failures_retryable": True, "live_p99_under_50ms": True}
+    assert result["goals"] == {
+        "rss_growth_under_5pct": True,
+        "only_fault_failures": False,
+        "fault_failures_retryable": True,
+        "live_p99_under_50ms": True,
+    }
 
 
 def test_bench_soak_runs_with_its_faults(tiny_repository: Path, tmp_path: Path) -> None:
     """A short soak on the tiny default repository: every fault injected, every call
     answered, ServerLive probed throughout (numbers are the benchmark's, not asserted)."""
     out = subprocess.run(
-        [sys.executable, "-m", "seqserve", "bench", "soak", "--repository",
-         str(tiny_repository), "--minutes", "0.3", "--clients", "8", "--engine-stall-secs",
-         "3", "--warmup-secs", "5", "--window-secs", "5", "--results-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "bench",
+            "soak",
+            "--repository",
+            str(tiny_repository),
+            "--minutes",
+            "0.3",
+            "--clients",
+            "8",
+            "--engine-stall-secs",
+            "3",
+            "--warmup-secs",
+            "5",
+            "--window-secs",
+            "5",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     (result,) = tmp_path.glob("soak-*.json")
     data = json.loads(result.read_text())
     assert [name for _, name in data["faults"]] == [
-        "engine SIGKILL", "engine SIGSTOP 10 s", "corrupt new version", "good new version"]
+        "engine SIGKILL",
+        "engine SIGSTOP 10 s",
+        "corrupt new version",
+        "good new version",
+    ]
     assert all(n > 0 for n in data["calls"].values()), data["calls"]
     assert data["lost_ids"] == 0 and data["unfinished_streams"] == 0
     assert data["live"]["probes"] > 100 and data["live"]["failures"] == 0

@@ -13,8 +13,15 @@ from serving.settings import Device, ModelControlMode, Settings
 from tests.conftest import ROOT
 
 SUBCOMMANDS = [
-    ["train", "forecaster"], ["train", "translator"], ["export"], ["build-repository"],
-    ["serve"], ["health"], ["forecast"], ["translate"], ["bench", "serving"],
+    ["train", "forecaster"],
+    ["train", "translator"],
+    ["export"],
+    ["build-repository"],
+    ["serve"],
+    ["health"],
+    ["forecast"],
+    ["translate"],
+    ["bench", "serving"],
 ]
 
 
@@ -37,11 +44,27 @@ def test_every_subcommand_has_help(argv: list[str], capsys: pytest.CaptureFixtur
 
 
 def test_serve_flags_follow_tritonserver_names() -> None:
-    args = build_parser().parse_args([
-        "serve", "--model-repository", "repo", "--grpc-port", "9001", "--metrics-port", "9002",
-        "--model-control-mode", "explicit", "--load-model", "a", "--load-model", "b",
-        "--repository-poll-secs", "2.5", "--device", "cuda",
-    ])
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--model-repository",
+            "repo",
+            "--grpc-port",
+            "9001",
+            "--metrics-port",
+            "9002",
+            "--model-control-mode",
+            "explicit",
+            "--load-model",
+            "a",
+            "--load-model",
+            "b",
+            "--repository-poll-secs",
+            "2.5",
+            "--device",
+            "cuda",
+        ]
+    )
     s = Settings.from_args(args)
     assert s.model_repository == Path("repo")
     assert (s.grpc_address, s.grpc_port, s.metrics_port) == ("127.0.0.1", 9001, 9002)
@@ -75,23 +98,32 @@ def test_environment_mirrors_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--grpc-port", "70000"], "--grpc-port must be in 0..65535"),
         (["--repository-poll-secs", "0"], "--repository-poll-secs must be > 0"),
         (["--workers", "0"], "--workers must be >= 1"),
-        (["--workers", "2", "--model-control-mode", "explicit"],
-         "--workers > 1 needs --model-control-mode none or poll"),
+        (
+            ["--workers", "2", "--model-control-mode", "explicit"],
+            "--workers > 1 needs --model-control-mode none or poll",
+        ),
     ],
 )
-def test_bad_settings_give_a_clear_error(argv: list[str], message: str,
-                                         capsys: pytest.CaptureFixture) -> None:
+def test_bad_settings_give_a_clear_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["serve", *argv]) == 2
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("suite", [["accuracy", "--cells", "", "--translator"],
-                                   ["serving", "--repository"]])
-def test_bench_with_a_missing_model_exits_2_with_a_message(suite: list[str],
-                                                            tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "seqserve", "bench", *suite,
-                          str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
+@pytest.mark.parametrize(
+    "suite", [["accuracy", "--cells", "", "--translator"], ["serving", "--repository"]]
+)
+def test_bench_with_a_missing_model_exits_2_with_a_message(
+    suite: list[str], tmp_path: Path
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "seqserve", "bench", *suite, str(tmp_path / "nope")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "nope" in out.stderr or "no model" in out.stderr
 
@@ -99,8 +131,21 @@ def test_bench_with_a_missing_model_exits_2_with_a_message(suite: list[str],
 def test_health_reports_unreachable_server() -> None:
     from tests.conftest import free_port
 
-    out = subprocess.run([sys.executable, "-m", "seqserve", "health", "--target",
-                          f"127.0.0.1:{free_port()}", "--timeout", "1"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "health",
+            "--target",
+            f"127.0.0.1:{free_port()}",
+            "--timeout",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "UNAVAILABLE" in out.stdout or "DEADLINE_EXCEEDED" in out.stdout

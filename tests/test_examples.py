@@ -9,8 +9,13 @@ from tests.conftest import ROOT, ServerProcess, tool
 
 
 def _run(python: str, script: str, target: str) -> str:
-    out = subprocess.run([python, str(ROOT / "examples" / script), "--target", target],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [python, str(ROOT / "examples" / script), "--target", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -34,9 +39,23 @@ def test_forecast_example_needs_the_default_window(tiny_server: ServerProcess) -
 
 
 def test_forecast_command_on_the_example_csv(tiny_server: ServerProcess) -> None:
-    out = subprocess.run([sys.executable, "-m", "seqserve", "forecast", "--model",
-                          "forecaster_gru", "--csv", "examples/forecast_input.csv", "--target",
-                          tiny_server.target], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "forecast",
+            "--model",
+            "forecaster_gru",
+            "--csv",
+            "examples/forecast_input.csv",
+            "--target",
+            tiny_server.target,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].split()[:2] == ["timestamp", "price"]

@@ -12,8 +12,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "core": {"training", "export", "serving", "seqserve", "bench",
-             "torch", "onnx", "onnxscript", "onnxruntime", "grpc"},
+    "core": {
+        "training",
+        "export",
+        "serving",
+        "seqserve",
+        "bench",
+        "torch",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
+        "grpc",
+    },
     "training": {"export", "serving", "seqserve", "bench"},
     "export": {"serving", "seqserve", "bench"},
     "serving": {"training", "export", "seqserve", "bench"},
@@ -33,9 +43,11 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_layers_import_one_way(layer: str) -> None:
-    wrong = [f"{path.relative_to(ROOT)}:{line}: {module}"
-             for path in sorted((ROOT / layer).rglob("*.py"))
-             if path.name != "__main__.py"  # `python -m <layer>` hands over to the CLI above
-             for line, module in _imports(path)
-             if module.split(".")[0] in FORBIDDEN[layer]]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line}: {module}"
+        for path in sorted((ROOT / layer).rglob("*.py"))
+        if path.name != "__main__.py"  # `python -m <layer>` hands over to the CLI above
+        for line, module in _imports(path)
+        if module.split(".")[0] in FORBIDDEN[layer]
+    ]
     assert not wrong, f"{layer}/ imports what it must not:\n" + "\n".join(wrong)

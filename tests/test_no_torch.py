@@ -29,8 +29,13 @@ print("LEAKED" if leaked else "CLEAN", leaked)
 
 
 def test_serving_code_paths_do_not_import_torch(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "CLEAN" in out.stdout, out.stdout
 
@@ -47,8 +52,12 @@ def test_serve_runs_in_a_venv_without_torch(tiny_repository: Path) -> None:
     server = ServerProcess(tiny_repository, python=str(python))
     try:
         server.wait_ready()
-        health = subprocess.run([str(python), "-m", "seqserve", "health", "--target",
-                                 server.target], capture_output=True, text=True, timeout=30)
+        health = subprocess.run(
+            [str(python), "-m", "seqserve", "health", "--target", server.target],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert health.returncode == 0 and health.stdout.strip() == "SERVING"
         channel, s = stub(server.target)
         with channel:
@@ -61,8 +70,12 @@ def test_serve_runs_in_a_venv_without_torch(tiny_repository: Path) -> None:
 
 def test_training_commands_explain_the_missing_extra(tmp_path: Path) -> None:
     python = tool("serving-only")
-    out = subprocess.run([str(python), "-m", "seqserve", "build-repository", "--repository",
-                          str(tmp_path / "r")], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(python), "-m", "seqserve", "build-repository", "--repository", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     # Building the default models needs torch: a clear message, not a traceback.
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "pip install 'seqserve[train]'" in out.stderr

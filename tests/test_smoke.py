@@ -24,8 +24,12 @@ def test_repository_holds_every_default_model(tiny_repository: Path) -> None:
 
 
 def test_every_model_answers(tiny_server: ServerProcess) -> None:
-    health = subprocess.run([sys.executable, "-m", "seqserve", "health", "--target",
-                             tiny_server.target], capture_output=True, text=True, timeout=30)
+    health = subprocess.run(
+        [sys.executable, "-m", "seqserve", "health", "--target", tiny_server.target],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert health.returncode == 0, health.stdout
     with grpc.insecure_channel(tiny_server.target) as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)

@@ -27,8 +27,9 @@ class CheckpointError(ValueError):
 
 def plain(config: Any) -> dict[str, Any]:
     """A frozen dataclass as a dict of plain values (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(config).items()}
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+    }
 
 
 def rebuild(cls: type[T], args: dict[str, Any]) -> T:

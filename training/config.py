@@ -32,11 +32,13 @@ class ForecasterConfig:
         assert self.arch in {"segrnn", "rnn"}, f"arch must be segrnn or rnn, not {self.arch!r}"
         assert self.cell in {"gru", "lstm"}, f"cell must be gru or lstm, not {self.cell!r}"
         assert self.target_index and all(0 <= i < self.n_past for i in self.target_index), (
-            f"target_index {self.target_index} must point into the {self.n_past} past channels")
+            f"target_index {self.target_index} must point into the {self.n_past} past channels"
+        )
         if self.arch == "segrnn":
             assert self.input_len % self.seg_len == 0 and self.horizon % self.seg_len == 0, (
                 f"seg_len {self.seg_len} must divide input_len {self.input_len} and horizon "
-                f"{self.horizon}")
+                f"{self.horizon}"
+            )
             assert self.d_model % 2 == 0, "d_model must be even (position + channel halves)"
         assert list(self.quantiles) == sorted(set(self.quantiles)), "quantiles must ascend"
         assert all(0 < q < 1 for q in self.quantiles), "quantiles must lie in (0, 1)"

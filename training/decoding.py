@@ -23,31 +23,46 @@ class TorchStepModel:
         self.model = model.eval()
         self.device = torch.device(device)
         c = model.config
-        self.num_layers, self.num_heads, self.head_dim = (c.num_decoder_layers, c.num_heads,
-                                                          c.head_dim)
+        self.num_layers, self.num_heads, self.head_dim = (
+            c.num_decoder_layers,
+            c.num_heads,
+            c.head_dim,
+        )
 
     def _t(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
     @torch.no_grad()
-    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mask = self._t(src_mask).unsqueeze(1)  # [B, S] -> [B, 1, S]
         memory = self.model.encode(self._t(src_ids), mask)  # [B, S, D]
         k, v = self.model.cross_kv(memory)  # [L, B, H, S, K] each
         return k.float().cpu().numpy(), v.float().cpu().numpy()
 
     @torch.no_grad()
-    def step(self, tokens: np.ndarray, positions: np.ndarray, past_k: np.ndarray,
-             past_v: np.ndarray, past_mask: np.ndarray, cross_k: np.ndarray,
-             cross_v: np.ndarray, src_mask: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def step(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        past_k: np.ndarray,
+        past_v: np.ndarray,
+        past_mask: np.ndarray,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        src_mask: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t = self._t
-        log_probs, k, v = self.model.decode_step(t(tokens), t(positions), t(past_k), t(past_v),
-                                                 t(past_mask), t(cross_k), t(cross_v),
-                                                 t(src_mask))  # [R, V], [L, R, H, P+1, K] x2
-        return (log_probs.float().cpu().numpy(), k.float().cpu().numpy(),
-                v.float().cpu().numpy())
+        log_probs, k, v = self.model.decode_step(
+            t(tokens),
+            t(positions),
+            t(past_k),
+            t(past_v),
+            t(past_mask),
+            t(cross_k),
+            t(cross_v),
+            t(src_mask),
+        )  # [R, V], [L, R, H, P+1, K] x2
+        return (log_probs.float().cpu().numpy(), k.float().cpu().numpy(), v.float().cpu().numpy())
 
 
 @torch.no_grad()
@@ -71,6 +86,7 @@ def greedy_decode(model: EncoderDecoder, src: torch.Tensor, max_len: int) -> lis
             break
     out = []
     for row in ys[:, 1:].tolist():
-        out.append(row[:row.index(c.eos_id)] if c.eos_id in row else
-                   [t for t in row if t != c.pad_id])
+        out.append(
+            row[: row.index(c.eos_id)] if c.eos_id in row else [t for t in row if t != c.pad_id]
+        )
     return out

@@ -10,16 +10,22 @@ from training.data.series import Series
 
 
 @torch.no_grad()
-def predict(model: nn.Module, series: Series, starts: np.ndarray, input_len: int, horizon: int,
-            device: str, batch_size: int = 512
-            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module,
+    series: Series,
+    starts: np.ndarray,
+    input_len: int,
+    horizon: int,
+    device: str,
+    batch_size: int = 512,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
     """Every window (none dropped) -> forecast [W, H, F_out], quantiles [W, H, F_out, Q] or None,
     target [W, H, F_out], and the repeat-last baseline [W, H, F_out]."""
     model.eval()
     forecasts, quantiles, targets, naive = [], [], [], []
     target_index = list(series.target_index)
     for i in range(0, len(starts), batch_size):
-        past, future, target = series.batch(starts[i:i + batch_size], input_len, horizon)
+        past, future, target = series.batch(starts[i : i + batch_size], input_len, horizon)
         f, q = model(torch.from_numpy(past).to(device), torch.from_numpy(future).to(device))
         forecasts.append(f.cpu().numpy())
         if q is not None:
@@ -44,12 +50,14 @@ def coverage(quantiles: np.ndarray, target: np.ndarray) -> list[float]:
     return [float(np.mean(target <= quantiles[..., k])) for k in range(quantiles.shape[-1])]
 
 
-def evaluate(model: nn.Module, series: Series, part: str, input_len: int, horizon: int,
-             device: str) -> dict[str, float | int | list[float]]:
+def evaluate(
+    model: nn.Module, series: Series, part: str, input_len: int, horizon: int, device: str
+) -> dict[str, float | int | list[float]]:
     starts = series.starts(part, input_len, horizon)
     forecast, quantiles, target, naive = predict(model, series, starts, input_len, horizon, device)
     out: dict[str, float | int | list[float]] = {
-        f"{part}_mse": mse(forecast, target), f"{part}_mae": mae(forecast, target),
+        f"{part}_mse": mse(forecast, target),
+        f"{part}_mae": mae(forecast, target),
         f"{part}_windows": len(starts),
         f"repeat_last_{part}_mse": mse(naive, target),
         f"repeat_last_{part}_mae": mae(naive, target),

@@ -11,9 +11,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def plot_forecasts(path: Path, history: np.ndarray, truth: np.ndarray, forecast: np.ndarray,
-                   quantiles: np.ndarray | None, levels: tuple[float, ...], title: str,
-                   name: str) -> Path:
+def plot_forecasts(
+    path: Path,
+    history: np.ndarray,
+    truth: np.ndarray,
+    forecast: np.ndarray,
+    quantiles: np.ndarray | None,
+    levels: tuple[float, ...],
+    title: str,
+    name: str,
+) -> Path:
     """history [W, L], truth [W, H], forecast [W, H], quantiles [W, H, Q] or None, raw units,
     for one target channel: one panel per window, written as a PNG."""
     n = len(history)
@@ -26,8 +33,9 @@ def plot_forecasts(path: Path, history: np.ndarray, truth: np.ndarray, forecast:
         ax.plot(future_x, forecast[k], color="C0", lw=1.5, label="forecast")
         if quantiles is not None and quantiles.shape[-1] >= 2:
             lo, hi = quantiles[k, :, 0], quantiles[k, :, -1]
-            ax.fill_between(future_x, lo, hi, color="C0", alpha=0.2,
-                            label=f"q{levels[0]:g} to q{levels[-1]:g}")
+            ax.fill_between(
+                future_x, lo, hi, color="C0", alpha=0.2, label=f"q{levels[0]:g} to q{levels[-1]:g}"
+            )
         ax.axvline(0, color="0.7", lw=0.8)
         ax.set_ylabel(name)
     axes[0, 0].set_title(title)

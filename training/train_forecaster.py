@@ -58,18 +58,25 @@ def data_record(series: Series, config: ForecasterConfig) -> dict[str, Any]:
         "std": series.std.tolist(),
         "split": {part: list(series.split.part(part)) for part in ("train", "val", "test")},
         "validation_sample": {  # raw units, as the exported graph takes them
-            "past": torch.from_numpy(inv_std_scale(past, series.mean, series.std)
-                                     .astype(np.float32)),  # [n, L, F_in]
+            "past": torch.from_numpy(
+                inv_std_scale(past, series.mean, series.std).astype(np.float32)
+            ),  # [n, L, F_in]
             "future": torch.from_numpy(future),  # [n, H, F_fut]
-            "target": torch.from_numpy(inv_std_scale(target, series.mean[t], series.std[t])
-                                       .astype(np.float32)),  # [n, H, F_out]
+            "target": torch.from_numpy(
+                inv_std_scale(target, series.mean[t], series.std[t]).astype(np.float32)
+            ),  # [n, H, F_out]
         },
     }
 
 
-def loss_fn(model_config: ForecasterConfig, train_config: TrainConfig, levels: torch.Tensor,
-            forecast: torch.Tensor, quantiles: torch.Tensor | None,
-            target: torch.Tensor) -> torch.Tensor:
+def loss_fn(
+    model_config: ForecasterConfig,
+    train_config: TrainConfig,
+    levels: torch.Tensor,
+    forecast: torch.Tensor,
+    quantiles: torch.Tensor | None,
+    target: torch.Tensor,
+) -> torch.Tensor:
     error = forecast - target  # [B, H, F_out]
     if train_config.loss == "mse":
         loss = error.square().mean()
@@ -91,8 +98,9 @@ def selection_score(loss: str, val: dict[str, float]) -> float:
     return (val["val_mse"] + val["val_mae"]) / 2
 
 
-def train(model_config: ForecasterConfig, train_config: TrainConfig, out: Path,
-          progress: bool = True) -> dict[str, Any]:
+def train(
+    model_config: ForecasterConfig, train_config: TrainConfig, out: Path, progress: bool = True
+) -> dict[str, Any]:
     """Train and write DIR; returns the metrics. The data-dependent fields of `model_config`
     (n_past, target_index, n_future) are filled in from the data."""
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -107,14 +115,19 @@ def train(model_config: ForecasterConfig, train_config: TrainConfig, out: Path,
     L, H = model_config.input_len, model_config.horizon  # noqa: N806
 
     series = prepare(tc, L, H)
-    model_config = replace(model_config, n_past=len(series.past_features),
-                           target_index=series.target_index,
-                           n_future=len(series.future_features))
+    model_config = replace(
+        model_config,
+        n_past=len(series.past_features),
+        target_index=series.target_index,
+        n_future=len(series.future_features),
+    )
     model = build_forecaster(model_config).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"{architecture_name(model_config)}: {n_params:,} parameters; data {tc.data} "
+    log(
+        f"{architecture_name(model_config)}: {n_params:,} parameters; data {tc.data} "
         f"({tc.features}: {len(series.past_features)} in, {len(series.target_names)} out, "
-        f"future {list(series.future_features)}); device {device}")
+        f"future {list(series.future_features)}); device {device}"
+    )
     levels = torch.tensor(model_config.quantiles, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     train_starts = series.starts("train", L, H)
@@ -125,13 +138,20 @@ def train(model_config: ForecasterConfig, train_config: TrainConfig, out: Path,
         epoch_started = time.perf_counter()
         model.train()
         order = rng.permutation(train_starts)
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{tc.epochs}", disable=not progress,
-                   leave=False, file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            range(n_batches),
+            desc=f"epoch {epoch}/{tc.epochs}",
+            disable=not progress,
+            leave=False,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         total = 0.0
         for b in bar:
-            past, future, target = (torch.from_numpy(a).to(device) for a in
-                                    series.batch(order[b * tc.batch_size:(b + 1) * tc.batch_size],
-                                                 L, H))
+            past, future, target = (
+                torch.from_numpy(a).to(device)
+                for a in series.batch(order[b * tc.batch_size : (b + 1) * tc.batch_size], L, H)
+            )
             forecast, quantiles = model(past, future)  # [B, H, F_out], [B, H, F_out, Q]
             loss = loss_fn(model_config, tc, levels, forecast, quantiles, target)
             optimizer.zero_grad(set_to_none=True)
@@ -146,9 +166,11 @@ def train(model_config: ForecasterConfig, train_config: TrainConfig, out: Path,
         lr = optimizer.param_groups[0]["lr"]
         score = selection_score(tc.loss, val)
         better = score < best_score
-        log(f"epoch {epoch}: train loss {total / n_batches:.4f}  val mse {val['val_mse']:.4f}  "
+        log(
+            f"epoch {epoch}: train loss {total / n_batches:.4f}  val mse {val['val_mse']:.4f}  "
             f"mae {val['val_mae']:.4f}  lr {lr:.2e}  {time.perf_counter() - epoch_started:.0f}s"
-            f"{'  *' if better else ''}")
+            f"{'  *' if better else ''}"
+        )
         if better:
             best_score, best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -166,30 +188,44 @@ def train(model_config: ForecasterConfig, train_config: TrainConfig, out: Path,
     metrics: dict[str, Any] = {}
     metrics.update(evaluate(model, series, "val", L, H, device))
     metrics.update(evaluate(model, series, "test", L, H, device))  # read once, at the end
-    metrics.update({"best_epoch": best_epoch, "epochs": epochs_run, "parameters": n_params,
-                    "architecture": architecture_name(model_config), "data": tc.data,
-                    "features": tc.features, "input_len": L, "horizon": H, "seed": tc.seed,
-                    "wall_seconds": round(time.perf_counter() - started, 1),
-                    "cpu_seconds": round(time.process_time() - cpu_started, 1),
-                    "torch_threads": torch.get_num_threads()})
+    metrics.update(
+        {
+            "best_epoch": best_epoch,
+            "epochs": epochs_run,
+            "parameters": n_params,
+            "architecture": architecture_name(model_config),
+            "data": tc.data,
+            "features": tc.features,
+            "input_len": L,
+            "horizon": H,
+            "seed": tc.seed,
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(time.process_time() - cpu_started, 1),
+            "torch_threads": torch.get_num_threads(),
+        }
+    )
 
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(out, {
-        "kind": "forecaster",
-        "model_args": checkpoint.plain(model_config),
-        "train_config": checkpoint.plain(tc),
-        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "data": data_record(series, model_config),
-        "epoch": best_epoch,
-        "metrics": metrics,
-    })
+    checkpoint.save(
+        out,
+        {
+            "kind": "forecaster",
+            "model_args": checkpoint.plain(model_config),
+            "train_config": checkpoint.plain(tc),
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "data": data_record(series, model_config),
+            "epoch": best_epoch,
+            "metrics": metrics,
+        },
+    )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_plot(model, series, model_config, tc, out / "forecast.png")
     return metrics
 
 
-def write_plot(model: torch.nn.Module, series: Series, config: ForecasterConfig,
-               tc: TrainConfig, path: Path) -> None:
+def write_plot(
+    model: torch.nn.Module, series: Series, config: ForecasterConfig, tc: TrainConfig, path: Path
+) -> None:
     """A few evenly spaced test windows of the last target, in raw units."""
     L, H = config.input_len, config.horizon  # noqa: N806
     starts = series.starts("test", L, H)
@@ -200,8 +236,16 @@ def write_plot(model: torch.nn.Module, series: Series, config: ForecasterConfig,
     history = series.past[pick[:, None] + np.arange(L), t] * std + mean  # [W, L]
     band = quantiles[:, :, -1, :] * std + mean if quantiles is not None else None  # [W, H, Q]
     title = f"{architecture_name(config)} on {tc.data}: test windows"
-    plot_forecasts(path, history, target[:, :, -1] * std + mean, forecast[:, :, -1] * std + mean,
-                   band, config.quantiles, title, series.target_names[-1])
+    plot_forecasts(
+        path,
+        history,
+        target[:, :, -1] * std + mean,
+        forecast[:, :, -1] * std + mean,
+        band,
+        config.quantiles,
+        title,
+        series.target_names[-1],
+    )
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -210,19 +254,41 @@ def _names(text: str) -> tuple[str, ...]:
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ForecasterConfig, TrainConfig]:
     model = ForecasterConfig(
-        arch=args.arch, cell=args.cell, input_len=args.input_len, horizon=args.horizon,
-        d_model=args.d_model, seg_len=args.seg_len, layers=args.layers, dropout=args.dropout,
+        arch=args.arch,
+        cell=args.cell,
+        input_len=args.input_len,
+        horizon=args.horizon,
+        d_model=args.d_model,
+        seg_len=args.seg_len,
+        layers=args.layers,
+        dropout=args.dropout,
         quantiles=tuple(sorted(float(q) for q in _names(args.quantiles))),
-        n_past=1, target_index=(0,), n_future=0)  # filled in from the data
+        n_past=1,
+        target_index=(0,),
+        n_future=0,
+    )  # filled in from the data
     train_config = TrainConfig(
-        data=args.data, features=args.features, target=_names(args.target),
+        data=args.data,
+        features=args.features,
+        target=_names(args.target),
         covariates=None if args.covariates is None else _names(args.covariates),
-        date_col=args.date_col, fill=args.fill, future_features=_names(args.future_features),
-        synthetic_rows=args.synthetic_rows, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, lr_decay=args.lr_decay, warm_epochs=args.warm_epochs,
-        patience=args.patience, clip=args.clip, loss=args.loss,
+        date_col=args.date_col,
+        fill=args.fill,
+        future_features=_names(args.future_features),
+        synthetic_rows=args.synthetic_rows,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_decay=args.lr_decay,
+        warm_epochs=args.warm_epochs,
+        patience=args.patience,
+        clip=args.clip,
+        loss=args.loss,
         quantile_weight=args.quantile_weight,
-        seed=args.seed, device=args.device, threads=args.threads)
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+    )
     return model, train_config
 
 
@@ -233,8 +299,10 @@ def run(args: argparse.Namespace) -> int:
     except (CSVError, DatasetError, ValueError, AssertionError) as err:
         print(f"seqserve train forecaster: {err}", file=sys.stderr)
         return 2
-    log(f"test mse {metrics['test_mse']:.4f} mae {metrics['test_mae']:.4f} "
+    log(
+        f"test mse {metrics['test_mse']:.4f} mae {metrics['test_mae']:.4f} "
         f"(repeat-last {metrics['repeat_last_test_mse']:.4f} / "
         f"{metrics['repeat_last_test_mae']:.4f}) on {metrics['test_windows']} windows; "
-        f"{metrics['wall_seconds']:.0f}s; wrote {args.out}")
+        f"{metrics['wall_seconds']:.0f}s; wrote {args.out}"
+    )
     return 0

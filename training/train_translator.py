@@ -85,8 +85,13 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_factor(step: int, warmup: int, schedule: str = "inverse_sqrt", progress: float = 0.0,
-              warm_progress: float = 0.0) -> float:
+def lr_factor(
+    step: int,
+    warmup: int,
+    schedule: str = "inverse_sqrt",
+    progress: float = 0.0,
+    warm_progress: float = 0.0,
+) -> float:
     """Multiplier of the peak learning rate at `step` (counting from 1): linear warm-up to 1 at
     `warmup`, then `inverse_sqrt` decay, or `linear` decay to 0 at the end of the run.
     `progress` is the fraction of the run done (steps or time budget, whichever is further) and
@@ -99,8 +104,9 @@ def lr_factor(step: int, warmup: int, schedule: str = "inverse_sqrt", progress: 
     return max(0.0, 1.0 - progress) / max(1e-9, 1.0 - warm_progress)
 
 
-def encode_pairs(tokenizer: Tokenizer, pairs: list[Pair], max_source: int, max_target: int
-                 ) -> tuple[Encoded, int]:
+def encode_pairs(
+    tokenizer: Tokenizer, pairs: list[Pair], max_source: int, max_target: int
+) -> tuple[Encoded, int]:
     """Ids of the pairs that fit the limits, and how many did not."""
     out, dropped = Encoded([], []), 0
     for src, tgt in pairs:
@@ -114,17 +120,23 @@ def encode_pairs(tokenizer: Tokenizer, pairs: list[Pair], max_source: int, max_t
     return out, dropped
 
 
-def resampled(tokenizer: Tokenizer, data: Encoded, alpha: float, max_source: int,
-              max_target: int) -> Encoded:
+def resampled(
+    tokenizer: Tokenizer, data: Encoded, alpha: float, max_source: int, max_target: int
+) -> Encoded:
     """Subword regularization: `data`'s pairs segmented afresh, each sampled from the
     SentencePiece model with `alpha`. A pair whose sample exceeds the limits keeps its
     deterministic ids. One sentence per call: SentencePiece's list call samples on fresh
     worker threads whose generators all start from the same seed, so every epoch would get
     the same segmentation; the calling thread's generator goes on (spm.set_random_generator_seed
     seeds it)."""
+
     def sample(texts: list[str]) -> list[list[int]]:
-        return [tokenizer.sp.encode(text, out_type=int, enable_sampling=True, alpha=alpha,
-                                    nbest_size=-1) for text in texts]
+        return [
+            tokenizer.sp.encode(
+                text, out_type=int, enable_sampling=True, alpha=alpha, nbest_size=-1
+            )
+            for text in texts
+        ]
 
     srcs = sample([s for s, _ in data.pairs])
     tgts = sample([t for _, t in data.pairs])
@@ -138,16 +150,23 @@ def resampled(tokenizer: Tokenizer, data: Encoded, alpha: float, max_source: int
     return out
 
 
-def _tensors(data: Encoded, idx: np.ndarray, config: TranslatorConfig, device: torch.device
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    arrays = collate([data.src[i] for i in idx], [data.tgt[i] for i in idx], config.pad_id,
-                     config.bos_id, config.eos_id)
+def _tensors(
+    data: Encoded, idx: np.ndarray, config: TranslatorConfig, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    arrays = collate(
+        [data.src[i] for i in idx],
+        [data.tgt[i] for i in idx],
+        config.pad_id,
+        config.bos_id,
+        config.eos_id,
+    )
     return tuple(torch.from_numpy(a).to(device) for a in arrays)  # [B, S], [B, T], [B, T]
 
 
 @torch.no_grad()
-def validation_loss(model: EncoderDecoder, data: Encoded, max_tokens: int,
-                    device: torch.device) -> float:
+def validation_loss(
+    model: EncoderDecoder, data: Encoded, max_tokens: int, device: torch.device
+) -> float:
     """Mean per-token negative log-likelihood (no smoothing)."""
     model.eval()
     c = model.config
@@ -156,33 +175,48 @@ def validation_loss(model: EncoderDecoder, data: Encoded, max_tokens: int,
     for idx in token_batches(*lens, max_tokens):
         src, tgt_in, tgt_out = _tensors(data, idx, c, device)
         log_probs = model(src, tgt_in)  # [B, T, V]
-        total += float(F.nll_loss(log_probs.flatten(0, 1).float(), tgt_out.flatten(),
-                                  ignore_index=c.pad_id, reduction="sum"))
+        total += float(
+            F.nll_loss(
+                log_probs.flatten(0, 1).float(),
+                tgt_out.flatten(),
+                ignore_index=c.pad_id,
+                reduction="sum",
+            )
+        )
         count += int((tgt_out != c.pad_id).sum())
     return total / max(count, 1)
 
 
 def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Element-wise mean of state dicts (checkpoint averaging)."""
-    return {k: sum(s[k].float() for s in states).div(len(states)).to(states[0][k].dtype)
-            for k in states[0]}
+    return {
+        k: sum(s[k].float() for s in states).div(len(states)).to(states[0][k].dtype)
+        for k in states[0]
+    }
 
 
 def _snapshot(model: EncoderDecoder) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: Encoded,
-        device: torch.device, quiet: bool = False,
-        resample: Callable[[], Encoded] | None = None,
-        score: Callable[[EncoderDecoder], float] | None = None) -> FitResult:
+def fit(
+    model: EncoderDecoder,
+    tc: TranslatorTrainConfig,
+    train: Encoded,
+    val: Encoded,
+    device: torch.device,
+    quiet: bool = False,
+    resample: Callable[[], Encoded] | None = None,
+    score: Callable[[EncoderDecoder], float] | None = None,
+) -> FitResult:
     """Train in place; on return the model holds the averaged or the best weights.
     `resample`, when given, makes each epoch's training ids (subword regularization).
     `score`, when given, chooses between those two (higher wins, the average on ties);
     without it the validation loss chooses."""
     c = model.config
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas,
-                            weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay
+    )
     rng = np.random.default_rng(tc.seed)
     snapshots: deque[dict[str, torch.Tensor]] = deque(maxlen=max(tc.average_last, 1))
     best_state: dict[str, torch.Tensor] | None = None
@@ -191,8 +225,7 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
     start = time.monotonic()
     # the bar counts to max_steps, or with a time budget to the steps that budget will give at
     # the pace so far (re-estimated as it goes), so that its percentage and ETA mean the run's end
-    bar = tqdm(total=tc.max_steps, disable=quiet, unit="step", dynamic_ncols=True,
-               file=sys.stderr)
+    bar = tqdm(total=tc.max_steps, disable=quiet, unit="step", dynamic_ncols=True, file=sys.stderr)
     window_tokens, window_start = 0, time.monotonic()
     warm_progress = 0.0
     while not result.stopped_by:
@@ -205,16 +238,18 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
             model.train()
             src, tgt_in, tgt_out = _tensors(train, idx, c, device)
             ntok = int((tgt_out != c.pad_id).sum())
-            loss = token_loss(model, src, tgt_in, tgt_out, tc.label_smoothing, tc.rdrop_alpha,
-                              tc.bf16)
+            loss = token_loss(
+                model, src, tgt_in, tgt_out, tc.label_smoothing, tc.rdrop_alpha, tc.bf16
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
             progress = max(result.steps / tc.max_steps, (time.monotonic() - start) / budget)
             if result.steps + 1 == tc.warmup:
                 warm_progress = progress
-            lr = tc.lr * lr_factor(result.steps + 1, tc.warmup, tc.schedule, progress,
-                                   warm_progress)
+            lr = tc.lr * lr_factor(
+                result.steps + 1, tc.warmup, tc.schedule, progress, warm_progress
+            )
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.step()
@@ -231,27 +266,35 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
                 val_loss = validation_loss(model, val, 2 * tc.max_tokens, device)
                 last_eval = result.steps
                 snapshots.append(_snapshot(model))
-                result.history.append({"step": result.steps, "val_loss": round(val_loss, 4),
-                                       "train_loss": round(train_loss, 4),
-                                       "minutes": round(elapsed / 60, 2)})
+                result.history.append(
+                    {
+                        "step": result.steps,
+                        "val_loss": round(val_loss, 4),
+                        "train_loss": round(train_loss, 4),
+                        "minutes": round(elapsed / 60, 2),
+                    }
+                )
                 if val_loss < result.best_val_loss - 1e-4:
                     result.best_val_loss, best_state, bad = val_loss, _snapshot(model), 0
                 else:
                     bad += 1
                     if bad >= tc.patience and not result.stopped_by:
                         result.stopped_by = "early_stopping"
-                bar.set_postfix_str(f"val {val_loss:.3f} best {result.best_val_loss:.3f}",
-                                    refresh=False)
+                bar.set_postfix_str(
+                    f"val {val_loss:.3f} best {result.best_val_loss:.3f}", refresh=False
+                )
             if result.steps % 10 == 0 or result.stopped_by:
                 rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
                 window_tokens, window_start = 0, time.monotonic()
                 left = ""
                 if budget < math.inf:
                     left = f" budget {max(budget - elapsed, 0) / 60:.1f} min"
-                    bar.total = max(result.steps,
-                                    min(tc.max_steps, round(result.steps * budget / elapsed)))
-                bar.set_description(f"loss {train_loss:.3f} lr {lr:.2e} "
-                                    f"{rate:,.0f} tok/s{left}", refresh=False)
+                    bar.total = max(
+                        result.steps, min(tc.max_steps, round(result.steps * budget / elapsed))
+                    )
+                bar.set_description(
+                    f"loss {train_loss:.3f} lr {lr:.2e} {rate:,.0f} tok/s{left}", refresh=False
+                )
             bar.update(1)
             if result.stopped_by:
                 break
@@ -279,24 +322,43 @@ def fit(model: EncoderDecoder, tc: TranslatorTrainConfig, train: Encoded, val: E
     return result
 
 
-def torch_translator(model: EncoderDecoder, tokenizer: Tokenizer, tc: TranslatorTrainConfig,
-                     device: torch.device) -> Translator:
+def torch_translator(
+    model: EncoderDecoder, tokenizer: Tokenizer, tc: TranslatorTrainConfig, device: torch.device
+) -> Translator:
     """The serving pipeline (search, batching, tokenizer) on the PyTorch model."""
     c = model.config
-    spec = TranslatorSpec(tc.src, tc.tgt, c.bos_id, c.eos_id, c.pad_id, tc.max_source_tokens,
-                          c.max_len - 1, tc.beam_size, TOKENIZER_FILE, c.num_decoder_layers,
-                          c.num_heads, c.head_dim, tc.eval_batch_rows)
+    spec = TranslatorSpec(
+        tc.src,
+        tc.tgt,
+        c.bos_id,
+        c.eos_id,
+        c.pad_id,
+        tc.max_source_tokens,
+        c.max_len - 1,
+        tc.beam_size,
+        TOKENIZER_FILE,
+        c.num_decoder_layers,
+        c.num_heads,
+        c.head_dim,
+        tc.eval_batch_rows,
+    )
     return Translator(TorchStepModel(model, device), tokenizer, spec)
 
 
-def greedy_bleu(model: EncoderDecoder, tokenizer: Tokenizer, tc: TranslatorTrainConfig,
-                device: torch.device, pairs: list[Pair]) -> float:
+def greedy_bleu(
+    model: EncoderDecoder,
+    tokenizer: Tokenizer,
+    tc: TranslatorTrainConfig,
+    device: torch.device,
+    pairs: list[Pair],
+) -> float:
     """sacreBLEU of greedy decoding on `pairs` (validation), decoded on one thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # step-by-step decoding is latency-bound: more threads only spin
     try:
-        scores, _ = evaluate(torch_translator(model, tokenizer, tc, device), pairs, 1, 0.0,
-                             tc.eval_batch_rows)
+        scores, _ = evaluate(
+            torch_translator(model, tokenizer, tc, device), pairs, 1, 0.0, tc.eval_batch_rows
+        )
     finally:
         torch.set_num_threads(threads)
     return float(scores["bleu"])  # type: ignore[arg-type]
@@ -312,13 +374,16 @@ def check_bf16(device: torch.device) -> None:
     """Refuse bf16 autocast on a CPU without bf16 matrix units (AVX512-BF16 or AMX): oneDNN
     then emulates it, 17x slower than fp32 per training step on the 2-core AVX2 machine."""
     if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        raise ValueError("--bf16: this CPU has no bf16 matrix units (AVX512-BF16 or AMX), so "
-                         "bf16 autocast would run many times slower than fp32; drop --bf16, "
-                         "or train with --device cuda")
+        raise ValueError(
+            "--bf16: this CPU has no bf16 matrix units (AVX512-BF16 or AMX), so "
+            "bf16 autocast would run many times slower than fp32; drop --bf16, "
+            "or train with --device cuda"
+        )
 
 
-def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
-          quiet: bool = False) -> dict[str, object]:
+def train(
+    model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path, quiet: bool = False
+) -> dict[str, object]:
     """The whole recipe; returns the metrics also written to DIR/metrics.json."""
     device = pick_device(tc.device)
     if tc.bf16:
@@ -327,47 +392,83 @@ def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
         torch.set_num_threads(tc.threads)
     set_seed(tc.seed)
     wall = time.monotonic()
-    corpus = load_corpus(tc.data, tc.src, tc.tgt, tc.seed, tc.test_split, tc.numbers_train,
-                         tc.numbers_heldout, tc.numbers_max_digits, tc.extra_sources)
-    spm_model = train_tokenizer([s for pair in corpus["train"] for s in pair], tc.vocab_size,
-                                tc.spm_model, tc.seed)
+    corpus = load_corpus(
+        tc.data,
+        tc.src,
+        tc.tgt,
+        tc.seed,
+        tc.test_split,
+        tc.numbers_train,
+        tc.numbers_heldout,
+        tc.numbers_max_digits,
+        tc.extra_sources,
+    )
+    spm_model = train_tokenizer(
+        [s for pair in corpus["train"] for s in pair], tc.vocab_size, tc.spm_model, tc.seed
+    )
     tokenizer = Tokenizer.from_bytes(spm_model)
-    config = TranslatorConfig(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
-                              bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **model_args)
+    config = TranslatorConfig(
+        vocab_size=tokenizer.vocab_size,
+        pad_id=tokenizer.pad_id,
+        bos_id=tokenizer.bos_id,
+        eos_id=tokenizer.eos_id,
+        **model_args,
+    )
     if tc.max_source_tokens > config.max_len:
-        raise ValueError(f"max_source_tokens {tc.max_source_tokens} exceeds the model's "
-                         f"max_len {config.max_len}")
-    train_ids, dropped = encode_pairs(tokenizer, corpus["train"], tc.max_source_tokens,
-                                      config.max_len)
+        raise ValueError(
+            f"max_source_tokens {tc.max_source_tokens} exceeds the model's max_len {config.max_len}"
+        )
+    train_ids, dropped = encode_pairs(
+        tokenizer, corpus["train"], tc.max_source_tokens, config.max_len
+    )
     val_ids, _ = encode_pairs(tokenizer, corpus["val"], tc.max_source_tokens, config.max_len)
     set_seed(tc.seed)
     model = make_model(config).to(device)
     params = count_parameters(model)
     if not quiet:
-        print(f"{tc.data} {tc.src}->{tc.tgt}: {len(train_ids)} training pairs ({dropped} too "
-              f"long), {len(val_ids)} validation; vocabulary {config.vocab_size}; "
-              f"{params:,} parameters on {device}", file=sys.stderr)
+        print(
+            f"{tc.data} {tc.src}->{tc.tgt}: {len(train_ids)} training pairs ({dropped} too "
+            f"long), {len(val_ids)} validation; vocabulary {config.vocab_size}; "
+            f"{params:,} parameters on {device}",
+            file=sys.stderr,
+        )
     resample = None
     if tc.subword_alpha > 0:
+
         def resample() -> Encoded:
-            return resampled(tokenizer, train_ids, tc.subword_alpha, tc.max_source_tokens,
-                             config.max_len)
+            return resampled(
+                tokenizer, train_ids, tc.subword_alpha, tc.max_source_tokens, config.max_len
+            )
+
     limit = tc.max_source_tokens
     val = [p for p in corpus["val"] if len(tokenizer.encode_source(p[0])) <= limit]
     score = None
     if tc.select_by == "bleu":
+
         def score(candidate: EncoderDecoder) -> float:
             return greedy_bleu(candidate, tokenizer, tc, device, val)
+
     fitted = fit(model, tc, train_ids, val_ids, device, quiet, resample, score)
-    data_info = {"name": tc.data, "src": tc.src, "tgt": tc.tgt,
-                 "sizes": {k: len(v) for k, v in corpus.items()}, "train_dropped": dropped}
+    data_info = {
+        "name": tc.data,
+        "src": tc.src,
+        "tgt": tc.tgt,
+        "sizes": {k: len(v) for k, v in corpus.items()},
+        "train_dropped": dropped,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / TOKENIZER_FILE).write_bytes(spm_model)
     sample = [list(p) for p in corpus["val"][:VALIDATION_SAMPLE]]  # export's parity sentences
-    payload = {"kind": KIND, "model_args": asdict(config), "train_config": checkpoint.plain(tc),
-               "state_dict": _snapshot(model), "tokenizer": spm_model,
-               "data": {**data_info, "validation_sample": sample}, "step": fitted.steps,
-               "metrics": {}}
+    payload = {
+        "kind": KIND,
+        "model_args": asdict(config),
+        "train_config": checkpoint.plain(tc),
+        "state_dict": _snapshot(model),
+        "tokenizer": spm_model,
+        "data": {**data_info, "validation_sample": sample},
+        "step": fitted.steps,
+        "metrics": {},
+    }
     checkpoint.save(out, payload)  # before evaluating: a long evaluation loses nothing
 
     test = [p for p in corpus["test"] if len(tokenizer.encode_source(p[0])) <= limit]
@@ -377,16 +478,30 @@ def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
     try:
         if tc.length_penalty_grid:
             chosen, bleu = choose_length_penalty(
-                torch_translator(model, tokenizer, tc, device), val, tc.beam_size,
-                tc.length_penalty_grid, tc.eval_batch_rows)
+                torch_translator(model, tokenizer, tc, device),
+                val,
+                tc.beam_size,
+                tc.length_penalty_grid,
+                tc.eval_batch_rows,
+            )
             tc = replace(tc, length_penalty=chosen)  # the test score and the served default
             payload["train_config"] = checkpoint.plain(tc)
-            search = {"split": "val", "sentences": len(val), "beam_size": tc.beam_size,
-                      "bleu": bleu, "chosen": chosen}
+            search = {
+                "split": "val",
+                "sentences": len(val),
+                "beam_size": tc.beam_size,
+                "bleu": bleu,
+                "chosen": chosen,
+            }
             if not quiet:
                 print(f"length penalty on validation: {bleu} -> {chosen}", file=sys.stderr)
-        scores, hyps = evaluate(torch_translator(model, tokenizer, tc, device), test,
-                                tc.beam_size, tc.length_penalty, tc.eval_batch_rows)
+        scores, hyps = evaluate(
+            torch_translator(model, tokenizer, tc, device),
+            test,
+            tc.beam_size,
+            tc.length_penalty,
+            tc.eval_batch_rows,
+        )
     finally:
         torch.set_num_threads(threads)
     metrics: dict[str, object] = {
@@ -396,15 +511,22 @@ def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
         "parameters": params,
         "train_seconds": round(fitted.seconds, 1),
         "wall_seconds": round(time.monotonic() - wall, 1),
-        "steps": fitted.steps, "epochs": fitted.epochs, "stopped_by": fitted.stopped_by,
+        "steps": fitted.steps,
+        "epochs": fitted.epochs,
+        "stopped_by": fitted.stopped_by,
         "train_target_tokens_per_second": round(fitted.target_tokens / fitted.seconds, 1),
         "best_val_loss": round(fitted.best_val_loss, 4),
         "final_val_loss": round(fitted.final_val_loss, 4),
-        "checkpoint_averaged": fitted.averaged, "average_last": tc.average_last,
-        "checkpoint_selection": {"by": tc.select_by, **({"greedy_val_bleu": fitted.selection}
-                                                         if fitted.selection else {})},
-        "device": str(device), "torch_threads": threads,
-        "load_average_1m": round(os.getloadavg()[0], 2), "data": data_info,
+        "checkpoint_averaged": fitted.averaged,
+        "average_last": tc.average_last,
+        "checkpoint_selection": {
+            "by": tc.select_by,
+            **({"greedy_val_bleu": fitted.selection} if fitted.selection else {}),
+        },
+        "device": str(device),
+        "torch_threads": threads,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "data": data_info,
         "validation": fitted.history,
     }
     if search:
@@ -418,13 +540,13 @@ def train(model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path,
     return metrics
 
 
-def load_translator_checkpoint(folder: Path
-                               ) -> tuple[EncoderDecoder, TranslatorTrainConfig, bytes, dict]:
+def load_translator_checkpoint(
+    folder: Path,
+) -> tuple[EncoderDecoder, TranslatorTrainConfig, bytes, dict]:
     """(model in eval mode, train config, tokenizer bytes, payload) from DIR/checkpoint.pt."""
     payload = checkpoint.load(folder)
     if payload["kind"] != KIND:
-        raise checkpoint.CheckpointError(f"{folder}: a {payload['kind']} checkpoint, not a "
-                                         f"{KIND}")
+        raise checkpoint.CheckpointError(f"{folder}: a {payload['kind']} checkpoint, not a {KIND}")
     config = checkpoint.rebuild(TranslatorConfig, payload["model_args"])
     model = make_model(config)
     model.load_state_dict(payload["state_dict"])
@@ -432,21 +554,30 @@ def load_translator_checkpoint(folder: Path
     return model.eval(), tc, payload["tokenizer"], payload
 
 
-MODEL_FLAGS = {"d_model": "d_model", "heads": "num_heads", "ff": "d_ff",
-               "encoder_layers": "num_encoder_layers", "decoder_layers": "num_decoder_layers",
-               "dropout": "dropout", "attention_dropout": "attention_dropout",
-               "activation_dropout": "activation_dropout", "max_len": "max_len"}
+MODEL_FLAGS = {
+    "d_model": "d_model",
+    "heads": "num_heads",
+    "ff": "d_ff",
+    "encoder_layers": "num_encoder_layers",
+    "decoder_layers": "num_decoder_layers",
+    "dropout": "dropout",
+    "attention_dropout": "attention_dropout",
+    "activation_dropout": "activation_dropout",
+    "max_len": "max_len",
+}
 
 
-def configs_from_args(args: argparse.Namespace
-                      ) -> tuple[dict[str, object], TranslatorTrainConfig]:
+def configs_from_args(args: argparse.Namespace) -> tuple[dict[str, object], TranslatorTrainConfig]:
     """Preset (by --preset, else by --data) overridden by the flags given."""
     preset = args.preset or preset_for(args.data or "numbers")
     model = {field_: getattr(args, flag, None) for flag, field_ in MODEL_FLAGS.items()}
     if getattr(args, "no_tie_embeddings", False):
         model["tie_embeddings"] = False
-    train = {name: getattr(args, name, None) for name in TranslatorTrainConfig.__dataclass_fields__
-             if name != "bf16"}
+    train = {
+        name: getattr(args, name, None)
+        for name in TranslatorTrainConfig.__dataclass_fields__
+        if name != "bf16"
+    }
     train["bf16"] = True if getattr(args, "bf16", False) else None
     if train.get("length_penalty") is not None and train.get("length_penalty_grid") is None:
         train["length_penalty_grid"] = ()  # an alpha given by hand is used as given
@@ -460,7 +591,18 @@ def run(args: argparse.Namespace) -> int:
     except (CorpusError, DatasetError, ValueError) as err:
         print(f"seqserve train translator: {err}", file=sys.stderr)
         return 2
-    shown = {k: metrics[k] for k in ("bleu", "chrf", "exact_match", "split", "beam_size",
-                                     "train_seconds", "parameters") if k in metrics}
+    shown = {
+        k: metrics[k]
+        for k in (
+            "bleu",
+            "chrf",
+            "exact_match",
+            "split",
+            "beam_size",
+            "train_seconds",
+            "parameters",
+        )
+        if k in metrics
+    }
     print(json.dumps(shown))
     return 0

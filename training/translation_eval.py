@@ -14,13 +14,19 @@ from core.translation import Translator
 Pair = tuple[str, str]
 
 
-def evaluate(translator: Translator, pairs: Sequence[Pair], beam_size: int,
-             length_penalty: float, max_rows: int) -> tuple[dict[str, object], list[str]]:
+def evaluate(
+    translator: Translator,
+    pairs: Sequence[Pair],
+    beam_size: int,
+    length_penalty: float,
+    max_rows: int,
+) -> tuple[dict[str, object], list[str]]:
     """Translate the sources with beam search; return (metrics, hypotheses)."""
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
     start = time.perf_counter()
-    results = translator.translate(sources, beam_size=beam_size, length_penalty=length_penalty,
-                                   max_rows=max_rows)
+    results = translator.translate(
+        sources, beam_size=beam_size, length_penalty=length_penalty, max_rows=max_rows
+    )
     seconds = time.perf_counter() - start
     hyps = [r.text for r in results]
     bleu_metric, chrf_metric = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
@@ -42,13 +48,19 @@ def evaluate(translator: Translator, pairs: Sequence[Pair], beam_size: int,
     return metrics, hyps
 
 
-def choose_length_penalty(translator: Translator, pairs: Sequence[Pair], beam_size: int,
-                          grid: Sequence[float], max_rows: int
-                          ) -> tuple[float, dict[str, float]]:
+def choose_length_penalty(
+    translator: Translator,
+    pairs: Sequence[Pair],
+    beam_size: int,
+    grid: Sequence[float],
+    max_rows: int,
+) -> tuple[float, dict[str, float]]:
     """The GNMT alpha of `grid` with the best BLEU on `pairs` (validation: never the test
     split), the first on ties; and every alpha's BLEU, keyed by the alpha as text."""
-    bleu = {str(alpha): float(evaluate(translator, pairs, beam_size, alpha, max_rows)[0]["bleu"])
-            for alpha in grid}
+    bleu = {
+        str(alpha): float(evaluate(translator, pairs, beam_size, alpha, max_rows)[0]["bleu"])
+        for alpha in grid
+    }
     best = max(grid, key=lambda alpha: (bleu[str(alpha)], -grid.index(alpha)))
     return best, bleu
 

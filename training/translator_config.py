@@ -36,7 +36,8 @@ class TranslatorConfig:
 
     def __post_init__(self) -> None:
         assert self.d_model % self.num_heads == 0, (
-            f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
+            f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}"
+        )
         assert self.d_model % 2 == 0, "d_model must be even (sinusoidal encoding)"
 
     @property
@@ -112,9 +113,11 @@ class TranslatorTrainConfig:
 
     def __post_init__(self) -> None:
         assert self.schedule in SCHEDULES, (
-            f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+            f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}"
+        )
         assert self.select_by in SELECT_BY, (
-            f"select_by {self.select_by!r} is not one of {', '.join(SELECT_BY)}")
+            f"select_by {self.select_by!r} is not one of {', '.join(SELECT_BY)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -125,37 +128,98 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "numbers": Preset(
-        model={"d_model": 128, "num_heads": 4, "d_ff": 512, "num_encoder_layers": 2,
-               "num_decoder_layers": 2, "dropout": 0.1, "max_len": 128},
-        train={"data": "numbers", "numbers_train": 60000, "vocab_size": 256, "max_tokens": 3000,
-               "max_source_tokens": 64, "lr": 2e-3, "warmup": 400, "eval_every": 250,
-               "patience": 4, "max_steps": 6000, "max_minutes": 6.0, "average_last": 4,
-               "beam_size": 4, "length_penalty": 0.0, "threads": 1},
+        model={
+            "d_model": 128,
+            "num_heads": 4,
+            "d_ff": 512,
+            "num_encoder_layers": 2,
+            "num_decoder_layers": 2,
+            "dropout": 0.1,
+            "max_len": 128,
+        },
+        train={
+            "data": "numbers",
+            "numbers_train": 60000,
+            "vocab_size": 256,
+            "max_tokens": 3000,
+            "max_source_tokens": 64,
+            "lr": 2e-3,
+            "warmup": 400,
+            "eval_every": 250,
+            "patience": 4,
+            "max_steps": 6000,
+            "max_minutes": 6.0,
+            "average_last": 4,
+            "beam_size": 4,
+            "length_penalty": 0.0,
+            "threads": 1,
+        },
     ),
     # tiny: 120 steps, about 6 s here; the 10-minute budget only guards against a stalled
     # machine (a budget that cut the steps short would make tests depend on machine load).
     "tiny": Preset(
-        model={"d_model": 64, "num_heads": 4, "d_ff": 128, "num_encoder_layers": 1,
-               "num_decoder_layers": 2, "dropout": 0.0, "max_len": 64},
-        train={"data": "numbers", "numbers_train": 3000, "numbers_heldout": 100,
-               "vocab_size": 96, "max_tokens": 2000, "max_source_tokens": 48, "lr": 3e-3,
-               "warmup": 60, "eval_every": 60, "max_steps": 120, "max_minutes": 10.0,
-               "average_last": 2, "beam_size": 2, "length_penalty": 0.0,
-               "length_penalty_grid": (0.0, 1.0), "threads": 1, "examples": 5},
+        model={
+            "d_model": 64,
+            "num_heads": 4,
+            "d_ff": 128,
+            "num_encoder_layers": 1,
+            "num_decoder_layers": 2,
+            "dropout": 0.0,
+            "max_len": 64,
+        },
+        train={
+            "data": "numbers",
+            "numbers_train": 3000,
+            "numbers_heldout": 100,
+            "vocab_size": 96,
+            "max_tokens": 2000,
+            "max_source_tokens": 48,
+            "lr": 3e-3,
+            "warmup": 60,
+            "eval_every": 60,
+            "max_steps": 120,
+            "max_minutes": 10.0,
+            "average_last": 2,
+            "beam_size": 2,
+            "length_penalty": 0.0,
+            "length_penalty_grid": (0.0, 1.0),
+            "threads": 1,
+            "examples": 5,
+        },
     ),
     "multi30k": Preset(
         # 4 + 2 layers rather than 3 + 3: the same validation BLEU (41.53 against 41.55) and a
         # decoder step about 29 % faster, which every served token pays. Attention dropout 0.1
         # and weight decay 0.05: +0.55 validation BLEU side by side (docs/translation.md).
-        model={"d_model": 256, "num_heads": 4, "d_ff": 1024, "num_encoder_layers": 4,
-               "num_decoder_layers": 2, "dropout": 0.1, "attention_dropout": 0.1,
-               "activation_dropout": 0.0, "max_len": 256},
-        train={"data": "multi30k", "vocab_size": 8000, "max_tokens": 5000,
-               "max_source_tokens": 128, "lr": 1.5e-3, "warmup": 300, "schedule": "linear",
-               "weight_decay": 0.05,
-               "eval_every": 150, "patience": 8, "max_minutes": 54.0, "average_last": 5,
-               "beam_size": 4, "length_penalty": 0.6,
-               "length_penalty_grid": (0.6, 0.8, 1.0, 1.2), "threads": 2},
+        model={
+            "d_model": 256,
+            "num_heads": 4,
+            "d_ff": 1024,
+            "num_encoder_layers": 4,
+            "num_decoder_layers": 2,
+            "dropout": 0.1,
+            "attention_dropout": 0.1,
+            "activation_dropout": 0.0,
+            "max_len": 256,
+        },
+        train={
+            "data": "multi30k",
+            "vocab_size": 8000,
+            "max_tokens": 5000,
+            "max_source_tokens": 128,
+            "lr": 1.5e-3,
+            "warmup": 300,
+            "schedule": "linear",
+            "weight_decay": 0.05,
+            "eval_every": 150,
+            "patience": 8,
+            "max_minutes": 54.0,
+            "average_last": 5,
+            "beam_size": 4,
+            "length_penalty": 0.6,
+            "length_penalty_grid": (0.6, 0.8, 1.0, 1.2),
+            "threads": 2,
+        },
     ),
 }
 
@@ -165,9 +229,9 @@ def preset_for(data: str) -> str:
     return "numbers" if data == "numbers" else "multi30k"
 
 
-def resolve(preset: str, model_overrides: dict[str, object],
-            train_overrides: dict[str, object]
-            ) -> tuple[dict[str, object], TranslatorTrainConfig]:
+def resolve(
+    preset: str, model_overrides: dict[str, object], train_overrides: dict[str, object]
+) -> tuple[dict[str, object], TranslatorTrainConfig]:
     """Preset values, then explicit overrides (None = not given). The model arguments stay a
     dict: `vocab_size` is known once the tokenizer is trained."""
     p = PRESETS[preset]

@@ -8,6 +8,7 @@ the [N, V] log-probabilities. `alpha` weighs the KL term against the cross-entro
 fairseq's `--rdrop-alpha` does (fairseq divides the same sum by one copy's tokens rather than
 both, a constant factor), so published values carry over.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,9 +17,15 @@ from torch.nn import functional as F  # noqa: N812 - the usual alias
 from training.models.transformer import EncoderDecoder
 
 
-def token_loss(model: EncoderDecoder, src: torch.Tensor, tgt_in: torch.Tensor,
-               tgt_out: torch.Tensor, label_smoothing: float, rdrop_alpha: float = 0.0,
-               bf16: bool = False) -> torch.Tensor:
+def token_loss(
+    model: EncoderDecoder,
+    src: torch.Tensor,
+    tgt_in: torch.Tensor,
+    tgt_out: torch.Tensor,
+    label_smoothing: float,
+    rdrop_alpha: float = 0.0,
+    bf16: bool = False,
+) -> torch.Tensor:
     """Mean training loss per target token (a scalar with a graph). Only real target
     positions reach the output projection and the softmax over V."""
     copies = 2 if rdrop_alpha > 0 else 1

@@ -52,8 +52,10 @@ class DecodeRequest:
         if self.max_length < 1:
             raise BadDecodingSetting(f"max_length must be at least 1, got {self.max_length}")
         if not 1 <= self.num_hypotheses <= self.beam_size:
-            raise BadDecodingSetting(f"num_hypotheses must be in 1..beam_size "
-                                     f"({self.beam_size}), got {self.num_hypotheses}")
+            raise BadDecodingSetting(
+                f"num_hypotheses must be in 1..beam_size "
+                f"({self.beam_size}), got {self.num_hypotheses}"
+            )
         if not self.length_penalty >= 0.0:
             raise BadDecodingSetting(f"length_penalty must be >= 0, got {self.length_penalty}")
 
@@ -125,7 +127,7 @@ def encode(model: StepModel, requests: Sequence[DecodeRequest], pad_id: int) -> 
     width = max(len(r.source_ids) for r in new)
     src = np.full((len(new), width), pad_id, np.int64)  # [B, S]
     for i, r in enumerate(new):
-        src[i, :len(r.source_ids)] = r.source_ids
+        src[i, : len(r.source_ids)] = r.source_ids
     src_mask = src != pad_id  # [B, S]
     cross_k, cross_v = model.encode(src, src_mask)  # [L, B, H, S, K] each
     return EncodedSources(list(requests), cross_k, cross_v, src_mask)
@@ -144,8 +146,14 @@ class _Entry:
 class DecodeBatch:
     """Requests in flight and their decoder rows. See the module docstring for the loop."""
 
-    def __init__(self, model: StepModel, bos_id: int, eos_id: int, pad_id: int,
-                 detokenize: Callable[[list[int]], str] | None = None) -> None:
+    def __init__(
+        self,
+        model: StepModel,
+        bos_id: int,
+        eos_id: int,
+        pad_id: int,
+        detokenize: Callable[[list[int]], str] | None = None,
+    ) -> None:
         self.model = model
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.detokenize = detokenize
@@ -183,14 +191,20 @@ class DecodeBatch:
         if not new:
             return
         beams = np.repeat(np.arange(len(new)), [r.beam_size for r in new])  # [R_new]
-        rows = KVCache.for_sources(encoded.cross_k[:, beams], encoded.cross_v[:, beams],
-                                   encoded.src_mask[beams])
+        rows = KVCache.for_sources(
+            encoded.cross_k[:, beams], encoded.cross_v[:, beams], encoded.src_mask[beams]
+        )
         self.cache = self.cache.concat(rows)
         self.tokens = np.concatenate([self.tokens, np.full(len(beams), self.bos_id, np.int64)])
         self.positions = np.concatenate([self.positions, np.zeros(len(beams), np.int64)])
         self._entries.extend(
-            _Entry(r, BeamState(r.beam_size, r.max_length, r.length_penalty, self.eos_id),
-                   self.step_count) for r in new)
+            _Entry(
+                r,
+                BeamState(r.beam_size, r.max_length, r.length_penalty, self.eos_id),
+                self.step_count,
+            )
+            for r in new
+        )
 
     def _check_ids(self, requests: Sequence[DecodeRequest]) -> None:
         known = set(self.ids)
@@ -208,8 +222,15 @@ class DecodeBatch:
             return updates
         c = self.cache
         log_probs, present_k, present_v = self.model.step(
-            self.tokens[:, None], self.positions[:, None], c.past_k, c.past_v, c.past_mask,
-            c.cross_k, c.cross_v, c.src_mask)  # [R, V], [L, R, H, P+1, K] x2
+            self.tokens[:, None],
+            self.positions[:, None],
+            c.past_k,
+            c.past_v,
+            c.past_mask,
+            c.cross_k,
+            c.cross_v,
+            c.src_mask,
+        )  # [R, V], [L, R, H, P+1, K] x2
         self.cache = c.appended(present_k, present_v)
         self.step_count += 1
         picks = log_probs.argmax(axis=1)  # [R] every row's best token; greedy rows take it
@@ -225,7 +246,7 @@ class DecodeBatch:
                 token = entry.beam.greedy_step(pick_ids[offset], pick_lps[offset])
                 parents, tokens = [offset], [token]
             else:
-                parent_rows, new_tokens = entry.beam.advance(log_probs[offset:offset + k])
+                parent_rows, new_tokens = entry.beam.advance(log_probs[offset : offset + k])
                 parents, tokens = (parent_rows + offset).tolist(), new_tokens.tolist()
             entry.steps += 1
             updates.append(self._update(entry))
@@ -279,11 +300,13 @@ class DecodeBatch:
             hyps = beam.best(r.num_hypotheses)
             for h in hyps:
                 h.text = self._text(h.token_ids)
-            result = TranslationResult(r.id, hyps, len(r.source_ids), entry.joined_step,
-                                       self.step_count, entry.steps)
-            new = result.token_ids[entry.reported:] if r.beam_size == 1 else []
-            return StepUpdate(r.id, self.step_count, new, self._delta(entry, result.text),
-                              True, result)
+            result = TranslationResult(
+                r.id, hyps, len(r.source_ids), entry.joined_step, self.step_count, entry.steps
+            )
+            new = result.token_ids[entry.reported :] if r.beam_size == 1 else []
+            return StepUpdate(
+                r.id, self.step_count, new, self._delta(entry, result.text), True, result
+            )
         if r.beam_size > 1:
             return StepUpdate(r.id, self.step_count)
         tokens = beam.tokens[0]
@@ -297,7 +320,7 @@ class DecodeBatch:
         piece boundary that detokenizes differently once more pieces follow)."""
         if not text.startswith(entry.emitted):
             return ""
-        delta, entry.emitted = text[len(entry.emitted):], text
+        delta, entry.emitted = text[len(entry.emitted) :], text
         return delta
 
     def _answer_empty(self, r: DecodeRequest) -> StepUpdate:

@@ -59,8 +59,7 @@ class KVCache:
         return cls(kv, kv, mask, kv, kv, mask)
 
     @classmethod
-    def for_sources(cls, cross_k: np.ndarray, cross_v: np.ndarray, src_mask: np.ndarray
-                    ) -> KVCache:
+    def for_sources(cls, cross_k: np.ndarray, cross_v: np.ndarray, src_mask: np.ndarray) -> KVCache:
         """New rows with an empty self-attention cache. cross_k/v [L, R, H, S, K],
         src_mask [R, S]."""
         layers, rows, heads, _, head_dim = cross_k.shape
@@ -83,8 +82,14 @@ class KVCache:
 
     def take(self, rows: np.ndarray) -> KVCache:
         """Select and reorder rows (beam reordering, dropping finished rows)."""
-        return KVCache(self.past_k[:, rows], self.past_v[:, rows], self.past_mask[rows],
-                       self.cross_k[:, rows], self.cross_v[:, rows], self.src_mask[rows])
+        return KVCache(
+            self.past_k[:, rows],
+            self.past_v[:, rows],
+            self.past_mask[rows],
+            self.cross_k[:, rows],
+            self.cross_v[:, rows],
+            self.src_mask[rows],
+        )
 
     def concat(self, other: KVCache) -> KVCache:
         """Rows of `self` then rows of `other`; P is left-padded, S right-padded."""
@@ -114,6 +119,11 @@ class KVCache:
         if first == 0 and last == self.src_mask.shape[1]:
             return self
         c = np.ascontiguousarray  # onnxruntime reads C-ordered buffers
-        return KVCache(c(self.past_k[:, :, :, first:]), c(self.past_v[:, :, :, first:]),
-                       c(self.past_mask[:, first:]), c(self.cross_k[:, :, :, :last]),
-                       c(self.cross_v[:, :, :, :last]), c(self.src_mask[:, :last]))
+        return KVCache(
+            c(self.past_k[:, :, :, first:]),
+            c(self.past_v[:, :, :, first:]),
+            c(self.past_mask[:, first:]),
+            c(self.cross_k[:, :, :, :last]),
+            c(self.cross_v[:, :, :, :last]),
+            c(self.src_mask[:, :last]),
+        )

@@ -12,11 +12,15 @@ class SourceTooLong(InvalidInput):
 
     def __init__(self, tokens: int, limit: int, unit: str = "tokens") -> None:
         if unit == "tokens":
-            message = (f"input is {tokens} tokens long (end-of-sentence included); this model "
-                       f"accepts at most {limit} source tokens (max_source_tokens)")
+            message = (
+                f"input is {tokens} tokens long (end-of-sentence included); this model "
+                f"accepts at most {limit} source tokens (max_source_tokens)"
+            )
         else:
-            message = (f"input is {tokens} {unit} long; this model accepts at most {limit} "
-                       f"(32 per token of max_source_tokens)")
+            message = (
+                f"input is {tokens} {unit} long; this model accepts at most {limit} "
+                f"(32 per token of max_source_tokens)"
+            )
         super().__init__(message)
         self.tokens, self.limit = tokens, limit
 

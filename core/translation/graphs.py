@@ -36,8 +36,13 @@ PRESENT = ("present_k", "present_v")  # decoder outputs, one per layer each
 
 def decoder_inputs(layers: int) -> list[str]:
     """decoder.onnx's input names, in order."""
-    return ["tokens", "positions", "past_mask", "src_mask",
-            *(f"{name}_{i}" for name in CACHES for i in range(layers))]
+    return [
+        "tokens",
+        "positions",
+        "past_mask",
+        "src_mask",
+        *(f"{name}_{i}" for name in CACHES for i in range(layers)),
+    ]
 
 
 def decoder_outputs(layers: int) -> list[str]:
@@ -45,24 +50,34 @@ def decoder_outputs(layers: int) -> list[str]:
     return ["log_probs", *(f"{name}_{i}" for name in PRESENT for i in range(layers))]
 
 
-def decoder_feeds(tokens: np.ndarray, positions: np.ndarray, past_k: np.ndarray,
-                  past_v: np.ndarray, past_mask: np.ndarray, cross_k: np.ndarray,
-                  cross_v: np.ndarray, src_mask: np.ndarray) -> dict[str, np.ndarray]:
+def decoder_feeds(
+    tokens: np.ndarray,
+    positions: np.ndarray,
+    past_k: np.ndarray,
+    past_v: np.ndarray,
+    past_mask: np.ndarray,
+    cross_k: np.ndarray,
+    cross_v: np.ndarray,
+    src_mask: np.ndarray,
+) -> dict[str, np.ndarray]:
     """decoder.onnx's feeds from stacked caches ([L, R, H, P|S, K]); each layer's tensor is a
     view, not a copy."""
-    feeds = {"tokens": tokens, "positions": positions, "past_mask": past_mask,
-             "src_mask": src_mask}
+    feeds = {"tokens": tokens, "positions": positions, "past_mask": past_mask, "src_mask": src_mask}
     for name, stacked in zip(CACHES, (past_k, past_v, cross_k, cross_v), strict=True):
         feeds.update((f"{name}_{i}", layer) for i, layer in enumerate(stacked))
     return feeds
 
 
-def stacked_outputs(outputs: Sequence[np.ndarray], layers: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stacked_outputs(
+    outputs: Sequence[np.ndarray], layers: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """decoder.onnx's outputs (in `decoder_outputs` order) -> log_probs [R, V],
     present_k/present_v [L, R, H, P+1, K]."""
-    return (outputs[0], np.stack(outputs[1:1 + layers]),
-            np.stack(outputs[1 + layers:1 + 2 * layers]))
+    return (
+        outputs[0],
+        np.stack(outputs[1 : 1 + layers]),
+        np.stack(outputs[1 + layers : 1 + 2 * layers]),
+    )
 
 
 class CacheArray(Protocol):
@@ -73,8 +88,7 @@ class CacheArray(Protocol):
     @property
     def shape(self) -> tuple[int, ...]: ...
 
-    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None
-                  ) -> np.ndarray: ...
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray: ...
 
     def __getitem__(self, index: object) -> np.ndarray: ...
 
@@ -86,15 +100,21 @@ class StepModel(Protocol):
     num_heads: int
     head_dim: int
 
-    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """src_ids [B, S] int64, src_mask [B, S] bool -> cross_k, cross_v [L, B, H, S, K]."""
         ...
 
-    def step(self, tokens: np.ndarray, positions: np.ndarray, past_k: CacheArray,
-             past_v: CacheArray, past_mask: np.ndarray, cross_k: np.ndarray,
-             cross_v: np.ndarray, src_mask: np.ndarray
-             ) -> tuple[np.ndarray, CacheArray, CacheArray]:
+    def step(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        past_k: CacheArray,
+        past_v: CacheArray,
+        past_mask: np.ndarray,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        src_mask: np.ndarray,
+    ) -> tuple[np.ndarray, CacheArray, CacheArray]:
         """One step (shapes in the module docstring) -> log_probs, present_k, present_v."""
         ...
 
@@ -103,12 +123,19 @@ class GraphError(RuntimeError):
     """A graph's inputs or outputs are not the translator's."""
 
 
-def check_names(graph: str, inputs: Sequence[str], outputs: Sequence[str],
-                expected_inputs: Sequence[str], expected_outputs: Sequence[str]) -> None:
+def check_names(
+    graph: str,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    expected_inputs: Sequence[str],
+    expected_outputs: Sequence[str],
+) -> None:
     """GraphError unless a graph has exactly `expected_inputs` and at least
     `expected_outputs`."""
     got_in, got_out = set(inputs), set(outputs)
     if got_in != set(expected_inputs) or not set(expected_outputs) <= got_out:
-        raise GraphError(f"{graph}: inputs {sorted(got_in)} / outputs {sorted(got_out)}; "
-                         f"expected inputs {sorted(expected_inputs)} and outputs "
-                         f"{sorted(expected_outputs)}")
+        raise GraphError(
+            f"{graph}: inputs {sorted(got_in)} / outputs {sorted(got_out)}; "
+            f"expected inputs {sorted(expected_inputs)} and outputs "
+            f"{sorted(expected_outputs)}"
+        )

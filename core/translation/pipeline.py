@@ -49,8 +49,12 @@ class _Job:
     expired: bool = False  # reported late while encoded; dropped when its group joins
 
     def late(self, now: float) -> bool:
-        return (self.deadline is not None and now > self.deadline and not self.cancelled
-                and not self.expired)
+        return (
+            self.deadline is not None
+            and now > self.deadline
+            and not self.cancelled
+            and not self.expired
+        )
 
 
 @dataclass(eq=False)
@@ -80,10 +84,15 @@ class Pipeline:
     [STEPS] counts decoder steps, [WAITING] the requests not decoding yet (a shared array in
     the engine process, so the server reads them without a message)."""
 
-    def __init__(self, translator: Translator, max_rows: int,
-                 deliver: Callable[[Delivery], None], fail: Callable[[list[Hashable]], None],
-                 expire: Callable[[list[tuple[Hashable, float]]], None],
-                 counters: MutableSequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        translator: Translator,
+        max_rows: int,
+        deliver: Callable[[Delivery], None],
+        fail: Callable[[list[Hashable]], None],
+        expire: Callable[[list[tuple[Hashable, float]]], None],
+        counters: MutableSequence[int] | None = None,
+    ) -> None:
         self.translator, self.max_rows = translator, max_rows
         self._deliver, self._fail, self._expire = deliver, fail, expire
         self.counters = counters if counters is not None else [0, 0]
@@ -96,9 +105,10 @@ class Pipeline:
         self._encode_work = threading.Event()  # wakes the encoder thread
         self._work = threading.Event()  # wakes the decode thread
         self._stopped = False
-        self._threads = [threading.Thread(target=target, name=f"{kind}-translator", daemon=True)
-                         for kind, target in (("encode", self._encoder_thread),
-                                              ("decode", self._decode_thread))]
+        self._threads = [
+            threading.Thread(target=target, name=f"{kind}-translator", daemon=True)
+            for kind, target in (("encode", self._encoder_thread), ("decode", self._decode_thread))
+        ]
 
     def start(self) -> None:
         for thread in self._threads:

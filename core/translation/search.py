@@ -47,8 +47,12 @@ class BeamState:
     """
 
     def __init__(self, beam_size: int, max_length: int, alpha: float, eos_id: int) -> None:
-        self.beam_size, self.max_length, self.alpha, self.eos_id = (beam_size, max_length,
-                                                                    alpha, eos_id)
+        self.beam_size, self.max_length, self.alpha, self.eos_id = (
+            beam_size,
+            max_length,
+            alpha,
+            eos_id,
+        )
         self.tokens: list[list[int]] = [[] for _ in range(beam_size)]
         self.cum = np.full(beam_size, DEAD, np.float64)  # [k] cumulative log-probabilities
         self.cum[0] = 0.0  # all rows start identical: only the first one is live

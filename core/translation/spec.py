@@ -49,8 +49,10 @@ class TranslatorSpec:
         if config.backend != BACKEND:
             raise SpecError(f"backend is {config.backend!r}, not {BACKEND!r}")
         if params.get("seqserve_schema") != SCHEMA:
-            raise SpecError(f"parameter seqserve_schema is {params.get('seqserve_schema')!r}; "
-                            f"this server reads schema {SCHEMA}")
+            raise SpecError(
+                f"parameter seqserve_schema is {params.get('seqserve_schema')!r}; "
+                f"this server reads schema {SCHEMA}"
+            )
 
         def get(key: str) -> str:
             if key not in params:
@@ -66,16 +68,24 @@ class TranslatorSpec:
         try:
             alpha = float(json.loads(params.get("default_length_penalty", "0")))
         except (ValueError, TypeError) as err:
-            raise SpecError("parameter 'default_length_penalty' is not a number: "
-                            f"{params['default_length_penalty']!r}") from err
+            raise SpecError(
+                "parameter 'default_length_penalty' is not a number: "
+                f"{params['default_length_penalty']!r}"
+            ) from err
         return cls(
-            src_lang=get("src_lang"), tgt_lang=get("tgt_lang"),
-            bos_id=number("bos_id"), eos_id=number("eos_id"), pad_id=number("pad_id"),
+            src_lang=get("src_lang"),
+            tgt_lang=get("tgt_lang"),
+            bos_id=number("bos_id"),
+            eos_id=number("eos_id"),
+            pad_id=number("pad_id"),
             max_source_tokens=number("max_source_tokens"),
             max_target_tokens=number("max_target_tokens"),
-            default_beam_size=number("default_beam_size"), tokenizer=get("tokenizer"),
-            num_layers=number("num_layers"), num_heads=number("num_heads"),
-            head_dim=number("head_dim"), max_batch_size=config.max_batch_size,
+            default_beam_size=number("default_beam_size"),
+            tokenizer=get("tokenizer"),
+            num_layers=number("num_layers"),
+            num_heads=number("num_heads"),
+            head_dim=number("head_dim"),
+            max_batch_size=config.max_batch_size,
             default_length_penalty=alpha,
         )
 

@@ -36,8 +36,7 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         """Detokenized text; special ids are dropped."""
-        return self.sp.decode([i for i in ids if i not in (self.pad_id, self.bos_id,
-                                                             self.eos_id)])
+        return self.sp.decode([i for i in ids if i not in (self.pad_id, self.bos_id, self.eos_id)])
 
     def pieces(self, ids: list[int]) -> list[str]:
         return [self.sp.id_to_piece(i) for i in ids]

@@ -34,8 +34,10 @@ class RequestBuilder:
         self.tokenizer, self.spec = tokenizer, spec
         special = (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
         if special != (spec.bos_id, spec.eos_id, spec.pad_id):
-            raise SpecError(f"tokenizer bos/eos/pad ids {special} differ from the config's "
-                            f"{(spec.bos_id, spec.eos_id, spec.pad_id)}")
+            raise SpecError(
+                f"tokenizer bos/eos/pad ids {special} differ from the config's "
+                f"{(spec.bos_id, spec.eos_id, spec.pad_id)}"
+            )
         self._ids = itertools.count()
         # A sentence of more characters than this is refused before it is tokenized: no
         # SentencePiece piece in these vocabularies is longer than 16 characters, so twice
@@ -47,14 +49,21 @@ class RequestBuilder:
         """The tokenizer of `<model>/<version>/` and the limits of `config` (default:
         `<model>/config.pbtxt`)."""
         version_dir = Path(version_dir)
-        spec = TranslatorSpec.from_config(config if config is not None
-                                          else read_config(version_dir.parent))
+        spec = TranslatorSpec.from_config(
+            config if config is not None else read_config(version_dir.parent)
+        )
         tokenizer_path = version_file(version_dir, spec.tokenizer, "parameter 'tokenizer'")
         return cls(Tokenizer.from_file(tokenizer_path), spec)
 
-    def request(self, text: str, id: Hashable | None = None, beam_size: int | None = None,
-                max_length: int | None = None, length_penalty: float | None = None,
-                num_hypotheses: int = 1) -> DecodeRequest:
+    def request(
+        self,
+        text: str,
+        id: Hashable | None = None,
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        num_hypotheses: int = 1,
+    ) -> DecodeRequest:
         """Tokenize and check one sentence. Raises SourceTooLong (naming the limit) or
         BadDecodingSetting, both `InvalidInput`. Whitespace-only text becomes an empty
         request, answered with an empty translation."""
@@ -70,13 +79,21 @@ class RequestBuilder:
         if max_length is None:
             max_length = min(cap, 3 * len(source) + 10)
         elif max_length > cap:
-            raise BadDecodingSetting(f"max_length {max_length} exceeds this model's "
-                                     f"max_target_tokens {cap}")
+            raise BadDecodingSetting(
+                f"max_length {max_length} exceeds this model's max_target_tokens {cap}"
+            )
         if self.spec.max_batch_size and beam > self.spec.max_batch_size:
-            raise BadDecodingSetting(f"beam_size {beam} exceeds max_batch_size "
-                                     f"{self.spec.max_batch_size}")
-        request = DecodeRequest(next(self._ids) if id is None else id, source, beam,
-                                max_length, length_penalty, num_hypotheses)
+            raise BadDecodingSetting(
+                f"beam_size {beam} exceeds max_batch_size {self.spec.max_batch_size}"
+            )
+        request = DecodeRequest(
+            next(self._ids) if id is None else id,
+            source,
+            beam,
+            max_length,
+            length_penalty,
+            num_hypotheses,
+        )
         request.check()
         return request
 
@@ -96,23 +113,32 @@ class Translator:
 
     def new_batch(self) -> DecodeBatch:
         """An empty continuous batch on this model (see `core.translation.batch`)."""
-        return DecodeBatch(self.model, self.spec.bos_id, self.spec.eos_id, self.spec.pad_id,
-                           self.tokenizer.decode)
+        return DecodeBatch(
+            self.model, self.spec.bos_id, self.spec.eos_id, self.spec.pad_id, self.tokenizer.decode
+        )
 
     def encode(self, requests: Sequence[DecodeRequest]) -> EncodedSources:
         """Run the encoder over requests for a later `DecodeBatch.join`; safe to call on
         another thread than the one driving the batch (onnxruntime sessions are)."""
         return encode(self.model, requests, self.spec.pad_id)
 
-    def request(self, text: str, id: Hashable | None = None, beam_size: int | None = None,
-                max_length: int | None = None, length_penalty: float | None = None,
-                num_hypotheses: int = 1) -> DecodeRequest:
+    def request(
+        self,
+        text: str,
+        id: Hashable | None = None,
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        num_hypotheses: int = 1,
+    ) -> DecodeRequest:
         """`RequestBuilder.request`: tokenize and check one sentence."""
-        return self.requests.request(text, id, beam_size, max_length, length_penalty,
-                                     num_hypotheses)
+        return self.requests.request(
+            text, id, beam_size, max_length, length_penalty, num_hypotheses
+        )
 
-    def run(self, requests: Sequence[DecodeRequest], max_rows: int | None = None
-            ) -> list[TranslationResult]:
+    def run(
+        self, requests: Sequence[DecodeRequest], max_rows: int | None = None
+    ) -> list[TranslationResult]:
         """Decode requests to the end with continuous batching: a finished request's rows are
         refilled from the waiting ones at the next step. `max_rows` caps the decoder rows
         (default: the config's max_batch_size, or 64). Results are in request order."""
@@ -132,17 +158,23 @@ class Translator:
                     results[update.id] = update.result
         return [results[r.id] for r in requests]
 
-    def translate(self, texts: Sequence[str], beam_size: int | None = None,
-                  max_length: int | None = None, length_penalty: float | None = None,
-                  num_hypotheses: int = 1, max_rows: int | None = None
-                  ) -> list[TranslationResult]:
+    def translate(
+        self,
+        texts: Sequence[str],
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        num_hypotheses: int = 1,
+        max_rows: int | None = None,
+    ) -> list[TranslationResult]:
         """Translate sentences (see `request` for the settings); one result per sentence,
         in order. Sources are batched longest first, which wastes less padding."""
-        requests = [self.request(t, i, beam_size, max_length, length_penalty, num_hypotheses)
-                    for i, t in enumerate(texts)]
+        requests = [
+            self.request(t, i, beam_size, max_length, length_penalty, num_hypotheses)
+            for i, t in enumerate(texts)
+        ]
         by_length = sorted(requests, key=lambda r: -len(r.source_ids))
-        done = {r.id: res for r, res in zip(by_length, self.run(by_length, max_rows),
-                                            strict=True)}
+        done = {r.id: res for r, res in zip(by_length, self.run(by_length, max_rows), strict=True)}
         return [done[r.id] for r in requests]
 
     def stream(self, text: str, **settings: int | float | None) -> Iterator[StepUpdate]:

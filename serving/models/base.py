@@ -41,13 +41,16 @@ class InferRequest:
 
 
 def input_specs(config: mc.ModelConfig) -> dict[str, TensorSpec]:
-    return {t.name: TensorSpec(t.name, CONFIG_TO_V2[t.data_type], tuple(t.dims), t.optional)
-            for t in config.input}
+    return {
+        t.name: TensorSpec(t.name, CONFIG_TO_V2[t.data_type], tuple(t.dims), t.optional)
+        for t in config.input
+    }
 
 
 def output_specs(config: mc.ModelConfig) -> dict[str, TensorSpec]:
-    return {t.name: TensorSpec(t.name, CONFIG_TO_V2[t.data_type], tuple(t.dims))
-            for t in config.output}
+    return {
+        t.name: TensorSpec(t.name, CONFIG_TO_V2[t.data_type], tuple(t.dims)) for t in config.output
+    }
 
 
 def parameter(config: mc.ModelConfig, key: str, default: Any = None) -> Any:
@@ -84,24 +87,31 @@ class ServedModel(ABC):
         model = f"model '{self.name}'"
         spec = self.inputs.get(name)
         if spec is None:
-            raise InvalidInput(f"unexpected input '{name}' for {model}; it takes: "
-                               f"{', '.join(self.inputs)}")
+            raise InvalidInput(
+                f"unexpected input '{name}' for {model}; it takes: {', '.join(self.inputs)}"
+            )
         if datatype != spec.datatype:
-            raise InvalidInput(f"input '{name}': datatype {datatype}, {model} takes "
-                               f"{spec.datatype}")
+            raise InvalidInput(
+                f"input '{name}': datatype {datatype}, {model} takes {spec.datatype}"
+            )
         dims = list(shape)
         if self.batching:
             if len(dims) != len(spec.dims) + 1:
-                raise InvalidInput(f"input '{name}': shape {dims} does not match "
-                                   f"{spec.shape(True)}")
+                raise InvalidInput(
+                    f"input '{name}': shape {dims} does not match {spec.shape(True)}"
+                )
             if dims[0] > self.max_batch_size:
-                raise InvalidInput(f"input '{name}': batch size {dims[0]} exceeds "
-                                   f"max_batch_size {self.max_batch_size} of {model}")
+                raise InvalidInput(
+                    f"input '{name}': batch size {dims[0]} exceeds "
+                    f"max_batch_size {self.max_batch_size} of {model}"
+                )
             dims = dims[1:]
         if len(dims) != len(spec.dims) or any(
-                d != want and want != -1 for d, want in zip(dims, spec.dims, strict=True)):
-            raise InvalidInput(f"input '{name}': shape {list(shape)} does not match "
-                               f"{spec.shape(self.batching)}")
+            d != want and want != -1 for d, want in zip(dims, spec.dims, strict=True)
+        ):
+            raise InvalidInput(
+                f"input '{name}': shape {list(shape)} does not match {spec.shape(self.batching)}"
+            )
 
     def validate(self, request: InferRequest) -> int:
         """Check names, datatypes, shapes and values; return the batch size (1 if unbatched)."""
@@ -113,16 +123,20 @@ class ServedModel(ABC):
             raise InvalidInput(f"missing input '{missing[0]}' for {model}")
         bad = [n for n in request.outputs if n not in self.outputs]
         if bad:
-            raise InvalidInput(f"unknown output '{bad[0]}' requested from {model}; it has: "
-                               f"{', '.join(self.outputs)}")
+            raise InvalidInput(
+                f"unknown output '{bad[0]}' requested from {model}; it has: "
+                f"{', '.join(self.outputs)}"
+            )
         batch = None
         for name, array in request.inputs.items():
             if self.batching:
                 if batch is None:
                     batch = array.shape[0]
                 elif array.shape[0] != batch:
-                    raise InvalidInput(f"input '{name}': batch size {array.shape[0]} differs "
-                                       f"from the other inputs' {batch}")
+                    raise InvalidInput(
+                        f"input '{name}': batch size {array.shape[0]} differs "
+                        f"from the other inputs' {batch}"
+                    )
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise InvalidInput(f"input '{name}': contains NaN or infinite values")
         if self.batching:

@@ -54,15 +54,22 @@ def device_for(config: mc.ModelConfig, settings: Settings) -> Device:
 def session_options(config: mc.ModelConfig, settings: Settings) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     params = config.parameters
-    intra = params["intra_op_thread_count"].string_value if "intra_op_thread_count" in params \
+    intra = (
+        params["intra_op_thread_count"].string_value
+        if "intra_op_thread_count" in params
         else settings.intra_op_threads
-    inter = params["inter_op_thread_count"].string_value if "inter_op_thread_count" in params \
+    )
+    inter = (
+        params["inter_op_thread_count"].string_value
+        if "inter_op_thread_count" in params
         else settings.inter_op_threads
+    )
     opts.intra_op_num_threads = int(intra)
     opts.inter_op_num_threads = int(inter)
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = GRAPH_LEVELS.get(config.optimization.graph.level,
-                                                     ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    opts.graph_optimization_level = GRAPH_LEVELS.get(
+        config.optimization.graph.level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
     opts.log_severity_level = 4  # as above: no duplicate, unstructured stderr lines
     return opts
 
@@ -79,18 +86,29 @@ def providers_for(config: mc.ModelConfig, settings: Settings) -> tuple[list[str]
     global _cuda_preloaded
     device = device_for(config, settings)
     if device is not settings.device:
-        log.warning("model '%s': its config.pbtxt pins instance_group kind %s, so it runs on "
-                    "%s, not on --device %s", config.name, "KIND_GPU" if device is Device.CUDA
-                    else "KIND_CPU", device.value, settings.device.value)
+        log.warning(
+            "model '%s': its config.pbtxt pins instance_group kind %s, so it runs on "
+            "%s, not on --device %s",
+            config.name,
+            "KIND_GPU" if device is Device.CUDA else "KIND_CPU",
+            device.value,
+            settings.device.value,
+        )
     if device is Device.CUDA and not _cuda_preloaded and hasattr(ort, "preload_dlls"):
         _cuda_preloaded = True
         ort.preload_dlls()
     wanted, available = PROVIDERS[device], ort.get_available_providers()
     if wanted[0] not in available and settings.device_fallback is FallbackPolicy.FAIL:
-        hint = ("; for CUDA install onnxruntime-gpu (pip install 'seqserve[serve-gpu]') "
-                "instead of onnxruntime" if device is Device.CUDA else "")
-        raise ModelLoadError(f"{wanted[0]} is not available in this onnxruntime build "
-                             f"(available: {', '.join(available)}){hint}")
+        hint = (
+            "; for CUDA install onnxruntime-gpu (pip install 'seqserve[serve-gpu]') "
+            "instead of onnxruntime"
+            if device is Device.CUDA
+            else ""
+        )
+        raise ModelLoadError(
+            f"{wanted[0]} is not available in this onnxruntime build "
+            f"(available: {', '.join(available)}){hint}"
+        )
     return wanted, [p for p in wanted if p in available]
 
 
@@ -104,21 +122,22 @@ def check_providers(got: list[str], wanted: list[str], settings: Settings, what:
     log.warning("%s", message)
 
 
-def create_session(path: Path, config: mc.ModelConfig, settings: Settings
-                   ) -> ort.InferenceSession:
+def create_session(path: Path, config: mc.ModelConfig, settings: Settings) -> ort.InferenceSession:
     """A session on the provider asked for; a fallback fails or warns, never silently."""
     wanted, usable = providers_for(config, settings)
     try:
-        session = ort.InferenceSession(str(path), session_options(config, settings),
-                                       providers=usable)
+        session = ort.InferenceSession(
+            str(path), session_options(config, settings), providers=usable
+        )
     except Exception as err:
         raise ModelLoadError(f"onnxruntime cannot load {path.name}: {err}") from err
     check_providers(session.get_providers(), wanted, settings, f"model file {path}")
     return session
 
 
-def run_bound(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
-              outputs: Sequence[str]) -> list[np.ndarray]:
+def run_bound(
+    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]
+) -> list[np.ndarray]:
     """`session.run` through IO binding: onnxruntime copies the host inputs to the session's
     device and the outputs back. On CUDA this took 17-24% off a forecaster call against `run`
     (docs/benchmarks.md, "CUDA on an H100"); on the CPU it only adds work."""
@@ -131,43 +150,55 @@ def run_bound(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
     return binding.copy_outputs_to_cpu()
 
 
-def check_signature(session: ort.InferenceSession, config: mc.ModelConfig,
-                    inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec]) -> None:
+def check_signature(
+    session: ort.InferenceSession,
+    config: mc.ModelConfig,
+    inputs: dict[str, TensorSpec],
+    outputs: dict[str, TensorSpec],
+) -> None:
     """The config's declared tensors must match the graph's names, types and dims."""
     batching = config.max_batch_size > 0
 
     def compare(kind: str, spec: TensorSpec, node: ort.NodeArg) -> None:
         got = ORT_TO_V2.get(node.type, node.type)
         if got != spec.datatype:
-            raise ModelLoadError(f"{kind} '{spec.name}': config says {spec.datatype}, "
-                                 f"the graph has {got}")
+            raise ModelLoadError(
+                f"{kind} '{spec.name}': config says {spec.datatype}, the graph has {got}"
+            )
         shape = list(node.shape)
         if batching:
             if not shape or (isinstance(shape[0], int) and shape[0] != -1):
-                raise ModelLoadError(f"{kind} '{spec.name}': max_batch_size > 0 needs a "
-                                     f"dynamic first dimension, the graph has {shape}")
+                raise ModelLoadError(
+                    f"{kind} '{spec.name}': max_batch_size > 0 needs a "
+                    f"dynamic first dimension, the graph has {shape}"
+                )
             shape = shape[1:]
         graph = [d if isinstance(d, int) else -1 for d in shape]
         fits = len(graph) == len(spec.dims) and all(
-            g == c or g == -1 for g, c in zip(graph, spec.dims, strict=True))
+            g == c or g == -1 for g, c in zip(graph, spec.dims, strict=True)
+        )
         if not fits:
-            raise ModelLoadError(f"{kind} '{spec.name}': config dims {list(spec.dims)} do not "
-                                 f"match the graph's {graph}")
+            raise ModelLoadError(
+                f"{kind} '{spec.name}': config dims {list(spec.dims)} do not "
+                f"match the graph's {graph}"
+            )
 
     graph_inputs = {n.name: n for n in session.get_inputs()}
     graph_outputs = {n.name: n for n in session.get_outputs()}
     for spec in inputs.values():
         if spec.name not in graph_inputs:
-            raise ModelLoadError(f"input '{spec.name}' is not in the graph (it has: "
-                                 f"{', '.join(graph_inputs)})")
+            raise ModelLoadError(
+                f"input '{spec.name}' is not in the graph (it has: {', '.join(graph_inputs)})"
+            )
         compare("input", spec, graph_inputs[spec.name])
     undeclared = sorted(set(graph_inputs) - set(inputs))
     if undeclared:
         raise ModelLoadError(f"graph input '{undeclared[0]}' is not declared in config.pbtxt")
     for spec in outputs.values():
         if spec.name not in graph_outputs:
-            raise ModelLoadError(f"output '{spec.name}' is not in the graph (it has: "
-                                 f"{', '.join(graph_outputs)})")
+            raise ModelLoadError(
+                f"output '{spec.name}' is not in the graph (it has: {', '.join(graph_outputs)})"
+            )
         compare("output", spec, graph_outputs[spec.name])
 
 
@@ -205,29 +236,39 @@ def _utf8(array: np.ndarray, name: str) -> np.ndarray:
         try:
             flat[i] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
         except UnicodeDecodeError as err:
-            raise InvalidInput(f"input '{name}': element {i} is not valid UTF-8 "
-                               f"(byte {err.start})") from None
+            raise InvalidInput(
+                f"input '{name}': element {i} is not valid UTF-8 (byte {err.start})"
+            ) from None
     return out
 
 
 class OnnxModel(ServedModel):
     """Loads `<version>/model.onnx` (or `default_model_filename`)."""
 
-    def __init__(self, name: str, version: int, config: mc.ModelConfig, version_dir: Path,
-                 settings: Settings) -> None:
+    def __init__(
+        self, name: str, version: int, config: mc.ModelConfig, version_dir: Path, settings: Settings
+    ) -> None:
         super().__init__(name, version, config)
-        path = version_file(version_dir, config.default_model_filename or "model.onnx",
-                            "model file")
+        path = version_file(
+            version_dir, config.default_model_filename or "model.onnx", "model file"
+        )
         self.policy = batch_policy(config)
-        self._sessions = [create_session(path, config, settings)
-                          for _ in range(self.policy.instances)]
+        self._sessions = [
+            create_session(path, config, settings) for _ in range(self.policy.instances)
+        ]
         check_signature(self._sessions[0], config, self.inputs, self.outputs)
         providers = self._sessions[0].get_providers()
-        log.info("model '%s' version %d: %d session(s) on %s", name, version,
-                 len(self._sessions), ", ".join(providers))
+        log.info(
+            "model '%s' version %d: %d session(s) on %s",
+            name,
+            version,
+            len(self._sessions),
+            ", ".join(providers),
+        )
         # Strings never go to the GPU: a model with BYTES tensors keeps `run`.
         self._bound = providers[0] == "CUDAExecutionProvider" and all(
-            spec.datatype != "BYTES" for spec in (*self.inputs.values(), *self.outputs.values()))
+            spec.datatype != "BYTES" for spec in (*self.inputs.values(), *self.outputs.values())
+        )
         self._output_names = list(self.outputs)
         self._warm_up()
         self._batcher: Batcher | None = None
@@ -246,10 +287,19 @@ class OnnxModel(ServedModel):
                 feeds[name] = _sample([*batch, *spec.dims], datatype, spec.random_data)
             samples.extend([feeds] * max(w.count, 1))
         if not samples:
-            samples.append({
-                spec.name: _sample([1, *[max(d, 1) for d in spec.dims]] if self.batching
-                                   else [max(d, 1) for d in spec.dims], spec.datatype, False)
-                for spec in self.inputs.values() if not spec.optional})
+            samples.append(
+                {
+                    spec.name: _sample(
+                        [1, *[max(d, 1) for d in spec.dims]]
+                        if self.batching
+                        else [max(d, 1) for d in spec.dims],
+                        spec.datatype,
+                        False,
+                    )
+                    for spec in self.inputs.values()
+                    if not spec.optional
+                }
+            )
         for session in self._sessions:
             for feeds in samples:
                 try:
@@ -261,13 +311,17 @@ class OnnxModel(ServedModel):
         """Start the batcher (needs the running event loop)."""
         metrics.announce(self)
         queue_seconds = metrics.QUEUE_SECONDS.labels(self.name, str(self.version))
-        self._batcher = Batcher(self.policy, self._run, self.stats, self.name,
-                                on_queued=queue_seconds.observe)
+        self._batcher = Batcher(
+            self.policy, self._run, self.stats, self.name, on_queued=queue_seconds.observe
+        )
 
     def _run(self, inputs: Tensors, instance: int) -> Tensors:
         session = self._sessions[instance]
-        results = (run_bound(session, inputs, self._output_names) if self._bound
-                   else session.run(self._output_names, inputs))
+        results = (
+            run_bound(session, inputs, self._output_names)
+            if self._bound
+            else session.run(self._output_names, inputs)
+        )
         return dict(zip(self._output_names, results, strict=True))
 
     @property
@@ -276,14 +330,17 @@ class OnnxModel(ServedModel):
         (no strings) and no optional inputs."""
         specs = (*self.inputs.values(), *self.outputs.values())
         return all(s.datatype != "BYTES" for s in specs) and not any(
-            s.optional for s in self.inputs.values())
+            s.optional for s in self.inputs.values()
+        )
 
     def run_batch(self, instance: int, inputs: Tensors) -> Tensors:
         """The native front end's runner: one batch on `instance`, outputs C-contiguous in
         their declared datatypes."""
         outputs = self._run(inputs, instance)
-        return {n: np.ascontiguousarray(a, dtype=DTYPES[self.outputs[n].datatype])
-                for n, a in outputs.items()}
+        return {
+            n: np.ascontiguousarray(a, dtype=DTYPES[self.outputs[n].datatype])
+            for n, a in outputs.items()
+        }
 
     def statistics(self) -> ModelStats:
         """The snapshot, with the native fast path's refusals since the last read folded in:

@@ -71,8 +71,11 @@ def _decode_settings(params: dict) -> dict:
         if key not in params:
             continue
         value = params[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or (
-                kind is int and not float(value).is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (kind is int and not float(value).is_integer())
+        ):
             raise InvalidInput(f"parameter '{key}': expected a number, got {value!r}")
         out[key] = kind(value)
     return out
@@ -90,8 +93,9 @@ def _text(item: object, where: str) -> str:
 class TranslatorModel(ServedModel):
     """Loads `<version>/{encoder.onnx, decoder.onnx, tokenizer}` into an engine process."""
 
-    def __init__(self, name: str, version: int, config: mc.ModelConfig, version_dir: Path,
-                 settings: Settings) -> None:
+    def __init__(
+        self, name: str, version: int, config: mc.ModelConfig, version_dir: Path, settings: Settings
+    ) -> None:
         super().__init__(name, version, config)
         try:
             self.requests = RequestBuilder.load(version_dir, config)
@@ -103,8 +107,13 @@ class TranslatorModel(ServedModel):
         self.max_queue = config.dynamic_batching.default_queue_policy.max_queue_size
         self._engine_args = (version_dir, config, settings, self.max_rows, f"{name}-{version}")
         self.engine: EngineProcess | None = EngineProcess(*self._engine_args)
-        log.info("model '%s' version %d: engine process %d on %s", name, version,
-                 self.engine.process.pid, ", ".join(self.engine.providers))
+        log.info(
+            "model '%s' version %d: engine process %d on %s",
+            name,
+            version,
+            self.engine.process.pid,
+            ", ".join(self.engine.providers),
+        )
         self._jobs: dict[Hashable, _Job] = {}  # submitted, not answered or cancelled
         self._ids = itertools.count()
         self._closing = False  # no new requests
@@ -122,8 +131,11 @@ class TranslatorModel(ServedModel):
         self._loop = asyncio.get_running_loop()
         self._watch()
         if self._stall_s > 0:
-            self._watchdog = threading.Thread(target=self._watch_for_stalls, daemon=True,
-                                              name=f"watchdog-{self.name}-{self.version}")
+            self._watchdog = threading.Thread(
+                target=self._watch_for_stalls,
+                daemon=True,
+                name=f"watchdog-{self.name}-{self.version}",
+            )
             self._watchdog.start()
 
     @property
@@ -167,15 +179,22 @@ class TranslatorModel(ServedModel):
 
     # -- the API the adapters use ------------------------------------------------------------
 
-    def prepare(self, text: str, beam_size: int | None = None, max_length: int | None = None,
-                length_penalty: float | None = None, num_hypotheses: int = 1
-                ) -> DecodeRequest:
+    def prepare(
+        self,
+        text: str,
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        num_hypotheses: int = 1,
+    ) -> DecodeRequest:
         """Tokenize and check one sentence (InvalidInput naming the limit when it is not ok)."""
-        return self.requests.request(text, next(self._ids), beam_size, max_length,
-                                     length_penalty, num_hypotheses)
+        return self.requests.request(
+            text, next(self._ids), beam_size, max_length, length_penalty, num_hypotheses
+        )
 
-    async def translate(self, requests: list[DecodeRequest], timeout_s: float | None = None
-                        ) -> list[TranslationResult]:
+    async def translate(
+        self, requests: list[DecodeRequest], timeout_s: float | None = None
+    ) -> list[TranslationResult]:
         """Decode requests; `timeout_s` is the longest each may wait before it starts decoding
         (V2 `timeout`, else the gRPC deadline): a request still waiting then fails with
         DeadlineExceeded, undecoded."""
@@ -202,8 +221,10 @@ class TranslatorModel(ServedModel):
         batch = self.validate(request)
         texts = request.inputs["text"].reshape(-1)
         settings = _decode_settings(request.parameters)
-        prepared = [self.prepare(_text(t, f"input 'text' element {i}"), **settings)
-                    for i, t in enumerate(texts)]
+        prepared = [
+            self.prepare(_text(t, f"input 'text' element {i}"), **settings)
+            for i, t in enumerate(texts)
+        ]
         results = await self.translate(prepared, request.timeout_s)
         translation = np.empty((batch, 1), dtype=object)
         translation[:, 0] = [r.text.encode("utf-8") for r in results]
@@ -213,20 +234,23 @@ class TranslatorModel(ServedModel):
 
     # -- talking to the engine ---------------------------------------------------------------
 
-    def _submit(self, requests: list[DecodeRequest], timeout_s: float | None = None
-                ) -> list[_Job]:
+    def _submit(self, requests: list[DecodeRequest], timeout_s: float | None = None) -> list[_Job]:
         if self._closing:
             raise ModelNotReady(f"model '{self.name}' is unloading")
         if self.engine is None:
             raise ModelNotReady(f"model '{self.name}': its engine process {self._engine_state}")
         if self.max_queue and self._waiting(requests) > self.max_queue:
-            raise QueueFull(f"model '{self.name}': queue full ({self.max_queue} requests "
-                            "waiting for decoder rows); retry after a back-off")
+            raise QueueFull(
+                f"model '{self.name}': queue full ({self.max_queue} requests "
+                "waiting for decoder rows); retry after a back-off"
+            )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         deadline = now + timeout_s if timeout_s else None
-        jobs = [_Job(r, loop.create_future(), now, asyncio.Queue() if r.stream else None)
-                for r in requests]
+        jobs = [
+            _Job(r, loop.create_future(), now, asyncio.Queue() if r.stream else None)
+            for r in requests
+        ]
         try:
             self.engine.submit([(j.request, j.enqueued, deadline) for j in jobs])
         except EngineGone as err:
@@ -264,12 +288,22 @@ class TranslatorModel(ServedModel):
         self.engine = None
         lost = list(self._jobs)
         stalled = engine.process.pid == self._stalled_pid
-        log.error("model '%s' version %d: %s%s with %d request(s) in flight; they fail, and a "
-                  "new engine starts", self.name, self.version, engine.gone,
-                  " (killed: it stalled)" if stalled else "", len(lost))
-        self._fail(lost, EngineFailed(
-            f"model '{self.name}': its engine process {'stalled' if stalled else 'exited'} "
-            "with this request in flight and is restarting; retry"))
+        log.error(
+            "model '%s' version %d: %s%s with %d request(s) in flight; they fail, and a "
+            "new engine starts",
+            self.name,
+            self.version,
+            engine.gone,
+            " (killed: it stalled)" if stalled else "",
+            len(lost),
+        )
+        self._fail(
+            lost,
+            EngineFailed(
+                f"model '{self.name}': its engine process {'stalled' if stalled else 'exited'} "
+                "with this request in flight and is restarting; retry"
+            ),
+        )
         if not self._closing:
             self._restarts["stalled" if stalled else "exited"] += 1
             self._engine_state = "is restarting"
@@ -296,11 +330,16 @@ class TranslatorModel(ServedModel):
                 steps, step_at = engine.counters[STEPS], now
             silent, idle = now - beat_at, now - step_at
             if silent > self._stall_s or idle > self._stall_s:
-                log.error("model '%s' version %d: engine process %d %s for %.0f s; killing it",
-                          self.name, self.version, engine.process.pid,
-                          "stopped beating" if silent > self._stall_s else
-                          f"ran no decoder step with {len(self._jobs)} request(s) in flight",
-                          max(silent, idle))
+                log.error(
+                    "model '%s' version %d: engine process %d %s for %.0f s; killing it",
+                    self.name,
+                    self.version,
+                    engine.process.pid,
+                    "stopped beating"
+                    if silent > self._stall_s
+                    else f"ran no decoder step with {len(self._jobs)} request(s) in flight",
+                    max(silent, idle),
+                )
                 self._stalled_pid = engine.process.pid
                 engine.kill()
                 beat_at = step_at = now
@@ -310,8 +349,9 @@ class TranslatorModel(ServedModel):
             engine = await asyncio.to_thread(EngineProcess, *self._engine_args)
         except ModelLoadError as err:
             self._engine_state = f"did not restart ({err}); load the model again"
-            log.error("model '%s' version %d: the engine %s", self.name, self.version,
-                      self._engine_state)
+            log.error(
+                "model '%s' version %d: the engine %s", self.name, self.version, self._engine_state
+            )
             self.availability_changed()
             return
         if self._closing:
@@ -359,9 +399,12 @@ class TranslatorModel(ServedModel):
             if job is None:
                 continue
             if not job.future.done():
-                job.future.set_exception(DeadlineExceeded(
-                    f"model '{self.name}': request timed out after {queued_s * 1e3:.1f} ms "
-                    "in the queue"))
+                job.future.set_exception(
+                    DeadlineExceeded(
+                        f"model '{self.name}': request timed out after {queued_s * 1e3:.1f} ms "
+                        "in the queue"
+                    )
+                )
             if job.pieces is not None:
                 job.pieces.put_nowait(_STREAM_END)
 

@@ -65,16 +65,18 @@ class EngineGone(Exception):
     """The engine process exited (or its pipe broke) while the server still needed it."""
 
 
-def load_translator(version_dir: Path, config: mc.ModelConfig, settings: Settings
-                    ) -> Translator:
+def load_translator(version_dir: Path, config: mc.ModelConfig, settings: Settings) -> Translator:
     """Sessions on the configured device and threads, warmed up; ModelLoadError naming the
     problem otherwise."""
     wanted, usable = providers_for(config, settings)
     try:
         translator = onnx_step_model.load_translator(
-            version_dir, config, session_options(config, settings), usable)
-        for part, session in (("encoder", translator.model.encoder),
-                              ("decoder", translator.model.decoder)):
+            version_dir, config, session_options(config, settings), usable
+        )
+        for part, session in (
+            ("encoder", translator.model.encoder),
+            ("decoder", translator.model.decoder),
+        ):
             check_providers(session.get_providers(), wanted, settings, f"{version_dir} {part}")
         translator.translate(["warm up"], beam_size=1, max_length=2)
     except ModelLoadError:
@@ -86,13 +88,22 @@ def load_translator(version_dir: Path, config: mc.ModelConfig, settings: Setting
     return translator
 
 
-def _engine_main(conn: Connection, version_dir: Path, config_bytes: bytes, settings: Settings,
-                 max_rows: int, counters: Any, label: str) -> None:
+def _engine_main(
+    conn: Connection,
+    version_dir: Path,
+    config_bytes: bytes,
+    settings: Settings,
+    max_rows: int,
+    counters: Any,
+    label: str,
+) -> None:
     """The engine process's entry point."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # group signals: the server drains, then
-        signal.signal(sig, signal.SIG_IGN)         # stops us
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s "
-                        f"[{label} engine] %(name)s: %(message)s")
+        signal.signal(sig, signal.SIG_IGN)  # stops us
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s [{label} engine] %(name)s: %(message)s",
+    )
     send_lock = threading.Lock()
 
     def send(message: tuple) -> None:
@@ -103,14 +114,18 @@ def _engine_main(conn: Connection, version_dir: Path, config_bytes: bytes, setti
             pass
 
     try:
-        translator = load_translator(version_dir, mc.ModelConfig.FromString(config_bytes),
-                                     settings)
+        translator = load_translator(version_dir, mc.ModelConfig.FromString(config_bytes), settings)
     except ModelLoadError as err:
         send(("error", str(err)))
         return
-    pipeline = Pipeline(translator, max_rows, lambda d: send(("deliver", d)),
-                        lambda ids: send(("failed", ids)),
-                        lambda expired: send(("expired", expired)), counters)
+    pipeline = Pipeline(
+        translator,
+        max_rows,
+        lambda d: send(("deliver", d)),
+        lambda ids: send(("failed", ids)),
+        lambda expired: send(("expired", expired)),
+        counters,
+    )
     pipeline.start()
 
     def beat() -> None:  # stops when the process does (SIGSTOP): the watchdog sees that
@@ -139,16 +154,32 @@ class EngineProcess:
     (call it on a worker thread); then `start_io` hands the pipe to two threads, and nothing
     the event loop calls blocks."""
 
-    def __init__(self, version_dir: Path, config: mc.ModelConfig, settings: Settings,
-                 max_rows: int, label: str) -> None:
+    def __init__(
+        self,
+        version_dir: Path,
+        config: mc.ModelConfig,
+        settings: Settings,
+        max_rows: int,
+        label: str,
+    ) -> None:
         context = mp.get_context("spawn")  # the server has threads: never fork
         self._conn, child = context.Pipe()
         # pipeline.STEPS, pipeline.WAITING, HEARTBEAT
         self.counters = context.Array("q", 3, lock=False)
         self.process = context.Process(
-            target=_engine_main, name=f"seqserve-engine-{label}", daemon=True,
-            args=(child, version_dir, config.SerializeToString(), settings, max_rows,
-                  self.counters, label))
+            target=_engine_main,
+            name=f"seqserve-engine-{label}",
+            daemon=True,
+            args=(
+                child,
+                version_dir,
+                config.SerializeToString(),
+                settings,
+                max_rows,
+                self.counters,
+                label,
+            ),
+        )
         self.process.start()
         child.close()  # so that the engine's exit reads as end of file here
         self._outbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
@@ -168,15 +199,19 @@ class EngineProcess:
             kind, payload = self._conn.recv()
         except (EOFError, OSError):
             self.process.join(STOP_TIMEOUT_S)
-            raise ModelLoadError(f"the engine process exited while loading (exit code "
-                                 f"{self.process.exitcode})") from None
+            raise ModelLoadError(
+                f"the engine process exited while loading (exit code {self.process.exitcode})"
+            ) from None
         if kind == "error":
             raise ModelLoadError(payload)
         self.providers: list[str] = payload
 
-    def start_io(self, loop: asyncio.AbstractEventLoop,
-                 on_message: Callable[[tuple[str, Any]], None],
-                 on_gone: Callable[[EngineProcess], None]) -> None:
+    def start_io(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_message: Callable[[tuple[str, Any]], None],
+        on_gone: Callable[[EngineProcess], None],
+    ) -> None:
         """Run the pipe on two threads: messages from the engine reach `on_message` on the
         loop, in order; once the pipe has ended (the engine exited, was killed, or stopped),
         `gone` says why and `on_gone(self)` runs on the loop."""
@@ -190,8 +225,9 @@ class EngineProcess:
                 pass
             self.process.join(1.0)  # off the loop: the exit code, if it is there yet
             code = self.process.exitcode
-            self.gone = ("the translation engine process exited" +
-                         (f" (exit code {code})" if code is not None else ""))
+            self.gone = "the translation engine process exited" + (
+                f" (exit code {code})" if code is not None else ""
+            )
             self._outbox.put(None)  # the writer ends too (a send to a dead engine fails)
             writer.join(STOP_TIMEOUT_S)
             self._conn.close()  # ours alone now
@@ -209,8 +245,10 @@ class EngineProcess:
 
         pid = self.process.pid
         writer = threading.Thread(target=write, name=f"engine-{pid}-writer", daemon=True)
-        self._threads = [writer, threading.Thread(target=read, name=f"engine-{pid}-reader",
-                                                  daemon=True)]
+        self._threads = [
+            writer,
+            threading.Thread(target=read, name=f"engine-{pid}-reader", daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
 

@@ -67,8 +67,10 @@ def loopback(address: str) -> bool:
 
 # Why `auto` keeps the native front end off addresses others can reach (docs/serving.md,
 # "HTTP/2 abuse"): Debian's gRPC 1.51 has no defence against Rapid Reset.
-EXPOSED = ("the native front end's HTTP/2 stack (Debian's gRPC 1.51) has no defence against "
-           "Rapid Reset (CVE-2023-44487)")
+EXPOSED = (
+    "the native front end's HTTP/2 stack (Debian's gRPC 1.51) has no defence against "
+    "Rapid Reset (CVE-2023-44487)"
+)
 
 
 def wanted(settings: Settings) -> bool:
@@ -78,24 +80,33 @@ def wanted(settings: Settings) -> bool:
         return False
     if _frontend is None:
         if settings.frontend is Frontend.NATIVE:
-            raise SystemExit(f"seqserve: --frontend native, but the native front end is not "
-                             f"built ({IMPORT_ERROR}); run `make native`")
+            raise SystemExit(
+                f"seqserve: --frontend native, but the native front end is not "
+                f"built ({IMPORT_ERROR}); run `make native`"
+            )
         log.info("native front end not built (%s): serving with the Python one", IMPORT_ERROR)
         return False
     if not loopback(settings.grpc_address):
         if settings.frontend is Frontend.AUTO:
-            log.info("--grpc-address %s is not loopback: serving with the Python front end, as "
-                     "%s; put a proxy in front and ask for --frontend native to use it",
-                     settings.grpc_address, EXPOSED)
+            log.info(
+                "--grpc-address %s is not loopback: serving with the Python front end, as "
+                "%s; put a proxy in front and ask for --frontend native to use it",
+                settings.grpc_address,
+                EXPOSED,
+            )
             return False
-        log.warning("--frontend native on %s, which others may reach: %s; put a proxy "
-                    "in front of it", settings.grpc_address, EXPOSED)
+        log.warning(
+            "--frontend native on %s, which others may reach: %s; put a proxy in front of it",
+            settings.grpc_address,
+            EXPOSED,
+        )
     return True
 
 
 def _tensor(spec: TensorSpec) -> Any:
-    return _frontend.TensorSpec(spec.name, spec.datatype, list(spec.dims),
-                                DTYPES[spec.datatype].itemsize)
+    return _frontend.TensorSpec(
+        spec.name, spec.datatype, list(spec.dims), DTYPES[spec.datatype].itemsize
+    )
 
 
 class NativeFrontend:
@@ -110,14 +121,18 @@ class NativeFrontend:
             return path.read_text() if path is not None else ""
 
         self._server = _frontend.Frontend(
-            settings.grpc_target, self.upstream, settings.max_message_bytes,
-            reuse_port=settings.reuse_port, tls_cert=pem(settings.tls_cert),
-            tls_key=pem(settings.tls_key), tls_client_ca=pem(settings.tls_client_ca),
+            settings.grpc_target,
+            self.upstream,
+            settings.max_message_bytes,
+            reuse_port=settings.reuse_port,
+            tls_cert=pem(settings.tls_cert),
+            tls_key=pem(settings.tls_key),
+            tls_client_ca=pem(settings.tls_client_ca),
             max_calls=settings.max_concurrent_rpcs,
             max_streams=settings.max_streams_per_connection,
-            restricted=restricted.native_rules(
-                restricted.parse(settings.grpc_restricted_protocol)),
-            max_request_bytes=settings.max_request_bytes_in_flight)
+            restricted=restricted.native_rules(restricted.parse(settings.grpc_restricted_protocol)),
+            max_request_bytes=settings.max_request_bytes_in_flight,
+        )
         self._routed: dict[str, dict[int, OnnxModel]] = {}  # name -> version -> the instance
         self._in_process: InProcess | None = None
 
@@ -131,8 +146,10 @@ class NativeFrontend:
     def collector(self) -> FrontendCollector:
         """Its request-bytes budget, for /metrics."""
         return FrontendCollector(
-            lambda: self._server.request_bytes_in_flight, lambda: self._server.calls_shed,
-            lambda: dict.copy(self._in_process.calls) if self._in_process is not None else {})
+            lambda: self._server.request_bytes_in_flight,
+            lambda: self._server.calls_shed,
+            lambda: dict.copy(self._in_process.calls) if self._in_process is not None else {},
+        )
 
     def serve_in_process(self, handler: InProcess) -> None:
         """Have `handler` answer its methods in this process (before `start`)."""
@@ -167,17 +184,26 @@ class NativeFrontend:
     def _attach(self, model: OnnxModel) -> Any:
         p = model.policy
         policy = _frontend.Policy(
-            max_batch_size=p.max_batch_size, batching=p.batching,
+            max_batch_size=p.max_batch_size,
+            batching=p.batching,
             max_queue_delay_us=round(p.max_queue_delay_s * 1e6),
             preferred_batch_sizes=list(p.preferred_batch_sizes),
             max_queue_size=p.max_queue_size,
-            default_timeout_us=round((p.default_timeout_s or 0) * 1e6), instances=p.instances)
+            default_timeout_us=round((p.default_timeout_s or 0) * 1e6),
+            instances=p.instances,
+        )
         stats, version = model.stats, str(model.version)
         request_seconds = metrics.REQUEST_SECONDS.labels(model.name, version)
         queue_seconds = metrics.QUEUE_SECONDS.labels(model.name, version)
 
-        def account(queue_ns: list[int], elements: int, input_ns: int, infer_ns: int,
-                    output_ns: int, durations_ns: list[int]) -> None:
+        def account(
+            queue_ns: list[int],
+            elements: int,
+            input_ns: int,
+            infer_ns: int,
+            output_ns: int,
+            durations_ns: list[int],
+        ) -> None:
             stats.record_batch(queue_ns, elements, input_ns, infer_ns, output_ns, durations_ns)
             for ns in queue_ns:
                 queue_seconds.observe(ns / 1e9)
@@ -202,9 +228,17 @@ class NativeFrontend:
         assert full_code is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert gone_code is grpc.StatusCode.UNAVAILABLE
         return self._server.add_model(
-            model.name, model.version, [_tensor(s) for s in model.inputs.values()],
-            [_tensor(s) for s in model.outputs.values()], policy, model.run_batch, account, fail,
-            queue_full_message=full, unloading_message=gone)
+            model.name,
+            model.version,
+            [_tensor(s) for s in model.inputs.values()],
+            [_tensor(s) for s in model.outputs.values()],
+            policy,
+            model.run_batch,
+            account,
+            fail,
+            queue_full_message=full,
+            unloading_message=gone,
+        )
 
     def shutdown(self, grace_s: float) -> None:
         """Refuse new calls, let those in flight finish for up to `grace_s`. Blocks."""
@@ -215,13 +249,14 @@ class NativeFrontend:
 def _error(model: OnnxModel, kind: str, elapsed_ns: int, detail: str) -> ServingError:
     name = f"model '{model.name}'"
     if kind == "queue_full":
-        return QueueFull(f"{name}: queue full ({model.policy.max_queue_size} requests); "
-                         "retry after a back-off")
+        return QueueFull(
+            f"{name}: queue full ({model.policy.max_queue_size} requests); retry after a back-off"
+        )
     if kind == "expired":
-        return DeadlineExceeded(f"{name}: request timed out after {elapsed_ns / 1e6:.1f} ms "
-                                "in the queue")
+        return DeadlineExceeded(
+            f"{name}: request timed out after {elapsed_ns / 1e6:.1f} ms in the queue"
+        )
     if kind == "unloading":
         return ModelNotReady(f"{name} is unloading")
     log.error("%s: inference failed: %s", name, detail)
     return InferenceError(f"{name}: inference failed")
-

@@ -32,8 +32,9 @@ class Collected:
     def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
         pass  # the registered ones below are the same
 
-    def add_registered_method_handlers(self, service: str,
-                                       handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
         self.handlers.update({f"/{service}/{name}": h for name, h in handlers.items()})
 
 
@@ -51,8 +52,9 @@ class InProcess:
     """The handler the front end calls, on its thread with the GIL, with the calls gathered
     since its last call; each is answered from `loop`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
         for method, h in handlers.items():
             assert h.unary_unary is not None, f"{method}: only unary methods run in process"
         self._loop = loop
@@ -89,8 +91,7 @@ class InProcess:
         respond: Callable[[Any], bytes] = handler.response_serializer
         try:
             request = decoded(handler.request_deserializer, call.request)
-            response = await handler.unary_unary(request,
-                                                 _Context(call.timeout_s))
+            response = await handler.unary_unary(request, _Context(call.timeout_s))
             data = respond(response)
         except asyncio.CancelledError:  # the call was cancelled: nobody reads the status
             code, message = grpc.StatusCode.CANCELLED, "cancelled"

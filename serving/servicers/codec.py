@@ -26,8 +26,10 @@ def decode_request(msg: pb.ModelInferRequest, model: ServedModel) -> InferReques
     received, so a request costs no more than what it sent."""
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} "
-                           "inputs; send every input raw, or none")
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} "
+            "inputs; send every input raw, or none"
+        )
     inputs: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(msg.inputs):
         name = tensor.name
@@ -60,16 +62,20 @@ def decode_request(msg: pb.ModelInferRequest, model: ServedModel) -> InferReques
         if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
             raise InvalidInput("parameter 'timeout': microseconds as a non-negative int64")
         timeout_s = timeout / 1e6 or None
-    return InferRequest(inputs=inputs, outputs=tuple(outputs), parameters=params,
-                        timeout_s=timeout_s, id=msg.id)
+    return InferRequest(
+        inputs=inputs, outputs=tuple(outputs), parameters=params, timeout_s=timeout_s, id=msg.id
+    )
 
 
-def encode_response(model_name: str, version: int, request_id: str,
-                    outputs: Mapping[str, np.ndarray], declared: Mapping[str, str]
-                    ) -> pb.ModelInferResponse:
+def encode_response(
+    model_name: str,
+    version: int,
+    request_id: str,
+    outputs: Mapping[str, np.ndarray],
+    declared: Mapping[str, str],
+) -> pb.ModelInferResponse:
     """`declared` maps each output name to its V2 datatype from the model config."""
-    reply = pb.ModelInferResponse(model_name=model_name, model_version=str(version),
-                                  id=request_id)
+    reply = pb.ModelInferResponse(model_name=model_name, model_version=str(version), id=request_id)
     for name, array in outputs.items():
         datatype = declared[name]
         reply.outputs.add(name=name, datatype=datatype, shape=array.shape)

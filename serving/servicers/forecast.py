@@ -59,22 +59,30 @@ def _window(w: pb.Window, index: int) -> Window:
         past[s.name] = np.asarray(s.values, np.float32)
     return Window(
         past=past,
-        timestamps=(_times(w.timestamps, f"windows[{index}].timestamps")
-                    if w.timestamps else None),
-        start=(_times([w.start], f"windows[{index}].start")[0] if w.HasField("start")
-               else None),
-        frequency_ns=(nanoseconds(w.frequency.seconds, w.frequency.nanos,
-                                  f"windows[{index}].frequency")
-                      if w.HasField("frequency") else None),
+        timestamps=(_times(w.timestamps, f"windows[{index}].timestamps") if w.timestamps else None),
+        start=(_times([w.start], f"windows[{index}].start")[0] if w.HasField("start") else None),
+        frequency_ns=(
+            nanoseconds(w.frequency.seconds, w.frequency.nanos, f"windows[{index}].frequency")
+            if w.HasField("frequency")
+            else None
+        ),
         future={s.name: np.asarray(s.values, np.float32) for s in w.future},
     )
 
 
-def _response(model: ServedModel, spec: ForecasterSpec, levels: list[int], prepared: Prepared,
-              results: list[dict[str, np.ndarray]]) -> pb.ForecastResponse:
+def _response(
+    model: ServedModel,
+    spec: ForecasterSpec,
+    levels: list[int],
+    prepared: Prepared,
+    results: list[dict[str, np.ndarray]],
+) -> pb.ForecastResponse:
     forecast = np.concatenate([out["forecast"] for out in results])  # [B, H, F_out]
-    quantiles = (np.concatenate([out["quantiles"] for out in results])  # [B, H, F_out, Q]
-                 if levels and "quantiles" in results[0] else None)
+    quantiles = (
+        np.concatenate([out["quantiles"] for out in results])  # [B, H, F_out, Q]
+        if levels and "quantiles" in results[0]
+        else None
+    )
     reply = pb.ForecastResponse(model_name=model.name, model_version=str(model.version))
     for b, horizon in enumerate(prepared.horizon_timestamps):
         wf = reply.forecasts.add()
@@ -84,8 +92,7 @@ def _response(model: ServedModel, spec: ForecasterSpec, levels: list[int], prepa
             sf = wf.targets.add(name=target, point=forecast[b, :, f].tolist())
             if quantiles is not None:
                 for q in levels:
-                    sf.quantiles.add(level=spec.quantiles[q],
-                                     values=quantiles[b, :, f, q].tolist())
+                    sf.quantiles.add(level=spec.quantiles[q], values=quantiles[b, :, f, q].tolist())
     return reply
 
 
@@ -93,7 +100,8 @@ class ForecasterServicer(pb_grpc.ForecasterServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self._dp = dataplane
         self._specs: weakref.WeakKeyDictionary[ServedModel, ForecasterSpec] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
 
     def _spec(self, model: ServedModel) -> ForecasterSpec:
         spec = self._specs.get(model)
@@ -101,8 +109,9 @@ class ForecasterServicer(pb_grpc.ForecasterServicer):
             spec = self._specs[model] = ForecasterSpec.of(model)
         return spec
 
-    async def Forecast(self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext
-                       ) -> pb.ForecastResponse:
+    async def Forecast(
+        self, request: pb.ForecastRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ForecastResponse:
         timeout = context.time_remaining()  # the deadline bounds the queue wait, as in V2
 
         async def call(model: ServedModel) -> pb.ForecastResponse:
@@ -110,10 +119,13 @@ class ForecasterServicer(pb_grpc.ForecasterServicer):
             levels = quantile_indices(spec, list(request.quantile_levels))
             prepared = prepare(spec, [_window(w, i) for i, w in enumerate(request.windows)])
             step = model.max_batch_size or 1
-            chunks = [{n: a[i:i + step] for n, a in prepared.inputs.items()}
-                      for i in range(0, len(request.windows), step)]
-            results = await asyncio.gather(*(
-                model.infer(InferRequest(inputs=c, timeout_s=timeout)) for c in chunks))
+            chunks = [
+                {n: a[i : i + step] for n, a in prepared.inputs.items()}
+                for i in range(0, len(request.windows), step)
+            ]
+            results = await asyncio.gather(
+                *(model.infer(InferRequest(inputs=c, timeout_s=timeout)) for c in chunks)
+            )
             return _response(model, spec, levels, prepared, results)
 
         # One typed call is one request of the model's statistics, whatever its chunks.
@@ -123,20 +135,30 @@ class ForecasterServicer(pb_grpc.ForecasterServicer):
     def _info(self, model: ServedModel) -> pb.ModelInfo:
         spec = self._spec(model)
         info = pb.ModelInfo(
-            name=spec.name, versions=self._dp.model_versions(spec.name),
-            input_window=spec.input_window, horizon=spec.horizon,
+            name=spec.name,
+            versions=self._dp.model_versions(spec.name),
+            input_window=spec.input_window,
+            horizon=spec.horizon,
             target_names=spec.target_names,
             covariate_names=[f for f in spec.past_features if f not in spec.target_names],
-            future_covariate_names=spec.known_future, calendar_features=spec.calendar,
-            quantile_levels=spec.quantiles, architecture=spec.architecture,
-            metrics=spec.metrics)
+            future_covariate_names=spec.known_future,
+            calendar_features=spec.calendar,
+            quantile_levels=spec.quantiles,
+            architecture=spec.architecture,
+            metrics=spec.metrics,
+        )
         if spec.frequency_ns:
-            info.frequency.CopyFrom(Duration(seconds=spec.frequency_ns // 1_000_000_000,
-                                             nanos=spec.frequency_ns % 1_000_000_000))
+            info.frequency.CopyFrom(
+                Duration(
+                    seconds=spec.frequency_ns // 1_000_000_000,
+                    nanos=spec.frequency_ns % 1_000_000_000,
+                )
+            )
         return info
 
-    async def ListModels(self, request: pb.ListModelsRequest,
-                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         reply = pb.ListModelsResponse()
         for name in sorted({m.name for m in self._dp.repository.ready_models()}):
             try:
@@ -145,7 +167,8 @@ class ForecasterServicer(pb_grpc.ForecasterServicer):
                 continue  # not a forecaster, or unloading since the scan
         return reply
 
-    async def GetModelInfo(self, request: pb.GetModelInfoRequest,
-                           context: grpc.aio.ServicerContext) -> pb.GetModelInfoResponse:
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
         model = self._dp.model(request.model_name, request.model_version)
         return pb.GetModelInfoResponse(model=self._info(model))

@@ -44,9 +44,12 @@ def _unsupported(rpc: str, feature: str) -> Any:
 
 
 def _tensor_metadata(specs: dict, batching: bool) -> list[pb.ModelMetadataResponse.TensorMetadata]:
-    return [pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype,
-                                                    shape=s.shape(batching))
-            for s in specs.values()]
+    return [
+        pb.ModelMetadataResponse.TensorMetadata(
+            name=s.name, datatype=s.datatype, shape=s.shape(batching)
+        )
+        for s in specs.values()
+    ]
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -106,13 +109,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 infer_request.timeout_s = remaining
             return await model.infer(infer_request)
 
-        model, outputs = await self._dp.run(request.model_name, request.model_version, call,
-                                            start)
+        model, outputs = await self._dp.run(request.model_name, request.model_version, call, start)
         declared = {n: s.datatype for n, s in model.outputs.items()}
         return encode_response(model.name, model.version, request.id, outputs, declared)
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest],
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """One response per request, in order; a failed request yields its error message and
@@ -124,8 +127,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 _, message = status_for(err)
                 yield pb.ModelStreamInferResponse(
                     error_message=message,
-                    infer_response=pb.ModelInferResponse(model_name=request.model_name,
-                                                         id=request.id))
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name, id=request.id
+                    ),
+                )
                 continue
             yield pb.ModelStreamInferResponse(infer_response=reply)
 
@@ -156,8 +161,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if key == "config":
                 override = param.string_param
             elif key.startswith("file:"):
-                raise Unsupported("RepositoryModelLoad: model files in the request are not "
-                                  "supported; put them in the repository")
+                raise Unsupported(
+                    "RepositoryModelLoad: model files in the request are not "
+                    "supported; put them in the repository"
+                )
             else:
                 raise InvalidInput(f"RepositoryModelLoad: unknown parameter '{key}'")
         await self._dp.load(request.model_name, override)

@@ -9,8 +9,7 @@ from collections.abc import Iterable
 from protos.inference import grpc_service_pb2 as pb
 from serving.models.base import ServedModel
 
-INFERENCE_FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer",
-                    "compute_output")
+INFERENCE_FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 BATCH_FIELDS = ("compute_input", "compute_infer", "compute_output")
 
 
@@ -20,8 +19,12 @@ def statistics_response(models: Iterable[ServedModel]) -> pb.ModelStatisticsResp
     for model in models:
         s = model.statistics()
         entry = reply.model_stats.add(
-            name=model.name, version=str(model.version), last_inference=s.last_inference_ms,
-            inference_count=s.inference_count, execution_count=s.execution_count)
+            name=model.name,
+            version=str(model.version),
+            last_inference=s.last_inference_ms,
+            inference_count=s.inference_count,
+            execution_count=s.execution_count,
+        )
         for field in INFERENCE_FIELDS:
             d, out = getattr(s, field), getattr(entry.inference_stats, field)
             out.count, out.ns = d.count, d.ns
@@ -39,8 +42,7 @@ def _add(total: pb.StatisticDuration, other: pb.StatisticDuration) -> None:
     total.ns += other.ns
 
 
-def add_statistics(total: pb.ModelStatisticsResponse, other: pb.ModelStatisticsResponse
-                   ) -> None:
+def add_statistics(total: pb.ModelStatisticsResponse, other: pb.ModelStatisticsResponse) -> None:
     """Add `other`'s figures into the entries of `total` for the same model and version.
     Counts and durations add up; `last_inference` is the latest. Models that only `other`
     has are left out: `total` holds the models that the request asked for."""

@@ -27,13 +27,13 @@ def _prepare(model: TranslatorModel, request: pb.TranslateRequest) -> list[Decod
     if not request.sentences:
         raise InvalidInput("sentences: at least one sentence is needed")
     if len(request.sentences) > model.max_rows:
-        raise InvalidInput(f"sentences: {len(request.sentences)} in one request, at most "
-                           f"{model.max_rows}")
+        raise InvalidInput(
+            f"sentences: {len(request.sentences)} in one request, at most {model.max_rows}"
+        )
     settings = {
         "beam_size": request.beam_size or None,
         "max_length": request.max_length or None,
-        "length_penalty": (request.length_penalty if request.HasField("length_penalty")
-                           else None),
+        "length_penalty": (request.length_penalty if request.HasField("length_penalty") else None),
         "num_hypotheses": request.num_hypotheses or 1,
     }
     out = []
@@ -47,31 +47,40 @@ def _prepare(model: TranslatorModel, request: pb.TranslateRequest) -> list[Decod
 
 def _translation(result: TranslationResult) -> pb.Translation:
     return pb.Translation(
-        hypotheses=[pb.Hypothesis(text=h.text, score=h.score, num_tokens=len(h.token_ids))
-                    for h in result.hypotheses],
-        num_source_tokens=result.num_source_tokens)
+        hypotheses=[
+            pb.Hypothesis(text=h.text, score=h.score, num_tokens=len(h.token_ids))
+            for h in result.hypotheses
+        ],
+        num_source_tokens=result.num_source_tokens,
+    )
 
 
 class TranslatorServicer(pb_grpc.TranslatorServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self._dp = dataplane
 
-    async def Translate(self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
-                        ) -> pb.TranslateResponse:
+    async def Translate(
+        self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranslateResponse:
         async def call(model: ServedModel) -> list[TranslationResult]:
             translator = _translator(model)
             # The deadline bounds the wait for decoder rows too, as V2's timeout does.
-            return await translator.translate(_prepare(translator, request),
-                                              context.time_remaining())
+            return await translator.translate(
+                _prepare(translator, request), context.time_remaining()
+            )
 
         model, results = await self._dp.run(request.model_name, request.model_version, call)
-        return pb.TranslateResponse(model_name=model.name, model_version=str(model.version),
-                                    translations=[_translation(r) for r in results])
+        return pb.TranslateResponse(
+            model_name=model.name,
+            model_version=str(model.version),
+            translations=[_translation(r) for r in results],
+        )
 
-    async def TranslateStream(self, request: pb.TranslateRequest,
-                              context: grpc.aio.ServicerContext
-                              ) -> AsyncIterator[pb.TranslateChunk]:
+    async def TranslateStream(
+        self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TranslateChunk]:
         """Greedy decoding streamed piece by piece, one sentence after another."""
+
         async def call(model: ServedModel) -> AsyncIterator[pb.TranslateChunk]:
             translator = _translator(model)
             if request.beam_size > 1:

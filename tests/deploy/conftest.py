@@ -41,10 +41,12 @@ def system_tool(name: str) -> str:
     return exe
 
 
-def run(*cmd: str, timeout: float = 60, env: dict[str, str] | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+def run(
+    *cmd: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(cmd), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def instructions(path: Path) -> list[tuple[str, str, str]]:
@@ -69,8 +71,23 @@ def stage_of(path: Path, stage: str) -> list[tuple[str, str]]:
 
 
 # PromQL: everything that is not a metric name, in the expressions deploy/ writes.
-_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-             "group_left", "group_right", "inf", "nan", "Inf", "NaN"}
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+    "Inf",
+    "NaN",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -82,7 +99,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
     names = set()
     for m in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        if expr[m.end():].lstrip().startswith("(") or m[0] in _KEYWORDS:
+        if expr[m.end() :].lstrip().startswith("(") or m[0] in _KEYWORDS:
             continue  # a function or aggregation, or an operator keyword
         names.add(m[0])
     return names
@@ -116,16 +133,23 @@ class Traffic:
             if any(t.datatype != "FP32" for t in meta.inputs):
                 continue
             rng = np.random.default_rng(0)
-            inputs = {t.name: rng.standard_normal([1 if d == -1 else d for d in t.shape])
-                      .astype(np.float32) for t in meta.inputs}
+            inputs = {
+                t.name: rng.standard_normal([1 if d == -1 else d for d in t.shape]).astype(
+                    np.float32
+                )
+                for t in meta.inputs
+            }
             self.requests.append(v2.request(model.name, **inputs))
         assert self.requests, "no FP32 model to send traffic to"
         self.pool = ThreadPoolExecutor(concurrency)
         self.failures = 0
 
     def round(self, per_model: int = 30) -> None:
-        calls = [self.pool.submit(self.stub.ModelInfer, r, timeout=30)
-                 for _ in range(per_model) for r in self.requests]
+        calls = [
+            self.pool.submit(self.stub.ModelInfer, r, timeout=30)
+            for _ in range(per_model)
+            for r in self.requests
+        ]
         for call in calls:
             call.result()
         bad = pb.ModelInferRequest(model_name=self.requests[0].model_name)  # no inputs
@@ -173,9 +197,15 @@ class Prometheus:
         self.log = config.parent / "prometheus.log"
         self._log_file = self.log.open("w")
         self.proc = subprocess.Popen(
-            [exe, f"--config.file={config}", f"--storage.tsdb.path={data}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=self._log_file, stderr=subprocess.STDOUT)
+            [
+                exe,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={data}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
 
     def api(self, path: str, **params: str) -> Any:
         url = f"{self.url}/api/v1/{path}"
@@ -211,8 +241,9 @@ class Prometheus:
         self._log_file.close()
 
 
-def loopback_config(folder: Path, metrics_port: int, prometheus_port: int,
-                    interval: str = "1s") -> Path:
+def loopback_config(
+    folder: Path, metrics_port: int, prometheus_port: int, interval: str = "1s"
+) -> Path:
     """deploy/prometheus/ copied into `folder` with the compose service names rewritten to
     loopback ports and the intervals shortened; everything else (rule files, jobs) as is."""
     import yaml
@@ -220,8 +251,10 @@ def loopback_config(folder: Path, metrics_port: int, prometheus_port: int,
     shutil.copytree(PROMETHEUS_DIR, folder, dirs_exist_ok=True)
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update(scrape_interval=interval, evaluation_interval=interval)
-    rewrite = {"seqserve:8002": f"127.0.0.1:{metrics_port}",
-               "localhost:9090": f"127.0.0.1:{prometheus_port}"}
+    rewrite = {
+        "seqserve:8002": f"127.0.0.1:{metrics_port}",
+        "localhost:9090": f"127.0.0.1:{prometheus_port}",
+    }
     for job in config["scrape_configs"]:
         for static in job["static_configs"]:
             assert all(t in rewrite for t in static["targets"]), static["targets"]

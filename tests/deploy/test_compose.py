@@ -38,8 +38,10 @@ def test_services_ports_and_images(stack: dict[str, Any]) -> None:
     services = stack["services"]
     assert set(services) == {"seqserve", "models", "prometheus", "grafana"}
     seqserve = services["seqserve"]
-    assert {p.split("/")[0] for p in seqserve["ports"]} == {"127.0.0.1:8001:8001",
-                                                           "127.0.0.1:8002:8002"}
+    assert {p.split("/")[0] for p in seqserve["ports"]} == {
+        "127.0.0.1:8001:8001",
+        "127.0.0.1:8002:8002",
+    }
     assert seqserve["build"]["target"] == "runtime" and seqserve["image"] == "seqserve:cpu"
     assert seqserve["volumes"] == ["models:/models:ro"]
     assert services["models"]["profiles"] == ["build"]
@@ -50,8 +52,12 @@ def test_services_ports_and_images(stack: dict[str, Any]) -> None:
 
 def test_healthchecks_and_start_order(stack: dict[str, Any]) -> None:
     services = stack["services"]
-    assert services["seqserve"]["healthcheck"]["test"][:4] == ["CMD", "seqserve", "health",
-                                                               "--target"]
+    assert services["seqserve"]["healthcheck"]["test"][:4] == [
+        "CMD",
+        "seqserve",
+        "health",
+        "--target",
+    ]
     for name in ("seqserve", "prometheus", "grafana"):
         assert services[name]["healthcheck"]["test"][0] == "CMD", name
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
@@ -82,10 +88,12 @@ def test_mounted_configuration_exists(stack: dict[str, Any]) -> None:
     }
     assert (DEPLOY / "prometheus" / "prometheus.yml").is_file()
     provider = yaml.safe_load(
-        (DEPLOY / "grafana/provisioning/dashboards/seqserve.yml").read_text())["providers"][0]
+        (DEPLOY / "grafana/provisioning/dashboards/seqserve.yml").read_text()
+    )["providers"][0]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
     datasource = yaml.safe_load(
-        (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+        (DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )["datasources"][0]
     assert datasource["url"] == "http://prometheus:9090" and datasource["uid"] == "prometheus"
 
 
@@ -107,10 +115,13 @@ def test_gpu_override_requests_an_nvidia_device() -> None:
 def test_v1_rejects_what_it_cannot_run(tmp_path: Path) -> None:
     """The validator is not a rubber stamp: a v2-only key and an undefined dependency fail."""
     exe = system_tool("docker-compose")
-    for bad in ("name: seqserve\nservices:\n  a:\n    image: x:1\n",
-                "services:\n  a:\n    image: x:1\n    depends_on: [b]\n"):
+    for bad in (
+        "name: seqserve\nservices:\n  a:\n    image: x:1\n",
+        "services:\n  a:\n    image: x:1\n    depends_on: [b]\n",
+    ):
         path = tmp_path / "bad.yml"
         path.write_text(bad)
-        out = subprocess.run([exe, "-f", str(path), "config", "-q"], capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(
+            [exe, "-f", str(path), "config", "-q"], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode != 0, bad

@@ -87,15 +87,16 @@ def test_serving_images_hold_only_the_serving_dependencies() -> None:
     builder = " ".join(a for k, a in stage_of(CPU, "repository-builder") if k == "RUN")
     assert '--index-url "${TORCH_INDEX_URL}" "torch==2.13.0"' in builder
     assert ("ARG", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu") in [
-        (k, a) for s, k, a in instructions(CPU) if s == "repository-builder"]
+        (k, a) for s, k, a in instructions(CPU) if s == "repository-builder"
+    ]
 
 
 def test_pins_agree_with_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = project["dependencies"] + [d for ds in project["optional-dependencies"].values()
-                                      for d in ds]
-    tools = next(p for p in project["optional-dependencies"]["dev"]
-                 if p.startswith("grpcio-tools"))
+    pins = project["dependencies"] + [
+        d for ds in project["optional-dependencies"].values() for d in ds
+    ]
+    tools = next(p for p in project["optional-dependencies"]["dev"] if p.startswith("grpcio-tools"))
     torch = next(p for p in project["optional-dependencies"]["train"] if p.startswith("torch"))
     assert f"ARG GRPCIO_TOOLS={tools}" in CPU.read_text() and torch in CPU.read_text()
     assert f"ARG GRPCIO_TOOLS={tools}" in GPU.read_text()
@@ -104,8 +105,15 @@ def test_pins_agree_with_pyproject() -> None:
 
 def test_dockerignore_keeps_environments_and_models_out() -> None:
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
-    for pattern in (".venv", ".git", "model_repository", "*.onnx", "protos/**/*_pb2.py",
-                    ".tools", "!.tools/wheels"):
+    for pattern in (
+        ".venv",
+        ".git",
+        "model_repository",
+        "*.onnx",
+        "protos/**/*_pb2.py",
+        ".tools",
+        "!.tools/wheels",
+    ):
         assert pattern in ignored, pattern
 
 

@@ -25,10 +25,16 @@ def objects() -> dict[str, dict[str, Any]]:
 
 
 def test_the_example_holds_a_deployment_services_and_an_hpa(
-        objects: dict[str, dict[str, Any]]) -> None:
+    objects: dict[str, dict[str, Any]],
+) -> None:
     assert MANIFESTS, "no manifests under deploy/k8s"
-    assert {"Deployment/seqserve", "Service/seqserve", "Service/seqserve-headless",
-            "HorizontalPodAutoscaler/seqserve", "PodDisruptionBudget/seqserve"} <= set(objects)
+    assert {
+        "Deployment/seqserve",
+        "Service/seqserve",
+        "Service/seqserve-headless",
+        "HorizontalPodAutoscaler/seqserve",
+        "PodDisruptionBudget/seqserve",
+    } <= set(objects)
 
 
 def test_selectors_ports_and_probes_line_up(objects: dict[str, dict[str, Any]]) -> None:
@@ -50,8 +56,11 @@ def test_selectors_ports_and_probes_line_up(objects: dict[str, dict[str, Any]]) 
     assert int(annotations["prometheus.io/port"]) == ports["metrics"]
     assert annotations["prometheus.io/path"] == "/metrics"
     hpa = objects["HorizontalPodAutoscaler/seqserve"]["spec"]
-    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                     "name": "seqserve"}
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "seqserve",
+    }
     assert 1 < hpa["minReplicas"] < hpa["maxReplicas"]
     pdb = objects["PodDisruptionBudget/seqserve"]["spec"]
     assert pdb["selector"]["matchLabels"].items() <= labels.items()
@@ -63,7 +72,9 @@ def test_pods_match_the_image(objects: dict[str, dict[str, Any]]) -> None:
     steps = stage_of(CPU, "baked")
     uid, gid = [a for k, a in steps if k == "USER"][-1].split(":")
     assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (
-        int(uid), int(gid))
+        int(uid),
+        int(gid),
+    )
     assert pod["securityContext"]["runAsNonRoot"] is True
     (container,) = pod["containers"]
     cmd = json.loads([a for k, a in steps if k == "CMD"][-1])

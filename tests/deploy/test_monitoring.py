@@ -31,11 +31,15 @@ def numbers(result: list[dict]) -> dict[str, float]:
 
 
 def test_dashboard_queries_answer_through_prometheus(
-        tiny_server: ServerProcess, prometheus_for: Callable[[ServerProcess], Prometheus]) -> None:
+    tiny_server: ServerProcess, prometheus_for: Callable[[ServerProcess], Prometheus]
+) -> None:
     prom = prometheus_for(tiny_server)
-    queries = {title: grafana_to_promql(next(e for t, e in dashboard_targets()
-                                             if t == title and needle in e))
-               for title, needle in KEY_QUERIES.items()}
+    queries = {
+        title: grafana_to_promql(
+            next(e for t, e in dashboard_targets() if t == title and needle in e)
+        )
+        for title, needle in KEY_QUERIES.items()
+    }
     traffic, stop = Traffic(tiny_server.target), threading.Event()
     worker = traffic.run_in_background(stop)
     answers: dict[str, dict[str, float]] = {}
@@ -52,7 +56,8 @@ def test_dashboard_queries_answer_through_prometheus(
         worker.join(30)
         traffic.close()
     assert set(answers) == set(queries), (
-        f"no numbers from {set(queries) - set(answers)}:\n" + prom.log.read_text()[-2000:])
+        f"no numbers from {set(queries) - set(answers)}:\n" + prom.log.read_text()[-2000:]
+    )
     for model in (r.model_name for r in traffic.requests):
         assert answers["Requests/s"][model] > 0
         assert 0 < answers["Request latency p50 / p95 / p99"][model] < 10
@@ -64,8 +69,10 @@ def test_dashboard_queries_answer_through_prometheus(
     assert set(groups) == {"seqserve.recording", "seqserve.alerts"}
     assert all(r["health"] == "ok" for g in groups.values() for r in g["rules"]), groups
     targets = prom.api("targets")["activeTargets"]
-    assert {t["labels"]["job"]: t["health"] for t in targets} == {"seqserve": "up",
-                                                                   "prometheus": "up"}
+    assert {t["labels"]["job"]: t["health"] for t in targets} == {
+        "seqserve": "up",
+        "prometheus": "up",
+    }
     failures = numbers(prom.query('sum by (model) (nv_inference_request_failure{reason="OTHER"})'))
     assert sum(failures.values()) >= 1 and traffic.failures >= 1
     firing = [a["labels"]["alertname"] for a in prom.api("alerts")["alerts"]]

@@ -7,8 +7,14 @@ from tests.conftest import ROOT, ServerProcess
 from tests.deploy.conftest import PROMETHEUS_DIR, metric_names, rule_exprs, run, system_tool
 from tests.serving.v2 import scrape
 
-ALERTS = {"SeqserveDown", "SeqserveHighP99Latency", "SeqserveHighErrorRatio",
-          "SeqserveModelNotReady", "SeqserveQueueSaturated", "SeqserveEngineRestarted"}
+ALERTS = {
+    "SeqserveDown",
+    "SeqserveHighP99Latency",
+    "SeqserveHighErrorRatio",
+    "SeqserveModelNotReady",
+    "SeqserveQueueSaturated",
+    "SeqserveEngineRestarted",
+}
 
 
 def test_config_and_rules_check() -> None:
@@ -44,10 +50,10 @@ def test_the_issue_alerts_use_the_named_series() -> None:
 
     assert "seqserve_request_duration_seconds_bucket" in selected("SeqserveHighP99Latency")
     assert {"nv_inference_request_failure", "nv_inference_request_success"} == selected(
-        "SeqserveHighErrorRatio")
+        "SeqserveHighErrorRatio"
+    )
     assert selected("SeqserveModelNotReady") == {"seqserve_model_ready"}
-    assert selected("SeqserveQueueSaturated") == {"seqserve_queue_size",
-                                                  "seqserve_queue_capacity"}
+    assert selected("SeqserveQueueSaturated") == {"seqserve_queue_size", "seqserve_queue_capacity"}
     assert selected("SeqserveEngineRestarted") == {"seqserve_engine_restarts_total"}
 
 

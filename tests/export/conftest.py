@@ -13,27 +13,72 @@ from training.config import ForecasterConfig, TrainConfig
 # `future` input and `quantiles` output.
 VARIANTS: dict[str, tuple[ForecasterConfig, TrainConfig]] = {
     "segrnn-gru": (
-        ForecasterConfig(arch="segrnn", cell="gru", input_len=48, horizon=24, d_model=16,
-                         seg_len=12, quantiles=(0.1, 0.5, 0.9)),
-        TrainConfig(data="synthetic", features="MS", future_features=("hour", "weekday"),
-                    synthetic_rows=1200, epochs=1, batch_size=64, threads=1, plot_windows=1),
+        ForecasterConfig(
+            arch="segrnn",
+            cell="gru",
+            input_len=48,
+            horizon=24,
+            d_model=16,
+            seg_len=12,
+            quantiles=(0.1, 0.5, 0.9),
+        ),
+        TrainConfig(
+            data="synthetic",
+            features="MS",
+            future_features=("hour", "weekday"),
+            synthetic_rows=1200,
+            epochs=1,
+            batch_size=64,
+            threads=1,
+            plot_windows=1,
+        ),
     ),
     "segrnn-lstm": (
-        ForecasterConfig(arch="segrnn", cell="lstm", input_len=48, horizon=24, d_model=16,
-                         seg_len=24),
-        TrainConfig(data="synthetic", features="M", synthetic_rows=1200, epochs=1,
-                    batch_size=64, threads=1, plot_windows=1),
+        ForecasterConfig(
+            arch="segrnn", cell="lstm", input_len=48, horizon=24, d_model=16, seg_len=24
+        ),
+        TrainConfig(
+            data="synthetic",
+            features="M",
+            synthetic_rows=1200,
+            epochs=1,
+            batch_size=64,
+            threads=1,
+            plot_windows=1,
+        ),
     ),
     "rnn-gru": (
-        ForecasterConfig(arch="rnn", cell="gru", input_len=48, horizon=24, d_model=16,
-                         layers=2, quantiles=(0.25, 0.75)),
-        TrainConfig(data="synthetic", features="M", future_features=("hour",),
-                    synthetic_rows=1200, epochs=1, batch_size=64, threads=1, plot_windows=1),
+        ForecasterConfig(
+            arch="rnn",
+            cell="gru",
+            input_len=48,
+            horizon=24,
+            d_model=16,
+            layers=2,
+            quantiles=(0.25, 0.75),
+        ),
+        TrainConfig(
+            data="synthetic",
+            features="M",
+            future_features=("hour",),
+            synthetic_rows=1200,
+            epochs=1,
+            batch_size=64,
+            threads=1,
+            plot_windows=1,
+        ),
     ),
     "rnn-lstm": (
         ForecasterConfig(arch="rnn", cell="lstm", input_len=48, horizon=24, d_model=16),
-        TrainConfig(data="synthetic", features="S", synthetic_rows=1200, epochs=1,
-                    batch_size=64, threads=1, plot_windows=1),
+        TrainConfig(
+            data="synthetic",
+            features="S",
+            synthetic_rows=1200,
+            epochs=1,
+            batch_size=64,
+            threads=1,
+            plot_windows=1,
+        ),
     ),
 }
 

@@ -35,7 +35,8 @@ def test_int8_export_is_recorded(exported: dict[str, Exported], tmp_path: Path) 
 
 
 def test_fp16_export_keeps_the_interface_and_the_scaling_in_fp32(
-        exported: dict[str, Exported], tmp_path: Path) -> None:
+    exported: dict[str, Exported], tmp_path: Path
+) -> None:
     e = exported[GRU]
     out = export_forecaster(e.checkpoint, tmp_path, "h", ExportOptions(quantize="fp16"))
     q = parameters_of(read_config(tmp_path / "h"))["quantization"]
@@ -44,32 +45,41 @@ def test_fp16_export_keeps_the_interface_and_the_scaling_in_fp32(
     assert q["val_mse_increase"] <= q["max_val_mse_increase"]
     model = onnx.load(str(out / "model.onnx"))
     f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
-    assert {t.type.tensor_type.elem_type for t in [*model.graph.input, *model.graph.output]} \
-        == {f32}
+    assert {t.type.tensor_type.elem_type for t in [*model.graph.input, *model.graph.output]} == {
+        f32
+    }
     types = {t.name: t.data_type for t in model.graph.initializer}
     assert types["mean"] == types["std"] == f32  # raw-unit constants are not rounded to fp16
     assert f16 in types.values()
     # onnxruntime's CPU provider runs it too (casting around the nodes it lacks in fp16); the
     # forecast stays close to the fp32 model's, relative to the target's spread.
     rng = np.random.default_rng(1)
-    feeds = {i.name: rng.standard_normal([3, *i.shape[1:]]).astype(np.float32) * 5
-             for i in ort.InferenceSession(str(out / "model.onnx")).get_inputs()}
+    feeds = {
+        i.name: rng.standard_normal([3, *i.shape[1:]]).astype(np.float32) * 5
+        for i in ort.InferenceSession(str(out / "model.onnx")).get_inputs()
+    }
     full = ort.InferenceSession(str(e.model_dir / "1" / "model.onnx")).run(["forecast"], feeds)[0]
     half = ort.InferenceSession(str(out / "model.onnx")).run(["forecast"], feeds)[0]
     assert half.dtype == np.float32 and half.shape == full.shape
     assert np.abs(half - full).max() <= 0.05 * (full.std() + 1e-6) + 1e-3
 
 
-def test_int8_over_the_limit_fails_and_writes_nothing(exported: dict[str, Exported],
-                                                      tmp_path: Path) -> None:
+def test_int8_over_the_limit_fails_and_writes_nothing(
+    exported: dict[str, Exported], tmp_path: Path
+) -> None:
     with pytest.raises(ExportError, match="int8 raises the validation MSE"):
-        export_forecaster(exported[GRU].checkpoint, tmp_path, "q",
-                          ExportOptions(quantize="int8", max_mse_increase=-1.0))
+        export_forecaster(
+            exported[GRU].checkpoint,
+            tmp_path,
+            "q",
+            ExportOptions(quantize="int8", max_mse_increase=-1.0),
+        )
     assert not (tmp_path / "q").exists() or os.listdir(tmp_path / "q") == []
 
 
-def test_parity_failure_fails_and_writes_nothing(exported: dict[str, Exported], tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parity_failure_fails_and_writes_nothing(
+    exported: dict[str, Exported], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = forecaster.torch_reference
 
     def drifting(graph: object, names: list[str]) -> object:
@@ -97,8 +107,9 @@ def test_signature_mismatch_is_named(exported: dict[str, Exported]) -> None:
         check_config_signature(config, onnx.load(str(e.model_dir / "1" / "model.onnx")))
 
 
-def test_cli_exports_and_refuses_to_overwrite(exported: dict[str, Exported], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_cli_exports_and_refuses_to_overwrite(
+    exported: dict[str, Exported], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     ckpt, repo = str(exported["rnn-lstm"].checkpoint), str(tmp_path)
     args = ["export", "--checkpoint", ckpt, "--repository", repo, "--name", "m"]
     assert main([*args, "--version", "2"]) == 0
@@ -113,8 +124,19 @@ def test_cli_names_an_unknown_kind(tmp_path: Path, capsys: pytest.CaptureFixture
     import torch
 
     torch.save({"kind": "mystery"}, tmp_path / "checkpoint.pt")
-    assert main(["export", "--checkpoint", str(tmp_path), "--name", "m",
-                 "--repository", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(tmp_path),
+                "--name",
+                "m",
+                "--repository",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "no exporter for checkpoint kind 'mystery'" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tmp_path / "none"), "--name", "m"]) == 2
-

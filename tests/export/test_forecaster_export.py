@@ -62,17 +62,20 @@ def test_config_matches_the_graph(exported: dict[str, Exported], name: str) -> N
 def test_parity_with_pytorch_at_batch_1_and_n(exported: dict[str, Exported], name: str) -> None:
     e = exported[name]
     model_config, wrapped = load_forecaster(checkpoint.load(e.checkpoint))
-    sess = ort.InferenceSession(str(e.model_dir / "1" / "model.onnx"),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(e.model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     data = checkpoint.load(e.checkpoint)["data"]
     rng = np.random.default_rng(123)
     for batch in (1, 13):
-        past = (np.array(data["mean"]) + np.array(data["std"]) *
-                rng.standard_normal((batch, model_config.input_len, model_config.n_past)))
+        past = np.array(data["mean"]) + np.array(data["std"]) * rng.standard_normal(
+            (batch, model_config.input_len, model_config.n_past)
+        )
         feeds = {"past": past.astype(np.float32)}
         if model_config.n_future:
-            feeds["future"] = rng.uniform(-0.5, 0.5, (batch, model_config.horizon,
-                                                      model_config.n_future)).astype(np.float32)
+            feeds["future"] = rng.uniform(
+                -0.5, 0.5, (batch, model_config.horizon, model_config.n_future)
+            ).astype(np.float32)
         got = sess.run(None, feeds)
         with torch.no_grad():
             want = wrapped(*(torch.from_numpy(v) for v in feeds.values()))
@@ -95,8 +98,9 @@ def test_raw_units_in_and_out(exported: dict[str, Exported], name: str) -> None:
     feeds = {"past": sample["past"].numpy()}
     if model_config.n_future:
         feeds["future"] = sample["future"].numpy()
-    sess = ort.InferenceSession(str(e.model_dir / "1" / "model.onnx"),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(e.model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     forecast = sess.run(["forecast"], feeds)[0]
     std = np.array(data["std"])[list(model_config.target_index)]
     mse = np.mean(((forecast - sample["target"].numpy()) / std) ** 2)

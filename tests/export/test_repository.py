@@ -28,8 +28,7 @@ def test_versions_count_up(tmp_path: Path, config: mc.ModelConfig) -> None:
     assert sorted(os.listdir(tmp_path / "m")) == ["1", "2", "config.pbtxt"]  # no temp leftovers
 
 
-def test_existing_version_is_refused_unless_forced(tmp_path: Path,
-                                                   config: mc.ModelConfig) -> None:
+def test_existing_version_is_refused_unless_forced(tmp_path: Path, config: mc.ModelConfig) -> None:
     write_version(tmp_path, "m", config, {"model.onnx": b"old"}, version=3)
     with pytest.raises(ExportError, match="exists: pass force"):
         write_version(tmp_path, "m", config, {"model.onnx": b"new"}, version=3)
@@ -43,8 +42,12 @@ def test_existing_version_is_refused_unless_forced(tmp_path: Path,
 def test_files_are_copied_with_sidecars(tmp_path: Path, config: mc.ModelConfig) -> None:
     src = tmp_path / "src.onnx"
     src.write_bytes(b"graph")
-    out = write_version(tmp_path / "repo", "t", config,
-                        {"encoder.onnx": src, "decoder.onnx": b"d", "tok/sp.model": b"s"})
+    out = write_version(
+        tmp_path / "repo",
+        "t",
+        config,
+        {"encoder.onnx": src, "decoder.onnx": b"d", "tok/sp.model": b"s"},
+    )
     assert (out / "encoder.onnx").read_bytes() == b"graph"
     assert (out / "tok" / "sp.model").read_bytes() == b"s"
 
@@ -75,7 +78,8 @@ def test_config_is_triton_text_format(tmp_path: Path, config: mc.ModelConfig) ->
     assert parsed.HasField("dynamic_batching")  # eager: delay 0, Triton's default
     assert parsed.dynamic_batching.max_queue_delay_microseconds == 0
     assert [(g.count, g.kind) for g in parsed.instance_group] == [
-        (1, mc.ModelInstanceGroup.KIND_AUTO)]
+        (1, mc.ModelInstanceGroup.KIND_AUTO)
+    ]
     assert parsed.version_policy.latest.num_versions == 1
     assert parsed.parameters["seqserve_schema"].string_value == "1"
     assert oct((tmp_path / "m" / "config.pbtxt").stat().st_mode & 0o777) == "0o644"

@@ -71,8 +71,16 @@ def _config(text: str, name: str) -> mc.ModelConfig:
 def _models() -> list[ServedModel]:
     return [
         _Model("affine", 1, _config(AFFINE_CONFIG.format(scheduling="", extra=""), "affine")),
-        _Model("plain", 1, _config(AFFINE_CONFIG.format(scheduling="", extra="").replace(
-            "max_batch_size: 8", "max_batch_size: 0"), "plain")),
+        _Model(
+            "plain",
+            1,
+            _config(
+                AFFINE_CONFIG.format(scheduling="", extra="").replace(
+                    "max_batch_size: 8", "max_batch_size: 0"
+                ),
+                "plain",
+            ),
+        ),
         _Model("echo", 1, _config(ECHO_CONFIG, "echo")),
         _Model("fragile", 1, _config(FRAGILE_CONFIG, "fragile")),
     ]
@@ -107,8 +115,9 @@ def bytes_tensor(data: bytes) -> None:
     head = 2 + 8 * rank
     if len(data) < head:
         return
-    shape = [int.from_bytes(data[2 + 8 * i:10 + 8 * i], "little", signed=True)
-             for i in range(rank)]
+    shape = [
+        int.from_bytes(data[2 + 8 * i : 10 + 8 * i], "little", signed=True) for i in range(rank)
+    ]
     try:
         array = tensors.from_raw(data[head:], datatype, shape, "x")
     except ServingError:
@@ -140,9 +149,18 @@ def forecast_request(data: bytes) -> None:
 
 
 TRANSLATOR_PARAMETERS = {
-    "seqserve_schema": "1", "src_lang": "de", "tgt_lang": "en", "bos_id": "2", "eos_id": "3",
-    "pad_id": "0", "max_source_tokens": "48", "max_target_tokens": "64",
-    "default_beam_size": "4", "tokenizer": "spm.model", "num_layers": "1", "num_heads": "1",
+    "seqserve_schema": "1",
+    "src_lang": "de",
+    "tgt_lang": "en",
+    "bos_id": "2",
+    "eos_id": "3",
+    "pad_id": "0",
+    "max_source_tokens": "48",
+    "max_target_tokens": "64",
+    "default_beam_size": "4",
+    "tokenizer": "spm.model",
+    "num_layers": "1",
+    "num_heads": "1",
     "head_dim": "4",
 }
 
@@ -153,22 +171,39 @@ class _Translator:
     def __init__(self, builder: RequestBuilder) -> None:
         self.builder, self.max_rows = builder, 16
 
-    def prepare(self, text: str, beam_size: int | None = None, max_length: int | None = None,
-                length_penalty: float | None = None, num_hypotheses: int = 1) -> object:
-        return self.builder.request(text, None, beam_size, max_length, length_penalty,
-                                    num_hypotheses)
+    def prepare(
+        self,
+        text: str,
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        num_hypotheses: int = 1,
+    ) -> object:
+        return self.builder.request(
+            text, None, beam_size, max_length, length_penalty, num_hypotheses
+        )
 
 
 @cache
 def _translator() -> _Translator:
-    words = ("eins zwei drei vier fünf sechs sieben acht neun zehn hundert tausend und "
-             "zwanzig dreißig vierzig fünfzig").split()
-    sentences = [" ".join(words[(i * 7 + j) % len(words)] for j in range(i % 5 + 1))
-                 for i in range(400)]
+    words = (
+        "eins zwei drei vier fünf sechs sieben acht neun zehn hundert tausend und "
+        "zwanzig dreißig vierzig fünfzig"
+    ).split()
+    sentences = [
+        " ".join(words[(i * 7 + j) % len(words)] for j in range(i % 5 + 1)) for i in range(400)
+    ]
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model,
-                                   vocab_size=40, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-                                   minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        vocab_size=40,
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
+        minloglevel=2,
+    )
     config = mc.ModelConfig(backend="seqserve_translator", max_batch_size=16)
     for key, value in TRANSLATOR_PARAMETERS.items():
         config.parameters[key].string_value = value
@@ -188,13 +223,18 @@ def translate_request(data: bytes) -> None:
         _prepare(model, msg)  # type: ignore[arg-type]
     except ServingError:
         pass
-    params = {"beam_size": msg.beam_size, "max_length": msg.max_length,
-              "length_penalty": msg.length_penalty, "n": msg.num_hypotheses}
+    params = {
+        "beam_size": msg.beam_size,
+        "max_length": msg.max_length,
+        "length_penalty": msg.length_penalty,
+        "n": msg.num_hypotheses,
+    }
     try:
         settings = _decode_settings(params)
         for i, sentence in enumerate(msg.sentences):
-            model.prepare(_text(sentence.encode("utf-8", "surrogatepass"), f"element {i}"),
-                          **settings)
+            model.prepare(
+                _text(sentence.encode("utf-8", "surrogatepass"), f"element {i}"), **settings
+            )
     except ServingError:
         pass
 
@@ -211,8 +251,10 @@ def model_config(data: bytes) -> None:
     """The bytes as config.pbtxt text and as a Load override's JSON."""
     text = data.decode("utf-8", "replace")
     folder = _version_folder()
-    for parse in (lambda: text_format.Parse(text, mc.ModelConfig()),
-                  lambda: json_format.Parse(text, mc.ModelConfig())):
+    for parse in (
+        lambda: text_format.Parse(text, mc.ModelConfig()),
+        lambda: json_format.Parse(text, mc.ModelConfig()),
+    ):
         try:
             config = parse()
         except (text_format.ParseError, json_format.ParseError, json.JSONDecodeError):

@@ -27,14 +27,25 @@ def test_native_acceptance_corpus_replays_cleanly(tmp_path: Path) -> None:
 
     native_built()
     binary = tmp_path / "accept_replay"
-    build = subprocess.run(["make", "--no-print-directory", f"FUZZ_REPLAY={binary}",
-                            "fuzz-replay-binary"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=600)
+    build = subprocess.run(
+        ["make", "--no-print-directory", f"FUZZ_REPLAY={binary}", "fuzz-replay-binary"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stdout + build.stderr
     files = sorted(str(p) for p in (CORPUS / "native_accept").iterdir())
     assert len(files) >= 2
-    out = subprocess.run([str(binary), *files], capture_output=True, text=True, timeout=300,
-                         env={"UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
-                              "ASAN_OPTIONS": "detect_leaks=0"})
+    out = subprocess.run(
+        [str(binary), *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+            "ASAN_OPTIONS": "detect_leaks=0",
+        },
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"replayed {len(files)} inputs" in out.stdout

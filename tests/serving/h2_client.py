@@ -29,7 +29,8 @@ class RawConnection:
         self.sock = socket.create_connection((host, port), timeout=5)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
         self.conn.initiate_connection()
         if window is not None:
             self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
@@ -44,10 +45,18 @@ class RawConnection:
     def open_stream(self, path: str, body: bytes | None = None) -> int:
         """HEADERS for a gRPC call to `path`; with `body`, its message and END_STREAM."""
         stream_id = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(stream_id, [
-            (":method", "POST"), (":scheme", "http"), (":path", path),
-            (":authority", self.authority), ("content-type", "application/grpc"),
-            ("te", "trailers")], end_stream=False)
+        self.conn.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", self.authority),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+            end_stream=False,
+        )
         if body is not None:
             self.conn.send_data(stream_id, grpc_message(body), end_stream=True)
         return stream_id
@@ -97,10 +106,19 @@ def rapid_reset(conn: RawConnection, path: str, streams: int) -> int:
     header block uses no HPACK dynamic table, so the same bytes serve every stream. What the
     server sends back is read and dropped; `conn` is of no use to h2 afterwards. Returns the
     streams sent (fewer once the server ends the connection)."""
-    block = Encoder().encode([NeverIndexedHeaderTuple(k, v) for k, v in (
-        (":method", "POST"), (":scheme", "http"), (":path", path),
-        (":authority", conn.authority), ("content-type", "application/grpc"),
-        ("te", "trailers"))])
+    block = Encoder().encode(
+        [
+            NeverIndexedHeaderTuple(k, v)
+            for k, v in (
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", conn.authority),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            )
+        ]
+    )
     first = (conn.conn.highest_outbound_stream_id or -1) + 2  # client streams are odd
     headers = struct.pack(">I", len(block))[1:] + bytes([0x1, 0x4])  # HEADERS, END_HEADERS
     rst = struct.pack(">I", 4)[1:] + bytes([0x3, 0x0])

@@ -25,13 +25,17 @@ def affine(path: Path, width: int = 4) -> None:
     one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
     axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["x2"]),
-         helper.make_node("Add", ["x2", "one"], ["y"]),
-         helper.make_node("ReduceSum", ["x", "axes"], ["z"], keepdims=1)],
+        [
+            helper.make_node("Mul", ["x", "two"], ["x2"]),
+            helper.make_node("Add", ["x2", "one"], ["y"]),
+            helper.make_node("ReduceSum", ["x", "axes"], ["z"], keepdims=1),
+        ],
         "affine",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width]),
-         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 1])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 1]),
+        ],
         initializer=[two, one, axes],
     )
     _save(graph, path)
@@ -40,15 +44,15 @@ def affine(path: Path, width: int = 4) -> None:
 def echo_bytes(path: Path) -> None:
     """text BYTES [B, 1] -> same text (ONNX string Identity)."""
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["text"], ["echo"])], "echo",
+        [helper.make_node("Identity", ["text"], ["echo"])],
+        "echo",
         [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 1])],
         [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch", 1])],
     )
     _save(graph, path)
 
 
-def slow(path: Path, size: int = 256, repeats: int = 160, rows: int | str | None = None
-         ) -> None:
+def slow(path: Path, size: int = 256, repeats: int = 160, rows: int | str | None = None) -> None:
     """x FP32 [B, size, size] -> a chain of MatMuls (~25 ms per call here): for queueing.
     `rows="n"` makes the middle dimension variable: the cost grows with the rows sent."""
     w = numpy_helper.from_array(np.eye(size, dtype=np.float32), "w")
@@ -58,7 +62,8 @@ def slow(path: Path, size: int = 256, repeats: int = 160, rows: int | str | None
         prev = f"h{i}"
     nodes.append(helper.make_node("Identity", [prev], ["y"]))
     graph = helper.make_graph(
-        nodes, "slow",
+        nodes,
+        "slow",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", rows or size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", rows or size, size])],
         initializer=[w],
@@ -70,7 +75,8 @@ def fan_out(path: Path, width: int = 65536) -> None:
     """x FP32 [B, 1] -> y = x * ones [B, width]: a few bytes in, 256 KiB out per row."""
     ones = numpy_helper.from_array(np.ones((1, width), np.float32), "ones")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "ones"], ["y"])], "fan_out",
+        [helper.make_node("MatMul", ["x", "ones"], ["y"])],
+        "fan_out",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
         initializer=[ones],
@@ -82,7 +88,8 @@ def fragile(path: Path) -> None:
     """x FP32 [B, N] -> Reshape to [B, 4]: onnxruntime fails at run time unless N == 4."""
     shape = numpy_helper.from_array(np.array([-1, 4], np.int64), "shape")
     graph = helper.make_graph(
-        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "fragile",
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "fragile",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
         initializer=[shape],
@@ -137,8 +144,9 @@ model_warmup [{
 """
 
 
-def add_model(repo: Path, name: str, config: str, build: object = None,
-              versions: tuple[int, ...] = (1,)) -> Path:
+def add_model(
+    repo: Path, name: str, config: str, build: object = None, versions: tuple[int, ...] = (1,)
+) -> Path:
     """Write <repo>/<name>/config.pbtxt and, with `build`, <version>/model.onnx."""
     model_dir = repo / name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -151,8 +159,14 @@ def add_model(repo: Path, name: str, config: str, build: object = None,
 
 def standard_repository(repo: Path) -> Path:
     """The repository most serving tests use: good models beside broken ones."""
-    add_model(repo, "affine", AFFINE_CONFIG.format(
-        scheduling="dynamic_batching { max_queue_delay_microseconds: 2000 }", extra=""), affine)
+    add_model(
+        repo,
+        "affine",
+        AFFINE_CONFIG.format(
+            scheduling="dynamic_batching { max_queue_delay_microseconds: 2000 }", extra=""
+        ),
+        affine,
+    )
     add_model(repo, "affine_nobatch", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
     add_model(repo, "echo", ECHO_CONFIG, echo_bytes)
     add_model(repo, "slow", SLOW_CONFIG.format(queue=2), slow)
@@ -160,13 +174,25 @@ def standard_repository(repo: Path) -> Path:
     corrupt = add_model(repo, "corrupt", AFFINE_CONFIG.format(scheduling="", extra=""))
     (corrupt / "1").mkdir()
     (corrupt / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
-    add_model(repo, "mismatch", AFFINE_CONFIG.format(scheduling="", extra="").replace(
-        'name: "x"', 'name: "wrong"'), affine)
+    add_model(
+        repo,
+        "mismatch",
+        AFFINE_CONFIG.format(scheduling="", extra="").replace('name: "x"', 'name: "wrong"'),
+        affine,
+    )
     return repo
 
 
-def mean_forecaster(path: Path, window: int, horizon: int, n_in: int, targets: list[int],
-                    n_future: int, quantile_offsets: list[float], matmuls: int = 0) -> None:
+def mean_forecaster(
+    path: Path,
+    window: int,
+    horizon: int,
+    n_in: int,
+    targets: list[int],
+    n_future: int,
+    quantile_offsets: list[float],
+    matmuls: int = 0,
+) -> None:
     """A forecaster-shaped graph with a known answer: forecast[b, h, t] = mean over the window
     of past[b, :, targets[t]] + sum(future[b, h, :]); quantiles add fixed offsets. `matmuls`
     chains that many 256 x 256 MatMuls on the input, times 0, into the forecast: a slow model
@@ -184,30 +210,45 @@ def mean_forecaster(path: Path, window: int, horizon: int, n_in: int, targets: l
     ]
     initializers = [idx, axis1, axis2, axis3, offsets]
     if matmuls:
-        initializers += [numpy_helper.from_array(np.array([1, 256, 256], np.int64), "square"),
-                         numpy_helper.from_array(np.eye(256, dtype=np.float32), "eye"),
-                         numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
-                         numpy_helper.from_array(np.array([1, 2], np.int64), "axes12")]
-        nodes += [helper.make_node("ReduceMean", ["mean", "axis2"], ["m"], keepdims=1),
-                  helper.make_node("Expand", ["m", "square"], ["h0"])]  # [B,256,256]
+        initializers += [
+            numpy_helper.from_array(np.array([1, 256, 256], np.int64), "square"),
+            numpy_helper.from_array(np.eye(256, dtype=np.float32), "eye"),
+            numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+            numpy_helper.from_array(np.array([1, 2], np.int64), "axes12"),
+        ]
+        nodes += [
+            helper.make_node("ReduceMean", ["mean", "axis2"], ["m"], keepdims=1),
+            helper.make_node("Expand", ["m", "square"], ["h0"]),
+        ]  # [B,256,256]
         for i in range(matmuls):
             nodes.append(helper.make_node("MatMul", [f"h{i}", "eye"], [f"h{i + 1}"]))
-        nodes += [helper.make_node("ReduceMean", [f"h{matmuls}", "axes12"], ["hm"],
-                                   keepdims=1),  # [B,1,1]
-                  helper.make_node("Mul", ["hm", "zero"], ["nothing"]),
-                  helper.make_node("Add", ["fast", "nothing"], ["forecast"])]
-    nodes += [helper.make_node("Unsqueeze", ["forecast", "axis3"], ["f4"]),  # [B,H,F_out,1]
-              helper.make_node("Add", ["f4", "offsets"], ["quantiles"])]  # [B,H,F_out,Q]
+        nodes += [
+            helper.make_node(
+                "ReduceMean", [f"h{matmuls}", "axes12"], ["hm"], keepdims=1
+            ),  # [B,1,1]
+            helper.make_node("Mul", ["hm", "zero"], ["nothing"]),
+            helper.make_node("Add", ["fast", "nothing"], ["forecast"]),
+        ]
+    nodes += [
+        helper.make_node("Unsqueeze", ["forecast", "axis3"], ["f4"]),  # [B,H,F_out,1]
+        helper.make_node("Add", ["f4", "offsets"], ["quantiles"]),
+    ]  # [B,H,F_out,Q]
     n_out, q = len(targets), len(quantile_offsets)
     graph = helper.make_graph(
-        nodes, "mean_forecaster",
-        [helper.make_tensor_value_info("past", TensorProto.FLOAT, ["batch", window, n_in]),
-         helper.make_tensor_value_info("future", TensorProto.FLOAT,
-                                       ["batch", horizon, n_future])],
-        [helper.make_tensor_value_info("forecast", TensorProto.FLOAT,
-                                       ["batch", horizon, n_out]),
-         helper.make_tensor_value_info("quantiles", TensorProto.FLOAT,
-                                       ["batch", horizon, n_out, q])],
+        nodes,
+        "mean_forecaster",
+        [
+            helper.make_tensor_value_info("past", TensorProto.FLOAT, ["batch", window, n_in]),
+            helper.make_tensor_value_info(
+                "future", TensorProto.FLOAT, ["batch", horizon, n_future]
+            ),
+        ],
+        [
+            helper.make_tensor_value_info("forecast", TensorProto.FLOAT, ["batch", horizon, n_out]),
+            helper.make_tensor_value_info(
+                "quantiles", TensorProto.FLOAT, ["batch", horizon, n_out, q]
+            ),
+        ],
         initializer=initializers,
     )
     _save(graph, path)
@@ -238,6 +279,18 @@ parameters [
 
 
 def add_forecaster(repo: Path, name: str = "fc", matmuls: int = 0) -> Path:
-    return add_model(repo, name, FORECASTER_CONFIG, lambda p: mean_forecaster(
-        p, window=6, horizon=2, n_in=3, targets=[0], n_future=3,
-        quantile_offsets=[-1.0, 0.0, 1.0], matmuls=matmuls))
+    return add_model(
+        repo,
+        name,
+        FORECASTER_CONFIG,
+        lambda p: mean_forecaster(
+            p,
+            window=6,
+            horizon=2,
+            n_in=3,
+            targets=[0],
+            n_future=3,
+            quantile_offsets=[-1.0, 0.0, 1.0],
+            matmuls=matmuls,
+        ),
+    )

@@ -22,8 +22,7 @@ async def _concurrent(target: str, model: str, n: int) -> list[tuple[np.ndarray,
     xs = [rng.standard_normal((1, 4)).astype(np.float32) for _ in range(n)]
     async with grpc.aio.insecure_channel(target) as ch:
         s = pb_grpc.GRPCInferenceServiceStub(ch)
-        replies = await asyncio.gather(*(s.ModelInfer(request(model, x=x), timeout=30)
-                                         for x in xs))
+        replies = await asyncio.gather(*(s.ModelInfer(request(model, x=x), timeout=30) for x in xs))
     return [(x, outputs(r)["y"]) for x, r in zip(xs, replies, strict=True)]
 
 
@@ -46,8 +45,7 @@ def test_concurrent_requests_are_batched_and_correct(standard_server: ServerProc
     assert max(b.batch_size for b in after.batch_stats) > 1
 
 
-def test_without_dynamic_batching_each_request_runs_alone(
-        standard_server: ServerProcess) -> None:
+def test_without_dynamic_batching_each_request_runs_alone(standard_server: ServerProcess) -> None:
     before = _stats(standard_server.target, "affine_nobatch")
     asyncio.run(_concurrent(standard_server.target, "affine_nobatch", 16))
     after = _stats(standard_server.target, "affine_nobatch")
@@ -75,17 +73,23 @@ def _run_policy(policy: BatchPolicy, sizes: list[int]) -> tuple[list[int], Model
 
 
 def test_batches_never_exceed_max_batch_size() -> None:
-    batches, stats = _run_policy(BatchPolicy(max_batch_size=4, batching=True,
-                                             max_queue_delay_s=0.01), [1, 2, 3, 1, 1, 4, 2])
+    batches, stats = _run_policy(
+        BatchPolicy(max_batch_size=4, batching=True, max_queue_delay_s=0.01), [1, 2, 3, 1, 1, 4, 2]
+    )
     assert max(batches) <= 4 and sum(batches) == 14
     assert stats.inference_count == 14 and stats.execution_count == len(batches)
 
 
 def test_preferred_batch_size_runs_without_waiting_for_the_delay() -> None:
     async def main() -> float:
-        batcher = Batcher(BatchPolicy(max_batch_size=8, batching=True, max_queue_delay_s=5.0,
-                                      preferred_batch_sizes=(2,)),
-                          lambda i, k: {"y": i["x"]}, ModelStats(), "t")
+        batcher = Batcher(
+            BatchPolicy(
+                max_batch_size=8, batching=True, max_queue_delay_s=5.0, preferred_batch_sizes=(2,)
+            ),
+            lambda i, k: {"y": i["x"]},
+            ModelStats(),
+            "t",
+        )
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         x = np.zeros((1, 2), np.float32)
@@ -105,8 +109,12 @@ def test_different_item_shapes_batch_only_with_equals() -> None:
         return {"y": inputs["x"]}
 
     async def main() -> None:
-        batcher = Batcher(BatchPolicy(max_batch_size=8, batching=True, max_queue_delay_s=0.01),
-                          run, ModelStats(), "t")
+        batcher = Batcher(
+            BatchPolicy(max_batch_size=8, batching=True, max_queue_delay_s=0.01),
+            run,
+            ModelStats(),
+            "t",
+        )
         xs = [np.zeros((1, n), np.float32) for n in (3, 5, 3, 5, 3)]
         outs = await asyncio.gather(*(batcher.submit({"x": x}, 1) for x in xs))
         assert [o["y"].shape for o, _ in outs] == [x.shape for x in xs]
@@ -125,8 +133,12 @@ def test_full_queue_rejects() -> None:
             gate.wait(10)
             return inputs
 
-        batcher = Batcher(BatchPolicy(max_batch_size=1, batching=True, max_queue_size=1,
-                                      max_queue_delay_s=10.0), run, ModelStats(), "t")
+        batcher = Batcher(
+            BatchPolicy(max_batch_size=1, batching=True, max_queue_size=1, max_queue_delay_s=10.0),
+            run,
+            ModelStats(),
+            "t",
+        )
         x = np.zeros((1, 1), np.float32)
         first = asyncio.ensure_future(batcher.submit({"x": x}, 1))
         await asyncio.sleep(0)

@@ -37,8 +37,9 @@ def test_client_forecast(fc_server: ServerProcess) -> None:
     series = {"price": [1, 2, 3, 4, 5, 6], "index": [0] * 6, "mentions": [0] * 6}
     stamps = [T0 + i * HOUR for i in range(6)]
     with Client(fc_server.target) as c:
-        f = c.forecast("fc", series, timestamps=stamps, future={"promo": [0, 0]},
-                       quantiles=[0.1, 0.9])
+        f = c.forecast(
+            "fc", series, timestamps=stamps, future={"promo": [0, 0]}, quantiles=[0.1, 0.9]
+        )
         info = c.model_info("fc")
         listed = c.list_forecasters()
     assert f.model_version == "1" and f.timestamps == [T0 + 6 * HOUR, T0 + 7 * HOUR]
@@ -50,11 +51,16 @@ def test_client_forecast(fc_server: ServerProcess) -> None:
 def test_client_channel_options_reach_the_channel(fc_server: ServerProcess) -> None:
     """Client-side load balancing over a DNS name (a headless Service in Kubernetes)."""
     port = fc_server.target.rsplit(":", 1)[1]
-    with Client(f"dns:///localhost:{port}",
-                channel_options=[("grpc.lb_policy_name", "round_robin")]) as c:
+    with Client(
+        f"dns:///localhost:{port}", channel_options=[("grpc.lb_policy_name", "round_robin")]
+    ) as c:
         assert [m.name for m in c.list_forecasters()] == ["fc"]
-    with Client(fc_server.target, channel_options=[("grpc.max_receive_message_length", 10)],
-                retries=0) as c, pytest.raises(grpc.RpcError) as err:
+    with (
+        Client(
+            fc_server.target, channel_options=[("grpc.max_receive_message_length", 10)], retries=0
+        ) as c,
+        pytest.raises(grpc.RpcError) as err,
+    ):
         c.list_forecasters()  # the option is applied: the answer is over 10 bytes
     assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -76,15 +82,19 @@ class _Err(grpc.RpcError):
         return self._details
 
 
-@pytest.mark.parametrize(("code", "details", "calls"), [
-    (grpc.StatusCode.UNAVAILABLE, "model loading", 4),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full (2 requests)", 4),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max", 1),
-    (grpc.StatusCode.INVALID_ARGUMENT, "bad", 1),
-    (grpc.StatusCode.DEADLINE_EXCEEDED, "late", 1),
-])
-def test_retry_policy_follows_the_status_table(code: grpc.StatusCode, details: str,
-                                               calls: int) -> None:
+@pytest.mark.parametrize(
+    ("code", "details", "calls"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "model loading", 4),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full (2 requests)", 4),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max", 1),
+        (grpc.StatusCode.INVALID_ARGUMENT, "bad", 1),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "late", 1),
+    ],
+)
+def test_retry_policy_follows_the_status_table(
+    code: grpc.StatusCode, details: str, calls: int
+) -> None:
     seen = []
 
     def fn(request: object, timeout: float) -> None:
@@ -122,9 +132,25 @@ def test_read_series_csv(tmp_path: Path) -> None:
 def test_forecast_command_table_and_json(fc_server: ServerProcess, tmp_path: Path) -> None:
     # The model takes a known-future series 'promo' the CSV cannot give: the command says so.
     csv = _csv(tmp_path / "recent.csv")
-    out = subprocess.run([sys.executable, "-m", "seqserve", "forecast", "--model", "fc",
-                          "--csv", str(csv), "--target", fc_server.target, "--json"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "forecast",
+            "--model",
+            "fc",
+            "--csv",
+            str(csv),
+            "--target",
+            fc_server.target,
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert "INVALID_ARGUMENT" in out.stderr and "promo" in out.stderr
 
@@ -132,9 +158,24 @@ def test_forecast_command_table_and_json(fc_server: ServerProcess, tmp_path: Pat
 def test_forecast_command_missing_column(fc_server: ServerProcess, tmp_path: Path) -> None:
     csv = tmp_path / "x.csv"
     csv.write_text("date,price\n2024-03-01 00:00:00,1\n")
-    out = subprocess.run([sys.executable, "-m", "seqserve", "forecast", "--model", "fc",
-                          "--csv", str(csv), "--target", fc_server.target],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "forecast",
+            "--model",
+            "fc",
+            "--csv",
+            str(csv),
+            "--target",
+            fc_server.target,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "lacks column 'index'" in out.stderr
 
 
@@ -143,28 +184,52 @@ def test_forecast_command_prints(tmp_path: Path) -> None:
     from tests.serving.model_factory import FORECASTER_CONFIG, add_model, mean_forecaster
 
     repo = tmp_path / "model_repository"
-    config = FORECASTER_CONFIG.replace('[\\"hour\\", \\"weekday\\", \\"promo\\"]',
-                                       '[\\"hour\\", \\"weekday\\", \\"month\\"]')
-    add_model(repo, "fc", config, lambda p: mean_forecaster(
-        p, window=6, horizon=2, n_in=3, targets=[0], n_future=3,
-        quantile_offsets=[-1.0, 0.0, 1.0]))
+    config = FORECASTER_CONFIG.replace(
+        '[\\"hour\\", \\"weekday\\", \\"promo\\"]', '[\\"hour\\", \\"weekday\\", \\"month\\"]'
+    )
+    add_model(
+        repo,
+        "fc",
+        config,
+        lambda p: mean_forecaster(
+            p,
+            window=6,
+            horizon=2,
+            n_in=3,
+            targets=[0],
+            n_future=3,
+            quantile_offsets=[-1.0, 0.0, 1.0],
+        ),
+    )
     server = ServerProcess(repo)
     try:
         server.wait_ready()
         csv = _csv(tmp_path / "recent.csv")
-        base = [sys.executable, "-m", "seqserve", "forecast", "--model", "fc", "--csv", str(csv),
-                "--target", server.target]
+        base = [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "forecast",
+            "--model",
+            "fc",
+            "--csv",
+            str(csv),
+            "--target",
+            server.target,
+        ]
         table = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert table.returncode == 0, table.stderr
         lines = table.stdout.splitlines()
         assert lines[0].split()[:2] == ["timestamp", "price"]
         assert lines[1].startswith("2024-03-01T08:00:00")
-        js = subprocess.run([*base, "--json"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)
+        js = subprocess.run([*base, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
         got = json.loads(js.stdout)
         assert got["timestamps"][0].startswith("2024-03-01T08:00:00")
         assert len(got["forecast"]["price"]) == 2 and set(got["quantiles"]["price"]) == {
-            "0.1", "0.5", "0.9"}
+            "0.1",
+            "0.5",
+            "0.9",
+        }
         # `seqserve forecast ... | head`: a reader that leaves early is not an error.
         piped = subprocess.Popen(base, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert piped.stdout is not None and piped.stderr is not None

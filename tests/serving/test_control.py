@@ -44,22 +44,27 @@ def test_explicit_mode_load_unload(tmp_path: Path) -> None:
             s.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="b"), timeout=30)
             assert not s.ModelReady(pb.ModelReadyRequest(name="b"), timeout=5).ready
             # A config override in the load request (Triton's "config" parameter).
-            override = json.dumps({"max_batch_size": 2, "platform": "onnxruntime_onnx",
-                                   "input": [{"name": "x", "data_type": "TYPE_FP32",
-                                              "dims": [4]}],
-                                   "output": [{"name": "y", "data_type": "TYPE_FP32",
-                                               "dims": [4]}]})
+            override = json.dumps(
+                {
+                    "max_batch_size": 2,
+                    "platform": "onnxruntime_onnx",
+                    "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}],
+                    "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [4]}],
+                }
+            )
             load = pb.RepositoryModelLoadRequest(model_name="b")
             load.parameters["config"].string_param = override
             s.RepositoryModelLoad(load, timeout=30)
             cfg = s.ModelConfig(pb.ModelConfigRequest(name="b"), timeout=5).config
             assert cfg.max_batch_size == 2 and [o.name for o in cfg.output] == ["y"]
             # Names that reach outside the repository are refused.
-            err = call_error(s.RepositoryModelLoad,
-                             pb.RepositoryModelLoadRequest(model_name="../a"), timeout=5)
+            err = call_error(
+                s.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="../a"), timeout=5
+            )
             assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
-            err = call_error(s.RepositoryModelLoad,
-                             pb.RepositoryModelLoadRequest(model_name="zzz"), timeout=5)
+            err = call_error(
+                s.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="zzz"), timeout=5
+            )
             assert err.code() is grpc.StatusCode.NOT_FOUND
     finally:
         assert server.terminate() == 0
@@ -75,8 +80,15 @@ def _wait(predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
 
 
 def _poll_server(repo: Path, frontend: str = "python") -> ServerProcess:
-    server = ServerProcess(repo, "--model-control-mode", "poll", "--repository-poll-secs",
-                           "0.3", "--frontend", frontend)
+    server = ServerProcess(
+        repo,
+        "--model-control-mode",
+        "poll",
+        "--repository-poll-secs",
+        "0.3",
+        "--frontend",
+        frontend,
+    )
     try:
         server.wait_ready()
     except Exception:
@@ -103,8 +115,9 @@ def test_poll_mode_picks_up_versions_and_removals(tmp_path: Path, frontend: str)
             assert _index(s)["a"][:2] == ("2", "READY")
             # A new model appears (written aside and renamed in, so no poll sees it half
             # written: that case is the next test's); a removed model goes away.
-            add_model(tmp_path / "staging-b", "b", AFFINE_CONFIG.format(scheduling="", extra=""),
-                      affine)
+            add_model(
+                tmp_path / "staging-b", "b", AFFINE_CONFIG.format(scheduling="", extra=""), affine
+            )
             shutil.move(str(tmp_path / "staging-b" / "b"), str(repo / "b"))
             _wait(lambda: s.ModelReady(pb.ModelReadyRequest(name="b"), timeout=5).ready)
             shutil.rmtree(repo / "b")
@@ -179,8 +192,10 @@ async def _sigterm_while_held(server: ServerProcess) -> list | None:
     full = np.zeros((4, 256, 256), np.float32)
     async with grpc.aio.insecure_channel(server.target) as ch:
         s = pb_grpc.GRPCInferenceServiceStub(ch)
-        calls = [asyncio.ensure_future(s.ModelInfer(request("slow", x=full), timeout=30))
-                 for _ in range(3)]
+        calls = [
+            asyncio.ensure_future(s.ModelInfer(request("slow", x=full), timeout=30))
+            for _ in range(3)
+        ]
         if not await held(server.metrics_url, "slow", 3, calls):
             missed = await asyncio.gather(*calls, return_exceptions=True)
             assert all(isinstance(r, pb.ModelInferResponse) for r in missed), missed
@@ -227,8 +242,12 @@ def test_model_drain_is_bounded_by_the_grace_period(tmp_path: Path) -> None:
     hold the exit: calls get the grace period (1 s), the models what is left of it (at least
     5 s), then the server says so and exits 1. (The warm-up sends one row: it is quick.)"""
     repo = tmp_path / "model_repository"
-    add_model(repo, "slow", SLOW_CONFIG.replace("256, 256", "-1, 1024").format(queue=8),
-              lambda p: slow(p, size=1024, repeats=800, rows="n"))
+    add_model(
+        repo,
+        "slow",
+        SLOW_CONFIG.replace("256, 256", "-1, 1024").format(queue=8),
+        lambda p: slow(p, size=1024, repeats=800, rows="n"),
+    )
     server = ServerProcess(repo, "--frontend", "python", "--grace-period-secs", "1")
     try:
         server.wait_ready(timeout=180)

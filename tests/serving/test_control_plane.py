@@ -20,10 +20,15 @@ from tests.serving.v2 import call_error, outputs, request, stub
 
 X = np.ones((1, 4), np.float32)
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-CONFIG = {"platform": "onnxruntime_onnx", "max_batch_size": 8,
-          "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}],
-          "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [4]},
-                     {"name": "z", "data_type": "TYPE_FP32", "dims": [1]}]}
+CONFIG = {
+    "platform": "onnxruntime_onnx",
+    "max_batch_size": 8,
+    "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}],
+    "output": [
+        {"name": "y", "data_type": "TYPE_FP32", "dims": [4]},
+        {"name": "z", "data_type": "TYPE_FP32", "dims": [1]},
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +40,9 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, outside: Path
-           ) -> Iterator[tuple[ServerProcess, pb_grpc.GRPCInferenceServiceStub]]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, outside: Path
+) -> Iterator[tuple[ServerProcess, pb_grpc.GRPCInferenceServiceStub]]:
     repo = tmp_path_factory.mktemp("control") / "model_repository"
     model = add_model(repo, "a", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
     (model / "1" / "link.onnx").symlink_to(outside)
@@ -86,17 +92,23 @@ def test_errors_do_not_tell_whether_a_path_exists(server, outside: Path) -> None
     there = load(s, default_model_filename=str(outside)).details()
     absent = load(s, default_model_filename=str(outside.parent / "absent.onnx")).details()
     assert there.replace(str(outside), "P") == absent.replace(
-        str(outside.parent / "absent.onnx"), "P")
+        str(outside.parent / "absent.onnx"), "P"
+    )
 
 
-@pytest.mark.parametrize(("override", "words"), [
-    ({"instance_group": [{"count": 17}]}, "17 instances, at most 16"),
-    ({"instance_group": [{"count": 9}, {"count": 9}]}, "18 instances, at most 16"),
-    ({"instance_group": [{"count": 1_000_000}]}, "at most 16"),
-    ({"parameters": {"intra_op_thread_count": {"string_value": "100000"}}},
-     "intra_op_thread_count"),
-    ({"max_batch_size": -1}, "max_batch_size"),
-])
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ({"instance_group": [{"count": 17}]}, "17 instances, at most 16"),
+        ({"instance_group": [{"count": 9}, {"count": 9}]}, "18 instances, at most 16"),
+        ({"instance_group": [{"count": 1_000_000}]}, "at most 16"),
+        (
+            {"parameters": {"intra_op_thread_count": {"string_value": "100000"}}},
+            "intra_op_thread_count",
+        ),
+        ({"max_batch_size": -1}, "max_batch_size"),
+    ],
+)
 def test_unbounded_overrides(server, override: dict, words: str) -> None:  # noqa: ANN001
     _, s = server
     err = load(s, **override)

@@ -39,8 +39,9 @@ def engine_pid(server: ServerProcess) -> int:
 async def forecast_request(v2: pb_grpc.GRPCInferenceServiceStub) -> pb.ModelInferRequest:
     """A zero-filled request of the shapes forecaster_gru takes."""
     meta = await v2.ModelMetadata(pb.ModelMetadataRequest(name="forecaster_gru"), timeout=10)
-    return request("forecaster_gru", **{t.name: np.zeros((1, *t.shape[1:]), np.float32)
-                                        for t in meta.inputs})
+    return request(
+        "forecaster_gru", **{t.name: np.zeros((1, *t.shape[1:]), np.float32) for t in meta.inputs}
+    )
 
 
 async def _stopped_engine(server: ServerProcess) -> tuple[list, list[float]]:
@@ -51,9 +52,12 @@ async def _stopped_engine(server: ServerProcess) -> tuple[list, list[float]]:
 
         async def one(i: int) -> grpc.StatusCode:
             try:
-                await translate.Translate(tpb.TranslateRequest(
-                    model_name="translator", sentences=[f"{LONG} {i}"] * 4, beam_size=1),
-                    timeout=60)
+                await translate.Translate(
+                    tpb.TranslateRequest(
+                        model_name="translator", sentences=[f"{LONG} {i}"] * 4, beam_size=1
+                    ),
+                    timeout=60,
+                )
             except grpc.aio.AioRpcError as err:
                 return err.code()
             return grpc.StatusCode.OK
@@ -70,8 +74,9 @@ async def _stopped_engine(server: ServerProcess) -> tuple[list, list[float]]:
 
 
 @pytest.mark.parametrize("fault", ["stopped", "wedged"])
-def test_a_stopped_or_wedged_engine_does_not_stall_the_server(tiny_repository: Path,
-                                                               fault: str) -> None:
+def test_a_stopped_or_wedged_engine_does_not_stall_the_server(
+    tiny_repository: Path, fault: str
+) -> None:
     """stopped: SIGSTOP, the whole engine (no heartbeat either). wedged: every thread of the
     engine frozen but its heartbeat, which goes on beating, as when an onnxruntime call never
     returns: the watchdog sees requests in flight and no decoder step."""
@@ -99,8 +104,10 @@ def test_a_stopped_or_wedged_engine_does_not_stall_the_server(tiny_repository: P
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    reply = translate.Translate(tpb.TranslateRequest(
-                        model_name="translator", sentences=["sieben"]), timeout=10)
+                    reply = translate.Translate(
+                        tpb.TranslateRequest(model_name="translator", sentences=["sieben"]),
+                        timeout=10,
+                    )
                     break
                 except grpc.RpcError as err:
                     assert err.code() is grpc.StatusCode.UNAVAILABLE
@@ -121,11 +128,11 @@ async def _group_signal(server: ServerProcess, sig: signal.Signals) -> list:
     async with grpc.aio.insecure_channel(server.target) as ch:
         translate = tgrpc.TranslatorStub(ch)
         v2 = pb_grpc.GRPCInferenceServiceStub(ch)
-        msg = tpb.TranslateRequest(model_name="translator", sentences=[LONG], beam_size=4,
-                                   max_length=60)
+        msg = tpb.TranslateRequest(
+            model_name="translator", sentences=[LONG], beam_size=4, max_length=60
+        )
         forecast = await forecast_request(v2)
-        calls = [asyncio.ensure_future(translate.Translate(msg, timeout=60))
-                 for _ in range(24)]
+        calls = [asyncio.ensure_future(translate.Translate(msg, timeout=60)) for _ in range(24)]
         calls.append(asyncio.ensure_future(v2.ModelInfer(forecast, timeout=60)))
         if not await held(server.metrics_url, "translator", 24, calls):
             pytest.skip("the translations ended before the server held them all")
@@ -135,7 +142,8 @@ async def _group_signal(server: ServerProcess, sig: signal.Signals) -> list:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_process_group_drains_in_flight_translations(
-        tiny_repository: Path, sig: signal.Signals) -> None:
+    tiny_repository: Path, sig: signal.Signals
+) -> None:
     server = ServerProcess(tiny_repository, new_session=True)
     try:
         server.wait_ready()

@@ -26,8 +26,9 @@ def v2(standard_server: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceS
         yield s
 
 
-def raw_request(model: str, name: str, datatype: str, shape: list[int], raw: bytes
-                ) -> pb.ModelInferRequest:
+def raw_request(
+    model: str, name: str, datatype: str, shape: list[int], raw: bytes
+) -> pb.ModelInferRequest:
     msg = pb.ModelInferRequest(model_name=model)
     msg.inputs.add(name=name, datatype=datatype, shape=shape)
     msg.raw_input_contents.append(raw)
@@ -37,35 +38,72 @@ def raw_request(model: str, name: str, datatype: str, shape: list[int], raw: byt
 CASES = {
     "unknown model": (request("nope", x=X), grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
     "unknown version": (request("affine", "7", x=X), grpc.StatusCode.NOT_FOUND, "no version 7"),
-    "bad version": (request("affine", "../1", x=X), grpc.StatusCode.NOT_FOUND,
-                    "not a version number"),
+    "bad version": (
+        request("affine", "../1", x=X),
+        grpc.StatusCode.NOT_FOUND,
+        "not a version number",
+    ),
     "wrong input name": (request("affine", w=X), INVALID, "unexpected input 'w'"),
     "missing input": (pb.ModelInferRequest(model_name="affine"), INVALID, "missing input 'x'"),
     "extra input": (request("affine", x=X, extra=X), INVALID, "unexpected input 'extra'"),
-    "wrong datatype": (request("affine", x=X.astype(np.float64)), INVALID,
-                       "datatype FP64, model 'affine' takes FP32"),
-    "wrong shape": (request("affine", x=np.ones((1, 5), np.float32)), INVALID,
-                    "shape [1, 5] does not match [-1, 4]"),
-    "raw length": (raw_request("affine", "x", "FP32", [1, 4], b"\0" * 15), INVALID,
-                   "raw data has 15 bytes, but shape [1, 4] of FP32 needs 16"),
-    "batch too big": (request("affine", x=np.ones((9, 4), np.float32)), INVALID,
-                      "batch size 9 exceeds max_batch_size 8"),
-    "NaN": (request("affine", x=np.array([[1, np.nan, 0, 0]], np.float32)), INVALID,
-            "NaN or infinite"),
-    "invalid UTF-8": (request("echo", text=np.array([[b"\xff\xfe"]], dtype=object)), INVALID,
-                      "not valid UTF-8"),
-    "unknown datatype": (raw_request("affine", "x", "FP8", [1, 4], b"\0" * 4), INVALID,
-                         "datatype 'FP8' is not supported"),
-    "bad BYTES framing": (raw_request("echo", "text", "BYTES", [1, 1], b"\x09\0\0\0ab"),
-                          INVALID, "claims 9 bytes"),
+    "wrong datatype": (
+        request("affine", x=X.astype(np.float64)),
+        INVALID,
+        "datatype FP64, model 'affine' takes FP32",
+    ),
+    "wrong shape": (
+        request("affine", x=np.ones((1, 5), np.float32)),
+        INVALID,
+        "shape [1, 5] does not match [-1, 4]",
+    ),
+    "raw length": (
+        raw_request("affine", "x", "FP32", [1, 4], b"\0" * 15),
+        INVALID,
+        "raw data has 15 bytes, but shape [1, 4] of FP32 needs 16",
+    ),
+    "batch too big": (
+        request("affine", x=np.ones((9, 4), np.float32)),
+        INVALID,
+        "batch size 9 exceeds max_batch_size 8",
+    ),
+    "NaN": (
+        request("affine", x=np.array([[1, np.nan, 0, 0]], np.float32)),
+        INVALID,
+        "NaN or infinite",
+    ),
+    "invalid UTF-8": (
+        request("echo", text=np.array([[b"\xff\xfe"]], dtype=object)),
+        INVALID,
+        "not valid UTF-8",
+    ),
+    "unknown datatype": (
+        raw_request("affine", "x", "FP8", [1, 4], b"\0" * 4),
+        INVALID,
+        "datatype 'FP8' is not supported",
+    ),
+    "bad BYTES framing": (
+        raw_request("echo", "text", "BYTES", [1, 1], b"\x09\0\0\0ab"),
+        INVALID,
+        "claims 9 bytes",
+    ),
     "unknown output": (request("affine", outputs=("w",), x=X), INVALID, "unknown output 'w'"),
-    "sequence parameter": (pb.ModelInferRequest(
-        model_name="affine", parameters={"sequence_id": pb.InferParameter(int64_param=3)}),
-        INVALID, "parameter 'sequence_id'"),
-    "model not ready": (request("corrupt", x=X), grpc.StatusCode.UNAVAILABLE,
-                        "model 'corrupt' is not ready"),
-    "onnxruntime failure": (request("fragile", x=np.ones((1, 3), np.float32)),
-                            grpc.StatusCode.INTERNAL, "Internal server error"),
+    "sequence parameter": (
+        pb.ModelInferRequest(
+            model_name="affine", parameters={"sequence_id": pb.InferParameter(int64_param=3)}
+        ),
+        INVALID,
+        "parameter 'sequence_id'",
+    ),
+    "model not ready": (
+        request("corrupt", x=X),
+        grpc.StatusCode.UNAVAILABLE,
+        "model 'corrupt' is not ready",
+    ),
+    "onnxruntime failure": (
+        request("fragile", x=np.ones((1, 3), np.float32)),
+        grpc.StatusCode.INTERNAL,
+        "Internal server error",
+    ),
 }
 
 
@@ -80,8 +118,9 @@ def test_status_table(v2: pb_grpc.GRPCInferenceServiceStub, case: str) -> None:
     np.testing.assert_array_equal(got["y"], 2 * X + 1)
 
 
-def test_failures_are_counted_by_reason(v2: pb_grpc.GRPCInferenceServiceStub,
-                                        standard_server: ServerProcess) -> None:
+def test_failures_are_counted_by_reason(
+    v2: pb_grpc.GRPCInferenceServiceStub, standard_server: ServerProcess
+) -> None:
     call_error(v2.ModelInfer, request("fragile", x=np.ones((1, 3), np.float32)), timeout=10)
     call_error(v2.ModelInfer, request("affine", x=X.astype(np.float64)), timeout=10)
     samples = scrape(standard_server.metrics_url)
@@ -114,8 +153,9 @@ def test_queue_full_rejects_at_once(standard_server: ServerProcess) -> None:
         assert "queue full (2 requests)" in err.details()
     assert any(e is None for e in results)
     samples = scrape(standard_server.metrics_url)
-    assert samples[("nv_inference_request_failure", "model=slow,reason=REJECTED,version=1")] \
-        == len(rejected)
+    assert samples[("nv_inference_request_failure", "model=slow,reason=REJECTED,version=1")] == len(
+        rejected
+    )
 
 
 async def _timeout_while_queued(target: str, metrics_url: str) -> object:
@@ -140,8 +180,9 @@ async def _timeout_while_queued(target: str, metrics_url: str) -> object:
 
 def test_request_timeout_while_queued(standard_server: ServerProcess) -> None:
     for _ in range(5):  # on a loaded machine the busy call may end before it is seen
-        expired = asyncio.run(_timeout_while_queued(standard_server.target,
-                                                    standard_server.metrics_url))
+        expired = asyncio.run(
+            _timeout_while_queued(standard_server.target, standard_server.metrics_url)
+        )
         if expired is not False:
             break
     assert expired is not None and expired.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -159,8 +200,10 @@ async def _cancel_once(target: str, metrics_url: str) -> bool:
     full = np.zeros((4, 256, 256), np.float32)
     async with grpc.aio.insecure_channel(target) as ch:
         s = pb_grpc.GRPCInferenceServiceStub(ch)
-        busy = [asyncio.ensure_future(s.ModelInfer(request("slow", x=full), timeout=30))
-                for _ in range(2)]
+        busy = [
+            asyncio.ensure_future(s.ModelInfer(request("slow", x=full), timeout=30))
+            for _ in range(2)
+        ]
         try:
             if not await held(metrics_url, "slow", 2, busy):
                 return False
@@ -180,8 +223,10 @@ async def _cancel_once(target: str, metrics_url: str) -> bool:
 def test_cancelled_request_is_counted(standard_server: ServerProcess) -> None:
     key = ("nv_inference_request_failure", "model=slow,reason=CANCELED,version=1")
     before = scrape(standard_server.metrics_url).get(key, 0)
-    seen = any(asyncio.run(_cancel_once(standard_server.target, standard_server.metrics_url))
-               for _ in range(5))
+    seen = any(
+        asyncio.run(_cancel_once(standard_server.target, standard_server.metrics_url))
+        for _ in range(5)
+    )
     assert seen, "five tries never had a request queued behind the busy pair"
     assert scrape(standard_server.metrics_url)[key] >= before + 1
 

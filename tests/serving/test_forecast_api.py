@@ -22,8 +22,9 @@ HOUR = np.timedelta64(3600, "s")
 
 
 @pytest.fixture(scope="module", params=["python", "native"])
-def api(request: pytest.FixtureRequest,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[fgrpc.ForecasterStub]:
+def api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[fgrpc.ForecasterStub]:
     """The typed API as the Python front end serves it, and forwarded by the native one."""
     if request.param == "native":
         native_built()
@@ -44,12 +45,21 @@ def stamp(t: np.datetime64) -> Timestamp:
     return Timestamp(seconds=ns // 10**9, nanos=ns % 10**9)
 
 
-def window(n: int = 6, start: np.datetime64 = T0, promo: tuple = (1.0, 2.0), shift: float = 0,
-           stamps: list | None = None) -> fpb.Window:
+def window(
+    n: int = 6,
+    start: np.datetime64 = T0,
+    promo: tuple = (1.0, 2.0),
+    shift: float = 0,
+    stamps: list | None = None,
+) -> fpb.Window:
     rng = np.random.default_rng(n)
-    w = fpb.Window(past=[fpb.Series(name=s, values=(rng.standard_normal(n) + shift).tolist())
-                         for s in ("price", "index", "mentions")],
-                   future=[fpb.Series(name="promo", values=list(promo))])
+    w = fpb.Window(
+        past=[
+            fpb.Series(name=s, values=(rng.standard_normal(n) + shift).tolist())
+            for s in ("price", "index", "mentions")
+        ],
+        future=[fpb.Series(name="promo", values=list(promo))],
+    )
     ts = stamps if stamps is not None else [start + i * HOUR for i in range(n)]
     w.timestamps.extend(stamp(t) for t in ts)
     return w
@@ -74,14 +84,15 @@ def test_forecast(api: fgrpc.ForecasterStub) -> None:
         # longer history: the last 6 values are used
         np.testing.assert_allclose(target.point, expected_point(w, last), rtol=1e-5)
         assert [t.ToDatetime().hour for t in f.timestamps] == [
-            int(str(last + k * HOUR)[11:13]) for k in (1, 2)]
+            int(str(last + k * HOUR)[11:13]) for k in (1, 2)
+        ]
         assert [q.level for q in target.quantiles] == pytest.approx([0.1, 0.5, 0.9])
-        np.testing.assert_allclose(target.quantiles[2].values, np.asarray(target.point) + 1,
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            target.quantiles[2].values, np.asarray(target.point) + 1, rtol=1e-5
+        )
 
 
-def test_timestamps_before_1970_and_within_a_second_round_trip(
-        api: fgrpc.ForecasterStub) -> None:
+def test_timestamps_before_1970_and_within_a_second_round_trip(api: fgrpc.ForecasterStub) -> None:
     """Stamps are decoded and encoded as arrays: negative seconds keep their nanos in
     [0, 1e9), as protobuf normalises them, and the horizon continues at the same step."""
     start = np.datetime64("1969-12-31T21:00:00.250", "ns")
@@ -98,8 +109,9 @@ def test_start_and_frequency_and_quantile_subset(api: fgrpc.ForecasterStub) -> N
     del w.timestamps[:]
     w.start.CopyFrom(stamp(T0))
     w.frequency.CopyFrom(Duration(seconds=3600))
-    reply = api.Forecast(fpb.ForecastRequest(model_name="fc", windows=[w],
-                                             quantile_levels=[0.9]), timeout=10)
+    reply = api.Forecast(
+        fpb.ForecastRequest(model_name="fc", windows=[w], quantile_levels=[0.9]), timeout=10
+    )
     target = reply.forecasts[0].targets[0]
     np.testing.assert_allclose(target.point, expected_point(w, T0 + 5 * HOUR), rtol=1e-5)
     assert [q.level for q in target.quantiles] == pytest.approx([0.9])
@@ -151,11 +163,15 @@ BAD = {
     "no timestamps": (_bad("no_time"), "timestamps (or start and frequency) are needed"),
     "missing future": (_bad("no_promo"), "known-future series 'promo' is missing"),
     "bad future": (_bad("bad_promo"), "needs 2 finite values, got 3"),
-    "quantile": (fpb.ForecastRequest(model_name="fc", windows=[window()],
-                                     quantile_levels=[0.25]), "0.25 is not one the model"),
+    "quantile": (
+        fpb.ForecastRequest(model_name="fc", windows=[window()], quantile_levels=[0.25]),
+        "0.25 is not one the model",
+    ),
     "no windows": (fpb.ForecastRequest(model_name="fc"), "at least one window"),
-    "not a forecaster": (fpb.ForecastRequest(model_name="affine", windows=[window()]),
-                         "model 'affine' is not a forecaster"),
+    "not a forecaster": (
+        fpb.ForecastRequest(model_name="affine", windows=[window()]),
+        "model 'affine' is not a forecaster",
+    ),
 }
 
 
@@ -168,8 +184,9 @@ def test_invalid_requests(api: fgrpc.ForecasterStub, case: str) -> None:
 
 
 def test_unknown_model(api: fgrpc.ForecasterStub) -> None:
-    err = call_error(api.Forecast, fpb.ForecastRequest(model_name="zz", windows=[window()]),
-                     timeout=10)
+    err = call_error(
+        api.Forecast, fpb.ForecastRequest(model_name="zz", windows=[window()]), timeout=10
+    )
     assert err.code() is grpc.StatusCode.NOT_FOUND
 
 

@@ -50,8 +50,9 @@ def _rss(pid: int) -> int:
 
 
 @pytest.fixture(scope="module", params=["python", "native"])
-def server(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     if request.param == "native":
         native_built()
     repo = tmp_path_factory.mktemp("h2") / "model_repository"
@@ -78,8 +79,10 @@ class Watch:
         self._stop = threading.Event()
         self._channel, self._stub = stub(server.target)
         self._stub.ServerLive(pb.ServerLiveRequest(), timeout=5)  # connected before the attack
-        self._threads = [threading.Thread(target=self._probe, daemon=True),
-                         threading.Thread(target=self._sample, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._probe, daemon=True),
+            threading.Thread(target=self._sample, daemon=True),
+        ]
         for t in self._threads:
             t.start()
 
@@ -139,7 +142,8 @@ def _under_attack(server: ServerProcess, attack: Callable[[float], T]) -> T:
     while (p50 := _p50_ms(server.target)) > normal:
         assert time.monotonic() < deadline, (
             f"good client's p50 {p50:.1f} ms > {normal:.1f} ms 5 s after the attack "
-            f"(baseline {baseline:.1f} ms)")
+            f"(baseline {baseline:.1f} ms)"
+        )
     return outcome
 
 
@@ -154,8 +158,9 @@ FLOODED = [INFER, "/seqserve.forecast.v1.Forecaster/Forecast"]
 
 
 @pytest.mark.parametrize("path", FLOODED, ids=["v2", "typed"])
-def test_rapid_reset_flood(server: ServerProcess, path: str,
-                           request: pytest.FixtureRequest) -> None:
+def test_rapid_reset_flood(
+    server: ServerProcess, path: str, request: pytest.FixtureRequest
+) -> None:
     if request.node.callspec.params["server"] == "native":
         pytest.skip("not on the native front end: `auto` keeps it off addresses others reach")
     host, port = _host_port(server)
@@ -178,8 +183,10 @@ def test_rapid_reset_flood(server: ServerProcess, path: str,
         return streams, connections
 
     streams, connections = _under_attack(server, flood)
-    print(f"rapid reset on {path}: {streams / ATTACK_S:,.0f} streams/s over {connections} "
-          f"connection(s)")
+    print(
+        f"rapid reset on {path}: {streams / ATTACK_S:,.0f} streams/s over {connections} "
+        f"connection(s)"
+    )
     assert streams > 10_000  # the flood did run
 
 
@@ -225,15 +232,23 @@ def test_readers_that_never_read(server: ServerProcess) -> None:
     assert _under_attack(server, stall) > 0
 
 
-@pytest.mark.parametrize(("address", "frontend", "native"), [
-    ("127.0.0.1", Frontend.AUTO, True), ("localhost", Frontend.AUTO, True),
-    ("[::1]", Frontend.AUTO, True), ("0.0.0.0", Frontend.AUTO, False),
-    ("10.1.2.3", Frontend.AUTO, False), ("[::]", Frontend.AUTO, False),
-    ("seqserve.internal", Frontend.AUTO, False),
-    ("0.0.0.0", Frontend.NATIVE, True),  # asked for: served, with a warning in the log
-    ("127.0.0.1", Frontend.PYTHON, False)])
-def test_auto_keeps_the_native_front_end_to_loopback(address: str, frontend: Frontend,
-                                                     native: bool) -> None:
+@pytest.mark.parametrize(
+    ("address", "frontend", "native"),
+    [
+        ("127.0.0.1", Frontend.AUTO, True),
+        ("localhost", Frontend.AUTO, True),
+        ("[::1]", Frontend.AUTO, True),
+        ("0.0.0.0", Frontend.AUTO, False),
+        ("10.1.2.3", Frontend.AUTO, False),
+        ("[::]", Frontend.AUTO, False),
+        ("seqserve.internal", Frontend.AUTO, False),
+        ("0.0.0.0", Frontend.NATIVE, True),  # asked for: served, with a warning in the log
+        ("127.0.0.1", Frontend.PYTHON, False),
+    ],
+)
+def test_auto_keeps_the_native_front_end_to_loopback(
+    address: str, frontend: Frontend, native: bool
+) -> None:
     native_built()
     from serving.native.frontend import wanted
 

@@ -22,12 +22,14 @@ class Raising(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
-    async def ServerLive(self, request: pb.ServerLiveRequest,
-                         context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
         raise self.exc
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest],
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for _ in request_iterator:
@@ -47,8 +49,7 @@ async def _call(exc: BaseException) -> tuple[grpc.RpcError, grpc.RpcError, list]
                 await stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
             got = []
             with pytest.raises(grpc.aio.AioRpcError) as stream:
-                async for reply in stub.ModelStreamInfer(iter([pb.ModelInferRequest()]),
-                                                         timeout=5):
+                async for reply in stub.ModelStreamInfer(iter([pb.ModelInferRequest()]), timeout=5):
                     got.append(reply)
             return unary.value, stream.value, got
     finally:

@@ -50,7 +50,8 @@ async def _calls(target: str, n: int, channels: int) -> list[grpc.StatusCode]:
             except grpc.aio.AioRpcError as err:
                 assert err.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED or (
                     "calls in progress" in err.details()
-                    or "Concurrent RPC limit exceeded" in err.details()), err.details()
+                    or "Concurrent RPC limit exceeded" in err.details()
+                ), err.details()
                 return err.code()
             return grpc.StatusCode.OK
 
@@ -67,8 +68,11 @@ def test_calls_past_the_cap_are_refused_at_once(tmp_path: Path, frontend: str) -
         codes = asyncio.run(_calls(server.target, 16, channels=4))
         assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
         with grpc.insecure_channel(server.target) as ch:  # and it goes on serving
-            got = outputs(pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
-                request("slow", x=FULL[:1]), timeout=30))
+            got = outputs(
+                pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(
+                    request("slow", x=FULL[:1]), timeout=30
+                )
+            )
             assert got["y"].shape == (1, 256, 256)
     finally:
         assert server.terminate() == 0
@@ -79,8 +83,10 @@ async def _one_connection(server: ServerProcess, n: int) -> tuple[list, float]:
     key = ("nv_inference_pending_request_count", "model=slow,version=1")
     async with grpc.aio.insecure_channel(server.target) as ch:
         s = pb_grpc.GRPCInferenceServiceStub(ch)
-        calls = [asyncio.ensure_future(s.ModelInfer(request("slow", x=FULL), timeout=60))
-                 for _ in range(n)]
+        calls = [
+            asyncio.ensure_future(s.ModelInfer(request("slow", x=FULL), timeout=60))
+            for _ in range(n)
+        ]
         most = 0.0
         while not all(c.done() for c in calls):
             most = max(most, (await asyncio.to_thread(scrape, server.metrics_url)).get(key, 0))

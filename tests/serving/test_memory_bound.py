@@ -54,7 +54,8 @@ def _maximal_request() -> bytes:
 
 def test_the_documented_worst_case_is_under_1_gib() -> None:
     assert Settings(model_repository=Path(".")).max_request_bytes_in_flight == (
-        MAX_REQUEST_BYTES_IN_FLIGHT)
+        MAX_REQUEST_BYTES_IN_FLIGHT
+    )
     assert MAX_REQUEST_BYTES_IN_FLIGHT + REACTION < 2**30
 
 
@@ -79,9 +80,9 @@ def _streamed(channel: grpc.Channel, payload: bytes) -> Outcome:
     answered = False
     try:
         for reply in channel.stream_stream(
-                "/inference.GRPCInferenceService/ModelStreamInfer",
-                response_deserializer=pb.ModelStreamInferResponse.FromString)(
-                    iter([payload]), timeout=120):
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )(iter([payload]), timeout=120):
             answered = answered or "unknown model" in reply.error_message
     except grpc.RpcError as err:
         return Outcome(answered, err.code(), err.details())
@@ -112,18 +113,27 @@ def test_a_flood_of_maximal_messages_stays_within_the_bound(tmp_path: Path, api:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        channels = [grpc.insecure_channel(server.target, options=[
-            ("grpc.max_send_message_length", -1), ("grpc.channel_id", i)])
-            for i in range(CONNECTIONS)]
+        channels = [
+            grpc.insecure_channel(
+                server.target,
+                options=[("grpc.max_send_message_length", -1), ("grpc.channel_id", i)],
+            )
+            for i in range(CONNECTIONS)
+        ]
         try:
             if api == "unary":
-                calls = [channels[i % CONNECTIONS].unary_unary(MODEL_INFER).future(
-                    payload, timeout=120) for i in range(CALLS)]
+                calls = [
+                    channels[i % CONNECTIONS].unary_unary(MODEL_INFER).future(payload, timeout=120)
+                    for i in range(CALLS)
+                ]
                 outcomes = [_unary(c) for c in calls]
             else:
                 with ThreadPoolExecutor(CALLS) as pool:
-                    outcomes = list(pool.map(lambda i: _streamed(channels[i % CONNECTIONS],
-                                                               payload), range(CALLS)))
+                    outcomes = list(
+                        pool.map(
+                            lambda i: _streamed(channels[i % CONNECTIONS], payload), range(CALLS)
+                        )
+                    )
         finally:
             stop.set()
             sampler.join()
@@ -134,17 +144,27 @@ def test_a_flood_of_maximal_messages_stays_within_the_bound(tmp_path: Path, api:
         codes = Counter(o.code for o in outcomes)
         assert all(o.answered or o.code is grpc.StatusCode.RESOURCE_EXHAUSTED for o in outcomes)
         assert codes[grpc.StatusCode.RESOURCE_EXHAUSTED] > 0, codes
-        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND,
-                              grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
-        assert all("--max-request-bytes-in-flight" in o.details for o in outcomes
-                   if o.code is grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert set(codes) <= {
+            grpc.StatusCode.OK,
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        }, codes
+        assert all(
+            "--max-request-bytes-in-flight" in o.details
+            for o in outcomes
+            if o.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
         growth = max(peak[0], _rss(pid, "VmHWM")) - base
         bound = MAX_REQUEST_BYTES_IN_FLIGHT + REACTION
-        assert growth < bound, (f"server memory grew {growth / MIB:.0f} MiB under the flood; "
-                                f"the bound is {bound / MIB:.0f} MiB")
+        assert growth < bound, (
+            f"server memory grew {growth / MIB:.0f} MiB under the flood; "
+            f"the bound is {bound / MIB:.0f} MiB"
+        )
         metrics = scrape(server.metrics_url)
-        assert metrics[("seqserve_requests_shed_total", "")] == (
-            codes[grpc.StatusCode.RESOURCE_EXHAUSTED])
+        assert (
+            metrics[("seqserve_requests_shed_total", "")]
+            == (codes[grpc.StatusCode.RESOURCE_EXHAUSTED])
+        )
         assert metrics[("seqserve_request_bytes_in_flight", "")] == 0  # all given back
         # And it goes on serving.
         with grpc.insecure_channel(server.target) as ch:
@@ -167,8 +187,9 @@ def test_a_failed_request_is_freed_when_its_call_ends(tmp_path: Path) -> None:
     try:
         server.wait_ready()
         payload = _maximal_request()
-        with grpc.insecure_channel(server.target, options=[
-                ("grpc.max_send_message_length", -1)]) as ch:
+        with grpc.insecure_channel(
+            server.target, options=[("grpc.max_send_message_length", -1)]
+        ) as ch:
             infer = ch.unary_unary(MODEL_INFER)
             for i in range(12):
                 try:
@@ -197,9 +218,10 @@ def test_idle_streams_are_not_taken_for_arriving_messages(tmp_path: Path) -> Non
     try:
         server.wait_ready()
         with grpc.insecure_channel(server.target) as ch:
-            stream_infer = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
-                                            response_deserializer=(
-                                                pb.ModelStreamInferResponse.FromString))
+            stream_infer = ch.stream_stream(
+                "/inference.GRPCInferenceService/ModelStreamInfer",
+                response_deserializer=(pb.ModelStreamInferResponse.FromString),
+            )
             outboxes = [queue.Queue() for _ in range(streams)]
             answers: list[list[str]] = [[] for _ in range(streams)]
 
@@ -223,8 +245,9 @@ def test_idle_streams_are_not_taken_for_arriving_messages(tmp_path: Path) -> Non
                 outbox.put(None)
             for t in threads:
                 t.join(timeout=30)
-        assert all(len(a) == 2 and all("unknown model 'nobody'" in m for m in a)
-                   for a in answers), answers
+        assert all(
+            len(a) == 2 and all("unknown model 'nobody'" in m for m in a) for a in answers
+        ), answers
         assert scrape(server.metrics_url)[("seqserve_requests_shed_total", "")] == 0
     finally:
         assert server.terminate() == 0

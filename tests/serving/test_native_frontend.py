@@ -62,14 +62,17 @@ def test_fast_path_runs_plain_requests_and_forwards_the_rest(native: ServerProce
     with channel:
         for _ in range(3):
             reply = s.ModelInfer(request("affine_nobatch", rid="r", x=X), timeout=10)
-            assert (reply.model_name, reply.model_version, reply.id) == ("affine_nobatch", "1",
-                                                                         "r")
+            assert (reply.model_name, reply.model_version, reply.id) == ("affine_nobatch", "1", "r")
             np.testing.assert_allclose(outputs(reply)["y"], 2 * X + 1)
         assert _series(native, fast, "affine_nobatch") == before + 3
         # Typed contents, not raw: the Python server answers it, and it counts there.
         typed = pb.ModelInferRequest(model_name="affine_nobatch")
-        typed.inputs.add(name="x", datatype="FP32", shape=[2, 4],
-                         contents=pb.InferTensorContents(fp32_contents=X.ravel().tolist()))
+        typed.inputs.add(
+            name="x",
+            datatype="FP32",
+            shape=[2, 4],
+            contents=pb.InferTensorContents(fp32_contents=X.ravel().tolist()),
+        )
         np.testing.assert_allclose(outputs(s.ModelInfer(typed, timeout=10))["y"], 2 * X + 1)
         # Malformed: forwarded too, and answered with the dataplane's status and message.
         bad = X.copy()
@@ -89,14 +92,16 @@ def test_fast_path_runs_plain_requests_and_forwards_the_rest(native: ServerProce
 async def _concurrent(target: str, n: int) -> list[np.ndarray]:
     async with grpc.aio.insecure_channel(target) as ch:
         s = pb_grpc.GRPCInferenceServiceStub(ch)
-        replies = await asyncio.gather(*(
-            s.ModelInfer(request("affine", x=np.full((1, 4), i, np.float32)), timeout=10)
-            for i in range(n)))
+        replies = await asyncio.gather(
+            *(
+                s.ModelInfer(request("affine", x=np.full((1, 4), i, np.float32)), timeout=10)
+                for i in range(n)
+            )
+        )
     return [outputs(r)["y"] for r in replies]
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(
-        native: ServerProcess) -> None:
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(native: ServerProcess) -> None:
     count0 = _series(native, "nv_inference_count", "affine")
     exec0 = _series(native, "nv_inference_exec_count", "affine")
     fast0 = _series(native, "seqserve_native_requests_total", "affine")
@@ -115,8 +120,9 @@ def test_requested_outputs_and_batch_limits(native: ServerProcess) -> None:
     with channel:
         reply = s.ModelInfer(request("affine", outputs=("y",), x=X), timeout=10)
         assert [o.name for o in reply.outputs] == ["y"]
-        err = call_error(s.ModelInfer, request("affine", x=np.zeros((9, 4), np.float32)),
-                         timeout=10)
+        err = call_error(
+            s.ModelInfer, request("affine", x=np.zeros((9, 4), np.float32)), timeout=10
+        )
         assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "exceeds max_batch_size 8" in err.details()
 
@@ -124,8 +130,11 @@ def test_requested_outputs_and_batch_limits(native: ServerProcess) -> None:
 def test_streams_health_and_reflection_are_forwarded(native: ServerProcess) -> None:
     channel, s = stub(native.target)
     with channel:
-        msgs = [request("affine", rid="a", x=X), request("nosuch", rid="b", x=X),
-                request("affine", rid="c", x=X)]
+        msgs = [
+            request("affine", rid="a", x=X),
+            request("nosuch", rid="b", x=X),
+            request("affine", rid="c", x=X),
+        ]
         replies = list(s.ModelStreamInfer(iter(msgs), timeout=10))
         assert [r.infer_response.id for r in replies] == ["a", "b", "c"]
         assert [bool(r.error_message) for r in replies] == [False, True, False]
@@ -151,8 +160,9 @@ def test_server_live_is_answered_while_the_event_loop_turns(native: ServerProces
         assert s.ServerLive(pb.ServerLiveRequest(), timeout=5).live  # the loop turns again
 
 
-def test_same_answers_as_the_python_front_end(tiny_repository: Path,
-                                              tiny_server: ServerProcess) -> None:
+def test_same_answers_as_the_python_front_end(
+    tiny_repository: Path, tiny_server: ServerProcess
+) -> None:
     native_built()
     srv = ServerProcess(tiny_repository, "--frontend", "native")
     try:
@@ -163,14 +173,16 @@ def test_same_answers_as_the_python_front_end(tiny_repository: Path,
             with channel:
                 meta = s.ModelMetadata(pb.ModelMetadataRequest(name="forecaster_gru"))
                 rng = np.random.default_rng(0)  # the same inputs for both
-                feeds = {t.name: rng.standard_normal((3, *t.shape[1:])).astype(np.float32)
-                         for t in meta.inputs}
-                got[server.target] = outputs(s.ModelInfer(request("forecaster_gru", **feeds),
-                                                          timeout=30))
+                feeds = {
+                    t.name: rng.standard_normal((3, *t.shape[1:])).astype(np.float32)
+                    for t in meta.inputs
+                }
+                got[server.target] = outputs(
+                    s.ModelInfer(request("forecaster_gru", **feeds), timeout=30)
+                )
                 # Requested outputs come back in the order asked for, named twice or not.
                 asked = ("quantiles", "forecast", "quantiles")
-                reply = s.ModelInfer(request("forecaster_gru", outputs=asked, **feeds),
-                                     timeout=30)
+                reply = s.ModelInfer(request("forecaster_gru", outputs=asked, **feeds), timeout=30)
                 assert [o.name for o in reply.outputs] == ["quantiles", "forecast"]
         python, native_ = got[tiny_server.target], got[srv.target]
         assert python.keys() == native_.keys()
@@ -198,8 +210,12 @@ async def _mixed_load(target: str, clients: int, each: int) -> dict[str, int]:
                 msg = request("nosuch" if kind == 2 else "affine", x=x)
                 if kind == 3:
                     msg = pb.ModelInferRequest(model_name="affine")
-                    msg.inputs.add(name="x", datatype="FP32", shape=[1, 4],
-                                   contents=pb.InferTensorContents(fp32_contents=x.ravel()))
+                    msg.inputs.add(
+                        name="x",
+                        datatype="FP32",
+                        shape=[1, 4],
+                        contents=pb.InferTensorContents(fp32_contents=x.ravel()),
+                    )
                 if kind == 5:
                     replies = [r async for r in s.ModelStreamInfer(iter([msg, msg]), timeout=10)]
                     assert len(replies) == 2 and not any(r.error_message for r in replies)
@@ -215,9 +231,11 @@ async def _mixed_load(target: str, clients: int, each: int) -> dict[str, int]:
                     seen["cancelled"] += 1
                     continue
                 except grpc.aio.AioRpcError as err:
-                    key = {grpc.StatusCode.INVALID_ARGUMENT: "invalid",
-                           grpc.StatusCode.NOT_FOUND: "not_found",
-                           grpc.StatusCode.DEADLINE_EXCEEDED: "deadline"}[err.code()]
+                    key = {
+                        grpc.StatusCode.INVALID_ARGUMENT: "invalid",
+                        grpc.StatusCode.NOT_FOUND: "not_found",
+                        grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
+                    }[err.code()]
                     seen[key] += 1
                     continue
                 np.testing.assert_allclose(outputs(reply)["y"], 2 * x + 1, rtol=1e-6)
@@ -241,8 +259,9 @@ def test_mixed_load_with_errors_and_cancellations_loses_nothing(native: ServerPr
     assert answered <= after - before <= answered + seen["cancelled"] + seen["deadline"], seen
     channel, s = stub(native.target)
     with channel:
-        np.testing.assert_allclose(outputs(s.ModelInfer(request("affine", x=X), timeout=10))["y"],
-                                   2 * X + 1)
+        np.testing.assert_allclose(
+            outputs(s.ModelInfer(request("affine", x=X), timeout=10))["y"], 2 * X + 1
+        )
 
 
 def test_cancelled_streams_end_upstream_too(native: ServerProcess) -> None:
@@ -265,8 +284,15 @@ def test_a_version_reloaded_in_place_stays_on_the_fast_path(tmp_path: Path) -> N
     native_built()
     repo = tmp_path / "model_repository"
     model_dir = add_model(repo, "a", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
-    srv = ServerProcess(repo, "--frontend", "native", "--model-control-mode", "poll",
-                        "--repository-poll-secs", "0.3")
+    srv = ServerProcess(
+        repo,
+        "--frontend",
+        "native",
+        "--model-control-mode",
+        "poll",
+        "--repository-poll-secs",
+        "0.3",
+    )
     try:
         srv.wait_ready()
         channel, s = stub(srv.target)
@@ -281,7 +307,8 @@ def test_a_version_reloaded_in_place_stays_on_the_fast_path(tmp_path: Path) -> N
             time.sleep(0.5)  # the replaced instance is retired after the swap
             for _ in range(3):
                 np.testing.assert_allclose(
-                    outputs(s.ModelInfer(request("a", x=X), timeout=10))["y"], 2 * X + 1)
+                    outputs(s.ModelInfer(request("a", x=X), timeout=10))["y"], 2 * X + 1
+                )
         assert _series(srv, "seqserve_native_requests_total", "a") == 3  # the new instance's
     finally:
         assert srv.terminate() == 0, srv.output()
@@ -331,8 +358,12 @@ def test_typed_forecast_is_answered_in_process_and_loses_nothing(tmp_path: Path)
         seen = asyncio.run(_typed_load(srv.target, clients=8, each=30))
         assert seen["ok"] >= 80 and sum(seen.values()) == 240, seen
 
-        calls = scrape(srv.metrics_url)[("seqserve_native_in_process_calls_total",
-                                          "method=/seqserve.forecast.v1.Forecaster/Forecast")]
+        calls = scrape(srv.metrics_url)[
+            (
+                "seqserve_native_in_process_calls_total",
+                "method=/seqserve.forecast.v1.Forecaster/Forecast",
+            )
+        ]
         # Each call answered went through here (one cancelled or past its deadline at once
         # may not have got here).
         assert seen["ok"] <= calls <= 240, (calls, seen)
@@ -369,8 +400,12 @@ def test_an_in_process_call_cancelled_stops_its_work(tmp_path: Path) -> None:
     async def started(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryCall:
         call = fgrpc.ForecasterStub(channel).Forecast(request, timeout=60)
         deadline = time.monotonic() + 10
-        while scrape(srv.metrics_url).get(("nv_inference_pending_request_count",
-                                           "model=fc,version=1"), 0) < 1:
+        while (
+            scrape(srv.metrics_url).get(
+                ("nv_inference_pending_request_count", "model=fc,version=1"), 0
+            )
+            < 1
+        ):
             assert time.monotonic() < deadline, "the call never reached the model"
             await asyncio.sleep(0.02)
         return call
@@ -401,7 +436,9 @@ def test_an_in_process_call_cancelled_stops_its_work(tmp_path: Path) -> None:
         assert asyncio.run(cancel()) < 2
         outcome, took = asyncio.run(sigterm())
         assert outcome in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE) and took < 4, (
-            outcome, took)
+            outcome,
+            took,
+        )
         t0 = time.monotonic()
         srv.proc.wait(30)
         assert time.monotonic() - t0 < 4, srv.output()

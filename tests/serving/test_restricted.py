@@ -28,17 +28,26 @@ DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
 @pytest.fixture(scope="module", params=["python", "native"])
-def server(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     if request.param == "native":
         native_built()
     repo = standard_repository(tmp_path_factory.mktemp("restricted") / "model_repository")
     add_forecaster(repo)
-    srv = ServerProcess(repo, "--frontend", request.param, "--model-control-mode", "explicit",
-                        "--load-model", "*",
-                        "--grpc-restricted-protocol",
-                        "model-repository,model-config,statistics:admin-key=s3cret",
-                        "--grpc-restricted-protocol", "inference:infer-key=k2")
+    srv = ServerProcess(
+        repo,
+        "--frontend",
+        request.param,
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "*",
+        "--grpc-restricted-protocol",
+        "model-repository,model-config,statistics:admin-key=s3cret",
+        "--grpc-restricted-protocol",
+        "inference:infer-key=k2",
+    )
     try:
         srv.wait_ready()
         yield srv
@@ -71,9 +80,9 @@ def test_restricted_rpcs_need_their_header(v2: pb_grpc.GRPCInferenceServiceStub)
     assert v2.ModelMetadata(pb.ModelMetadataRequest(name="affine"), timeout=5).name == "affine"
 
 
-def test_inference_group_covers_v2_and_the_typed_apis(server: ServerProcess,
-                                                      v2: pb_grpc.GRPCInferenceServiceStub
-                                                      ) -> None:
+def test_inference_group_covers_v2_and_the_typed_apis(
+    server: ServerProcess, v2: pb_grpc.GRPCInferenceServiceStub
+) -> None:
     # A request the native fast path would take as it is: it is refused before.
     err = call_error(v2.ModelInfer, request("affine", x=X), timeout=5)
     assert err.code() is DENIED and "'triton-grpc-protocol-infer-key'" in err.details()
@@ -105,21 +114,25 @@ print(json.dumps(out))
 
 def test_tritonclient_sends_the_header(server: ServerProcess) -> None:
     python = tool("tritonclient")
-    out = subprocess.run([str(python), "-c", TRITONCLIENT, server.target], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [str(python), "-c", TRITONCLIENT, server.target], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["without"] == "StatusCode.PERMISSION_DENIED"
     assert "affine" in got["with"]
 
 
-@pytest.mark.parametrize(("specs", "words"), [
-    (["model-repository"], "expected <protocol>"),
-    (["model-repository:key"], "expected <protocol>"),
-    (["nope:k=v"], "unknown protocol 'nope'"),
-    (["inference:k=v", "inference,health:j=w"], "'inference' is in two groups"),
-    (["inference:a key=v"], "letters, digits"),
-])
+@pytest.mark.parametrize(
+    ("specs", "words"),
+    [
+        (["model-repository"], "expected <protocol>"),
+        (["model-repository:key"], "expected <protocol>"),
+        (["nope:k=v"], "unknown protocol 'nope'"),
+        (["inference:k=v", "inference,health:j=w"], "'inference' is in two groups"),
+        (["inference:a key=v"], "letters, digits"),
+    ],
+)
 def test_malformed_flags_are_refused(specs: list[str], words: str) -> None:
     with pytest.raises(ValueError, match=words):
         restricted.parse(specs)

@@ -19,8 +19,11 @@ def _fake(installed: dict[str, str]):
 
 
 def test_both_runtimes_refuse_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime_check.metadata, "version",
-                        _fake({"onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1"}))
+    monkeypatch.setattr(
+        runtime_check.metadata,
+        "version",
+        _fake({"onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1"}),
+    )
     both = r"both onnxruntime==1\.31\.1 and onnxruntime-gpu==1\.31\.1"
     with pytest.raises(SystemExit, match=both):
         runtime_check.check_single_runtime()

@@ -38,8 +38,10 @@ def test_health_watch_streams_the_status(empty_repository: Path, frontend: str) 
         server.wait_ready()
         with grpc.insecure_channel(server.target) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
-            for service, want in (("", health_pb2.HealthCheckResponse.SERVING),
-                                  ("nosuch", health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)):
+            for service, want in (
+                ("", health_pb2.HealthCheckResponse.SERVING),
+                ("nosuch", health_pb2.HealthCheckResponse.SERVICE_UNKNOWN),
+            ):
                 watch = stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=10)
                 assert next(watch).status == want
                 watch.cancel()
@@ -70,8 +72,9 @@ def test_v2_server_rpcs(server: ServerProcess) -> None:
         ("LogSettings", pb.LogSettingsRequest, "log settings"),
     ],
 )
-def test_unsupported_rpcs_say_so(server: ServerProcess, rpc: str, request_cls: type,
-                                 words: str) -> None:
+def test_unsupported_rpcs_say_so(
+    server: ServerProcess, rpc: str, request_cls: type, words: str
+) -> None:
     with grpc.insecure_channel(server.target) as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
         with pytest.raises(grpc.RpcError) as err:
@@ -105,12 +108,26 @@ def test_sigterm_drains_and_exits_zero(server: ServerProcess) -> None:
     assert "draining" in out and "stopped" in out
 
 
-def test_port_in_use_fails_with_a_clear_message(server: ServerProcess,
-                                               empty_repository: Path) -> None:
+def test_port_in_use_fails_with_a_clear_message(
+    server: ServerProcess, empty_repository: Path
+) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "seqserve", "serve", "--model-repository", str(empty_repository),
-         "--grpc-port", str(server.grpc_port), "--metrics-port", str(free_port())],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "serve",
+            "--model-repository",
+            str(empty_repository),
+            "--grpc-port",
+            str(server.grpc_port),
+            "--metrics-port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode != 0
     assert f"cannot listen on 127.0.0.1:{server.grpc_port}" in proc.stderr

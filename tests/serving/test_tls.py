@@ -22,17 +22,56 @@ def _cert(folder: Path, name: str, ca: tuple[Path, Path] | None = None) -> tuple
     key, crt = folder / f"{name}.key", folder / f"{name}.crt"
     subj = "/CN=localhost"
     if ca is None:
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subj,
-                 "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                 "-keyout", str(key), "-out", str(crt))
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            subj,
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+        )
     else:
         csr = folder / f"{name}.csr"
         ext = folder / f"{name}.ext"
         ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subj, "-keyout", str(key),
-                 "-out", str(csr))
-        _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
-                 "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(crt))
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            subj,
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca[1]),
+            "-CAkey",
+            str(ca[0]),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(crt),
+        )
     return key, crt
 
 
@@ -50,8 +89,9 @@ def test_tls(pki: dict, empty_repository: Path, frontend: str) -> None:
     if frontend == "native":
         native_built()
     key, crt = pki["server"]
-    server = ServerProcess(empty_repository, "--tls-cert", str(crt), "--tls-key", str(key),
-                           "--frontend", frontend)
+    server = ServerProcess(
+        empty_repository, "--tls-cert", str(crt), "--tls-key", str(key), "--frontend", frontend
+    )
     try:
         creds = grpc.ssl_channel_credentials(root_certificates=pki["ca"][1].read_bytes())
         deadline = time.monotonic() + 30
@@ -64,13 +104,23 @@ def test_tls(pki: dict, empty_repository: Path, frontend: str) -> None:
 
 
 @pytest.mark.parametrize("frontend", ["python", "native"])
-def test_mutual_tls_requires_a_client_certificate(pki: dict, empty_repository: Path,
-                                                  frontend: str) -> None:
+def test_mutual_tls_requires_a_client_certificate(
+    pki: dict, empty_repository: Path, frontend: str
+) -> None:
     if frontend == "native":
         native_built()
     key, crt = pki["server"]
-    server = ServerProcess(empty_repository, "--tls-cert", str(crt), "--tls-key", str(key),
-                           "--tls-client-ca", str(pki["ca"][1]), "--frontend", frontend)
+    server = ServerProcess(
+        empty_repository,
+        "--tls-cert",
+        str(crt),
+        "--tls-key",
+        str(key),
+        "--tls-client-ca",
+        str(pki["ca"][1]),
+        "--frontend",
+        frontend,
+    )
     try:
         ca = pki["ca"][1].read_bytes()
         ckey, ccrt = pki["client"]

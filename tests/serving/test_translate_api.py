@@ -24,9 +24,15 @@ def api(tiny_server: ServerProcess) -> Iterator[tgrpc.TranslatorStub]:
 
 
 def test_translate_many_with_nbest(api: tgrpc.TranslatorStub) -> None:
-    reply = api.Translate(tpb.TranslateRequest(
-        model_name="translator", sentences=["dreihundertzweiundvierzig", "sieben", ""],
-        beam_size=4, num_hypotheses=2), timeout=30)
+    reply = api.Translate(
+        tpb.TranslateRequest(
+            model_name="translator",
+            sentences=["dreihundertzweiundvierzig", "sieben", ""],
+            beam_size=4,
+            num_hypotheses=2,
+        ),
+        timeout=30,
+    )
     assert (reply.model_name, reply.model_version) == ("translator", "1")
     first, second, empty = reply.translations
     assert len(first.hypotheses) == 2 and first.hypotheses[0].score >= first.hypotheses[1].score
@@ -37,10 +43,14 @@ def test_translate_many_with_nbest(api: tgrpc.TranslatorStub) -> None:
 
 def test_stream_equals_unary_greedy(api: tgrpc.TranslatorStub) -> None:
     sentence = "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig"
-    unary = api.Translate(tpb.TranslateRequest(model_name="translator", sentences=[sentence],
-                                               beam_size=1), timeout=30)
-    chunks = list(api.TranslateStream(tpb.TranslateRequest(
-        model_name="translator", sentences=[sentence]), timeout=30))
+    unary = api.Translate(
+        tpb.TranslateRequest(model_name="translator", sentences=[sentence], beam_size=1), timeout=30
+    )
+    chunks = list(
+        api.TranslateStream(
+            tpb.TranslateRequest(model_name="translator", sentences=[sentence]), timeout=30
+        )
+    )
     text = "".join(c.text for c in chunks)
     assert text == unary.translations[0].hypotheses[0].text
     assert chunks[-1].done and len([c for c in chunks if c.text]) > 1  # pieces, not one blob
@@ -53,33 +63,48 @@ def test_client_translate_and_stream(tiny_server: ServerProcess) -> None:
     assert "".join(pieces) == t.text and t.num_tokens > 0
 
 
-@pytest.mark.parametrize(("msg", "words"), [
-    (tpb.TranslateRequest(model_name="translator", sentences=["eins " * 400]),
-     "sentences[0]: "),
-    (tpb.TranslateRequest(model_name="translator", sentences=["eins"], beam_size=1000),
-     "beam_size 1000 exceeds"),
-    (tpb.TranslateRequest(model_name="translator", sentences=["eins"], beam_size=2,
-                          num_hypotheses=3), "num_hypotheses must be in 1..beam_size"),
-    (tpb.TranslateRequest(model_name="translator"), "at least one sentence"),
-    (tpb.TranslateRequest(model_name="forecaster_gru", sentences=["eins"]),
-     "not a translator"),
-])
-def test_invalid_requests(api: tgrpc.TranslatorStub, msg: tpb.TranslateRequest,
-                          words: str) -> None:
+@pytest.mark.parametrize(
+    ("msg", "words"),
+    [
+        (
+            tpb.TranslateRequest(model_name="translator", sentences=["eins " * 400]),
+            "sentences[0]: ",
+        ),
+        (
+            tpb.TranslateRequest(model_name="translator", sentences=["eins"], beam_size=1000),
+            "beam_size 1000 exceeds",
+        ),
+        (
+            tpb.TranslateRequest(
+                model_name="translator", sentences=["eins"], beam_size=2, num_hypotheses=3
+            ),
+            "num_hypotheses must be in 1..beam_size",
+        ),
+        (tpb.TranslateRequest(model_name="translator"), "at least one sentence"),
+        (tpb.TranslateRequest(model_name="forecaster_gru", sentences=["eins"]), "not a translator"),
+    ],
+)
+def test_invalid_requests(api: tgrpc.TranslatorStub, msg: tpb.TranslateRequest, words: str) -> None:
     err = call_error(api.Translate, msg, timeout=30)
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert words in err.details()
 
 
 def test_too_long_names_the_limit(api: tgrpc.TranslatorStub) -> None:
-    err = call_error(api.Translate, tpb.TranslateRequest(
-        model_name="translator", sentences=["eins " * 400]), timeout=30)
+    err = call_error(
+        api.Translate,
+        tpb.TranslateRequest(model_name="translator", sentences=["eins " * 400]),
+        timeout=30,
+    )
     assert "limit" in err.details() or "at most" in err.details()
 
 
 def test_stream_rejects_beam_search(api: tgrpc.TranslatorStub) -> None:
-    err = call_error(lambda m, **kw: list(api.TranslateStream(m, **kw)), tpb.TranslateRequest(
-        model_name="translator", sentences=["eins"], beam_size=4), timeout=30)
+    err = call_error(
+        lambda m, **kw: list(api.TranslateStream(m, **kw)),
+        tpb.TranslateRequest(model_name="translator", sentences=["eins"], beam_size=4),
+        timeout=30,
+    )
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -117,8 +142,9 @@ def test_v2_translator_queue_timeout(tiny_server: ServerProcess) -> None:
         patient.parameters["timeout"].int64_param = 30_000_000
         assert outputs(s.ModelInfer(patient, timeout=30))["translation"][0, 0]
     samples = scrape(tiny_server.metrics_url)
-    assert samples[("nv_inference_request_failure",
-                    "model=translator,reason=REJECTED,version=1")] >= 1
+    assert (
+        samples[("nv_inference_request_failure", "model=translator,reason=REJECTED,version=1")] >= 1
+    )
 
 
 SHORT_MAX_LENGTH = 3  # decoder steps the short request needs at most
@@ -140,13 +166,20 @@ async def _short_overtakes_long(repository: Path) -> tuple | None:
     await repo.load("translator")
     model = repo.get("translator", "")
     try:
-        long = [model.prepare("neunhundertneunundneunzigtausendachthundertsiebenundsiebzig",
-                              beam_size=4, max_length=60) for _ in range(8)]
+        long = [
+            model.prepare(
+                "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig",
+                beam_size=4,
+                max_length=60,
+            )
+            for _ in range(8)
+        ]
         long_task = asyncio.ensure_future(model.translate(long))
         while model.steps < 2:  # the long request is decoding
             await asyncio.sleep(0.001)
-        short = await model.translate([model.prepare("eins", beam_size=1,
-                                                     max_length=SHORT_MAX_LENGTH)])
+        short = await model.translate(
+            [model.prepare("eins", beam_size=1, max_length=SHORT_MAX_LENGTH)]
+        )
         long_results = await long_task
         if short[0].joined_step + SHORT_MAX_LENGTH >= long_results[0].finished_step:
             return None

@@ -107,8 +107,9 @@ print(json.dumps(out))
 
 def _run(script: str, target: str, *args: str) -> dict:
     python = tool("tritonclient")
-    out = subprocess.run([str(python), "-c", script, target, *args], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [str(python), "-c", script, target, *args], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -147,8 +148,11 @@ def test_tritonclient_translator(tiny_server: ServerProcess, tiny_repository: Pa
     assert got["inputs"] == [["text", "BYTES", [-1, 1]]]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    local = load_translator(tiny_repository / "translator" / "1", session_options=opts,
-                            providers=["CPUExecutionProvider"])
+    local = load_translator(
+        tiny_repository / "translator" / "1",
+        session_options=opts,
+        providers=["CPUExecutionProvider"],
+    )
     for beam in (1, 4):
         want = local.translate(sources, beam_size=beam)
         assert got[f"shape{beam}"] == [len(sources), 1]
@@ -166,8 +170,11 @@ def test_tritonclient_load_unload(tmp_path: Path) -> None:
     server = ServerProcess(repo, "--model-control-mode", "explicit")
     try:
         server.wait_ready()
-        assert _run(LOAD_CALLS, server.target) == {"before": False, "loaded": True,
-                                                   "unloaded": True}
+        assert _run(LOAD_CALLS, server.target) == {
+            "before": False,
+            "loaded": True,
+            "unloaded": True,
+        }
     finally:
         server.terminate()
 
@@ -182,8 +189,9 @@ def perf_analyzer_env() -> dict[str, str]:
 def test_perf_analyzer_binary_runs() -> None:
     """The bundled binary finds its libraries (libb64 from Debian, libcudart from pip)."""
     exe = tool("perf_analyzer", "perf_analyzer")
-    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60,
-                         env=perf_analyzer_env())
+    out = subprocess.run(
+        [str(exe), "--version"], capture_output=True, text=True, timeout=60, env=perf_analyzer_env()
+    )
     assert out.returncode == 0, out.stderr
     assert "2.51.0" in out.stdout + out.stderr
 
@@ -194,9 +202,28 @@ def test_perf_analyzer_measures_a_model(standard_server: ServerProcess, tmp_path
     exe = tool("perf_analyzer", "perf_analyzer")
     csv = tmp_path / "perf.csv"
     out = subprocess.run(
-        [str(exe), "-m", "affine", "-u", standard_server.target, "-i", "grpc", "-b", "1",
-         "--concurrency-range", "2", "--request-count", "200", "-f", str(csv)],
-        capture_output=True, text=True, timeout=120, env=perf_analyzer_env())
+        [
+            str(exe),
+            "-m",
+            "affine",
+            "-u",
+            standard_server.target,
+            "-i",
+            "grpc",
+            "-b",
+            "1",
+            "--concurrency-range",
+            "2",
+            "--request-count",
+            "200",
+            "-f",
+            str(csv),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=perf_analyzer_env(),
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Throughput" in out.stdout
     rows = csv.read_text().splitlines()
@@ -215,13 +242,23 @@ def test_prometheus_scrapes_the_metrics(standard_server: ServerProcess, tmp_path
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: seqserve\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{standard_server.metrics_port}']}}]\n")
-    proc = subprocess.Popen([exe, f"--config.file={config}", f"--storage.tsdb.path={tmp_path}/db",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        f"    static_configs: [{{targets: ['127.0.0.1:{standard_server.metrics_port}']}}]\n"
+    )
+    proc = subprocess.Popen(
+        [
+            exe,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path}/db",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        query = (f"http://127.0.0.1:{port}/api/v1/query?query="
-                 "nv_inference_request_success%7Bmodel%3D%22affine%22%7D")
+        query = (
+            f"http://127.0.0.1:{port}/api/v1/query?query="
+            "nv_inference_request_success%7Bmodel%3D%22affine%22%7D"
+        )
         deadline = time.monotonic() + 30
         result: list = []
         while time.monotonic() < deadline and not result:

@@ -59,8 +59,11 @@ def test_bytes_round_trip(v2) -> None:  # noqa: ANN001
 
 def test_stream_infer_one_response_per_request(v2) -> None:  # noqa: ANN001
     x = np.ones((1, 4), np.float32)
-    reqs = [request("affine", rid="a", x=x), request("nope", rid="b", x=x),
-            request("affine", rid="c", x=x)]
+    reqs = [
+        request("affine", rid="a", x=x),
+        request("nope", rid="b", x=x),
+        request("affine", rid="c", x=x),
+    ]
     replies = list(v2.ModelStreamInfer(iter(reqs), timeout=10))
     assert [r.infer_response.id for r in replies] == ["a", "b", "c"]
     assert replies[0].error_message == "" and replies[2].error_message == ""
@@ -93,8 +96,9 @@ def test_health_per_model(standard_server: ServerProcess) -> None:
 
 
 def test_load_unload_need_explicit_mode(v2) -> None:  # noqa: ANN001
-    err = call_error(v2.RepositoryModelUnload,
-                     pb.RepositoryModelUnloadRequest(model_name="affine"), timeout=5)
+    err = call_error(
+        v2.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="affine"), timeout=5
+    )
     assert err.code() is grpc.StatusCode.UNIMPLEMENTED
     assert "--model-control-mode explicit" in err.details()
 
@@ -115,22 +119,30 @@ def test_statistics_agree_with_metrics(v2, standard_server: ServerProcess) -> No
     assert samples[("nv_inference_count", labels)] == s.inference_count
     assert samples[("nv_inference_exec_count", labels)] == s.execution_count
     assert samples[("nv_inference_request_success", labels)] == s.inference_stats.success.count
-    assert samples[("nv_inference_compute_infer_duration_us", labels)] == \
-        s.inference_stats.compute_infer.ns // 1000
+    assert (
+        samples[("nv_inference_compute_infer_duration_us", labels)]
+        == s.inference_stats.compute_infer.ns // 1000
+    )
 
 
 TRITON_SERIES = {
-    "nv_inference_request_success": "counter", "nv_inference_request_failure": "counter",
-    "nv_inference_count": "counter", "nv_inference_exec_count": "counter",
-    "nv_inference_request_duration_us": "counter", "nv_inference_queue_duration_us": "counter",
+    "nv_inference_request_success": "counter",
+    "nv_inference_request_failure": "counter",
+    "nv_inference_count": "counter",
+    "nv_inference_exec_count": "counter",
+    "nv_inference_request_duration_us": "counter",
+    "nv_inference_queue_duration_us": "counter",
     "nv_inference_compute_input_duration_us": "counter",
     "nv_inference_compute_infer_duration_us": "counter",
     "nv_inference_compute_output_duration_us": "counter",
     "nv_inference_pending_request_count": "gauge",
     "seqserve_request_duration_seconds": "histogram",
-    "seqserve_queue_duration_seconds": "histogram", "seqserve_batch_size": "histogram",
-    "seqserve_model_ready": "gauge", "seqserve_queue_size": "gauge",
-    "seqserve_queue_capacity": "gauge", "process_cpu_seconds_total": "counter",
+    "seqserve_queue_duration_seconds": "histogram",
+    "seqserve_batch_size": "histogram",
+    "seqserve_model_ready": "gauge",
+    "seqserve_queue_size": "gauge",
+    "seqserve_queue_capacity": "gauge",
+    "process_cpu_seconds_total": "counter",
     "process_resident_memory_bytes": "gauge",
 }
 
@@ -171,6 +183,9 @@ def test_latency_series_exist_from_load(tmp_path: Path) -> None:
     finally:
         srv.terminate()
     labels = "model=affine,version=1"
-    for name in ("seqserve_request_duration_seconds_count", "seqserve_queue_duration_seconds_count",
-                 "nv_inference_count"):
+    for name in (
+        "seqserve_request_duration_seconds_count",
+        "seqserve_queue_duration_seconds_count",
+        "nv_inference_count",
+    ):
         assert samples[(name, labels)] == 0, name

@@ -50,8 +50,9 @@ def _all_ready(server: ServerProcess, workers: int) -> bool:
 
 def _workers_of(pid: int) -> list[int]:
     """The supervisor's worker processes (its spawned children)."""
-    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "multiprocessing.spawn"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["pgrep", "-P", str(pid), "-f", "multiprocessing.spawn"], capture_output=True, text=True
+    )
     return [int(p) for p in out.stdout.split()]
 
 
@@ -64,8 +65,9 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     # the supervisor's status folder goes under TMPDIR: the test reads the workers' own ports
     server = ServerProcess(repo, "--workers", "2", env={**os.environ, "TMPDIR": str(tmp)})
     try:
-        _wait(lambda: _all_ready(server, 2), "both workers ready in the merged /metrics",
-              timeout=180)  # two interpreters importing onnxruntime on a loaded 2-core box
+        _wait(
+            lambda: _all_ready(server, 2), "both workers ready in the merged /metrics", timeout=180
+        )  # two interpreters importing onnxruntime on a loaded 2-core box
         yield server
     finally:
         assert server.terminate() == 0, server.output()
@@ -87,7 +89,8 @@ def _worker_metrics(server: ServerProcess) -> list[dict[tuple[str, str], float]]
 
 
 def test_connections_spread_over_the_workers_and_statistics_add_up(
-        two_workers: ServerProcess) -> None:
+    two_workers: ServerProcess,
+) -> None:
     before = scrape(two_workers.metrics_url).get(SUCCESS, 0)
     channels = [_channel(two_workers.target) for _ in range(15)]
     try:
@@ -98,8 +101,10 @@ def test_connections_spread_over_the_workers_and_statistics_add_up(
         per_worker = [m.get(SUCCESS, 0) for m in _worker_metrics(two_workers)]
         samples = scrape(two_workers.metrics_url)
         # every worker answers ModelStatistics for the whole server, whichever takes the call
-        answers = [s.ModelStatistics(pb.ModelStatisticsRequest(name="affine"), timeout=10)
-                   .model_stats[0] for s in stubs]
+        answers = [
+            s.ModelStatistics(pb.ModelStatisticsRequest(name="affine"), timeout=10).model_stats[0]
+            for s in stubs
+        ]
     finally:
         for ch in channels:
             ch.close()
@@ -109,19 +114,26 @@ def test_connections_spread_over_the_workers_and_statistics_add_up(
     for stats in answers:
         assert stats.inference_stats.success.count == samples[SUCCESS]
         assert stats.inference_count == samples[("nv_inference_count", "model=affine,version=1")]
-        assert stats.execution_count == samples[
-            ("nv_inference_exec_count", "model=affine,version=1")]
+        assert (
+            stats.execution_count == samples[("nv_inference_exec_count", "model=affine,version=1")]
+        )
         assert sum(b.compute_infer.count for b in stats.batch_stats) == stats.execution_count
     assert samples[("seqserve_workers", "")] == 2
     assert samples[READY] == 1  # the minimum over the workers, not their sum
 
 
 def test_statistics_of_workers_add_up_per_model_and_batch_size() -> None:
-    def response(count: int, last: int, sizes: dict[int, int], name: str = "m"
-                 ) -> pb.ModelStatisticsResponse:
+    def response(
+        count: int, last: int, sizes: dict[int, int], name: str = "m"
+    ) -> pb.ModelStatisticsResponse:
         reply = pb.ModelStatisticsResponse()
-        entry = reply.model_stats.add(name=name, version="1", last_inference=last,
-                                      inference_count=count, execution_count=len(sizes))
+        entry = reply.model_stats.add(
+            name=name,
+            version="1",
+            last_inference=last,
+            inference_count=count,
+            execution_count=len(sizes),
+        )
         entry.inference_stats.success.count, entry.inference_stats.success.ns = count, 10 * count
         for size, ns in sizes.items():
             entry.batch_stats.add(batch_size=size).compute_infer.ns = ns
@@ -135,20 +147,19 @@ def test_statistics_of_workers_add_up_per_model_and_batch_size() -> None:
     m = total.model_stats[0]
     assert (m.inference_count, m.execution_count, m.last_inference) == (5, 4, 200)
     assert (m.inference_stats.success.count, m.inference_stats.success.ns) == (5, 50)
-    assert [(b.batch_size, b.compute_infer.ns) for b in m.batch_stats] == [(1, 5), (2, 11),
-                                                                             (4, 20)]
+    assert [(b.batch_size, b.compute_infer.ns) for b in m.batch_stats] == [(1, 5), (2, 11), (4, 20)]
 
 
 def test_a_dead_worker_is_restarted(two_workers: ServerProcess) -> None:
     pids = _workers_of(two_workers.proc.pid)
     assert len(pids) == 2, pids
     os.kill(pids[0], signal.SIGKILL)
-    _wait(lambda: len(set(_workers_of(two_workers.proc.pid)) - set(pids)) == 1,
-          "a new worker process")
+    _wait(
+        lambda: len(set(_workers_of(two_workers.proc.pid)) - set(pids)) == 1, "a new worker process"
+    )
     _wait(lambda: _all_ready(two_workers, 2), "the new worker ready")
     with _channel(two_workers.target) as ch:
-        reply = pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(request("affine", x=X),
-                                                                timeout=10)
+        reply = pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(request("affine", x=X), timeout=10)
         np.testing.assert_allclose(outputs(reply)["y"], 2 * X + 1)
     assert "exited with -9" in two_workers.output()
 
@@ -165,10 +176,25 @@ def _taken_port() -> Iterator[int]:
 def test_a_port_in_use_fails_at_once(empty_repository: Path) -> None:
     with _taken_port() as port:
         out = subprocess.run(
-            [sys.executable, "-m", "seqserve", "serve", "--model-repository",
-             str(empty_repository), "--workers", "2", "--grpc-port", str(port),
-             "--metrics-port", str(free_port())],
-            cwd=ROOT, capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "seqserve",
+                "serve",
+                "--model-repository",
+                str(empty_repository),
+                "--workers",
+                "2",
+                "--grpc-port",
+                str(port),
+                "--metrics-port",
+                str(free_port()),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr
@@ -198,8 +224,7 @@ def test_merge_sums_amounts_and_keeps_the_weakest_readiness() -> None:
     merged = merge([a, b])
     lines = merged.splitlines()
     assert 'nv_inference_request_success{model="m",version="1"} 7.0' in lines
-    assert 'seqserve_request_duration_seconds_bucket{le="+Inf",model="m",version="1"} 7.0' \
-        in lines
+    assert 'seqserve_request_duration_seconds_bucket{le="+Inf",model="m",version="1"} 7.0' in lines
     assert 'seqserve_request_duration_seconds_sum{model="m",version="1"} 1.0' in lines
     assert 'seqserve_model_ready{model="m",version="1"} 0.0' in lines
     assert 'seqserve_request_duration_seconds_created{model="m",version="1"} 100.0' in lines
@@ -212,16 +237,36 @@ def test_merge_sums_amounts_and_keeps_the_weakest_readiness() -> None:
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_server_that_cannot_start_exits_1_with_the_reason(empty_repository: Path,
-                                                            workers: str) -> None:
+def test_a_server_that_cannot_start_exits_1_with_the_reason(
+    empty_repository: Path, workers: str
+) -> None:
     """A TLS file that is not there: one server says so and exits; with workers, the
     supervisor stops instead of restarting a worker that never served."""
     missing = str(empty_repository / "missing.pem")
     out = subprocess.run(
-        [sys.executable, "-m", "seqserve", "serve", "--model-repository", str(empty_repository),
-         "--workers", workers, "--grpc-port", str(free_port()), "--metrics-port",
-         str(free_port()), "--tls-cert", missing, "--tls-key", missing],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "serve",
+            "--model-repository",
+            str(empty_repository),
+            "--workers",
+            workers,
+            "--grpc-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--tls-cert",
+            missing,
+            "--tls-key",
+            missing,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1, out.stderr[-2000:]
     assert "cannot read a TLS file" in out.stderr and "missing.pem" in out.stderr
     if workers == "2":
@@ -233,10 +278,25 @@ def test_a_server_that_cannot_start_exits_1_with_the_reason(empty_repository: Pa
 def test_a_metrics_port_in_use_fails_at_once(empty_repository: Path, workers: str) -> None:
     with _taken_port() as port:
         out = subprocess.run(
-            [sys.executable, "-m", "seqserve", "serve", "--model-repository",
-             str(empty_repository), "--workers", workers, "--grpc-port", str(free_port()),
-             "--metrics-port", str(port)],
-            cwd=ROOT, capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "seqserve",
+                "serve",
+                "--model-repository",
+                str(empty_repository),
+                "--workers",
+                workers,
+                "--grpc-port",
+                str(free_port()),
+                "--metrics-port",
+                str(port),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert out.returncode == 1, out.stderr[-2000:]
     assert f"cannot serve metrics on 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr

@@ -14,8 +14,13 @@ from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving import tensors
 
 
-def request(model: str, version: str = "", rid: str = "", outputs: tuple[str, ...] = (),
-            **inputs: np.ndarray) -> pb.ModelInferRequest:
+def request(
+    model: str,
+    version: str = "",
+    rid: str = "",
+    outputs: tuple[str, ...] = (),
+    **inputs: np.ndarray,
+) -> pb.ModelInferRequest:
     msg = pb.ModelInferRequest(model_name=model, model_version=version, id=rid)
     for name, array in inputs.items():
         datatype = tensors.v2_datatype(array)
@@ -27,13 +32,17 @@ def request(model: str, version: str = "", rid: str = "", outputs: tuple[str, ..
 
 
 def outputs(reply: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    return {o.name: tensors.from_raw(raw, o.datatype, list(o.shape), o.name)
-            for o, raw in zip(reply.outputs, reply.raw_output_contents, strict=True)}
+    return {
+        o.name: tensors.from_raw(raw, o.datatype, list(o.shape), o.name)
+        for o, raw in zip(reply.outputs, reply.raw_output_contents, strict=True)
+    }
 
 
 def stub(target: str) -> tuple[grpc.Channel, pb_grpc.GRPCInferenceServiceStub]:
-    channel = grpc.insecure_channel(target, options=[
-        ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    channel = grpc.insecure_channel(
+        target,
+        options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
+    )
     return channel, pb_grpc.GRPCInferenceServiceStub(channel)
 
 
@@ -45,7 +54,7 @@ def call_error(fn: object, *args: object, **kw: object) -> grpc.RpcError:
     raise AssertionError("the call succeeded")
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 

@@ -9,11 +9,20 @@ import pytest
 
 from training.config import ForecasterConfig, TrainConfig
 
-TINY_MODEL = ForecasterConfig(input_len=48, horizon=24, d_model=32, seg_len=24,
-                              quantiles=(0.1, 0.5, 0.9))
-TINY_TRAIN = TrainConfig(data="synthetic", features="MS", future_features=("hour", "weekday"),
-                         synthetic_rows=2000, epochs=4, batch_size=32, patience=2, threads=1,
-                         plot_windows=2)
+TINY_MODEL = ForecasterConfig(
+    input_len=48, horizon=24, d_model=32, seg_len=24, quantiles=(0.1, 0.5, 0.9)
+)
+TINY_TRAIN = TrainConfig(
+    data="synthetic",
+    features="MS",
+    future_features=("hour", "weekday"),
+    synthetic_rows=2000,
+    epochs=4,
+    batch_size=32,
+    patience=2,
+    threads=1,
+    plot_windows=2,
+)
 
 
 @pytest.fixture(scope="session")

@@ -31,16 +31,19 @@ def test_offsets_are_converted_to_utc(tmp_path: Path) -> None:
     assert frame.timestamps[0] == np.datetime64("2021-01-01T00:00:00")
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    (GOOD.replace(",2,20", ",,20"), "row 2, column 'a': missing value"),
-    (GOOD.replace(",30", ",abc"), "row 3, column 'b': 'abc' is not a finite number"),
-    (GOOD.replace(",30", ",nan"), "row 3, column 'b': 'nan' is not a finite number"),
-    (GOOD.replace("2021-01-01 01:00:00", "yesterday"), "row 2, column 'date': 'yesterday'"),
-    (GOOD.replace("2021-01-01 02:00:00", "2021-01-01 00:30:00"), "row 3, column 'date'"),
-    (GOOD.replace(",2,20", ",2"), "row 2 has 2 cells, the header has 3"),
-    (GOOD.replace("date,", "time,"), "no timestamp column 'date'"),
-    ("", "empty file"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GOOD.replace(",2,20", ",,20"), "row 2, column 'a': missing value"),
+        (GOOD.replace(",30", ",abc"), "row 3, column 'b': 'abc' is not a finite number"),
+        (GOOD.replace(",30", ",nan"), "row 3, column 'b': 'nan' is not a finite number"),
+        (GOOD.replace("2021-01-01 01:00:00", "yesterday"), "row 2, column 'date': 'yesterday'"),
+        (GOOD.replace("2021-01-01 02:00:00", "2021-01-01 00:30:00"), "row 3, column 'date'"),
+        (GOOD.replace(",2,20", ",2"), "row 2 has 2 cells, the header has 3"),
+        (GOOD.replace("date,", "time,"), "no timestamp column 'date'"),
+        ("", "empty file"),
+    ],
+)
 def test_bad_files_name_row_and_column(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(CSVError, match=message.replace("(", r"\(")):
         read_csv(write(tmp_path, text))
@@ -53,8 +56,9 @@ def test_ffill_carries_values_forward(tmp_path: Path) -> None:
         read_csv(write(tmp_path, GOOD.replace(",1,10", ",,10")), fill="ffill")
 
 
-def test_cli_reports_a_bad_csv_without_a_traceback(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_cli_reports_a_bad_csv_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = write(tmp_path, GOOD.replace(",30", ",x"))
     assert main(["train", "forecaster", "--data", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

@@ -13,9 +13,19 @@ VARIANTS = [(arch, cell) for arch in ("segrnn", "rnn") for cell in ("gru", "lstm
 
 
 def tiny(arch: str, cell: str, **kw: object) -> ForecasterConfig:
-    base = {"arch": arch, "cell": cell, "input_len": 24, "horizon": 12, "n_past": 3,
-            "target_index": (0, 2), "n_future": 2, "d_model": 8, "seg_len": 6, "layers": 2,
-            "quantiles": (0.1, 0.5, 0.9)}
+    base = {
+        "arch": arch,
+        "cell": cell,
+        "input_len": 24,
+        "horizon": 12,
+        "n_past": 3,
+        "target_index": (0, 2),
+        "n_future": 2,
+        "d_model": 8,
+        "seg_len": 6,
+        "layers": 2,
+        "quantiles": (0.1, 0.5, 0.9),
+    }
     return ForecasterConfig(**{**base, **kw})
 
 
@@ -55,8 +65,9 @@ def test_segrnn_uses_past_covariates_in_ms() -> None:
     changed = past.clone()
     changed[:, :12, 1] += 3.0  # move a covariate inside the window, not at its end
     with torch.no_grad():
-        assert not torch.allclose(model(past, torch.zeros(2, 12, 2))[0],
-                                  model(changed, torch.zeros(2, 12, 2))[0])
+        assert not torch.allclose(
+            model(past, torch.zeros(2, 12, 2))[0], model(changed, torch.zeros(2, 12, 2))[0]
+        )
 
 
 def test_bad_configs_are_refused() -> None:

@@ -25,8 +25,10 @@ def ett_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stamps = np.datetime64("2016-07-01T00:00") + np.arange(ROWS).astype("timedelta64[h]")
     values = np.arange(ROWS)[:, None] * (1 + np.arange(7)) + np.sin(np.arange(ROWS))[:, None]
     lines = ["date," + ",".join(COLUMNS)]
-    lines += [str(s).replace("T", " ") + ":00," + ",".join(f"{v:.3f}" for v in row)
-              for s, row in zip(stamps, values, strict=True)]
+    lines += [
+        str(s).replace("T", " ") + ":00," + ",".join(f"{v:.3f}" for v in row)
+        for s, row in zip(stamps, values, strict=True)
+    ]
     (folder / "ett" / "ETTh1.csv").write_text("\n".join(lines) + "\n")
     return folder
 
@@ -53,8 +55,9 @@ def test_standard_split_counts_and_train_only_scaler() -> None:
 
 
 @pytest.mark.usefixtures("etth1")
-@pytest.mark.parametrize(("features", "n_in", "targets"),
-                         [("M", 7, COLUMNS), ("S", 1, ["OT"]), ("MS", 7, ["OT"])])
+@pytest.mark.parametrize(
+    ("features", "n_in", "targets"), [("M", 7, COLUMNS), ("S", 1, ["OT"]), ("MS", 7, ["OT"])]
+)
 def test_settings_and_batch_shapes(features: str, n_in: int, targets: list[str]) -> None:
     config = TrainConfig(data="etth1", features=features, future_features=("hour", "weekday"))
     series = prepare(config, 96, 48)
@@ -64,8 +67,10 @@ def test_settings_and_batch_shapes(features: str, n_in: int, targets: list[str])
     assert future.shape == (5, 48, 2)
     assert target.shape == (5, 48, len(targets))
     ot = series.past_features.index("OT")
-    np.testing.assert_array_equal(target[..., -1], series.past[series.starts("test", 96, 48)[:5,
-                                  None] + 96 + np.arange(48), ot])
+    np.testing.assert_array_equal(
+        target[..., -1],
+        series.past[series.starts("test", 96, 48)[:5, None] + 96 + np.arange(48), ot],
+    )
 
 
 def test_unknown_data_and_columns_are_clear(tmp_path: Path) -> None:

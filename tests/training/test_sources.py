@@ -27,8 +27,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _fake_file(folder: Path, key: str, content: bytes,
-               monkeypatch: pytest.MonkeyPatch) -> Path:
+def _fake_file(folder: Path, key: str, content: bytes, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = folder / key
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
@@ -42,15 +41,17 @@ def test_data_dir_comes_first(clean_env: Path, monkeypatch: pytest.MonkeyPatch) 
     assert sources.dataset_file(KEY) == path
 
 
-def test_data_dir_missing_file_is_an_error(clean_env: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_dir_missing_file_is_an_error(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SEQSERVE_DATA_DIR", str(clean_env / "empty"))
     with pytest.raises(sources.DatasetError, match="not in SEQSERVE_DATA_DIR"):
         sources.dataset_file(KEY)
 
 
-def test_shared_data_beside_the_repository(clean_env: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shared_data_beside_the_repository(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake_root = clean_env / "checkout" / "seqserve"
     fake_root.mkdir(parents=True)
     path = _fake_file(clean_env / "checkout" / "shared" / "data", KEY, b"x\n", monkeypatch)
@@ -107,8 +108,9 @@ def test_download_into_cache_checks_sha(clean_env: Path, monkeypatch: pytest.Mon
 
 
 @pytest.mark.skipif(not SHARED_MULTI30K.is_dir(), reason="../shared/data/multi30k not here")
-def test_multi30k_download_with_the_real_checksums(clean_env: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multi30k_download_with_the_real_checksums(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The Multi30k reader downloads through a mirror laid out as the public repository, with
     the pinned sha256 of the real files, and refuses a file whose bytes changed."""
     from training.data import parallel

@@ -29,8 +29,16 @@ def test_beats_repeat_last_on_a_learnable_series(tiny_run: Run) -> None:
 def test_writes_metrics_plot_and_checkpoint(tiny_run: Run) -> None:
     out, metrics = tiny_run
     on_disk = json.loads((out / "metrics.json").read_text())
-    for key in ("test_mse", "test_mae", "val_mse", "repeat_last_test_mse",
-                "repeat_last_test_mae", "test_windows", "wall_seconds", "epochs"):
+    for key in (
+        "test_mse",
+        "test_mae",
+        "val_mse",
+        "repeat_last_test_mse",
+        "repeat_last_test_mae",
+        "test_windows",
+        "wall_seconds",
+        "epochs",
+    ):
         assert key in on_disk
     assert on_disk["test_windows"] == 2000 - int(2000 * 0.7) - int(2000 * 0.1) - 24 + 1
     assert (out / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

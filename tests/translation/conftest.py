@@ -37,8 +37,7 @@ def translator(version_dir: Path):  # noqa: ANN201 - core.translation.Translator
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    return load_translator(version_dir, session_options=opts,
-                           providers=["CPUExecutionProvider"])
+    return load_translator(version_dir, session_options=opts, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="session")

@@ -26,15 +26,17 @@ class FakeModel:
 
     num_layers, num_heads, head_dim = L, H, K
     table: ClassVar[dict[int, np.ndarray]] = {
-        BOS: log({A: 0.6, B: 0.4}), A: log({EOS: 0.3, A: 0.25, B: 0.25, C: 0.2}),
-        B: log({EOS: 0.9, C: 0.1}), C: log({EOS: 1.0})}
+        BOS: log({A: 0.6, B: 0.4}),
+        A: log({EOS: 0.3, A: 0.25, B: 0.25, C: 0.2}),
+        B: log({EOS: 0.9, C: 0.1}),
+        C: log({EOS: 1.0}),
+    }
 
     def __init__(self) -> None:
         self.calls: list[int] = []  # rows per decoder call
         self.past_lens: list[int] = []  # cache length P per decoder call
 
-    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         b, s = src_ids.shape
         kv = np.zeros((L, b, H, s, K), np.float32)
         kv[..., 0] = src_mask.sum(axis=1)[None, :, None, None]  # the source length, per row
@@ -43,10 +45,17 @@ class FakeModel:
     def next_log_probs(self, last: int, position: int, src_len: int) -> np.ndarray:
         return self.table.get(last, self.table[C])  # anything else: stop
 
-    def step(self, tokens: np.ndarray, positions: np.ndarray, past_k: np.ndarray,
-             past_v: np.ndarray, past_mask: np.ndarray, cross_k: np.ndarray,
-             cross_v: np.ndarray, src_mask: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def step(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        past_k: np.ndarray,
+        past_v: np.ndarray,
+        past_mask: np.ndarray,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        src_mask: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows = tokens.shape[0]
         self.calls.append(rows)
         self.past_lens.append(past_k.shape[3])
@@ -56,8 +65,12 @@ class FakeModel:
             own = past_k[0, i, 0, past_mask[i], 0]
             assert np.array_equal(own, np.arange(len(own))), f"row {i} cache: {own}"
             assert positions[i, 0] == len(own), f"row {i}: position {positions[i, 0]}"
-        lp = np.stack([self.next_log_probs(int(tokens[i, 0]), int(positions[i, 0]),
-                                           int(src_len[i])) for i in range(rows)])
+        lp = np.stack(
+            [
+                self.next_log_probs(int(tokens[i, 0]), int(positions[i, 0]), int(src_len[i]))
+                for i in range(rows)
+            ]
+        )
         new = np.zeros((L, rows, H, 1, K), np.float32)
         new[..., 0] = positions[None, :, None, :]  # each slot remembers its position
         present = np.concatenate([past_k, new], axis=3)

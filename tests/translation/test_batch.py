@@ -43,8 +43,10 @@ def test_a_request_added_mid_flight_finishes_first() -> None:
 
 
 def test_batched_equals_one_at_a_time() -> None:
-    requests = [DecodeRequest(i, source(n), beam_size=b, max_length=40)
-                for i, (n, b) in enumerate([(3, 1), (9, 2), (1, 1), (6, 4), (4, 1)])]
+    requests = [
+        DecodeRequest(i, source(n), beam_size=b, max_length=40)
+        for i, (n, b) in enumerate([(3, 1), (9, 2), (1, 1), (6, 4), (4, 1)])
+    ]
     together = run_to_end(_batch(requests))
     for r in requests:
         alone = run_to_end(_batch([r]))[r.id]
@@ -92,11 +94,16 @@ def test_empty_input_is_answered_without_the_model() -> None:
 def test_groups_encoded_apart_and_joined_later_decode_as_if_added() -> None:
     """The served model encodes on one thread and joins on another: `encode` then `join`
     must be `add`, whatever the grouping, with empty sources and beams in the groups."""
-    requests = [DecodeRequest(i, source(n) if n else [], beam_size=b, max_length=40)
-                for i, (n, b) in enumerate([(3, 1), (0, 1), (9, 2), (1, 1), (6, 4)])]
+    requests = [
+        DecodeRequest(i, source(n) if n else [], beam_size=b, max_length=40)
+        for i, (n, b) in enumerate([(3, 1), (0, 1), (9, 2), (1, 1), (6, 4)])
+    ]
     model = LengthModel()
-    groups = [encode(model, requests[:2], PAD), encode(model, requests[2:3], PAD),
-              encode(model, requests[3:], PAD)]
+    groups = [
+        encode(model, requests[:2], PAD),
+        encode(model, requests[2:3], PAD),
+        encode(model, requests[3:], PAD),
+    ]
     assert [g.rows for g in groups] == [2, 2, 5]
     batch = DecodeBatch(model, BOS, EOS, PAD)
     batch.join(groups[0])

@@ -12,8 +12,14 @@ L, H, K = 2, 3, 4
 def _cache(rows: int, past: int, src: int, seed: int) -> KVCache:
     rng = np.random.default_rng(seed)
     kv = lambda w: rng.standard_normal((L, rows, H, w, K)).astype(np.float32)  # noqa: E731
-    return KVCache(kv(past), kv(past), rng.random((rows, past)) > 0.3, kv(src), kv(src),
-                   rng.random((rows, src)) > 0.3)
+    return KVCache(
+        kv(past),
+        kv(past),
+        rng.random((rows, past)) > 0.3,
+        kv(src),
+        kv(src),
+        rng.random((rows, src)) > 0.3,
+    )
 
 
 def _padded(a: np.ndarray, axis: int, width: int, left: bool) -> np.ndarray:
@@ -28,13 +34,19 @@ def test_concat_left_pads_slots_and_right_pads_sources() -> None:
     for first, second in ((a, b), (b, a)):
         joined = first.concat(second)
         assert joined.rows == 5 and joined.past_len == 5 and joined.src_mask.shape == (5, 6)
-        for name, axis, width, left in (("past_k", 3, 5, True), ("past_v", 3, 5, True),
-                                        ("past_mask", 1, 5, True), ("cross_k", 3, 6, False),
-                                        ("cross_v", 3, 6, False), ("src_mask", 1, 6, False)):
+        for name, axis, width, left in (
+            ("past_k", 3, 5, True),
+            ("past_v", 3, 5, True),
+            ("past_mask", 1, 5, True),
+            ("cross_k", 3, 6, False),
+            ("cross_v", 3, 6, False),
+            ("src_mask", 1, 6, False),
+        ):
             x, y = getattr(first, name), getattr(second, name)
             row_axis = 0 if x.ndim == 2 else 1
-            expected = np.concatenate([_padded(x, axis, width, left),
-                                       _padded(y, axis, width, left)], axis=row_axis)
+            expected = np.concatenate(
+                [_padded(x, axis, width, left), _padded(y, axis, width, left)], axis=row_axis
+            )
             got = getattr(joined, name)
             assert got.dtype == x.dtype and got.flags.c_contiguous, name
             np.testing.assert_array_equal(got, expected, err_msg=name)

@@ -52,9 +52,19 @@ def test_seeded_and_inert_in_eval() -> None:
 
 
 def test_the_translator_uses_it_everywhere() -> None:
-    model = make_model(TranslatorConfig(vocab_size=40, d_model=32, num_heads=4, d_ff=64,
-                                        num_encoder_layers=1, num_decoder_layers=1,
-                                        dropout=0.1, attention_dropout=0.2, max_len=32))
+    model = make_model(
+        TranslatorConfig(
+            vocab_size=40,
+            d_model=32,
+            num_heads=4,
+            d_ff=64,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+            dropout=0.1,
+            attention_dropout=0.2,
+            max_len=32,
+        )
+    )
     drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout | Dropout)]
     assert drops and all(isinstance(m, Dropout) for m in drops)
     assert sorted({m.p for m in drops}) == [0.1, 0.2]

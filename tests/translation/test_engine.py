@@ -28,8 +28,9 @@ from serving.settings import Device, FallbackPolicy, Settings
 LONG = "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig"
 
 
-async def _break_engine_mid_flight(repository: Path, sig: signal.Signals, stall_s: float,
-                                  cause: str) -> None:
+async def _break_engine_mid_flight(
+    repository: Path, sig: signal.Signals, stall_s: float, cause: str
+) -> None:
     changes: list[str] = []  # what the server's health service is told
     settings = Settings(model_repository=repository, engine_stall_secs=stall_s)
     repo = ModelRepository(repository, settings, changes.append)
@@ -38,8 +39,9 @@ async def _break_engine_mid_flight(repository: Path, sig: signal.Signals, stall_
     try:
         assert model.engine is not None
         first = model.engine.process.pid
-        in_flight = asyncio.gather(model.translate(
-            [model.prepare(LONG, beam_size=4, max_length=60) for _ in range(8)]))
+        in_flight = asyncio.gather(
+            model.translate([model.prepare(LONG, beam_size=4, max_length=60) for _ in range(8)])
+        )
         await asyncio.sleep(0)  # submitted to the engine
         os.kill(first, sig)
         with pytest.raises(EngineFailed, match="retry"):
@@ -67,12 +69,16 @@ async def _break_engine_mid_flight(repository: Path, sig: signal.Signals, stall_
         await repo.close()
 
 
-@pytest.mark.parametrize(("sig", "stall_s", "cause"), [
-    (signal.SIGKILL, 60.0, "exited"),  # it dies
-    (signal.SIGSTOP, 1.0, "stalled"),  # it lives, holding the requests, stepping no more
-])
+@pytest.mark.parametrize(
+    ("sig", "stall_s", "cause"),
+    [
+        (signal.SIGKILL, 60.0, "exited"),  # it dies
+        (signal.SIGSTOP, 1.0, "stalled"),  # it lives, holding the requests, stepping no more
+    ],
+)
 def test_requests_in_flight_fail_when_the_engine_dies_or_stalls_and_a_new_one_serves(
-        tiny_repository: Path, sig: signal.Signals, stall_s: float, cause: str) -> None:
+    tiny_repository: Path, sig: signal.Signals, stall_s: float, cause: str
+) -> None:
     asyncio.run(_break_engine_mid_flight(tiny_repository, sig, stall_s, cause))
 
 
@@ -93,8 +99,10 @@ async def _stop_and_flood(repository: Path) -> None:
     # A thousand requests: far more than the pipe to a stopped engine holds (its buffer
     # filled and the loop blocked on the next send, so the watchdog never ran). They are
     # tokenized before the ticker starts: that work is the test's, not the engine's.
-    batches = [[model.prepare(f"{LONG} {i}", beam_size=1) for i in range(j, j + 20)]
-               for j in range(0, 1000, 20)]
+    batches = [
+        [model.prepare(f"{LONG} {i}", beam_size=1) for i in range(j, j + 20)]
+        for j in range(0, 1000, 20)
+    ]
     gaps: list[float] = []
     ticker = asyncio.ensure_future(_ticker(gaps))
     try:
@@ -124,8 +132,7 @@ def test_a_stopped_engine_never_blocks_the_event_loop(tiny_repository: Path) -> 
 
 
 async def _stop_while_idle(repository: Path) -> None:
-    repo = ModelRepository(repository, Settings(model_repository=repository,
-                                                engine_stall_secs=1.0))
+    repo = ModelRepository(repository, Settings(model_repository=repository, engine_stall_secs=1.0))
     await repo.load("translator")
     model = repo.get("translator", "")
     try:
@@ -147,7 +154,8 @@ def test_a_stopped_idle_engine_is_replaced(tiny_repository: Path) -> None:
 
 
 def test_a_version_the_engine_cannot_load_is_unavailable_with_the_reason(
-        tiny_repository: Path, tmp_path: Path) -> None:
+    tiny_repository: Path, tmp_path: Path
+) -> None:
     repository = tmp_path / "repo"
     shutil.copytree(tiny_repository, repository)
     (repository / "translator" / "1" / "decoder.onnx").write_bytes(b"not an onnx file")
@@ -165,10 +173,13 @@ def test_a_version_the_engine_cannot_load_is_unavailable_with_the_reason(
     assert "decoder.onnx" in reason, reason
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
-                    reason="this onnxruntime build has CUDA: the fallback cannot be shown")
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(),
+    reason="this onnxruntime build has CUDA: the fallback cannot be shown",
+)
 def test_the_translator_follows_the_device_and_its_fallback_policy(
-        version_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    version_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = read_config(version_dir.parent)
     cuda = Settings(model_repository=version_dir.parent.parent, device=Device.CUDA)
     with pytest.raises(ModelLoadError, match="CUDAExecutionProvider is not available"):
@@ -178,8 +189,8 @@ def test_the_translator_follows_the_device_and_its_fallback_policy(
         translator = load_translator(version_dir, config, warn)
     assert translator.model.providers == ["CPUExecutionProvider"]
     assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
-        "asked for CUDAExecutionProvider, the session got CPUExecutionProvider"] * 2
-
+        "asked for CUDAExecutionProvider, the session got CPUExecutionProvider"
+    ] * 2
 
 
 async def _fill_the_queue(repository: Path) -> None:
@@ -188,8 +199,12 @@ async def _fill_the_queue(repository: Path) -> None:
     model = repo.get("translator", "")
     try:
         assert (model.max_rows, model.queue_capacity) == (8, 2)
-        held = [asyncio.ensure_future(model.translate(
-            [model.prepare(LONG, beam_size=4, max_length=60)])) for _ in range(4)]
+        held = [
+            asyncio.ensure_future(
+                model.translate([model.prepare(LONG, beam_size=4, max_length=60)])
+            )
+            for _ in range(4)
+        ]
         await asyncio.sleep(0)  # 2 decode (8 rows), 2 wait: the queue is full
         with pytest.raises(QueueFull, match="queue full"):
             await model.translate([model.prepare("eins", beam_size=1)])

@@ -25,12 +25,27 @@ from protos.inference import model_config_pb2 as mc
 from training.decoding import greedy_decode
 
 
-def test_training_wrote_checkpoint_metrics_and_examples(tiny_checkpoint: Path,
-                                                        tiny_metrics: dict[str, Any]) -> None:
+def test_training_wrote_checkpoint_metrics_and_examples(
+    tiny_checkpoint: Path, tiny_metrics: dict[str, Any]
+) -> None:
     assert {p.name for p in tiny_checkpoint.iterdir()} >= {
-        "checkpoint.pt", "spm.model", "metrics.json", "examples.txt"}
-    for key in ("bleu", "chrf", "exact_match", "split", "beam_size", "decode_seconds",
-                "parameters", "train_seconds", "steps", "best_val_loss"):
+        "checkpoint.pt",
+        "spm.model",
+        "metrics.json",
+        "examples.txt",
+    }
+    for key in (
+        "bleu",
+        "chrf",
+        "exact_match",
+        "split",
+        "beam_size",
+        "decode_seconds",
+        "parameters",
+        "train_seconds",
+        "steps",
+        "best_val_loss",
+    ):
         assert key in tiny_metrics, key
     assert tiny_metrics["split"] == "test" and tiny_metrics["beam_size"] == 2
     assert "HYP" in (tiny_checkpoint / "examples.txt").read_text()
@@ -41,20 +56,42 @@ def test_config_declares_the_translator_contract(version_dir: Path) -> None:
     assert config.name == "translator" and config.backend == "seqserve_translator"
     assert config.platform == "" and config.max_batch_size == 64
     assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [
-        ("text", mc.TYPE_STRING, [1])]
+        ("text", mc.TYPE_STRING, [1])
+    ]
     assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [
-        ("translation", mc.TYPE_STRING, [1]), ("score", mc.TYPE_FP32, [1])]
+        ("translation", mc.TYPE_STRING, [1]),
+        ("score", mc.TYPE_FP32, [1]),
+    ]
     params = {k: v.string_value for k, v in config.parameters.items()}
-    for key in ("seqserve_schema", "task", "src_lang", "tgt_lang", "bos_id", "eos_id", "pad_id",
-                "max_source_tokens", "max_target_tokens", "default_beam_size", "tokenizer",
-                "num_layers", "num_heads", "head_dim", "metrics", "exporter", "opset"):
+    for key in (
+        "seqserve_schema",
+        "task",
+        "src_lang",
+        "tgt_lang",
+        "bos_id",
+        "eos_id",
+        "pad_id",
+        "max_source_tokens",
+        "max_target_tokens",
+        "default_beam_size",
+        "tokenizer",
+        "num_layers",
+        "num_heads",
+        "head_dim",
+        "metrics",
+        "exporter",
+        "opset",
+    ):
         assert key in params, key
     assert params["seqserve_schema"] == "1" and params["task"] == "translator"
     assert json.loads(params["metrics"])["beam_size"] == 2
     spec = TranslatorSpec.from_config(config)
     assert (spec.src_lang, spec.tgt_lang, spec.max_source_tokens) == ("de", "en", 48)
     assert sorted(p.name for p in version_dir.iterdir()) == [
-        "decoder.onnx", "encoder.onnx", "spm.model"]
+        "decoder.onnx",
+        "encoder.onnx",
+        "spm.model",
+    ]
 
 
 def test_graphs_have_dynamic_batch_length_and_cache(version_dir: Path) -> None:
@@ -69,12 +106,21 @@ def test_graphs_have_dynamic_batch_length_and_cache(version_dir: Path) -> None:
 
 
 def test_decoder_accepts_an_empty_cache(version_dir: Path) -> None:
-    sess = ort.InferenceSession(str(version_dir / "decoder.onnx"),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(version_dir / "decoder.onnx"), providers=["CPUExecutionProvider"]
+    )
     kv = np.zeros((2, 3, 4, 0, 16), np.float32)
     cross = np.random.default_rng(0).standard_normal((2, 3, 4, 5, 16)).astype(np.float32)
-    feeds = decoder_feeds(np.full((3, 1), 2, np.int64), np.zeros((3, 1), np.int64), kv, kv,
-                          np.zeros((3, 0), bool), cross, cross, np.ones((3, 5), bool))
+    feeds = decoder_feeds(
+        np.full((3, 1), 2, np.int64),
+        np.zeros((3, 1), np.int64),
+        kv,
+        kv,
+        np.zeros((3, 0), bool),
+        cross,
+        cross,
+        np.ones((3, 5), bool),
+    )
     assert sorted(feeds) == sorted(i.name for i in sess.get_inputs())
     log_probs, pk, _ = stacked_outputs(sess.run(decoder_outputs(2), feeds), 2)
     assert log_probs.shape == (3, 96) and pk.shape == (2, 3, 4, 1, 16)
@@ -82,8 +128,9 @@ def test_decoder_accepts_an_empty_cache(version_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("rows", "past", "src"), [(1, 0, 3), (4, 6, 9), (3, 13, 1)])
-def test_inference_layout_step_equals_decode_step(torch_checkpoint: tuple[Any, ...], rows: int,
-                                                  past: int, src: int) -> None:
+def test_inference_layout_step_equals_decode_step(
+    torch_checkpoint: tuple[Any, ...], rows: int, past: int, src: int
+) -> None:
     """decoder.onnx is written from export.decoder_step (fused, pre-transposed weights, additive
     masks): in PyTorch it must compute the training model's decode_step, padded rows included."""
     from export.decoder_step import DecoderStep
@@ -100,22 +147,24 @@ def test_inference_layout_step_equals_decode_step(torch_checkpoint: tuple[Any, .
         torch.testing.assert_close(g, torch.from_numpy(w), atol=1e-5, rtol=1e-5)
 
 
-def _torch_greedy(torch_checkpoint: tuple[Any, ...], translator: Translator,
-                  sources: list[str]) -> list[list[int]]:
+def _torch_greedy(
+    torch_checkpoint: tuple[Any, ...], translator: Translator, sources: list[str]
+) -> list[list[int]]:
     model = torch_checkpoint[0]
     ids = [translator.tokenizer.encode_source(s) for s in sources]
     src = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)
     for i, s in enumerate(ids):
-        src[i, :len(s)] = torch.tensor(s)
+        src[i, : len(s)] = torch.tensor(s)
     return greedy_decode(model, src, translator.spec.max_target_tokens)
 
 
 def test_onnx_greedy_equals_torch_greedy_on_real_sentences(
-        translator: Translator, torch_checkpoint: tuple[Any, ...],
-        sample_sources: list[str]) -> None:
+    translator: Translator, torch_checkpoint: tuple[Any, ...], sample_sources: list[str]
+) -> None:
     want = _torch_greedy(torch_checkpoint, translator, sample_sources)
-    got = translator.translate(sample_sources, beam_size=1,
-                               max_length=translator.spec.max_target_tokens)
+    got = translator.translate(
+        sample_sources, beam_size=1, max_length=translator.spec.max_target_tokens
+    )
     assert [r.token_ids for r in got] == want
     assert max(map(len, want)) >= 10  # trained outputs, not an untrained model's trivia
     assert sum(len(w) >= 10 for w in want) >= len(want) // 2
@@ -131,16 +180,27 @@ def test_export_recorded_its_verification(version_dir: Path) -> None:
 
 
 def test_export_refuses_to_overwrite_before_exporting(
-        tiny_checkpoint: Path, tiny_repository: Path, capsys: pytest.CaptureFixture) -> None:
+    tiny_checkpoint: Path, tiny_repository: Path, capsys: pytest.CaptureFixture
+) -> None:
     from seqserve.cli import main
 
-    code = main(["export", "--checkpoint", str(tiny_checkpoint), "--repository",
-                 str(tiny_repository), "--name", "translator", "--version", "1"])
+    code = main(
+        [
+            "export",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--repository",
+            str(tiny_repository),
+            "--name",
+            "translator",
+            "--version",
+            "1",
+        ]
+    )
     assert code == 2 and "exists" in capsys.readouterr().err
 
 
-def test_a_stacked_cache_export_is_refused_with_a_reason(version_dir: Path,
-                                                         tmp_path: Path) -> None:
+def test_a_stacked_cache_export_is_refused_with_a_reason(version_dir: Path, tmp_path: Path) -> None:
     """decoder.onnx files of earlier seqserve versions took one stacked past_k [L, R, H, P, K]:
     loading one names the problem and the fix instead of failing on a missing feed later."""
     from onnx import TensorProto, helper
@@ -148,12 +208,16 @@ def test_a_stacked_cache_export_is_refused_with_a_reason(version_dir: Path,
     from core.translation.graphs import GraphError
     from serving.models.onnx_step_model import OnnxStepModel
 
-    old = helper.make_model(helper.make_graph(
-        [helper.make_node("Identity", ["past_k"], ["present_k"])], "old_decoder",
-        [helper.make_tensor_value_info("past_k", TensorProto.FLOAT, [2, None, 4, None, 16])],
-        [helper.make_tensor_value_info("present_k", TensorProto.FLOAT,
-                                       [2, None, 4, None, 16])]),
-        opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    old = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["past_k"], ["present_k"])],
+            "old_decoder",
+            [helper.make_tensor_value_info("past_k", TensorProto.FLOAT, [2, None, 4, None, 16])],
+            [helper.make_tensor_value_info("present_k", TensorProto.FLOAT, [2, None, 4, None, 16])],
+        ),
+        opset_imports=[helper.make_opsetid("", 20)],
+        ir_version=10,
+    )
     (tmp_path / "encoder.onnx").write_bytes((version_dir / "encoder.onnx").read_bytes())
     onnx.save(old, str(tmp_path / "decoder.onnx"))
     with pytest.raises(GraphError, match=r"stacked .* export the checkpoint again"):

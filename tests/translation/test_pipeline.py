@@ -84,9 +84,12 @@ class Sink:
 
     def wait_for(self, ids: list) -> None:
         with self._cond:
-            assert self._cond.wait_for(lambda: all(
-                i in self.results or i in self.failed or i in dict(self.expired) for i in ids),
-                timeout=30)
+            assert self._cond.wait_for(
+                lambda: all(
+                    i in self.results or i in self.failed or i in dict(self.expired) for i in ids
+                ),
+                timeout=30,
+            )
 
 
 @pytest.fixture
@@ -95,8 +98,13 @@ def make_pipeline(translator: Translator) -> Iterator[Callable]:
 
     def make(model: LengthModel, max_rows: int = 8) -> tuple[Pipeline, Sink]:
         sink = Sink()
-        pipeline = Pipeline(Translator(model, translator.tokenizer, translator.spec), max_rows,
-                            sink.deliver, sink.fail, sink.expire)
+        pipeline = Pipeline(
+            Translator(model, translator.tokenizer, translator.spec),
+            max_rows,
+            sink.deliver,
+            sink.fail,
+            sink.expire,
+        )
         pipeline.start()
         pipelines.append(pipeline)
         return pipeline, sink
@@ -118,8 +126,10 @@ def _alone(request: DecodeRequest) -> list:
 
 def test_delivers_what_decoding_alone_gives(make_pipeline: Callable) -> None:
     pipeline, sink = make_pipeline(LengthModel(), max_rows=6)
-    requests = [DecodeRequest(i, source(n), beam_size=b, max_length=40)
-                for i, (n, b) in enumerate([(3, 1), (9, 2), (1, 1), (6, 4), (4, 1)])]
+    requests = [
+        DecodeRequest(i, source(n), beam_size=b, max_length=40)
+        for i, (n, b) in enumerate([(3, 1), (9, 2), (1, 1), (6, 4), (4, 1)])
+    ]
     requests.append(DecodeRequest(5, []))
     now = time.monotonic()
     pipeline.submit([(r, now, None) for r in requests[:2]])
@@ -128,8 +138,7 @@ def test_delivers_what_decoding_alone_gives(make_pipeline: Callable) -> None:
     assert not sink.failed
     for r in requests[:-1]:
         got = sink.results[r.id].hypotheses
-        assert [(h.token_ids, h.score) for h in got] == [(h.token_ids, h.score)
-                                                         for h in _alone(r)]
+        assert [(h.token_ids, h.score) for h in got] == [(h.token_ids, h.score) for h in _alone(r)]
     assert sink.results[5].text == ""  # an empty source: an empty translation
     assert len(sink.queued) == len(requests) and min(sink.queued) >= 0
     assert max(rows for rows, *_ in sink.executions) <= 6  # max_rows holds
@@ -140,15 +149,13 @@ def test_delivers_what_decoding_alone_gives(make_pipeline: Callable) -> None:
 def test_a_cancelled_request_leaves_the_running_batch(make_pipeline: Callable) -> None:
     model = SlowLengthModel()
     pipeline, sink = make_pipeline(model)
-    pipeline.submit([(DecodeRequest("long", source(60), max_length=64), time.monotonic(),
-                      None)])
+    pipeline.submit([(DecodeRequest("long", source(60), max_length=64), time.monotonic(), None)])
     deadline = time.monotonic() + 10
     while pipeline.counters[STEPS] < 3:  # the long request is decoding
         assert time.monotonic() < deadline
         time.sleep(0.001)
     pipeline.cancel(["long"])
-    pipeline.submit([(DecodeRequest("short", source(2), max_length=10), time.monotonic(),
-                      None)])
+    pipeline.submit([(DecodeRequest("short", source(2), max_length=10), time.monotonic(), None)])
     sink.wait_for(["short"])
     steps = pipeline.counters[STEPS]
     time.sleep(0.05)
@@ -159,9 +166,12 @@ def test_a_cancelled_request_leaves_the_running_batch(make_pipeline: Callable) -
 def test_streamed_text_arrives_step_by_step(make_pipeline: Callable) -> None:
     pipeline, sink = make_pipeline(WordsModel())
     now = time.monotonic()
-    pipeline.submit([(DecodeRequest("streamed", source(6), max_length=20, stream=True), now,
-                      None),
-                     (DecodeRequest("whole", source(6), max_length=20), now, None)])
+    pipeline.submit(
+        [
+            (DecodeRequest("streamed", source(6), max_length=20, stream=True), now, None),
+            (DecodeRequest("whole", source(6), max_length=20), now, None),
+        ]
+    )
     sink.wait_for(["streamed", "whole"])
     text = sink.results["streamed"].text
     assert text == sink.results["whole"].text and len(sink.results["whole"].token_ids) == 6
@@ -169,36 +179,35 @@ def test_streamed_text_arrives_step_by_step(make_pipeline: Callable) -> None:
     assert sink.pieces["whole"] == [text]  # not streamed: the text comes with the result
 
 
-def test_a_broken_step_fails_its_requests_and_the_next_ones_decode(
-        make_pipeline: Callable) -> None:
+def test_a_broken_step_fails_its_requests_and_the_next_ones_decode(make_pipeline: Callable) -> None:
     pipeline, sink = make_pipeline(BrokenFirstStep())
-    pipeline.submit([(DecodeRequest("first", source(3), max_length=10), time.monotonic(),
-                      None)])
+    pipeline.submit([(DecodeRequest("first", source(3), max_length=10), time.monotonic(), None)])
     sink.wait_for(["first"])
-    pipeline.submit([(DecodeRequest("second", source(3), max_length=10), time.monotonic(),
-                      None)])
+    pipeline.submit([(DecodeRequest("second", source(3), max_length=10), time.monotonic(), None)])
     sink.wait_for(["second"])
     assert sink.failed == ["first"] and list(sink.results) == ["second"]
 
 
-def test_requests_whose_queue_time_runs_out_are_expired_undecoded(
-        make_pipeline: Callable) -> None:
+def test_requests_whose_queue_time_runs_out_are_expired_undecoded(make_pipeline: Callable) -> None:
     """One row, held by a long request (about 250 steps of 2 ms): `encoded` is encoded at
     once and waits for the row, `waiting` stays in the inbox (the ready queue is full); both
     expire when their 10 ms run out, long before the row frees up. `patient` has no deadline
     and is decoded after the long one."""
     model = SlowLengthModel()
     pipeline, sink = make_pipeline(model, max_rows=1)
-    pipeline.submit([(DecodeRequest("long", source(250), max_length=256), time.monotonic(),
-                      None)])
+    pipeline.submit([(DecodeRequest("long", source(250), max_length=256), time.monotonic(), None)])
     deadline = time.monotonic() + 10
     while pipeline.counters[STEPS] < 2:  # the long request holds the row
         assert time.monotonic() < deadline
         time.sleep(0.001)
     now = time.monotonic()
-    pipeline.submit([(DecodeRequest("encoded", source(2), max_length=10), now, now + 0.01),
-                     (DecodeRequest("waiting", source(2), max_length=10), now, now + 0.01),
-                     (DecodeRequest("patient", source(2), max_length=10), now, None)])
+    pipeline.submit(
+        [
+            (DecodeRequest("encoded", source(2), max_length=10), now, now + 0.01),
+            (DecodeRequest("waiting", source(2), max_length=10), now, now + 0.01),
+            (DecodeRequest("patient", source(2), max_length=10), now, None),
+        ]
+    )
     sink.wait_for(["encoded", "waiting"])
     assert "long" not in sink.results, "expired at the deadline, not when the row freed up"
     sink.wait_for(["long", "encoded", "waiting", "patient"])

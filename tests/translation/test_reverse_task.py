@@ -29,22 +29,37 @@ def test_reverse_task_is_learned() -> None:
     rng = np.random.default_rng(0)
     train, val, test = reverse_pairs(rng, 4000), reverse_pairs(rng, 200), reverse_pairs(rng, 200)
     torch.manual_seed(0)
-    config = TranslatorConfig(vocab_size=14, d_model=64, num_heads=4, d_ff=128,
-                              num_encoder_layers=2, num_decoder_layers=2, dropout=0.0,
-                              max_len=16)
+    config = TranslatorConfig(
+        vocab_size=14,
+        d_model=64,
+        num_heads=4,
+        d_ff=128,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        dropout=0.0,
+        max_len=16,
+    )
     # The wall-clock budget only stops a stalled machine: a loaded one (2 cores, CI) can take
     # over a minute of wall time for these 300 steps, and a budget that cut them short would
     # fail the test for the machine's sake. The test's own budget is CPU time, checked below.
-    tc = TranslatorTrainConfig(max_tokens=800, max_steps=300, max_minutes=10.0, lr=2e-3,
-                               warmup=40, label_smoothing=0.0, eval_every=50, patience=3,
-                               average_last=2)
+    tc = TranslatorTrainConfig(
+        max_tokens=800,
+        max_steps=300,
+        max_minutes=10.0,
+        lr=2e-3,
+        warmup=40,
+        label_smoothing=0.0,
+        eval_every=50,
+        patience=3,
+        average_last=2,
+    )
     model = make_model(config)
     start = time.process_time()  # this process's CPU seconds: other processes do not count
     result = fit(model, tc, train, val, torch.device("cpu"), quiet=True)
     assert result.steps == 300 and result.final_val_loss < 0.2
     src = torch.full((len(test), 8), config.pad_id)
     for i, s in enumerate(test.src):
-        src[i, :len(s)] = torch.tensor(s)
+        src[i, : len(s)] = torch.tensor(s)
     out = greedy_decode(model, src, max_len=10)
     accuracy = np.mean([o == t for o, t in zip(out, test.tgt, strict=True)])
     assert accuracy >= 0.9, f"reverse accuracy {accuracy:.2f} after {result.steps} steps"

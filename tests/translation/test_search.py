@@ -35,7 +35,7 @@ def test_search_goes_on_until_the_best_hypothesis_has_finished(beam: int) -> Non
     """Weak beams that stop early must not end the search (counting finished ones would)."""
     best = decode(beam, LateModel(), num_hypotheses=2)[0]
     assert best.token_ids == [A] * 5
-    assert best.log_prob == pytest.approx(math.log(0.9 * 0.99 ** 4))
+    assert best.log_prob == pytest.approx(math.log(0.9 * 0.99**4))
 
 
 def test_n_best_is_sorted_and_scored() -> None:
@@ -74,7 +74,7 @@ def test_greedy_is_the_argmax_chain(seed: int) -> None:
     for t in range(max_length):
         best = int(np.argmax(log_probs[t]))
         total += float(log_probs[t, best])
-        state.advance(log_probs[t:t + 1])
+        state.advance(log_probs[t : t + 1])
         if best == EOS:
             break
         tokens.append(best)
@@ -94,11 +94,15 @@ def test_beam_state_reorders_rows_from_their_parents() -> None:
     assert parents.tolist() == [0, 0] and tokens.tolist() == [A, B]
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"beam_size": 0}, "beam_size"), ({"max_length": 0}, "max_length"),
-    ({"beam_size": 2, "num_hypotheses": 3}, "num_hypotheses"),
-    ({"length_penalty": -1.0}, "length_penalty"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"beam_size": 0}, "beam_size"),
+        ({"max_length": 0}, "max_length"),
+        ({"beam_size": 2, "num_hypotheses": 3}, "num_hypotheses"),
+        ({"length_penalty": -1.0}, "length_penalty"),
+    ],
+)
 def test_bad_settings_are_invalid_input(settings: dict, message: str) -> None:
     batch = DecodeBatch(FakeModel(), BOS, EOS, PAD)
     with pytest.raises(BadDecodingSetting, match=message):

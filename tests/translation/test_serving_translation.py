@@ -16,25 +16,28 @@ from core.translation.spec import read_config
 from tests.conftest import ROOT
 
 
-def test_batched_equals_one_at_a_time(translator: Translator,
-                                      sample_sources: list[str]) -> None:
+def test_batched_equals_one_at_a_time(translator: Translator, sample_sources: list[str]) -> None:
     sources = sample_sources[:12]
     together = translator.translate(sources, beam_size=2, num_hypotheses=2)
     for text, batched in zip(sources, together, strict=True):
         [alone] = translator.translate([text], beam_size=2, num_hypotheses=2)
-        assert [h.token_ids for h in alone.hypotheses] == \
-            [h.token_ids for h in batched.hypotheses]
+        assert [h.token_ids for h in alone.hypotheses] == [h.token_ids for h in batched.hypotheses]
         assert alone.score == pytest.approx(batched.score, abs=1e-4)
         assert alone.text == batched.text and alone.text
 
 
 def test_a_request_joins_a_running_batch_and_matches_its_solo_run(
-        translator: Translator, sample_sources: list[str]) -> None:
+    translator: Translator, sample_sources: list[str]
+) -> None:
     by_length = sorted(sample_sources, key=len)
     short, long_ = by_length[0], by_length[-1]
     batch = translator.new_batch()
-    batch.add([translator.request(long_, id="long", beam_size=1),
-               translator.request(by_length[5], id="mid", beam_size=3)])
+    batch.add(
+        [
+            translator.request(long_, id="long", beam_size=1),
+            translator.request(by_length[5], id="mid", beam_size=3),
+        ]
+    )
     for _ in range(4):
         batch.step()
     batch.add([translator.request(short, id="short", beam_size=1)])
@@ -52,8 +55,9 @@ def test_a_request_joins_a_running_batch_and_matches_its_solo_run(
         assert solo.score == pytest.approx(results[rid].score, abs=1e-4)
 
 
-def test_greedy_streaming_pieces_add_up_to_the_translation(translator: Translator,
-                                                           sample_sources: list[str]) -> None:
+def test_greedy_streaming_pieces_add_up_to_the_translation(
+    translator: Translator, sample_sources: list[str]
+) -> None:
     updates = list(translator.stream(sample_sources[0], beam_size=1))
     pieces = [u.text for u in updates]
     final = updates[-1].result
@@ -72,10 +76,12 @@ def test_too_long_input_names_the_limit(translator: Translator) -> None:
         translator.request("vier", max_length=10_000)
 
 
-def test_huge_input_is_refused_before_tokenizing(translator: Translator,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_huge_input_is_refused_before_tokenizing(
+    translator: Translator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A megabyte of text costs no tokenizer time: the character cap (32 per source token)
     refuses it first, naming the limit."""
+
     def never(text: str) -> list[int]:
         raise AssertionError("tokenized a text over the character cap")
 
@@ -84,13 +90,17 @@ def test_huge_input_is_refused_before_tokenizing(translator: Translator,
         translator.request("a" * 1_000_000)
 
 
-@pytest.mark.parametrize(("tokenizer", "words"), [
-    ("/etc/hostname", "must be a file name in the version folder"),
-    ("../../../../etc/hostname", "must be a file name in the version folder"),
-    ("outside.model", "resolves outside the version folder"),
-])
-def test_tokenizer_outside_the_version_folder(version_dir: Path, tmp_path: Path,
-                                              tokenizer: str, words: str) -> None:
+@pytest.mark.parametrize(
+    ("tokenizer", "words"),
+    [
+        ("/etc/hostname", "must be a file name in the version folder"),
+        ("../../../../etc/hostname", "must be a file name in the version folder"),
+        ("outside.model", "resolves outside the version folder"),
+    ],
+)
+def test_tokenizer_outside_the_version_folder(
+    version_dir: Path, tmp_path: Path, tokenizer: str, words: str
+) -> None:
     """The config's `tokenizer` parameter (a Load override can set it) names a file in the
     version folder and nothing else; a link out of it is refused as well."""
     copy = tmp_path / "translator" / "1"
@@ -115,27 +125,34 @@ def test_serving_translation_runs_without_torch(version_dir: Path) -> None:
         "from serving.models.onnx_step_model import load_translator\n"
         f"t = load_translator(Path({str(version_dir)!r}))\n"
         "print(t.translate(['siebenhundertzwölf'], beam_size=3)[0].text)\n"
-        "print('torch' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     text, leaked = out.stdout.strip().splitlines()
     assert text and leaked == "False"
 
 
-def test_the_exported_length_penalty_is_the_default(translator: Translator,
-                                                    tiny_metrics: dict) -> None:
+def test_the_exported_length_penalty_is_the_default(
+    translator: Translator, tiny_metrics: dict
+) -> None:
     """Export writes the alpha chosen on validation; a request without one gets it, an
     explicit one (0 included) wins."""
     assert translator.spec.default_length_penalty == tiny_metrics["length_penalty"]
-    other = Translator(translator.model, translator.tokenizer,
-                       dataclasses.replace(translator.spec, default_length_penalty=0.7))
+    other = Translator(
+        translator.model,
+        translator.tokenizer,
+        dataclasses.replace(translator.spec, default_length_penalty=0.7),
+    )
     assert other.request("eins").length_penalty == 0.7
     assert other.request("eins", length_penalty=0.0).length_penalty == 0.0
 
 
 def test_the_cache_kept_on_the_device_decodes_as_run_does(
-        translator: Translator, version_dir: Path, sample_sources: list[str]) -> None:
+    translator: Translator, version_dir: Path, sample_sources: list[str]
+) -> None:
     """IO binding (on by itself on CUDA) forced on the CPU: the same tokens and scores through
     joins, departures and beam reordering, and a step that changes no rows keeps the cache
     where the decoder wrote it."""

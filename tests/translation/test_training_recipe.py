@@ -25,8 +25,16 @@ from training.train_translator import (
 )
 from training.translator_config import PRESETS, TranslatorTrainConfig
 
-CONFIG = TranslatorConfig(vocab_size=40, d_model=32, num_heads=4, d_ff=64, num_encoder_layers=1,
-                          num_decoder_layers=1, dropout=0.3, max_len=32)
+CONFIG = TranslatorConfig(
+    vocab_size=40,
+    d_model=32,
+    num_heads=4,
+    d_ff=64,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    dropout=0.3,
+    max_len=32,
+)
 
 
 def test_warm_up_is_linear_and_inverse_sqrt_follows() -> None:
@@ -79,8 +87,9 @@ def test_multi30k_preset_warms_up_within_its_budget() -> None:
     assert int(train["warmup"]) < 0.25 * (float(train["max_minutes"]) * 60 / 1.5)
 
 
-def test_length_penalty_is_chosen_on_validation(tiny_checkpoint: Path,
-                                                tiny_metrics: dict[str, Any]) -> None:
+def test_length_penalty_is_chosen_on_validation(
+    tiny_checkpoint: Path, tiny_metrics: dict[str, Any]
+) -> None:
     """The tiny preset tries alphas 0 and 1 on the validation split; the best BLEU wins (the
     first on ties), scores the test split and becomes the served default."""
     search = tiny_metrics["length_penalty_search"]
@@ -91,8 +100,9 @@ def test_length_penalty_is_chosen_on_validation(tiny_checkpoint: Path,
     assert tc.length_penalty == best and tc.length_penalty_grid == (0.0, 1.0)
 
 
-def test_greedy_validation_bleu_chooses_the_kept_weights(tiny_checkpoint: Path,
-                                                       tiny_metrics: dict[str, Any]) -> None:
+def test_greedy_validation_bleu_chooses_the_kept_weights(
+    tiny_checkpoint: Path, tiny_metrics: dict[str, Any]
+) -> None:
     """The tiny preset averages its last 2 snapshots; greedy BLEU on validation decides whether
     the average or the lowest-loss snapshot is kept (the average on ties), and is recorded."""
     selection = tiny_metrics["checkpoint_selection"]
@@ -113,8 +123,9 @@ def test_fit_keeps_the_candidate_that_scores_higher(scores: tuple[float, float])
     rng = np.random.default_rng(0)
     seqs = [list(rng.integers(4, 40, size=int(rng.integers(2, 8)))) for _ in range(300)]
     data = Encoded([[*s, 3] for s in seqs], [s[::-1] for s in seqs])
-    tc = TranslatorTrainConfig(max_tokens=400, max_steps=12, lr=3e-3, warmup=4, eval_every=3,
-                               patience=10, average_last=3)
+    tc = TranslatorTrainConfig(
+        max_tokens=400, max_steps=12, lr=3e-3, warmup=4, eval_every=3, patience=10, average_last=3
+    )
     seen: list[dict[str, torch.Tensor]] = []
 
     def score(model: torch.nn.Module) -> float:
@@ -141,20 +152,26 @@ def test_select_by_flag_reaches_the_train_config() -> None:
 
 
 def test_a_length_penalty_given_by_hand_is_not_searched() -> None:
-    args = build_parser().parse_args(["train", "translator", "--data", "multi30k",
-                                      "--length-penalty", "0.9", "--out", "x"])
+    args = build_parser().parse_args(
+        ["train", "translator", "--data", "multi30k", "--length-penalty", "0.9", "--out", "x"]
+    )
     _, tc = configs_from_args(args)
     assert tc.length_penalty == 0.9 and tc.length_penalty_grid == ()
-    _, tc = configs_from_args(build_parser().parse_args(
-        ["train", "translator", "--data", "multi30k", "--out", "x"]))
+    _, tc = configs_from_args(
+        build_parser().parse_args(["train", "translator", "--data", "multi30k", "--out", "x"])
+    )
     assert tc.length_penalty_grid == (0.6, 0.8, 1.0, 1.2)
-    _, tc = configs_from_args(build_parser().parse_args(
-        ["train", "translator", "--data", "multi30k", "--length-penalty-grid", "", "--out", "x"]))
+    _, tc = configs_from_args(
+        build_parser().parse_args(
+            ["train", "translator", "--data", "multi30k", "--length-penalty-grid", "", "--out", "x"]
+        )
+    )
     assert tc.length_penalty_grid == ()
 
 
-def test_bf16_is_refused_on_a_cpu_without_bf16_units(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_bf16_is_refused_on_a_cpu_without_bf16_units(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Emulated bf16 is many times slower than fp32: the run stops before any work, naming
     the flag; a CPU with bf16 units passes the check."""
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -170,7 +187,7 @@ def test_subword_regularization_resamples_segmentations_of_the_same_text() -> No
     """Each epoch's ids spell the same sentences in other pieces; a sample over the limits
     keeps the deterministic ids."""
     words = ["ein", "hund", "läuft", "über", "die", "wiese", "zwei", "kinder", "spielen"]
-    pairs = [(" ".join(words[i:] + words[:i]), " ".join(words[:i + 1])) for i in range(9)] * 4
+    pairs = [(" ".join(words[i:] + words[:i]), " ".join(words[: i + 1])) for i in range(9)] * 4
     tokenizer = Tokenizer.from_bytes(train_tokenizer([s for p in pairs for s in p], 60))
     data, dropped = encode_pairs(tokenizer, pairs, 64, 64)
     assert dropped == 0 and data.pairs == pairs
@@ -186,7 +203,8 @@ def test_subword_regularization_resamples_segmentations_of_the_same_text() -> No
 
 
 def test_subword_alpha_flag_reaches_the_train_config() -> None:
-    args = build_parser().parse_args(["train", "translator", "--data", "multi30k",
-                                      "--subword-alpha", "0.2", "--out", "x"])
+    args = build_parser().parse_args(
+        ["train", "translator", "--data", "multi30k", "--subword-alpha", "0.2", "--out", "x"]
+    )
     assert configs_from_args(args)[1].subword_alpha == 0.2
     assert TranslatorTrainConfig().subword_alpha == 0.0  # off unless asked for

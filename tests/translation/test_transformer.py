@@ -10,8 +10,16 @@ import torch
 from training.models.masks import pad_mask
 from training.models.transformer import TranslatorConfig, count_parameters, make_model
 
-CONFIG = TranslatorConfig(vocab_size=40, d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2,
-                          num_decoder_layers=3, dropout=0.0, max_len=32)
+CONFIG = TranslatorConfig(
+    vocab_size=40,
+    d_model=32,
+    num_heads=4,
+    d_ff=64,
+    num_encoder_layers=2,
+    num_decoder_layers=3,
+    dropout=0.0,
+    max_len=32,
+)
 L, H, K = 3, 4, 8
 
 
@@ -57,8 +65,16 @@ def test_cached_steps_equal_teacher_forcing(model: torch.nn.Module) -> None:
     past_k = past_v = torch.zeros(L, 2, H, 0, K)
     past_mask = torch.zeros(2, 0, dtype=torch.bool)
     for t in range(TGT.size(1)):
-        lp, past_k, past_v = model.decode_step(TGT[:, t:t + 1], torch.full((2, 1), t), past_k,
-                                               past_v, past_mask, cross_k, cross_v, mask[:, 0])
+        lp, past_k, past_v = model.decode_step(
+            TGT[:, t : t + 1],
+            torch.full((2, 1), t),
+            past_k,
+            past_v,
+            past_mask,
+            cross_k,
+            cross_v,
+            mask[:, 0],
+        )
         assert lp.shape == (2, 40) and past_k.shape == (L, 2, H, t + 1, K)
         torch.testing.assert_close(lp, full[:, t], atol=1e-5, rtol=0)
         past_mask = torch.ones(2, t + 1, dtype=torch.bool)
@@ -74,9 +90,16 @@ def test_rows_at_different_lengths_share_a_step(model: torch.nn.Module) -> None:
         pk = pv = torch.zeros(L, len(rows), H, 0, K)
         pm = torch.zeros(len(rows), 0, dtype=torch.bool)
         for t in range(steps):
-            lp, pk, pv = model.decode_step(TGT[rows, t:t + 1], torch.full((len(rows), 1), t),
-                                           pk, pv, pm, cross_k[:, rows], cross_v[:, rows],
-                                           mask[rows, 0])
+            lp, pk, pv = model.decode_step(
+                TGT[rows, t : t + 1],
+                torch.full((len(rows), 1), t),
+                pk,
+                pv,
+                pm,
+                cross_k[:, rows],
+                cross_v[:, rows],
+                mask[rows, 0],
+            )
             pm = torch.ones(len(rows), t + 1, dtype=torch.bool)
         return lp, pk, pv
 
@@ -88,8 +111,9 @@ def test_rows_at_different_lengths_share_a_step(model: torch.nn.Module) -> None:
     past_mask = torch.tensor([[True, True, True], [False, False, True]])
     tokens = torch.stack([TGT[0, 3:4], TGT[1, 1:2]])  # [2, 1]
     positions = torch.tensor([[3], [1]])
-    lp, k, _ = model.decode_step(tokens, positions, past_k, past_v, past_mask, cross_k,
-                                 cross_v, mask[:, 0])
+    lp, k, _ = model.decode_step(
+        tokens, positions, past_k, past_v, past_mask, cross_k, cross_v, mask[:, 0]
+    )
     alone0, _, _ = run([0], 4)
     alone1, _, _ = run([1], 2)
     torch.testing.assert_close(lp[0], alone0[0], atol=1e-5, rtol=0)

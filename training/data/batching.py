@@ -10,8 +10,12 @@ import numpy as np
 Ids = Sequence[int]
 
 
-def token_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int,
-                  rng: np.random.Generator | None = None) -> list[np.ndarray]:
+def token_batches(
+    src_lens: np.ndarray,
+    tgt_lens: np.ndarray,
+    max_tokens: int,
+    rng: np.random.Generator | None = None,
+) -> list[np.ndarray]:
     """Index batches. Pairs are sorted by length (ties shuffled by `rng`), cut into batches
     whose padded size (rows x (longest source + longest target)) fits `max_tokens`, and the
     batch order is shuffled when `rng` is given."""
@@ -37,12 +41,13 @@ def pad_batch(seqs: Sequence[Ids], pad_id: int) -> np.ndarray:
     """Right-padded [B, longest] int64 array."""
     out = np.full((len(seqs), max(len(s) for s in seqs)), pad_id, np.int64)  # [B, T]
     for i, s in enumerate(seqs):
-        out[i, :len(s)] = s
+        out[i, : len(s)] = s
     return out
 
 
-def collate(src: Sequence[Ids], tgt: Sequence[Ids], pad_id: int, bos_id: int, eos_id: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def collate(
+    src: Sequence[Ids], tgt: Sequence[Ids], pad_id: int, bos_id: int, eos_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model inputs for teacher forcing. `src` already ends with EOS; `tgt` is bare.
     -> src [B, S], tgt_in [B, T] (BOS + target), tgt_out [B, T] (target + EOS)."""
     src_ids = pad_batch(src, pad_id)  # [B, S]

@@ -27,7 +27,8 @@ class Frame:
     def __post_init__(self) -> None:
         assert self.values.shape == (len(self.timestamps), len(self.columns)), (
             f"values {self.values.shape} vs {len(self.timestamps)} rows, "
-            f"{len(self.columns)} columns")
+            f"{len(self.columns)} columns"
+        )
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -84,8 +85,10 @@ def read_csv(path: Path, date_col: str = "date", fill: str = "none") -> Frame:
         raise CSVError(f"{path}: empty file")
     header = [h.strip() for h in rows[0]]
     if date_col not in header:
-        raise CSVError(f"{path}: no timestamp column {date_col!r} in the header "
-                       f"({', '.join(header)}); name it with --date-col")
+        raise CSVError(
+            f"{path}: no timestamp column {date_col!r} in the header "
+            f"({', '.join(header)}); name it with --date-col"
+        )
     date_at = header.index(date_col)
     columns = tuple(h for i, h in enumerate(header) if i != date_at)
     if not columns:
@@ -99,30 +102,39 @@ def read_csv(path: Path, date_col: str = "date", fill: str = "none") -> Frame:
     values = np.empty((len(body), len(columns)), dtype=np.float64)
     for row_no, row in enumerate(body, start=1):
         if len(row) != len(header):
-            raise CSVError(f"{path}: row {row_no} has {len(row)} cells, the header has "
-                           f"{len(header)}")
+            raise CSVError(
+                f"{path}: row {row_no} has {len(row)} cells, the header has {len(header)}"
+            )
         try:
             stamps.append(parse_timestamp(row[date_at]))
         except ValueError as err:
-            raise CSVError(f"{path}: row {row_no}, column {date_col!r}: {row[date_at]!r} is not "
-                           "an ISO 8601 timestamp") from err
+            raise CSVError(
+                f"{path}: row {row_no}, column {date_col!r}: {row[date_at]!r} is not "
+                "an ISO 8601 timestamp"
+            ) from err
         if row_no > 1 and stamps[-1] <= stamps[-2]:
-            raise CSVError(f"{path}: row {row_no}, column {date_col!r}: {row[date_at]!r} does "
-                           "not come after the previous row's timestamp (rows must be sorted, "
-                           "without duplicates)")
+            raise CSVError(
+                f"{path}: row {row_no}, column {date_col!r}: {row[date_at]!r} does "
+                "not come after the previous row's timestamp (rows must be sorted, "
+                "without duplicates)"
+            )
         cells = [c for i, c in enumerate(row) if i != date_at]
         for col, (name, cell) in enumerate(zip(columns, cells, strict=True)):
             if cell.strip() == "":
                 if fill == "ffill" and row_no > 1:
                     values[row_no - 1, col] = values[row_no - 2, col]
                     continue
-                hint = " (the first row cannot be filled)" if fill == "ffill" else \
-                    "; pass --fill ffill to carry the previous value forward"
+                hint = (
+                    " (the first row cannot be filled)"
+                    if fill == "ffill"
+                    else "; pass --fill ffill to carry the previous value forward"
+                )
                 raise CSVError(f"{path}: row {row_no}, column {name!r}: missing value{hint}")
             try:
                 values[row_no - 1, col] = _number(cell)
             except ValueError as err:
-                raise CSVError(f"{path}: row {row_no}, column {name!r}: {cell!r} is not a "
-                               "finite number") from err
+                raise CSVError(
+                    f"{path}: row {row_no}, column {name!r}: {cell!r} is not a finite number"
+                ) from err
     timestamps = np.array([s.replace(tzinfo=None) for s in stamps], dtype="datetime64[s]")
     return Frame(timestamps, values, columns)

@@ -28,10 +28,11 @@ def draw_numbers(rng: random.Random, count: int, max_digits: int, taken: set[int
     full: set[int] = set()
     while len(out) < count:
         if len(full) == max_digits:
-            raise ValueError(f"cannot draw {count} more distinct numbers of up to "
-                             f"{max_digits} digits")
+            raise ValueError(
+                f"cannot draw {count} more distinct numbers of up to {max_digits} digits"
+            )
         digits = rng.randint(1, max_digits)
-        lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10 ** digits - 1
+        lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
         for _ in range(20):
             n = rng.randint(lo, hi)
             if n not in taken:
@@ -43,8 +44,9 @@ def draw_numbers(rng: random.Random, count: int, max_digits: int, taken: set[int
     return out
 
 
-def numbers_corpus(seed: int, train: int, heldout: int, max_digits: int, src: str = "de",
-                   tgt: str = "en") -> dict[str, list[Pair]]:
+def numbers_corpus(
+    seed: int, train: int, heldout: int, max_digits: int, src: str = "de", tgt: str = "en"
+) -> dict[str, list[Pair]]:
     """{"train", "val", "test"}: disjoint (source words, target words) pairs."""
     rng = random.Random(seed)
     taken: set[int] = set()

@@ -24,8 +24,14 @@ Pair = tuple[str, str]
 Corpus = dict[str, list[Pair]]
 
 MULTI30K_LANGS = ("de", "en", "fr")
-MULTI30K_SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco",
-                   "test_2018_flickr")
+MULTI30K_SPLITS = (
+    "train",
+    "val",
+    "test_2016_flickr",
+    "test_2017_flickr",
+    "test_2017_mscoco",
+    "test_2018_flickr",
+)
 
 
 class CorpusError(ValueError):
@@ -52,8 +58,9 @@ def read_tsv(path: Path) -> list[Pair]:
     for i, line in enumerate(read_lines(path), 1):
         fields = line.split("\t")
         if len(fields) != 2:
-            raise CorpusError(f"{path}:{i}: expected 'source<TAB>target', got "
-                              f"{len(fields)} field(s)")
+            raise CorpusError(
+                f"{path}:{i}: expected 'source<TAB>target', got {len(fields)} field(s)"
+            )
         pairs.append((fields[0], fields[1]))
     return pairs
 
@@ -62,13 +69,17 @@ def multi30k(src: str, tgt: str, split: str, allow_download: bool = True) -> lis
     """One Multi30k split, e.g. multi30k("de", "en", "val")."""
     for lang in (src, tgt):
         if lang not in MULTI30K_LANGS:
-            raise CorpusError(f"Multi30k has no {lang!r} side here (languages: "
-                              f"{', '.join(MULTI30K_LANGS)})")
+            raise CorpusError(
+                f"Multi30k has no {lang!r} side here (languages: {', '.join(MULTI30K_LANGS)})"
+            )
     if split not in MULTI30K_SPLITS:
-        raise CorpusError(f"unknown Multi30k split {split!r} (splits: "
-                          f"{', '.join(MULTI30K_SPLITS)})")
-    return aligned(dataset_file(f"multi30k/{split}.{src}.gz", allow_download),
-                   dataset_file(f"multi30k/{split}.{tgt}.gz", allow_download))
+        raise CorpusError(
+            f"unknown Multi30k split {split!r} (splits: {', '.join(MULTI30K_SPLITS)})"
+        )
+    return aligned(
+        dataset_file(f"multi30k/{split}.{src}.gz", allow_download),
+        dataset_file(f"multi30k/{split}.{tgt}.gz", allow_download),
+    )
 
 
 def _find(stem: Path, lang: str) -> Path | None:
@@ -85,8 +96,7 @@ def _carve(pairs: list[Pair], n: int, seed: int) -> tuple[list[Pair], list[Pair]
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     taken = set(order[:n])
-    return ([p for i, p in enumerate(pairs) if i not in taken],
-            [pairs[i] for i in sorted(taken)])
+    return ([p for i, p in enumerate(pairs) if i not in taken], [pairs[i] for i in sorted(taken)])
 
 
 def from_path(path: Path, src: str, tgt: str, seed: int) -> Corpus:
@@ -103,8 +113,10 @@ def from_path(path: Path, src: str, tgt: str, seed: int) -> Corpus:
     elif (s := _find(path, src)) and (t := _find(path, tgt)):
         splits["train"] = aligned(s, t)
     else:
-        raise CorpusError(f"{path}: not a TSV file, a folder with train.{src}/train.{tgt}, or a "
-                          f"prefix with {path.name}.{src} and {path.name}.{tgt}")
+        raise CorpusError(
+            f"{path}: not a TSV file, a folder with train.{src}/train.{tgt}, or a "
+            f"prefix with {path.name}.{src} and {path.name}.{tgt}"
+        )
     n = min(1000, max(1, len(splits["train"]) // 50))  # 2%, at least 1, at most 1000
     for name, salt in (("val", 1), ("test", 2)):
         if name not in splits:
@@ -112,10 +124,17 @@ def from_path(path: Path, src: str, tgt: str, seed: int) -> Corpus:
     return {k: splits[k] for k in ("train", "val", "test")}
 
 
-def load_corpus(data: str, src: str, tgt: str, seed: int = 0,
-                test_split: str = "test_2016_flickr", numbers_train: int = 30000,
-                numbers_heldout: int = 1000, numbers_max_digits: int = 6,
-                extra_sources: tuple[str, ...] = ()) -> Corpus:
+def load_corpus(
+    data: str,
+    src: str,
+    tgt: str,
+    seed: int = 0,
+    test_split: str = "test_2016_flickr",
+    numbers_train: int = 30000,
+    numbers_heldout: int = 1000,
+    numbers_max_digits: int = 6,
+    extra_sources: tuple[str, ...] = (),
+) -> Corpus:
     """{"train", "val", "test"} pairs of the named corpus (see the module docstring).
     `extra_sources` (Multi30k only) adds training pairs from other source languages into the
     same targets: Multi30k's captions are translated into each language, so the English side
@@ -123,16 +142,18 @@ def load_corpus(data: str, src: str, tgt: str, seed: int = 0,
     if extra_sources and data != "multi30k":
         raise CorpusError("extra source languages need --data multi30k")
     if data == "numbers":
-        return numbers_corpus(seed, numbers_train, numbers_heldout, numbers_max_digits, src,
-                              tgt)
+        return numbers_corpus(seed, numbers_train, numbers_heldout, numbers_max_digits, src, tgt)
     if data == "multi30k":
         train = multi30k(src, tgt, "train")
         for lang in extra_sources:
             if lang in (src, tgt):
                 raise CorpusError(f"extra source {lang!r} is already a side of {src}-{tgt}")
             train += multi30k(lang, tgt, "train")
-        return {"train": train, "val": multi30k(src, tgt, "val"),
-                "test": multi30k(src, tgt, test_split)}
+        return {
+            "train": train,
+            "val": multi30k(src, tgt, "val"),
+            "test": multi30k(src, tgt, test_split),
+        }
     path = Path(data)
     if not path.exists() and not path.parent.is_dir():
         raise CorpusError(f"--data {data!r}: not multi30k, numbers, or an existing path")

@@ -21,8 +21,12 @@ from training.data.sources import dataset_file
 from training.data.splits import Split, ett_split, ratio_split
 from training.data.windows import gather, window_starts
 
-ETT_FILES = {"etth1": "ett/ETTh1.csv", "etth2": "ett/ETTh2.csv", "ettm1": "ett/ETTm1.csv",
-             "ettm2": "ett/ETTm2.csv"}
+ETT_FILES = {
+    "etth1": "ett/ETTh1.csv",
+    "etth2": "ett/ETTh2.csv",
+    "ettm1": "ett/ETTm1.csv",
+    "ettm2": "ett/ETTm2.csv",
+}
 FEATURES = ("M", "S", "MS")
 
 
@@ -49,8 +53,9 @@ class Series:
     def starts(self, part: str, input_len: int, horizon: int) -> np.ndarray:
         return window_starts(*self.split.part(part), input_len, horizon)
 
-    def batch(self, starts: np.ndarray, input_len: int, horizon: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def batch(
+        self, starts: np.ndarray, input_len: int, horizon: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """-> past [B, L, F_in], future [B, H, F_fut], target [B, H, F_out] (scaled)."""
         past = gather(self.past, starts, 0, input_len)  # [B, L, F_in]
         future = gather(self.future, starts, input_len, horizon)  # [B, H, F_fut]
@@ -68,8 +73,10 @@ def load_frame(config: TrainConfig) -> Frame:
         return synthetic.generate(config.synthetic_rows, config.seed)
     path = Path(config.data)
     if not path.is_file():
-        raise CSVError(f"--data {config.data!r} is neither a known dataset "
-                       f"({', '.join([*ETT_FILES, 'synthetic'])}) nor a CSV file")
+        raise CSVError(
+            f"--data {config.data!r} is neither a known dataset "
+            f"({', '.join([*ETT_FILES, 'synthetic'])}) nor a CSV file"
+        )
     return read_csv(path, config.date_col, config.fill)
 
 
@@ -78,12 +85,18 @@ def choose_columns(frame: Frame, config: TrainConfig) -> tuple[tuple[str, ...], 
     if config.features not in FEATURES:
         raise ValueError(f"features must be one of {FEATURES}, not {config.features!r}")
     name = config.data.lower()
-    default_target = "OT" if name in ETT_FILES else (
-        synthetic.TARGET if name == "synthetic" else frame.columns[0])
+    default_target = (
+        "OT"
+        if name in ETT_FILES
+        else (synthetic.TARGET if name == "synthetic" else frame.columns[0])
+    )
     targets = tuple(config.target) or (default_target,)
     frame.column_index(targets)
-    covariates = tuple(c for c in frame.columns if c not in targets) \
-        if config.covariates is None else tuple(config.covariates)
+    covariates = (
+        tuple(c for c in frame.columns if c not in targets)
+        if config.covariates is None
+        else tuple(config.covariates)
+    )
     frame.column_index(covariates)
     if config.features == "S":
         return targets, targets
@@ -96,8 +109,11 @@ def prepare(config: TrainConfig, input_len: int, horizon: int) -> Series:
     past_features, target_names = choose_columns(frame, config)
     future_features = check_names(config.future_features)
     name = config.data.lower()
-    split = ett_split(name, input_len, len(frame)) if name in ETT_FILES else \
-        ratio_split(len(frame), input_len)
+    split = (
+        ett_split(name, input_len, len(frame))
+        if name in ETT_FILES
+        else ratio_split(len(frame), input_len)
+    )
     for part in ("train", "val", "test"):
         window_starts(*split.part(part), input_len, horizon)  # fails early if too short
     raw = frame.values[:, frame.column_index(past_features)]  # [N, F_in]

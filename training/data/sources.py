@@ -23,6 +23,8 @@ SOURCES = {
     "multi30k": "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}",
 }
 
+# A checksum per line, under the name it checks.
+# fmt: off
 SHA256 = {
     "ett/ETTh1.csv":
         "f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066",
@@ -69,6 +71,7 @@ SHA256 = {
     "multi30k/val.fr.gz":
         "ca3106f1a72390591d25f6c45cb4cd39dec4cd3f123e099748a3ce5256c160e9",
 }
+# fmt: on
 
 
 class DatasetError(RuntimeError):

@@ -45,9 +45,15 @@ def generate(rows: int = 8760, seed: int = 0) -> Frame:
     eps = rng.normal(0, 0.25, len(t))
     for i in range(1, len(t)):  # AR(1) noise
         noise[i] = 0.8 * noise[i - 1] + eps[i]
-    price = (100 + 0.004 * t + 2.0 * daily * (1 - weekend) - 1.0 * weekend
-             + 0.05 * (_lagged(index, INDEX_LEAD) - 1000)
-             + 0.03 * _lagged(buzz, NEWS_LEAD) + noise)
+    price = (
+        100
+        + 0.004 * t
+        + 2.0 * daily * (1 - weekend)
+        - 1.0 * weekend
+        + 0.05 * (_lagged(index, INDEX_LEAD) - 1000)
+        + 0.03 * _lagged(buzz, NEWS_LEAD)
+        + noise
+    )
 
     values = np.stack([price, index, news], axis=-1)[-rows:]  # [N, 3]
     timestamps = START + np.arange(rows).astype("timedelta64[h]")

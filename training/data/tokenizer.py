@@ -14,8 +14,13 @@ import sentencepiece as spm
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
-def train_tokenizer(sentences: Sequence[str], vocab_size: int, model_type: str = "unigram",
-                    seed: int = 0, max_sentences: int = 2_000_000) -> bytes:
+def train_tokenizer(
+    sentences: Sequence[str],
+    vocab_size: int,
+    model_type: str = "unigram",
+    seed: int = 0,
+    max_sentences: int = 2_000_000,
+) -> bytes:
     """A serialized SentencePiece model trained on `sentences`. `vocab_size` is an upper
     bound: a small corpus gets fewer pieces rather than an error."""
     if model_type not in {"unigram", "bpe"}:
@@ -29,7 +34,10 @@ def train_tokenizer(sentences: Sequence[str], vocab_size: int, model_type: str =
         model_type=model_type,
         character_coverage=1.0,
         hard_vocab_limit=False,
-        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
         input_sentence_size=max_sentences,
         shuffle_input_sentence=True,
         num_threads=2,

@@ -12,8 +12,9 @@ def window_starts(start: int, stop: int, input_len: int, horizon: int) -> np.nda
     """Start rows of every window inside [start, stop): len(slice) - L - H + 1 of them."""
     count = (stop - start) - input_len - horizon + 1
     if count < 1:
-        raise ValueError(f"rows [{start}, {stop}) are too few for one window of "
-                         f"{input_len} + {horizon} steps")
+        raise ValueError(
+            f"rows [{start}, {stop}) are too few for one window of {input_len} + {horizon} steps"
+        )
     return np.arange(start, start + count)
 
 

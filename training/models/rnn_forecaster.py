@@ -25,17 +25,24 @@ class RNNForecaster(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.rnn = CELLS[c.cell](c.n_past, c.d_model, num_layers=c.layers, batch_first=True,
-                                 dropout=c.dropout if c.layers > 1 else 0.0)
+        self.rnn = CELLS[c.cell](
+            c.n_past,
+            c.d_model,
+            num_layers=c.layers,
+            batch_first=True,
+            dropout=c.dropout if c.layers > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(c.dropout)
         features = c.d_model + c.horizon * c.n_future
         self.head = nn.Linear(features, c.horizon * c.n_targets)
-        self.quantile_head = nn.Linear(features, c.horizon * c.n_targets * len(c.quantiles)) \
-            if c.quantiles else None
+        self.quantile_head = (
+            nn.Linear(features, c.horizon * c.n_targets * len(c.quantiles)) if c.quantiles else None
+        )
         self.register_buffer("target_index", torch.tensor(c.target_index), persistent=False)
 
-    def forward(self, past: torch.Tensor, future: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, past: torch.Tensor, future: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         c = self.config
         H, F_out, Q = c.horizon, c.n_targets, len(c.quantiles)  # noqa: N806
         last = past[:, -1:, :].detach()  # [B, 1, F_in]

@@ -16,12 +16,15 @@ from torch import nn
 
 def layer_weights(rnn: nn.RNNBase, layer: int) -> tuple[torch.Tensor, ...]:
     """(W_ih, W_hh, b_ih, b_hh) of one layer; W: [G*D, D_in], b: [G*D], G = 3 (GRU) or 4."""
-    return tuple(getattr(rnn, f"{kind}_l{layer}") for kind in
-                 ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    return tuple(
+        getattr(rnn, f"{kind}_l{layer}")
+        for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    )
 
 
-def gru_step(gi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor
-             ) -> torch.Tensor:
+def gru_step(
+    gi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor
+) -> torch.Tensor:
     """gi = W_ih x + b_ih [..., 3D] and h [..., D] (broadcastable) -> h' [..., D]."""
     gh = F.linear(h, w_hh, b_hh)  # [..., 3D]
     i_r, i_z, i_n = gi.chunk(3, dim=-1)
@@ -31,8 +34,9 @@ def gru_step(gi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.
     return (1 - z) * n + z * h
 
 
-def lstm_step(gi: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh: torch.Tensor,
-              b_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lstm_step(
+    gi: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """gi = W_ih x + b_ih [..., 4D], h and c [..., D] (broadcastable) -> (h', c')."""
     i, f, g, o = (gi + F.linear(h, w_hh, b_hh)).chunk(4, dim=-1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)

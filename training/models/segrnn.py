@@ -38,8 +38,9 @@ class SegRNNForecaster(nn.Module):
         self.n_cov = c.n_past - c.n_targets
         self.segment = nn.Linear(W, D)
         self.covariate = nn.Linear(W * self.n_cov, D) if self.n_cov else None
-        self.rnn = CELLS[c.cell](D, D, num_layers=c.layers, batch_first=True,
-                                 dropout=c.dropout if c.layers > 1 else 0.0)
+        self.rnn = CELLS[c.cell](
+            D, D, num_layers=c.layers, batch_first=True, dropout=c.dropout if c.layers > 1 else 0.0
+        )
         self.position = nn.Parameter(torch.randn(self.n_out, D // 2))
         self.channel = nn.Parameter(torch.randn(c.n_targets, D // 2))
         self.future = nn.Linear(W * c.n_future, D) if c.n_future else None
@@ -48,11 +49,13 @@ class SegRNNForecaster(nn.Module):
         self.quantile_head = nn.Linear(D, W * len(c.quantiles)) if c.quantiles else None
         self.register_buffer("target_index", torch.tensor(c.target_index), persistent=False)
         others = [i for i in range(c.n_past) if i not in c.target_index]
-        self.register_buffer("covariate_index", torch.tensor(others, dtype=torch.long),
-                             persistent=False)
+        self.register_buffer(
+            "covariate_index", torch.tensor(others, dtype=torch.long), persistent=False
+        )
 
-    def forward(self, past: torch.Tensor, future: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, past: torch.Tensor, future: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         c = self.config
         C, D, W, M, Q = c.n_targets, c.d_model, c.seg_len, self.n_out, len(c.quantiles)  # noqa: N806
         N, K = self.n_in, self.n_cov  # noqa: N806
@@ -68,9 +71,13 @@ class SegRNNForecaster(nn.Module):
         _, state = self.rnn(e)  # h: [layers, B*C, D] (lstm: (h, c))
 
         # Decoder: one step per output segment, all from the encoder state (see rnn_step.py).
-        emb = torch.cat([self.position.unsqueeze(0).expand(C, -1, -1),  # [C, M, D/2]
-                         self.channel.unsqueeze(1).expand(-1, M, -1)],  # [C, M, D/2]
-                        dim=-1)  # [C, M, D]
+        emb = torch.cat(
+            [
+                self.position.unsqueeze(0).expand(C, -1, -1),  # [C, M, D/2]
+                self.channel.unsqueeze(1).expand(-1, M, -1),
+            ],  # [C, M, D/2]
+            dim=-1,
+        )  # [C, M, D]
         hs, cs = state if isinstance(state, tuple) else (state, None)  # [layers, B*C, D]
         out = emb
         for layer in range(c.layers):

@@ -33,9 +33,13 @@ def clones(module: nn.Module, n: int) -> nn.ModuleList:
     return nn.ModuleList(copy.deepcopy(module) for _ in range(n))
 
 
-def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-              mask: torch.Tensor | None = None, dropout: nn.Module | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    dropout: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention. q [B, H, Tq, K], k/v [B, H, Tk, K], mask broadcastable to
     [B, H, Tq, Tk] (True = attend) -> (output [B, H, Tq, K], probabilities [B, H, Tq, Tk])."""
     scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))  # [B, H, Tq, Tk]
@@ -68,8 +72,9 @@ class MultiHeadedAttention(nn.Module):
         """Keys and values of x [B, T, D] -> ([B, H, T, K], [B, H, T, K])."""
         return self.split(self.k_proj(x)), self.split(self.v_proj(x))
 
-    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-               mask: torch.Tensor | None) -> torch.Tensor:
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """query [B, Tq, D] over projected key/value [B, H, Tk, K]; mask [B, Tq|1, Tk]
         -> [B, Tq, D]."""
         b = query.size(0)
@@ -79,11 +84,17 @@ class MultiHeadedAttention(nn.Module):
         x = x.transpose(1, 2).reshape(b, -1, self.h * self.d_k)  # [B, H, Tq, K] -> [B, Tq, D]
         return self.out_proj(x)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """query [B, Tq, D], key/value [B, Tk, D], mask [B, Tq|1, Tk] -> [B, Tq, D]."""
-        return self.attend(query, self.split(self.k_proj(key)), self.split(self.v_proj(value)),
-                           mask)
+        return self.attend(
+            query, self.split(self.k_proj(key)), self.split(self.v_proj(value)), mask
+        )
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -114,8 +125,13 @@ class SublayerConnection(nn.Module):
 class EncoderLayer(nn.Module):
     """Self-attention, then feed-forward."""
 
-    def __init__(self, size: int, self_attn: MultiHeadedAttention,
-                 feed_forward: PositionwiseFeedForward, dropout: float) -> None:
+    def __init__(
+        self,
+        size: int,
+        self_attn: MultiHeadedAttention,
+        feed_forward: PositionwiseFeedForward,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.self_attn, self.feed_forward = self_attn, feed_forward
         self.sublayer = clones(SublayerConnection(size, dropout), 2)
@@ -143,16 +159,28 @@ class Encoder(nn.Module):
 class DecoderLayer(nn.Module):
     """Masked self-attention over cached plus new positions, source attention, feed-forward."""
 
-    def __init__(self, size: int, self_attn: MultiHeadedAttention,
-                 src_attn: MultiHeadedAttention, feed_forward: PositionwiseFeedForward,
-                 dropout: float) -> None:
+    def __init__(
+        self,
+        size: int,
+        self_attn: MultiHeadedAttention,
+        src_attn: MultiHeadedAttention,
+        feed_forward: PositionwiseFeedForward,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.self_attn, self.src_attn, self.feed_forward = self_attn, src_attn, feed_forward
         self.sublayer = clones(SublayerConnection(size, dropout), 3)
 
-    def forward(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
-                self_mask: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor,
-                src_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        self_mask: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        src_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, T, D] (new positions), past_k/v [B, H, P, K], self_mask [B, T, P+T],
         cross_k/v [B, H, S, K], src_mask [B, 1, S]
         -> (x [B, T, D], present_k [B, H, P+T, K], present_v [B, H, P+T, K])."""
@@ -174,15 +202,21 @@ class Decoder(nn.Module):
         self.layers = clones(layer, n)
         self.norm = nn.LayerNorm(layer.sublayer[0].norm.normalized_shape)
 
-    def forward(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
-                self_mask: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor,
-                src_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        self_mask: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        src_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, T, D], past_k/v [L, B, H, P, K], self_mask [B, T, P+T], cross_k/v
         [L, B, H, S, K], src_mask [B, 1, S] -> (x [B, T, D], present_k/v [L, B, H, P+T, K])."""
         present_k, present_v = [], []
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, past_k[i], past_v[i], self_mask, cross_k[i], cross_v[i],
-                            src_mask)
+            x, k, v = layer(x, past_k[i], past_v[i], self_mask, cross_k[i], cross_v[i], src_mask)
             present_k.append(k)
             present_v.append(v)
         return self.norm(x), torch.stack(present_k), torch.stack(present_v)
@@ -233,9 +267,16 @@ class Generator(nn.Module):
 class EncoderDecoder(nn.Module):
     """The translator. Inputs and outputs are documented per method."""
 
-    def __init__(self, config: TranslatorConfig, encoder: Encoder, decoder: Decoder,
-                 src_embed: Embeddings, tgt_embed: Embeddings, position: PositionalEncoding,
-                 generator: Generator) -> None:
+    def __init__(
+        self,
+        config: TranslatorConfig,
+        encoder: Encoder,
+        decoder: Decoder,
+        src_embed: Embeddings,
+        tgt_embed: Embeddings,
+        position: PositionalEncoding,
+        generator: Generator,
+    ) -> None:
         super().__init__()
         self.config = config
         self.encoder, self.decoder = encoder, decoder
@@ -258,10 +299,17 @@ class EncoderDecoder(nn.Module):
         kv = [layer.src_attn.project_kv(memory) for layer in self.decoder.layers]
         return torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])
 
-    def decode_cached(self, tokens: torch.Tensor, positions: torch.Tensor,
-                      past_k: torch.Tensor, past_v: torch.Tensor, self_mask: torch.Tensor,
-                      cross_k: torch.Tensor, cross_v: torch.Tensor, src_mask: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def decode_cached(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        self_mask: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        src_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """New target tokens over a key/value cache.
 
         Inputs: tokens [B, T] int64, positions [B, T] int64, past_k/v [L, B, H, P, K],
@@ -271,20 +319,28 @@ class EncoderDecoder(nn.Module):
         x = self.position(self.tgt_embed(tokens), positions)  # [B, T, D]
         return self.decoder(x, past_k, past_v, self_mask, cross_k, cross_v, src_mask)
 
-    def decode(self, memory: torch.Tensor, src_mask: torch.Tensor, tgt: torch.Tensor,
-               tgt_mask: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self,
+        memory: torch.Tensor,
+        src_mask: torch.Tensor,
+        tgt: torch.Tensor,
+        tgt_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Teacher forcing. memory [B, S, D], src_mask [B, 1, S], tgt [B, T], tgt_mask
         [B, T, T] -> hidden [B, T, D]."""
         cross_k, cross_v = self.cross_kv(memory)  # [L, B, H, S, K] each
         c = self.config
-        empty = cross_k.new_zeros(c.num_decoder_layers, tgt.size(0), c.num_heads, 0,
-                                  c.head_dim)  # [L, B, H, 0, K]
-        hidden, _, _ = self.decode_cached(tgt, self.positions(tgt), empty, empty, tgt_mask,
-                                          cross_k, cross_v, src_mask)
+        empty = cross_k.new_zeros(
+            c.num_decoder_layers, tgt.size(0), c.num_heads, 0, c.head_dim
+        )  # [L, B, H, 0, K]
+        hidden, _, _ = self.decode_cached(
+            tgt, self.positions(tgt), empty, empty, tgt_mask, cross_k, cross_v, src_mask
+        )
         return hidden
 
-    def logits(self, src: torch.Tensor, tgt: torch.Tensor,
-               keep: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self, src: torch.Tensor, tgt: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Teacher-forced scores before the softmax (training's loss takes these, so the
         log-softmax over V runs once). src [B, S], tgt [B, T] (BOS-prefixed) -> [B, T, V];
         with `keep` [B, T] (bool), only those positions, in row-major order: [N, V]."""
@@ -300,10 +356,17 @@ class EncoderDecoder(nn.Module):
         """Teacher-forced log-probabilities. src [B, S], tgt [B, T] -> [B, T, V]."""
         return F.log_softmax(self.logits(src, tgt), dim=-1)
 
-    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, past_k: torch.Tensor,
-                    past_v: torch.Tensor, past_mask: torch.Tensor, cross_k: torch.Tensor,
-                    cross_v: torch.Tensor, src_mask: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def decode_step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+        past_mask: torch.Tensor,
+        cross_k: torch.Tensor,
+        cross_v: torch.Tensor,
+        src_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One decoding step for R independent rows (what `decoder.onnx` computes).
 
         Inputs: tokens [R, 1] int64 (last token of each row), positions [R, 1] int64 (its
@@ -313,8 +376,9 @@ class EncoderDecoder(nn.Module):
         """
         ones = torch.ones_like(tokens, dtype=torch.bool)  # [R, 1]
         self_mask = torch.cat([past_mask, ones], dim=1).unsqueeze(1)  # [R, 1, P+1]
-        hidden, k, v = self.decode_cached(tokens, positions, past_k, past_v, self_mask,
-                                          cross_k, cross_v, src_mask.unsqueeze(1))
+        hidden, k, v = self.decode_cached(
+            tokens, positions, past_k, past_v, self_mask, cross_k, cross_v, src_mask.unsqueeze(1)
+        )
         return self.generator(hidden[:, -1]), k, v  # [R, V], [L, R, H, P+1, K] x2
 
 
@@ -328,8 +392,9 @@ def make_model(config: TranslatorConfig) -> EncoderDecoder:
     model = EncoderDecoder(
         config,
         Encoder(EncoderLayer(d, c(attn), c(ff), config.dropout), config.num_encoder_layers),
-        Decoder(DecoderLayer(d, c(attn), c(attn), c(ff), config.dropout),
-                config.num_decoder_layers),
+        Decoder(
+            DecoderLayer(d, c(attn), c(attn), c(ff), config.dropout), config.num_decoder_layers
+        ),
         Embeddings(d, v),
         Embeddings(d, v),
         PositionalEncoding(d, config.dropout, config.max_len),
@@ -339,7 +404,7 @@ def make_model(config: TranslatorConfig) -> EncoderDecoder:
         if p.dim() > 1:
             nn.init.xavier_uniform_(p)
     for emb in (model.src_embed, model.tgt_embed):
-        nn.init.normal_(emb.lut.weight, mean=0.0, std=d ** -0.5)
+        nn.init.normal_(emb.lut.weight, mean=0.0, std=d**-0.5)
         with torch.no_grad():
             emb.lut.weight[config.pad_id].zero_()
     if config.tie_embeddings:
