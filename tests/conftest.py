@@ -10,11 +10,26 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / ".tools"
+
+# No test downloads anything: datasets come from ../shared/data (or SEQSERVE_DATA_DIR) or are
+# generated; a test that needs a download serves the files itself and lifts this. Set here so
+# that the servers and CLIs the tests start inherit it.
+os.environ.setdefault("SEQSERVE_OFFLINE", "1")
+
+
+def missing(what: str, hint: str) -> NoReturn:
+    """A tool or file `make test` provides is absent: fail under `make test` (it sets
+    SEQSERVE_REQUIRE_TOOLS=1, and CI runs it), so a local run means what CI means; skip in a
+    bare `pytest`, naming the fix."""
+    if os.environ.get("SEQSERVE_REQUIRE_TOOLS") or os.environ.get("CI"):
+        pytest.fail(f"{what} missing under `make test`: {hint}")
+    pytest.skip(f"{what} missing: {hint}")
 
 
 def free_port() -> int:
@@ -115,18 +130,14 @@ def tool(name: str, exe: str = "python") -> Path:
     """An executable of a tool venv built by tests/tools/setup.sh; skip outside `make test`."""
     path = TOOLS / name / "bin" / exe
     if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{path} missing: tests/tools/setup.sh did not run")
-        pytest.skip(f"{path} missing: run `make tools`")
+        missing(str(path), "run `make tools` (tests/tools/setup.sh)")
     return path
 
 
 def native_built() -> None:
     """Skip unless the native front end is built (`make native`, part of `make test`)."""
     if not list((ROOT / "serving" / "native").glob("_frontend*.so")):
-        if os.environ.get("CI"):
-            pytest.fail("serving/native/_frontend.so missing: `make native` did not run")
-        pytest.skip("the native front end is not built: run `make native`")
+        missing("serving/native/_frontend.so (the native front end)", "run `make native`")
 
 
 @pytest.fixture(scope="module", params=["python", "native"])

@@ -5,7 +5,6 @@ here; `make image-test` builds and runs the image with podman (opt-in)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 
 from protos.inference import grpc_service_pb2 as pb
-from tests.conftest import ROOT, ServerProcess, free_port
+from tests.conftest import ROOT, ServerProcess, free_port, missing
 from tests.serving import v2
 
 DEPLOY = ROOT / "deploy"
@@ -35,9 +34,7 @@ def system_tool(name: str) -> str:
     """A Debian tool that tests/tools/setup.sh installs; skip outside `make test`, fail in CI."""
     exe = shutil.which(name)
     if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} missing: tests/tools/setup.sh did not run")
-        pytest.skip(f"{name} not installed: run `make tools`")
+        missing(name, "run `make tools` (tests/tools/setup.sh)")
     return exe
 
 

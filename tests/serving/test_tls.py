@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from serving.probe import check
-from tests.conftest import ServerProcess, native_built
+from tests.conftest import ServerProcess, missing, native_built
 
 
 def _openssl(*args: str) -> None:
@@ -78,7 +78,7 @@ def _cert(folder: Path, name: str, ca: tuple[Path, Path] | None = None) -> tuple
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+        missing("openssl", "install Debian's openssl (`make tools` does)")
     folder = tmp_path_factory.mktemp("pki")
     ca = _cert(folder, "ca")
     return {"ca": ca, "server": _cert(folder, "server", ca), "client": _cert(folder, "client", ca)}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerProcess, free_port, tool
+from tests.conftest import ServerProcess, free_port, missing, tool
 from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine, standard_repository
 
 SERVER_CALLS = """
@@ -235,9 +235,7 @@ def test_prometheus_scrapes_the_metrics(standard_server: ServerProcess, tmp_path
 
     exe = shutil.which("prometheus")
     if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus missing: tests/tools/setup.sh did not run")
-        pytest.skip("prometheus not installed: run `make tools`")
+        missing("prometheus", "run `make tools` (tests/tools/setup.sh)")
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(

@@ -22,7 +22,9 @@ SHARED_MULTI30K = Path(__file__).resolve().parents[3] / "shared" / "data" / "mul
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No data folder, an empty cache, and downloads allowed (from the tests' own mirror)."""
     monkeypatch.delenv("SEQSERVE_DATA_DIR", raising=False)
+    monkeypatch.delenv("SEQSERVE_OFFLINE", raising=False)
     monkeypatch.setenv("SEQSERVE_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
 

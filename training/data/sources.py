@@ -141,6 +141,10 @@ def dataset_file(key: str, allow_download: bool = True) -> Path:
     cached = cache_dir() / key
     if cached.is_file():
         return _verify(key, cached)
-    if not allow_download:
-        raise DatasetError(f"{key} is not available locally and downloads are off")
+    if not allow_download or os.environ.get("SEQSERVE_OFFLINE"):
+        why = "SEQSERVE_OFFLINE is set" if allow_download else "downloads are off"
+        raise DatasetError(
+            f"{key} is not available locally ({', '.join(map(str, dirs)) or 'no data folder'}, "
+            f"or the cache {cache_dir()}) and {why}"
+        )
     return download(key, cached)
