@@ -62,271 +62,47 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _forecaster_arguments(fc: argparse.ArgumentParser) -> None:
-    """`train forecaster` flags; defaults come from the config dataclasses (no torch import)."""
-    from training.config import LOSSES, ForecasterConfig, TrainConfig
+    """`train forecaster` flags, generated from the config dataclasses (no torch import)."""
+    from core.flags import add_flags
+    from training.config import ForecasterConfig, TrainConfig
 
-    m, t = ForecasterConfig(), TrainConfig()
-    data = fc.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        default=t.data,
-        help="synthetic, etth1/etth2/ettm1/ettm2 (downloaded and checked, or from "
-        "SEQSERVE_DATA_DIR), or a CSV path (default: %(default)s)",
-    )
-    data.add_argument(
-        "--features",
-        choices=["M", "S", "MS"],
-        default=t.features,
-        help="M: all columns in and out; S: target in and out; MS: all in, target "
-        "out (default: %(default)s)",
-    )
-    data.add_argument(
-        "--target",
-        default=",".join(t.target),
-        help="target column(s), comma-separated (default: OT for ETT, price for "
-        "synthetic, else the first column)",
-    )
-    data.add_argument(
-        "--covariates",
-        default=None,
-        help="past covariate columns, comma-separated (default: all other columns)",
-    )
-    data.add_argument("--date-col", default=t.date_col, help="timestamp column of a CSV")
-    data.add_argument(
-        "--fill",
-        choices=["none", "ffill"],
-        default=t.fill,
-        help="empty CSV cells: none = error naming row and column, ffill = carry "
-        "the previous value forward (default: %(default)s)",
-    )
-    data.add_argument(
-        "--future-features",
-        default=",".join(t.future_features) or "none",
-        help="known-future calendar features of the horizon steps, from hour, "
-        "weekday, month, day_of_month, day_of_year, or none (default: %(default)s)",
-    )
-    data.add_argument(
-        "--synthetic-rows",
-        type=int,
-        default=t.synthetic_rows,
-        help="hourly rows of the built-in generator (default: %(default)s)",
-    )
-    model = fc.add_argument_group("model")
-    model.add_argument(
-        "--arch",
-        choices=["segrnn", "rnn"],
-        default=m.arch,
-        help="segrnn: segment-recurrent (default); rnn: last hidden state -> "
-        "linear head (baseline)",
-    )
-    model.add_argument(
-        "--cell",
-        choices=["lstm", "gru"],
-        default=m.cell,
-        help="recurrent cell (default: %(default)s)",
-    )
-    model.add_argument(
-        "--input-len", type=int, default=m.input_len, help="L (default: %(default)s)"
-    )
-    model.add_argument("--horizon", type=int, default=m.horizon, help="H (default: %(default)s)")
-    model.add_argument(
-        "--seg-len",
-        type=int,
-        default=m.seg_len,
-        help="segrnn segment length; divides L and H (default: %(default)s)",
-    )
-    model.add_argument(
-        "--d-model", type=int, default=m.d_model, help="hidden size (default: %(default)s)"
-    )
-    model.add_argument("--layers", type=int, default=m.layers, help="recurrent layers")
-    model.add_argument("--dropout", type=float, default=m.dropout, help="(default: %(default)s)")
-    model.add_argument(
-        "--quantiles",
-        default=",".join(f"{q:g}" for q in m.quantiles) or "none",
-        help="quantile levels with pinball-loss heads, e.g. 0.1,0.5,0.9, or none "
-        "(default: %(default)s)",
-    )
-    opt = fc.add_argument_group("training")
-    opt.add_argument("--epochs", type=int, default=t.epochs, help="at most (default: %(default)s)")
-    opt.add_argument("--batch-size", type=int, default=t.batch_size, help="(default: %(default)s)")
-    opt.add_argument("--lr", type=float, default=t.lr, help="Adam (default: %(default)s)")
-    opt.add_argument(
-        "--lr-decay",
-        type=float,
-        default=t.lr_decay,
-        help="per-epoch factor after --warm-epochs (default: %(default)s)",
-    )
-    opt.add_argument(
-        "--warm-epochs",
-        type=int,
-        default=t.warm_epochs,
-        help="epochs at the full learning rate (default: %(default)s)",
-    )
-    opt.add_argument(
-        "--patience",
-        type=int,
-        default=t.patience,
-        help="early stopping: epochs without a better validation loss (default: %(default)s)",
-    )
-    opt.add_argument("--clip", type=float, default=t.clip, help="gradient-norm clip")
-    opt.add_argument(
-        "--loss",
-        choices=list(LOSSES),
-        default=t.loss,
-        help="point-forecast loss; early stopping compares its validation value "
-        "(default: %(default)s)",
-    )
-    opt.add_argument(
-        "--quantile-weight",
-        type=float,
-        default=t.quantile_weight,
-        help="pinball loss weight next to the point loss (default: %(default)s)",
-    )
-    opt.add_argument("--seed", type=int, default=t.seed, help="random seed")
-    opt.add_argument("--device", default=t.device, help="cpu or cuda (default: %(default)s)")
-    opt.add_argument(
-        "--threads", type=int, default=t.threads, help="torch CPU threads (default: torch's choice)"
-    )
-    opt.add_argument("--quiet", action="store_true", help="no progress bar")
+    groups = {name: fc.add_argument_group(name) for name in ("data", "model", "training")}
+    add_flags(fc, TrainConfig, groups=groups)
+    add_flags(fc, ForecasterConfig, groups=groups)
+    groups["training"].add_argument("--quiet", action="store_true", help="no progress bar")
     fc.add_argument("--out", required=True, help="checkpoint folder to write")
 
 
 def _translator_arguments(tr: argparse.ArgumentParser) -> None:
-    """`train translator` flags. Unset flags take the preset's value (training/translator_config.py
-    lists the presets; no torch import here)."""
-    from training.translator_config import PRESETS, SCHEDULES, SELECT_BY, TranslatorTrainConfig
-
-    t, n = TranslatorTrainConfig(), PRESETS["numbers"]
-    tr.add_argument(
-        "--data",
-        help="numbers (built-in German->English number words), multi30k (checked "
-        "download or SEQSERVE_DATA_DIR), or a corpus path: X.tsv, a prefix X with "
-        "X.<src>/X.<tgt>, or a folder with train/val/test.<lang> (default: numbers)",
+    """`train translator` flags, generated from the config dataclasses; an unset flag takes
+    the preset's value, and each help text says what that is (no torch import here)."""
+    from core.flags import add_flags, preset_help
+    from training.translator_config import (
+        DATA,
+        EVALUATION,
+        MODEL,
+        TRAINING,
+        TRANSLATOR_PRESETS,
+        TranslatorConfig,
+        TranslatorTrainConfig,
     )
-    tr.add_argument("--src", default=t.src, help="source language (default: %(default)s)")
-    tr.add_argument("--tgt", default=t.tgt, help="target language (default: %(default)s)")
+
     tr.add_argument("--out", required=True, help="checkpoint folder to write")
     tr.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=sorted(TRANSLATOR_PRESETS),
         help="model and training settings; default: numbers for --data numbers, "
         "multi30k otherwise; tiny trains in seconds (tests)",
     )
-    model = tr.add_argument_group("model (default: the preset's)")
-    model.add_argument("--d-model", type=int, help=f"model width (numbers: {n.model['d_model']})")
-    model.add_argument("--heads", type=int, help="attention heads")
-    model.add_argument("--ff", type=int, help="feed-forward width")
-    model.add_argument("--encoder-layers", type=int, help="encoder layers")
-    model.add_argument("--decoder-layers", type=int, help="decoder layers")
-    model.add_argument("--dropout", type=float, help="dropout on residual outputs, embeddings")
-    model.add_argument(
-        "--attention-dropout",
-        type=float,
-        help="dropout on attention probabilities (default: --dropout)",
-    )
-    model.add_argument(
-        "--activation-dropout",
-        type=float,
-        help="dropout inside the feed-forward (default: --dropout)",
-    )
-    model.add_argument("--max-len", type=int, help="positions: longest source/target sequence")
-    model.add_argument(
-        "--no-tie-embeddings",
-        action="store_true",
-        help="separate source, target and output embedding matrices",
-    )
-    data = tr.add_argument_group("data and tokenizer (default: the preset's)")
-    data.add_argument("--test-split", help="multi30k test file (default: test_2016_flickr)")
-    data.add_argument("--vocab-size", type=int, help="joint SentencePiece vocabulary (upper bound)")
-    data.add_argument("--spm-model", choices=["unigram", "bpe"], help="SentencePiece model type")
-    data.add_argument(
-        "--max-source-tokens",
-        type=int,
-        help="longest source (EOS included); longer training pairs are dropped, "
-        "the served model rejects longer inputs",
-    )
-    data.add_argument("--numbers-train", type=int, help="numbers corpus: training pairs")
-    data.add_argument(
-        "--numbers-heldout", type=int, help="numbers corpus: validation and test pairs, each"
-    )
-    opt = tr.add_argument_group("training (default: the preset's)")
-    opt.add_argument("--max-tokens", type=int, help="tokens per batch, padding included")
-    opt.add_argument("--max-steps", type=int, help="optimizer steps at most")
-    opt.add_argument("--max-minutes", type=float, help="training time budget (0 = none)")
-    opt.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
-    opt.add_argument("--warmup", type=int, help="linear warm-up steps")
-    opt.add_argument(
-        "--schedule",
-        choices=list(SCHEDULES),
-        help="after warm-up: inverse_sqrt decay, or linear decay to 0 at the end "
-        "of the run (--max-steps or --max-minutes, whichever comes first)",
-    )
-    opt.add_argument("--label-smoothing", type=float, help="(default: 0.1)")
-    opt.add_argument(
-        "--subword-alpha",
-        type=float,
-        help="subword regularization: resample each training sentence's "
-        "segmentation every epoch (unigram: smoothing alpha; bpe: dropout "
-        "probability; default: 0 = off)",
-    )
-    opt.add_argument(
-        "--extra-sources",
-        type=_words,
-        metavar="LANG,...",
-        help="--data multi30k: also train on these source languages into the same "
-        "targets (e.g. fr: Multi30k's captions in French; default: none)",
-    )
-    opt.add_argument(
-        "--rdrop-alpha",
-        type=float,
-        help="R-Drop: run each batch twice and add this weight times the "
-        "symmetric KL between the two dropout samples; a step then costs "
-        "about twice the tokens, so halve --max-tokens to keep its cost "
-        "(default: 0 = off)",
-    )
-    opt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 0)")
-    opt.add_argument("--clip", type=float, help="gradient-norm clip (default: 1.0)")
-    opt.add_argument("--eval-every", type=int, help="steps between validation losses")
-    opt.add_argument(
-        "--patience", type=int, help="early stopping: evaluations without a better validation loss"
-    )
-    opt.add_argument("--average-last", type=int, help="checkpoint averaging over the last N")
-    opt.add_argument(
-        "--select-by",
-        choices=list(SELECT_BY),
-        help="what chooses between the averaged and the best snapshot: greedy "
-        "validation BLEU, or validation loss (default: bleu)",
-    )
-    opt.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU AMX or CUDA)")
-    opt.add_argument("--seed", type=int, help="random seed (default: 0)")
-    opt.add_argument("--device", help="cpu or cuda (default: cpu)")
-    opt.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    opt.add_argument("--quiet", action="store_true", help="no progress bar")
-    ev = tr.add_argument_group("evaluation (default: the preset's)")
-    ev.add_argument("--beam-size", type=int, help="beam width on the test split")
-    ev.add_argument("--length-penalty", type=float, help="GNMT alpha (0 = none)")
-    ev.add_argument(
-        "--length-penalty-grid",
-        type=_floats,
-        metavar="A,B,...",
-        help="alphas tried on the validation split after training; the best by "
-        "BLEU replaces --length-penalty ('' = none; multi30k: 0.6,0.8,1.0,1.2)",
-    )
-    ev.add_argument("--eval-batch-rows", type=int, help="decoder rows while evaluating")
-    ev.add_argument("--examples", type=int, help="example translations in examples.txt")
-
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a comma-separated list of numbers: {text!r}"
-        ) from None
+    groups = {name: tr.add_argument_group(name) for name in (MODEL, DATA, TRAINING, EVALUATION)}
+    models = {name: p.model for name, p in TRANSLATOR_PRESETS.items()}
+    add_flags(tr, TranslatorConfig, preset_help(TranslatorConfig, models), groups)
+    trains = {name: p.train for name, p in TRANSLATOR_PRESETS.items()}
+    # --src and --tgt are the corpus's languages, not a preset's: they keep their own default.
+    texts = preset_help(TranslatorTrainConfig, trains)
+    texts = {name: text for name, text in texts.items() if name not in ("src", "tgt")}
+    add_flags(tr, TranslatorTrainConfig, texts, groups)
+    groups[TRAINING].add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:

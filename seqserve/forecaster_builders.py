@@ -13,7 +13,7 @@ Preset "tiny": a small network for tests, built in seconds.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from training.config import ForecasterConfig, TrainConfig
@@ -22,8 +22,17 @@ FUTURE_FEATURES = ("hour", "weekday", "month")
 QUANTILES = (0.1, 0.5, 0.9)
 DEFAULT_WIDTH = 256  # the served default; ETTh1 benchmarks keep 512 (SegRNN's)
 
-PRESETS: dict[str, tuple[ForecasterConfig, TrainConfig]] = {
-    "default": (
+
+@dataclass(frozen=True)
+class ForecasterPreset:
+    """A named recipe: the network and its training, as the two config dataclasses."""
+
+    model: ForecasterConfig
+    train: TrainConfig
+
+
+FORECASTER_PRESETS: dict[str, ForecasterPreset] = {
+    "default": ForecasterPreset(
         ForecasterConfig(d_model=DEFAULT_WIDTH, quantiles=QUANTILES),
         TrainConfig(
             data="synthetic",
@@ -33,7 +42,7 @@ PRESETS: dict[str, tuple[ForecasterConfig, TrainConfig]] = {
             threads=2,
         ),
     ),
-    "tiny": (
+    "tiny": ForecasterPreset(
         ForecasterConfig(input_len=48, horizon=24, d_model=16, seg_len=24, quantiles=QUANTILES),
         TrainConfig(
             data="synthetic",
@@ -53,9 +62,9 @@ def build_forecaster_model(repository: Path, preset: str, cell: str, name: str) 
     from export.forecaster import export_forecaster
     from training.train_forecaster import train
 
-    model_config, train_config = PRESETS[preset]
+    recipe = FORECASTER_PRESETS[preset]
     with tempfile.TemporaryDirectory(prefix=f"seqserve-{name}-") as tmp:
-        train(replace(model_config, cell=cell), train_config, Path(tmp), progress=False)
+        train(replace(recipe.model, cell=cell), recipe.train, Path(tmp), progress=False)
         return export_forecaster(Path(tmp), repository, name)
 
 

@@ -12,9 +12,10 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from training.translator_config import resolve
+from training.translator_config import TRANSLATOR_PRESETS
 
-PRESETS = {"default": "numbers", "tiny": "tiny"}
+# build-repository's preset -> the translator preset it trains
+TRAINED_PRESET = {"default": "numbers", "tiny": "tiny"}
 NAME = "translator"
 
 
@@ -23,7 +24,7 @@ def translator(repository: Path, preset: str) -> None:
     from export.translator import export_translator
     from training.train_translator import train
 
-    model_args, train_config = resolve(PRESETS[preset], {}, {})
+    recipe = TRANSLATOR_PRESETS[TRAINED_PRESET[preset]]
     with tempfile.TemporaryDirectory(prefix="seqserve-translator-") as tmp:
-        train(model_args, replace(train_config, examples=0), Path(tmp), quiet=True)
+        train(recipe.model, replace(recipe.train, examples=0), Path(tmp), quiet=True)
         export_translator(Path(tmp), repository, NAME)

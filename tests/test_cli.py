@@ -149,3 +149,82 @@ def test_health_reports_unreachable_server() -> None:
     )
     assert out.returncode == 2
     assert "UNAVAILABLE" in out.stdout or "DEADLINE_EXCEEDED" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (
+            ["train", "translator", "--data", "multi30k", "--d-model", "100", "--heads", "3"],
+            "heads",
+        ),
+        (["train", "translator", "--preset", "tiny", "--max-source-tokens", "500"], "max_len"),
+        (["train", "forecaster", "--seg-len", "7"], "seg_len"),
+        (["train", "forecaster", "--dropout", "1.5"], "dropout"),
+    ],
+)
+def test_bad_training_settings_stop_before_any_work(
+    argv: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A setting that cannot work is refused with the field's name, before the corpus is
+    loaded or a tokenizer trained (Multi30k here is never read: the check comes first)."""
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out)]) == 2
+    assert named in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_config_checks_hold_under_python_O() -> None:
+    """The checks are ValueErrors, not asserts, which `python -O` strips."""
+    probe = (
+        "from training.config import ForecasterConfig\n"
+        "from training.translator_config import TranslatorConfig\n"
+        "for make in (lambda: ForecasterConfig(seg_len=7),\n"
+        "             lambda: TranslatorConfig(d_model=100, num_heads=3)):\n"
+        "    try:\n"
+        "        make()\n"
+        "    except ValueError:\n"
+        "        continue\n"
+        "    raise SystemExit('accepted')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-O", "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_command_line_reference_is_generated_from_the_parser() -> None:
+    """docs/cli.md is `python -m seqserve.cli_reference` (flags, defaults, choices, help and
+    the translator presets, all from the config dataclasses): regenerate it after a change."""
+    from seqserve.cli_reference import render
+
+    assert (ROOT / "docs" / "cli.md").read_text() == render(), (
+        "docs/cli.md is stale: python -m seqserve.cli_reference > docs/cli.md"
+    )
+
+
+def test_every_flag_the_docs_name_exists() -> None:
+    """A `--flag` written in the README or docs/ is a flag of some subcommand (or of a tool
+    the docs show beside ours), so a renamed flag cannot live on in the docs."""
+    import re
+
+    from tests.test_cli_options import _subcommands
+
+    ours = {
+        option
+        for _, sub in _subcommands(build_parser())
+        for action in sub._actions
+        for option in action.option_strings
+    }
+    theirs = {
+        "--build", "--build-arg", "--profile", "--rm", "--scale",  # docker, docker compose
+        "--check",  # ruff format
+        "--gil",  # py-spy
+        "--native", "--bare",  # python -m bench.floor_server
+    }  # fmt: skip
+    mentioned: dict[str, list[str]] = {}
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for name in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]", path.read_text()):
+            mentioned.setdefault(name, []).append(path.name)
+    unknown = {n: sorted(set(p)) for n, p in mentioned.items() if n not in ours | theirs}
+    assert not unknown, f"flags the docs name that no subcommand has: {unknown}"

@@ -8,40 +8,77 @@ stopping on the validation MAE.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+
+from core.flags import flag
+
+
+def _quantiles(text: str) -> tuple[float, ...]:
+    """--quantiles: comma-separated levels in any order, or none."""
+    try:
+        return tuple(sorted(float(w) for w in text.split(",") if w.strip() not in ("", "none")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of levels: {text!r}"
+        ) from None
+
+
+def _check(ok: bool, message: str) -> None:
+    """A ValueError naming the setting (kept under `python -O`, unlike an assert)."""
+    if not ok:
+        raise ValueError(message)
 
 
 @dataclass(frozen=True)
 class ForecasterConfig:
-    """What rebuilds the network. B batch, L input_len, H horizon, F channels."""
+    """What rebuilds the network. B batch, L input_len, H horizon, F channels. A field with a
+    `flag` is also `seqserve train forecaster`'s flag of that name (core/flags.py)."""
 
-    arch: str = "segrnn"  # segrnn | rnn (last hidden state -> linear head, the baseline)
-    cell: str = "gru"  # gru | lstm
-    input_len: int = 96  # L
-    horizon: int = 96  # H
+    arch: str = flag(
+        "segrnn",
+        "segrnn: segment-recurrent; rnn: last hidden state -> linear head (baseline)",
+        choices=("segrnn", "rnn"),
+        group="model",
+    )
+    cell: str = flag("gru", "recurrent cell", choices=("lstm", "gru"), group="model")
+    input_len: int = flag(96, "L", group="model")
+    horizon: int = flag(96, "H", group="model")
     n_past: int = 7  # F_in: channels of `past`
     target_index: tuple[int, ...] = (0,)  # the target channels' positions in `past`
     n_future: int = 0  # F_fut: known-future covariates per horizon step
-    d_model: int = 512  # segment embedding and hidden size (rnn: hidden size)
-    seg_len: int = 24  # segrnn: steps per segment; must divide input_len and horizon
-    layers: int = 1  # recurrent layers
-    dropout: float = 0.5
-    quantiles: tuple[float, ...] = ()  # quantile levels with their own head, ascending
+    # segment embedding and hidden size (rnn: hidden size)
+    d_model: int = flag(512, "hidden size", group="model")
+    seg_len: int = flag(24, "segrnn segment length; divides L and H", group="model")
+    layers: int = flag(1, "recurrent layers", group="model")
+    dropout: float = flag(0.5, "dropout", group="model")
+    quantiles: tuple[float, ...] = flag(
+        (),
+        "quantile levels with pinball-loss heads, e.g. 0.1,0.5,0.9, or none",
+        none="none",
+        parse=_quantiles,
+        group="model",
+    )
 
     def __post_init__(self) -> None:
-        assert self.arch in {"segrnn", "rnn"}, f"arch must be segrnn or rnn, not {self.arch!r}"
-        assert self.cell in {"gru", "lstm"}, f"cell must be gru or lstm, not {self.cell!r}"
-        assert self.target_index and all(0 <= i < self.n_past for i in self.target_index), (
-            f"target_index {self.target_index} must point into the {self.n_past} past channels"
+        _check(self.arch in {"segrnn", "rnn"}, f"arch must be segrnn or rnn, not {self.arch!r}")
+        _check(self.cell in {"gru", "lstm"}, f"cell must be gru or lstm, not {self.cell!r}")
+        for name in ("input_len", "horizon", "d_model", "seg_len", "layers"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        _check(
+            bool(self.target_index) and all(0 <= i < self.n_past for i in self.target_index),
+            f"target_index {self.target_index} must point into the {self.n_past} past channels",
         )
         if self.arch == "segrnn":
-            assert self.input_len % self.seg_len == 0 and self.horizon % self.seg_len == 0, (
+            _check(
+                self.input_len % self.seg_len == 0 and self.horizon % self.seg_len == 0,
                 f"seg_len {self.seg_len} must divide input_len {self.input_len} and horizon "
-                f"{self.horizon}"
+                f"{self.horizon}",
             )
-            assert self.d_model % 2 == 0, "d_model must be even (position + channel halves)"
-        assert list(self.quantiles) == sorted(set(self.quantiles)), "quantiles must ascend"
-        assert all(0 < q < 1 for q in self.quantiles), "quantiles must lie in (0, 1)"
+            _check(self.d_model % 2 == 0, "d_model must be even (position + channel halves)")
+        _check(list(self.quantiles) == sorted(set(self.quantiles)), "quantiles must ascend")
+        _check(all(0 < q < 1 for q in self.quantiles), "quantiles must lie in (0, 1)")
 
     @property
     def n_targets(self) -> int:  # F_out
@@ -53,31 +90,81 @@ LOSSES = ("mse", "mae", "mse+mae")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the model was trained: data, split and optimiser."""
+    """How the model was trained: data, split and optimiser. A field with a `flag` is also
+    `seqserve train forecaster`'s flag of that name."""
 
-    data: str = "synthetic"  # etth1 | etth2 | ettm1 | ettm2 | synthetic | a CSV path
-    features: str = "M"  # M: all in, all out; S: target in and out; MS: all in, target out
-    target: tuple[str, ...] = ()  # target column(s); default: OT for ETT, the first column else
-    covariates: tuple[str, ...] | None = None  # past covariate columns; None = all other columns
-    date_col: str = "date"
-    fill: str = "none"  # none | ffill: what to do with empty cells in a CSV
-    future_features: tuple[str, ...] = ()  # calendar features of the horizon steps
-    synthetic_rows: int = 8760  # rows of the built-in generator (hourly)
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_decay: float = 0.8  # multiplies the learning rate after each epoch past `warm_epochs`
-    warm_epochs: int = 2
-    patience: int = 3  # epochs without a better validation MSE before stopping
-    clip: float = 1.0  # gradient-norm clip
-    # point-forecast loss, also what early stopping and the kept epoch compare on validation:
-    # mse | mae | mse+mae (their mean)
-    loss: str = "mae"
-    quantile_weight: float = 1.0  # weight of the pinball loss next to the point loss
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 0  # torch threads; 0 = leave torch's default
+    data: str = flag(
+        "synthetic",
+        "synthetic, etth1/etth2/ettm1/ettm2 (downloaded and checked, or from "
+        "SEQSERVE_DATA_DIR), or a CSV path",
+        group="data",
+    )
+    features: str = flag(
+        "M",
+        "M: all columns in and out; S: target in and out; MS: all in, target out",
+        choices=("M", "S", "MS"),
+        group="data",
+    )
+    target: tuple[str, ...] = flag(
+        (),
+        "target column(s), comma-separated; empty: OT for ETT, price for synthetic, else the "
+        "first column",
+        group="data",
+    )
+    covariates: tuple[str, ...] | None = flag(
+        None,
+        "past covariate columns, comma-separated; None: all other columns",
+        group="data",
+    )
+    date_col: str = flag("date", "timestamp column of a CSV", group="data")
+    fill: str = flag(
+        "none",
+        "empty CSV cells: none = error naming row and column, ffill = carry the previous "
+        "value forward",
+        choices=("none", "ffill"),
+        group="data",
+    )
+    future_features: tuple[str, ...] = flag(
+        (),
+        "known-future calendar features of the horizon steps, from hour, weekday, month, "
+        "day_of_month, day_of_year, or none",
+        none="none",
+        group="data",
+    )
+    synthetic_rows: int = flag(8760, "hourly rows of the built-in generator", group="data")
+    epochs: int = flag(10, "epochs at most", group="training")
+    batch_size: int = flag(128, "windows per batch", group="training")
+    lr: float = flag(1e-3, "Adam learning rate", group="training")
+    lr_decay: float = flag(
+        0.8, "per-epoch learning-rate factor after --warm-epochs", group="training"
+    )
+    warm_epochs: int = flag(2, "epochs at the full learning rate", group="training")
+    patience: int = flag(
+        3, "early stopping: epochs without a better validation loss", group="training"
+    )
+    clip: float = flag(1.0, "gradient-norm clip", group="training")
+    # what early stopping and the kept epoch compare on validation too
+    loss: str = flag(
+        "mae",
+        "point-forecast loss (mse+mae: their mean); early stopping compares its validation value",
+        choices=LOSSES,
+        group="training",
+    )
+    quantile_weight: float = flag(
+        1.0, "pinball loss weight next to the point loss", group="training"
+    )
+    seed: int = flag(0, "random seed", group="training")
+    device: str = flag("cpu", "cpu or cuda", group="training")
+    threads: int = flag(0, "torch CPU threads; 0 = torch's choice", group="training")
     plot_windows: int = 4
 
     def __post_init__(self) -> None:
-        assert self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}"
+        _check(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+        _check(
+            self.features in ("M", "S", "MS"), f"features must be M, S or MS, not {self.features!r}"
+        )
+        _check(self.fill in ("none", "ffill"), f"fill must be none or ffill, not {self.fill!r}")
+        for name in ("epochs", "batch_size", "synthetic_rows"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.flags import from_flags
 from training import checkpoint
 from training.config import ForecasterConfig, TrainConfig
 from training.data.frame import CSVError
@@ -248,55 +249,18 @@ def write_plot(
     )
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip() and s.strip() != "none")
-
-
 def configs_from_args(args: argparse.Namespace) -> tuple[ForecasterConfig, TrainConfig]:
-    model = ForecasterConfig(
-        arch=args.arch,
-        cell=args.cell,
-        input_len=args.input_len,
-        horizon=args.horizon,
-        d_model=args.d_model,
-        seg_len=args.seg_len,
-        layers=args.layers,
-        dropout=args.dropout,
-        quantiles=tuple(sorted(float(q) for q in _names(args.quantiles))),
-        n_past=1,
-        target_index=(0,),
-        n_future=0,
-    )  # filled in from the data
-    train_config = TrainConfig(
-        data=args.data,
-        features=args.features,
-        target=_names(args.target),
-        covariates=None if args.covariates is None else _names(args.covariates),
-        date_col=args.date_col,
-        fill=args.fill,
-        future_features=_names(args.future_features),
-        synthetic_rows=args.synthetic_rows,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_decay=args.lr_decay,
-        warm_epochs=args.warm_epochs,
-        patience=args.patience,
-        clip=args.clip,
-        loss=args.loss,
-        quantile_weight=args.quantile_weight,
-        seed=args.seed,
-        device=args.device,
-        threads=args.threads,
-    )
-    return model, train_config
+    """The configs from `seqserve train forecaster`'s flags (generated from their fields);
+    the model's channels are filled in from the data."""
+    model = from_flags(ForecasterConfig, args, n_past=1, target_index=(0,), n_future=0)
+    return model, from_flags(TrainConfig, args)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         model_config, train_config = configs_from_args(args)
         metrics = train(model_config, train_config, Path(args.out), progress=not args.quiet)
-    except (CSVError, DatasetError, ValueError, AssertionError) as err:
+    except (CSVError, DatasetError, ValueError) as err:
         print(f"seqserve train forecaster: {err}", file=sys.stderr)
         return 2
     log(

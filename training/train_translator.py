@@ -29,6 +29,7 @@ import torch
 from torch.nn import functional as F  # noqa: N812 - the usual alias
 from tqdm import tqdm
 
+from core.flags import from_flags
 from core.translation import Tokenizer, Translator, TranslatorSpec
 from training import checkpoint
 from training.data.batching import collate, token_batches
@@ -39,10 +40,11 @@ from training.decoding import TorchStepModel
 from training.models.transformer import EncoderDecoder, count_parameters, make_model
 from training.translation_eval import choose_length_penalty, evaluate, write_examples
 from training.translator_config import (
+    TRANSLATOR_PRESETS,
     TranslatorConfig,
     TranslatorTrainConfig,
+    check_together,
     preset_for,
-    resolve,
 )
 from training.translator_loss import token_loss
 
@@ -382,9 +384,11 @@ def check_bf16(device: torch.device) -> None:
 
 
 def train(
-    model_args: dict[str, object], tc: TranslatorTrainConfig, out: Path, quiet: bool = False
+    model: TranslatorConfig, tc: TranslatorTrainConfig, out: Path, quiet: bool = False
 ) -> dict[str, object]:
-    """The whole recipe; returns the metrics also written to DIR/metrics.json."""
+    """The whole recipe; returns the metrics also written to DIR/metrics.json. `model`'s
+    vocabulary size and special ids are set from the tokenizer trained here."""
+    check_together(model, tc)
     device = pick_device(tc.device)
     if tc.bf16:
         check_bf16(device)
@@ -407,17 +411,13 @@ def train(
         [s for pair in corpus["train"] for s in pair], tc.vocab_size, tc.spm_model, tc.seed
     )
     tokenizer = Tokenizer.from_bytes(spm_model)
-    config = TranslatorConfig(
+    config = replace(
+        model,
         vocab_size=tokenizer.vocab_size,
         pad_id=tokenizer.pad_id,
         bos_id=tokenizer.bos_id,
         eos_id=tokenizer.eos_id,
-        **model_args,
     )
-    if tc.max_source_tokens > config.max_len:
-        raise ValueError(
-            f"max_source_tokens {tc.max_source_tokens} exceeds the model's max_len {config.max_len}"
-        )
     train_ids, dropped = encode_pairs(
         tokenizer, corpus["train"], tc.max_source_tokens, config.max_len
     )
@@ -554,40 +554,23 @@ def load_translator_checkpoint(
     return model.eval(), tc, payload["tokenizer"], payload
 
 
-MODEL_FLAGS = {
-    "d_model": "d_model",
-    "heads": "num_heads",
-    "ff": "d_ff",
-    "encoder_layers": "num_encoder_layers",
-    "decoder_layers": "num_decoder_layers",
-    "dropout": "dropout",
-    "attention_dropout": "attention_dropout",
-    "activation_dropout": "activation_dropout",
-    "max_len": "max_len",
-}
-
-
-def configs_from_args(args: argparse.Namespace) -> tuple[dict[str, object], TranslatorTrainConfig]:
-    """Preset (by --preset, else by --data) overridden by the flags given."""
-    preset = args.preset or preset_for(args.data or "numbers")
-    model = {field_: getattr(args, flag, None) for flag, field_ in MODEL_FLAGS.items()}
-    if getattr(args, "no_tie_embeddings", False):
-        model["tie_embeddings"] = False
-    train = {
-        name: getattr(args, name, None)
-        for name in TranslatorTrainConfig.__dataclass_fields__
-        if name != "bf16"
-    }
-    train["bf16"] = True if getattr(args, "bf16", False) else None
-    if train.get("length_penalty") is not None and train.get("length_penalty_grid") is None:
-        train["length_penalty_grid"] = ()  # an alpha given by hand is used as given
-    return resolve(preset, model, train)
+def configs_from_args(args: argparse.Namespace) -> tuple[TranslatorConfig, TranslatorTrainConfig]:
+    """The preset (by --preset, else by --data), with the flags given on top; each flag is
+    generated from its config field (core/flags.py). Checked here, before any slow work."""
+    preset = TRANSLATOR_PRESETS[args.preset or preset_for(args.data or "numbers")]
+    model = from_flags(TranslatorConfig, args, base=preset.model)
+    fixed = {}
+    if args.length_penalty is not None and args.length_penalty_grid is None:
+        fixed["length_penalty_grid"] = ()  # an alpha given by hand is used as given
+    train = from_flags(TranslatorTrainConfig, args, base=preset.train, **fixed)
+    check_together(model, train)
+    return model, train
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        model_args, tc = configs_from_args(args)
-        metrics = train(model_args, tc, Path(args.out), quiet=args.quiet)
+        model, tc = configs_from_args(args)
+        metrics = train(model, tc, Path(args.out), quiet=args.quiet)
     except (CorpusError, DatasetError, ValueError) as err:
         print(f"seqserve train translator: {err}", file=sys.stderr)
         return 2

@@ -71,11 +71,11 @@ def test_segrnn_uses_past_covariates_in_ms() -> None:
 
 
 def test_bad_configs_are_refused() -> None:
-    with pytest.raises(AssertionError, match="seg_len 5 must divide"):
+    with pytest.raises(ValueError, match="seg_len 5 must divide"):
         tiny("segrnn", "gru", seg_len=5)
-    with pytest.raises(AssertionError, match="cell must be"):
+    with pytest.raises(ValueError, match="cell must be"):
         tiny("segrnn", "rnn")
-    with pytest.raises(AssertionError, match="quantiles must ascend"):
+    with pytest.raises(ValueError, match="quantiles must ascend"):
         tiny("rnn", "gru", quantiles=(0.9, 0.1))
 
 

@@ -96,5 +96,5 @@ def test_selection_follows_the_loss() -> None:
     assert selection_score("mse", val) == 0.6
     assert selection_score("mae", val) == 0.5
     assert selection_score("mse+mae", val) == pytest.approx(0.55)
-    with pytest.raises(AssertionError, match="loss must be one of"):
+    with pytest.raises(ValueError, match="loss must be one of"):
         TrainConfig(loss="huber")

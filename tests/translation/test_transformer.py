@@ -37,7 +37,7 @@ def test_config_is_frozen_and_rebuilds() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         CONFIG.d_model = 64  # type: ignore[misc]
     assert TranslatorConfig(**dataclasses.asdict(CONFIG)) == CONFIG
-    with pytest.raises(AssertionError, match="divisible"):
+    with pytest.raises(ValueError, match="divisible"):
         TranslatorConfig(vocab_size=10, d_model=30, num_heads=4)
 
 
