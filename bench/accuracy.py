@@ -5,10 +5,11 @@
 
 Forecasters: each (data, horizon, cell, seed) is trained with the defaults of
 `seqserve train forecaster` (the benchmark settings: features M, input 96, the standard split
-and scaling of docs/datasets.md) and evaluated on the test split; the table gives the mean and
-standard deviation over seeds beside the published figures. Translator: an exported model
-(`<repository>/<name>`, latest version) is scored through the serving decoder
-(`core.translation`, the code the server runs) with sacreBLEU and chrF, default settings.
+and scaling of docs/forecasting.md, "ETTh1 benchmark") and evaluated on the test split; the
+table gives the mean and standard deviation over seeds beside the published figures.
+Translator: an exported model (`<repository>/<name>`, latest version) is scored through the
+serving decoder (`core.translation` over onnxruntime, the code the server runs) with sacreBLEU
+and chrF, default settings.
 Prints a table and writes JSON (machine, versions, settings, every run) to bench/results/.
 """
 

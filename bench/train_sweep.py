@@ -14,7 +14,7 @@ change the result) on a GPU before a full run on the CPU's time budget. On one H
 of the Multi30k preset at once each kept the speed of a run alone (about 77k target tokens/s),
 four at once ran at 59k to 69k each (twelve 2200-step runs in 7 min 40 s), and fourteen at
 once had not finished one run after 440 s, so keep --jobs small. On the 2-core CPU use
---jobs 1. docs/translation.md records what was compared this way.
+--jobs 1. docs/notes/translation-experiments.md records what was compared this way.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ step always has exactly one new position per row:
   cache per step.
 
 On the 4 + 2 Multi30k model the step is about 1.1x faster than the plain export of
-`decode_step` (8 rows, 16 cached positions, one thread; docs/benchmarks.md, "The decoder step's
-inference layout"). The training model keeps the Annotated Transformer form; this module only
-reads its weights.
+`decode_step` (8 rows, 16 cached positions, one thread; docs/notes/benchmarks-history.md,
+"The decoder step's inference layout"). The training model keeps the Annotated Transformer
+form; this module only reads its weights.
 
 Legend: R rows, P cached length, S source length, D model width, H heads, K head width,
 L decoder layers, V vocabulary.

@@ -1,7 +1,8 @@
 """torch.onnx.export with named tensors and a dynamic batch dimension.
 
 Recurrent models go through the TorchScript exporter (dynamo=False): the dynamo exporter
-specialises RNN sequence dimensions to the example's (../shared/docs/environment.md, section 3).
+specialises RNN sequence dimensions to the example's (docs/model-repository.md, "Checks every
+export runs").
 Whatever the exporter, callers check the resulting dims with export.verify.check_dims.
 """
 

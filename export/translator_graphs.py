@@ -9,9 +9,9 @@ decoder.onnx  tokens [R, 1] int64, positions [R, 1] int64, past_mask [R, P] bool
               -> log_probs [R, V], per layer present_k_i/present_v_i [R, H, P+1, K]
 
 B, S, R and P are dynamic; P = 0 (an empty first cache) works. Hand-written attention goes
-through the dynamo exporter (the TorchScript one bakes sequence lengths into attention reshapes;
-../shared/docs/environment.md, section 3); export.verify.check_dims proves the dims stayed
-dynamic.
+through the dynamo exporter (the TorchScript one bakes sequence lengths into attention
+reshapes: docs/model-repository.md, "Checks every export runs"); export.verify.check_dims
+proves the dims stayed dynamic.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Train/val/test row ranges, with the input-window overlap of the reference code.
 
-ETT (docs/datasets.md, identical in Informer, Autoformer, DLinear, PatchTST, SegRNN):
+ETT (docs/forecasting.md, "ETTh1 benchmark"; identical in Informer, Autoformer, DLinear,
+PatchTST and SegRNN):
     border1s = [0, 12*30*24 - L, 12*30*24 + 4*30*24 - L]
     border2s = [12*30*24, 12*30*24 + 4*30*24, 12*30*24 + 8*30*24]   (x4 for 15-minute data)
 Other data ("custom" in the reference code): 70% train, 20% test, the rest validation, each
