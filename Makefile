@@ -3,9 +3,24 @@ SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -euo pipefail -c
 
-PYTHON ?= python3.11
+# The interpreter that makes .venv: the first of these that is Python 3.11 or newer
+# (`make PYTHON=/path/to/python3.12` chooses another).
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	  command -v $$p >/dev/null 2>&1 && \
+	  $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; \
+	done)
 VENV := .venv
 PY := $(VENV)/bin/python
+# The venv's own stamp lives inside it: `rm -rf .venv` removes it too, and the next `make`
+# builds the venv again instead of running a python that is gone.
+VENV_STAMP := $(VENV)/.seqserve-installed
+# torch: TORCH=cpu (the default without an NVIDIA GPU) installs PyTorch's CPU build, from a
+# local wheel when pip's find-links hold one, else from PyTorch's CPU index (that second way is
+# untested: this machine reaches no index but PyPI's); TORCH=cuda (the default when nvidia-smi is there) takes the pin from PyPI, a CUDA
+# build of several GB. The version is pyproject.toml's pin, defined once.
+TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 REPO ?= model_repository
 PRESET ?= default
 SERVE_FLAGS ?=
@@ -15,23 +30,30 @@ PROTOS := $(shell find protos -name '*.proto')
 export OMP_NUM_THREADS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install protos native repository serve test lint format tools clean
+.PHONY: help install protos native repository serve test test-fast lint format tools clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 # The project venv: serving (CPU runtime), training/export, and dev tools. Re-run when
 # pyproject.toml changes. --no-compile: byte-compiling torch costs more than it saves here.
-$(STAMPS)/venv: pyproject.toml
-	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+$(VENV_STAMP): pyproject.toml
+	if [ ! -x $(PY) ]; then
+	  [ -n "$(PYTHON)" ] || { echo "make: no Python 3.11 or newer found; set PYTHON=" >&2; exit 1; }
+	  $(PYTHON) -m venv $(VENV)
+	fi
+	if [ "$(TORCH)" = cpu ]; then  # torch alone; the install below brings its dependencies
+	  $(PY) -m pip install -q --no-compile --no-deps --no-index '$(TORCH_PIN)' 2>/dev/null ||
+	    $(PY) -m pip install -q --no-compile --no-deps '$(TORCH_PIN)' --index-url $(TORCH_CPU_INDEX)
+	fi
 	$(PY) -m pip install -q --no-compile -e '.[serve-cpu,train,dev]'
-	mkdir -p $(STAMPS) && touch $@
-
-install: $(STAMPS)/venv protos native  ## create .venv and install everything
-
-$(STAMPS)/protos: $(STAMPS)/venv $(PROTOS) protos/generate.py
-	$(PY) -m protos.generate
 	touch $@
+
+install: $(VENV_STAMP) protos native  ## create .venv and install everything
+
+$(STAMPS)/protos: $(VENV_STAMP) $(PROTOS) protos/generate.py
+	$(PY) -m protos.generate
+	mkdir -p $(STAMPS) && touch $@
 
 protos: $(STAMPS)/protos  ## generate the Python gRPC modules from protos/
 
@@ -48,7 +70,7 @@ NATIVE_CXXFLAGS = -O2 -std=c++17 -fPIC -fvisibility=hidden -Wall -I$(NATIVE_DIR)
 	$$($(PY) -m pybind11 --includes) \
 	$$(pkg-config --cflags grpc++ protobuf)
 
-native: $(STAMPS)/venv  ## build the native gRPC front end (needs apt; else Python serves)
+native: $(VENV_STAMP)  ## build the native gRPC front end (needs apt; else Python serves)
 	@if bash serving/native/deps.sh; then
 	  $(MAKE) -j2 --no-print-directory $(NATIVE_SO)
 	else
@@ -88,8 +110,14 @@ format: install  ## ruff format the tree, and apply ruff's safe fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Under `make test` a tool the suite needs and `make` installs is required: its tests fail
+# rather than skip (tests/conftest.py, `missing`), so a local run means what CI means.
 test: install tools  ## create .venv if missing, install, run the whole test suite
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	SEQSERVE_REQUIRE_TOOLS=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+
+test-fast: install tools  ## the fast lane (under 3 minutes): every layer's unit tests, one served request
+	SEQSERVE_REQUIRE_TOOLS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" --durations=10 \
+	  $(PYTEST_ARGS)
 
 .PHONY: native-sanitize
 native-sanitize: native  ## opt-in: the native front end's tests under ASan and UBSan (minutes)

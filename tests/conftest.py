@@ -32,6 +32,19 @@ def missing(what: str, hint: str) -> NoReturn:
     pytest.skip(f"{what} missing: {hint}")
 
 
+# The fast lane (`make test-fast`: `-m "not slow"`) leaves out tests marked slow, and every
+# test that needs a model trained by the seqserve CLI (these session fixtures cost about a
+# minute together). It keeps every layer's unit tests and the contract tests, which serve
+# generated models end to end on both front ends.
+SLOW_FIXTURES = {"tiny_translator_checkpoint", "tiny_repository", "tiny_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import ROOT, ServerProcess, missing, native_built, tool
 from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
 
+pytestmark = pytest.mark.slow  # each runs a benchmark command end to end
+
 
 def test_bench_serving_writes_results(tmp_path: Path) -> None:
     native_built()

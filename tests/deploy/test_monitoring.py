@@ -9,8 +9,12 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.conftest import ServerProcess
 from tests.deploy.conftest import Prometheus, Traffic, dashboard_targets
+
+pytestmark = pytest.mark.slow  # a real Prometheus scraping a server
 
 # The dashboard's key panels: the query whose answer an SRE reads first.
 KEY_QUERIES = {

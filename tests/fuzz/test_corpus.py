@@ -21,6 +21,7 @@ def test_corpus_replays_cleanly(name: str) -> None:
         TARGETS[name](path.read_bytes())
 
 
+@pytest.mark.slow  # builds the replayer with ASan and UBSan
 def test_native_acceptance_corpus_replays_cleanly(tmp_path: Path) -> None:
     """The native target, built with g++ under ASan and UBSan (no libFuzzer needed)."""
     from tests.conftest import native_built

@@ -237,6 +237,7 @@ async def _one_held(server: ServerProcess, x: np.ndarray) -> asyncio.Future:
         await channel.close()
 
 
+@pytest.mark.slow
 def test_model_drain_is_bounded_by_the_grace_period(tmp_path: Path) -> None:
     """A batch that runs far longer than the grace period (a minute or so here) does not
     hold the exit: calls get the grace period (1 s), the models what is left of it (at least
@@ -262,6 +263,7 @@ def test_model_drain_is_bounded_by_the_grace_period(tmp_path: Path) -> None:
     assert "models did not drain in" in server.output()
 
 
+@pytest.mark.slow
 def test_health_is_not_serving_until_models_are_loaded(tmp_path: Path) -> None:
     from serving.probe import check
 

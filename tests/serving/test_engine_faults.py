@@ -26,6 +26,8 @@ from tests.conftest import ServerProcess
 from tests.serving.freeze import frozen, sleeping_threads, threads
 from tests.serving.v2 import held, request
 
+pytestmark = pytest.mark.slow  # engines stopped, wedged and killed under load
+
 LONG = "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig"
 
 

@@ -36,6 +36,8 @@ from tests.serving.model_factory import (
 )
 from tests.serving.v2 import request, stub
 
+pytestmark = pytest.mark.slow  # floods and hundreds of connections
+
 MIB = 2**20
 MEMORY = 200 * MIB
 ATTACK_S = 2.0

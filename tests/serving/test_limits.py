@@ -19,6 +19,8 @@ from tests.conftest import ServerProcess, native_built
 from tests.serving.model_factory import SLOW_CONFIG, add_model, slow
 from tests.serving.v2 import outputs, request, scrape
 
+pytestmark = pytest.mark.slow  # hundreds of calls and streams per test
+
 FULL = np.zeros((4, 256, 256), np.float32)  # a full batch of `slow`: about 100 ms
 
 

@@ -25,6 +25,8 @@ from tests.serving.h2_client import RawConnection, grpc_message
 from tests.serving.model_factory import SLOW_CONFIG, add_model, slow
 from tests.serving.v2 import scrape
 
+pytestmark = pytest.mark.slow  # floods of maximal messages
+
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MIB = 2**20
 # What may arrive before the front end sheds calls (10 ms and a 5 ms tick), the bytes of the

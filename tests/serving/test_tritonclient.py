@@ -15,6 +15,8 @@ import pytest
 from tests.conftest import ServerProcess, free_port, missing, tool
 from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine, standard_repository
 
+pytestmark = pytest.mark.slow  # tool venvs driven as subprocesses
+
 SERVER_CALLS = """
 import json, sys
 import tritonclient.grpc as grpcclient

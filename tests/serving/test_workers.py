@@ -26,6 +26,8 @@ from tests.conftest import ROOT, ServerProcess, free_port
 from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
 from tests.serving.v2 import outputs, request, scrape
 
+pytestmark = pytest.mark.slow  # several server processes per test
+
 X = np.arange(4, dtype=np.float32).reshape(1, 4)
 READY = ("seqserve_model_ready", "model=affine,version=1")
 SUCCESS = ("nv_inference_request_success", "model=affine,version=1")

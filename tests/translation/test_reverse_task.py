@@ -4,12 +4,15 @@ token batches, clipping, validation, averaging), then decoded greedily."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from training.decoding import greedy_decode
 from training.models.transformer import TranslatorConfig, make_model
 from training.train_translator import Encoded, fit
 from training.translator_config import TranslatorTrainConfig
+
+pytestmark = pytest.mark.slow  # 300 training steps
 
 EOS, SYMBOLS = 3, range(4, 14)
 
