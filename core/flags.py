@@ -5,7 +5,7 @@ the dataclass default, the flag's name (`--field-name`, or the name given), its 
 choices (from the annotation: int, float, str, Path, a StrEnum, bool, tuples), its help text
 with the default written in, and, with `env=True`, the `SEQSERVE_<FLAG>` variable that sets
 the default. `add_flags` puts the fields' flags on an argparse parser; `from_flags` reads them
-back into the dataclass. `reference` gives the same facts as rows for the docs.
+back into the dataclass. docs/cli.md is generated from the parser (seqserve/cli_reference.py).
 
     @dataclass(frozen=True)
     class Settings:
@@ -14,9 +14,9 @@ back into the dataclass. `reference` gives the same facts as rows for the docs.
     add_flags(parser, Settings)               # --grpc-port, default 8001 or $SEQSERVE_GRPC_PORT
     settings = from_flags(Settings, parser.parse_args())
 
-With `defaults=` (a preset), every flag defaults to "not given" and its help names the
-preset's values instead; `from_flags(..., base=preset)` keeps the preset's value of every
-field not given on the command line.
+With presets, `add_flags(..., defaults=preset_help(cls, presets))`: each flag named there
+defaults to "not given" and its help names the presets' values instead; `from_flags(...,
+base=preset)` keeps the preset's value of every field not given on the command line.
 """
 
 from __future__ import annotations
@@ -218,19 +218,6 @@ def from_flags(cls: type, ns: argparse.Namespace, base: Any = None, **fixed: Any
         given[field.name] = _value(raw, spec, hint)
     given.update(fixed)
     return dataclasses.replace(base, **given) if base is not None else cls(**given)
-
-
-def reference(cls: type, instance: Any = None) -> list[tuple[str, str, str | None, str]]:
-    """(flag, default as written, environment variable or None, help) per flagged field of
-    `cls`, the defaults taken from `instance` when given: the docs' tables."""
-    rows = []
-    for field, spec, _ in flags_of(cls):
-        value = getattr(instance, field.name) if instance is not None else field.default
-        name = spec.flag_name(field.name)
-        rows.append(
-            (f"--{name}", str(shown(value, spec)), env_name(name) if spec.env else None, spec.help)
-        )
-    return rows
 
 
 def preset_help(cls: type, presets: Mapping[str, Any]) -> dict[str, str]:

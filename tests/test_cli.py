@@ -228,3 +228,21 @@ def test_every_flag_the_docs_name_exists() -> None:
             mentioned.setdefault(name, []).append(path.name)
     unknown = {n: sorted(set(p)) for n, p in mentioned.items() if n not in ours | theirs}
     assert not unknown, f"flags the docs name that no subcommand has: {unknown}"
+
+
+def test_no_flag_given_is_the_config_dataclasses_defaults() -> None:
+    """The generated flags default to their fields' values (and a preset's, for the
+    translator): parsing an empty command line gives back the dataclasses' defaults."""
+    from training.config import ForecasterConfig, TrainConfig
+    from training.train_forecaster import configs_from_args as forecaster_configs
+    from training.train_translator import configs_from_args as translator_configs
+    from training.translator_config import TRANSLATOR_PRESETS
+
+    parse = build_parser().parse_args
+    assert Settings.from_args(parse(["serve"])) == Settings()
+    model, train = forecaster_configs(parse(["train", "forecaster", "--out", "x"]))
+    assert train == TrainConfig()
+    assert model == ForecasterConfig(n_past=1, target_index=(0,), n_future=0)
+    for preset, argv in (("numbers", []), ("multi30k", ["--data", "multi30k"])):
+        got = translator_configs(parse(["train", "translator", *argv, "--out", "x"]))
+        assert got == (TRANSLATOR_PRESETS[preset].model, TRANSLATOR_PRESETS[preset].train)
