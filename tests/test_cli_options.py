@@ -30,9 +30,16 @@ def _subcommands(
                 yield from _subcommands(sub, (*path, name))
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def _plain(value: Any) -> Any:
+    """A default as JSON; a path inside the checkout is written relative to it (`<root>`), so
+    the snapshot holds wherever the checkout is."""
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, str | Path) and str(value).startswith(str(ROOT)):
+        return "<root>" + str(value)[len(str(ROOT)) :]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
