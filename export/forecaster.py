@@ -122,6 +122,10 @@ def build_config(
         "past_features": data["past_features"],
         "target_names": data["target_names"],
         "future_features": data["future_features"],
+        # a pandas offset alias, and for business days the holidays its data skipped; the
+        # fixed step in seconds too (0 when steps differ), as repositories before it had
+        "frequency": data.get("frequency", ""),
+        "holidays": list(data.get("holidays", [])),
         "frequency_seconds": str(data["frequency_seconds"]),
         "quantiles": list(config.quantiles),
         "metrics": payload.get("metrics", {}),

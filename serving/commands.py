@@ -6,11 +6,13 @@ import argparse
 import csv
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from core.calendar import parse_timestamp, utc_timestamps
 from serving.client import Client
 
 DATE_COLUMNS = ("date", "timestamp", "time", "datetime", "ds")
@@ -34,12 +36,13 @@ def read_series_csv(
     if date_col not in header:
         raise CsvError(f"{path}: no column {date_col!r} (columns: {', '.join(header)})")
     d = header.index(date_col)
-    stamps, columns = [], {h: [] for i, h in enumerate(header) if i != d}
+    stamps: list[datetime] = []
+    columns: dict[str, list[float]] = {h: [] for i, h in enumerate(header) if i != d}
     for r, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise CsvError(f"{path}: row {r} has {len(row)} cells, the header {len(header)}")
         try:
-            stamps.append(np.datetime64(row[d].strip().replace("Z", ""), "ns"))
+            stamps.append(parse_timestamp(row[d]))
         except ValueError:
             raise CsvError(
                 f"{path}: row {r}, column {date_col!r}: {row[d]!r} is not a timestamp"
@@ -53,7 +56,10 @@ def read_series_csv(
                 raise CsvError(
                     f"{path}: row {r}, column {h!r}: {row[i]!r} is not a number"
                 ) from None
-    return np.array(stamps), {k: np.asarray(v) for k, v in columns.items()}
+    # the training reader's rule: offsets to UTC, dates kept on their day
+    return utc_timestamps(stamps).astype("datetime64[ns]"), {
+        k: np.asarray(v) for k, v in columns.items()
+    }
 
 
 def run_forecast(args: argparse.Namespace) -> int:

@@ -18,9 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.calendar import (
+    DAY_NS,
+    Frequency,
+    FrequencyError,
+    business_days,
+    calendar_features,
+)
 from core.calendar import FEATURES as CALENDAR
-from core.calendar import calendar_features
 from core.errors import InvalidInput
+from protos.inference import model_config_pb2 as mc
 from serving.models.base import ServedModel, parameter
 
 NS = np.timedelta64(1, "ns")
@@ -52,10 +59,15 @@ class ForecasterSpec:
     past_features: tuple[str, ...]
     target_names: tuple[str, ...]
     future_features: tuple[str, ...]
-    frequency_ns: int | None
+    frequency: Frequency | None  # None: a repository that did not record one
     quantiles: tuple[float, ...]
     architecture: str
     metrics: dict[str, float]
+
+    @property
+    def frequency_ns(self) -> int | None:
+        """The step in nanoseconds when the frequency is a fixed one."""
+        return self.frequency.fixed_ns if self.frequency else None
 
     @property
     def calendar(self) -> tuple[str, ...]:
@@ -72,7 +84,6 @@ class ForecasterSpec:
             raise InvalidInput(
                 f"model '{model.name}' is not a forecaster (task {parameter(cfg, 'task')!r})"
             )
-        freq = parameter(cfg, "frequency_seconds")
         metrics = parameter(cfg, "metrics", {}) or {}
         return cls(
             name=model.name,
@@ -82,7 +93,7 @@ class ForecasterSpec:
             past_features=tuple(parameter(cfg, "past_features", [])),
             target_names=tuple(parameter(cfg, "target_names", [])),
             future_features=tuple(parameter(cfg, "future_features", []) or []),
-            frequency_ns=int(float(freq) * 1e9) if freq not in (None, "", 0) else None,
+            frequency=_frequency(cfg),
             quantiles=tuple(float(q) for q in parameter(cfg, "quantiles", []) or []),
             architecture=str(parameter(cfg, "architecture", "")),
             metrics={
@@ -93,6 +104,17 @@ class ForecasterSpec:
         )
 
 
+def _frequency(cfg: mc.ModelConfig) -> Frequency | None:
+    """The config's `frequency` alias (and `holidays`), else its older `frequency_seconds`."""
+    try:
+        if alias := parameter(cfg, "frequency"):
+            return Frequency.parse(str(alias), parameter(cfg, "holidays", []) or [])
+        seconds = parameter(cfg, "frequency_seconds")
+        return Frequency.from_seconds(float(seconds)) if seconds not in (None, "", 0, "0") else None
+    except (FrequencyError, ValueError) as err:
+        raise InvalidInput(f"the model's frequency parameters are not usable: {err}") from err
+
+
 @dataclass
 class Window:
     """One item to forecast, in domain terms (field paths are for error messages)."""
@@ -101,6 +123,7 @@ class Window:
     timestamps: np.ndarray | None = None  # datetime64[ns], one per past value
     start: np.datetime64 | None = None
     frequency_ns: int | None = None
+    frequency_alias: str = ""
     future: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -110,8 +133,30 @@ class Prepared:
     horizon_timestamps: list[np.ndarray | None]  # per window: [H] datetime64[ns] or None
 
 
-def _past_times(spec: ForecasterSpec, w: Window, n: int, where: str) -> np.ndarray | None:
-    """Timestamps of the past values, checked: sorted, regular, the model's frequency."""
+def _window_frequency(spec: ForecasterSpec, w: Window, where: str) -> Frequency | None:
+    """The frequency a window's timestamps follow: the model's; a window's own alias must
+    be the same."""
+    if not w.frequency_alias:
+        return spec.frequency
+    try:
+        given = Frequency.parse(w.frequency_alias)
+    except FrequencyError as err:
+        raise InvalidInput(f"{where}.frequency_alias: {err}") from err
+    if spec.frequency and given.alias != spec.frequency.alias:
+        raise InvalidInput(
+            f"{where}.frequency_alias: {given.alias}, the model was trained on "
+            f"{spec.frequency.alias}"
+        )
+    return spec.frequency or given
+
+
+def _past_times(
+    spec: ForecasterSpec, w: Window, n: int, where: str
+) -> tuple[np.ndarray | None, Frequency | None]:
+    """Timestamps of the past values, checked (sorted; on the model's frequency, or evenly
+    spaced when it has none), and the frequency the forecast's timestamps follow."""
+    freq = _window_frequency(spec, w, where)
+    fixed = freq.fixed_ns if freq else None
     if w.timestamps is not None and len(w.timestamps):
         ts = w.timestamps
         if len(ts) != n:
@@ -122,6 +167,8 @@ def _past_times(spec: ForecasterSpec, w: Window, n: int, where: str) -> np.ndarr
             raise InvalidInput(f"{where}.timestamps: not strictly increasing at index {i}")
         if int(ints[-1]) - int(ints[0]) > MAX_NS:
             raise InvalidInput(f"{where}.timestamps: span more than 292 years")
+        if freq is not None and fixed is None:  # business days, months, quarters, years
+            return ts, _calendar_checked(freq, ts, where)
         steps = np.diff(ints)  # increasing, within one int64 span: no wrap-around
         if len(steps) and (steps != steps[0]).any():
             i = int(np.argmax(steps != steps[0])) + 1
@@ -129,9 +176,15 @@ def _past_times(spec: ForecasterSpec, w: Window, n: int, where: str) -> np.ndarr
                 f"{where}.timestamps: irregular spacing at index {i} "
                 f"({steps[i - 1] / 1e9:g} s, expected {steps[0] / 1e9:g} s)"
             )
-        step = int(steps[0]) if len(steps) else spec.frequency_ns
+        step = int(steps[0]) if len(steps) else fixed
     elif w.start is not None:
-        step = w.frequency_ns or spec.frequency_ns
+        if freq is not None and fixed is None:
+            if freq.off_calendar(np.array([w.start])).any():
+                raise InvalidInput(f"{where}.start: {w.start} is not on frequency {freq.alias}")
+            if int(w.start.astype(np.int64)) > MAX_NS - n * 366 * DAY_NS:
+                raise InvalidInput(f"{where}: the window runs past 2262-04-11, the end served")
+            return freq.advance(np.full(n, w.start), np.arange(n)), freq
+        step = w.frequency_ns or fixed
         if not step or step <= 0:
             raise InvalidInput(f"{where}.frequency: needed with start (a positive duration)")
         start = int(w.start.astype(np.int64))
@@ -147,13 +200,33 @@ def _past_times(spec: ForecasterSpec, w: Window, n: int, where: str) -> np.ndarr
                 f"{where}: timestamps (or start and frequency) are needed: the "
                 f"model computes calendar features {', '.join(spec.calendar)}"
             )
-        return None
-    if spec.frequency_ns and step and step != spec.frequency_ns:
+        return None, freq
+    if fixed and step and step != fixed:
         raise InvalidInput(
             f"{where}: series spaced {step / 1e9:g} s apart, the model was "
-            f"trained on {spec.frequency_ns / 1e9:g} s"
+            f"trained on {fixed / 1e9:g} s ({freq.alias if freq else ''})"
         )
-    return ts
+    if freq is not None and (off := freq.off_calendar(ts)).any():  # a week's anchor day
+        i = int(np.argmax(off))
+        raise InvalidInput(f"{where}.timestamps: index {i} is not on frequency {freq.alias}")
+    return ts, (freq or (Frequency.from_seconds(step / 1e9) if step else None))
+
+
+def _calendar_checked(freq: Frequency, ts: np.ndarray, where: str) -> Frequency:
+    """A window on a calendar frequency, checked; for business days, the weekdays the window
+    skips are holidays too (as in training), so a holiday the model never saw is accepted."""
+    try:
+        if freq.alias == "B" and not freq.off_calendar(ts).any():
+            freq = business_days(ts, freq.holidays)
+    except FrequencyError as err:
+        raise InvalidInput(f"{where}.timestamps: index {err.index}: {err}") from err
+    if (i := freq.first_gap(ts)) is not None:
+        after = f", after {ts[i - 1]}" if i else ""
+        raise InvalidInput(
+            f"{where}.timestamps: index {i} ({ts[i]}{after}) does not follow the model's "
+            f"frequency {freq.alias}"
+        )
+    return freq
 
 
 def prepare(spec: ForecasterSpec, windows: list[Window]) -> Prepared:
@@ -189,16 +262,17 @@ def prepare(spec: ForecasterSpec, windows: list[Window]) -> Prepared:
         if len(lengths) > 1:
             raise InvalidInput(f"{where}.past: series have different lengths {sorted(lengths)}")
         n = lengths.pop()
-        ts = _past_times(spec, w, n, where)
-        step = int((ts[-1] - ts[-2]) // NS) if ts is not None and len(ts) > 1 else spec.frequency_ns
+        ts, freq = _past_times(spec, w, n, where)
         horizon = None
-        if ts is not None and step:
+        if ts is not None and freq is not None:
+            # a calendar step is at most a year: 366 days bounds every frequency served
+            step = freq.fixed_ns or 366 * DAY_NS
             if max(int(ts[-1].astype(np.int64)), 0) + H * step > MAX_NS:
                 raise InvalidInput(
-                    f"{where}: the forecast's {H} steps of {step / 1e9:g} s "
+                    f"{where}: the forecast's {H} steps of {freq.alias} "
                     "run past 2262-04-11, the end of the range served"
                 )
-            horizon = ts[-1] + np.arange(1, H + 1, dtype=np.int64) * np.timedelta64(step, "ns")
+            horizon = freq.following(ts[-1], H)
         horizons.append(horizon)
         extra = sorted(set(w.future) - set(spec.known_future))
         if extra:

@@ -117,6 +117,13 @@ class TrainConfig:
         group="data",
     )
     date_col: str = flag("date", "timestamp column of a CSV", group="data")
+    freq: str = flag(
+        "",
+        "the series' frequency, a pandas offset alias (15min, h, D, B, W-SUN, MS, ME, QS, QE, "
+        "YS, YE); '' = inferred from the timestamps. Business days (B) take the weekdays the "
+        "rows skip as holidays",
+        group="data",
+    )
     fill: str = flag(
         "none",
         "empty CSV cells: none = error naming row and column, ffill = carry the previous "

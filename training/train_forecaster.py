@@ -54,7 +54,10 @@ def data_record(series: Series, config: ForecasterConfig) -> dict[str, Any]:
         "past_features": list(series.past_features),
         "target_names": list(series.target_names),
         "future_features": list(series.future_features),
-        "frequency_seconds": series.frequency_seconds,
+        "frequency": series.frequency.alias,
+        "holidays": list(series.frequency.holidays),
+        # the step in seconds when it is fixed, as repositories before `frequency` carried it
+        "frequency_seconds": (series.frequency.fixed_ns or 0) // 10**9,
         "mean": series.mean.tolist(),
         "std": series.std.tolist(),
         "split": {part: list(series.split.part(part)) for part in ("train", "val", "test")},

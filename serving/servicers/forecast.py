@@ -66,6 +66,7 @@ def _window(w: pb.Window, index: int) -> Window:
             if w.HasField("frequency")
             else None
         ),
+        frequency_alias=w.frequency_alias,
         future={s.name: np.asarray(s.values, np.float32) for s in w.future},
     )
 
@@ -147,6 +148,9 @@ class ForecasterServicer(pb_grpc.ForecasterServicer):
             architecture=spec.architecture,
             metrics=spec.metrics,
         )
+        if spec.frequency is not None:
+            info.frequency_alias = spec.frequency.alias
+            info.holidays.extend(spec.frequency.holidays)
         if spec.frequency_ns:
             info.frequency.CopyFrom(
                 Duration(

@@ -124,7 +124,7 @@ def test_parameters_follow_schema_1(exported: dict[str, Exported], name: str) ->
     assert p["target_names"] == payload["data"]["target_names"]
     assert p["future_features"] == payload["data"]["future_features"]
     assert p["quantiles"] == list(model_config.quantiles)
-    assert raw["frequency_seconds"] == "3600"
+    assert raw["frequency_seconds"] == "3600" and raw["frequency"] == "h"
     assert p["metrics"]["test_mse"] == payload["metrics"]["test_mse"]
     assert raw["exporter"].startswith("torch.onnx.export(dynamo=False)")
     assert int(raw["opset"]) >= 17 and float(raw["parity_atol"]) > 0

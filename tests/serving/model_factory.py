@@ -278,11 +278,26 @@ parameters [
 """
 
 
-def add_forecaster(repo: Path, name: str = "fc", matmuls: int = 0) -> Path:
+# The same model on business days: a pandas offset alias and the holidays of its data.
+BUSINESS_DAY_PARAMETERS = (
+    '{ key: "frequency" value: { string_value: "B" } },\n'
+    '  { key: "holidays" value: { string_value: "[\\"2024-01-15\\"]" } },'
+)
+
+
+def add_forecaster(
+    repo: Path, name: str = "fc", matmuls: int = 0, business_days: bool = False
+) -> Path:
+    config = FORECASTER_CONFIG
+    if business_days:
+        config = config.replace(
+            '{ key: "frequency_seconds" value: { string_value: "3600" } },',
+            BUSINESS_DAY_PARAMETERS,
+        )
     return add_model(
         repo,
         name,
-        FORECASTER_CONFIG,
+        config,
         lambda p: mean_forecaster(
             p,
             window=6,

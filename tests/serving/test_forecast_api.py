@@ -30,6 +30,7 @@ def api(
         native_built()
     repo = tmp_path_factory.mktemp("fc") / "model_repository"
     add_forecaster(repo)
+    add_forecaster(repo, "fc_b", business_days=True)
     add_model(repo, "affine", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
     server = ServerProcess(repo, "--frontend", request.param)
     try:
@@ -192,7 +193,7 @@ def test_unknown_model(api: fgrpc.ForecasterStub) -> None:
 
 def test_list_and_describe(api: fgrpc.ForecasterStub) -> None:
     listed = api.ListModels(fpb.ListModelsRequest(), timeout=10)
-    assert [m.name for m in listed.models] == ["fc"]
+    assert [m.name for m in listed.models] == ["fc", "fc_b"]
     info = api.GetModelInfo(fpb.GetModelInfoRequest(model_name="fc"), timeout=10).model
     assert (info.input_window, info.horizon) == (6, 2)
     assert list(info.target_names) == ["price"]
@@ -201,3 +202,40 @@ def test_list_and_describe(api: fgrpc.ForecasterStub) -> None:
     assert list(info.future_covariate_names) == ["promo"]
     assert info.frequency.seconds == 3600 and list(info.versions) == ["1"]
     assert info.metrics["test_mse"] == 0.25 and info.architecture == "mean-test"
+    assert info.frequency_alias == "h" and not info.holidays
+    business = api.GetModelInfo(fpb.GetModelInfoRequest(model_name="fc_b"), timeout=10).model
+    assert business.frequency_alias == "B" and list(business.holidays) == ["2024-01-15"]
+    assert not business.HasField("frequency")  # business days are no fixed step
+
+
+def _on(stamps: list[str]) -> list[np.datetime64]:
+    return [np.datetime64(f"{d}T00:00:00", "ns") for d in stamps]
+
+
+def test_business_days_skip_weekends_and_holidays(api: fgrpc.ForecasterStub) -> None:
+    """A business-day model: the window skips the weekend, the holiday of its training data
+    (15 January) and one it never saw (19 January, taken from the window's own gap, as
+    training does), and the forecast's days skip the next weekend."""
+    days = ["2024-01-12", "2024-01-16", "2024-01-17", "2024-01-18", "2024-01-22", "2024-01-23"]
+    reply = api.Forecast(
+        fpb.ForecastRequest(model_name="fc_b", windows=[window(stamps=_on(days))]), timeout=10
+    )
+    got = [t.ToDatetime().date().isoformat() for t in reply.forecasts[0].timestamps]
+    assert got == ["2024-01-24", "2024-01-25"]
+    friday = ["2024-01-19", "2024-01-22", "2024-01-23", "2024-01-24", "2024-01-25", "2024-01-26"]
+    reply = api.Forecast(
+        fpb.ForecastRequest(model_name="fc_b", windows=[window(stamps=_on(friday))]), timeout=10
+    )
+    got = [t.ToDatetime().date().isoformat() for t in reply.forecasts[0].timestamps]
+    assert got == ["2024-01-29", "2024-01-30"]  # Monday and Tuesday
+    for bad, named in (
+        ([*days[:-1], "2024-01-27"], "index 5"),  # a Saturday
+        ([*days[:-1], "2024-02-05"], "index 5"),  # after 9 missing business days: a gap
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            api.Forecast(
+                fpb.ForecastRequest(model_name="fc_b", windows=[window(stamps=_on(bad))]),
+                timeout=10,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "windows[0].timestamps" in err.value.details() and named in err.value.details()

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.calendar import infer_frequency
 from seqserve.cli import main
 from training.data.frame import CSVError, read_csv
 
@@ -23,12 +24,19 @@ def test_reads_a_good_file(tmp_path: Path) -> None:
     frame = read_csv(write(tmp_path, GOOD))
     assert frame.columns == ("a", "b")
     np.testing.assert_array_equal(frame.values[:, 1], [10, 20, 30])
-    assert frame.frequency_seconds == 3600
+    assert infer_frequency(frame.timestamps).alias == "h"
 
 
 def test_offsets_are_converted_to_utc(tmp_path: Path) -> None:
     frame = read_csv(write(tmp_path, "date,a\n2021-01-01T02:00:00+02:00,1\n"))
     assert frame.timestamps[0] == np.datetime64("2021-01-01T00:00:00")
+
+
+def test_dates_keep_their_day_whatever_the_offset(tmp_path: Path) -> None:
+    """Daily stamps at +09:00 (a Seoul exchange's dates) are dates, not the day before in UTC."""
+    text = "date,a\n2024-01-02T00:00:00+09:00,1\n2024-01-03T00:00:00+09:00,2\n"
+    frame = read_csv(write(tmp_path, text))
+    assert list(frame.timestamps) == list(np.array(["2024-01-02", "2024-01-03"], "datetime64[s]"))
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.calendar import Frequency
 from training.config import TrainConfig
 from training.data import sources
 from training.data.series import prepare
@@ -51,7 +52,7 @@ def test_standard_split_counts_and_train_only_scaler() -> None:
     np.testing.assert_allclose(series.std, train.std(axis=0), rtol=1e-5)  # population std
     np.testing.assert_allclose(series.past[:8640].mean(axis=0), 0, atol=1e-4)
     assert series.past[8640:].mean() > 1  # later rows are not re-centred: train-only statistics
-    assert series.frequency_seconds == 3600
+    assert series.frequency == Frequency("h")
 
 
 @pytest.mark.usefixtures("etth1")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+
+from core.calendar import parse_timestamp, utc_timestamps
 
 FILLS = ("none", "ffill")
 
@@ -38,23 +40,6 @@ class Frame:
         if missing:
             raise CSVError(f"no column {missing[0]!r}; the columns are {', '.join(self.columns)}")
         return [self.columns.index(n) for n in names]
-
-    @property
-    def frequency_seconds(self) -> int:
-        """The most common step between timestamps."""
-        steps = np.diff(self.timestamps).astype(np.int64)
-        if len(steps) == 0:
-            return 0
-        values, counts = np.unique(steps, return_counts=True)
-        return int(values[counts.argmax()])
-
-
-def parse_timestamp(text: str) -> datetime:
-    """ISO 8601; a naive time is UTC, an aware one is converted to UTC."""
-    stamp = datetime.fromisoformat(text.strip())
-    if stamp.tzinfo is None:
-        return stamp.replace(tzinfo=UTC)
-    return stamp.astimezone(UTC)
 
 
 def _number(text: str) -> float:
@@ -136,5 +121,4 @@ def read_csv(path: Path, date_col: str = "date", fill: str = "none") -> Frame:
                 raise CSVError(
                     f"{path}: row {row_no}, column {name!r}: {cell!r} is not a finite number"
                 ) from err
-    timestamps = np.array([s.replace(tzinfo=None) for s in stamps], dtype="datetime64[s]")
-    return Frame(timestamps, values, columns)
+    return Frame(utc_timestamps(stamps), values, columns)

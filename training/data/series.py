@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.calendar import calendar_features, check_names
+from core.calendar import Frequency, FrequencyError, calendar_features, check_names, frequency_of
 from training.config import TrainConfig
 from training.data import synthetic
 from training.data.frame import CSVError, Frame, read_csv
@@ -44,7 +44,7 @@ class Series:
     mean: np.ndarray  # [F_in] raw-unit statistics of the train rows
     std: np.ndarray  # [F_in]
     split: Split
-    frequency_seconds: int
+    frequency: Frequency  # what the timestamps follow: a pandas offset alias, and holidays
 
     @property
     def target_index(self) -> tuple[int, ...]:
@@ -106,6 +106,11 @@ def choose_columns(frame: Frame, config: TrainConfig) -> tuple[tuple[str, ...], 
 
 def prepare(config: TrainConfig, input_len: int, horizon: int) -> Series:
     frame = load_frame(config)
+    try:
+        frequency = frequency_of(frame.timestamps, config.freq)
+    except FrequencyError as err:
+        row = "" if err.index is None else f"row {err.index + 1}: "  # read_csv's numbering
+        raise CSVError(f"{config.data}: {row}{err}") from err
     past_features, target_names = choose_columns(frame, config)
     future_features = check_names(config.future_features)
     name = config.data.lower()
@@ -129,5 +134,5 @@ def prepare(config: TrainConfig, input_len: int, horizon: int) -> Series:
         mean=mean,
         std=std,
         split=split,
-        frequency_seconds=frame.frequency_seconds,
+        frequency=frequency,
     )
