@@ -92,7 +92,7 @@ WORKDIR /tmp
 EXPOSE 8001 8002
 # grpc.health.v1 through the server's own probe (exit 0 SERVING, 1 not serving, 2 unreachable).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["seqserve", "health", "--target", "127.0.0.1:8001", "--timeout", "3"]
+  CMD ["seqserve", "health", "-u", "127.0.0.1:8001", "--timeout", "3"]
 ENTRYPOINT ["seqserve"]
 # Bound to all interfaces inside the container (the default, 127.0.0.1, is unreachable through
 # a published port); the model repository is mounted (or baked) at /models.

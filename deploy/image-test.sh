@@ -104,27 +104,27 @@ podman run -d --name "$NAME" --health-interval=disable -p "127.0.0.1:$grpc_port:
   -e SEQSERVE_FRONTEND=native -v "$models:/models:ro" "$IMAGE" >/dev/null
 
 for _ in $(seq 120); do
-  if "$VENV/bin/seqserve" health --target "127.0.0.1:$grpc_port" --timeout 1 >/dev/null; then break; fi
+  if "$VENV/bin/seqserve" health -u "127.0.0.1:$grpc_port" --timeout 1 >/dev/null; then break; fi
   if [ "$(podman inspect --format '{{.State.Running}}' "$NAME")" != true ]; then
     podman logs "$NAME"; echo "image-test: FAILED: the container exited" >&2; exit 1
   fi
   sleep 1
 done
-"$VENV/bin/seqserve" health --target "127.0.0.1:$grpc_port"
+"$VENV/bin/seqserve" health -u "127.0.0.1:$grpc_port"
 say "the image's HEALTHCHECK (seqserve health inside the container)"
 podman healthcheck run "$NAME" && echo healthy
 
 say "one forecast and one translation through the published port"
-forecast=$("$VENV/bin/seqserve" forecast --target "127.0.0.1:$grpc_port" --model forecaster_gru \
+forecast=$("$VENV/bin/seqserve" forecast -u "127.0.0.1:$grpc_port" --model forecaster_gru \
   --csv examples/forecast_input.csv)
 echo "$forecast" | head -4
-"$VENV/bin/seqserve" translate --target "127.0.0.1:$grpc_port" "dreihundertzweiundvierzig"
+"$VENV/bin/seqserve" translate -u "127.0.0.1:$grpc_port" "dreihundertzweiundvierzig"
 curl -sf "http://127.0.0.1:$metrics_port/metrics" \
   | grep -E '^(nv_inference_request_success|seqserve_native_requests_total)\{model="(forecaster_gru|translator)"'
 say "the native front end owns the port (built in the image) and runs V2 inference itself"
 podman logs "$NAME" 2>&1 | grep -F "native front end"
 if [ -x .tools/tritonclient/bin/python ]; then  # plain tritonclient, V2 ModelInfer
-  .tools/tritonclient/bin/python examples/tritonclient_infer.py --target "127.0.0.1:$grpc_port" \
+  .tools/tritonclient/bin/python examples/tritonclient_infer.py -u "127.0.0.1:$grpc_port" \
     >/dev/null
   curl -sf "http://127.0.0.1:$metrics_port/metrics" \
     | grep -E '^seqserve_native_requests_total\{model="forecaster_gru",version="1"\} [1-9]'

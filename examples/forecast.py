@@ -1,6 +1,6 @@
 """Forecast with the typed API: the last window of a CSV to `forecaster_gru`.
 
-.venv/bin/python examples/forecast.py [--target 127.0.0.1:8001] [--csv FILE]
+.venv/bin/python examples/forecast.py [-u 127.0.0.1:8001] [--csv FILE]
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from serving.client import Client
 from serving.commands import read_series_csv
 
 parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--target", default="127.0.0.1:8001")
+parser.add_argument("-u", "--url", default="127.0.0.1:8001", help="server host:port")
 parser.add_argument("--model", default="forecaster_gru")
 parser.add_argument("--csv", default=str(Path(__file__).with_name("forecast_input.csv")))
 args = parser.parse_args()
 
 stamps, series = read_series_csv(Path(args.csv))
-with Client(args.target) as client:
+with Client(args.url) as client:
     info = client.model_info(args.model)
     names = [*info.target_names, *info.covariate_names]
     window = slice(-info.input_window, None)

@@ -1,6 +1,6 @@
 """Translate with the typed API: beam search, n-best, and streaming.
 
-.venv/bin/python examples/translate.py [--target 127.0.0.1:8001] [SENTENCE ...]
+.venv/bin/python examples/translate.py [-u 127.0.0.1:8001] [SENTENCE ...]
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from serving.client import Client
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("sentences", nargs="*", default=["dreihundertzweiundvierzig", "siebzehn"])
-parser.add_argument("--target", default="127.0.0.1:8001")
+parser.add_argument("-u", "--url", default="127.0.0.1:8001", help="server host:port")
 parser.add_argument("--model", default="translator")
 args = parser.parse_args()
 
-with Client(args.target) as client:
+with Client(args.url) as client:
     for source, t in zip(
         args.sentences,
         client.translate(args.sentences, args.model, beam_size=4, n_best=2),

@@ -2,7 +2,7 @@
 
 Run it from the tool venv that `make tools` builds (tritonclient needs its own protobuf):
 
-    .tools/tritonclient/bin/python examples/tritonclient_infer.py [--target 127.0.0.1:8001]
+    .tools/tritonclient/bin/python examples/tritonclient_infer.py [-u 127.0.0.1:8001]
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--target", default="127.0.0.1:8001")
+parser.add_argument("-u", "--url", default="127.0.0.1:8001", help="server host:port")
 args = parser.parse_args()
 
-client = grpcclient.InferenceServerClient(args.target)
+client = grpcclient.InferenceServerClient(args.url)
 print("server:", client.get_server_metadata().name, "live:", client.is_server_live())
 
 # A forecaster: tensors in raw units, as its config declares them.

@@ -47,6 +47,34 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_main(settings)
 
 
+class _DeprecatedTarget(argparse.Action):
+    """`--target` of the client commands: the server address, now `-u/--url` as in
+    tritonclient and perf_analyzer. Still taken, with a warning."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"{parser.prog}: --target is deprecated; use -u/--url", file=sys.stderr)
+        namespace.url = values
+
+
+def _server_address(parser: argparse.ArgumentParser) -> None:
+    """-u/--url, the server's host:port (tritonclient's and perf_analyzer's flag)."""
+    parser.add_argument(
+        "-u",
+        "--url",
+        default=DEFAULT_TARGET,
+        help="server address host:port (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--target", action=_DeprecatedTarget, help="deprecated spelling of -u/--url"
+    )
+
+
 def _health(args: argparse.Namespace) -> int:
     import grpc
 
@@ -56,7 +84,7 @@ def _health(args: argparse.Namespace) -> int:
     if args.tls_ca:
         with open(args.tls_ca, "rb") as f:
             creds = grpc.ssl_channel_credentials(root_certificates=f.read())
-    code, status = check(args.target, args.service, args.timeout, creds)
+    code, status = check(args.url, args.service, args.timeout, creds)
     print(status)
     return code
 
@@ -199,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ask a server's grpc.health.v1 service. Exit code 0 when "
         "SERVING, 1 when not serving, 2 when unreachable.",
     )
-    he.add_argument("--target", default=DEFAULT_TARGET, help="server address host:port")
+    _server_address(he)
     he.add_argument("--service", default="", help="service or model name ('' = whole server)")
     he.add_argument("--timeout", type=float, default=3.0, help="seconds")
     he.add_argument("--tls-ca", help="PEM CA bundle: connect with TLS")
@@ -210,15 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
         "forecast",
         help="forecast from a CSV with a served forecaster",
         description="Send the recent history in a CSV (timestamp column plus "
-        "the series) to a served forecaster and print the forecast.",
+        "the series) to a served forecaster and print the forecast. Only the last rows the "
+        "model reads are parsed; rows are numbered from 1, the first data row.",
     )
     fo.add_argument("--model", default="forecaster_gru", help="model name")
     fo.add_argument("--csv", required=True, help="CSV with a timestamp column and the series")
     fo.add_argument("--json", action="store_true", help="print JSON instead of a table")
     fo.add_argument(
+        "--fill",
+        choices=["none", "ffill"],
+        default="none",
+        help="empty cells: none = error naming row and column, ffill = carry the value above "
+        "forward, as `seqserve train forecaster --fill` (default: %(default)s)",
+    )
+    fo.add_argument(
         "--date-col", help="timestamp column (default: date/timestamp/time or the first column)"
     )
-    fo.add_argument("--target", default=DEFAULT_TARGET, help="server address host:port")
+    _server_address(fo)
     fo.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     fo.set_defaults(handler=_lazy("serving.commands", "run_forecast"))
 
@@ -232,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--model", default="translator", help="model name")
     tl.add_argument("--beam-size", type=int, default=4, help="beam width (1 = greedy)")
     tl.add_argument("--stream", action="store_true", help="print text as it is decoded")
-    tl.add_argument("--target", default=DEFAULT_TARGET, help="server address host:port")
+    _server_address(tl)
     tl.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     tl.set_defaults(handler=_lazy("serving.commands", "run_translate"))
 

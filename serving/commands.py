@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -23,10 +24,19 @@ class CsvError(ValueError):
 
 
 def read_series_csv(
-    path: Path, date_col: str | None = None
+    path: Path,
+    date_col: str | None = None,
+    last: int | None = None,
+    fill: str = "none",
+    names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """A CSV with a timestamp column and numeric columns -> ([N] datetime64[ns], {name: [N]})."""
-    with path.open(newline="") as f:
+    """A CSV with a timestamp column and numeric columns -> ([N] datetime64[ns], {name: [N]}).
+    Only the `last` data rows are parsed (a model reads its last L values), so a bad cell in
+    an older row does not matter. Rows are numbered as `seqserve train` numbers them: 1 = the
+    first data row after the header. `fill="ffill"` carries the last value above an empty
+    cell into it, looking above the rows kept when it must. `names`: only these columns are
+    read (CsvError naming the first one missing)."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2:
         raise CsvError(f"{path}: needs a header and at least one row")
@@ -36,9 +46,14 @@ def read_series_csv(
     if date_col not in header:
         raise CsvError(f"{path}: no column {date_col!r} (columns: {', '.join(header)})")
     d = header.index(date_col)
+    if names is not None and (absent := [n for n in names if n not in header]):
+        raise CsvError(f"{path} lacks column {absent[0]!r} (columns: {', '.join(header)})")
+    wanted = [h for i, h in enumerate(header) if i != d and (names is None or h in names)]
+    body = [r for r in rows[1:] if r]
+    first = max(0, len(body) - last) if last else 0
     stamps: list[datetime] = []
-    columns: dict[str, list[float]] = {h: [] for i, h in enumerate(header) if i != d}
-    for r, row in enumerate(rows[1:], start=2):
+    columns: dict[str, list[float]] = {h: [] for h in wanted}
+    for r, row in enumerate(body[first:], start=first + 1):
         if len(row) != len(header):
             raise CsvError(f"{path}: row {r} has {len(row)} cells, the header {len(header)}")
         try:
@@ -47,36 +62,49 @@ def read_series_csv(
             raise CsvError(
                 f"{path}: row {r}, column {date_col!r}: {row[d]!r} is not a timestamp"
             ) from None
-        for i, h in enumerate(header):
-            if i == d:
-                continue
-            try:
-                columns[h].append(float(row[i]))
-            except ValueError:
-                raise CsvError(
-                    f"{path}: row {r}, column {h!r}: {row[i]!r} is not a number"
-                ) from None
+        for h in wanted:
+            columns[h].append(_cell(path, body, r, header.index(h), h, fill))
     # the training reader's rule: offsets to UTC, dates kept on their day
     return utc_timestamps(stamps).astype("datetime64[ns]"), {
         k: np.asarray(v) for k, v in columns.items()
     }
 
 
-def run_forecast(args: argparse.Namespace) -> int:
+def _cell(path: Path, body: list[list[str]], r: int, i: int, name: str, fill: str) -> float:
+    """Data row r's (1-based) value in column i; an empty cell under --fill ffill takes the
+    nearest value above it."""
+    text = body[r - 1][i].strip()
+    if text == "" and fill == "ffill":
+        above = next((b[i].strip() for b in reversed(body[: r - 1]) if b[i].strip()), "")
+        if above == "":
+            raise CsvError(f"{path}: row {r}, column {name!r}: empty, with no value above it")
+        text = above
+    elif text == "":
+        raise CsvError(
+            f"{path}: row {r}, column {name!r}: missing value; pass --fill ffill to carry "
+            "the previous value forward"
+        )
     try:
-        stamps, series = read_series_csv(Path(args.csv), args.date_col)
-    except (OSError, CsvError) as err:
-        print(f"seqserve forecast: {err}", file=sys.stderr)
-        return 2
-    with Client(args.target, timeout=args.timeout) as client:
+        value = float(text)
+    except ValueError:
+        raise CsvError(f"{path}: row {r}, column {name!r}: {text!r} is not a number") from None
+    if not np.isfinite(value):
+        raise CsvError(f"{path}: row {r}, column {name!r}: {text!r} is not a finite number")
+    return value
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    with Client(args.url, timeout=args.timeout) as client:
         try:
             info = client.model_info(args.model)
             wanted = [*info.target_names, *info.covariate_names]
-            missing = [n for n in wanted if n not in series]
-            if missing:
+            try:  # only the last L rows of the columns the model reads
+                stamps, series = read_series_csv(
+                    Path(args.csv), args.date_col, int(info.input_window), args.fill, wanted
+                )
+            except (OSError, CsvError) as err:
                 print(
-                    f"seqserve forecast: {args.csv} lacks column {missing[0]!r}; model "
-                    f"{args.model!r} takes {', '.join(wanted)}",
+                    f"seqserve forecast: {err}; model {args.model!r} takes {', '.join(wanted)}",
                     file=sys.stderr,
                 )
                 return 2
@@ -119,7 +147,7 @@ def run_forecast(args: argparse.Namespace) -> int:
 
 
 def run_translate(args: argparse.Namespace) -> int:
-    with Client(args.target, timeout=args.timeout) as client:
+    with Client(args.url, timeout=args.timeout) as client:
         try:
             if args.stream:
                 for sentence in args.text:

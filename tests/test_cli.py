@@ -137,7 +137,7 @@ def test_health_reports_unreachable_server() -> None:
             "-m",
             "seqserve",
             "health",
-            "--target",
+            "-u",
             f"127.0.0.1:{free_port()}",
             "--timeout",
             "1",
@@ -246,3 +246,17 @@ def test_no_flag_given_is_the_config_dataclasses_defaults() -> None:
     for preset, argv in (("numbers", []), ("multi30k", ["--data", "multi30k"])):
         got = translator_configs(parse(["train", "translator", *argv, "--out", "x"]))
         assert got == (TRANSLATOR_PRESETS[preset].model, TRANSLATOR_PRESETS[preset].train)
+
+
+@pytest.mark.parametrize("command", ["health", "forecast", "translate"])
+def test_the_server_address_is_url_as_in_tritonclient_and_target_still_works(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-u/--url, tritonclient's and perf_analyzer's flag; --target stays a while, warned."""
+    extra = {"health": [], "forecast": ["--csv", "x.csv"], "translate": ["hallo"]}[command]
+    parse = build_parser().parse_args
+    assert parse([command, *extra]).url == "127.0.0.1:8001"
+    assert parse([command, "-u", "h:1", *extra]).url == "h:1"
+    assert parse([command, "--url", "h:2", *extra]).url == "h:2"
+    assert parse([command, "--target", "h:3", *extra]).url == "h:3"
+    assert "--target is deprecated; use -u/--url" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from tests.conftest import ROOT, ServerProcess, tool
 
 def _run(python: str, script: str, target: str) -> str:
     out = subprocess.run(
-        [python, str(ROOT / "examples" / script), "--target", target],
+        [python, str(ROOT / "examples" / script), "-u", target],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -49,7 +49,7 @@ def test_forecast_command_on_the_example_csv(tiny_server: ServerProcess) -> None
             "forecaster_gru",
             "--csv",
             "examples/forecast_input.csv",
-            "--target",
+            "-u",
             tiny_server.target,
         ],
         cwd=ROOT,

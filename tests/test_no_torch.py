@@ -53,7 +53,7 @@ def test_serve_runs_in_a_venv_without_torch(tiny_repository: Path) -> None:
     try:
         server.wait_ready()
         health = subprocess.run(
-            [str(python), "-m", "seqserve", "health", "--target", server.target],
+            [str(python), "-m", "seqserve", "health", "-u", server.target],
             capture_output=True,
             text=True,
             timeout=30,

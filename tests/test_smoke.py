@@ -25,7 +25,7 @@ def test_repository_holds_every_default_model(tiny_repository: Path) -> None:
 
 def test_every_model_answers(tiny_server: ServerProcess) -> None:
     health = subprocess.run(
-        [sys.executable, "-m", "seqserve", "health", "--target", tiny_server.target],
+        [sys.executable, "-m", "seqserve", "health", "-u", tiny_server.target],
         capture_output=True,
         text=True,
         timeout=30,

@@ -56,7 +56,7 @@ def test_healthchecks_and_start_order(stack: dict[str, Any]) -> None:
         "CMD",
         "seqserve",
         "health",
-        "--target",
+        "-u",
     ]
     for name in ("seqserve", "prometheus", "grafana"):
         assert services[name]["healthcheck"]["test"][0] == "CMD", name

@@ -123,10 +123,33 @@ def _csv(path: Path, rows: int = 8, bad: str | None = None) -> Path:
 def test_read_series_csv(tmp_path: Path) -> None:
     stamps, series = read_series_csv(_csv(tmp_path / "a.csv"))
     assert len(stamps) == 8 and list(series) == ["price", "index", "mentions"]
-    with pytest.raises(CsvError, match=r"row 10, column 'index': 'x' is not a number"):
+    # rows count from 1, the first data row, as `seqserve train` counts them
+    with pytest.raises(CsvError, match=r"row 9, column 'index': 'x' is not a number"):
         read_series_csv(_csv(tmp_path / "b.csv", bad="2024-03-01 08:00:00,1,x,2"))
-    with pytest.raises(CsvError, match=r"row 10, column 'date'"):
+    with pytest.raises(CsvError, match=r"row 9, column 'date'"):
         read_series_csv(_csv(tmp_path / "c.csv", bad="yesterday,1,2,3"))
+
+
+def test_only_the_rows_and_columns_the_model_reads_are_parsed(tmp_path: Path) -> None:
+    """A bad cell in an old row, or in a column the model does not read, does not matter; an
+    empty cell in the rows read is filled from above with --fill ffill, as training does."""
+    path = _csv(tmp_path / "a.csv", rows=12)
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace(",1,2,3", ",oops,2,3")  # data row 2: old
+    lines[10] = lines[10].rsplit(",", 1)[0] + ","  # data row 10: 'mentions' empty
+    lines[11] = lines[11].replace(",20,", ",,")  # data row 11: 'index' empty
+    path.write_text("\n".join(lines) + "\n")
+    stamps, series = read_series_csv(path, last=4, names=["price"])
+    assert (
+        len(stamps) == 4 and list(series) == ["price"] and list(series["price"]) == [8, 9, 10, 11]
+    )
+    with pytest.raises(CsvError, match=r"row 10, column 'mentions': missing value; pass --fill"):
+        read_series_csv(path, last=4)
+    _, series = read_series_csv(path, last=4, fill="ffill")
+    assert list(series["mentions"]) == [24, 24, 30, 33]
+    assert list(series["index"]) == [16, 18, 18, 22]
+    with pytest.raises(CsvError, match="lacks column 'volume'"):
+        read_series_csv(path, names=["price", "volume"])
 
 
 def test_forecast_command_table_and_json(fc_server: ServerProcess, tmp_path: Path) -> None:
@@ -142,7 +165,7 @@ def test_forecast_command_table_and_json(fc_server: ServerProcess, tmp_path: Pat
             "fc",
             "--csv",
             str(csv),
-            "--target",
+            "-u",
             fc_server.target,
             "--json",
         ],
@@ -168,7 +191,7 @@ def test_forecast_command_missing_column(fc_server: ServerProcess, tmp_path: Pat
             "fc",
             "--csv",
             str(csv),
-            "--target",
+            "-u",
             fc_server.target,
         ],
         cwd=ROOT,
@@ -214,7 +237,7 @@ def test_forecast_command_prints(tmp_path: Path) -> None:
             "fc",
             "--csv",
             str(csv),
-            "--target",
+            "-u",
             server.target,
         ]
         table = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=60)
