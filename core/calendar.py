@@ -214,6 +214,19 @@ class Frequency:
         wrong = self.advance(ts[:-1], 1) != ts[1:]
         return int(np.argmax(wrong)) + 1 if wrong.any() else None
 
+    @property
+    def season(self) -> int | None:
+        """Steps in one natural cycle, for a seasonal-naive baseline: a day of sub-daily
+        steps, a week of days (5 business days), a year of weeks, months or quarters; None
+        when there is none (years, steps that do not divide a day)."""
+        if (step := self.fixed_ns) is not None:
+            if self.alias.startswith("W-"):
+                return 52
+            if step < DAY_NS and DAY_NS % step == 0:
+                return DAY_NS // step
+            return 7 if step == DAY_NS else None
+        return {"B": 5, "MS": 12, "ME": 12, "QS": 4, "QE": 4}.get(self.alias)
+
     def describe(self) -> str:
         held = f" with {len(self.holidays)} holidays" if self.holidays else ""
         return f"{self.alias}{held}"

@@ -179,7 +179,7 @@ def test_config_checks_hold_under_python_O() -> None:
     probe = (
         "from training.config import ForecasterConfig\n"
         "from training.translator_config import TranslatorConfig\n"
-        "for make in (lambda: ForecasterConfig(seg_len=7),\n"
+        "for make in (lambda: ForecasterConfig(input_len=96, horizon=96, seg_len=7),\n"
         "             lambda: TranslatorConfig(d_model=100, num_heads=3)):\n"
         "    try:\n"
         "        make()\n"

@@ -42,14 +42,21 @@ class ForecasterConfig:
         group="model",
     )
     cell: str = flag("gru", "recurrent cell", choices=("lstm", "gru"), group="model")
-    input_len: int = flag(96, "L", group="model")
-    horizon: int = flag(96, "H", group="model")
+    # 0: chosen from the data (training/data/window_size.py): 96 -> 96 on ETT
+    input_len: int = flag(0, "L; 0 = from H and the training rows (96 on ETT)", group="model")
+    horizon: int = flag(
+        0, "H; 0 = from the frequency (96 hours, 5 business days, 4 quarters, ...)", group="model"
+    )
     n_past: int = 7  # F_in: channels of `past`
     target_index: tuple[int, ...] = (0,)  # the target channels' positions in `past`
     n_future: int = 0  # F_fut: known-future covariates per horizon step
     # segment embedding and hidden size (rnn: hidden size)
     d_model: int = flag(512, "hidden size", group="model")
-    seg_len: int = flag(24, "segrnn segment length; divides L and H", group="model")
+    seg_len: int = flag(
+        0,
+        "segrnn segment length, dividing L and H; 0 = the largest up to 24 that does",
+        group="model",
+    )
     layers: int = flag(1, "recurrent layers", group="model")
     dropout: float = flag(0.5, "dropout", group="model")
     quantiles: tuple[float, ...] = flag(
@@ -63,19 +70,22 @@ class ForecasterConfig:
     def __post_init__(self) -> None:
         _check(self.arch in {"segrnn", "rnn"}, f"arch must be segrnn or rnn, not {self.arch!r}")
         _check(self.cell in {"gru", "lstm"}, f"cell must be gru or lstm, not {self.cell!r}")
-        for name in ("input_len", "horizon", "d_model", "seg_len", "layers"):
+        for name in ("d_model", "layers"):
             _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("input_len", "horizon", "seg_len"):  # 0: chosen from the data
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         _check(
             bool(self.target_index) and all(0 <= i < self.n_past for i in self.target_index),
             f"target_index {self.target_index} must point into the {self.n_past} past channels",
         )
-        if self.arch == "segrnn":
+        if self.arch == "segrnn" and self.seg_len and self.input_len and self.horizon:
             _check(
                 self.input_len % self.seg_len == 0 and self.horizon % self.seg_len == 0,
                 f"seg_len {self.seg_len} must divide input_len {self.input_len} and horizon "
                 f"{self.horizon}",
             )
+        if self.arch == "segrnn":
             _check(self.d_model % 2 == 0, "d_model must be even (position + channel halves)")
         _check(list(self.quantiles) == sorted(set(self.quantiles)), "quantiles must ascend")
         _check(all(0 < q < 1 for q in self.quantiles), "quantiles must lie in (0, 1)")

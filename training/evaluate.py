@@ -1,6 +1,9 @@
-"""Batched evaluation on standardised values: MSE/MAE of the model and of repeat-last."""
+"""Batched evaluation on standardised values: MSE/MAE of the model and of two baselines,
+repeat-last (naive) and seasonal naive (the same step of the last season)."""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import torch
@@ -37,6 +40,13 @@ def predict(
     return np.concatenate(forecasts), q_all, np.concatenate(targets), np.concatenate(naive)
 
 
+def seasonal_naive(past: np.ndarray, season: int, horizon: int) -> np.ndarray:
+    """past [W, L, F] -> [W, H, F]: step h repeats the value one season before it, taken
+    from the last season of the window (season <= L)."""
+    index = past.shape[1] - season + np.arange(horizon) % season  # [H]
+    return past[:, index]
+
+
 def mse(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean((pred.astype(np.float64) - target) ** 2))
 
@@ -55,7 +65,20 @@ def evaluate(
 ) -> dict[str, float | int | list[float]]:
     starts = series.starts(part, input_len, horizon)
     forecast, quantiles, target, naive = predict(model, series, starts, input_len, horizon, device)
-    out: dict[str, float | int | list[float]] = {
+    out: dict[str, float | int | list[float]] = {}
+    season = series.frequency.season
+    if season and 1 < season <= input_len:
+        past = np.concatenate(
+            [
+                series.batch(starts[i : i + 4096], input_len, horizon)[0]
+                for i in range(0, len(starts), 4096)
+            ]
+        )[..., list(series.target_index)]  # [W, L, F_out]
+        snaive = seasonal_naive(past, season, horizon)  # [W, H, F_out]
+        out[f"seasonal_naive_{part}_mse"] = mse(snaive, target)
+        out[f"seasonal_naive_{part}_mae"] = mae(snaive, target)
+        out["season"] = season
+    out |= {
         f"{part}_mse": mse(forecast, target),
         f"{part}_mae": mae(forecast, target),
         f"{part}_windows": len(starts),
@@ -65,3 +88,20 @@ def evaluate(
     if quantiles is not None:
         out[f"{part}_quantile_coverage"] = coverage(quantiles, target)
     return out
+
+
+def baseline_verdict(metrics: dict) -> dict[str, object]:
+    """Whether the model beats both baselines on validation MSE (test is not looked at), with
+    a warning when it does not: then the baseline is the better forecaster of this data."""
+    baselines = {"repeat-last": metrics["repeat_last_val_mse"]}
+    if "seasonal_naive_val_mse" in metrics:
+        baselines["seasonal naive"] = metrics["seasonal_naive_val_mse"]
+    name, best = min(baselines.items(), key=lambda item: item[1])
+    beats = metrics["val_mse"] < best
+    if not beats:
+        print(
+            f"warning: the model does not beat {name} on validation (MSE {metrics['val_mse']:.4f} "
+            f"against {best:.4f}): a simpler forecaster does better on this data",
+            file=sys.stderr,
+        )
+    return {"beats_baselines_on_val": beats, "best_baseline_on_val": name}

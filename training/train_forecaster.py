@@ -26,15 +26,17 @@ from tqdm import tqdm
 from core.flags import from_flags
 from training import checkpoint
 from training.config import ForecasterConfig, TrainConfig
+from training.data import window_size
 from training.data.frame import CSVError
 from training.data.scalers import inv_std_scale
-from training.data.series import Series, prepare
+from training.data.series import Series, load, prepare
 from training.data.sources import DatasetError
-from training.evaluate import evaluate, predict
+from training.evaluate import baseline_verdict, evaluate, predict
 from training.models.forecasters import architecture_name, build_forecaster
 from training.models.quantiles import pinball_loss
 from training.plots import plot_forecasts
 
+MIN_STEPS = 16  # optimizer steps an epoch at least: the batch size shrinks for small data
 VALIDATION_SAMPLE = 256  # validation windows kept (raw units) for export-time accuracy checks
 
 
@@ -116,9 +118,16 @@ def train(
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
+    frame, frequency = load(tc)
+    given = model_config
+    model_config = window_size.resolve(model_config, tc.data, len(frame), frequency)
     L, H = model_config.input_len, model_config.horizon  # noqa: N806
+    chosen = [f"{k} {getattr(model_config, k)}" for k in ("input_len", "horizon", "seg_len")
+              if not getattr(given, k)]  # fmt: skip
+    if chosen:
+        log(f"from the data ({len(frame)} rows, frequency {frequency.alias}): {', '.join(chosen)}")
 
-    series = prepare(tc, L, H)
+    series = prepare(tc, L, H, (frame, frequency))
     model_config = replace(
         model_config,
         n_past=len(series.past_features),
@@ -135,7 +144,13 @@ def train(
     levels = torch.tensor(model_config.quantiles, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     train_starts = series.starts("train", L, H)
-    n_batches = max(1, len(train_starts) // tc.batch_size)  # drop the last partial batch
+    # An epoch of at least MIN_STEPS optimizer steps: 127 windows in batches of 128 were one
+    # step an epoch, and early stopping ended the run after 8 steps.
+    batch_size = min(tc.batch_size, max(1, len(train_starts) // MIN_STEPS))
+    if batch_size < tc.batch_size:
+        log(f"batch size {batch_size}, not {tc.batch_size}: {len(train_starts)} training "
+            f"windows would make fewer than {MIN_STEPS} steps an epoch")  # fmt: skip
+    n_batches = max(1, len(train_starts) // batch_size)  # drop the last partial batch
     best_score, best_state, best_epoch, stale, epochs_run = math.inf, None, 0, 0, 0
 
     for epoch in range(1, tc.epochs + 1):
@@ -154,7 +169,7 @@ def train(
         for b in bar:
             past, future, target = (
                 torch.from_numpy(a).to(device)
-                for a in series.batch(order[b * tc.batch_size : (b + 1) * tc.batch_size], L, H)
+                for a in series.batch(order[b * batch_size : (b + 1) * batch_size], L, H)
             )
             forecast, quantiles = model(past, future)  # [B, H, F_out], [B, H, F_out, Q]
             loss = loss_fn(model_config, tc, levels, forecast, quantiles, target)
@@ -192,6 +207,7 @@ def train(
     metrics: dict[str, Any] = {}
     metrics.update(evaluate(model, series, "val", L, H, device))
     metrics.update(evaluate(model, series, "test", L, H, device))  # read once, at the end
+    metrics.update(baseline_verdict(metrics))
     metrics.update(
         {
             "best_epoch": best_epoch,
@@ -202,6 +218,9 @@ def train(
             "features": tc.features,
             "input_len": L,
             "horizon": H,
+            "seg_len": model_config.seg_len,
+            "frequency": frequency.alias,
+            "batch_size": batch_size,
             "seed": tc.seed,
             "wall_seconds": round(time.perf_counter() - started, 1),
             "cpu_seconds": round(time.process_time() - cpu_started, 1),

@@ -98,3 +98,22 @@ def test_selection_follows_the_loss() -> None:
     assert selection_score("mse+mae", val) == pytest.approx(0.55)
     with pytest.raises(ValueError, match="loss must be one of"):
         TrainConfig(loss="huber")
+
+
+def test_small_data_gets_smaller_batches_and_is_compared_with_both_baselines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """245 training windows in batches of 128 would be one optimizer step an epoch: the batch
+    shrinks to keep 16. Seasonal naive (a day of hours) is scored beside repeat-last, and the
+    verdict on validation is recorded."""
+    from training.train_forecaster import train
+
+    model = ForecasterConfig(input_len=24, horizon=12, d_model=8)
+    config = TrainConfig(data="synthetic", synthetic_rows=400, epochs=1, threads=1)
+    metrics = train(model, config, tmp_path / "run", progress=False)
+    assert metrics["batch_size"] == 245 // 16 and metrics["seg_len"] == 12
+    assert metrics["season"] == 24 and metrics["frequency"] == "h"
+    assert {"seasonal_naive_val_mse", "seasonal_naive_test_mse"} <= set(metrics)
+    assert isinstance(metrics["beats_baselines_on_val"], bool)
+    if not metrics["beats_baselines_on_val"]:
+        assert "does not beat" in capsys.readouterr().err

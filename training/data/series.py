@@ -19,6 +19,7 @@ from training.data.frame import CSVError, Frame, read_csv
 from training.data.scalers import std_scale, std_statistics
 from training.data.sources import dataset_file
 from training.data.splits import Split, ett_split, ratio_split
+from training.data.window_size import check_rows
 from training.data.windows import gather, window_starts
 
 ETT_FILES = {
@@ -104,13 +105,25 @@ def choose_columns(frame: Frame, config: TrainConfig) -> tuple[tuple[str, ...], 
     return past, (past if config.features == "M" else targets)
 
 
-def prepare(config: TrainConfig, input_len: int, horizon: int) -> Series:
+def load(config: TrainConfig) -> tuple[Frame, Frequency]:
+    """The frame behind `config.data` and the frequency its timestamps follow (`--freq`, else
+    inferred); CSVError naming the row that does not follow it."""
     frame = load_frame(config)
     try:
-        frequency = frequency_of(frame.timestamps, config.freq)
+        return frame, frequency_of(frame.timestamps, config.freq)
     except FrequencyError as err:
         row = "" if err.index is None else f"row {err.index + 1}: "  # read_csv's numbering
         raise CSVError(f"{config.data}: {row}{err}") from err
+
+
+def prepare(
+    config: TrainConfig,
+    input_len: int,
+    horizon: int,
+    loaded: tuple[Frame, Frequency] | None = None,
+) -> Series:
+    frame, frequency = loaded or load(config)
+    check_rows(config.data, len(frame), input_len, horizon)
     past_features, target_names = choose_columns(frame, config)
     future_features = check_names(config.future_features)
     name = config.data.lower()
@@ -119,8 +132,6 @@ def prepare(config: TrainConfig, input_len: int, horizon: int) -> Series:
         if name in ETT_FILES
         else ratio_split(len(frame), input_len)
     )
-    for part in ("train", "val", "test"):
-        window_starts(*split.part(part), input_len, horizon)  # fails early if too short
     raw = frame.values[:, frame.column_index(past_features)]  # [N, F_in]
     mean, std = std_statistics(raw[slice(*split.train)])
     return Series(
