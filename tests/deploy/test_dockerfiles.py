@@ -65,7 +65,7 @@ def test_serving_stages_run_non_root_bound_to_all_interfaces(dockerfile: Path) -
         user = [a for k, a in steps if k == "USER"][-1]
         assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), (stage, user)  # numeric, not root
         health = [a for k, a in steps if k == "HEALTHCHECK"][-1]
-        assert '"seqserve", "health", "--target", "127.0.0.1:8001"' in health, health
+        assert '"seqserve", "health", "-u", "127.0.0.1:8001"' in health, health
         cmd = json.loads([a for k, a in steps if k == "CMD"][-1])
         assert json.loads([a for k, a in steps if k == "ENTRYPOINT"][-1]) == ["seqserve"]
         assert cmd[0] == "serve" and cmd[cmd.index("--grpc-address") + 1] == "0.0.0.0"
