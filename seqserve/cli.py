@@ -245,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--csv", required=True, help="CSV with a timestamp column and the series")
     fo.add_argument("--json", action="store_true", help="print JSON instead of a table")
     fo.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the history, the forecast and its quantile band into FILE (a PNG; "
+        "needs matplotlib)",
+    )
+    fo.add_argument(
         "--fill",
         choices=["none", "ffill"],
         default="none",

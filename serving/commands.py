@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ import grpc
 import numpy as np
 
 from core.calendar import parse_timestamp, utc_timestamps
-from serving.client import Client
+from serving.client import Client, Forecast
 
 DATE_COLUMNS = ("date", "timestamp", "time", "datetime", "ds")
 
@@ -94,6 +95,13 @@ def _cell(path: Path, body: list[list[str]], r: int, i: int, name: str, fill: st
 
 
 def run_forecast(args: argparse.Namespace) -> int:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print(
+            "seqserve forecast: --plot needs matplotlib, which the serving-only install leaves "
+            "out: pip install matplotlib (or seqserve[train])",
+            file=sys.stderr,
+        )
+        return 2
     with Client(args.url, timeout=args.timeout) as client:
         try:
             info = client.model_info(args.model)
@@ -115,6 +123,9 @@ def run_forecast(args: argparse.Namespace) -> int:
         except grpc.RpcError as err:
             print(f"seqserve forecast: {err.code().name}: {err.details()}", file=sys.stderr)
             return 1
+    if args.plot:
+        plot_forecast(Path(args.plot), args.model, stamps[keep:], series, result)
+        print(f"seqserve forecast: wrote {args.plot}", file=sys.stderr)
     if args.json:
         print(
             json.dumps(
@@ -144,6 +155,37 @@ def run_forecast(args: argparse.Namespace) -> int:
         print("  ".join([f"{cells[0]:>19}", *cells[1:]]))
     print(f"(model {args.model} version {result.model_version})", file=sys.stderr)
     return 0
+
+
+def plot_forecast(
+    path: Path, model: str, stamps: np.ndarray, series: dict[str, np.ndarray], result: Forecast
+) -> None:
+    """The history the model read, its forecast and the band between its outer quantiles, one
+    panel per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    names = list(result.point)
+    fig, axes = plt.subplots(len(names), 1, figsize=(9, 3 * len(names)), squeeze=False)
+    future = np.asarray(result.timestamps) if result.timestamps else None
+    for ax, name in zip(axes[:, 0], names, strict=True):
+        history = series[name][-len(stamps) :]
+        ax.plot(stamps, history, color="black", label="history")
+        x = future if future is not None else np.arange(len(result.point[name]))
+        ax.plot(x, result.point[name], color="tab:blue", marker=".", label="forecast")
+        levels = sorted(result.quantiles.get(name, {}))
+        if len(levels) >= 2:
+            low, high = result.quantiles[name][levels[0]], result.quantiles[name][levels[-1]]
+            ax.fill_between(x, low, high, color="tab:blue", alpha=0.2,
+                            label=f"q{levels[0]:g} to q{levels[-1]:g}")  # fmt: skip
+        ax.set_title(f"{model}: {name}")
+        ax.legend(loc="upper left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def run_translate(args: argparse.Namespace) -> int:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT, ServerProcess, tool
 
@@ -59,3 +62,48 @@ def test_forecast_command_on_the_example_csv(tiny_server: ServerProcess) -> None
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].split()[:2] == ["timestamp", "price"]
+
+
+@pytest.mark.slow  # trains and exports a model, then serves it
+def test_the_stock_example_end_to_end(tmp_path: Path) -> None:
+    """examples/stock/README.md with tiny settings: the synthetic business-day data, a GRU
+    trained and exported, served; the CLI forecasts the next five business days with
+    quantiles and a plot, and the Python client example does too."""
+    csv = tmp_path / "stock.csv"
+    seqserve = [sys.executable, "-m", "seqserve"]
+    steps = [
+        [sys.executable, "examples/stock/make_data.py", "--out", str(csv), "--start", "2023-01-02"],
+        [*seqserve, "train", "forecaster", "--data", str(csv), "--features", "MS",
+         "--target", "price", "--future-features", "weekday", "--horizon", "5",
+         "--quantiles", "0.1,0.5,0.9", "--cell", "gru", "--d-model", "16", "--epochs", "1",
+         "--threads", "1", "--quiet", "--out", str(tmp_path / "run")],
+        [*seqserve, "export", "--checkpoint", str(tmp_path / "run"),
+         "--repository", str(tmp_path / "repo"), "--name", "stock_gru"],
+    ]  # fmt: skip
+    for cmd in steps:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    server = ServerProcess(tmp_path / "repo")
+    try:
+        server.wait_ready()
+        plot = tmp_path / "stock.png"
+        out = subprocess.run(
+            [*seqserve, "forecast", "-u", server.target, "--model", "stock_gru",
+             "--csv", str(csv), "--plot", str(plot)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0].split() == ["timestamp", "price", "price", "q0.1", "price", "q0.5",
+                                    "price", "q0.9"]  # fmt: skip
+        days = [line.split()[0][:10] for line in lines[1:]]
+        assert days == ["2024-12-31", "2025-01-01", "2025-01-02", "2025-01-03", "2025-01-06"]
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        out = subprocess.run(
+            [sys.executable, "examples/stock/forecast.py", "-u", server.target, "--csv", str(csv)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "stock_gru v1: price, the next 5 business days" in out.stdout
+    finally:
+        server.terminate()

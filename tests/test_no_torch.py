@@ -79,3 +79,17 @@ def test_training_commands_explain_the_missing_extra(tmp_path: Path) -> None:
     # Building the default models needs torch: a clear message, not a traceback.
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "pip install 'seqserve[train]'" in out.stderr
+
+
+def test_forecast_plot_says_what_a_serving_only_install_lacks(tmp_path: Path) -> None:
+    """`seqserve forecast --plot` needs matplotlib, which serving-only installs leave out: it
+    says so before calling any server."""
+    python = tool("serving-only")
+    lacks = subprocess.run([str(python), "-c", "import matplotlib"], capture_output=True)
+    assert lacks.returncode != 0, "the serving-only venv must not have matplotlib"
+    out = subprocess.run(
+        [str(python), "-m", "seqserve", "forecast", "--csv", str(tmp_path / "x.csv"),
+         "--plot", str(tmp_path / "x.png"), "-u", "127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--plot needs matplotlib" in out.stderr, out.stderr
