@@ -15,6 +15,10 @@ from serving.models.base import ServedModel
 from serving.models.translator import TranslatorModel
 
 SERVICE_NAME = "seqserve.translate.v1.Translator"
+# Sentences one request may carry when the model's queue is unbounded (max_queue_size 0).
+# Past the decoder's rows (the config's max_batch_size) a request is not refused: its
+# sentences queue as separate requests and decode as rows free up, answered in order.
+MAX_SENTENCES = 4096
 
 
 def _translator(model: ServedModel) -> TranslatorModel:
@@ -26,9 +30,11 @@ def _translator(model: ServedModel) -> TranslatorModel:
 def _prepare(model: TranslatorModel, request: pb.TranslateRequest) -> list[DecodeRequest]:
     if not request.sentences:
         raise InvalidInput("sentences: at least one sentence is needed")
-    if len(request.sentences) > model.max_rows:
+    cap = model.queue_capacity or MAX_SENTENCES
+    if len(request.sentences) > cap:
         raise InvalidInput(
-            f"sentences: {len(request.sentences)} in one request, at most {model.max_rows}"
+            f"sentences: {len(request.sentences)} in one request, at most {cap} (the model's "
+            "queue); send them in several requests"
         )
     settings = {
         "beam_size": request.beam_size or None,

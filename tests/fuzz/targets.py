@@ -166,10 +166,11 @@ TRANSLATOR_PARAMETERS = {
 
 
 class _Translator:
-    """What the Translate adapter needs of a translator model: its row limit and `prepare`."""
+    """What the Translate adapter needs of a translator model: its queue's capacity and
+    `prepare`."""
 
     def __init__(self, builder: RequestBuilder) -> None:
-        self.builder, self.max_rows = builder, 16
+        self.builder, self.queue_capacity = builder, 16
 
     def prepare(
         self,

@@ -41,6 +41,35 @@ def test_translate_many_with_nbest(api: tgrpc.TranslatorStub) -> None:
     assert empty.hypotheses[0].text == ""  # empty input, empty output
 
 
+def test_more_sentences_than_decoder_rows_come_back_in_order(api: tgrpc.TranslatorStub) -> None:
+    """Clients cannot see the model's batch limit (max_batch_size 64): a request with more
+    sentences queues them as rows free up and answers them all, in order, each as it would
+    be alone."""
+    words = ["eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun"]
+    sentences = [words[i % 9] for i in range(150)]
+    reply = api.Translate(
+        tpb.TranslateRequest(model_name="translator", sentences=sentences, beam_size=1),
+        timeout=60,
+    )
+    alone = {
+        w: api.Translate(
+            tpb.TranslateRequest(model_name="translator", sentences=[w], beam_size=1), timeout=30
+        )
+        .translations[0]
+        .hypotheses[0]
+        .text
+        for w in words
+    }
+    got = [t.hypotheses[0].text for t in reply.translations]
+    assert got == [alone[s] for s in sentences]
+    with pytest.raises(grpc.RpcError) as err:  # past the queue: refused, naming the field
+        api.Translate(
+            tpb.TranslateRequest(model_name="translator", sentences=["eins"] * 5000), timeout=30
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sentences: 5000 in one request, at most 1024" in err.value.details()
+
+
 def test_stream_equals_unary_greedy(api: tgrpc.TranslatorStub) -> None:
     sentence = "neunhundertneunundneunzigtausendachthundertsiebenundsiebzig"
     unary = api.Translate(
