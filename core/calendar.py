@@ -108,6 +108,12 @@ def _ns(ts: np.ndarray) -> np.ndarray:
     return np.asarray(ts).astype("datetime64[ns]")
 
 
+def _count_and_unit(alias: str) -> tuple[int, str]:
+    """ "15min" -> (15, "min"); "h" -> (1, "h")."""
+    digits = len(alias) - len(alias.lstrip("0123456789"))
+    return (int(alias[:digits]) if digits else 1), alias[digits:]
+
+
 @dataclass(frozen=True)
 class Frequency:
     """A series' frequency as a pandas offset alias; `holidays` (ISO dates) are the weekdays
@@ -120,14 +126,14 @@ class Frequency:
     def parse(cls, alias: str, holidays: Sequence[str] = ()) -> Frequency:
         """A canonical Frequency from an alias ("15min", "h", "B", "W-FRI", "QS", ...)."""
         text = alias.strip()
-        digits = len(text) - len(text.lstrip("0123456789"))
-        count, unit = (int(text[:digits]) if digits else 1), text[digits:]
+        count, unit = _count_and_unit(text)
+        bare = not text[:1].isdigit()  # no count written
         unit = _OLD.get(unit, unit)
         if unit in _UNITS and count >= 1:
             canonical = unit if count == 1 else f"{count}{unit}"
-        elif digits == 0 and (unit in _MONTHLY or unit == "B"):
+        elif bare and (unit in _MONTHLY or unit == "B"):
             canonical = unit
-        elif digits == 0 and unit.startswith("W-") and unit[2:] in WEEKDAYS:
+        elif bare and unit.startswith("W-") and unit[2:] in WEEKDAYS:
             canonical = unit
         else:
             raise FrequencyError(
@@ -151,17 +157,12 @@ class Frequency:
     @property
     def fixed_ns(self) -> int | None:
         """The step in nanoseconds when every step is the same length, else None."""
-        text = self.alias
-        digits = len(text) - len(text.lstrip("0123456789"))
-        unit = text[digits:]
+        count, unit = _count_and_unit(self.alias)
         if unit in _UNITS:
-            return (int(text[:digits]) if digits else 1) * _UNITS[unit]
+            return count * _UNITS[unit]
         if unit.startswith("W-"):
             return 7 * DAY_NS
         return None
-
-    def _busdays(self, days: np.ndarray, k: int | np.ndarray) -> np.ndarray:
-        return np.busday_offset(days, k, roll="forward", holidays=list(self.holidays))
 
     def advance(self, ts: np.ndarray, k: int | np.ndarray) -> np.ndarray:
         """Each timestamp moved k steps on ([N] datetime64 -> [N] datetime64[ns]); the time of
@@ -172,7 +173,8 @@ class Frequency:
         days = ts.astype("datetime64[D]")
         time_of_day = ts - days
         if self.alias == "B":
-            return _ns(self._busdays(days, k)) + time_of_day
+            following = np.busday_offset(days, k, roll="forward", holidays=list(self.holidays))
+            return _ns(following) + time_of_day
         months, start = _MONTHLY[self.alias]
         month = ts.astype("datetime64[M]") + np.asarray(k, np.int64) * months
         if start:
@@ -187,9 +189,8 @@ class Frequency:
         """[N] bool: the timestamps that are not on this frequency's calendar (a Saturday for
         "B", a Tuesday for "W-SUN", the 2nd for "MS", a holiday)."""
         ts = _ns(ts)
-        days = ts.astype("datetime64[D]")
         if self.alias == "B":
-            return ~np.is_busday(days, holidays=list(self.holidays))
+            return ~np.is_busday(ts.astype("datetime64[D]"), holidays=list(self.holidays))
         if self.alias.startswith("W-"):
             return _weekday(ts) != WEEKDAYS.index(self.alias[2:])
         if self.alias in _MONTHLY:
@@ -199,8 +200,8 @@ class Frequency:
                 month.astype("datetime64[D]") if start else (month + 1).astype("datetime64[D]") - 1
             )
             in_cycle = (month.astype(np.int64) % 12) % months == (0 if start else months - 1)
-            return (days != edge) | ~in_cycle
-        return np.zeros(len(ts), bool)
+            return (ts.astype("datetime64[D]") != edge) | ~in_cycle
+        return np.zeros(len(ts), bool)  # a fixed step: any instant is on it
 
     def first_gap(self, ts: np.ndarray) -> int | None:
         """The index of the first timestamp that is off the calendar or not the step after
@@ -227,9 +228,20 @@ class Frequency:
             return 7 if step == DAY_NS else None
         return {"B": 5, "MS": 12, "ME": 12, "QS": 4, "QE": 4}.get(self.alias)
 
-    def describe(self) -> str:
-        held = f" with {len(self.holidays)} holidays" if self.holidays else ""
-        return f"{self.alias}{held}"
+    def checked(self, ts: np.ndarray) -> Frequency:
+        """This frequency, checked against timestamps; for business days the weekdays they
+        skip become holidays too (`business_days`). FrequencyError, with the index, naming the
+        first timestamp that does not follow it."""
+        ts = _ns(ts)
+        freq = self
+        if self.alias == "B" and len(ts) and not self.off_calendar(ts).any():
+            freq = business_days(ts, self.holidays)
+        if (i := freq.first_gap(ts)) is not None:
+            after = f" after {ts[i - 1].astype('datetime64[s]')}" if i else ""
+            raise FrequencyError(
+                f"{ts[i].astype('datetime64[s]')}{after} does not follow frequency {freq.alias}", i
+            )
+        return freq
 
 
 def infer_frequency(ts: np.ndarray) -> Frequency:
@@ -303,18 +315,7 @@ def frequency_of(ts: np.ndarray, alias: str = "") -> Frequency:
     """The frequency of a series' timestamps: `alias` when given, checked against them (for
     "B", the weekdays they skip become its holidays), else inferred. FrequencyError naming
     the first timestamp that does not follow it."""
-    if not alias:
-        return infer_frequency(ts)
-    freq = Frequency.parse(alias)
-    ts = _ns(ts)
-    if freq.alias == "B" and len(ts) and not freq.off_calendar(ts).any():
-        freq = business_days(ts)
-    if (i := freq.first_gap(ts)) is not None:
-        after = f" after {ts[i - 1].astype('datetime64[s]')}" if i else ""
-        raise FrequencyError(
-            f"{ts[i].astype('datetime64[s]')}{after} does not follow frequency {freq.alias}", i
-        )
-    return freq
+    return Frequency.parse(alias).checked(ts) if alias else infer_frequency(ts)
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -18,13 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.calendar import (
-    DAY_NS,
-    Frequency,
-    FrequencyError,
-    business_days,
-    calendar_features,
-)
+from core.calendar import DAY_NS, Frequency, FrequencyError, calendar_features
 from core.calendar import FEATURES as CALENDAR
 from core.errors import InvalidInput
 from protos.inference import model_config_pb2 as mc
@@ -168,7 +162,10 @@ def _past_times(
         if int(ints[-1]) - int(ints[0]) > MAX_NS:
             raise InvalidInput(f"{where}.timestamps: span more than 292 years")
         if freq is not None and fixed is None:  # business days, months, quarters, years
-            return ts, _calendar_checked(freq, ts, where)
+            try:  # a business-day window may skip holidays the model never saw, as in training
+                return ts, freq.checked(ts)
+            except FrequencyError as err:
+                raise InvalidInput(f"{where}.timestamps: index {err.index}: {err}") from err
         steps = np.diff(ints)  # increasing, within one int64 span: no wrap-around
         if len(steps) and (steps != steps[0]).any():
             i = int(np.argmax(steps != steps[0])) + 1
@@ -206,27 +203,10 @@ def _past_times(
             f"{where}: series spaced {step / 1e9:g} s apart, the model was "
             f"trained on {fixed / 1e9:g} s ({freq.alias if freq else ''})"
         )
-    if freq is not None and (off := freq.off_calendar(ts)).any():  # a week's anchor day
-        i = int(np.argmax(off))
+    if freq is not None and freq.alias.startswith("W-") and (off := freq.off_calendar(ts)).any():
+        i = int(np.argmax(off))  # a week's anchor day
         raise InvalidInput(f"{where}.timestamps: index {i} is not on frequency {freq.alias}")
     return ts, (freq or (Frequency.from_seconds(step / 1e9) if step else None))
-
-
-def _calendar_checked(freq: Frequency, ts: np.ndarray, where: str) -> Frequency:
-    """A window on a calendar frequency, checked; for business days, the weekdays the window
-    skips are holidays too (as in training), so a holiday the model never saw is accepted."""
-    try:
-        if freq.alias == "B" and not freq.off_calendar(ts).any():
-            freq = business_days(ts, freq.holidays)
-    except FrequencyError as err:
-        raise InvalidInput(f"{where}.timestamps: index {err.index}: {err}") from err
-    if (i := freq.first_gap(ts)) is not None:
-        after = f", after {ts[i - 1]}" if i else ""
-        raise InvalidInput(
-            f"{where}.timestamps: index {i} ({ts[i]}{after}) does not follow the model's "
-            f"frequency {freq.alias}"
-        )
-    return freq
 
 
 def prepare(spec: ForecasterSpec, windows: list[Window]) -> Prepared:

@@ -21,11 +21,16 @@ def predict(
     horizon: int,
     device: str,
     batch_size: int = 512,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, np.ndarray]]:
     """Every window (none dropped) -> forecast [W, H, F_out], quantiles [W, H, F_out, Q] or None,
-    target [W, H, F_out], and the repeat-last baseline [W, H, F_out]."""
+    target [W, H, F_out], and the baselines [W, H, F_out] by name: repeat-last, and seasonal
+    naive when the frequency has a season that fits in the window."""
     model.eval()
-    forecasts, quantiles, targets, naive = [], [], [], []
+    forecasts, quantiles, targets = [], [], []
+    season = series.frequency.season
+    baselines: dict[str, list[np.ndarray]] = {"repeat_last": []}
+    if season and 1 < season <= input_len:
+        baselines["seasonal_naive"] = []
     target_index = list(series.target_index)
     for i in range(0, len(starts), batch_size):
         past, future, target = series.batch(starts[i : i + batch_size], input_len, horizon)
@@ -34,10 +39,19 @@ def predict(
         if q is not None:
             quantiles.append(q.cpu().numpy())
         targets.append(target)
-        last = past[:, -1:, target_index]  # [B, 1, F_out]
-        naive.append(np.repeat(last, horizon, axis=1))  # [B, H, F_out]
+        history = past[..., target_index]  # [B, L, F_out]
+        baselines["repeat_last"].append(
+            np.repeat(history[:, -1:], horizon, axis=1)
+        )  # [B, H, F_out]
+        if "seasonal_naive" in baselines:
+            baselines["seasonal_naive"].append(seasonal_naive(history, season, horizon))
     q_all = np.concatenate(quantiles) if quantiles else None
-    return np.concatenate(forecasts), q_all, np.concatenate(targets), np.concatenate(naive)
+    return (
+        np.concatenate(forecasts),
+        q_all,
+        np.concatenate(targets),
+        {name: np.concatenate(parts) for name, parts in baselines.items()},
+    )
 
 
 def seasonal_naive(past: np.ndarray, season: int, horizon: int) -> np.ndarray:
@@ -64,27 +78,19 @@ def evaluate(
     model: nn.Module, series: Series, part: str, input_len: int, horizon: int, device: str
 ) -> dict[str, float | int | list[float]]:
     starts = series.starts(part, input_len, horizon)
-    forecast, quantiles, target, naive = predict(model, series, starts, input_len, horizon, device)
-    out: dict[str, float | int | list[float]] = {}
-    season = series.frequency.season
-    if season and 1 < season <= input_len:
-        past = np.concatenate(
-            [
-                series.batch(starts[i : i + 4096], input_len, horizon)[0]
-                for i in range(0, len(starts), 4096)
-            ]
-        )[..., list(series.target_index)]  # [W, L, F_out]
-        snaive = seasonal_naive(past, season, horizon)  # [W, H, F_out]
-        out[f"seasonal_naive_{part}_mse"] = mse(snaive, target)
-        out[f"seasonal_naive_{part}_mae"] = mae(snaive, target)
-        out["season"] = season
-    out |= {
+    forecast, quantiles, target, baselines = predict(
+        model, series, starts, input_len, horizon, device
+    )
+    out: dict[str, float | int | list[float]] = {
         f"{part}_mse": mse(forecast, target),
         f"{part}_mae": mae(forecast, target),
         f"{part}_windows": len(starts),
-        f"repeat_last_{part}_mse": mse(naive, target),
-        f"repeat_last_{part}_mae": mae(naive, target),
     }
+    for name, baseline in baselines.items():
+        out[f"{name}_{part}_mse"] = mse(baseline, target)
+        out[f"{name}_{part}_mae"] = mae(baseline, target)
+    if "seasonal_naive" in baselines:
+        out["season"] = series.frequency.season
     if quantiles is not None:
         out[f"{part}_quantile_coverage"] = coverage(quantiles, target)
     return out

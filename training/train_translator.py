@@ -556,15 +556,14 @@ def load_translator_checkpoint(
 
 def configs_from_args(args: argparse.Namespace) -> tuple[TranslatorConfig, TranslatorTrainConfig]:
     """The preset (by --preset, else by --data), with the flags given on top; each flag is
-    generated from its config field (core/flags.py). Checked here, before any slow work."""
+    generated from its config field (core/flags.py). `train` checks the two together before
+    any slow work."""
     preset = TRANSLATOR_PRESETS[args.preset or preset_for(args.data or "numbers")]
     model = from_flags(TranslatorConfig, args, base=preset.model)
     fixed = {}
     if args.length_penalty is not None and args.length_penalty_grid is None:
         fixed["length_penalty_grid"] = ()  # an alpha given by hand is used as given
-    train = from_flags(TranslatorTrainConfig, args, base=preset.train, **fixed)
-    check_together(model, train)
-    return model, train
+    return model, from_flags(TranslatorTrainConfig, args, base=preset.train, **fixed)
 
 
 def run(args: argparse.Namespace) -> int:

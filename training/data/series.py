@@ -18,7 +18,7 @@ from training.data import synthetic
 from training.data.frame import CSVError, Frame, read_csv
 from training.data.scalers import std_scale, std_statistics
 from training.data.sources import dataset_file
-from training.data.splits import Split, ett_split, ratio_split
+from training.data.splits import Split, split_for
 from training.data.window_size import check_rows
 from training.data.windows import gather, window_starts
 
@@ -126,12 +126,7 @@ def prepare(
     check_rows(config.data, len(frame), input_len, horizon)
     past_features, target_names = choose_columns(frame, config)
     future_features = check_names(config.future_features)
-    name = config.data.lower()
-    split = (
-        ett_split(name, input_len, len(frame))
-        if name in ETT_FILES
-        else ratio_split(len(frame), input_len)
-    )
+    split = split_for(config.data, input_len, len(frame))
     raw = frame.values[:, frame.column_index(past_features)]  # [N, F_in]
     mean, std = std_statistics(raw[slice(*split.train)])
     return Series(

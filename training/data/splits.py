@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ETT_STEPS_PER_HOUR = {"etth1": 1, "etth2": 1, "ettm1": 4, "ettm2": 4}
+TRAIN_SHARE, TEST_SHARE = 0.7, 0.2  # of the rows, for any other series; validation the rest
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,16 @@ def ett_split(name: str, input_len: int, n_rows: int) -> Split:
 
 def ratio_split(n_rows: int, input_len: int) -> Split:
     """70/10/20 split of any series, as the reference code's custom loader does."""
-    n_train, n_test = int(n_rows * 0.7), int(n_rows * 0.2)
+    n_train, n_test = int(n_rows * TRAIN_SHARE), int(n_rows * TEST_SHARE)
     n_val = n_rows - n_train - n_test
     border1s = [0, n_train - input_len, n_rows - n_test - input_len]
     border2s = [n_train, n_train + n_val, n_rows]
     return Split(*zip(border1s, border2s, strict=True))
+
+
+def split_for(data: str, input_len: int, n_rows: int) -> Split:
+    """The split of `--data`: ETT's standard borders for an ETT file, else 70/10/20."""
+    name = data.lower()
+    if name in ETT_STEPS_PER_HOUR:
+        return ett_split(name, input_len, n_rows)
+    return ratio_split(n_rows, input_len)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from core.calendar import Frequency
+from core.calendar import DAY_NS, Frequency
 from training.config import ForecasterConfig
-from training.data.splits import ETT_STEPS_PER_HOUR
+from training.data.splits import TEST_SHARE, TRAIN_SHARE, split_for
 
 MAX_INPUT = 96  # L at most, the benchmark's
 MAX_SEGMENT = 24  # the benchmark's segment length
@@ -18,27 +18,25 @@ WINDOWS_PER_INPUT = 4  # the training split holds at least this many L-long stre
 # H by frequency: four days of hours, a day of 15 minutes, two weeks of days, a week of
 # business days, two months of weeks, a year of months, a year of quarters, two years.
 HORIZON = {"B": 5, "MS": 12, "ME": 12, "QS": 4, "QE": 4, "YS": 2, "YE": 2}
-HOUR_NS = 3600 * 10**9
 
 
 def default_horizon(freq: Frequency) -> int:
     if freq.alias in HORIZON:
         return HORIZON[freq.alias]
-    step = freq.fixed_ns or HOUR_NS
     if freq.alias.startswith("W-"):
         return 8
-    return 96 if step < 24 * HOUR_NS else 14
+    return 96 if (freq.fixed_ns or 0) < DAY_NS else 14  # every other alias is a fixed step
 
 
 def split_rows(data: str, n_rows: int) -> dict[str, int]:
-    """Rows of each split before the input-window overlap: ETT's standard borders, else
-    70/10/20 (training/data/splits.py)."""
-    name = data.lower()
-    if name in ETT_STEPS_PER_HOUR:
-        month = 30 * 24 * ETT_STEPS_PER_HOUR[name]
-        return {"train": 12 * month, "val": 4 * month, "test": 4 * month}
-    n_train, n_test = int(n_rows * 0.7), int(n_rows * 0.2)
-    return {"train": n_train, "val": n_rows - n_train - n_test, "test": n_test}
+    """Rows of each split of `data` (training/data/splits.py) before the input-window
+    overlap."""
+    split = split_for(data, 0, n_rows)
+    rows = {}
+    for part in ("train", "val", "test"):
+        start, stop = split.part(part)
+        rows[part] = stop - start
+    return rows
 
 
 def check_rows(data: str, n_rows: int, input_len: int, horizon: int) -> None:
@@ -48,8 +46,11 @@ def check_rows(data: str, n_rows: int, input_len: int, horizon: int) -> None:
     short = [part for part in ("train", "val", "test") if rows[part] < need[part]]
     if short:
         part = short[0]
+        val_share = 1 - TRAIN_SHARE - TEST_SHARE
         total = max(
-            math.ceil(need["train"] / 0.7), math.ceil(horizon / 0.1), math.ceil(horizon / 0.2)
+            math.ceil(need["train"] / TRAIN_SHARE),
+            math.ceil(horizon / val_share),
+            math.ceil(horizon / TEST_SHARE),
         )
         raise ValueError(
             f"{data}: {n_rows} rows are too few: the {part} split has {rows[part]} rows and "
