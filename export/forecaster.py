@@ -4,7 +4,8 @@ The graph (see docs/model-repository.md):
     inputs   past [B, L, F_in] FP32 raw units, feature order `past_features`
              future [B, H, F_fut] FP32 calendar features (only when F_fut > 0)
     outputs  forecast [B, H, F_out] FP32 raw units
-             quantiles [B, H, F_out, Q] FP32 raw units, non-decreasing in Q (only when Q > 0)
+             quantiles [B, H, F_out, Q] FP32 raw units, non-decreasing in Q (only when Q > 0),
+                       with the conformal calibration training fitted baked in
 Batch is the only dynamic dimension. Nothing is written unless every check passes.
 """
 
@@ -52,7 +53,9 @@ def load_forecaster(payload: dict[str, Any]) -> tuple[ForecasterConfig, Forecast
     net = build_forecaster(config)
     net.load_state_dict(payload["state_dict"])
     data = payload["data"]
-    graph = ForecasterGraph(net, data["mean"], data["std"], config.target_index).eval()
+    calibration = payload.get("calibration")  # absent from checkpoints before it
+    graph = ForecasterGraph(net, data["mean"], data["std"], config.target_index, calibration)
+    graph = graph.eval()
     return config, graph
 
 
@@ -128,6 +131,7 @@ def build_config(
         "holidays": list(data.get("holidays", [])),
         "frequency_seconds": str(data["frequency_seconds"]),
         "quantiles": list(config.quantiles),
+        "quantiles_calibrated": "conformal" if payload.get("calibration") is not None else "no",
         "metrics": payload.get("metrics", {}),
         "exporter": exporter_name(dynamo=False),
         "opset": str(opset),

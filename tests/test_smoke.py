@@ -54,3 +54,22 @@ def test_every_model_answers(tiny_server: ServerProcess) -> None:
         text = resp.read().decode()
     for name in BUILDERS:
         assert f'nv_inference_request_success{{model="{name}",version="1"}}' in text
+
+
+def test_model_info_reports_the_quantiles_calibration(tiny_server: ServerProcess) -> None:
+    """GetModelInfo carries what training measured of the calibrated quantiles: coverage per
+    level, the interval's width and the pinball loss, on validation and on test."""
+    from protos.seqserve.forecast.v1 import forecast_service_pb2 as fpb
+    from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as fgrpc
+
+    with grpc.insecure_channel(tiny_server.target) as ch:
+        api = fgrpc.ForecasterStub(ch)
+        request = fpb.GetModelInfoRequest(model_name="forecaster_gru")
+        info = api.GetModelInfo(request, timeout=10).model
+    assert list(info.quantile_levels) == [0.1, 0.5, 0.9]
+    metrics = dict(info.metrics)  # a proto map answers 0.0 for a missing key; a dict does not
+    for part in ("val", "test"):
+        for tau in ("0.1", "0.5", "0.9"):
+            assert 0 <= metrics[f"{part}_coverage_{tau}"] <= 1
+        assert metrics[f"{part}_interval_width_0.1_0.9"] > 0
+        assert metrics[f"{part}_pinball"] > 0

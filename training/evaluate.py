@@ -1,15 +1,27 @@
 """Batched evaluation on standardised values: MSE/MAE of the model and of two baselines,
-repeat-last (naive) and seasonal naive (the same step of the last season)."""
+repeat-last (naive) and seasonal naive (the same step of the last season), and the quantiles'
+coverage, interval width and pinball loss (training/calibration.py)."""
 
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from training import calibration
 from training.data.series import Series
+
+
+class Prediction(NamedTuple):
+    """A model's outputs on a set of windows, with their truth and the baselines'."""
+
+    forecast: np.ndarray  # [W, H, F_out]
+    quantiles: np.ndarray | None  # [W, H, F_out, Q], uncalibrated
+    target: np.ndarray  # [W, H, F_out]
+    baselines: dict[str, np.ndarray]  # name -> [W, H, F_out]
 
 
 @torch.no_grad()
@@ -21,10 +33,9 @@ def predict(
     horizon: int,
     device: str,
     batch_size: int = 512,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, np.ndarray]]:
-    """Every window (none dropped) -> forecast [W, H, F_out], quantiles [W, H, F_out, Q] or None,
-    target [W, H, F_out], and the baselines [W, H, F_out] by name: repeat-last, and seasonal
-    naive when the frequency has a season that fits in the window."""
+) -> Prediction:
+    """Every window (none dropped); the baselines are repeat-last, and seasonal naive when the
+    frequency has a season that fits in the window."""
     model.eval()
     forecasts, quantiles, targets = [], [], []
     season = series.frequency.season
@@ -45,10 +56,9 @@ def predict(
         )  # [B, H, F_out]
         if "seasonal_naive" in baselines:
             baselines["seasonal_naive"].append(seasonal_naive(history, season, horizon))
-    q_all = np.concatenate(quantiles) if quantiles else None
-    return (
+    return Prediction(
         np.concatenate(forecasts),
-        q_all,
+        np.concatenate(quantiles) if quantiles else None,
         np.concatenate(targets),
         {name: np.concatenate(parts) for name, parts in baselines.items()},
     )
@@ -74,26 +84,46 @@ def coverage(quantiles: np.ndarray, target: np.ndarray) -> list[float]:
     return [float(np.mean(target <= quantiles[..., k])) for k in range(quantiles.shape[-1])]
 
 
-def evaluate(
-    model: nn.Module, series: Series, part: str, input_len: int, horizon: int, device: str
+def summarise(
+    prediction: Prediction,
+    part: str,
+    season: int | None,
+    levels: tuple[float, ...] = (),
+    correction: np.ndarray | None = None,
 ) -> dict[str, float | int | list[float]]:
-    starts = series.starts(part, input_len, horizon)
-    forecast, quantiles, target, baselines = predict(
-        model, series, starts, input_len, horizon, device
-    )
+    """Metrics of one part ("val" or "test"): MSE/MAE of the model and the baselines; with
+    quantiles, their scores after `correction` (the conformal offsets, when given) and their
+    coverage before it (`{part}_quantile_coverage_uncalibrated`)."""
+    forecast, quantiles, target, baselines = prediction
     out: dict[str, float | int | list[float]] = {
         f"{part}_mse": mse(forecast, target),
         f"{part}_mae": mae(forecast, target),
-        f"{part}_windows": len(starts),
+        f"{part}_windows": len(target),
     }
     for name, baseline in baselines.items():
         out[f"{name}_{part}_mse"] = mse(baseline, target)
         out[f"{name}_{part}_mae"] = mae(baseline, target)
     if "seasonal_naive" in baselines:
-        out["season"] = series.frequency.season
-    if quantiles is not None:
-        out[f"{part}_quantile_coverage"] = coverage(quantiles, target)
+        out["season"] = season or 0
+    if quantiles is not None and levels:
+        fixed = quantiles if correction is None else calibration.apply(quantiles, correction)
+        out[f"{part}_quantile_coverage"] = coverage(fixed, target)
+        out.update(calibration.scores(fixed, target, levels, part))
+        if correction is not None:
+            out[f"{part}_quantile_coverage_uncalibrated"] = coverage(quantiles, target)
+            out[f"{part}_pinball_uncalibrated"] = calibration.scores(
+                quantiles, target, levels, part
+            )[f"{part}_pinball"]
     return out
+
+
+def evaluate(
+    model: nn.Module, series: Series, part: str, input_len: int, horizon: int, device: str
+) -> dict[str, float | int | list[float]]:
+    """The point forecast's metrics on one part, as early stopping reads them."""
+    starts = series.starts(part, input_len, horizon)
+    prediction = predict(model, series, starts, input_len, horizon, device)
+    return summarise(prediction, part, series.frequency.season)
 
 
 def baseline_verdict(metrics: dict) -> dict[str, object]:

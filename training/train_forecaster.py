@@ -1,9 +1,11 @@
 """`seqserve train forecaster`: train, select on validation, test once, write the checkpoint.
 
 DIR/checkpoint.pt   model_args, train_config, state_dict, data (columns, scaler, frequency,
-                    a validation sample in raw units for export checks), metrics
-DIR/metrics.json    test/val MSE and MAE (standardised values), the repeat-last baseline, windows,
-                    epochs, wall time
+                    a validation sample in raw units for export checks), calibration (the
+                    quantiles' conformal offsets), metrics
+DIR/metrics.json    test/val MSE and MAE (standardised values), the baselines', the quantiles'
+                    coverage, interval width and pinball loss after conformal calibration,
+                    windows, epochs, wall time
 DIR/forecast.png    a few test windows: history, truth, forecast, quantile band
 """
 
@@ -24,14 +26,14 @@ import torch
 from tqdm import tqdm
 
 from core.flags import from_flags
-from training import checkpoint
+from training import calibration, checkpoint
 from training.config import ForecasterConfig, TrainConfig
 from training.data import window_size
 from training.data.frame import CSVError
 from training.data.scalers import inv_std_scale
 from training.data.series import Series, load, prepare
 from training.data.sources import DatasetError
-from training.evaluate import baseline_verdict, evaluate, predict
+from training.evaluate import baseline_verdict, evaluate, predict, summarise
 from training.models.forecasters import architecture_name, build_forecaster
 from training.models.quantiles import pinball_loss
 from training.plots import plot_forecasts
@@ -204,10 +206,7 @@ def train(
 
     assert best_state is not None
     model.load_state_dict(best_state)
-    metrics: dict[str, Any] = {}
-    metrics.update(evaluate(model, series, "val", L, H, device))
-    metrics.update(evaluate(model, series, "test", L, H, device))  # read once, at the end
-    metrics.update(baseline_verdict(metrics))
+    metrics, correction = final_metrics(model, series, model_config, device)
     metrics.update(
         {
             "best_epoch": best_epoch,
@@ -237,23 +236,67 @@ def train(
             "train_config": checkpoint.plain(tc),
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
             "data": data_record(series, model_config),
+            # conformal offsets of the quantiles [H, F_out, Q], standardised units
+            **({"calibration": torch.from_numpy(correction)} if correction is not None else {}),
             "epoch": best_epoch,
             "metrics": metrics,
         },
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_plot(model, series, model_config, tc, out / "forecast.png")
+    write_plot(model, series, model_config, tc, correction, out / "forecast.png")
     return metrics
 
 
+def final_metrics(
+    model: torch.nn.Module, series: Series, config: ForecasterConfig, device: str
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Validation and test metrics of the kept model (test is read here only), and the
+    quantiles' conformal correction, fitted on the validation windows (training/calibration.py).
+    Validation coverage is measured on windows the correction did not see; a level off by
+    more than calibration.TOLERANCE there gets a warning."""
+    L, H, levels = config.input_len, config.horizon, config.quantiles  # noqa: N806
+    season = series.frequency.season
+    val = predict(model, series, series.starts("val", L, H), L, H, device)
+    test = predict(model, series, series.starts("test", L, H), L, H, device)
+    correction = None
+    if val.quantiles is not None:
+        correction = calibration.offsets(val.quantiles, val.target, levels)
+    metrics: dict[str, Any] = {
+        **summarise(val, "val", season, levels, correction),
+        **summarise(test, "test", season, levels, correction),
+    }
+    metrics.update(baseline_verdict(metrics))
+    if val.quantiles is not None:
+        held_out = calibration.held_out_coverage(val.quantiles, val.target, levels, H)
+        metrics["val_quantile_coverage"] = held_out
+        metrics.update(
+            {f"val_coverage_{tau:g}": c for tau, c in zip(levels, held_out, strict=True)}
+        )
+        metrics["calibration"] = "split conformal on the validation windows, per level and step"
+        if off := calibration.off_levels(held_out, levels):
+            print(
+                f"warning: the quantiles are not calibrated on held-out validation windows "
+                f"({'; '.join(off)}): treat their bands with care",
+                file=sys.stderr,
+            )
+    return metrics, correction
+
+
 def write_plot(
-    model: torch.nn.Module, series: Series, config: ForecasterConfig, tc: TrainConfig, path: Path
+    model: torch.nn.Module,
+    series: Series,
+    config: ForecasterConfig,
+    tc: TrainConfig,
+    correction: np.ndarray | None,
+    path: Path,
 ) -> None:
     """A few evenly spaced test windows of the last target, in raw units."""
     L, H = config.input_len, config.horizon  # noqa: N806
     starts = series.starts("test", L, H)
     pick = starts[np.linspace(0, len(starts) - 1, max(tc.plot_windows, 1)).astype(int)]
     forecast, quantiles, target, _ = predict(model, series, pick, L, H, tc.device)
+    if quantiles is not None and correction is not None:
+        quantiles = calibration.apply(quantiles, correction)
     t = series.target_index[-1]
     mean, std = series.mean[t], series.std[t]
     history = series.past[pick[:, None] + np.arange(L), t] * std + mean  # [W, L]

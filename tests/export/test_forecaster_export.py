@@ -4,6 +4,7 @@ onnxruntime-vs-PyTorch parity at batch 1 and N, raw units in and out, the pinned
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,12 +12,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.forecaster import load_forecaster, parameters_of
+from export.forecaster import export_forecaster, load_forecaster, parameters_of
 from export.repository import read_config
 from export.verify import graph_dims
 from protos.inference import model_config_pb2 as mc
 from tests.export.conftest import VARIANTS, Exported
-from training import checkpoint
+from training import calibration, checkpoint
 
 NAMES = list(VARIANTS)
 
@@ -86,6 +87,58 @@ def test_parity_with_pytorch_at_batch_1_and_n(exported: dict[str, Exported], nam
             np.testing.assert_allclose(g, w.numpy(), atol=1e-3, rtol=1e-4)
         if len(got) == 2:
             assert np.all(np.diff(got[1], axis=-1) >= 0), "quantiles must not cross"
+
+
+QUANTILE_NAMES = [n for n in NAMES if VARIANTS[n][0].quantiles]
+
+
+@pytest.mark.parametrize("name", QUANTILE_NAMES)
+def test_the_graph_carries_the_conformal_calibration(
+    exported: dict[str, Exported], name: str
+) -> None:
+    """The served quantiles are the network's, corrected by the offsets training fitted on
+    validation and sorted, as training/calibration.py does: every client gets them."""
+    e = exported[name]
+    payload = checkpoint.load(e.checkpoint)
+    model_config, graph = load_forecaster(payload)
+    correction = payload["calibration"].numpy()  # [H, F_out, Q]
+    assert correction.shape == (
+        model_config.horizon,
+        model_config.n_targets,
+        len(model_config.quantiles),
+    )
+    assert np.abs(correction).max() > 0
+    sample, data = payload["data"]["validation_sample"], payload["data"]
+    feeds = {"past": sample["past"].numpy()}
+    if model_config.n_future:
+        feeds["future"] = sample["future"].numpy()
+    sess = ort.InferenceSession(
+        str(e.model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    served = sess.run(["quantiles"], feeds)[0]  # [n, H, F_out, Q] raw units
+    mean, std = np.array(data["mean"]), np.array(data["std"])
+    t = list(model_config.target_index)
+    with torch.no_grad():
+        scaled = torch.from_numpy(((feeds["past"] - mean) / std).astype(np.float32))
+        future = torch.from_numpy(feeds["future"]) if model_config.n_future else None
+        raw = graph.net(scaled, future)[1].numpy()  # [n, H, F_out, Q] standardised
+    want = calibration.apply(raw, correction) * std[t][:, None] + mean[t][:, None]
+    np.testing.assert_allclose(served, want, atol=1e-3, rtol=1e-4)
+    assert parameters_of(read_config(e.model_dir))["quantiles_calibrated"] == "conformal"
+
+
+def test_a_checkpoint_without_calibration_still_exports(
+    exported: dict[str, Exported], tmp_path: Path
+) -> None:
+    """Checkpoints from before calibration export as they did: the heads' quantiles as is."""
+    e = exported[QUANTILE_NAMES[0]]
+    payload = checkpoint.load(e.checkpoint)
+    del payload["calibration"]
+    checkpoint.save(tmp_path / "old", payload)
+    out = export_forecaster(tmp_path / "old", tmp_path / "repo", "old")
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "TopK" not in ops
+    assert parameters_of(read_config(tmp_path / "repo" / "old"))["quantiles_calibrated"] == "no"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -45,11 +45,21 @@ def test_writes_metrics_plot_and_checkpoint(tiny_run: Run) -> None:
     assert len(metrics["test_quantile_coverage"]) == 3
 
 
-def test_quantiles_are_ordered_and_roughly_calibrated(tiny_run: Run) -> None:
-    _, metrics = tiny_run
+def test_quantiles_are_calibrated_on_validation_and_scored_on_test(tiny_run: Run) -> None:
+    """Conformal offsets fitted on validation: test coverage lands near each level, and the
+    record holds coverage, interval width and pinball loss on both parts, before and after."""
+    out, metrics = tiny_run
     low, mid, high = metrics["test_quantile_coverage"]
     assert low < mid < high
-    assert low < 0.35 and high > 0.65
+    for tau in (0.1, 0.5, 0.9):
+        assert metrics[f"test_coverage_{tau:g}"] == pytest.approx(tau, abs=0.1)
+        assert 0 <= metrics[f"val_coverage_{tau:g}"] <= 1
+    for part in ("val", "test"):
+        assert metrics[f"{part}_interval_width_0.1_0.9"] > 0
+        assert metrics[f"{part}_pinball"] > 0
+        assert len(metrics[f"{part}_quantile_coverage_uncalibrated"]) == 3
+    correction = checkpoint.load(out)["calibration"]
+    assert tuple(correction.shape) == (24, 1, 3)  # [H, F_out, Q]
 
 
 def test_checkpoint_round_trip(tiny_run: Run) -> None:
