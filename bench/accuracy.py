@@ -1,12 +1,18 @@
 """Accuracy benchmark: forecasters on the ETT files, the translator on Multi30k test splits.
 
     seqserve bench accuracy [--data etth1] [--cells gru,lstm] [--seeds 0,1,2] [--horizons 96]
+                            [--quantiles 0.1,0.5,0.9] [--baselines ets,arima]
                             [--translator model_repository/translator --splits test_2016_flickr]
 
 Forecasters: each (data, horizon, cell, seed) is trained with the defaults of
 `seqserve train forecaster` (the benchmark settings: features M, input 96, the standard split
 and scaling of docs/forecasting.md, "ETTh1 benchmark") and evaluated on the test split; the
 table gives the mean and standard deviation over seeds beside the published figures.
+`--data` also takes a CSV (with `--features`, `--target`, `--date-col`, `--freq`, `--fill` as in
+training; window sizes then come from the data). With `--baselines`, a second table puts the
+model beside naive, seasonal naive, ETS and ARIMA (bench/classical.py) on the same evenly spaced
+test windows (`--baseline-windows`), with the quantiles' coverage, interval width and pinball
+loss; statsmodels comes with the `bench` extra.
 Translator: an exported model (`<repository>/<name>`, latest version) is scored through the
 serving decoder (`core.translation` over onnxruntime, the code the server runs) with sacreBLEU
 and chrF, default settings.
@@ -43,17 +49,32 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def forecasters(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
-    from training.config import ForecasterConfig, TrainConfig
+def forecasters(
+    args: argparse.Namespace, workdir: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """-> one row per (data, horizon, cell) over seeds, and the baseline comparisons."""
+    from training.config import ForecasterConfig, TrainConfig, parse_quantiles
     from training.train_forecaster import train
 
-    rows = []
+    quantiles = parse_quantiles(args.quantiles)
+    methods = [m for m in args.baselines.split(",") if m]
+    csv_options = {
+        "features": args.features,
+        "target": tuple(t for t in args.target.split(",") if t),
+        "date_col": args.date_col,
+        "freq": args.freq,
+        "fill": args.fill,
+    }
+    rows, comparisons = [], []
     for data in args.data.split(","):
         for horizon in (int(h) for h in args.horizons.split(",")):
+            found: dict[str, Any] = {}  # the classical forecasts, made once for every seed
             for cell in args.cells.split(","):
                 runs = []
                 for seed in (int(s) for s in args.seeds.split(",")):
-                    model = replace(ForecasterConfig(), cell=cell, horizon=horizon)
+                    model = replace(
+                        ForecasterConfig(), cell=cell, horizon=horizon, quantiles=quantiles
+                    )
                     tc = replace(
                         TrainConfig(),
                         data=data,
@@ -61,10 +82,13 @@ def forecasters(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]
                         threads=args.threads,
                         synthetic_rows=args.synthetic_rows,
                         **({"epochs": args.epochs} if args.epochs else {}),
+                        **csv_options,
                     )
-                    m = train(
-                        model, tc, workdir / f"{data}-{horizon}-{cell}-{seed}", progress=False
-                    )
+                    out = workdir / f"{Path(data).name}-{horizon}-{cell}-{seed}"
+                    m = train(model, tc, out, progress=False)
+                    if methods:
+                        compared = versus_baselines(out, methods, args.baseline_windows, found)
+                        comparisons.append({"data": data, "cell": cell, "seed": seed, **compared})
                     runs.append(
                         {
                             k: m[k]
@@ -76,6 +100,7 @@ def forecasters(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]
                                 "repeat_last_test_mse",
                                 "repeat_last_test_mae",
                                 "test_windows",
+                                "horizon",
                                 "best_epoch",
                                 "epochs",
                                 "wall_seconds",
@@ -84,12 +109,13 @@ def forecasters(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]
                         }
                     )
                     print(
-                        f"  {data} H={horizon} {cell} seed {seed}: test MSE "
+                        f"  {data} H={m['horizon']} {cell} seed {seed}: test MSE "
                         f"{m['test_mse']:.4f} MAE {m['test_mae']:.4f} "
                         f"({m['wall_seconds']:.0f} s)",
                         flush=True,
                     )
                 mse, mae = (_mean_std([r[k] for r in runs]) for k in ("test_mse", "test_mae"))
+                horizon = runs[0]["horizon"]  # 0 asks for the data's choice
                 rows.append(
                     {
                         "data": data,
@@ -101,7 +127,63 @@ def forecasters(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]
                         "published": PUBLISHED.get((data, horizon), {}),
                     }
                 )
-    return rows
+    return rows, comparisons
+
+
+def versus_baselines(
+    checkpoint_dir: Path, methods: list[str], windows: int, found: dict[str, Any]
+) -> dict[str, Any]:
+    """The trained model beside naive, seasonal naive and `methods` (bench/classical.py) on
+    `windows` evenly spaced test windows, in standardised units. `found` keeps the classical
+    forecasts for the next seed (they do not depend on it)."""
+    import numpy as np
+    import torch
+
+    from bench import classical
+    from export.forecaster import load_forecaster
+    from training import calibration, checkpoint
+    from training.config import TrainConfig
+    from training.data.series import prepare
+    from training.evaluate import mae, mse, predict
+
+    payload = checkpoint.load(checkpoint_dir)
+    config, graph = load_forecaster(payload)
+    tc = checkpoint.rebuild(TrainConfig, payload["train_config"])
+    L, H = config.input_len, config.horizon  # noqa: N806
+    levels = config.quantiles or (0.1, 0.5, 0.9)
+    series = prepare(tc, L, H)
+    every = series.starts("test", L, H)
+    starts = every[np.unique(np.linspace(0, len(every) - 1, min(windows, len(every))).astype(int))]
+    with torch.no_grad():
+        forecast, quantiles, target, baselines = predict(graph.net, series, starts, L, H, "cpu")
+    if quantiles is not None and payload.get("calibration") is not None:
+        quantiles = calibration.apply(quantiles, payload["calibration"].numpy())
+    compared: dict[str, tuple[np.ndarray, np.ndarray | None]] = {"model": (forecast, quantiles)}
+    compared.update({name: (b, None) for name, b in baselines.items()})
+    targets = series.past[:, list(series.target_index)]  # [N, F_out]
+    for method in methods:
+        if method not in found:
+            started = time.perf_counter()
+            f, q, fitted = classical.classical_forecasts(
+                method, targets, (0, series.split.val[1]), starts + L, L, H, levels,
+                series.frequency.season,
+            )  # fmt: skip
+            seconds = round(time.perf_counter() - started, 1)
+            found[method] = (f, q, {"models": fitted, "seconds": seconds})
+        compared[method] = found[method][:2]
+    scores: dict[str, dict[str, float]] = {}
+    for name, (f, q) in compared.items():
+        scores[name] = {"mse": mse(f, target), "mae": mae(f, target)}
+        if q is not None:
+            scores[name].update(calibration.scores(q, target, levels, "test"))
+    return {
+        "horizon": H,
+        "windows": len(starts),
+        "of_windows": len(every),
+        "levels": list(levels),
+        "scores": scores,
+        "fitted": {m: found[m][2] for m in methods},
+    }
 
 
 def translator(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -167,6 +249,35 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cell(row: dict[str, float], key: str, digits: int = 3) -> str:
+    return f"{row[key]:.{digits}f}" if key in row else "—"
+
+
+def baseline_table(comparisons: list[dict[str, Any]]) -> str:
+    """One row per method of each run: MSE, MAE, coverage per level, the outermost symmetric
+    interval's width and the pinball loss (standardised units; — where a method has none)."""
+    lines = []
+    for c in comparisons:
+        levels = c["levels"]
+        width_key = f"test_interval_width_{levels[0]:g}_{levels[-1]:g}"
+        lines += [
+            f"\n{c['data']} H={c['horizon']} {c['cell']} seed {c['seed']}: "
+            f"{c['windows']} of {c['of_windows']} test windows",
+            f"| method | MSE | MAE | {' | '.join(f'cov {t:g}' for t in levels)} | "
+            f"width {levels[0]:g}-{levels[-1]:g} | pinball |",
+            "|---|---|---|" + "---|" * len(levels) + "---|---|",
+        ]
+        for name, row in c["scores"].items():
+            fitted = c["fitted"].get(name, {}).get("models", [])
+            label = f"{name} ({fitted[0]})" if len(set(fitted)) == 1 else name
+            cover = " | ".join(_cell(row, f"test_coverage_{t:g}") for t in levels)
+            lines.append(
+                f"| {label} | {row['mse']:.4f} | {row['mae']:.4f} | {cover} | "
+                f"{_cell(row, width_key)} | {_cell(row, 'test_pinball', 4)} |"
+            )
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "suite": "accuracy",
@@ -178,8 +289,11 @@ def run(args: argparse.Namespace) -> int:
         if args.cells:
             print("forecasters (test split, standard protocol):")
             with tempfile.TemporaryDirectory() as tmp:
-                result["forecasters"] = forecasters(args, Path(tmp))
+                result["forecasters"], comparisons = forecasters(args, Path(tmp))
             print(table(result["forecasters"]))
+            if comparisons:
+                result["baselines"] = comparisons
+                print(baseline_table(comparisons))
         if args.translator:
             print("translator (serving decoder, sacreBLEU / chrF default settings):")
             result["translator"] = translator(args)
@@ -206,7 +320,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="forecaster cells, comma-separated ('' skips the forecasters)",
     )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
-    parser.add_argument("--horizons", default="96", help="comma-separated, e.g. 96,192,336,720")
+    parser.add_argument(
+        "--horizons",
+        default="96",
+        help="comma-separated, e.g. 96,192,336,720 (0: from the data, as training chooses)",
+    )
+    parser.add_argument(
+        "--quantiles",
+        default="",
+        help="quantile levels the forecasters train, e.g. 0.1,0.5,0.9 (default: none)",
+    )
+    parser.add_argument(
+        "--baselines",
+        default="",
+        help="classical baselines beside the model, comma-separated: ets, arima "
+        "(naive and seasonal naive come with them; needs the bench extra)",
+    )
+    parser.add_argument(
+        "--baseline-windows",
+        type=int,
+        default=200,
+        help="evenly spaced test windows of the baseline comparison (default: %(default)s)",
+    )
+    parser.add_argument("--features", default="M", help="M, S or MS, as in training")
+    parser.add_argument("--target", default="", help="target column(s) of a CSV")
+    parser.add_argument("--date-col", default="date", help="timestamp column of a CSV")
+    parser.add_argument("--freq", default="", help="the CSV's frequency (default: inferred)")
+    parser.add_argument("--fill", default="none", help="empty CSV cells: none or ffill")
     parser.add_argument(
         "--epochs", type=int, default=0, help="at most this many epochs (0: the training default)"
     )

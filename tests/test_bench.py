@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT, ServerProcess, missing, native_built, tool
@@ -477,3 +478,69 @@ def test_typed_forecast_is_measured_beside_v2(tiny_server: ServerProcess) -> Non
     for api in ("v2", "typed"):
         assert all(result["median_per_s"][api][c] > 0 for c in ("1", "2")), result
     assert set(result["typed_to_v2"]) == {"1", "2"} and result["typed_to_v2"]["2"] > 0
+
+
+def test_bench_accuracy_puts_classical_baselines_beside_the_model(tmp_path: Path) -> None:
+    """A quarterly CSV that is a straight line plus a little noise: ARIMA with drift and a
+    damped-trend ETS follow the line where repeating the last value lags behind it, so their
+    numbers are real forecasts, scored on the model's own test windows with coverage."""
+    rng = np.random.default_rng(0)
+    quarters = np.arange("1980-01", "2020-01", 3, dtype="datetime64[M]")  # 160 quarter starts
+    level = 10 + 0.5 * np.arange(len(quarters)) + rng.normal(0, 0.2, len(quarters))
+    csv = tmp_path / "line.csv"
+    csv.write_text(
+        "date,y\n" + "".join(f"{q}-01,{v:.4f}\n" for q, v in zip(quarters, level, strict=True))
+    )
+    results = tmp_path / "results"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seqserve",
+            "bench",
+            "accuracy",
+            "--data",
+            str(csv),
+            "--features",
+            "S",
+            "--target",
+            "y",
+            "--horizons",
+            "0",
+            "--cells",
+            "gru",
+            "--seeds",
+            "0,1",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--quantiles",
+            "0.1,0.5,0.9",
+            "--baselines",
+            "ets,arima",
+            "--results-dir",
+            str(results),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (result,) = results.glob("accuracy-*.json")
+    comparison, second_seed = json.loads(result.read_text())["baselines"]
+    # the classical forecasts do not depend on the seed: made once, scored for both
+    assert second_seed["scores"]["arima"] == comparison["scores"]["arima"]
+    assert second_seed["scores"]["model"] != comparison["scores"]["model"]
+    scores = comparison["scores"]
+    assert set(scores) == {"model", "repeat_last", "seasonal_naive", "ets", "arima"}
+    assert comparison["windows"] == comparison["of_windows"] > 10  # every test window
+    assert scores["arima"]["mse"] < 0.2 * scores["repeat_last"]["mse"]
+    assert scores["ets"]["mse"] < 0.5 * scores["repeat_last"]["mse"]
+    for name in ("model", "ets", "arima"):
+        assert 0 <= scores[name]["test_coverage_0.9"] <= 1
+        assert scores[name]["test_interval_width_0.1_0.9"] > 0
+    assert "test_coverage_0.9" not in scores["repeat_last"]
+    assert "with drift" in comparison["fitted"]["arima"]["models"][0]
+    assert "| arima (ARIMA(" in out.stdout

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from core.flags import flag
 
 
-def _quantiles(text: str) -> tuple[float, ...]:
+def parse_quantiles(text: str) -> tuple[float, ...]:
     """--quantiles: comma-separated levels in any order, or none."""
     try:
         return tuple(sorted(float(w) for w in text.split(",") if w.strip() not in ("", "none")))
@@ -63,7 +63,7 @@ class ForecasterConfig:
         (),
         "quantile levels with pinball-loss heads, e.g. 0.1,0.5,0.9, or none",
         none="none",
-        parse=_quantiles,
+        parse=parse_quantiles,
         group="model",
     )
 
