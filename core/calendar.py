@@ -237,6 +237,14 @@ class Frequency:
         if self.alias == "B" and len(ts) and not self.off_calendar(ts).any():
             freq = business_days(ts, self.holidays)
         if (i := freq.first_gap(ts)) is not None:
+            day = str(ts[i].astype("datetime64[D]"))
+            if day in self.holidays:
+                raise FrequencyError(
+                    f"{day} has a row but is one of the holidays given; give the holidays "
+                    "the series skips (an exchange calendar such as XNYS or XKRX rather than a "
+                    "country's public holidays, or a file of dates)",
+                    i,
+                )
             after = f" after {ts[i - 1].astype('datetime64[s]')}" if i else ""
             raise FrequencyError(
                 f"{ts[i].astype('datetime64[s]')}{after} does not follow frequency {freq.alias}", i
@@ -311,11 +319,14 @@ def business_days(ts: np.ndarray, holidays: Sequence[str] = ()) -> Frequency:
     return Frequency("B", tuple(str(d) for d in np.union1d(known, skipped)))
 
 
-def frequency_of(ts: np.ndarray, alias: str = "") -> Frequency:
-    """The frequency of a series' timestamps: `alias` when given, checked against them (for
-    "B", the weekdays they skip become its holidays), else inferred. FrequencyError naming
-    the first timestamp that does not follow it."""
-    return Frequency.parse(alias).checked(ts) if alias else infer_frequency(ts)
+def frequency_of(ts: np.ndarray, alias: str = "", holidays: Sequence[str] = ()) -> Frequency:
+    """The frequency of a series' timestamps: `alias` when given, checked against them, else
+    inferred. For business days, `holidays` (ISO dates, which may run past the data) are
+    skipped, and so are the weekdays the timestamps skip. FrequencyError naming the first
+    timestamp that does not follow it."""
+    if not alias and not holidays:
+        return infer_frequency(ts)
+    return Frequency.parse(alias or infer_frequency(ts).alias, holidays).checked(ts)
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -67,16 +67,17 @@ def test_forecast_command_on_the_example_csv(tiny_server: ServerProcess) -> None
 @pytest.mark.slow  # trains and exports a model, then serves it
 def test_the_stock_example_end_to_end(tmp_path: Path) -> None:
     """examples/stock/README.md with tiny settings: the synthetic business-day data, a GRU
-    trained and exported, served; the CLI forecasts the next five business days with
-    quantiles and a plot, and the Python client example does too."""
+    trained with the exchange's holidays and exported, served; the CLI forecasts the next five
+    business days with quantiles and a plot, and the Python client example does too."""
     csv = tmp_path / "stock.csv"
     seqserve = [sys.executable, "-m", "seqserve"]
     steps = [
         [sys.executable, "examples/stock/make_data.py", "--out", str(csv), "--start", "2023-01-02"],
         [*seqserve, "train", "forecaster", "--data", str(csv), "--features", "MS",
          "--target", "price", "--future-features", "weekday", "--horizon", "5",
-         "--quantiles", "0.1,0.5,0.9", "--cell", "gru", "--d-model", "16", "--epochs", "1",
-         "--threads", "1", "--quiet", "--out", str(tmp_path / "run")],
+         "--quantiles", "0.1,0.5,0.9", "--holidays", "XKRX", "--cell", "gru",
+         "--d-model", "16", "--epochs", "1", "--threads", "1", "--quiet",
+         "--out", str(tmp_path / "run")],
         [*seqserve, "export", "--checkpoint", str(tmp_path / "run"),
          "--repository", str(tmp_path / "repo"), "--name", "stock_gru"],
     ]  # fmt: skip
@@ -97,7 +98,9 @@ def test_the_stock_example_end_to_end(tmp_path: Path) -> None:
         assert lines[0].split() == ["timestamp", "price", "price", "q0.1", "price", "q0.5",
                                     "price", "q0.9"]  # fmt: skip
         days = [line.split()[0][:10] for line in lines[1:]]
-        assert days == ["2024-12-31", "2025-01-01", "2025-01-02", "2025-01-03", "2025-01-06"]
+        # the exchange's calendar (--holidays XKRX) closes 31 December and 1 January, which
+        # the data has not reached: the horizon skips them with the weekend
+        assert days == ["2025-01-02", "2025-01-03", "2025-01-06", "2025-01-07", "2025-01-08"]
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         out = subprocess.run(
             [sys.executable, "examples/stock/forecast.py", "-u", server.target, "--csv", str(csv)],

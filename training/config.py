@@ -134,6 +134,13 @@ class TrainConfig:
         "rows skip as holidays",
         group="data",
     )
+    holidays: str = flag(
+        "",
+        "business-day holidays, which the horizon skips too: a file of ISO dates, or a calendar "
+        "code of the holidays package (an exchange: XNYS, XKRX, ...; a country: US, KR, ...); "
+        "'' = only the weekdays the rows skip",
+        group="data",
+    )
     fill: str = flag(
         "none",
         "empty CSV cells: none = error naming row and column, ffill = carry the previous "

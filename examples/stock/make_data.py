@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-# Weekdays a Korean exchange was closed, more or less: New Year, Lunar New Year, Independence
+# Weekdays the Korea Exchange was closed, 2021 to 2024: New Year, Lunar New Year, Independence
 # Movement Day, Children's Day, Memorial Day, Liberation Day, Chuseok, Foundation Day, Hangul
-# Day, Christmas and the year-end closing. Generated data, so the list only needs to look real.
+# Day, Christmas, election days and the year-end closing; the `holidays` package's XKRX
+# calendar for those years, written out so that the generator needs numpy alone.
 HOLIDAYS = [
     "2021-01-01", "2021-02-11", "2021-02-12", "2021-03-01", "2021-05-05", "2021-05-19",
     "2021-08-16", "2021-09-20", "2021-09-21", "2021-09-22", "2021-10-04", "2021-10-11",

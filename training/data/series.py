@@ -16,6 +16,7 @@ from core.calendar import Frequency, FrequencyError, calendar_features, check_na
 from training.config import TrainConfig
 from training.data import synthetic
 from training.data.frame import CSVError, Frame, read_csv
+from training.data.holiday_calendar import load_holidays
 from training.data.scalers import std_scale, std_statistics
 from training.data.sources import dataset_file
 from training.data.splits import Split, split_for
@@ -107,10 +108,13 @@ def choose_columns(frame: Frame, config: TrainConfig) -> tuple[tuple[str, ...], 
 
 def load(config: TrainConfig) -> tuple[Frame, Frequency]:
     """The frame behind `config.data` and the frequency its timestamps follow (`--freq`, else
-    inferred); CSVError naming the row that does not follow it."""
+    inferred; with `--holidays`' dates for business days); CSVError naming the row that does
+    not follow it."""
     frame = load_frame(config)
+    ts = frame.timestamps
+    holidays = load_holidays(config.holidays, ts[0], ts[-1]) if len(ts) else ()
     try:
-        return frame, frequency_of(frame.timestamps, config.freq)
+        return frame, frequency_of(ts, config.freq, holidays)
     except FrequencyError as err:
         row = "" if err.index is None else f"row {err.index + 1}: "  # read_csv's numbering
         raise CSVError(f"{config.data}: {row}{err}") from err
