@@ -151,13 +151,15 @@ def versus_baselines(
     tc = checkpoint.rebuild(TrainConfig, payload["train_config"])
     L, H = config.input_len, config.horizon  # noqa: N806
     levels = config.quantiles or (0.1, 0.5, 0.9)
-    series = prepare(tc, L, H)
+    series = prepare(tc, L, H, standardise=config.scaling != "window")
     every = series.starts("test", L, H)
     starts = every[np.unique(np.linspace(0, len(every) - 1, min(windows, len(every))).astype(int))]
     with torch.no_grad():
-        forecast, quantiles, target, baselines = predict(graph.net, series, starts, L, H, "cpu")
+        forecast, quantiles, target, baselines, unit, _, _ = predict(
+            graph.net, series, starts, L, H, "cpu"
+        )
     if quantiles is not None and payload.get("calibration") is not None:
-        quantiles = calibration.apply(quantiles, payload["calibration"].numpy())
+        quantiles = calibration.apply(quantiles, payload["calibration"].numpy(), unit)
     compared: dict[str, tuple[np.ndarray, np.ndarray | None]] = {"model": (forecast, quantiles)}
     compared.update({name: (b, None) for name, b in baselines.items()})
     targets = series.past[:, list(series.target_index)]  # [N, F_out]

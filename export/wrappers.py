@@ -12,8 +12,9 @@ class ForecasterGraph(nn.Module):
 
     Inputs: past [B, L, F_in] raw, future [B, H, F_fut] (only when the network takes covariates).
     Outputs: forecast [B, H, F_out] raw, and quantiles [B, H, F_out, Q] raw when trained with them.
-    `calibration` [H, F_out, Q] holds the conformal offsets (standardised units) training fitted
-    on validation; they are added and the quantiles sorted, as training/calibration.py `apply`.
+    `calibration` [H, F_out, Q] holds the conformal offsets training fitted on validation
+    (standardised units; for a window-scaled network, units of each window's target scale);
+    they are added and the quantiles sorted, as training/calibration.py `apply`.
     """
 
     def __init__(
@@ -39,14 +40,18 @@ class ForecasterGraph(nn.Module):
     def forward(
         self, past: torch.Tensor, future: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        forecast, quantiles = self.net((past - self.mean) / self.std, future)  # scaled
+        scaled = (past - self.mean) / self.std  # [B, L, F_in]
+        forecast, quantiles = self.net(scaled, future)
         forecast = forecast * self.target_std + self.target_mean  # [B, H, F_out]
         if quantiles is None:
             return forecast
         if self.calibration is not None:
+            offset = self.calibration  # [H, F_out, Q]
+            if hasattr(self.net, "target_scale"):  # window-scaled: offsets in window units
+                offset = offset * self.net.target_scale(scaled).unsqueeze(-1)  # [B, H, F_out, Q]
             # sorted ascending; topk with a constant k exports without a Shape node
             quantiles = torch.topk(
-                quantiles + self.calibration, self.levels, dim=-1, largest=False
+                quantiles + offset, self.levels, dim=-1, largest=False
             ).values  # [B, H, F_out, Q]
         scale, shift = self.target_std[:, None], self.target_mean[:, None]  # [F_out, 1]
         quantiles = quantiles * scale + shift  # [B, H, F_out, Q]

@@ -260,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument(
         "--date-col", help="timestamp column (default: date/timestamp/time or the first column)"
     )
+    fo.add_argument(
+        "--id-col",
+        help="series id column of a long-format CSV, many series in one file (default: "
+        "unique_id when the header has it): each series is forecast",
+    )
+    fo.add_argument("--id", help="forecast only this series of a long-format CSV")
     _server_address(fo)
     fo.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     fo.set_defaults(handler=_lazy("serving.commands", "run_forecast"))

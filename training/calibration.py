@@ -12,8 +12,10 @@ So each symmetric pair (tau, 1 - tau) brackets the truth at least 1 - 2 tau of t
 Corrected quantiles are then sorted along the levels (rearrangement, Chernozhukov et al. 2010):
 they never cross, and sorting never moves them farther from the true quantile function.
 
-Everything here is in standardised units, as the network's outputs are; the export bakes the
-same correction into the graph (export/wrappers.py), so every client gets calibrated quantiles.
+Everything here is in standardised units, as the network's outputs are, and for a window-scaled
+model (many series) in each window's own units (`unit`), so that one correction fits series of
+every size; the export bakes the same correction into the graph (export/wrappers.py), so every
+client gets calibrated quantiles.
 """
 
 from __future__ import annotations
@@ -25,9 +27,16 @@ import numpy as np
 TOLERANCE = 0.05  # coverage further than this from its level gets a warning
 
 
-def offsets(quantiles: np.ndarray, target: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
-    """quantiles [W, H, F, Q], target [W, H, F] -> corrections [H, F, Q] (float32)."""
-    scores = np.sort(target[..., None] - quantiles, axis=0)  # [W, H, F, Q] ascending in W
+def offsets(
+    quantiles: np.ndarray,
+    target: np.ndarray,
+    levels: tuple[float, ...],
+    unit: np.ndarray | None = None,
+) -> np.ndarray:
+    """quantiles [W, H, F, Q], target [W, H, F] -> corrections [H, F, Q] (float32), in units
+    of `unit` [W, F] (each window's scale, for window-scaled models; default 1)."""
+    per = 1.0 if unit is None else unit[:, None, :, None]  # [W, 1, F, 1]
+    scores = np.sort((target[..., None] - quantiles) / per, axis=0)  # [W, H, F, Q] ascending
     n = scores.shape[0]
     out = np.empty(scores.shape[1:], dtype=np.float32)  # [H, F, Q]
     for k, tau in enumerate(levels):
@@ -39,10 +48,13 @@ def offsets(quantiles: np.ndarray, target: np.ndarray, levels: tuple[float, ...]
     return out
 
 
-def apply(quantiles: np.ndarray, correction: np.ndarray) -> np.ndarray:
-    """quantiles [W, H, F, Q] + corrections [H, F, Q] -> [W, H, F, Q], sorted along Q.
-    ForecasterGraph does the same in the exported graph."""
-    return np.sort(quantiles + correction, axis=-1)
+def apply(
+    quantiles: np.ndarray, correction: np.ndarray, unit: np.ndarray | None = None
+) -> np.ndarray:
+    """quantiles [W, H, F, Q] + corrections [H, F, Q] (times `unit` [W, F]) -> [W, H, F, Q],
+    sorted along Q. ForecasterGraph does the same in the exported graph."""
+    per = 1.0 if unit is None else unit[:, None, :, None]  # [W, 1, F, 1]
+    return np.sort(quantiles + correction * per, axis=-1)
 
 
 def pairs(levels: tuple[float, ...]) -> list[tuple[int, int]]:
@@ -74,18 +86,32 @@ def scores(
 
 
 def held_out_coverage(
-    quantiles: np.ndarray, target: np.ndarray, levels: tuple[float, ...], horizon: int
+    quantiles: np.ndarray,
+    target: np.ndarray,
+    levels: tuple[float, ...],
+    horizon: int,
+    unit: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> list[float]:
     """Coverage of calibrated quantiles on windows the correction did not see: the validation
-    windows in two halves by time, each corrected with the other half's offsets, the two
-    coverages averaged. The H windows at the seam, which share targets with both halves, are
-    left out. (Coverage on the windows the correction came from would be close to the levels
-    by construction, and says nothing.)"""
-    half = len(quantiles) // 2
-    first, second = slice(0, max(half - horizon, 1)), slice(half, len(quantiles))
+    windows of each series (`groups` [W], in time order within each) in two halves by time,
+    each corrected with the other half's offsets, the two coverages averaged. The H windows
+    at the seam, which share targets with both halves, are left out. (Coverage on the windows
+    the correction came from would be close to the levels by construction, and says
+    nothing.)"""
+    unit = np.ones(target.shape[::2]) if unit is None else unit  # [W, F]
+    groups = np.zeros(len(target), int) if groups is None else groups
+    first, second = [], []
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        half = len(rows) // 2
+        first.append(rows[: max(half - horizon, 1)])
+        second.append(rows[half:])
+    halves = np.concatenate(first), np.concatenate(second)
     covered = []
-    for fit, check in ((first, second), (second, first)):
-        fixed = apply(quantiles[check], offsets(quantiles[fit], target[fit], levels))
+    for fit, check in (halves, halves[::-1]):
+        correction = offsets(quantiles[fit], target[fit], levels, unit[fit])
+        fixed = apply(quantiles[check], correction, unit[check])
         covered.append(np.mean(target[check][..., None] <= fixed, axis=(0, 1, 2)))  # [Q]
     return [float(c) for c in np.mean(covered, axis=0)]
 

@@ -66,6 +66,14 @@ class ForecasterConfig:
         parse=parse_quantiles,
         group="model",
     )
+    scaling: str = flag(
+        "",
+        "global: standardise with the training rows' mean and std; window: each input window "
+        "by its own mean and std too, inside the graph (many series of different sizes, "
+        "served without a series id); '' = window for a long-format file, else global",
+        choices=("", "global", "window"),
+        group="model",
+    )
 
     def __post_init__(self) -> None:
         _check(self.arch in {"segrnn", "rnn"}, f"arch must be segrnn or rnn, not {self.arch!r}")
@@ -126,7 +134,16 @@ class TrainConfig:
         "past covariate columns, comma-separated; None: all other columns",
         group="data",
     )
-    date_col: str = flag("date", "timestamp column of a CSV", group="data")
+    date_col: str = flag(
+        "date", "timestamp column of a CSV (a long-format file's 'ds' is found too)", group="data"
+    )
+    id_col: str = flag(
+        "",
+        "series id column of a long-format CSV, many series in one file (StatsForecast's "
+        "unique_id, ds, y): one global model over them all; '' = a 'unique_id' column when "
+        "there is one",
+        group="data",
+    )
     freq: str = flag(
         "",
         "the series' frequency, a pandas offset alias (15min, h, D, B, W-SUN, MS, ME, QS, QE, "

@@ -64,7 +64,14 @@ def data_record(series: Series, config: ForecasterConfig) -> dict[str, Any]:
         "frequency_seconds": (series.frequency.fixed_ns or 0) // 10**9,
         "mean": series.mean.tolist(),
         "std": series.std.tolist(),
-        "split": {part: list(series.split.part(part)) for part in ("train", "val", "test")},
+        # row ranges of each part, per series (stacked row numbers) when there are several
+        "split": [
+            {part: list(split.part(part)) for part in ("train", "val", "test")}
+            for split in series.splits
+        ]
+        if len(series.splits) > 1
+        else {part: list(series.split.part(part)) for part in ("train", "val", "test")},
+        "series": list(series.ids) if len(series.ids) > 1 else [],
         "validation_sample": {  # raw units, as the exported graph takes them
             "past": torch.from_numpy(
                 inv_std_scale(past, series.mean, series.std).astype(np.float32)
@@ -120,16 +127,21 @@ def train(
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
-    frame, frequency = load(tc)
+    frames, frequency = load(tc)
+    # many series: the window sizes of the median series; shorter ones may be left out
+    rows = int(np.median([len(f) for f in frames.values()]))
     given = model_config
-    model_config = window_size.resolve(model_config, tc.data, len(frame), frequency)
+    model_config = window_size.resolve(model_config, tc.data, rows, frequency)
+    if not model_config.scaling:
+        model_config = replace(model_config, scaling="window" if len(frames) > 1 else "global")
     L, H = model_config.input_len, model_config.horizon  # noqa: N806
-    chosen = [f"{k} {getattr(model_config, k)}" for k in ("input_len", "horizon", "seg_len")
-              if not getattr(given, k)]  # fmt: skip
+    chosen = [f"{k} {getattr(model_config, k)}" for k in ("input_len", "horizon", "seg_len",
+              "scaling") if not getattr(given, k)]  # fmt: skip
     if chosen:
-        log(f"from the data ({len(frame)} rows, frequency {frequency.alias}): {', '.join(chosen)}")
+        many = f"{len(frames)} series, median " if len(frames) > 1 else ""
+        log(f"from the data ({many}{rows} rows, frequency {frequency.alias}): {', '.join(chosen)}")
 
-    series = prepare(tc, L, H, (frame, frequency))
+    series = prepare(tc, L, H, (frames, frequency), model_config.scaling == "global")
     model_config = replace(
         model_config,
         n_past=len(series.past_features),
@@ -174,6 +186,10 @@ def train(
                 for a in series.batch(order[b * batch_size : (b + 1) * batch_size], L, H)
             )
             forecast, quantiles = model(past, future)  # [B, H, F_out], [B, H, F_out, Q]
+            if model_config.scaling == "window":  # errors in each window's own units
+                scale = model.target_scale(past)  # [B, 1, F_out]
+                forecast, target = forecast / scale, target / scale
+                quantiles = None if quantiles is None else quantiles / scale.unsqueeze(-1)
             loss = loss_fn(model_config, tc, levels, forecast, quantiles, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -260,14 +276,16 @@ def final_metrics(
     test = predict(model, series, series.starts("test", L, H), L, H, device)
     correction = None
     if val.quantiles is not None:
-        correction = calibration.offsets(val.quantiles, val.target, levels)
+        correction = calibration.offsets(val.quantiles, val.target, levels, val.unit)
     metrics: dict[str, Any] = {
         **summarise(val, "val", season, levels, correction),
         **summarise(test, "test", season, levels, correction),
     }
     metrics.update(baseline_verdict(metrics))
     if val.quantiles is not None:
-        held_out = calibration.held_out_coverage(val.quantiles, val.target, levels, H)
+        held_out = calibration.held_out_coverage(
+            val.quantiles, val.target, levels, H, val.unit, val.groups
+        )
         metrics["val_quantile_coverage"] = held_out
         metrics.update(
             {f"val_coverage_{tau:g}": c for tau, c in zip(levels, held_out, strict=True)}
@@ -294,9 +312,9 @@ def write_plot(
     L, H = config.input_len, config.horizon  # noqa: N806
     starts = series.starts("test", L, H)
     pick = starts[np.linspace(0, len(starts) - 1, max(tc.plot_windows, 1)).astype(int)]
-    forecast, quantiles, target, _ = predict(model, series, pick, L, H, tc.device)
+    forecast, quantiles, target, _, unit, _, _ = predict(model, series, pick, L, H, tc.device)
     if quantiles is not None and correction is not None:
-        quantiles = calibration.apply(quantiles, correction)
+        quantiles = calibration.apply(quantiles, correction, unit)
     t = series.target_index[-1]
     mean, std = series.mean[t], series.std[t]
     history = series.past[pick[:, None] + np.arange(L), t] * std + mean  # [W, L]

@@ -49,16 +49,8 @@ def _number(text: str) -> float:
     return value
 
 
-def read_csv(path: Path, date_col: str = "date", fill: str = "none") -> Frame:
-    """Read a CSV with a timestamp column and numeric columns.
-
-    Rows are numbered as data rows (1 = the first line after the header). Empty cells are an error
-    unless fill="ffill" (carry the last value forward; an empty cell in the first row is still an
-    error). Cells that are not numbers are always an error.
-    """
-    if fill not in FILLS:
-        raise CSVError(f"fill must be one of {FILLS}, not {fill!r}")
-    path = Path(path)
+def _rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and the data rows of a CSV, each with its number (1 = the first data row)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -69,27 +61,42 @@ def read_csv(path: Path, date_col: str = "date", fill: str = "none") -> Frame:
     if not rows:
         raise CSVError(f"{path}: empty file")
     header = [h.strip() for h in rows[0]]
-    if date_col not in header:
-        raise CSVError(
-            f"{path}: no timestamp column {date_col!r} in the header "
-            f"({', '.join(header)}); name it with --date-col"
-        )
-    date_at = header.index(date_col)
-    columns = tuple(h for i, h in enumerate(header) if i != date_at)
-    if not columns:
-        raise CSVError(f"{path}: no value columns besides {date_col!r}")
     if len(set(header)) != len(header):
         raise CSVError(f"{path}: duplicate column names in the header")
-    body = [r for r in rows[1:] if r]
+    body = [(number, row) for number, row in enumerate(rows[1:], start=1) if row]
     if not body:
         raise CSVError(f"{path}: no data rows")
-    stamps: list[datetime] = []
-    values = np.empty((len(body), len(columns)), dtype=np.float64)
-    for row_no, row in enumerate(body, start=1):
+    for number, row in body:
         if len(row) != len(header):
             raise CSVError(
-                f"{path}: row {row_no} has {len(row)} cells, the header has {len(header)}"
+                f"{path}: row {number} has {len(row)} cells, the header has {len(header)}"
             )
+    return header, body
+
+
+def _column(path: Path, header: list[str], name: str, what: str, flag: str) -> int:
+    if name not in header:
+        raise CSVError(
+            f"{path}: no {what} column {name!r} in the header ({', '.join(header)}); "
+            f"name it with {flag}"
+        )
+    return header.index(name)
+
+
+def _frame(
+    path: Path, header: list[str], body: list[tuple[int, list[str]]], date_at: int, fill: str,
+    skip: tuple[int, ...] = (),
+) -> Frame:  # fmt: skip
+    """Parse numbered rows: the timestamp at `date_at`, numbers in every column not skipped.
+    Errors name the file, the row and the column."""
+    date_col = header[date_at]
+    keep = [i for i in range(len(header)) if i != date_at and i not in skip]
+    columns = tuple(header[i] for i in keep)
+    if not columns:
+        raise CSVError(f"{path}: no value columns besides {date_col!r}")
+    stamps: list[datetime] = []
+    values = np.empty((len(body), len(columns)), dtype=np.float64)
+    for k, (row_no, row) in enumerate(body):
         try:
             stamps.append(parse_timestamp(row[date_at]))
         except ValueError as err:
@@ -97,28 +104,69 @@ def read_csv(path: Path, date_col: str = "date", fill: str = "none") -> Frame:
                 f"{path}: row {row_no}, column {date_col!r}: {row[date_at]!r} is not "
                 "an ISO 8601 timestamp"
             ) from err
-        if row_no > 1 and stamps[-1] <= stamps[-2]:
+        if k and stamps[-1] <= stamps[-2]:
             raise CSVError(
                 f"{path}: row {row_no}, column {date_col!r}: {row[date_at]!r} does "
                 "not come after the previous row's timestamp (rows must be sorted, "
                 "without duplicates)"
             )
-        cells = [c for i, c in enumerate(row) if i != date_at]
-        for col, (name, cell) in enumerate(zip(columns, cells, strict=True)):
+        for col, i in enumerate(keep):
+            cell = row[i]
             if cell.strip() == "":
-                if fill == "ffill" and row_no > 1:
-                    values[row_no - 1, col] = values[row_no - 2, col]
+                if fill == "ffill" and k:
+                    values[k, col] = values[k - 1, col]
                     continue
                 hint = (
                     " (the first row cannot be filled)"
                     if fill == "ffill"
                     else "; pass --fill ffill to carry the previous value forward"
                 )
-                raise CSVError(f"{path}: row {row_no}, column {name!r}: missing value{hint}")
+                raise CSVError(f"{path}: row {row_no}, column {header[i]!r}: missing value{hint}")
             try:
-                values[row_no - 1, col] = _number(cell)
+                values[k, col] = _number(cell)
             except ValueError as err:
                 raise CSVError(
-                    f"{path}: row {row_no}, column {name!r}: {cell!r} is not a finite number"
+                    f"{path}: row {row_no}, column {header[i]!r}: {cell!r} is not a finite number"
                 ) from err
     return Frame(utc_timestamps(stamps), values, columns)
+
+
+def read_csv(path: Path, date_col: str = "date", fill: str = "none") -> Frame:
+    """Read a CSV with a timestamp column and numeric columns.
+
+    Rows are numbered as data rows (1 = the first line after the header). Empty cells are an error
+    unless fill="ffill" (carry the last value forward; an empty cell in the first row is still an
+    error). Cells that are not numbers are always an error.
+    """
+    if fill not in FILLS:
+        raise CSVError(f"fill must be one of {FILLS}, not {fill!r}")
+    path = Path(path)
+    header, body = _rows(path)
+    return _frame(
+        path, header, body, _column(path, header, date_col, "timestamp", "--date-col"), fill
+    )
+
+
+def read_long_csv(
+    path: Path, id_col: str, date_col: str = "date", fill: str = "none"
+) -> dict[str, Frame]:
+    """Read a long-format CSV, many series in one file (StatsForecast's `unique_id`, `ds`, `y`
+    and covariate columns): series id -> its Frame, in the order the ids first appear. Each
+    series' rows must be sorted by time (series may interleave); `--fill ffill` carries values
+    within a series. Rows are numbered as in `read_csv`."""
+    if fill not in FILLS:
+        raise CSVError(f"fill must be one of {FILLS}, not {fill!r}")
+    path = Path(path)
+    header, body = _rows(path)
+    id_at = _column(path, header, id_col, "series id", "--id-col")
+    date_at = _column(path, header, date_col, "timestamp", "--date-col")
+    groups: dict[str, list[tuple[int, list[str]]]] = {}
+    for number, row in body:
+        key = row[id_at].strip()
+        if not key:
+            raise CSVError(f"{path}: row {number}, column {id_col!r}: empty series id")
+        groups.setdefault(key, []).append((number, row))
+    return {
+        key: _frame(path, header, rows, date_at, fill, skip=(id_at,))
+        for key, rows in groups.items()
+    }

@@ -3,10 +3,17 @@
 Column choice (`features`, as in the benchmark tables):
 - M: every selected column in and out;  S: the target(s) in and out;  MS: all in, target(s) out.
 `past_features` keep the file's column order. Scaling is fitted on the train rows only.
+
+Many series (a long-format CSV, `--id-col`): the series are stacked row-wise, each split by time
+on its own (the same shares), and windows never cross from one series into the next. The
+scaling statistics pool every series' train rows; each series' own statistics are kept too, for
+metrics per series.
 """
 
 from __future__ import annotations
 
+import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +22,13 @@ import numpy as np
 from core.calendar import Frequency, FrequencyError, calendar_features, check_names, frequency_of
 from training.config import TrainConfig
 from training.data import synthetic
-from training.data.frame import CSVError, Frame, read_csv
+from training.data.frame import CSVError, Frame, read_csv, read_long_csv
 from training.data.holiday_calendar import load_holidays
 from training.data.scalers import std_scale, std_statistics
 from training.data.sources import dataset_file
 from training.data.splits import Split, split_for
 from training.data.window_size import check_rows
-from training.data.windows import gather, window_starts
+from training.data.windows import fits, gather, window_starts
 
 ETT_FILES = {
     "etth1": "ett/ETTh1.csv",
@@ -30,11 +37,16 @@ ETT_FILES = {
     "ettm2": "ett/ETTm2.csv",
 }
 FEATURES = ("M", "S", "MS")
+LONG_FORMAT_ID = "unique_id"  # StatsForecast's and NeuralForecast's column names
+LONG_FORMAT_DATE = "ds"
+
+Frames = dict[str, Frame]  # series id -> its rows; one series has the id ""
 
 
 @dataclass(frozen=True)
 class Series:
-    """Scaled model inputs over all rows, with the split and the column metadata."""
+    """Scaled model inputs over all rows (every series stacked), with the splits and the
+    column metadata."""
 
     source: str
     timestamps: np.ndarray  # [N] datetime64[s]
@@ -43,17 +55,39 @@ class Series:
     past_features: tuple[str, ...]
     target_names: tuple[str, ...]
     future_features: tuple[str, ...]
-    mean: np.ndarray  # [F_in] raw-unit statistics of the train rows
+    mean: np.ndarray  # [F_in] raw-unit statistics of the train rows (of every series)
     std: np.ndarray  # [F_in]
-    split: Split
+    splits: tuple[Split, ...]  # one per series, in stacked row numbers
     frequency: Frequency  # what the timestamps follow: a pandas offset alias, and holidays
+    ids: tuple[str, ...] = ("",)  # the series' ids ("" for a single series)
+    series_std: np.ndarray | None = None  # [S, F_in] each series' own train-row std (raw)
 
     @property
     def target_index(self) -> tuple[int, ...]:
         return tuple(self.past_features.index(t) for t in self.target_names)
 
+    @property
+    def split(self) -> Split:
+        """The split of a single series."""
+        if len(self.splits) != 1:
+            raise ValueError(f"{self.source} holds {len(self.splits)} series, not one")
+        return self.splits[0]
+
     def starts(self, part: str, input_len: int, horizon: int) -> np.ndarray:
-        return window_starts(*self.split.part(part), input_len, horizon)
+        """Window starts of `part` in every series that holds one."""
+        found = [
+            window_starts(*split.part(part), input_len, horizon)
+            for split in self.splits
+            if fits(split.part(part), input_len, horizon)
+        ]
+        if not found:  # the error that names the rows
+            window_starts(*self.splits[0].part(part), input_len, horizon)
+        return np.concatenate(found)
+
+    def series_of(self, starts: np.ndarray) -> np.ndarray:
+        """[W] the series each window start belongs to."""
+        firsts = np.array([split.train[0] for split in self.splits])
+        return np.searchsorted(firsts, starts, side="right") - 1
 
     def batch(
         self, starts: np.ndarray, input_len: int, horizon: int
@@ -65,21 +99,49 @@ class Series:
         target = gather(targets, starts, input_len, horizon)  # [B, H, F_out]
         return past, future, target
 
+    def own_scale(self, starts: np.ndarray) -> np.ndarray:
+        """[W, F_out] factors that turn each window's standardised targets into its own
+        series' standardisation (1 for a single series): per-series metrics."""
+        t = list(self.target_index)
+        if self.series_std is None:
+            return np.ones((len(starts), len(t)))
+        return self.std[t] / self.series_std[self.series_of(starts)][:, t]
 
-def load_frame(config: TrainConfig) -> Frame:
-    """The raw frame behind `config.data`: a benchmark name, `synthetic`, or a CSV path."""
+
+def long_format_id(config: TrainConfig, path: Path) -> str:
+    """The series id column: `--id-col`, else a `unique_id` column when the header has one."""
+    if config.id_col:
+        return config.id_col
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = [h.strip() for h in next(csv.reader(f), [])]
+    except (OSError, UnicodeDecodeError):
+        return ""  # read_csv says what is wrong
+    return LONG_FORMAT_ID if LONG_FORMAT_ID in header else ""
+
+
+def load_frames(config: TrainConfig) -> Frames:
+    """The raw frames behind `config.data`: a benchmark name, `synthetic`, or a CSV path (one
+    series, or many in long format)."""
     name = config.data.lower()
     if name in ETT_FILES:
-        return read_csv(dataset_file(ETT_FILES[name]), "date", "none")
+        return {"": read_csv(dataset_file(ETT_FILES[name]), "date", "none")}
     if name == "synthetic":
-        return synthetic.generate(config.synthetic_rows, config.seed)
+        return {"": synthetic.generate(config.synthetic_rows, config.seed)}
     path = Path(config.data)
     if not path.is_file():
         raise CSVError(
             f"--data {config.data!r} is neither a known dataset "
             f"({', '.join([*ETT_FILES, 'synthetic'])}) nor a CSV file"
         )
-    return read_csv(path, config.date_col, config.fill)
+    if id_col := long_format_id(config, path):
+        date_col = config.date_col
+        if date_col == "date":  # the default: a long-format file names it ds
+            with path.open(newline="", encoding="utf-8-sig") as f:
+                header = [h.strip() for h in next(csv.reader(f), [])]
+            date_col = "date" if "date" in header else LONG_FORMAT_DATE
+        return read_long_csv(path, id_col, date_col, config.fill)
+    return {"": read_csv(path, config.date_col, config.fill)}
 
 
 def choose_columns(frame: Frame, config: TrainConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -106,43 +168,93 @@ def choose_columns(frame: Frame, config: TrainConfig) -> tuple[tuple[str, ...], 
     return past, (past if config.features == "M" else targets)
 
 
-def load(config: TrainConfig) -> tuple[Frame, Frequency]:
-    """The frame behind `config.data` and the frequency its timestamps follow (`--freq`, else
-    inferred; with `--holidays`' dates for business days); CSVError naming the row that does
-    not follow it."""
-    frame = load_frame(config)
-    ts = frame.timestamps
-    holidays = load_holidays(config.holidays, ts[0], ts[-1]) if len(ts) else ()
-    try:
-        return frame, frequency_of(ts, config.freq, holidays)
-    except FrequencyError as err:
-        row = "" if err.index is None else f"row {err.index + 1}: "  # read_csv's numbering
-        raise CSVError(f"{config.data}: {row}{err}") from err
+def load(config: TrainConfig) -> tuple[Frames, Frequency]:
+    """The frames behind `config.data` and the frequency their timestamps follow (`--freq`,
+    else inferred; with `--holidays`' dates for business days); CSVError naming the series and
+    the row that does not follow it. Many series must share the frequency; their holidays are
+    the ones given and the days every series skips."""
+    frames = load_frames(config)
+    frequencies = {}
+    for key, frame in frames.items():
+        ts = frame.timestamps
+        holidays = load_holidays(config.holidays, ts[0], ts[-1]) if len(ts) else ()
+        try:
+            frequencies[key] = frequency_of(ts, config.freq, holidays)
+        except FrequencyError as err:
+            row = "" if err.index is None else f"row {err.index + 1}: "  # read_csv's numbering
+            of = f"series {key!r}: " if key else ""
+            raise CSVError(f"{config.data}: {of}{row}{err}") from err
+    example: dict[str, str] = {}  # alias -> the first series that follows it
+    for key, f in frequencies.items():
+        example.setdefault(f.alias, key)
+    if len(example) > 1:
+        found = ", ".join(f"series {key!r} {alias}" for alias, key in example.items())
+        raise CSVError(
+            f"{config.data}: the series follow different frequencies ({found}); name one "
+            "with --freq"
+        )
+    shared = set.intersection(*(set(f.holidays) for f in frequencies.values()))
+    return frames, Frequency(next(iter(example)), tuple(sorted(shared)))
 
 
 def prepare(
     config: TrainConfig,
     input_len: int,
     horizon: int,
-    loaded: tuple[Frame, Frequency] | None = None,
+    loaded: tuple[Frames, Frequency] | None = None,
+    standardise: bool = True,
 ) -> Series:
-    frame, frequency = loaded or load(config)
-    check_rows(config.data, len(frame), input_len, horizon)
-    past_features, target_names = choose_columns(frame, config)
+    """The model's view of the data. `standardise=False` keeps raw units (mean 0, std 1): a
+    window-scaled model scales each window itself, and pooled statistics of series whose
+    sizes differ by orders of magnitude would leave the small ones a few float32 digits."""
+    frames, frequency = loaded or load(config)
+    first = next(iter(frames.values()))
+    past_features, target_names = choose_columns(first, config)
     future_features = check_names(config.future_features)
-    split = split_for(config.data, input_len, len(frame))
-    raw = frame.values[:, frame.column_index(past_features)]  # [N, F_in]
-    mean, std = std_statistics(raw[slice(*split.train)])
+    kept, splits, offset = [], [], 0
+    for key, frame in frames.items():
+        if len(frames) == 1:
+            check_rows(config.data, len(frame), input_len, horizon)
+        split = split_for(config.data, input_len, len(frame))
+        if not fits(split.train, input_len, horizon):
+            continue  # too short to train on; counted below
+        kept.append((key, frame))
+        splits.append(Split(*((a + offset, b + offset) for a, b in (split.train, split.val,
+                                                                    split.test))))  # fmt: skip
+        offset += len(frame)
+    if not kept:
+        raise ValueError(
+            f"{config.data}: none of its {len(frames)} series is long enough for one training "
+            f"window of L {input_len} + H {horizon}; a shorter --input-len/--horizon"
+        )
+    if len(kept) < len(frames):
+        print(
+            f"{len(frames) - len(kept)} of {len(frames)} series are too short for one training "
+            f"window of L {input_len} + H {horizon}: left out",
+            file=sys.stderr,
+        )
+    raw = np.concatenate([f.values[:, f.column_index(past_features)] for _, f in kept])
+    train_rows = np.concatenate([raw[slice(*s.train)] for s in splits])
+    mean, std = std_statistics(train_rows)
+    if not standardise:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
+    timestamps = np.concatenate([f.timestamps for _, f in kept])
     return Series(
         source=config.data,
-        timestamps=frame.timestamps,
+        timestamps=timestamps,
         past=std_scale(raw, mean, std).astype(np.float32),
-        future=calendar_features(frame.timestamps, future_features),
+        future=calendar_features(timestamps, future_features),
         past_features=past_features,
         target_names=target_names,
         future_features=future_features,
         mean=mean,
         std=std,
-        split=split,
+        splits=tuple(splits),
         frequency=frequency,
+        ids=tuple(key for key, _ in kept),
+        series_std=(
+            np.stack([std_statistics(raw[slice(*s.train)])[1] for s in splits])
+            if len(kept) > 1
+            else None
+        ),
     )

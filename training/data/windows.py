@@ -8,6 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def fits(rows: tuple[int, int], input_len: int, horizon: int) -> bool:
+    """Whether the row range [start, stop) holds at least one window."""
+    return rows[1] - rows[0] >= input_len + horizon
+
+
 def window_starts(start: int, stop: int, input_len: int, horizon: int) -> np.ndarray:
     """Start rows of every window inside [start, stop): len(slice) - L - H + 1 of them."""
     count = (stop - start) - input_len - horizon + 1

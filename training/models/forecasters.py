@@ -7,12 +7,15 @@ from torch import nn
 from training.config import ForecasterConfig
 from training.models.rnn_forecaster import RNNForecaster
 from training.models.segrnn import SegRNNForecaster
+from training.models.window_scaling import WindowScaled
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"segrnn": SegRNNForecaster, "rnn": RNNForecaster}
 
 
 def build_forecaster(config: ForecasterConfig) -> nn.Module:
-    return ARCHITECTURES[config.arch](config)
+    """The network; with `scaling="window"`, wrapped to standardise each window by itself."""
+    net = ARCHITECTURES[config.arch](config)
+    return WindowScaled(net, config.target_index) if config.scaling == "window" else net
 
 
 def architecture_name(config: ForecasterConfig) -> str:
