@@ -132,6 +132,9 @@ def build_config(
         "frequency_seconds": str(data["frequency_seconds"]),
         "quantiles": list(config.quantiles),
         "quantiles_calibrated": "conformal" if payload.get("calibration") is not None else "no",
+        # global: the train rows' statistics are baked in; window: each window scales itself
+        "scaling": config.scaling or "global",
+        "series": list(data.get("series", [])),  # the ids a long-format file trained it on
         "metrics": payload.get("metrics", {}),
         "exporter": exporter_name(dynamo=False),
         "opset": str(opset),
@@ -184,12 +187,15 @@ def export_forecaster(
             }
         elif options.quantize == "fp16":
             q_path = Path(tmp) / "model.fp16.onnx"
-            # The network in fp16; the scaling around it (nodes outside /net/) stays FP32.
+            # The network in fp16; the scaling around it stays FP32: the standardisation
+            # (outside /net/) and, for a window-scaled network, the window scaling (raw units
+            # of 1e5 would overflow fp16) around its inner network (/net/net/).
+            inner = "/net/net/" if config.scaling == "window" else "/net/"
             record = {
                 "type": "fp16",
                 "method": FP16_METHOD,
                 "intended_device": "gpu",
-                **convert_fp16(path, q_path, lambda n: not n.startswith("/net/")),
+                **convert_fp16(path, q_path, lambda n: not n.startswith(inner)),
             }
         elif options.quantize is not None:
             raise ExportError(f"unknown quantisation {options.quantize!r} (known: int8, fp16)")

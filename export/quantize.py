@@ -64,9 +64,54 @@ def convert_fp16(src: Path, dst: Path, keep_fp32: Callable[[str], bool]) -> dict
         half = convert_float_to_float16(model, keep_io_types=True, node_block_list=kept)
     except Exception as err:
         raise ExportError(f"fp16 conversion failed: {err}") from err
+    _tidy_casts(half.graph)
     _sort_nodes(half.graph)  # the converter appends the Casts it inserts at the end
     onnx.save(half, str(dst))
     return {"fp16_nodes": len(model.graph.node) - len(kept), "fp32_nodes": len(kept)}
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    if node.op_type != "Cast":
+        return None
+    return next((a.i for a in node.attribute if a.name == "to"), None)
+
+
+def _tidy_casts(graph: onnx.GraphProto) -> None:
+    """Mend two faults of the converter's output around the FP32 nodes it keeps:
+    - it writes an identical Cast once for each FP32 consumer of a tensor, under one output
+      name (the graph then fails the SSA check): the copies are dropped;
+    - it sends the tensors between two kept nodes (and the graph's inputs and outputs) through
+      FP16 and back, so raw values over 65504 became inf and the rest lost digits: a Cast to
+      FP32 of a Cast to FP16 now reads the FP32 tensor itself, and the Casts nobody reads any
+      more are removed."""
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    seen: set[str] = set()
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Cast" and node.output[0] in seen:
+            continue
+        seen.update(node.output)
+        nodes.append(node)
+    producer = {o: n for n in nodes for o in n.output}
+    outputs = {o.name for o in graph.output}
+    same: dict[str, str] = {}  # the FP32 tensor a round trip's end stands for
+    for node in nodes:
+        source = producer.get(node.input[0]) if node.input else None
+        if _cast_to(node) == f32 and source is not None and _cast_to(source) == f16:
+            node.input[0] = source.input[0]  # a Cast FP32 -> FP32: an identity
+            if node.output[0] not in outputs:
+                same[node.output[0]] = source.input[0]
+    for node in nodes:  # read the FP32 tensor itself
+        for k, name in enumerate(node.input):
+            node.input[k] = same.get(name, name)
+    while True:
+        read = {i for n in nodes for i in n.input} | outputs
+        dead = [n for n in nodes if n.op_type == "Cast" and n.output[0] not in read]
+        if not dead:
+            break
+        nodes = [n for n in nodes if n not in dead]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _sort_nodes(graph: onnx.GraphProto) -> None:

@@ -252,7 +252,8 @@ def train(
             "train_config": checkpoint.plain(tc),
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
             "data": data_record(series, model_config),
-            # conformal offsets of the quantiles [H, F_out, Q], standardised units
+            # conformal offsets of the quantiles [H, F_out, Q], standardised units (window
+            # units for a window-scaled model)
             **({"calibration": torch.from_numpy(correction)} if correction is not None else {}),
             "epoch": best_epoch,
             "metrics": metrics,

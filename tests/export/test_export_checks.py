@@ -50,6 +50,18 @@ def test_fp16_export_keeps_the_interface_and_the_scaling_in_fp32(
     }
     types = {t.name: t.data_type for t in model.graph.initializer}
     assert types["mean"] == types["std"] == f32  # raw-unit constants are not rounded to fp16
+    # raw units never pass through fp16: no fp32 -> fp16 -> fp32 round trip (the converter
+    # made one around every kept node, so values over 65504 became inf), and the input feeds
+    # the scaling directly
+    cast_to = {n.output[0]: next(a.i for a in n.attribute if a.name == "to")
+               for n in model.graph.node if n.op_type == "Cast"}  # fmt: skip
+    for node in model.graph.node:
+        if node.op_type == "Cast" and cast_to[node.output[0]] == f32:
+            assert cast_to.get(node.input[0]) != f16, node.name
+    assert [n.op_type for n in model.graph.node if "past" in n.input] == ["Sub"]
+    assert len({o for n in model.graph.node for o in n.output}) == sum(
+        len(n.output) for n in model.graph.node
+    )  # single static assignment
     assert f16 in types.values()
     # onnxruntime's CPU provider runs it too (casting around the nodes it lacks in fp16); the
     # forecast stays close to the fp32 model's, relative to the target's spread.

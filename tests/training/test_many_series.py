@@ -109,6 +109,25 @@ def test_the_graph_scales_each_window_by_itself(panel_run: tuple[Path, Path, dic
         np.testing.assert_allclose(q2, a * quantiles + b, rtol=2e-3, atol=2e-3 * a)
 
 
+def test_fp16_keeps_the_window_scaling_in_fp32(
+    panel_run: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    """The GPU export: the network in fp16, the raw-unit window scaling around it in fp32, so
+    a series in the millions (fp16 ends at 65504) forecasts as the fp32 graph does."""
+    from export.forecaster import ExportOptions, export_forecaster
+
+    _, tmp, _ = panel_run
+    out = export_forecaster(tmp / "run", tmp_path, "half", ExportOptions(quantize="fp16"))
+    full = ort.InferenceSession(str(tmp / "repo" / "panel" / "1" / "model.onnx"))
+    half = ort.InferenceSession(str(out / "model.onnx"))
+    L = full.get_inputs()[0].shape[1]  # noqa: N806
+    feeds = {"past": (1e6 * (10 + np.sin(np.arange(L) / 3))).reshape(1, L, 1).astype(np.float32)}
+    feeds["future"] = np.zeros([1, *full.get_inputs()[1].shape[1:]], np.float32)
+    want, got = full.run(["forecast"], feeds)[0], half.run(["forecast"], feeds)[0]
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+
+
 @pytest.mark.slow  # serves the model
 def test_forecast_command_forecasts_every_series(panel_run: tuple[Path, Path, dict]) -> None:
     csv, tmp, _ = panel_run
