@@ -14,6 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from export.forecaster import parameters_of
+from export.repository import read_config
 from tests.conftest import ROOT, ServerProcess
 from training import checkpoint
 from training.config import ForecasterConfig, TrainConfig
@@ -80,6 +82,8 @@ def test_metrics_are_per_series_and_averaged(panel_run: tuple[Path, Path, dict])
     payload = checkpoint.load(tmp / "run")
     assert payload["model_args"]["scaling"] == "window"  # chosen for a long-format file
     assert payload["data"]["series"] == ["small", "unit", "big", "huge"]
+    parameters = parameters_of(read_config(tmp / "repo" / "panel"))
+    assert parameters["scaling"] == "window" and parameters["series"] == payload["data"]["series"]
     per = metrics["test_per_series"]
     assert set(per) == {"small", "unit", "big", "huge"}
     assert metrics["test_mse"] == pytest.approx(np.mean([p["mse"] for p in per.values()]))
