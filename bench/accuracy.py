@@ -134,17 +134,19 @@ def versus_baselines(
     checkpoint_dir: Path, methods: list[str], windows: int, found: dict[str, Any]
 ) -> dict[str, Any]:
     """The trained model beside naive, seasonal naive and `methods` (bench/classical.py) on
-    `windows` evenly spaced test windows, in standardised units. `found` keeps the classical
-    forecasts for the next seed (they do not depend on it)."""
+    `windows` evenly spaced test windows, scored as training scores the model (one path:
+    `summarise`; per series in its own units, then averaged). Classical models are fitted on
+    each series on its own. `found` keeps the classical forecasts for the next seed (they do
+    not depend on it)."""
     import numpy as np
     import torch
 
     from bench import classical
     from export.forecaster import load_forecaster
-    from training import calibration, checkpoint
+    from training import checkpoint
     from training.config import TrainConfig
     from training.data.series import prepare
-    from training.evaluate import mae, mse, predict
+    from training.evaluate import predict, summarise
 
     payload = checkpoint.load(checkpoint_dir)
     config, graph = load_forecaster(payload)
@@ -152,36 +154,47 @@ def versus_baselines(
     L, H = config.input_len, config.horizon  # noqa: N806
     levels = config.quantiles or (0.1, 0.5, 0.9)
     series = prepare(tc, L, H, standardise=config.scaling != "window")
+    season = series.frequency.season
     every = series.starts("test", L, H)
     starts = every[np.unique(np.linspace(0, len(every) - 1, min(windows, len(every))).astype(int))]
     with torch.no_grad():
-        forecast, quantiles, target, baselines, unit, _, _ = predict(
-            graph.net, series, starts, L, H, "cpu"
-        )
-    if quantiles is not None and payload.get("calibration") is not None:
-        quantiles = calibration.apply(quantiles, payload["calibration"].numpy(), unit)
-    compared: dict[str, tuple[np.ndarray, np.ndarray | None]] = {"model": (forecast, quantiles)}
-    compared.update({name: (b, None) for name, b in baselines.items()})
+        prediction = predict(graph.net, series, starts, L, H, "cpu")
+    correction = payload.get("calibration")
+    correction = None if correction is None else correction.numpy()
     targets = series.past[:, list(series.target_index)]  # [N, F_out]
+    owner = series.series_of(starts)  # [W]
     for method in methods:
-        if method not in found:
-            started = time.perf_counter()
-            f, q, fitted = classical.classical_forecasts(
-                method, targets, (0, series.split.val[1]), starts + L, L, H, levels,
-                series.frequency.season,
+        if method in found:
+            continue
+        started = time.perf_counter()
+        forecast = np.empty(prediction.target.shape)  # [W, H, F_out]
+        quantiles = np.empty((*prediction.target.shape, len(levels)))  # [W, H, F_out, Q]
+        fitted: list[str] = []
+        for s in np.unique(owner):
+            mine, split = owner == s, series.splits[s]
+            forecast[mine], quantiles[mine], names = classical.classical_forecasts(
+                method, targets, (split.train[0], split.val[1]), starts[mine] + L, L, H,
+                levels, season,
             )  # fmt: skip
-            seconds = round(time.perf_counter() - started, 1)
-            found[method] = (f, q, {"models": fitted, "seconds": seconds})
-        compared[method] = found[method][:2]
-    scores: dict[str, dict[str, float]] = {}
-    for name, (f, q) in compared.items():
-        scores[name] = {"mse": mse(f, target), "mae": mae(f, target)}
-        if q is not None:
-            scores[name].update(calibration.scores(q, target, levels, "test"))
+            fitted += names
+        seconds = round(time.perf_counter() - started, 1)
+        found[method] = (forecast, quantiles, {"models": fitted, "seconds": seconds})
+
+    def score(forecast: Any, quantiles: Any, fix: Any = None) -> dict[str, float]:
+        alone = prediction._replace(forecast=forecast, quantiles=quantiles, baselines={})
+        m = summarise(alone, "test", season, levels if quantiles is not None else (), fix)
+        keep = ("test_coverage_", "test_interval_width_", "test_pinball")
+        out = {"mse": m["test_mse"], "mae": m["test_mae"]}
+        return out | {k: v for k, v in m.items() if k.startswith(keep) and "uncal" not in k}
+
+    scores = {"model": score(prediction.forecast, prediction.quantiles, correction)}
+    scores |= {name: score(b, None) for name, b in prediction.baselines.items()}
+    scores |= {m: score(found[m][0], found[m][1]) for m in methods}
     return {
         "horizon": H,
         "windows": len(starts),
         "of_windows": len(every),
+        "series": len(np.unique(owner)),
         "levels": list(levels),
         "scores": scores,
         "fitted": {m: found[m][2] for m in methods},

@@ -86,8 +86,10 @@ def classical_forecasts(
     levels: tuple[float, ...],
     season: int | None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """past [N, F_out] standardised targets; origins [W] (first forecast rows) ->
-    forecast [W, H, F_out], quantiles [W, H, F_out, Q], and the fitted model of each target."""
+    """past [N, F_out] standardised targets; fit_rows: the rows of one series to fit on (its
+    first row to its last validation row); origins [W] (first forecast rows of that series'
+    windows) -> forecast [W, H, F_out], quantiles [W, H, F_out, Q], and the fitted model of
+    each target."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # statsmodels warns about convergence on most fits
         start, stop = max(fit_rows[0], fit_rows[1] - FIT_ROWS), fit_rows[1]
@@ -98,7 +100,8 @@ def classical_forecasts(
             result = FITTERS[method](past[start:stop, f].astype(np.float64), season)
             names.append(describe(method, result))
             for w, origin in enumerate(origins):
-                context = past[max(0, origin - max(CONTEXT, input_len)) : origin, f]
+                first = max(fit_rows[0], origin - max(CONTEXT, input_len))  # its own rows
+                context = past[first:origin, f]
                 mean, q = forecast_window(result, context.astype(np.float64), horizon, levels)
                 forecast[w, :, f], quantiles[w, :, f] = mean, q
         return forecast, quantiles, names
