@@ -98,16 +98,18 @@ def held_out_coverage(
     each corrected with the other half's offsets, the two coverages averaged. The H windows
     at the seam, which share targets with both halves, are left out. (Coverage on the windows
     the correction came from would be close to the levels by construction, and says
-    nothing.)"""
+    nothing.) NaN for each level when there are too few windows to hold half of them out."""
     unit = np.ones(target.shape[::2]) if unit is None else unit  # [W, F]
     groups = np.zeros(len(target), int) if groups is None else groups
     first, second = [], []
     for g in np.unique(groups):
         rows = np.flatnonzero(groups == g)
         half = len(rows) // 2
-        first.append(rows[: max(half - horizon, 1)])
+        first.append(rows[: max(half - horizon, 0)])
         second.append(rows[half:])
     halves = np.concatenate(first), np.concatenate(second)
+    if not (len(halves[0]) and len(halves[1])):
+        return [math.nan] * len(levels)  # too few windows to hold any out
     covered = []
     for fit, check in (halves, halves[::-1]):
         correction = offsets(quantiles[fit], target[fit], levels, unit[fit])

@@ -287,12 +287,22 @@ def final_metrics(
         held_out = calibration.held_out_coverage(
             val.quantiles, val.target, levels, H, val.unit, val.groups
         )
-        metrics["val_quantile_coverage"] = held_out
-        metrics.update(
-            {f"val_coverage_{tau:g}": c for tau, c in zip(levels, held_out, strict=True)}
-        )
         metrics["calibration"] = "split conformal on the validation windows, per level and step"
-        if off := calibration.off_levels(held_out, levels):
+        if any(math.isnan(c) for c in held_out):
+            for tau in levels:  # the in-sample figures say nothing: none rather than those
+                metrics.pop(f"val_coverage_{tau:g}", None)
+            metrics.pop("val_quantile_coverage", None)
+            print(
+                f"warning: {metrics['val_windows']} validation windows are too few to check the "
+                "quantiles' calibration on windows it did not see",
+                file=sys.stderr,
+            )
+        else:
+            metrics["val_quantile_coverage"] = held_out
+            metrics.update(
+                {f"val_coverage_{tau:g}": c for tau, c in zip(levels, held_out, strict=True)}
+            )
+        if (off := calibration.off_levels(held_out, levels)) and not math.isnan(held_out[0]):
             print(
                 f"warning: the quantiles are not calibrated on held-out validation windows "
                 f"({'; '.join(off)}): treat their bands with care",

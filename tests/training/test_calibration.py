@@ -76,3 +76,10 @@ def test_held_out_coverage_is_measured_on_windows_the_correction_did_not_see() -
 def test_pairs_are_the_symmetric_levels() -> None:
     assert calibration.pairs((0.05, 0.1, 0.5, 0.9, 0.95)) == [(0, 4), (1, 3)]
     assert calibration.pairs((0.5,)) == []
+
+
+def test_too_few_windows_to_hold_out_give_nan_not_an_in_sample_figure() -> None:
+    rng = np.random.default_rng(4)
+    quantiles, target = biased_heads(rng, 3)
+    covered = calibration.held_out_coverage(quantiles, target, LEVELS, horizon=4)
+    assert all(np.isnan(c) for c in covered)
