@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.models.window_scaling import WindowScaled
+
 
 class ForecasterGraph(nn.Module):
     """Raw units in, raw units out: standardise `past`, run the network, calibrate the
@@ -47,7 +49,7 @@ class ForecasterGraph(nn.Module):
             return forecast
         if self.calibration is not None:
             offset = self.calibration  # [H, F_out, Q]
-            if hasattr(self.net, "target_scale"):  # window-scaled: offsets in window units
+            if isinstance(self.net, WindowScaled):  # offsets in units of each window's scale
                 offset = offset * self.net.target_scale(scaled).unsqueeze(-1)  # [B, H, F_out, Q]
             # sorted ascending; topk with a constant k exports without a Shape node
             quantiles = torch.topk(

@@ -13,6 +13,7 @@ from torch import nn
 
 from training import calibration
 from training.data.series import Series
+from training.models.window_scaling import WindowScaled
 
 
 class Prediction(NamedTuple):
@@ -43,7 +44,7 @@ def predict(
     model.eval()
     forecasts, quantiles, targets, units = [], [], [], []
     season = series.frequency.season
-    window_scaled = hasattr(model, "target_scale")
+    window_scaled = isinstance(model, WindowScaled)
     baselines: dict[str, list[np.ndarray]] = {"repeat_last": []}
     if season and 1 < season <= input_len:
         baselines["seasonal_naive"] = []
