@@ -248,6 +248,34 @@ def test_no_flag_given_is_the_config_dataclasses_defaults() -> None:
         assert got == (TRANSLATOR_PRESETS[preset].model, TRANSLATOR_PRESETS[preset].train)
 
 
+def test_a_corpus_without_preset_gets_one_by_its_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's corpus is sized by its training pairs (validation and test carved out): below
+    SMALL_CORPUS the small preset, else multi30k's; the choice and the rule are printed, and
+    --preset still wins."""
+    from training.train_translator import configs_from_args as translator_configs
+    from training.translator_config import SMALL_CORPUS, TRANSLATOR_PRESETS, preset_for
+
+    corpus = tmp_path / "pairs.tsv"
+    corpus.write_text("".join(f"satz {i}\tsentence {i}\n" for i in range(3000)))
+    parse = build_parser().parse_args
+    model, train = translator_configs(
+        parse(["train", "translator", "--data", str(corpus), "--out", "x"])
+    )
+    assert model == TRANSLATOR_PRESETS["small"].model
+    assert train.max_steps == TRANSLATOR_PRESETS["small"].train.max_steps
+    assert train.data == str(corpus)
+    assert "preset small: 2,880 training pairs, fewer than 20,000" in capsys.readouterr().err
+    model, _ = translator_configs(
+        parse(["train", "translator", "--data", str(corpus), "--preset", "multi30k",
+               "--out", "x"])
+    )  # fmt: skip
+    assert model == TRANSLATOR_PRESETS["multi30k"].model and not capsys.readouterr().err
+    assert preset_for(str(corpus), SMALL_CORPUS) == "multi30k"
+    assert preset_for("numbers") == "numbers" and preset_for("multi30k", 10) == "multi30k"
+
+
 @pytest.mark.parametrize("command", ["health", "forecast", "translate"])
 def test_the_server_address_is_url_as_in_tritonclient_and_target_still_works(
     command: str, capsys: pytest.CaptureFixture[str]

@@ -40,6 +40,7 @@ from training.decoding import TorchStepModel
 from training.models.transformer import EncoderDecoder, count_parameters, make_model
 from training.translation_eval import choose_length_penalty, evaluate, write_examples
 from training.translator_config import (
+    SMALL_CORPUS,
     TRANSLATOR_PRESETS,
     TranslatorConfig,
     TranslatorTrainConfig,
@@ -531,8 +532,6 @@ def train(
     }
     if search:
         metrics["length_penalty_search"] = search
-    if tc.data != "numbers":
-        metrics.pop("exact_match")
     payload["metrics"] = {k: v for k, v in metrics.items() if k != "validation"}
     checkpoint.save(out, payload)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -558,7 +557,23 @@ def configs_from_args(args: argparse.Namespace) -> tuple[TranslatorConfig, Trans
     """The preset (by --preset, else by --data), with the flags given on top; each flag is
     generated from its config field (core/flags.py). `train` checks the two together before
     any slow work."""
-    preset = TRANSLATOR_PRESETS[args.preset or preset_for(args.data or "numbers")]
+    data = args.data or "numbers"
+    name = args.preset
+    if not name:
+        pairs = None
+        if data not in ("numbers", "multi30k"):  # a user's corpus: sized by its pairs
+            src = args.src or TRANSLATOR_PRESETS["multi30k"].train.src
+            tgt = args.tgt or TRANSLATOR_PRESETS["multi30k"].train.tgt
+            pairs = len(load_corpus(data, src, tgt, args.seed or 0)["train"])
+        name = preset_for(data, pairs)
+        if pairs is not None:
+            rule = "fewer" if pairs < SMALL_CORPUS else "at least"
+            print(
+                f"preset {name}: {pairs:,} training pairs, {rule} than {SMALL_CORPUS:,} "
+                "(docs/translation.md; --preset chooses another)",
+                file=sys.stderr,
+            )
+    preset = TRANSLATOR_PRESETS[name]
     model = from_flags(TranslatorConfig, args, base=preset.model)
     fixed = {}
     if args.length_penalty is not None and args.length_penalty_grid is None:
