@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,23 @@ def test_forecast_command_forecasts_every_series(panel_run: tuple[Path, Path, di
         assert all(line.startswith("big ") for line in rows[1:]) and len(rows) > 1
     finally:
         server.terminate()
+
+
+def test_a_window_scaled_model_of_one_series_reports_standardised_metrics(
+    tmp_path: Path,
+) -> None:
+    """A window-scaled model reads raw units, but its metrics are in the series' standard
+    units as any other's: the repeat-last baseline, which no model changes, scores the same."""
+    from training.train_forecaster import train
+
+    model = ForecasterConfig(input_len=48, horizon=24, seg_len=24, d_model=16)
+    config = TrainConfig(data="synthetic", features="S", synthetic_rows=1500, epochs=1,
+                         batch_size=64, threads=1, plot_windows=1)  # fmt: skip
+    runs = {
+        scaling: train(replace(model, scaling=scaling), config, tmp_path / scaling, progress=False)
+        for scaling in ("global", "window")
+    }
+    assert runs["window"]["repeat_last_test_mse"] == pytest.approx(
+        runs["global"]["repeat_last_test_mse"], rel=1e-6
+    )
+    assert runs["window"]["test_mse"] < runs["window"]["repeat_last_test_mse"]

@@ -100,8 +100,9 @@ class Series:
         return past, future, target
 
     def own_scale(self, starts: np.ndarray) -> np.ndarray:
-        """[W, F_out] factors that turn each window's standardised targets into its own
-        series' standardisation (1 for a single series): per-series metrics."""
+        """[W, F_out] factors that turn each window's model-unit targets into its own series'
+        standardisation (1 for one globally standardised series): per-series metrics, and
+        standardised metrics for a window-scaled model, which reads raw units."""
         t = list(self.target_index)
         if self.series_std is None:
             return np.ones((len(starts), len(t)))
@@ -252,9 +253,6 @@ def prepare(
         splits=tuple(splits),
         frequency=frequency,
         ids=tuple(key for key, _ in kept),
-        series_std=(
-            np.stack([std_statistics(raw[slice(*s.train)])[1] for s in splits])
-            if len(kept) > 1
-            else None
-        ),
+        # each series' own std (for one globally standardised series, exactly `std`)
+        series_std=np.stack([std_statistics(raw[slice(*s.train)])[1] for s in splits]),
     )
