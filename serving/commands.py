@@ -252,9 +252,9 @@ def print_table(keys: list[str] | None, results: list[Forecast]) -> None:
     for name, qs in first.quantiles.items():
         columns.extend((name, q) for q in sorted(qs))
     head = ["timestamp"] + [n if q is None else f"{n} q{q:g}" for n, q in columns]
-    width = max((len(k) for k in keys), default=0) if keys else 0
+    width = max([len("unique_id"), *map(len, keys)]) if keys else 0
     line = "  ".join(f"{h:>19}" if i == 0 else f"{h:>12}" for i, h in enumerate(head))
-    print(f"{'unique_id':<{max(width, 9)}}  {line}" if keys else line)
+    print(f"{'unique_id':<{width}}  {line}" if keys else line)
     for n, result in enumerate(results):
         steps = result.timestamps or range(len(next(iter(result.point.values()))))
         for i, t in enumerate(steps):
@@ -263,7 +263,7 @@ def print_table(keys: list[str] | None, results: list[Forecast]) -> None:
                 value = result.point[name][i] if q is None else result.quantiles[name][q][i]
                 cells.append(f"{value:12.4f}")
             text = "  ".join(cells)
-            print(f"{keys[n]:<{max(width, 9)}}  {text}" if keys else text)
+            print(f"{keys[n]:<{width}}  {text}" if keys else text)
 
 
 def plot_forecast(

@@ -99,7 +99,7 @@ def held_out_coverage(
     at the seam, which share targets with both halves, are left out. (Coverage on the windows
     the correction came from would be close to the levels by construction, and says
     nothing.) NaN for each level when there are too few windows to hold half of them out."""
-    unit = np.ones(target.shape[::2]) if unit is None else unit  # [W, F]
+    unit = np.ones((target.shape[0], target.shape[2])) if unit is None else unit  # [W, F]
     groups = np.zeros(len(target), int) if groups is None else groups
     first, second = [], []
     for g in np.unique(groups):

@@ -302,7 +302,7 @@ def final_metrics(
             metrics.update(
                 {f"val_coverage_{tau:g}": c for tau, c in zip(levels, held_out, strict=True)}
             )
-        if (off := calibration.off_levels(held_out, levels)) and not math.isnan(held_out[0]):
+        if off := calibration.off_levels(held_out, levels):  # NaN is never off
             print(
                 f"warning: the quantiles are not calibrated on held-out validation windows "
                 f"({'; '.join(off)}): treat their bands with care",

@@ -109,16 +109,20 @@ class Series:
         return self.std[t] / self.series_std[self.series_of(starts)][:, t]
 
 
-def long_format_id(config: TrainConfig, path: Path) -> str:
-    """The series id column: `--id-col`, else a `unique_id` column when the header has one."""
-    if config.id_col:
-        return config.id_col
+def long_format(config: TrainConfig, path: Path) -> tuple[str, str] | None:
+    """(id column, date column) of a long-format CSV, else None: `--id-col`, or a `unique_id`
+    column in the header; the date column is `--date-col`, whose default gives way to `ds`
+    when the header has no `date`."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             header = [h.strip() for h in next(csv.reader(f), [])]
     except (OSError, UnicodeDecodeError):
-        return ""  # read_csv says what is wrong
-    return LONG_FORMAT_ID if LONG_FORMAT_ID in header else ""
+        header = []  # read_csv says what is wrong
+    id_col = config.id_col or (LONG_FORMAT_ID if LONG_FORMAT_ID in header else "")
+    if not id_col:
+        return None
+    default = config.date_col == "date" and "date" not in header
+    return id_col, LONG_FORMAT_DATE if default else config.date_col
 
 
 def load_frames(config: TrainConfig) -> Frames:
@@ -135,13 +139,8 @@ def load_frames(config: TrainConfig) -> Frames:
             f"--data {config.data!r} is neither a known dataset "
             f"({', '.join([*ETT_FILES, 'synthetic'])}) nor a CSV file"
         )
-    if id_col := long_format_id(config, path):
-        date_col = config.date_col
-        if date_col == "date":  # the default: a long-format file names it ds
-            with path.open(newline="", encoding="utf-8-sig") as f:
-                header = [h.strip() for h in next(csv.reader(f), [])]
-            date_col = "date" if "date" in header else LONG_FORMAT_DATE
-        return read_long_csv(path, id_col, date_col, config.fill)
+    if columns := long_format(config, path):
+        return read_long_csv(path, *columns, config.fill)
     return {"": read_csv(path, config.date_col, config.fill)}
 
 
