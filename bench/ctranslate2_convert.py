@@ -146,8 +146,8 @@ def check(checkpoint_dir: Path, ct2_dir: Path, sentences: list[str], max_length:
     from training.train_translator import load_translator_checkpoint
 
     torch.set_num_threads(1)
-    model, _, tokenizer_bytes, _ = load_translator_checkpoint(checkpoint_dir)
-    tok = Tokenizer.from_bytes(tokenizer_bytes)
+    model, tc, tokenizer_bytes, _ = load_translator_checkpoint(checkpoint_dir)
+    tok = Tokenizer.from_bytes(tokenizer_bytes, tc.source_normalization)
     translator = ctranslate2.Translator(
         str(ct2_dir), device="cpu", compute_type="float32", inter_threads=1, intra_threads=1
     )

@@ -277,6 +277,10 @@ def agreement(results: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.marian:  # an imported Marian model against CTranslate2 on the same weights
+        from bench.marian import run as run_marian
+
+        return run_marian(args)
     from bench.translator_report import plot, print_table, versions
 
     repository, checkpoint = Path(args.repository), Path(args.checkpoint)
@@ -489,6 +493,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="served window per repeat")
     parser.add_argument(
         "--warmup-seconds", type=float, default=1.0, help="served warm-up before each window"
+    )
+    parser.add_argument(
+        "--marian",
+        metavar="DIR|opus-size",
+        help="instead: a MarianMT folder (or opus-size: a random one of OPUS-MT's shape) "
+        "imported by seqserve against CTranslate2's conversion of it, fp32 and int8, in process "
+        "on one thread, every sentence decoded to --length tokens (bench/marian.py)",
+    )
+    parser.add_argument(
+        "--length", type=int, default=32, help="--marian: target tokens every engine decodes"
     )
     parser.add_argument("--no-served", action="store_true", help="in-process engines only")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")

@@ -275,5 +275,5 @@ def load_torch(checkpoint_dir: Path) -> tuple[Any, Tokenizer]:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set, or parallel work has started: keep what is there
         pass
-    model, _, tokenizer_bytes, _ = load_translator_checkpoint(checkpoint_dir)
-    return model, Tokenizer.from_bytes(tokenizer_bytes)
+    model, tc, tokenizer_bytes, _ = load_translator_checkpoint(checkpoint_dir)
+    return model, Tokenizer.from_bytes(tokenizer_bytes, tc.source_normalization)

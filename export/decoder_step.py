@@ -53,6 +53,8 @@ class StepLayer(nn.Module):
         self.heads, self.head_dim = sa.h, sa.d_k
         self.scale = 1 / math.sqrt(sa.d_k)
         self.norms = nn.ModuleList(sub.norm for sub in layer.sublayer)
+        self.norm_first = layer.sublayer[0].norm_first  # pre-norm, or post-norm (Marian)
+        self.act = ff.act
         self.register_buffer(
             "w_qkv", torch.cat([_weight(sa.q_proj), _weight(sa.k_proj), _weight(sa.v_proj)], dim=1)
         )  # [D, 3D]
@@ -90,15 +92,24 @@ class StepLayer(nn.Module):
         """x [R, D], past_k/v [R, H, P, K], self_bias [R, 1, 1, P+1], cross_k/v [R, H, S, K],
         src_bias [R, 1, 1, S] -> (x [R, D], present_k/v [R, H, P+1, K])."""
         r, h, k_dim = x.size(0), self.heads, self.head_dim
-        qkv = self.norms[0](x) @ self.w_qkv + self.b_qkv  # [R, 3D]
+        pre = self.norm_first
+
+        def before(i: int, x: torch.Tensor) -> torch.Tensor:  # a sublayer's input
+            return self.norms[i](x) if pre else x
+
+        def after(i: int, x: torch.Tensor) -> torch.Tensor:  # the residual sum's output
+            return x if pre else self.norms[i](x)
+
+        qkv = before(0, x) @ self.w_qkv + self.b_qkv  # [R, 3D]
         q, k, v = qkv.view(r, 3 * h, 1, k_dim).split(h, dim=1)  # [R, H, 1, K] each
         k = torch.cat([past_k, k], dim=2)  # [R, H, P+1, K]
         v = torch.cat([past_v, v], dim=2)  # [R, H, P+1, K]
-        x = x + self.attend(q, k, v, self_bias) @ self.w_self_out + self.b_self_out
-        q = (self.norms[1](x) @ self.w_cross_q + self.b_cross_q).view(r, h, 1, k_dim)
-        x = x + self.attend(q, cross_k, cross_v, src_bias) @ self.w_cross_out + self.b_cross_out
-        hidden = F.relu(self.norms[2](x) @ self.w_ff_1 + self.b_ff_1)  # [R, F]
-        return x + hidden @ self.w_ff_2 + self.b_ff_2, k, v
+        x = after(0, x + self.attend(q, k, v, self_bias) @ self.w_self_out + self.b_self_out)
+        q = (before(1, x) @ self.w_cross_q + self.b_cross_q).view(r, h, 1, k_dim)
+        attended = self.attend(q, cross_k, cross_v, src_bias)  # [R, D]
+        x = after(1, x + attended @ self.w_cross_out + self.b_cross_out)
+        hidden = self.act(before(2, x) @ self.w_ff_1 + self.b_ff_1)  # [R, F]
+        return after(2, x + hidden @ self.w_ff_2 + self.b_ff_2), k, v
 
 
 class DecoderStep(nn.Module):

@@ -34,6 +34,7 @@ from core.translation.graphs import (
     stacked_outputs,
 )
 from core.translation.tokenizer import Tokenizer
+from core.translation.translator import AnyTokenizer
 from export.errors import ExportError
 from export.model_config import MAX_QUEUE_SIZE, SCHEMA_VERSION, parameter_value
 from export.quantize import METHOD, WEIGHT_TYPE, quantize_int8
@@ -60,6 +61,37 @@ class TranslatorExportOptions:
     quantize: str | None = None  # None | "int8"
     opset: int | None = None
     max_batch_size: int = MAX_BATCH_SIZE
+
+
+@dataclass(frozen=True)
+class ServedAs:
+    """What config.pbtxt tells the server besides the graphs' shapes: languages, limits,
+    decoding defaults and the tokenizer's files (parameter -> file name in the version)."""
+
+    src: str
+    tgt: str
+    max_source_tokens: int  # EOS included
+    max_target_tokens: int  # EOS excluded
+    beam_size: int
+    length_penalty: float
+    tokenizer_files: dict[str, str]
+    source_normalization: str = "none"
+    length_penalty_form: str = "gnmt"
+    suppress_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def trained(cls, model: EncoderDecoder, tc: TranslatorTrainConfig) -> ServedAs:
+        """A seqserve-trained translator: one joint SentencePiece model."""
+        return cls(
+            tc.src,
+            tc.tgt,
+            tc.max_source_tokens,
+            model.config.max_len - 1,
+            tc.beam_size,
+            tc.length_penalty,
+            {"tokenizer": TOKENIZER_FILE},
+            tc.source_normalization,
+        )
 
 
 def graph_dims(model: EncoderDecoder) -> dict[str, dict[str, list[int | None]]]:
@@ -187,7 +219,7 @@ def onnx_greedy(
 
 
 def encode_sources(
-    tokenizer: Tokenizer, sentences: list[str], limit: int, pad_id: int
+    tokenizer: AnyTokenizer, sentences: list[str], limit: int, pad_id: int
 ) -> np.ndarray:
     ids = [s for s in (tokenizer.encode_source(x) for x in sentences) if 0 < len(s) <= limit]
     if not ids:
@@ -263,16 +295,17 @@ def check_length(src: np.ndarray, max_len: int) -> int:
     return min(max_len, 3 * src.shape[1] + 10)  # src [B, S], S = the longest source
 
 
-def greedy_bleu(
+def greedy_texts(
     folder: Path,
     encoder_file: str,
     decoder_file: str,
-    tokenizer: Tokenizer,
-    pairs: list[list[str]],
-    tc: TranslatorTrainConfig,
+    tokenizer: AnyTokenizer,
+    sources: list[str],
+    max_source_tokens: int,
     max_len: int,
-) -> float:
-    src = encode_sources(tokenizer, [s for s, _ in pairs], tc.max_source_tokens, tokenizer.pad_id)
+) -> list[str]:
+    """Greedy translations of `sources` (each must fit max_source_tokens) through two graphs."""
+    src = encode_sources(tokenizer, sources, max_source_tokens, tokenizer.pad_id)
     hyps = onnx_greedy(
         session(folder / encoder_file),
         session(folder / decoder_file),
@@ -282,18 +315,18 @@ def greedy_bleu(
         tokenizer.eos_id,
         check_length(src, max_len),
     )
-    texts = [tokenizer.decode(h) for h in hyps]
-    return float(sacrebleu.corpus_bleu(texts, [[t for _, t in pairs]]).score)
+    return [tokenizer.decode(h) for h in hyps]
 
 
 def build_config(
     model: EncoderDecoder,
-    tc: TranslatorTrainConfig,
-    payload: dict[str, Any],
+    served: ServedAs,
+    metrics: dict[str, Any],
     opset: int,
     max_batch_size: int,
     verification: dict[str, Any],
     quantization: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
 ) -> mc.ModelConfig:
     c = model.config
     config = mc.ModelConfig(backend=BACKEND, max_batch_size=max_batch_size)
@@ -308,28 +341,34 @@ def build_config(
     parameters: dict[str, object] = {
         "seqserve_schema": SCHEMA_VERSION,
         "task": "translator",
-        "src_lang": tc.src,
-        "tgt_lang": tc.tgt,
+        "src_lang": served.src,
+        "tgt_lang": served.tgt,
         "bos_id": c.bos_id,
         "eos_id": c.eos_id,
         "pad_id": c.pad_id,
-        "max_source_tokens": tc.max_source_tokens,
-        "max_target_tokens": c.max_len - 1,
-        "default_beam_size": tc.beam_size,
-        "default_length_penalty": tc.length_penalty,
-        "tokenizer": TOKENIZER_FILE,
+        "max_source_tokens": served.max_source_tokens,
+        "max_target_tokens": served.max_target_tokens,
+        "default_beam_size": served.beam_size,
+        "default_length_penalty": served.length_penalty,
+        **served.tokenizer_files,
+        "source_normalization": served.source_normalization,
         "vocab_size": c.vocab_size,
         "d_model": c.d_model,
         "num_layers": c.num_decoder_layers,
         "num_heads": c.num_heads,
         "head_dim": c.head_dim,
-        "metrics": payload.get("metrics", {}),
+        "metrics": metrics,
         "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
         "opset": opset,
         "verification": verification,
     }
+    if served.length_penalty_form != "gnmt":
+        parameters["length_penalty_form"] = served.length_penalty_form
+    if served.suppress_ids:
+        parameters["suppress_ids"] = list(served.suppress_ids)
     if quantization is not None:
         parameters["quantization"] = quantization
+    parameters.update(extra or {})
     for key, value in parameters.items():
         config.parameters[key].string_value = parameter_value(value)
     return config
@@ -341,20 +380,53 @@ def export_translator(
     name: str,
     options: TranslatorExportOptions = TranslatorExportOptions(),
 ) -> Path:
-    """Export, verify and write one version; returns the version folder."""
-    for logger in ("torch.onnx", "onnx_ir", "onnxscript"):  # "torchvision is not installed",
-        logging.getLogger(logger).setLevel(logging.ERROR)  # initializer de-duplication
+    """Export, verify and write one version of a seqserve-trained checkpoint; returns the
+    version folder."""
+    check_free(repository, name, options)
+    model, tc, spm_model, payload = load_translator_checkpoint(checkpoint_dir)
+    tokenizer = Tokenizer.from_bytes(spm_model, tc.source_normalization)
+    return write_translator(
+        model,
+        tokenizer,
+        [list(p) for p in payload["data"].get("validation_sample", [])],
+        ServedAs.trained(model, tc),
+        payload.get("metrics", {}),
+        {TOKENIZER_FILE: spm_model},
+        repository,
+        name,
+        options,
+    )
+
+
+def check_free(repository: Path, name: str, options: TranslatorExportOptions) -> None:
+    """Refuse, before any slow work, to overwrite a version without --force."""
     existing = Path(repository) / name / str(options.version)
     if options.version is not None and existing.exists() and not options.force:
         raise ExportError(
             f"{existing} exists: pass --force to overwrite version "
             f"{options.version}, or leave --version out to write the next one"
         )
-    model, tc, spm_model, payload = load_translator_checkpoint(checkpoint_dir)
+
+
+def write_translator(
+    model: EncoderDecoder,
+    tokenizer: AnyTokenizer,
+    sample: list[list[str]],
+    served: ServedAs,
+    metrics: dict[str, Any],
+    tokenizer_files: dict[str, bytes | Path],
+    repository: Path,
+    name: str,
+    options: TranslatorExportOptions,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Export `model`'s two graphs, verify them against it (module docstring) on `sample`
+    ([source, reference] pairs), and write a version with the tokenizer's files."""
+    for logger in ("torch.onnx", "onnx_ir", "onnxscript"):  # "torchvision is not installed",
+        logging.getLogger(logger).setLevel(logging.ERROR)  # initializer de-duplication
+    check_free(repository, name, options)
     c = model.config
-    tokenizer = Tokenizer.from_bytes(spm_model)
-    sample = payload["data"].get("validation_sample", [])
-    max_len = c.max_len - 1
+    max_len = served.max_target_tokens
     with tempfile.TemporaryDirectory(prefix="seqserve-export-") as tmp:
         folder = Path(tmp)
         opset = export_graphs(model, folder, options.opset)
@@ -369,17 +441,17 @@ def export_translator(
             STEP_ATOL,
         )
         src = encode_sources(
-            tokenizer, [s for s, _ in sample[:PARITY_SENTENCES]], tc.max_source_tokens, c.pad_id
+            tokenizer, [s for s, _ in sample[:PARITY_SENTENCES]], served.max_source_tokens, c.pad_id
         )
         verification = {
             "step_max_abs_diff": float(f"{worst:.3g}"),
             "step_atol": STEP_ATOL,
             "greedy_equal": check_greedy(model, folder, src, check_length(src, max_len)),
         }
-        files = {
+        files: dict[str, Path | bytes] = {
             "encoder.onnx": folder / "encoder.onnx",
             "decoder.onnx": folder / "decoder.onnx",
-            TOKENIZER_FILE: spm_model,
+            **tokenizer_files,
         }
         quantization = None
         if options.quantize == "int8":
@@ -391,26 +463,43 @@ def export_translator(
                 counts[file] = quantize_int8(untied, q)
                 check_dims(check_model(q), dims[file])
                 files[file] = q
-            fp32 = greedy_bleu(
-                folder, "encoder.onnx", "decoder.onnx", tokenizer, sample, tc, max_len
-            )
-            int8 = greedy_bleu(
-                folder, "encoder.int8.onnx", "decoder.int8.onnx", tokenizer, sample, tc, max_len
-            )
+            limit = served.max_source_tokens
+            fit = [p for p in sample if 0 < len(tokenizer.encode_source(p[0])) <= limit]
+            sources = [s for s, _ in fit]
+            graphs = {
+                "fp32": ("encoder.onnx", "decoder.onnx"),
+                "int8": ("encoder.int8.onnx", "decoder.int8.onnx"),
+            }
+            texts = {
+                kind: greedy_texts(folder, *files_, tokenizer, sources, limit, max_len)
+                for kind, files_ in graphs.items()
+            }
+            # without references (an imported model), int8 is scored against fp32's output
+            known = all(t for _, t in fit)
+            refs = [t for _, t in fit] if known else texts["fp32"]
+            bleu = {k: float(sacrebleu.corpus_bleu(v, [refs]).score) for k, v in texts.items()}
             quantization = {
                 "type": "int8",
                 "method": METHOD,
                 "weight_type": WEIGHT_TYPE,
                 "quantized_nodes": counts,
-                "validation_sentences": len(sample),
-                "greedy_bleu_fp32": round(fp32, 2),
-                "greedy_bleu_int8": round(int8, 2),
-                "bleu_change": round(int8 - fp32, 2),
+                "validation_sentences": len(fit),
+                "references": "validation" if known else "fp32 translations",
+                "greedy_bleu_fp32": round(bleu["fp32"], 2),
+                "greedy_bleu_int8": round(bleu["int8"], 2),
+                "bleu_change": round(bleu["int8"] - bleu["fp32"], 2),
             }
         elif options.quantize is not None:
             raise ExportError(f"unknown quantisation {options.quantize!r} (known: int8)")
         config = build_config(
-            model, tc, payload, opset, options.max_batch_size, verification, quantization
+            model,
+            served,
+            metrics,
+            opset,
+            options.max_batch_size,
+            verification,
+            quantization,
+            extra,
         )
         return write_version(repository, name, config, files, options.version, options.force)
 

@@ -12,7 +12,16 @@ from collections.abc import Callable, Sequence
 DEFAULT_TARGET = "127.0.0.1:8001"
 
 Handler = Callable[[argparse.Namespace], int]
-TRAINING_ONLY = {"torch", "onnx", "onnxscript", "onnx_ir", "matplotlib", "sacrebleu", "num2words"}
+TRAINING_ONLY = {
+    "torch",
+    "onnx",
+    "onnxscript",
+    "onnx_ir",
+    "matplotlib",
+    "sacrebleu",
+    "num2words",
+    "transformers",
+}
 
 
 class NotAvailable(Exception):
@@ -192,6 +201,42 @@ def build_parser() -> argparse.ArgumentParser:
         "fraction (default 0.05 = 5%%); raise it to accept the loss",
     )
     ex.set_defaults(handler=_lazy("export.__main__"))
+
+    # import
+    im = sub.add_parser(
+        "import",
+        help="import a pretrained model into a model repository (needs torch, transformers)",
+        description="Import a pretrained model into a model repository.",
+    )
+    formats = im.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    mi = formats.add_parser(
+        "marian",
+        help="a Hugging Face MarianMT folder (OPUS-MT) as a translator",
+        description="Convert a Hugging Face MarianMT folder (config.json, weights, "
+        "source.spm, target.spm, vocab.json) into a seqserve translator: the network's "
+        "logits are checked against transformers' before anything is written.",
+    )
+    mi.add_argument("folder", help="the MarianMT folder")
+    mi.add_argument("--repository", default="model_repository", help="model repository folder")
+    mi.add_argument("--name", required=True, help="model name in the repository")
+    mi.add_argument("--version", type=int, help="version number (default: next free one)")
+    mi.add_argument("--force", action="store_true", help="overwrite an existing version")
+    mi.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8: dynamic int8 quantisation (CPU); the BLEU of its greedy output against "
+        "fp32's is recorded",
+    )
+    mi.add_argument("--src", default="", help="source language code, for clients (e.g. de)")
+    mi.add_argument("--tgt", default="", help="target language code, for clients (e.g. en)")
+    mi.add_argument(
+        "--check",
+        metavar="SENTENCES",
+        help="a text file, one source per line: after writing, decode each through the "
+        "written version and through transformers' generate() (greedy and beam 4) and "
+        "compare the tokens; exit 1 if any differs",
+    )
+    mi.set_defaults(handler=_lazy("export.marian"))
 
     # build-repository
     br = sub.add_parser(

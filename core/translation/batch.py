@@ -153,9 +153,13 @@ class DecodeBatch:
         eos_id: int,
         pad_id: int,
         detokenize: Callable[[list[int]], str] | None = None,
+        suppress_ids: Sequence[int] = (),
+        length_penalty_form: str = "gnmt",
     ) -> None:
         self.model = model
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.suppress = list(suppress_ids)  # ids never generated (an imported Marian's pad)
+        self.form = length_penalty_form
         self.detokenize = detokenize
         self.cache = KVCache.empty(model.num_layers, model.num_heads, model.head_dim)
         self.tokens = np.zeros(0, np.int64)  # [R] last token of each row
@@ -200,7 +204,7 @@ class DecodeBatch:
         self._entries.extend(
             _Entry(
                 r,
-                BeamState(r.beam_size, r.max_length, r.length_penalty, self.eos_id),
+                BeamState(r.beam_size, r.max_length, r.length_penalty, self.eos_id, self.form),
                 self.step_count,
             )
             for r in new
@@ -233,6 +237,8 @@ class DecodeBatch:
         )  # [R, V], [L, R, H, P+1, K] x2
         self.cache = c.appended(present_k, present_v)
         self.step_count += 1
+        if self.suppress:  # after the log-softmax, as Hugging Face's bad_words_ids
+            log_probs[:, self.suppress] = -np.inf
         picks = log_probs.argmax(axis=1)  # [R] every row's best token; greedy rows take it
         pick_ids = picks.tolist()
         pick_lps = log_probs[np.arange(len(picks)), picks].tolist()  # [R]

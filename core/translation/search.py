@@ -4,13 +4,18 @@ Each request keeps `beam_size` live hypotheses (decoder rows). A step scores eve
 every live hypothesis, keeps the best `beam_size` that do not end in EOS, and finishes those
 ranked in the top `beam_size` that do (fairseq's rule). Scores are sums of log-probabilities
 divided by the GNMT length penalty ((5 + n) / 6) ** alpha, where n is the number of tokens
-generated (EOS included); alpha = 0 leaves plain log-probabilities.
+generated (EOS included); alpha = 0 leaves plain log-probabilities. An imported Marian model
+uses Hugging Face's form instead (`length_penalty_form` "length"): n ** alpha, and its
+stopping rule below.
 
 A request is done when no live hypothesis can still enter its `beam_size` best finished ones:
 log-probabilities only fall, so a live hypothesis ends at best at its current sum divided by
 the largest penalty it can get, the one at `max_length` (an exact bound, not a heuristic).
 Counting finished hypotheses alone is not enough: weak beams that stop early would end the
-search before the best hypothesis has finished. Greedy search (beam 1) stops at its EOS.
+search before the best hypothesis has finished. Hugging Face's rule (`generate` with
+early_stopping=False) divides the best live sum by the current length's penalty instead: a
+heuristic when alpha > 0, reproduced for parity with the models it trained. Greedy search
+(beam 1) stops at its EOS.
 Hypotheses that reach `max_length` tokens finish without EOS.
 """
 
@@ -23,9 +28,15 @@ import numpy as np
 DEAD = -1e9  # cumulative score of a placeholder hypothesis (beams start as one live row)
 
 
-def length_penalty(length: int, alpha: float) -> float:
-    """GNMT length penalty ((5 + length) / 6) ** alpha."""
-    return ((5.0 + length) / 6.0) ** alpha if alpha else 1.0
+LENGTH_PENALTY_FORMS = ("gnmt", "length")
+
+
+def length_penalty(length: int, alpha: float, form: str = "gnmt") -> float:
+    """GNMT's ((5 + length) / 6) ** alpha, or "length": length ** alpha (Hugging Face's and
+    Marian's)."""
+    if not alpha:
+        return 1.0
+    return (float(length) if form == "length" else (5.0 + length) / 6.0) ** alpha
 
 
 @dataclass
@@ -46,13 +57,16 @@ class BeamState:
     log-probabilities of those rows and says which old row each new row continues.
     """
 
-    def __init__(self, beam_size: int, max_length: int, alpha: float, eos_id: int) -> None:
+    def __init__(
+        self, beam_size: int, max_length: int, alpha: float, eos_id: int, form: str = "gnmt"
+    ) -> None:
         self.beam_size, self.max_length, self.alpha, self.eos_id = (
             beam_size,
             max_length,
             alpha,
             eos_id,
         )
+        self.form = form
         self.tokens: list[list[int]] = [[] for _ in range(beam_size)]
         self.cum = np.full(beam_size, DEAD, np.float64)  # [k] cumulative log-probabilities
         self.cum[0] = 0.0  # all rows start identical: only the first one is live
@@ -60,8 +74,11 @@ class BeamState:
         self.length = 0  # tokens generated so far by every live hypothesis
         self.done = False
 
-    def _finish(self, tokens: list[int], log_prob: float) -> None:
-        score = log_prob / length_penalty(self.length, self.alpha)
+    def _finish(self, tokens: list[int], log_prob: float, eos: bool = True) -> None:
+        # "length" counts the EOS that Hugging Face forces at max_length, where GNMT counts
+        # what was generated
+        n = self.length + (not eos and self.form == "length")
+        score = log_prob / length_penalty(n, self.alpha, self.form)
         self.finished.append(Hypothesis(list(tokens), float(score), float(log_prob)))
 
     def advance(self, log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +113,7 @@ class BeamState:
             self.done = True
         elif self.length >= self.max_length:
             for hyp, score in zip(new_tokens, cum, strict=True):
-                self._finish(hyp, score)
+                self._finish(hyp, score, eos=False)
             self.done = True
         if self.done:
             return np.zeros(k, np.int64), np.zeros(k, np.int64)
@@ -128,7 +145,7 @@ class BeamState:
         self.tokens[0].append(token)
         self.cum[0] = score
         if self.length >= self.max_length:
-            self._finish(self.tokens[0], score)
+            self._finish(self.tokens[0], score, eos=False)
             self.done = True
             return 0
         return token
@@ -140,6 +157,8 @@ class BeamState:
         if k == 1:
             return True
         kth = sorted((h.score for h in self.finished), reverse=True)[k - 1]
+        if self.form == "length":  # Hugging Face's rule (early_stopping=False): at this length
+            return best_live / length_penalty(self.length, self.alpha, self.form) <= kth
         return best_live / length_penalty(self.max_length, self.alpha) <= kth
 
     def best(self, n: int) -> list[Hypothesis]:

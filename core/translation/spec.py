@@ -12,6 +12,8 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from core.translation.normalization import NORMALIZATIONS
+from core.translation.search import LENGTH_PENALTY_FORMS
 from protos.inference import model_config_pb2 as mc
 
 BACKEND = "seqserve_translator"
@@ -42,6 +44,13 @@ class TranslatorSpec:
     head_dim: int
     max_batch_size: int = 0
     default_length_penalty: float = 0.0  # GNMT alpha chosen at training; older exports: none
+    source_normalization: str = "none"  # normalization.py; older exports: none
+    # An imported Marian model (export/marian.py): `tokenizer` is the source SentencePiece
+    # model, plus these two files (vocab_tokenizer.py). Empty: one joint `tokenizer`.
+    target_tokenizer: str = ""
+    vocab: str = ""
+    suppress_ids: tuple[int, ...] = ()  # never generated (Marian: pad)
+    length_penalty_form: str = "gnmt"  # search.py: LENGTH_PENALTY_FORMS
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> TranslatorSpec:
@@ -72,6 +81,27 @@ class TranslatorSpec:
                 "parameter 'default_length_penalty' is not a number: "
                 f"{params['default_length_penalty']!r}"
             ) from err
+        normalization = params.get("source_normalization", "none")
+        if normalization not in NORMALIZATIONS:
+            raise SpecError(
+                f"parameter 'source_normalization' is {normalization!r}, not one of "
+                f"{', '.join(NORMALIZATIONS)}"
+            )
+        form = params.get("length_penalty_form", "gnmt")
+        if form not in LENGTH_PENALTY_FORMS:
+            raise SpecError(
+                f"parameter 'length_penalty_form' is {form!r}, not one of "
+                f"{', '.join(LENGTH_PENALTY_FORMS)}"
+            )
+        try:
+            suppress = tuple(int(i) for i in json.loads(params.get("suppress_ids", "[]")))
+        except (ValueError, TypeError) as err:
+            raise SpecError(
+                f"parameter 'suppress_ids' is not a list of ids: {params['suppress_ids']!r}"
+            ) from err
+        marian = {key: params.get(key, "") for key in ("target_tokenizer", "vocab")}
+        if bool(marian["target_tokenizer"]) != bool(marian["vocab"]):
+            raise SpecError("parameters 'target_tokenizer' and 'vocab' come together")
         return cls(
             src_lang=get("src_lang"),
             tgt_lang=get("tgt_lang"),
@@ -87,6 +117,11 @@ class TranslatorSpec:
             head_dim=number("head_dim"),
             max_batch_size=config.max_batch_size,
             default_length_penalty=alpha,
+            source_normalization=normalization,
+            target_tokenizer=marian["target_tokenizer"],
+            vocab=marian["vocab"],
+            suppress_ids=suppress,
+            length_penalty_form=form,
         )
 
 

@@ -21,7 +21,10 @@ from core.translation.errors import BadDecodingSetting, SourceTooLong
 from core.translation.graphs import StepModel
 from core.translation.spec import SpecError, TranslatorSpec, read_config
 from core.translation.tokenizer import Tokenizer
+from core.translation.vocab_tokenizer import VocabTokenizer
 from protos.inference import model_config_pb2 as mc
+
+AnyTokenizer = Tokenizer | VocabTokenizer  # a joint SentencePiece model, or Marian's three files
 
 CHARS_PER_TOKEN = 32  # the character cap of a source is this times max_source_tokens
 
@@ -30,8 +33,13 @@ class RequestBuilder:
     """Tokenizes sentences and checks them against a version's limits and defaults: what a
     server process needs of a translator when another process holds the graphs."""
 
-    def __init__(self, tokenizer: Tokenizer, spec: TranslatorSpec) -> None:
+    def __init__(self, tokenizer: AnyTokenizer, spec: TranslatorSpec) -> None:
         self.tokenizer, self.spec = tokenizer, spec
+        if tokenizer.source_normalization != spec.source_normalization:
+            raise SpecError(
+                f"tokenizer normalises sources by {tokenizer.source_normalization!r}, the "
+                f"config by {spec.source_normalization!r}"
+            )
         special = (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
         if special != (spec.bos_id, spec.eos_id, spec.pad_id):
             raise SpecError(
@@ -52,8 +60,20 @@ class RequestBuilder:
         spec = TranslatorSpec.from_config(
             config if config is not None else read_config(version_dir.parent)
         )
-        tokenizer_path = version_file(version_dir, spec.tokenizer, "parameter 'tokenizer'")
-        return cls(Tokenizer.from_file(tokenizer_path), spec)
+
+        def file(key: str) -> Path:
+            return version_file(version_dir, getattr(spec, key), f"parameter {key!r}")
+
+        if spec.vocab:  # an imported Marian model
+            try:
+                tokenizer: AnyTokenizer = VocabTokenizer.from_files(
+                    file("tokenizer"), file("target_tokenizer"), file("vocab")
+                )
+            except ValueError as err:
+                raise SpecError(str(err)) from None
+        else:
+            tokenizer = Tokenizer.from_file(file("tokenizer"), spec.source_normalization)
+        return cls(tokenizer, spec)
 
     def request(
         self,
@@ -107,14 +127,21 @@ class Translator:
     chosen on validation at training), `num_hypotheses` (n-best, <= beam_size).
     """
 
-    def __init__(self, model: StepModel, tokenizer: Tokenizer, spec: TranslatorSpec) -> None:
+    def __init__(self, model: StepModel, tokenizer: AnyTokenizer, spec: TranslatorSpec) -> None:
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.requests = RequestBuilder(tokenizer, spec)
 
     def new_batch(self) -> DecodeBatch:
         """An empty continuous batch on this model (see `core.translation.batch`)."""
+        spec = self.spec
         return DecodeBatch(
-            self.model, self.spec.bos_id, self.spec.eos_id, self.spec.pad_id, self.tokenizer.decode
+            self.model,
+            spec.bos_id,
+            spec.eos_id,
+            spec.pad_id,
+            self.tokenizer.decode,
+            spec.suppress_ids,
+            spec.length_penalty_form,
         )
 
     def encode(self, requests: Sequence[DecodeRequest]) -> EncodedSources:

@@ -29,8 +29,13 @@ def test_batched_equals_one_at_a_time(translator: Translator, sample_sources: li
 def test_a_request_joins_a_running_batch_and_matches_its_solo_run(
     translator: Translator, sample_sources: list[str]
 ) -> None:
-    by_length = sorted(sample_sources, key=len)
+    # by output length, as greedy decodes them alone: the joining request must finish first
+    def steps(text: str) -> int:
+        return len(translator.translate([text], beam_size=1)[0].token_ids)
+
+    by_length = sorted(sample_sources, key=steps)
     short, long_ = by_length[0], by_length[-1]
+    assert steps(short) + 4 < steps(long_), "the sample has no short and long outputs"
     batch = translator.new_batch()
     batch.add(
         [
@@ -70,7 +75,7 @@ def test_greedy_streaming_pieces_add_up_to_the_translation(
 
 def test_too_long_input_names_the_limit(translator: Translator) -> None:
     with pytest.raises(SourceTooLong, match=r"at most 48 source tokens \(max_source_tokens\)"):
-        translator.request("dreihundert " * 40)
+        translator.request("dreihundert " * 60)
     assert issubclass(SourceTooLong, InvalidInput)
     with pytest.raises(BadDecodingSetting, match="max_target_tokens"):
         translator.request("vier", max_length=10_000)

@@ -17,6 +17,10 @@ def subsequent_mask(size: int, device: torch.device | None = None) -> torch.Tens
 
 
 def target_mask(tgt: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Causal AND not padding, for teacher forcing. [B, T] int64 -> [B, T, T] bool."""
+    """Causal AND not padding, for teacher forcing. The first position is the start token,
+    never padding, even when its id is pad's (Marian starts from pad). [B, T] int64 ->
+    [B, T, T] bool."""
     causal = subsequent_mask(tgt.size(1), tgt.device)  # [1, T, T]
-    return pad_mask(tgt, pad_id) & causal  # [B, 1, T] & [1, T, T] -> [B, T, T]
+    keys = pad_mask(tgt, pad_id)  # [B, 1, T]
+    keys[..., 0] = True
+    return keys & causal  # [B, 1, T] & [1, T, T] -> [B, T, T]

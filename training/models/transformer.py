@@ -97,29 +97,39 @@ class MultiHeadedAttention(nn.Module):
         )
 
 
-class PositionwiseFeedForward(nn.Module):
-    """FFN(x) = W2 dropout(relu(W1 x)). [B, T, D] -> [B, T, D]."""
+ACTIVATION: dict[str, nn.Module] = {"relu": nn.ReLU(), "gelu": nn.GELU(), "swish": nn.SiLU()}
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.1) -> None:
+
+class PositionwiseFeedForward(nn.Module):
+    """FFN(x) = W2 dropout(act(W1 x)), act relu unless told. [B, T, D] -> [B, T, D]."""
+
+    def __init__(
+        self, d_model: int, d_ff: int, dropout: float = 0.1, activation: str = "relu"
+    ) -> None:
         super().__init__()
         self.w_1 = nn.Linear(d_model, d_ff)
         self.w_2 = nn.Linear(d_ff, d_model)
         self.dropout = Dropout(dropout)
+        self.act = ACTIVATION[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_2(self.dropout(self.w_1(x).relu()))  # [B, T, D] -> [B, T, F] -> [B, T, D]
+        return self.w_2(self.dropout(self.act(self.w_1(x))))  # [B, T, D] -> [B, T, F] -> [B, T, D]
 
 
 class SublayerConnection(nn.Module):
-    """Pre-norm residual: x + dropout(sublayer(norm(x)))."""
+    """Residual around a sublayer. Pre-norm: x + dropout(sublayer(norm(x))); post-norm:
+    norm(x + dropout(sublayer(x)))."""
 
-    def __init__(self, size: int, dropout: float) -> None:
+    def __init__(self, size: int, dropout: float, norm_first: bool = True) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(size)
         self.dropout = Dropout(dropout)
+        self.norm_first = norm_first
 
     def forward(self, x: torch.Tensor, sublayer: nn.Module) -> torch.Tensor:
-        return x + self.dropout(sublayer(self.norm(x)))
+        if self.norm_first:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
 
 
 class EncoderLayer(nn.Module):
@@ -131,15 +141,23 @@ class EncoderLayer(nn.Module):
         self_attn: MultiHeadedAttention,
         feed_forward: PositionwiseFeedForward,
         dropout: float,
+        norm_first: bool = True,
     ) -> None:
         super().__init__()
         self.self_attn, self.feed_forward = self_attn, feed_forward
-        self.sublayer = clones(SublayerConnection(size, dropout), 2)
+        self.sublayer = clones(SublayerConnection(size, dropout, norm_first), 2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x [B, S, D], mask [B, 1, S] -> [B, S, D]."""
         x = self.sublayer[0](x, lambda h: self.self_attn(h, h, h, mask))
         return self.sublayer[1](x, self.feed_forward)
+
+
+def final_norm(sublayer: SublayerConnection) -> nn.Module:
+    """Pre-norm stacks end with a norm; post-norm ones are normalised already."""
+    if sublayer.norm_first:
+        return nn.LayerNorm(sublayer.norm.normalized_shape)
+    return nn.Identity()
 
 
 class Encoder(nn.Module):
@@ -148,7 +166,7 @@ class Encoder(nn.Module):
     def __init__(self, layer: EncoderLayer, n: int) -> None:
         super().__init__()
         self.layers = clones(layer, n)
-        self.norm = nn.LayerNorm(layer.sublayer[0].norm.normalized_shape)
+        self.norm = final_norm(layer.sublayer[0])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -166,10 +184,11 @@ class DecoderLayer(nn.Module):
         src_attn: MultiHeadedAttention,
         feed_forward: PositionwiseFeedForward,
         dropout: float,
+        norm_first: bool = True,
     ) -> None:
         super().__init__()
         self.self_attn, self.src_attn, self.feed_forward = self_attn, src_attn, feed_forward
-        self.sublayer = clones(SublayerConnection(size, dropout), 3)
+        self.sublayer = clones(SublayerConnection(size, dropout, norm_first), 3)
 
     def forward(
         self,
@@ -185,11 +204,13 @@ class DecoderLayer(nn.Module):
         cross_k/v [B, H, S, K], src_mask [B, 1, S]
         -> (x [B, T, D], present_k [B, H, P+T, K], present_v [B, H, P+T, K])."""
         first = self.sublayer[0]
-        h = first.norm(x)
+        h = first.norm(x) if first.norm_first else x
         k, v = self.self_attn.project_kv(h)  # [B, H, T, K] each
         k = torch.cat([past_k, k], dim=2)  # [B, H, P, K] + [B, H, T, K] -> [B, H, P+T, K]
         v = torch.cat([past_v, v], dim=2)  # [B, H, P+T, K]
         x = x + first.dropout(self.self_attn.attend(h, k, v, self_mask))  # [B, T, D]
+        if not first.norm_first:
+            x = first.norm(x)
         x = self.sublayer[1](x, lambda h: self.src_attn.attend(h, cross_k, cross_v, src_mask))
         return self.sublayer[2](x, self.feed_forward), k, v
 
@@ -200,7 +221,7 @@ class Decoder(nn.Module):
     def __init__(self, layer: DecoderLayer, n: int) -> None:
         super().__init__()
         self.layers = clones(layer, n)
-        self.norm = nn.LayerNorm(layer.sublayer[0].norm.normalized_shape)
+        self.norm = final_norm(layer.sublayer[0])
 
     def forward(
         self,
@@ -223,12 +244,12 @@ class Decoder(nn.Module):
 
 
 class Embeddings(nn.Module):
-    """Token embedding scaled by sqrt(D). [B, T] int64 -> [B, T, D]."""
+    """Token embedding scaled by sqrt(D) (unless `scale` is False). [B, T] int64 -> [B, T, D]."""
 
-    def __init__(self, d_model: int, vocab: int) -> None:
+    def __init__(self, d_model: int, vocab: int, scale: bool = True) -> None:
         super().__init__()
         self.lut = nn.Embedding(vocab, d_model)
-        self.scale = math.sqrt(d_model)
+        self.scale = math.sqrt(d_model) if scale else 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lut(x) * self.scale  # [B, T] -> [B, T, D]
@@ -238,14 +259,22 @@ class PositionalEncoding(nn.Module):
     """Adds sinusoidal encodings looked up by explicit positions (rows may be at different
     steps), then dropout."""
 
-    def __init__(self, d_model: int, dropout: float, max_len: int) -> None:
+    def __init__(
+        self, d_model: int, dropout: float, max_len: int, layout: str = "interleaved"
+    ) -> None:
         super().__init__()
         self.dropout = Dropout(dropout)
-        position = torch.arange(max_len).unsqueeze(1)  # [max_len, 1]
-        div_term = torch.exp(torch.arange(0, d_model, 2) * -(math.log(10000.0) / d_model))
-        pe = torch.zeros(max_len, d_model)  # [max_len, D]
-        pe[:, 0::2] = torch.sin(position * div_term)
-        pe[:, 1::2] = torch.cos(position * div_term)
+        if layout == "interleaved":  # sin, cos, sin, cos, ... (float32, as trained)
+            position = torch.arange(max_len).unsqueeze(1)  # [max_len, 1]
+            div_term = torch.exp(torch.arange(0, d_model, 2) * -(math.log(10000.0) / d_model))
+            pe = torch.zeros(max_len, d_model)  # [max_len, D]
+            pe[:, 0::2] = torch.sin(position * div_term)
+            pe[:, 1::2] = torch.cos(position * div_term)
+        else:  # "halves": every sin, then every cos, computed in float64 as Marian's
+            position = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)  # [max_len, 1]
+            exponent = torch.arange(0, d_model, 2, dtype=torch.float64) / d_model
+            angle = position / torch.pow(10000.0, exponent)  # [max_len, D/2]
+            pe = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).float()  # [max_len, D]
         self.register_buffer("pe", pe, persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -388,16 +417,15 @@ def make_model(config: TranslatorConfig) -> EncoderDecoder:
     c = copy.deepcopy
     d, v = config.d_model, config.vocab_size
     attn = MultiHeadedAttention(config.num_heads, d, config.attention_p)
-    ff = PositionwiseFeedForward(d, config.d_ff, config.activation_p)
+    ff = PositionwiseFeedForward(d, config.d_ff, config.activation_p, config.activation)
+    pre, drop = config.norm == "pre", config.dropout
     model = EncoderDecoder(
         config,
-        Encoder(EncoderLayer(d, c(attn), c(ff), config.dropout), config.num_encoder_layers),
-        Decoder(
-            DecoderLayer(d, c(attn), c(attn), c(ff), config.dropout), config.num_decoder_layers
-        ),
-        Embeddings(d, v),
-        Embeddings(d, v),
-        PositionalEncoding(d, config.dropout, config.max_len),
+        Encoder(EncoderLayer(d, c(attn), c(ff), drop, pre), config.num_encoder_layers),
+        Decoder(DecoderLayer(d, c(attn), c(attn), c(ff), drop, pre), config.num_decoder_layers),
+        Embeddings(d, v, config.scale_embedding),
+        Embeddings(d, v, config.scale_embedding),
+        PositionalEncoding(d, drop, config.max_len, config.position_layout),
         Generator(d, v),
     )
     for p in model.parameters():
