@@ -31,8 +31,16 @@ from tqdm import tqdm
 
 from core.flags import from_flags
 from core.translation import Tokenizer, Translator, TranslatorSpec
+from core.translation.normalization import normalizer
 from training import checkpoint
 from training.data.batching import collate, token_batches
+from training.data.numbers import (
+    SHORT_FORMS,
+    SMALL,
+    drawn_numbers,
+    exact_by_digits,
+    number_words,
+)
 from training.data.parallel import CorpusError, Pair, load_corpus
 from training.data.sources import DatasetError
 from training.data.tokenizer import train_tokenizer
@@ -237,7 +245,7 @@ def fit(
             train = resample()
         src_lens = np.array([len(s) for s in train.src])  # [N]
         tgt_lens = np.array([len(t) + 1 for t in train.tgt])  # [N]
-        for idx in token_batches(src_lens, tgt_lens, tc.max_tokens, rng):
+        for idx in token_batches(src_lens, tgt_lens, tc.max_tokens, rng, tc.batch_pool):
             model.train()
             src, tgt_in, tgt_out = _tensors(train, idx, c, device)
             ntok = int((tgt_out != c.pad_id).sum())
@@ -344,6 +352,7 @@ def torch_translator(
         c.num_heads,
         c.head_dim,
         tc.eval_batch_rows,
+        source_normalization=tc.source_normalization,
     )
     return Translator(TorchStepModel(model, device), tokenizer, spec)
 
@@ -365,6 +374,38 @@ def greedy_bleu(
     finally:
         torch.set_num_threads(threads)
     return float(scores["bleu"])  # type: ignore[arg-type]
+
+
+def numbers_scores(
+    translator: Translator,
+    tc: TranslatorTrainConfig,
+    small: list[Pair],
+    test: list[Pair],
+    test_hyps: list[str],
+) -> dict[str, object]:
+    """The numbers corpus beyond the generalisation test (`test`, its translations
+    `test_hyps`): the small numbers people type first (0 to SMALL, scored apart), and exact
+    match per digit count over both sets; their mean is the exact match on numbers drawn with
+    a uniform digit count."""
+    drawn = drawn_numbers(tc.seed, tc.numbers_train, tc.numbers_heldout, tc.numbers_max_digits)
+    number_of = {number_words(n, tc.src): n for n in drawn["test"] + drawn["small"]}
+    number_of.update((words, n) for n, words in SHORT_FORMS.items())
+    scores, hyps = evaluate(translator, small, tc.beam_size, tc.length_penalty, tc.eval_batch_rows)
+    wrong = [f"{s} -> {h}" for (s, t), h in zip(small, hyps, strict=True) if h != t]
+    pairs = small + test
+    by_digits = exact_by_digits(
+        [number_of[s] for s, _ in pairs], hyps + test_hyps, [t for _, t in pairs]
+    )
+    return {
+        "small_numbers": {
+            "range": f"0-{SMALL}, {', '.join(SHORT_FORMS.values())}",
+            "exact_match": scores["exact_match"],
+            "sentences": len(small),
+            "wrong": wrong[:20],
+        },
+        "exact_match_by_digits": by_digits,
+        "exact_match_uniform_digits": round(sum(by_digits.values()) / len(by_digits), 4),
+    }
 
 
 def pick_device(name: str) -> torch.device:
@@ -408,10 +449,14 @@ def train(
         tc.numbers_max_digits,
         tc.extra_sources,
     )
+    normalize = normalizer(tc.source_normalization)  # the served tokenizer does the same
     spm_model = train_tokenizer(
-        [s for pair in corpus["train"] for s in pair], tc.vocab_size, tc.spm_model, tc.seed
+        [text for src, tgt in corpus["train"] for text in (normalize(src), tgt)],
+        tc.vocab_size,
+        tc.spm_model,
+        tc.seed,
     )
-    tokenizer = Tokenizer.from_bytes(spm_model)
+    tokenizer = Tokenizer.from_bytes(spm_model, tc.source_normalization)
     config = replace(
         model,
         vocab_size=tokenizer.vocab_size,
@@ -503,6 +548,10 @@ def train(
             tc.length_penalty,
             tc.eval_batch_rows,
         )
+        if tc.data == "numbers":
+            translator = torch_translator(model, tokenizer, tc, device)
+            small = [p for p in corpus["small"] if len(tokenizer.encode_source(p[0])) <= limit]
+            scores.update(numbers_scores(translator, tc, small, test, hyps))
     finally:
         torch.set_num_threads(threads)
     metrics: dict[str, object] = {
@@ -594,6 +643,7 @@ def run(args: argparse.Namespace) -> int:
             "bleu",
             "chrf",
             "exact_match",
+            "exact_match_uniform_digits",
             "split",
             "beam_size",
             "train_seconds",
@@ -601,5 +651,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if k in metrics
     }
+    if "small_numbers" in metrics:
+        shown["exact_match_small_numbers"] = metrics["small_numbers"]["exact_match"]  # type: ignore[index]
     print(json.dumps(shown))
     return 0

@@ -168,6 +168,12 @@ class TranslatorTrainConfig:
         group=DATA,
     )
     max_tokens: int = flag(4096, "tokens per batch, padding included", group=TRAINING)
+    batch_pool: int = flag(
+        0,
+        "sort by length only within random pools of this many batches, so that repeated or "
+        "rare-length pairs reach many batches an epoch (0 = one global sort)",
+        group=TRAINING,
+    )
     max_steps: int = flag(100000, "optimizer steps at most", group=TRAINING)
     max_minutes: float = flag(0.0, "training time budget (0 = none)", group=TRAINING)
     lr: float = flag(1e-3, "peak learning rate (AdamW), reached after --warmup", group=TRAINING)
@@ -314,6 +320,9 @@ TRANSLATOR_PRESETS: dict[str, TranslatorPreset] = {
             # spelt some out letter by letter (a|c|h|t|hundertsechs)
             spm_model="bpe",
             max_tokens=3000,
+            # one global length sort put all 50 copies of `null` into one batch an epoch:
+            # never learnt; pools of 10 batches spread them (batching.py)
+            batch_pool=10,
             max_source_tokens=64,
             lr=0.002,
             warmup=400,

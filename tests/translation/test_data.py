@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from training.data.batching import collate, token_batches
-from training.data.numbers import number_words, numbers_corpus
+from training.data.numbers import (
+    SHORT_FORMS,
+    SMALL,
+    SMALL_COPIES,
+    drawn_numbers,
+    exact_by_digits,
+    number_words,
+    numbers_corpus,
+)
 from training.data.parallel import CorpusError, load_corpus, multi30k
 from training.data.sources import DatasetError, dataset_file
 
@@ -19,10 +27,34 @@ def test_numbers_corpus_is_seeded_and_held_out() -> None:
     assert a == numbers_corpus(3, 500, 50, 6)
     assert number_words(342, "de") == "dreihundertzweiundvierzig"
     assert number_words(342, "en") == "three hundred and forty-two"
-    assert {k: len(v) for k, v in a.items()} == {"train": 500, "val": 50, "test": 50}
+    small = SMALL + 1
+    short = [(words, number_words(n, "en")) for n, words in SHORT_FORMS.items()]
+    assert {k: len(v) for k, v in a.items()} == {
+        "train": 500 + sum(SMALL_COPIES[len(str(n))] for n in [*range(small), *SHORT_FORMS]),
+        "val": 50,
+        "test": 50,
+        "small": small + len(short),
+    }
+    assert ("hundert", "one hundred") in short and set(short) <= set(a["small"])
     train, val, test = ({s for s, _ in a[k]} for k in ("train", "val", "test"))
     assert not (train & val) and not (train & test) and not (val & test)
-    assert {number_words(n, "de") for n in range(10)} <= train  # training draws first
+    # what people type first is in training, several times, and scored on its own
+    assert [s for s, _ in a["small"][:small]] == [number_words(n, "de") for n in range(small)]
+    eins = ("eins", "one")
+    assert a["train"].count(eins) == SMALL_COPIES[1] and eins in a["small"]
+    # the generalisation test holds only numbers above the small ones, never seen
+    drawn = drawn_numbers(3, 500, 50, 6)
+    assert min(drawn["test"]) > SMALL and min(drawn["val"]) > SMALL
+    assert a["test"] == [(number_words(n, "de"), number_words(n, "en")) for n in drawn["test"]]
+
+
+def test_exact_match_by_digit_count() -> None:
+    got = exact_by_digits(
+        [7, 42, 43, 1000],
+        ["seven", "x", "forty-three", "one thousand"],
+        ["seven", "forty-two", "forty-three", "one thousand"],
+    )
+    assert got == {"1": 1.0, "2": 0.5, "4": 1.0}
 
 
 def test_tsv_prefix_and_folder_corpora(tmp_path: Path) -> None:
@@ -104,3 +136,15 @@ def test_extra_source_languages_add_training_pairs_into_the_same_targets() -> No
         load_corpus("numbers", "de", "en", extra_sources=("fr",))
     with pytest.raises(CorpusError, match="already a side"):
         load_corpus("multi30k", "de", "en", extra_sources=("en",))
+
+
+def test_pools_spread_the_copies_of_a_pair_over_many_batches() -> None:
+    rng = np.random.default_rng(0)
+    src = np.array([6] * 50 + list(rng.integers(2, 20, 5000)))  # 50 copies of one pair first
+    tgt = np.array([5] * 50 + list(rng.integers(2, 20, 5000)))
+    for pool, spread in ((0, 1), (10, 5)):
+        batches = token_batches(src, tgt, 400, np.random.default_rng(1), pool)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(src)))
+        assert all(len(b) * (src[b].max() + tgt[b].max()) <= 400 for b in batches)
+        with_copies = sum(1 for b in batches if (b < 50).any())
+        assert with_copies <= 2 if pool == 0 else with_copies >= spread, (pool, with_copies)

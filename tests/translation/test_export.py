@@ -222,3 +222,49 @@ def test_a_stacked_cache_export_is_refused_with_a_reason(version_dir: Path, tmp_
     onnx.save(old, str(tmp_path / "decoder.onnx"))
     with pytest.raises(GraphError, match=r"stacked .* export the checkpoint again"):
         OnnxStepModel(tmp_path, num_layers=2, num_heads=4, head_dim=16)
+
+
+def test_numbers_training_scores_small_numbers_apart_and_by_digit_count(
+    tiny_metrics: dict[str, Any],
+) -> None:
+    small = tiny_metrics["small_numbers"]
+    assert small["range"] == "0-1000, hundert, tausend" and small["sentences"] == 1003
+    assert 0 <= small["exact_match"] <= 1 and len(small["wrong"]) <= 20
+    by_digits = tiny_metrics["exact_match_by_digits"]
+    assert sorted(by_digits) == ["1", "2", "3", "4", "5", "6"]
+    mean = sum(by_digits.values()) / len(by_digits)
+    assert tiny_metrics["exact_match_uniform_digits"] == pytest.approx(mean, abs=1e-4)
+
+
+def test_case_folding_is_the_models_setting_in_training_and_serving(
+    version_dir: Path, translator: Translator
+) -> None:
+    params = {k: v.string_value for k, v in read_config(version_dir.parent).parameters.items()}
+    assert params["source_normalization"] == "casefold"  # the numbers presets
+    assert translator.spec.source_normalization == "casefold"
+    for forms in (("eins", "Eins", "EINS"), ("dreißig", "Dreißig", "DREISSIG")):
+        results = translator.translate(list(forms), beam_size=2)
+        assert len({(r.text, tuple(r.hypotheses[0].token_ids)) for r in results}) == 1, forms
+
+
+def test_source_normalization_in_a_config(version_dir: Path) -> None:
+    from core.translation import RequestBuilder, SpecError
+
+    config = read_config(version_dir.parent)
+    config.parameters["source_normalization"].string_value = "shout"
+    with pytest.raises(SpecError, match="source_normalization"):
+        TranslatorSpec.from_config(config)  # a load error, not one per request
+    del config.parameters["source_normalization"]  # an export from before the setting
+    builder = RequestBuilder.load(version_dir, config)
+    assert builder.spec.source_normalization == "none"
+    assert builder.tokenizer.encode_source("EINS") != builder.tokenizer.encode_source("eins")
+
+
+def test_corpora_of_users_keep_their_case() -> None:
+    from training.translator_config import TRANSLATOR_PRESETS, TranslatorTrainConfig, preset_for
+
+    assert TranslatorTrainConfig().source_normalization == "none"
+    for pairs in (100, 100_000):
+        name = preset_for("my.tsv", pairs)
+        assert TRANSLATOR_PRESETS[name].train.source_normalization == "none", name
+    assert TRANSLATOR_PRESETS["numbers"].train.source_normalization == "casefold"

@@ -15,10 +15,29 @@ def token_batches(
     tgt_lens: np.ndarray,
     max_tokens: int,
     rng: np.random.Generator | None = None,
+    pool: int = 0,
 ) -> list[np.ndarray]:
     """Index batches. Pairs are sorted by length (ties shuffled by `rng`), cut into batches
     whose padded size (rows x (longest source + longest target)) fits `max_tokens`, and the
-    batch order is shuffled when `rng` is given."""
+    batch order is shuffled when `rng` is given.
+
+    `pool` > 0 (with `rng`): the pairs are shuffled first and sorted only within pools of
+    about `pool` batches' tokens (torchtext's BucketIterator). A global sort puts every copy
+    of a repeated pair, and every pair of a rare length, into one or two batches an epoch:
+    a few updates, however many copies. Pools spread them over as many batches as there are
+    pools, for a little more padding."""
+    if pool and rng is not None:
+        shuffled = rng.permutation(len(src_lens))  # [N]
+        cost = np.cumsum(src_lens[shuffled] + tgt_lens[shuffled])  # [N] tokens so far
+        size = pool * max_tokens
+        cuts = np.searchsorted(cost, np.arange(size, cost[-1], size))  # pool boundaries
+        batches = [
+            chunk[b]
+            for chunk in np.split(shuffled, cuts)
+            for b in token_batches(src_lens[chunk], tgt_lens[chunk], max_tokens, rng)
+        ]
+        rng.shuffle(batches)
+        return batches
     n = len(src_lens)
     noise = rng.random(n) if rng is not None else np.zeros(n)
     order = np.lexsort((noise, tgt_lens, src_lens))  # by source, then target length

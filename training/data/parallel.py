@@ -4,7 +4,7 @@
 sentence pairs, whatever the source:
 - "multi30k": the Multi30k task-1 raw files (gz), found or downloaded by `sources.py`;
   test is `test_split` (test_2016_flickr by default).
-- "numbers": the generated corpus of `numbers.py`.
+- "numbers": the generated corpus of `numbers.py`, with a fourth split, "small" (0 to 1000).
 - a path: `X.tsv` (source TAB target per line, optionally .gz), or a prefix `X` with aligned
   `X.<src>` and `X.<tgt>` files (optionally .gz), or a folder holding `train.<lang>` plus
   optional `val.<lang>` / `test.<lang>` files. Validation and test pairs missing from a path
