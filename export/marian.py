@@ -17,20 +17,17 @@ validation sentences given (or a few built from the vocabulary). `--check SENTEN
 decodes them through the written version with onnxruntime and compares the tokens with
 `generate()`, greedy and beam: the parity the issue asks for, on a user's own model.
 `transformers` is needed here only (the train extra); serving needs neither it nor torch.
+The command and its `--check` are `seqserve/marian_import.py`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from core.translation.spec import read_config
 from core.translation.vocab_tokenizer import VocabTokenizer
 from export.errors import ExportError
 from export.translator import ServedAs, TranslatorExportOptions, write_translator
@@ -69,7 +66,14 @@ def _transformers() -> Any:
     return transformers
 
 
-def network_config(hf_config: Any) -> TranslatorConfig:
+def shares_embeddings(hf: Any) -> bool:
+    """Encoder, decoder and output projection on one matrix (OPUS-MT's)."""
+    m = hf.model
+    weights = (m.encoder.embed_tokens.weight, m.decoder.embed_tokens.weight, hf.lm_head.weight)
+    return len({w.data_ptr() for w in weights}) == 1
+
+
+def network_config(hf_config: Any, tied: bool) -> TranslatorConfig:
     """Marian's config.json as a TranslatorConfig; ExportError naming what does not map."""
     c = hf_config
 
@@ -101,7 +105,7 @@ def network_config(hf_config: Any) -> TranslatorConfig:
         num_decoder_layers=c.decoder_layers,
         dropout=0.0,
         max_len=c.max_position_embeddings,
-        tie_embeddings=False,  # weights are copied as they are; tied ones stay equal
+        tie_embeddings=tied,  # one matrix in the graphs when Marian has one
         pad_id=c.pad_token_id,
         bos_id=c.decoder_start_token_id,
         eos_id=c.eos_token_id,
@@ -181,7 +185,7 @@ def load(folder: Path) -> Marian:
         raise ExportError(f"{folder}: separate source and target vocabularies are not supported")
     transformers = _transformers()
     hf = transformers.MarianMTModel.from_pretrained(str(folder)).eval()
-    model = make_model(network_config(hf.config)).eval()
+    model = make_model(network_config(hf.config, shares_embeddings(hf))).eval()
     load_weights(model, hf)
     try:
         tokenizer = VocabTokenizer.from_files(*(folder / f for f in FILES))
@@ -274,89 +278,3 @@ def import_marian(
         options,
         extra={"imported": info},
     )
-
-
-def check_parity(
-    folder: Path, version_dir: Path, sentences: list[str], beams: tuple[int, ...] = (1, 4)
-) -> dict[str, Any]:
-    """Tokens of `generate()` (transformers, PyTorch) against the written version's (seqserve's
-    search on onnxruntime), sentence by sentence, for each beam size, with the same
-    max_length. Returns counts and the first differences."""
-    from serving.models.onnx_step_model import load_translator
-
-    marian = load(folder)
-    served = load_translator(version_dir, providers=["CPUExecutionProvider"])
-    tokenizer = served.tokenizer
-    report: dict[str, Any] = {}
-    pad, eos = marian.model.config.pad_id, marian.model.config.eos_id
-    for beam in beams:
-        equal, total, differ = 0, 0, []
-        for text in sentences:
-            source = tokenizer.encode_source(text)
-            if not source:
-                continue
-            cap = min(served.spec.max_target_tokens, 3 * len(source) + 10)
-            ids = torch.tensor([source])
-            with torch.no_grad():
-                out = marian.hf.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    num_beams=beam,
-                    max_length=cap + 2,  # the start token and a forced EOS
-                    do_sample=False,
-                    bad_words_ids=[[pad]],  # as OPUS-MT's generation configs say
-                )
-            want = out[0].tolist()[1:]  # [start, tokens..., EOS]
-            if want and want[-1] == eos:
-                want = want[:-1]
-            [result] = served.translate([text], beam_size=beam, max_length=cap)
-            got = result.hypotheses[0].token_ids
-            total += 1
-            if got == want:
-                equal += 1
-            elif len(differ) < 3:
-                differ.append({"source": text, "transformers": want, "seqserve": got})
-        report[f"beam_{beam}"] = {"equal": equal, "sentences": total, "differ": differ}
-    return report
-
-
-def run(args: argparse.Namespace) -> int:
-    options = TranslatorExportOptions(
-        version=args.version, force=args.force, quantize=args.quantize
-    )
-    sentences = None
-    if args.check:
-        sentences = [
-            line.strip()
-            for line in Path(args.check).read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
-    try:
-        version_dir = import_marian(
-            Path(args.folder),
-            Path(args.repository),
-            args.name,
-            options,
-            args.src,
-            args.tgt,
-            sentences,
-        )
-    except ExportError as err:
-        print(f"seqserve import marian: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {version_dir} and {version_dir.parent / 'config.pbtxt'}")
-    early = json.loads(read_config(version_dir.parent).parameters["imported"].string_value)
-    if early["hf_early_stopping"] is not False:
-        print(
-            f"note: generation_config.json sets early_stopping={early['hf_early_stopping']!r}; "
-            "seqserve's beam search stops as transformers does with early_stopping=False, so "
-            "beam outputs may differ from generate()'s defaults",
-            file=sys.stderr,
-        )
-    if sentences:
-        report = check_parity(Path(args.folder), version_dir, sentences)
-        print(json.dumps(report, indent=2, ensure_ascii=False))
-        if any(r["equal"] != r["sentences"] for r in report.values()):
-            print("seqserve import marian: outputs differ from transformers'", file=sys.stderr)
-            return 1
-    return 0

@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "written version and through transformers' generate() (greedy and beam 4) and "
         "compare the tokens; exit 1 if any differs",
     )
-    mi.set_defaults(handler=_lazy("export.marian"))
+    mi.set_defaults(handler=_lazy("seqserve.marian_import"))
 
     # build-repository
     br = sub.add_parser(

@@ -99,6 +99,9 @@ class TranslatorSpec:
             raise SpecError(
                 f"parameter 'suppress_ids' is not a list of ids: {params['suppress_ids']!r}"
             ) from err
+        vocab_size = number("vocab_size") if "vocab_size" in params else 0
+        if any(not 0 <= i < (vocab_size or i + 1) for i in suppress):
+            raise SpecError(f"parameter 'suppress_ids' {list(suppress)} is outside the vocabulary")
         marian = {key: params.get(key, "") for key in ("target_tokenizer", "vocab")}
         if bool(marian["target_tokenizer"]) != bool(marian["vocab"]):
             raise SpecError("parameters 'target_tokenizer' and 'vocab' come together")

@@ -67,7 +67,10 @@ class RequestBuilder:
         if spec.vocab:  # an imported Marian model
             try:
                 tokenizer: AnyTokenizer = VocabTokenizer.from_files(
-                    file("tokenizer"), file("target_tokenizer"), file("vocab")
+                    file("tokenizer"),
+                    file("target_tokenizer"),
+                    file("vocab"),
+                    spec.source_normalization,
                 )
             except ValueError as err:
                 raise SpecError(str(err)) from None

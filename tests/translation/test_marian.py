@@ -16,8 +16,9 @@ import torch
 
 from core.translation import read_config
 from export.errors import ExportError
-from export.marian import check_parity, import_marian
+from export.marian import import_marian
 from export.translator import TranslatorExportOptions
+from seqserve.marian_import import check_parity
 from serving.models.onnx_step_model import load_translator
 
 transformers = pytest.importorskip("transformers")
@@ -234,3 +235,18 @@ def test_bench_compares_the_import_with_ctranslate2(marian: dict[str, Any], tmp_
         for n in (1, 2)
     }
     assert all(v > 0 for v in result["tokens_per_second"].values())
+
+
+def test_a_config_with_suppressed_ids_outside_the_vocabulary_fails_to_load(
+    marian: dict[str, Any],
+) -> None:
+    from core.translation import SpecError, TranslatorSpec
+
+    config = read_config(marian["version"].parent)
+    config.parameters["suppress_ids"].string_value = json.dumps([len(marian["vocab"]) + 5])
+    with pytest.raises(SpecError, match="outside the vocabulary"):
+        TranslatorSpec.from_config(config)
+    del config.parameters["target_tokenizer"]
+    config.parameters["suppress_ids"].string_value = "[]"
+    with pytest.raises(SpecError, match="come together"):
+        TranslatorSpec.from_config(config)
