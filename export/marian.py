@@ -9,7 +9,8 @@ norm, its activation (swish for OPUS-MT), token embeddings scaled by sqrt(D) and
 encoder, decoder and output projection, `final_logits_bias` as the projection's bias, and
 sinusoidal positions with every sin before every cos. The decoder starts from the pad token,
 and pad is never generated (`suppress_ids`). Hugging Face's beam search divides by
-length ** length_penalty and stops by its own rule (`length_penalty_form` "length").
+length ** length_penalty and stops by its `early_stopping` rule (`length_penalty_form`
+"length", `early_stopping`).
 
 Checks before anything is written: the network's logits equal Hugging Face's on random
 sources and targets, and then the export's own checks (`export/translator.py`) on the
@@ -50,7 +51,7 @@ class Marian:
     num_beams: int
     length_penalty: float
     max_length: int
-    early_stopping: Any
+    early_stopping: bool | str  # transformers': False, True or "never"
     suppress_ids: tuple[int, ...]
 
 
@@ -133,9 +134,8 @@ def load_weights(model: EncoderDecoder, hf: Any) -> None:
         if not torch.allclose(model.position.pe[: len(table)], table, atol=1e-5):
             raise ExportError("the positional embeddings are not Marian's sinusoids")
     for ours, theirs in zip(model.encoder.layers, m.encoder.layers, strict=True):
-        a = ours.self_attn
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            _copy(getattr(a, name), getattr(theirs.self_attn, name))
+            _copy(getattr(ours.self_attn, name), getattr(theirs.self_attn, name))
         _copy(ours.sublayer[0].norm, theirs.self_attn_layer_norm)
         _copy(ours.feed_forward.w_1, theirs.fc1)
         _copy(ours.feed_forward.w_2, theirs.fc2)
@@ -200,6 +200,8 @@ def load(folder: Path) -> Marian:
     if special != (model.config.pad_id, model.config.eos_id):
         raise ExportError(f"vocab.json's pad/eos ids {special} differ from config.json's")
     gen = hf.generation_config
+    if gen.early_stopping not in (None, False, True, "never"):
+        raise ExportError(f"generation_config.json: early_stopping {gen.early_stopping!r}")
     bad = tuple(ids[0] for ids in (gen.bad_words_ids or []) if len(ids) == 1)
     return Marian(
         hf,
@@ -231,6 +233,7 @@ def served_as(marian: Marian, src: str, tgt: str) -> ServedAs:
         source_normalization="none",  # Marian's text is cased: never folded
         length_penalty_form="length",
         suppress_ids=marian.suppress_ids,
+        early_stopping=str(marian.early_stopping).lower(),  # False, True or "never"
     )
 
 

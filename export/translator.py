@@ -78,6 +78,7 @@ class ServedAs:
     source_normalization: str = "none"
     length_penalty_form: str = "gnmt"
     suppress_ids: tuple[int, ...] = ()
+    early_stopping: str = ""  # core.translation.search.EARLY_STOPPING
 
     @classmethod
     def trained(cls, model: EncoderDecoder, tc: TranslatorTrainConfig) -> ServedAs:
@@ -366,6 +367,8 @@ def build_config(
         parameters["length_penalty_form"] = served.length_penalty_form
     if served.suppress_ids:
         parameters["suppress_ids"] = list(served.suppress_ids)
+    if served.early_stopping:
+        parameters["early_stopping"] = served.early_stopping
     if quantization is not None:
         parameters["quantization"] = quantization
     parameters.update(extra or {})

@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
-from core.translation.spec import read_config
 from export.errors import ExportError
 from export.marian import import_marian, load
 from export.translator import TranslatorExportOptions
 from serving.models.onnx_step_model import load_translator
+
+EARLY: dict[str, bool | str] = {"false": False, "true": True, "never": "never"}
 
 
 def check_parity(
@@ -46,6 +47,8 @@ def check_parity(
                     max_length=cap + 2,  # the start token and a forced EOS
                     do_sample=False,
                     bad_words_ids=[[pad]],  # as OPUS-MT's generation configs say
+                    early_stopping=EARLY[served.spec.early_stopping],  # what was imported
+                    length_penalty=served.spec.default_length_penalty,
                 )
             want = out[0].tolist()[1:]  # [start, tokens..., EOS]
             if want and want[-1] == eos:
@@ -86,14 +89,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"seqserve import marian: {err}", file=sys.stderr)
         return 2
     print(f"wrote {version_dir} and {version_dir.parent / 'config.pbtxt'}")
-    early = json.loads(read_config(version_dir.parent).parameters["imported"].string_value)
-    if early["hf_early_stopping"] is not False:
-        print(
-            f"note: generation_config.json sets early_stopping={early['hf_early_stopping']!r}; "
-            "seqserve's beam search stops as transformers does with early_stopping=False, so "
-            "beam outputs may differ from generate()'s defaults",
-            file=sys.stderr,
-        )
     if sentences:
         report = check_parity(Path(args.folder), version_dir, sentences)
         print(json.dumps(report, indent=2, ensure_ascii=False))

@@ -155,11 +155,12 @@ class DecodeBatch:
         detokenize: Callable[[list[int]], str] | None = None,
         suppress_ids: Sequence[int] = (),
         length_penalty_form: str = "gnmt",
+        early_stopping: str = "",
     ) -> None:
         self.model = model
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.suppress = list(suppress_ids)  # ids never generated (an imported Marian's pad)
-        self.form = length_penalty_form
+        self.form, self.early_stopping = length_penalty_form, early_stopping  # search.py
         self.detokenize = detokenize
         self.cache = KVCache.empty(model.num_layers, model.num_heads, model.head_dim)
         self.tokens = np.zeros(0, np.int64)  # [R] last token of each row
@@ -204,7 +205,14 @@ class DecodeBatch:
         self._entries.extend(
             _Entry(
                 r,
-                BeamState(r.beam_size, r.max_length, r.length_penalty, self.eos_id, self.form),
+                BeamState(
+                    r.beam_size,
+                    r.max_length,
+                    r.length_penalty,
+                    self.eos_id,
+                    self.form,
+                    self.early_stopping,
+                ),
                 self.step_count,
             )
             for r in new

@@ -12,10 +12,11 @@ A request is done when no live hypothesis can still enter its `beam_size` best f
 log-probabilities only fall, so a live hypothesis ends at best at its current sum divided by
 the largest penalty it can get, the one at `max_length` (an exact bound, not a heuristic).
 Counting finished hypotheses alone is not enough: weak beams that stop early would end the
-search before the best hypothesis has finished. Hugging Face's rule (`generate` with
-early_stopping=False) divides the best live sum by the current length's penalty instead: a
-heuristic when alpha > 0, reproduced for parity with the models it trained. Greedy search
-(beam 1) stops at its EOS.
+search before the best hypothesis has finished. An imported model stops as `generate` does
+with its generation config's `early_stopping` (EARLY_STOPPING): False divides the best live
+sum by the current length's penalty instead (a heuristic when alpha > 0), True stops once
+`beam_size` hypotheses have finished, "never" is the bound above. Greedy search (beam 1)
+stops at its EOS.
 Hypotheses that reach `max_length` tokens finish without EOS.
 """
 
@@ -29,6 +30,10 @@ DEAD = -1e9  # cumulative score of a placeholder hypothesis (beams start as one 
 
 
 LENGTH_PENALTY_FORMS = ("gnmt", "length")
+# When beam search stops: "" seqserve's exact bound; otherwise transformers' early_stopping
+# (an imported model's generation config): "false" its heuristic at the current length,
+# "true" as soon as beam_size hypotheses have finished, "never" the bound at max_length.
+EARLY_STOPPING = ("", "false", "true", "never")
 
 
 def length_penalty(length: int, alpha: float, form: str = "gnmt") -> float:
@@ -58,7 +63,13 @@ class BeamState:
     """
 
     def __init__(
-        self, beam_size: int, max_length: int, alpha: float, eos_id: int, form: str = "gnmt"
+        self,
+        beam_size: int,
+        max_length: int,
+        alpha: float,
+        eos_id: int,
+        form: str = "gnmt",
+        early_stopping: str = "",
     ) -> None:
         self.beam_size, self.max_length, self.alpha, self.eos_id = (
             beam_size,
@@ -66,7 +77,7 @@ class BeamState:
             alpha,
             eos_id,
         )
-        self.form = form
+        self.form, self.early_stopping = form, early_stopping
         self.tokens: list[list[int]] = [[] for _ in range(beam_size)]
         self.cum = np.full(beam_size, DEAD, np.float64)  # [k] cumulative log-probabilities
         self.cum[0] = 0.0  # all rows start identical: only the first one is live
@@ -157,9 +168,14 @@ class BeamState:
         if k == 1:
             return True
         kth = sorted((h.score for h in self.finished), reverse=True)[k - 1]
-        if self.form == "length":  # Hugging Face's rule (early_stopping=False): at this length
+        stop = self.early_stopping
+        if stop == "true":
+            return True
+        if stop == "false" or (stop == "never" and self.alpha <= 0):  # at this length
             return best_live / length_penalty(self.length, self.alpha, self.form) <= kth
-        return best_live / length_penalty(self.max_length, self.alpha) <= kth
+        # the largest penalty a live hypothesis can get; "length" counts the forced EOS
+        longest = self.max_length + (self.form == "length")
+        return best_live / length_penalty(longest, self.alpha, self.form) <= kth
 
     def best(self, n: int) -> list[Hypothesis]:
         """The n best finished hypotheses, best first."""

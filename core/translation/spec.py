@@ -13,7 +13,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from core.translation.normalization import NORMALIZATIONS
-from core.translation.search import LENGTH_PENALTY_FORMS
+from core.translation.search import EARLY_STOPPING, LENGTH_PENALTY_FORMS
 from protos.inference import model_config_pb2 as mc
 
 BACKEND = "seqserve_translator"
@@ -51,6 +51,7 @@ class TranslatorSpec:
     vocab: str = ""
     suppress_ids: tuple[int, ...] = ()  # never generated (Marian: pad)
     length_penalty_form: str = "gnmt"  # search.py: LENGTH_PENALTY_FORMS
+    early_stopping: str = ""  # search.py: EARLY_STOPPING ("": seqserve's exact bound)
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> TranslatorSpec:
@@ -93,6 +94,12 @@ class TranslatorSpec:
                 f"parameter 'length_penalty_form' is {form!r}, not one of "
                 f"{', '.join(LENGTH_PENALTY_FORMS)}"
             )
+        early = params.get("early_stopping", "")
+        if early not in EARLY_STOPPING:
+            raise SpecError(
+                f"parameter 'early_stopping' is {early!r}, not one of "
+                f"{', '.join(repr(e) for e in EARLY_STOPPING)}"
+            )
         try:
             suppress = tuple(int(i) for i in json.loads(params.get("suppress_ids", "[]")))
         except (ValueError, TypeError) as err:
@@ -125,6 +132,7 @@ class TranslatorSpec:
             vocab=marian["vocab"],
             suppress_ids=suppress,
             length_penalty_form=form,
+            early_stopping=early,
         )
 
 

@@ -145,6 +145,7 @@ class Translator:
             self.tokenizer.decode,
             spec.suppress_ids,
             spec.length_penalty_form,
+            spec.early_stopping,
         )
 
     def encode(self, requests: Sequence[DecodeRequest]) -> EncodedSources:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sentencepiece as spm
 import torch
+from google.protobuf import text_format
 
 from core.translation import read_config
 from export.errors import ExportError
@@ -250,3 +251,20 @@ def test_a_config_with_suppressed_ids_outside_the_vocabulary_fails_to_load(
     config.parameters["suppress_ids"].string_value = "[]"
     with pytest.raises(SpecError, match="come together"):
         TranslatorSpec.from_config(config)
+
+
+@pytest.mark.parametrize("early_stopping", ["true", "never"])
+def test_beam_4_follows_the_generation_configs_early_stopping(
+    marian: dict[str, Any], tmp_path: Path, early_stopping: str
+) -> None:
+    """transformers' other two stopping rules, set as the import would from a generation
+    config that names them, against generate() with the same setting."""
+    import shutil
+
+    version = tmp_path / "repo" / "opus" / "1"
+    shutil.copytree(marian["version"], version)
+    config = read_config(marian["version"].parent)
+    config.parameters["early_stopping"].string_value = early_stopping
+    (version.parent / "config.pbtxt").write_text(text_format.MessageToString(config))
+    report = check_parity(marian["folder"], version, marian["sentences"], beams=(4,))
+    assert report["beam_4"]["equal"] == len(marian["sentences"]), report["beam_4"]["differ"]
