@@ -199,6 +199,11 @@ def load(folder: Path) -> Marian:
     special = (tokenizer.pad_id, tokenizer.eos_id)
     if special != (model.config.pad_id, model.config.eos_id):
         raise ExportError(f"vocab.json's pad/eos ids {special} differ from config.json's")
+    if model.config.bos_id != model.config.pad_id:
+        raise ExportError(
+            f"config.json: decoder_start_token_id {model.config.bos_id} is not pad "
+            f"({model.config.pad_id}); a Marian decoder starts from pad"
+        )
     gen = hf.generation_config
     if gen.early_stopping not in (None, False, True, "never"):
         raise ExportError(f"generation_config.json: early_stopping {gen.early_stopping!r}")

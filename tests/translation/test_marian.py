@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -259,7 +260,6 @@ def test_beam_4_follows_the_generation_configs_early_stopping(
 ) -> None:
     """transformers' other two stopping rules, set as the import would from a generation
     config that names them, against generate() with the same setting."""
-    import shutil
 
     version = tmp_path / "repo" / "opus" / "1"
     shutil.copytree(marian["version"], version)
@@ -268,3 +268,15 @@ def test_beam_4_follows_the_generation_configs_early_stopping(
     (version.parent / "config.pbtxt").write_text(text_format.MessageToString(config))
     report = check_parity(marian["folder"], version, marian["sentences"], beams=(4,))
     assert report["beam_4"]["equal"] == len(marian["sentences"]), report["beam_4"]["differ"]
+
+
+def test_a_decoder_that_does_not_start_from_pad_is_refused(
+    marian: dict[str, Any], tmp_path: Path
+) -> None:
+    folder = tmp_path / "start"
+    shutil.copytree(marian["folder"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder_start_token_id"] = 0
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match="decoder_start_token_id 0 is not pad"):
+        import_marian(folder, tmp_path / "repo", "x", TranslatorExportOptions())
