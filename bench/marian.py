@@ -53,24 +53,28 @@ def _sentences(n: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) for _ in range(n)]
 
 
-def make_opus_size(folder: Path, seed: int = 0) -> Path:
-    """A Marian folder of OPUS-MT's shape with random weights (transformers' init)."""
+def marian_tokenizer(
+    source: list[str], target: list[str], spm_vocab: tuple[int, int], size: int = 0
+) -> tuple[bytes, bytes, dict[str, int]]:
+    """Two SentencePiece models trained on `source` and `target` text (`spm_vocab` pieces at
+    most), and one vocabulary numbering their pieces as Marian's does (</s> 0, <unk> 1, ...,
+    <pad> last), filled up with made-up pieces to `size` entries when given."""
     import io
 
     import sentencepiece as spm
-    import torch
-    import transformers
 
-    folder.mkdir(parents=True, exist_ok=True)
     blobs = []
-    for salt in (0, 1):
+    for sentences, pieces_at_most in zip((source, target), spm_vocab, strict=True):
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(_sentences(2000, seed + salt)),
+            sentence_iterator=iter(sentences),
             model_writer=model,
-            vocab_size=200,
+            vocab_size=pieces_at_most,
+            model_type="unigram",
             hard_vocab_limit=False,
+            character_coverage=1.0,
             minloglevel=2,
+            num_threads=1,
         )
         blobs.append(model.getvalue())
     pieces: list[str] = []
@@ -80,9 +84,33 @@ def make_opus_size(folder: Path, seed: int = 0) -> Path:
             p = sp.id_to_piece(i)
             if not (sp.is_control(i) or sp.is_unknown(i)) and p not in pieces:
                 pieces.append(p)
+    pieces += [f"\u2581w{i}" for i in range(size - 3 - len(pieces))]  # filler up to `size`
+    vocab = {"</s>": 0, "<unk>": 1, **{p: i + 2 for i, p in enumerate(pieces)}}
+    vocab["<pad>"] = len(vocab)
+    return blobs[0], blobs[1], vocab
+
+
+def save_marian(
+    folder: Path, model: Any, source: bytes, target: bytes, vocab: dict[str, int]
+) -> Path:
+    """A MarianMT folder as Hugging Face writes one: config, weights, generation config, two
+    SentencePiece models and the shared vocabulary."""
+    model.save_pretrained(folder)
+    (folder / "source.spm").write_bytes(source)
+    (folder / "target.spm").write_bytes(target)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+def make_opus_size(folder: Path, seed: int = 0) -> Path:
+    """A Marian folder of OPUS-MT's shape with random weights (transformers' init)."""
+    import torch
+    import transformers
+
     v = OPUS["vocab_size"]
-    pieces += [f"\u2581w{i}" for i in range(v - 3 - len(pieces))]  # filler to OPUS-MT's size
-    vocab = {"</s>": 0, "<unk>": 1, **{p: i + 2 for i, p in enumerate(pieces)}, "<pad>": v - 1}
+    source, target, vocab = marian_tokenizer(
+        _sentences(2000, seed), _sentences(2000, seed + 1), (200, 200), v
+    )
     config = transformers.MarianConfig(
         **OPUS,
         pad_token_id=v - 1,
@@ -95,11 +123,7 @@ def make_opus_size(folder: Path, seed: int = 0) -> Path:
     model.generation_config = transformers.GenerationConfig(
         num_beams=4, max_length=512, bad_words_ids=[[v - 1]], decoder_start_token_id=v - 1
     )
-    model.save_pretrained(folder)
-    (folder / "source.spm").write_bytes(blobs[0])
-    (folder / "target.spm").write_bytes(blobs[1])
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    return folder
+    return save_marian(folder, model, source, target, vocab)
 
 
 class Seqserve:
@@ -116,9 +140,10 @@ class Seqserve:
         self.name = name
         self.translator = load_translator(version_dir, None, opts, ["CPUExecutionProvider"])
         spec = self.translator.spec
-        self.translator.spec = dataclasses.replace(
-            spec, suppress_ids=(*spec.suppress_ids, spec.eos_id)
+        rules = dataclasses.replace(
+            spec.search, suppress_ids=(*spec.search.suppress_ids, spec.eos_id)
         )
+        self.translator.spec = dataclasses.replace(spec, search=rules)
 
     def translate(self, sources: list[list[int]], beam: int, length: int) -> list[int]:
         from core.translation import DecodeRequest

@@ -52,8 +52,9 @@ class StepLayer(nn.Module):
         sa, ca, ff = layer.self_attn, layer.src_attn, layer.feed_forward
         self.heads, self.head_dim = sa.h, sa.d_k
         self.scale = 1 / math.sqrt(sa.d_k)
-        self.norms = nn.ModuleList(sub.norm for sub in layer.sublayer)
-        self.norm_first = layer.sublayer[0].norm_first  # pre-norm, or post-norm (Marian)
+        # the residual around each sublayer, pre- or post-norm, as the layer has it (its
+        # dropout is the identity in eval mode)
+        self.sublayer = layer.sublayer
         self.act = ff.act
         self.register_buffer(
             "w_qkv", torch.cat([_weight(sa.q_proj), _weight(sa.k_proj), _weight(sa.v_proj)], dim=1)
@@ -92,24 +93,25 @@ class StepLayer(nn.Module):
         """x [R, D], past_k/v [R, H, P, K], self_bias [R, 1, 1, P+1], cross_k/v [R, H, S, K],
         src_bias [R, 1, 1, S] -> (x [R, D], present_k/v [R, H, P+1, K])."""
         r, h, k_dim = x.size(0), self.heads, self.head_dim
-        pre = self.norm_first
+        present: list[torch.Tensor] = []  # this layer's keys and values, [R, H, P+1, K] each
 
-        def before(i: int, x: torch.Tensor) -> torch.Tensor:  # a sublayer's input
-            return self.norms[i](x) if pre else x
+        def self_attention(x: torch.Tensor) -> torch.Tensor:  # [R, D] -> [R, D]
+            qkv = x @ self.w_qkv + self.b_qkv  # [R, 3D]
+            q, k, v = qkv.view(r, 3 * h, 1, k_dim).split(h, dim=1)  # [R, H, 1, K] each
+            present.extend((torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)))
+            return self.attend(q, *present, self_bias) @ self.w_self_out + self.b_self_out
 
-        def after(i: int, x: torch.Tensor) -> torch.Tensor:  # the residual sum's output
-            return x if pre else self.norms[i](x)
+        def cross_attention(x: torch.Tensor) -> torch.Tensor:  # [R, D] -> [R, D]
+            q = (x @ self.w_cross_q + self.b_cross_q).view(r, h, 1, k_dim)  # [R, H, 1, K]
+            return self.attend(q, cross_k, cross_v, src_bias) @ self.w_cross_out + self.b_cross_out
 
-        qkv = before(0, x) @ self.w_qkv + self.b_qkv  # [R, 3D]
-        q, k, v = qkv.view(r, 3 * h, 1, k_dim).split(h, dim=1)  # [R, H, 1, K] each
-        k = torch.cat([past_k, k], dim=2)  # [R, H, P+1, K]
-        v = torch.cat([past_v, v], dim=2)  # [R, H, P+1, K]
-        x = after(0, x + self.attend(q, k, v, self_bias) @ self.w_self_out + self.b_self_out)
-        q = (before(1, x) @ self.w_cross_q + self.b_cross_q).view(r, h, 1, k_dim)
-        attended = self.attend(q, cross_k, cross_v, src_bias)  # [R, D]
-        x = after(1, x + attended @ self.w_cross_out + self.b_cross_out)
-        hidden = self.act(before(2, x) @ self.w_ff_1 + self.b_ff_1)  # [R, F]
-        return after(2, x + hidden @ self.w_ff_2 + self.b_ff_2), k, v
+        def feed_forward(x: torch.Tensor) -> torch.Tensor:  # [R, D] -> [R, F] -> [R, D]
+            return self.act(x @ self.w_ff_1 + self.b_ff_1) @ self.w_ff_2 + self.b_ff_2
+
+        x = self.sublayer[0](x, self_attention)
+        x = self.sublayer[1](x, cross_attention)
+        k, v = present
+        return self.sublayer[2](x, feed_forward), k, v
 
 
 class DecoderStep(nn.Module):

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from core.translation.search import SearchRules
 from core.translation.vocab_tokenizer import VocabTokenizer
 from export.errors import ExportError
 from export.translator import ServedAs, TranslatorExportOptions, write_translator
@@ -236,9 +237,11 @@ def served_as(marian: Marian, src: str, tgt: str) -> ServedAs:
             "vocab": "vocab.json",
         },
         source_normalization="none",  # Marian's text is cased: never folded
-        length_penalty_form="length",
-        suppress_ids=marian.suppress_ids,
-        early_stopping=str(marian.early_stopping).lower(),  # False, True or "never"
+        search=SearchRules(
+            length_penalty_form="length",
+            early_stopping=str(marian.early_stopping).lower(),  # False, True or "never"
+            suppress_ids=marian.suppress_ids,
+        ),
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from core.translation.graphs import (
     decoder_outputs,
     stacked_outputs,
 )
+from core.translation.search import OWN_RULES, SearchRules
 from core.translation.tokenizer import Tokenizer
 from core.translation.translator import AnyTokenizer
 from export.errors import ExportError
@@ -76,9 +77,7 @@ class ServedAs:
     length_penalty: float
     tokenizer_files: dict[str, str]
     source_normalization: str = "none"
-    length_penalty_form: str = "gnmt"
-    suppress_ids: tuple[int, ...] = ()
-    early_stopping: str = ""  # core.translation.search.EARLY_STOPPING
+    search: SearchRules = OWN_RULES
 
     @classmethod
     def trained(cls, model: EncoderDecoder, tc: TranslatorTrainConfig) -> ServedAs:
@@ -363,12 +362,10 @@ def build_config(
         "opset": opset,
         "verification": verification,
     }
-    if served.length_penalty_form != "gnmt":
-        parameters["length_penalty_form"] = served.length_penalty_form
-    if served.suppress_ids:
-        parameters["suppress_ids"] = list(served.suppress_ids)
-    if served.early_stopping:
-        parameters["early_stopping"] = served.early_stopping
+    # the search's rules, each where it is not seqserve's own (older servers read those alone)
+    for key, value in asdict(served.search).items():
+        if value != getattr(OWN_RULES, key):
+            parameters[key] = list(value) if isinstance(value, tuple) else value
     if quantization is not None:
         parameters["quantization"] = quantization
     parameters.update(extra or {})

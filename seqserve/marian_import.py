@@ -47,7 +47,7 @@ def check_parity(
                     max_length=cap + 2,  # the start token and a forced EOS
                     do_sample=False,
                     bad_words_ids=[[pad]],  # as OPUS-MT's generation configs say
-                    early_stopping=EARLY[served.spec.early_stopping],  # what was imported
+                    early_stopping=EARLY[served.spec.search.early_stopping],  # what was imported
                     length_penalty=served.spec.default_length_penalty,
                 )
             want = out[0].tolist()[1:]  # [start, tokens..., EOS]

@@ -18,7 +18,7 @@ import argparse
 from dataclasses import dataclass
 
 from core.flags import flag
-from core.translation.normalization import NORMALIZATIONS
+from core.translation.normalization import NORMALIZATIONS, normalizer
 
 MODEL = "model (default: the preset's)"
 DATA = "data and tokenizer (default: the preset's)"
@@ -258,11 +258,7 @@ class TranslatorTrainConfig:
             self.schedule in SCHEDULES,
             f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}",
         )
-        _check(
-            self.source_normalization in NORMALIZATIONS,
-            f"source_normalization {self.source_normalization!r} is not one of "
-            f"{', '.join(NORMALIZATIONS)}",
-        )
+        normalizer(self.source_normalization)  # ValueError naming the known ones
         _check(
             self.select_by in SELECT_BY,
             f"select_by {self.select_by!r} is not one of {', '.join(SELECT_BY)}",

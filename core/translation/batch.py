@@ -29,7 +29,7 @@ import numpy as np
 from core.translation.cache import KVCache
 from core.translation.errors import BadDecodingSetting
 from core.translation.graphs import StepModel
-from core.translation.search import BeamState, Hypothesis
+from core.translation.search import OWN_RULES, BeamState, Hypothesis, SearchRules
 
 
 @dataclass(frozen=True)
@@ -153,14 +153,12 @@ class DecodeBatch:
         eos_id: int,
         pad_id: int,
         detokenize: Callable[[list[int]], str] | None = None,
-        suppress_ids: Sequence[int] = (),
-        length_penalty_form: str = "gnmt",
-        early_stopping: str = "",
+        rules: SearchRules = OWN_RULES,
     ) -> None:
         self.model = model
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
-        self.suppress = list(suppress_ids)  # ids never generated (an imported Marian's pad)
-        self.form, self.early_stopping = length_penalty_form, early_stopping  # search.py
+        self.rules = rules
+        self.suppress = list(rules.suppress_ids)  # ids never generated (an imported Marian's pad)
         self.detokenize = detokenize
         self.cache = KVCache.empty(model.num_layers, model.num_heads, model.head_dim)
         self.tokens = np.zeros(0, np.int64)  # [R] last token of each row
@@ -205,14 +203,7 @@ class DecodeBatch:
         self._entries.extend(
             _Entry(
                 r,
-                BeamState(
-                    r.beam_size,
-                    r.max_length,
-                    r.length_penalty,
-                    self.eos_id,
-                    self.form,
-                    self.early_stopping,
-                ),
+                BeamState(r.beam_size, r.max_length, r.length_penalty, self.eos_id, self.rules),
                 self.step_count,
             )
             for r in new

@@ -36,6 +36,19 @@ LENGTH_PENALTY_FORMS = ("gnmt", "length")
 EARLY_STOPPING = ("", "false", "true", "never")
 
 
+@dataclass(frozen=True)
+class SearchRules:
+    """A model's search, where it is not seqserve's own (an imported Marian's): config.pbtxt
+    keeps each field as a parameter of the same name."""
+
+    length_penalty_form: str = "gnmt"  # LENGTH_PENALTY_FORMS
+    early_stopping: str = ""  # EARLY_STOPPING
+    suppress_ids: tuple[int, ...] = ()  # never generated (Marian: pad)
+
+
+OWN_RULES = SearchRules()  # seqserve's own: GNMT, the exact stopping bound, nothing suppressed
+
+
 def length_penalty(length: int, alpha: float, form: str = "gnmt") -> float:
     """GNMT's ((5 + length) / 6) ** alpha, or "length": length ** alpha (Hugging Face's and
     Marian's)."""
@@ -68,8 +81,7 @@ class BeamState:
         max_length: int,
         alpha: float,
         eos_id: int,
-        form: str = "gnmt",
-        early_stopping: str = "",
+        rules: SearchRules = OWN_RULES,
     ) -> None:
         self.beam_size, self.max_length, self.alpha, self.eos_id = (
             beam_size,
@@ -77,7 +89,7 @@ class BeamState:
             alpha,
             eos_id,
         )
-        self.form, self.early_stopping = form, early_stopping
+        self.form, self.early_stopping = rules.length_penalty_form, rules.early_stopping
         self.tokens: list[list[int]] = [[] for _ in range(beam_size)]
         self.cum = np.full(beam_size, DEAD, np.float64)  # [k] cumulative log-probabilities
         self.cum[0] = 0.0  # all rows start identical: only the first one is live

@@ -7,13 +7,14 @@ string); `TranslatorSpec.from_config` reads them back and refuses a config that 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
 
 from core.translation.normalization import NORMALIZATIONS
-from core.translation.search import EARLY_STOPPING, LENGTH_PENALTY_FORMS
+from core.translation.search import EARLY_STOPPING, LENGTH_PENALTY_FORMS, OWN_RULES, SearchRules
 from protos.inference import model_config_pb2 as mc
 
 BACKEND = "seqserve_translator"
@@ -49,9 +50,7 @@ class TranslatorSpec:
     # model, plus these two files (vocab_tokenizer.py). Empty: one joint `tokenizer`.
     target_tokenizer: str = ""
     vocab: str = ""
-    suppress_ids: tuple[int, ...] = ()  # never generated (Marian: pad)
-    length_penalty_form: str = "gnmt"  # search.py: LENGTH_PENALTY_FORMS
-    early_stopping: str = ""  # search.py: EARLY_STOPPING ("": seqserve's exact bound)
+    search: SearchRules = OWN_RULES  # an imported model's length penalty, stop, ids
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> TranslatorSpec:
@@ -82,24 +81,18 @@ class TranslatorSpec:
                 "parameter 'default_length_penalty' is not a number: "
                 f"{params['default_length_penalty']!r}"
             ) from err
-        normalization = params.get("source_normalization", "none")
-        if normalization not in NORMALIZATIONS:
-            raise SpecError(
-                f"parameter 'source_normalization' is {normalization!r}, not one of "
-                f"{', '.join(NORMALIZATIONS)}"
-            )
-        form = params.get("length_penalty_form", "gnmt")
-        if form not in LENGTH_PENALTY_FORMS:
-            raise SpecError(
-                f"parameter 'length_penalty_form' is {form!r}, not one of "
-                f"{', '.join(LENGTH_PENALTY_FORMS)}"
-            )
-        early = params.get("early_stopping", "")
-        if early not in EARLY_STOPPING:
-            raise SpecError(
-                f"parameter 'early_stopping' is {early!r}, not one of "
-                f"{', '.join(repr(e) for e in EARLY_STOPPING)}"
-            )
+
+        def choice(key: str, known: Sequence[str]) -> str:  # older exports: the first
+            value = params.get(key, known[0])
+            if value not in known:
+                raise SpecError(
+                    f"parameter {key!r} is {value!r}, not one of {', '.join(map(repr, known))}"
+                )
+            return value
+
+        normalization = choice("source_normalization", tuple(NORMALIZATIONS))
+        form = choice("length_penalty_form", LENGTH_PENALTY_FORMS)
+        early = choice("early_stopping", EARLY_STOPPING)
         try:
             suppress = tuple(int(i) for i in json.loads(params.get("suppress_ids", "[]")))
         except (ValueError, TypeError) as err:
@@ -130,9 +123,7 @@ class TranslatorSpec:
             source_normalization=normalization,
             target_tokenizer=marian["target_tokenizer"],
             vocab=marian["vocab"],
-            suppress_ids=suppress,
-            length_penalty_form=form,
-            early_stopping=early,
+            search=SearchRules(form, early, suppress),
         )
 
 

@@ -143,9 +143,7 @@ class Translator:
             spec.eos_id,
             spec.pad_id,
             self.tokenizer.decode,
-            spec.suppress_ids,
-            spec.length_penalty_form,
-            spec.early_stopping,
+            spec.search,
         )
 
     def encode(self, requests: Sequence[DecodeRequest]) -> EncodedSources:

@@ -4,7 +4,6 @@ compared token for token with transformers' `generate()`, greedy and beam 4."""
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import shutil
@@ -12,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sentencepiece as spm
 import torch
 from google.protobuf import text_format
 
+from bench.marian import marian_tokenizer, save_marian
 from core.translation import read_config
 from export.errors import ExportError
 from export.marian import import_marian
@@ -32,21 +31,6 @@ EMBED_STD, EOS_BIAS = 0.3, 7.0
 WORDS_EN = "the house dog cat runs fast across street in garden plays a child".split()
 
 
-def _spm(sentences: list[str], vocab: int) -> bytes:
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=model,
-        vocab_size=vocab,
-        model_type="unigram",
-        hard_vocab_limit=False,
-        character_coverage=1.0,
-        minloglevel=2,
-        num_threads=1,
-    )
-    return model.getvalue()
-
-
 def _sentences(words: list[str], n: int, rng: random.Random) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(2, 7))) for _ in range(n)]
 
@@ -55,19 +39,9 @@ def build_marian(folder: Path, seed: int = 0) -> dict[str, Any]:
     """A MarianMT folder as Hugging Face writes one: config, weights, generation config, two
     SentencePiece models and one shared vocabulary (</s> 0, <unk> 1, ..., <pad> last)."""
     rng = random.Random(seed)
-    source, target = (
-        _spm(_sentences(WORDS_DE, 300, rng), 60),
-        _spm(_sentences(WORDS_EN, 300, rng), 50),
+    source, target, vocab = marian_tokenizer(
+        _sentences(WORDS_DE, 300, rng), _sentences(WORDS_EN, 300, rng), (60, 50)
     )
-    pieces: list[str] = []
-    for blob in (source, target):
-        sp = spm.SentencePieceProcessor(model_proto=blob)
-        for i in range(sp.get_piece_size()):
-            p = sp.id_to_piece(i)
-            if not (sp.is_control(i) or sp.is_unknown(i)) and p not in pieces:
-                pieces.append(p)
-    vocab = {"</s>": 0, "<unk>": 1, **{p: i + 2 for i, p in enumerate(pieces)}}
-    vocab["<pad>"] = len(vocab)
     v = len(vocab)
     config = transformers.MarianConfig(
         vocab_size=v,
@@ -110,10 +84,7 @@ def build_marian(folder: Path, seed: int = 0) -> dict[str, Any]:
         pad_token_id=v - 1,
         forced_eos_token_id=0,
     )
-    model.save_pretrained(folder)
-    (folder / "source.spm").write_bytes(source)
-    (folder / "target.spm").write_bytes(target)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    save_marian(folder, model, source, target, vocab)
     return {"vocab": vocab, "pad": v - 1}
 
 

@@ -203,15 +203,16 @@ class DecoderLayer(nn.Module):
         """x [B, T, D] (new positions), past_k/v [B, H, P, K], self_mask [B, T, P+T],
         cross_k/v [B, H, S, K], src_mask [B, 1, S]
         -> (x [B, T, D], present_k [B, H, P+T, K], present_v [B, H, P+T, K])."""
-        first = self.sublayer[0]
-        h = first.norm(x) if first.norm_first else x
-        k, v = self.self_attn.project_kv(h)  # [B, H, T, K] each
-        k = torch.cat([past_k, k], dim=2)  # [B, H, P, K] + [B, H, T, K] -> [B, H, P+T, K]
-        v = torch.cat([past_v, v], dim=2)  # [B, H, P+T, K]
-        x = x + first.dropout(self.self_attn.attend(h, k, v, self_mask))  # [B, T, D]
-        if not first.norm_first:
-            x = first.norm(x)
+        present: list[torch.Tensor] = []  # this layer's keys and values, [B, H, P+T, K] each
+
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            k, v = self.self_attn.project_kv(h)  # [B, H, T, K] each
+            present.extend((torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)))
+            return self.self_attn.attend(h, *present, self_mask)  # [B, T, D]
+
+        x = self.sublayer[0](x, self_attention)
         x = self.sublayer[1](x, lambda h: self.src_attn.attend(h, cross_k, cross_v, src_mask))
+        k, v = present
         return self.sublayer[2](x, self.feed_forward), k, v
 
 
