@@ -37,7 +37,14 @@ def quantize_int8(src: Path, dst: Path) -> dict[str, int]:
     """Write the int8 version of `src` to `dst`; returns {op type: count} of the int8 nodes."""
     logging.getLogger("root").setLevel(logging.ERROR)  # quantize_dynamic logs a pre-process hint
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            # outputs of contrib operators (the fused decoder's attention) have no type for
+            # ONNX's shape inference; every float tensor of our graphs is float32
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     except Exception as err:
         raise ExportError(f"int8 quantisation failed: {err}") from err
     counts: dict[str, int] = {}
