@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 TOOL_PYTHON = ROOT / ".tools" / "tritonclient" / "bin" / "python"
 LOAD_SCRIPT = Path(__file__).with_name("translator_load.py")
+# CTranslate2 int8 on the served translator's threads (its engine runs an encoder and a
+# decoder session of one onnxruntime thread each, so 2), for the served comparison
+SERVED_CT2, SERVED_THREADS = "ct2_int8_threads", 2
 GOALS = {  # issue 6: name -> (comparison, goal)
     "served_c8_vs_pytorch_uncached_b8_tokens": (">=", 5.0),
     "served_c1_vs_pytorch_uncached_b1_latency": ("<=", 1 / 3),
@@ -223,12 +226,17 @@ def ratios(results: dict) -> dict:
             out[f"served_{conc}_vs_{torch_engine}_{batch}_{key}{suffix}"] = _ratio(
                 results, ("served", beam, conc), (torch_engine, beam, batch), key
             )
+    # every batch size against the same number of clients; the served engine also against
+    # CTranslate2 on as many threads as it uses (ct2_int8_threads)
+    sizes = {int(k[1:]) for beams in results.values() for ks in beams.values() for k in ks}
     for beam in (g, b4):
-        for conc, batch in (("c8", "b8"), ("c1", "b1")):
-            for kind, ct2 in (("", "ct2_fp32"), ("_int8", "ct2_int8")):
+        for n in sorted(sizes):
+            conc, batch = f"c{n}", f"b{n}"
+            for kind, ct2 in (("", "ct2_fp32"), ("_int8", "ct2_int8"), ("_int8", SERVED_CT2)):
                 out[f"served{kind}_{conc}_vs_{ct2}_{batch}_tokens_{beam}"] = _ratio(
                     results, (f"served{kind}", beam, conc), (ct2, beam, batch), "tokens"
                 )
+            for kind, ct2 in (("", "ct2_fp32"), ("_int8", "ct2_int8")):
                 out[f"seqserve{kind}_{batch}_vs_{ct2}_{batch}_tokens_{beam}"] = _ratio(
                     results, (f"seqserve{kind}", beam, batch), (ct2, beam, batch), "tokens"
                 )
@@ -355,6 +363,10 @@ def run(args: argparse.Namespace) -> int:
             CTranslate2Engine("ct2_fp32", ct2_dir, "float32", tokenizer),
             CTranslate2Engine("ct2_int8", ct2_dir, "int8", tokenizer),
         ]
+        if served and int8:
+            engines.append(
+                CTranslate2Engine(SERVED_CT2, ct2_dir, "int8", tokenizer, SERVED_THREADS)
+            )
     except ImportError:
         print("ctranslate2 is not installed (pip install 'seqserve[bench]'): skipping it")
 

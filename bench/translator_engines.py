@@ -225,13 +225,21 @@ class TorchCached(_Torch):
 
 
 class CTranslate2Engine:
-    """`ctranslate2.Translator` on one thread (inter_threads=1, intra_threads=1). The model is
+    """`ctranslate2.Translator` on `threads` threads (inter_threads=1, intra_threads=threads;
+    one unless told). The model is
     fed SentencePiece pieces (EOS included) and answers pieces; length_penalty 0, as seqserve's
     default, so beam search ranks by the plain sum of log-probabilities in both."""
 
     beams = (1, 4)
 
-    def __init__(self, name: str, model_dir: Path, compute_type: str, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self,
+        name: str,
+        model_dir: Path,
+        compute_type: str,
+        tokenizer: Tokenizer,
+        threads: int = 1,
+    ) -> None:
         import ctranslate2
 
         self.name, self.tokenizer = name, tokenizer
@@ -240,12 +248,12 @@ class CTranslate2Engine:
             device="cpu",
             compute_type=compute_type,
             inter_threads=1,
-            intra_threads=1,
+            intra_threads=threads,
         )
         self.info = {
             "compute_type": self.translator.compute_type,  # what it really runs
             "inter_threads": 1,
-            "intra_threads": 1,
+            "intra_threads": threads,
         }
 
     def translate(self, sources: list[list[int]], beam: int, max_length: int) -> list[Output]:

@@ -15,6 +15,7 @@ ENGINES = (
     "pytorch_cached",
     "ct2_fp32",
     "ct2_int8",
+    "ct2_int8_threads",
 )
 
 
