@@ -45,6 +45,14 @@ class SearchRules:
     early_stopping: str = ""  # EARLY_STOPPING
     suppress_ids: tuple[int, ...] = ()  # never generated (Marian: pad)
 
+    def __post_init__(self) -> None:  # config.pbtxt's values are checked earlier, by the spec
+        for name, value, known in (
+            ("length_penalty_form", self.length_penalty_form, LENGTH_PENALTY_FORMS),
+            ("early_stopping", self.early_stopping, EARLY_STOPPING),
+        ):
+            if value not in known:
+                raise ValueError(f"{name} {value!r} is not one of {', '.join(map(repr, known))}")
+
 
 OWN_RULES = SearchRules()  # seqserve's own: GNMT, the exact stopping bound, nothing suppressed
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core.translation import BadDecodingSetting, DecodeBatch, DecodeRequest
-from core.translation.search import BeamState, length_penalty
+from core.translation.search import BeamState, SearchRules, length_penalty
 from tests.translation.fakes import BOS, EOS, PAD, A, B, FakeModel, LateModel
 
 
@@ -107,3 +107,10 @@ def test_bad_settings_are_invalid_input(settings: dict, message: str) -> None:
     batch = DecodeBatch(FakeModel(), BOS, EOS, PAD)
     with pytest.raises(BadDecodingSetting, match=message):
         batch.add([DecodeRequest("r", [5, EOS], **settings)])
+
+
+def test_search_rules_refuse_unknown_values() -> None:
+    with pytest.raises(ValueError, match="early_stopping 'sometimes'"):
+        SearchRules(early_stopping="sometimes")
+    with pytest.raises(ValueError, match="length_penalty_form 'cubic'"):
+        SearchRules(length_penalty_form="cubic")
