@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.translation.graphs import CacheArray
+from core.translation.graphs import CacheArray, Layers
 
 
 def _joined(a: CacheArray, b: CacheArray, axis: int, width: int, left: bool) -> np.ndarray:
@@ -118,7 +118,10 @@ class KVCache:
         last = len(src_used) - int(src_used[::-1].argmax()) if src_used.any() else 0
         if first == 0 and last == self.src_mask.shape[1]:
             return self
-        c = np.ascontiguousarray  # onnxruntime reads C-ordered buffers
+
+        def c(a: CacheArray) -> CacheArray:  # onnxruntime reads C-ordered buffers
+            return a if isinstance(a, Layers) else np.ascontiguousarray(a)  # Layers: per layer
+
         return KVCache(
             c(self.past_k[:, :, :, first:]),
             c(self.past_v[:, :, :, first:]),

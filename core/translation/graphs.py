@@ -16,14 +16,15 @@ and source, so requests at different steps and beams of one request share a call
 
 The decoder takes its cache one tensor per layer (as Hugging Face Optimum's decoders do): a
 stacked [L, ...] tensor would be split on the way in and stacked on the way out, two copies of
-the cache inside every step. Decoding code keeps the stacked [L, R, H, P, K] arrays: the
-per-layer feeds are views of them (`decoder_feeds`), and the per-layer outputs are stacked
-again by one numpy copy (`stacked_outputs`), cheaper than the two copies in the graph.
+the cache inside every step. Decoding code sees stacked [L, R, H, P, K] caches: numpy arrays,
+whose per-layer feeds are views (`decoder_feeds`), or a step's outputs kept per layer
+(`Layers`, `layered_outputs`), which the next step reads as they are and which are stacked
+only when rows join.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -53,19 +54,65 @@ def decoder_outputs(layers: int) -> list[str]:
 def decoder_feeds(
     tokens: np.ndarray,
     positions: np.ndarray,
-    past_k: np.ndarray,
-    past_v: np.ndarray,
+    past_k: np.ndarray | Layers,
+    past_v: np.ndarray | Layers,
     past_mask: np.ndarray,
     cross_k: np.ndarray,
     cross_v: np.ndarray,
     src_mask: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """decoder.onnx's feeds from stacked caches ([L, R, H, P|S, K]); each layer's tensor is a
-    view, not a copy."""
+    """decoder.onnx's feeds from stacked caches ([L, R, H, P|S, K]) or `Layers`; each layer's
+    tensor is a view or the layer itself, not a copy."""
     feeds = {"tokens": tokens, "positions": positions, "past_mask": past_mask, "src_mask": src_mask}
     for name, stacked in zip(CACHES, (past_k, past_v, cross_k, cross_v), strict=True):
         feeds.update((f"{name}_{i}", layer) for i, layer in enumerate(stacked))
     return feeds
+
+
+class Layers:
+    """A stacked cache [L, R, H, P, K] kept as the decoder wrote it, one array per layer, so
+    that the next step reads the layers as they are. Stacking (a copy of the whole cache)
+    waits until something reads it as one array (`__array__`): `KVCache.concat` when rows
+    join. Selecting rows or trimming slots (`[:, rows]`, `[:, :, :, first:]`) works layer by
+    layer and stays `Layers`."""
+
+    __slots__ = ("layers",)
+    ndim = 5
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, layers: Sequence[np.ndarray]) -> None:
+        self.layers = list(layers)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.layers), *self.layers[0].shape)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.layers)
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        stacked = np.stack(self.layers)  # [L, R, H, P, K]
+        return stacked if dtype is None else stacked.astype(dtype, copy=False)
+
+    def __getitem__(self, index: object) -> Layers | np.ndarray:
+        if isinstance(index, tuple) and index and _is_all(index[0]):
+            return Layers([np.ascontiguousarray(layer[index[1:]]) for layer in self.layers])
+        return np.asarray(self)[index]
+
+
+def _is_all(index: object) -> bool:
+    return isinstance(index, slice) and index == slice(None)
+
+
+def layered_outputs(
+    outputs: Sequence[np.ndarray], layers: int
+) -> tuple[np.ndarray, Layers, Layers]:
+    """decoder.onnx's outputs (in `decoder_outputs` order) -> log_probs [R, V],
+    present_k/present_v [L, R, H, P+1, K] as `Layers` (no copy)."""
+    return outputs[0], Layers(outputs[1 : 1 + layers]), Layers(outputs[1 + layers : 1 + 2 * layers])
 
 
 def stacked_outputs(

@@ -16,11 +16,12 @@ from core.translation.graphs import (
     ENCODER_OUTPUTS,
     CacheArray,
     GraphError,
+    Layers,
     check_names,
     decoder_feeds,
     decoder_inputs,
     decoder_outputs,
-    stacked_outputs,
+    layered_outputs,
 )
 from core.translation.spec import DECODER_FILE, ENCODER_FILE
 from core.translation.translator import RequestBuilder
@@ -160,15 +161,15 @@ class OnnxStepModel:
         feeds = decoder_feeds(
             tokens,
             positions,
-            np.asarray(past_k),
-            np.asarray(past_v),
+            past_k if isinstance(past_k, Layers) else np.asarray(past_k),
+            past_v if isinstance(past_v, Layers) else np.asarray(past_v),
             past_mask,
             cross_k,
             cross_v,
             src_mask,
         )
         outputs = self.decoder.run(self._decoder_outputs, feeds)
-        return stacked_outputs(outputs, self.num_layers)  # [R, V], [L, R, H, P+1, K] x2
+        return layered_outputs(outputs, self.num_layers)  # [R, V], [L, R, H, P+1, K] x2
 
     def _bound_step(
         self,

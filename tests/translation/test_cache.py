@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.translation.cache import KVCache
+from core.translation.graphs import Layers
 
 L, H, K = 2, 3, 4
 
@@ -57,3 +58,30 @@ def test_concat_onto_an_empty_cache_keeps_the_new_rows() -> None:
     joined = KVCache.empty(L, H, K).concat(new)
     for name in ("past_k", "past_mask", "cross_v", "src_mask"):
         np.testing.assert_array_equal(getattr(joined, name), getattr(new, name), err_msg=name)
+
+
+def test_a_cache_kept_per_layer_behaves_as_the_stacked_one() -> None:
+    """`Layers` (a step's outputs as the decoder wrote them) selects rows, trims slots and
+    joins as the stacked arrays do, and stays per layer until rows join."""
+    stacked = _cache(4, 5, 3, seed=2)
+    stacked.past_mask[:, :2] = False  # two slots no row uses: trim drops them
+    layered = KVCache(
+        Layers(list(stacked.past_k)),
+        Layers(list(stacked.past_v)),
+        stacked.past_mask,
+        stacked.cross_k,
+        stacked.cross_v,
+        stacked.src_mask,
+    )
+    rows = np.array([3, 1, 1])
+    for a, b in (
+        (stacked.take(rows), layered.take(rows)),
+        (stacked.take(rows).trim(), layered.take(rows).trim()),
+        (stacked.concat(_cache(1, 2, 6, 3)), layered.concat(_cache(1, 2, 6, 3))),
+    ):
+        for name in ("past_k", "past_v", "past_mask", "cross_k", "cross_v", "src_mask"):
+            np.testing.assert_array_equal(np.asarray(getattr(a, name)), getattr(b, name))
+    kept = layered.take(rows).trim()
+    assert isinstance(kept.past_k, Layers) and kept.past_k.shape == (L, 3, H, 3, K)
+    assert all(layer.flags.c_contiguous for layer in kept.past_k)
+    assert isinstance(layered.concat(_cache(1, 2, 6, 3)).past_k, np.ndarray)
