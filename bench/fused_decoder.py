@@ -1,6 +1,6 @@
 """The decoder step written with onnxruntime's fused operators: a lever measured by
 `bench/decoder_levers.py` and not shipped, because it did not pay (docs/benchmarks.md,
-"The int8 decoder step's levers").
+"int8 against CTranslate2 int8 on the Multi30k model").
 
 It computes the same step as `export.decoder_step.DecoderStep` (same inputs, outputs and
 weights) with about half the nodes:
