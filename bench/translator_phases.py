@@ -8,8 +8,9 @@ int8, split into the encoder and the decoding loop (issue 30, item 4's profile).
 Every engine translates the same sentences (the first N German sentences of Multi30k
 test_2016_flickr) in consecutive groups of `batch`, greedy, one thread, twice: with
 max_length 1 (the encoder and one decoder step) and with the benchmark's usual limit (3 x the
-longest source + 10). The first pass is the "encoder" phase; the difference is the decoding
-loop. Passes take turns engine by engine within each repeat; medians over repeats.
+longest source + 10, within the model's limit). The first pass is the "encoder" phase; the
+difference is the decoding loop. Passes take turns engine by engine within each repeat;
+medians over repeats. seqserve runs each model's latest version.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 from bench.ctranslate2_convert import convert
 from bench.translator import load_sentences
 from bench.translator_engines import CTranslate2Engine, Engine, SeqserveEngine, load_torch
+from core.translation.spec import TranslatorSpec
+from serving.repository import read_config
 
 
 def _pass(engine: Engine, sources: list[list[int]], batch: int, max_length: int) -> float:
@@ -45,15 +48,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+
+    def _latest(name: str) -> int:  # the version the server would serve by default
+        return max(int(p.name) for p in (args.repository / name).iterdir() if p.name.isdigit())
+
     _, tokenizer = load_torch(args.checkpoint)
     sentences = load_sentences("multi30k:test_2016_flickr", args.sentences, args.checkpoint)
     sources = [tokenizer.encode_source(s) for s in sentences]
-    max_length = 3 * max(len(s) for s in sources) + 10
+    spec = TranslatorSpec.from_config(read_config(args.repository / args.model))
+    max_length = min(spec.max_target_tokens, 3 * max(len(s) for s in sources) + 10)
     with tempfile.TemporaryDirectory() as tmp:
         ct2_dir = convert(args.checkpoint, Path(tmp) / "ct2")
         engines: list[Engine] = [
-            SeqserveEngine("seqserve", args.repository / args.model, 1),
-            SeqserveEngine("seqserve_int8", args.repository / args.int8_model, 1),
+            SeqserveEngine("seqserve", args.repository / args.model, _latest(args.model)),
+            SeqserveEngine(
+                "seqserve_int8", args.repository / args.int8_model, _latest(args.int8_model)
+            ),
             CTranslate2Engine("ct2_fp32", ct2_dir, "float32", tokenizer),
             CTranslate2Engine("ct2_int8", ct2_dir, "int8", tokenizer),
         ]
