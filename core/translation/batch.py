@@ -260,10 +260,13 @@ class DecodeBatch:
                 next_tokens += tokens
                 live.append(entry)
             offset += k
+        # no request left: each row still belongs to the request it did, whose beams share
+        # one source, so the source keys and values stay as they are
+        same_sources = len(live) == len(self._entries)
         self._entries = live
         if order != list(range(self.rows)):
             rows = np.array(order, np.int64)  # [R']
-            self.cache = self.cache.take(rows)
+            self.cache = self.cache.take(rows, same_sources)
             if len(rows) < len(self.positions):
                 self.cache = self.cache.trim()
             self.positions = self.positions[rows]

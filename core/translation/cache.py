@@ -80,15 +80,26 @@ class KVCache:
         mask = np.concatenate([self.past_mask, np.ones((self.rows, 1), bool)], axis=1)
         return KVCache(present_k, present_v, mask, self.cross_k, self.cross_v, self.src_mask)
 
-    def take(self, rows: np.ndarray) -> KVCache:
-        """Select and reorder rows (beam reordering, dropping finished rows)."""
+    def take(self, rows: np.ndarray, same_sources: bool = False) -> KVCache:
+        """Select and reorder rows (beam reordering, dropping finished rows). `same_sources`:
+        the caller knows every new row's source is the old row's at that index (beams of one
+        request reordered among themselves: they share one source), so the source keys and
+        values, the largest arrays, are kept rather than copied."""
+        if same_sources:
+            cross_k, cross_v, src_mask = self.cross_k, self.cross_v, self.src_mask
+        else:
+            cross_k, cross_v, src_mask = (
+                self.cross_k[:, rows],
+                self.cross_v[:, rows],
+                self.src_mask[rows],
+            )
         return KVCache(
             self.past_k[:, rows],
             self.past_v[:, rows],
             self.past_mask[rows],
-            self.cross_k[:, rows],
-            self.cross_v[:, rows],
-            self.src_mask[rows],
+            cross_k,
+            cross_v,
+            src_mask,
         )
 
     def concat(self, other: KVCache) -> KVCache:
