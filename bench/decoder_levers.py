@@ -41,19 +41,6 @@ from export.translator_graphs import export_graphs
 from training.train_translator import load_translator_checkpoint
 
 
-def _dynamic(src: Path, dst: Path, **options: object) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        **options,  # type: ignore[arg-type]
-    )
-    return dst
-
-
 def _nbits(src: Path, dst: Path, bits: int) -> Path:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -80,8 +67,12 @@ def variants(checkpoint: Path, folder: Path) -> dict[str, str]:
     files = {"int8": folder / "int8.onnx"}
     quantize_int8(fp32, files["int8"])
     files["fp32"] = fp32
-    files["int8_per_channel"] = _dynamic(fp32, folder / "pc.onnx", per_channel=True)
-    files["int8_reduce_range"] = _dynamic(fp32, folder / "rr.onnx", reduce_range=True)
+    for name, option in (
+        ("int8_per_channel", "per_channel"),
+        ("int8_reduce_range", "reduce_range"),
+    ):
+        files[name] = folder / f"{option}.onnx"
+        quantize_int8(fp32, files[name], **{option: True})
     files["nbits8"] = _nbits(fp32, folder / "nbits8.onnx", 8)
     files["nbits4"] = _nbits(fp32, folder / "nbits4.onnx", 4)
     files["fused_fp32"] = fused

@@ -33,8 +33,9 @@ INT8_OPS = {
 }
 
 
-def quantize_int8(src: Path, dst: Path) -> dict[str, int]:
-    """Write the int8 version of `src` to `dst`; returns {op type: count} of the int8 nodes."""
+def quantize_int8(src: Path, dst: Path, **options: bool) -> dict[str, int]:
+    """Write the int8 version of `src` to `dst`; returns {op type: count} of the int8 nodes.
+    `options` go to quantize_dynamic (per_channel, reduce_range: the benchmark's variants)."""
     logging.getLogger("root").setLevel(logging.ERROR)  # quantize_dynamic logs a pre-process hint
     try:
         quantize_dynamic(
@@ -44,6 +45,7 @@ def quantize_int8(src: Path, dst: Path) -> dict[str, int]:
             # outputs of contrib operators (the fused decoder's attention) have no type for
             # ONNX's shape inference; every float tensor of our graphs is float32
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            **options,
         )
     except Exception as err:
         raise ExportError(f"int8 quantisation failed: {err}") from err

@@ -54,18 +54,19 @@ def decoder_outputs(layers: int) -> list[str]:
 def decoder_feeds(
     tokens: np.ndarray,
     positions: np.ndarray,
-    past_k: np.ndarray | Layers,
-    past_v: np.ndarray | Layers,
+    past_k: CacheArray,
+    past_v: CacheArray,
     past_mask: np.ndarray,
     cross_k: np.ndarray,
     cross_v: np.ndarray,
     src_mask: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """decoder.onnx's feeds from stacked caches ([L, R, H, P|S, K]) or `Layers`; each layer's
-    tensor is a view or the layer itself, not a copy."""
+    """decoder.onnx's feeds from stacked caches ([L, R, H, P|S, K]): `Layers` give their
+    layers, anything else is read as one array whose layers are views, so no copy."""
     feeds = {"tokens": tokens, "positions": positions, "past_mask": past_mask, "src_mask": src_mask}
     for name, stacked in zip(CACHES, (past_k, past_v, cross_k, cross_v), strict=True):
-        feeds.update((f"{name}_{i}", layer) for i, layer in enumerate(stacked))
+        layers = stacked.layers if isinstance(stacked, Layers) else np.asarray(stacked)
+        feeds.update((f"{name}_{i}", layer) for i, layer in enumerate(layers))
     return feeds
 
 

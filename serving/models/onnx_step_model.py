@@ -16,7 +16,6 @@ from core.translation.graphs import (
     ENCODER_OUTPUTS,
     CacheArray,
     GraphError,
-    Layers,
     check_names,
     decoder_feeds,
     decoder_inputs,
@@ -161,8 +160,8 @@ class OnnxStepModel:
         feeds = decoder_feeds(
             tokens,
             positions,
-            past_k if isinstance(past_k, Layers) else np.asarray(past_k),
-            past_v if isinstance(past_v, Layers) else np.asarray(past_v),
+            past_k,
+            past_v,
             past_mask,
             cross_k,
             cross_v,

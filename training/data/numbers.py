@@ -102,7 +102,7 @@ def numbers_corpus(
     drawn = drawn_numbers(seed, train, heldout, max_digits)
     corpus = {name: [pair(n) for n in numbers] for name, numbers in drawn.items()}
     if src == "de":  # the short forms, as often as their numbers
-        short = [(words, number_words(n, tgt)) for n, words in SHORT_FORMS.items()]
+        short = [(form, number_words(n, tgt)) for n, form in SHORT_FORMS.items()]
         corpus["small"] += short
         pairs = zip(SHORT_FORMS, short, strict=True)
         corpus["train"] += [p for n, p in pairs for _ in range(copies(n))]
