@@ -63,7 +63,8 @@ protos: $(STAMPS)/protos  ## generate the Python gRPC modules from protos/
 # end; the test suite under CI insists on the native one.
 NATIVE_SO := serving/native/_frontend.so
 NATIVE_DIR := build/native
-NATIVE_GEN := $(NATIVE_DIR)/inference/grpc_service.pb.cc $(NATIVE_DIR)/inference/model_config.pb.cc
+NATIVE_GEN := $(NATIVE_DIR)/inference/grpc_service.pb.cc $(NATIVE_DIR)/inference/model_config.pb.cc \
+	$(NATIVE_DIR)/seqserve/forecast/v1/forecast_service.pb.cc
 NATIVE_OBJ := $(patsubst %.cc,$(NATIVE_DIR)/%.o,$(wildcard serving/native/*.cc)) \
 	$(NATIVE_GEN:.cc=.o)
 NATIVE_CXXFLAGS = -O2 -std=c++17 -fPIC -fvisibility=hidden -Wall -I$(NATIVE_DIR) \
@@ -85,7 +86,15 @@ $(NATIVE_DIR)/serving/native/%.o: serving/native/%.cc serving/native/*.h $(NATIV
 	mkdir -p $(@D)
 	$(CXX) $(NATIVE_CXXFLAGS) -c $< -o $@
 
+$(NATIVE_DIR)/seqserve/forecast/v1/%.pb.cc $(NATIVE_DIR)/seqserve/forecast/v1/%.pb.h: \
+		protos/seqserve/forecast/v1/%.proto
+	mkdir -p $(NATIVE_DIR)
+	protoc -Iprotos --cpp_out=$(NATIVE_DIR) protos/seqserve/forecast/v1/$*.proto
+
 $(NATIVE_DIR)/inference/%.o: $(NATIVE_DIR)/inference/%.cc $(NATIVE_GEN)
+	$(CXX) $(NATIVE_CXXFLAGS) -c $< -o $@
+
+$(NATIVE_DIR)/seqserve/forecast/v1/%.o: $(NATIVE_DIR)/seqserve/forecast/v1/%.cc $(NATIVE_GEN)
 	$(CXX) $(NATIVE_CXXFLAGS) -c $< -o $@
 
 .SECONDARY: $(NATIVE_GEN)

@@ -217,6 +217,7 @@ def prepare(spec: ForecasterSpec, windows: list[Window]) -> Prepared:
     past = np.empty((len(windows), L, len(spec.past_features)), np.float32)  # [B, L, F_in]
     future = np.empty((len(windows), H, len(spec.future_features)), np.float32)  # [B, H, F_fut]
     horizons: list[np.ndarray | None] = []
+    calendar = [f for f, name in enumerate(spec.future_features) if name in CALENDAR]
     for b, w in enumerate(windows):
         where = f"windows[{b}]"
         unknown = sorted(set(w.past) - set(spec.past_features))
@@ -260,10 +261,11 @@ def prepare(spec: ForecasterSpec, windows: list[Window]) -> Prepared:
                 f"{where}.future: unknown series '{extra[0]}'; model "
                 f"'{spec.name}' takes: {', '.join(spec.known_future) or 'none'}"
             )
+        if spec.calendar:
+            assert horizon is not None  # _past_times demanded timestamps
+            future[b][:, calendar] = calendar_features(horizon, spec.calendar)  # [H, F_cal]
         for f, name in enumerate(spec.future_features):
             if name in CALENDAR:
-                assert horizon is not None  # _past_times demanded timestamps
-                future[b, :, f] = calendar_features(horizon, [name])[:, 0]
                 continue
             if name not in w.future:
                 raise InvalidInput(f"{where}.future: known-future series '{name}' is missing")

@@ -45,6 +45,8 @@ struct Signature {
   Policy policy;
 };
 
+struct TypedForecast;
+
 struct Request {
   Call* call;
   std::unique_ptr<inference::ModelInferRequest> message;
@@ -56,6 +58,8 @@ struct Request {
   int64_t timeout_us = 0;         // the V2 `timeout` parameter, 0 if none
   Clock::time_point received, enqueued;
   std::optional<Clock::time_point> deadline;
+  // A typed Forecast call's (forecast.h): its reply is turned into a ForecastResponse.
+  std::shared_ptr<const TypedForecast> typed;
 };
 
 // Whether the fast path takes `message` as it is; if so, fill `request`. Anything unusual

@@ -9,6 +9,7 @@ namespace seqserve {
 
 namespace {
 const char kModelInfer[] = "/inference.GRPCInferenceService/ModelInfer";
+const char kForecast[] = "/seqserve.forecast.v1.Forecaster/Forecast";
 
 // Client metadata that gRPC sets itself; the rest travels upstream as the client sent it.
 bool Forwarded(const std::string& key) {
@@ -114,6 +115,16 @@ void Call::Serve(bool ok) {
     if (!ok) {
       FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "no request received"));
       return;
+    }
+    if (context_->method() == kForecast) {  // on the fast path if its model takes it as it is
+      fpb::ForecastRequest message;
+      bool parsed;
+      {
+        grpc::ProtoBufferReader reader(&request_);
+        parsed = message.ParseFromZeroCopyStream(&reader);
+      }
+      // Once submitted, the call may be answered (and this object gone) from another thread.
+      if (parsed && registry_->SubmitForecast(this, message)) return;
     }
     std::string request;
     {

@@ -234,11 +234,13 @@ class Frontend {
                                        std::vector<TensorSpec> outputs, Policy policy,
                                        py::object run, py::object account, py::object fail,
                                        std::string queue_full_message,
-                                       std::string unloading_message) {
+                                       std::string unloading_message,
+                                       std::optional<ForecastSpec> forecast) {
     auto model = std::make_shared<ModelQueue>(
         name, version, std::move(inputs), std::move(outputs), std::move(policy),
         Callbacks{run, account, fail}, std::move(queue_full_message),
-        std::move(unloading_message));
+        std::move(unloading_message),
+        forecast ? std::make_shared<const ForecastSpec>(std::move(*forecast)) : nullptr);
     registry_.Add(name, version, model);
     return model;
   }
@@ -284,6 +286,38 @@ PYBIND11_MODULE(_frontend, m) {
            py::arg("max_batch_size"), py::arg("batching"), py::arg("max_queue_delay_us"),
            py::arg("preferred_batch_sizes"), py::arg("max_queue_size"),
            py::arg("default_timeout_us"), py::arg("instances"));
+  py::class_<ForecastSpec>(m, "ForecastSpec")
+      .def(py::init([](int64_t input_window, int64_t horizon, std::vector<std::string> past,
+                       std::vector<std::string> targets, std::vector<std::string> future,
+                       int64_t step_ns, std::vector<double> quantiles) {
+             ForecastSpec spec{input_window, horizon, std::move(past), std::move(targets),
+                               std::move(future), {}, step_ns, std::move(quantiles)};
+             for (const auto& name : spec.future_features)
+               spec.calendar.push_back(CalendarIndex(name));
+             return spec;
+           }),
+           py::arg("input_window"), py::arg("horizon"), py::arg("past_features"),
+           py::arg("target_names"), py::arg("future_features"), py::arg("step_ns"),
+           py::arg("quantiles"));
+  // The fast path's typed Forecast rule alone, for tests against the Python servicer's: the
+  // model's V2 request (serialized) if the fast path takes `request` as it is, else None.
+  m.def("forecast_to_infer",
+        [](const ForecastSpec& spec, const py::bytes& request, int64_t max_batch_size) -> py::object {
+          fpb::ForecastRequest message;
+          if (!message.ParseFromString(std::string(request))) return py::none();
+          inference::ModelInferRequest infer;
+          TypedForecast typed;
+          if (!ForecastToInfer(std::make_shared<const ForecastSpec>(spec), message, max_batch_size,
+                               &infer, &typed))
+            return py::none();
+          return py::bytes(infer.SerializeAsString());
+        },
+        py::arg("spec"), py::arg("request"), py::arg("max_batch_size"));
+  m.def("calendar", [](int feature, std::vector<int64_t> ns) {
+          std::vector<float> out;
+          for (int64_t t : ns) out.push_back(Calendar(feature, t));
+          return out;
+        }, py::arg("feature"), py::arg("ns"));
   py::class_<ModelQueue, std::shared_ptr<ModelQueue>>(m, "ModelQueue")
       .def_property_readonly("queue_size", &ModelQueue::queue_size,
                              py::call_guard<py::gil_scoped_release>())
@@ -329,7 +363,7 @@ PYBIND11_MODULE(_frontend, m) {
       .def("add_model", &Frontend::AddModel, py::arg("name"), py::arg("version"),
            py::arg("inputs"), py::arg("outputs"), py::arg("policy"), py::arg("run"),
            py::arg("account"), py::arg("fail"), py::arg("queue_full_message"),
-           py::arg("unloading_message"))
+           py::arg("unloading_message"), py::arg("forecast") = std::nullopt)
       .def("serve_in_process", &Frontend::ServeInProcess, py::arg("methods"),
            py::arg("handler"))
       .def("set_default", &Frontend::SetDefault, py::arg("name"), py::arg("version"))

@@ -30,11 +30,13 @@ from core.errors import (
     DeadlineExceeded,
     FailureReason,
     InferenceError,
+    InvalidInput,
     ModelNotReady,
     QueueFull,
     ServingError,
 )
 from serving import metrics, restricted
+from serving.forecasting import ForecasterSpec
 from serving.interceptors import status_for
 from serving.metrics import FrontendCollector
 from serving.models.base import ServedModel, TensorSpec
@@ -106,6 +108,35 @@ def wanted(settings: Settings) -> bool:
 def _tensor(spec: TensorSpec) -> Any:
     return _frontend.TensorSpec(
         spec.name, spec.datatype, list(spec.dims), DTYPES[spec.datatype].itemsize
+    )
+
+
+def forecast_spec(model: ServedModel) -> Any:
+    """What the fast path needs to take typed Forecast calls for `model` (forecast.h): a
+    forecaster on a fixed step of seconds, minutes, hours or days, with FP32 tensors; None for
+    any other model, whose typed calls the Python servicer answers."""
+    try:
+        spec = ForecasterSpec.of(model)
+    except InvalidInput:
+        return None
+    freq = spec.frequency
+    if freq is None or freq.fixed_ns is None or freq.alias.startswith("W-"):
+        return None  # weeks are anchored on a weekday: left to Python's calendar check
+    tensors = {"past": model.inputs, "forecast": model.outputs}
+    if spec.future_features:
+        tensors["future"] = model.inputs
+    if spec.quantiles:
+        tensors["quantiles"] = model.outputs
+    if any(name not in where or where[name].datatype != "FP32" for name, where in tensors.items()):
+        return None
+    return _frontend.ForecastSpec(
+        input_window=spec.input_window,
+        horizon=spec.horizon,
+        past_features=list(spec.past_features),
+        target_names=list(spec.target_names),
+        future_features=list(spec.future_features),
+        step_ns=freq.fixed_ns,
+        quantiles=list(spec.quantiles),
     )
 
 
@@ -238,6 +269,7 @@ class NativeFrontend:
             fail,
             queue_full_message=full,
             unloading_message=gone,
+            forecast=forecast_spec(model),
         )
 
     def shutdown(self, grace_s: float) -> None:

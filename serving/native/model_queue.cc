@@ -31,10 +31,11 @@ const char* NumpyDtype(const std::string& datatype) {
 
 ModelQueue::ModelQueue(std::string name, int64_t version, std::vector<TensorSpec> inputs,
                        std::vector<TensorSpec> outputs, Policy policy, Callbacks callbacks,
-                       std::string queue_full_message, std::string unloading_message)
+                       std::string queue_full_message, std::string unloading_message,
+                       std::shared_ptr<const ForecastSpec> forecast)
     : name_(std::move(name)), version_(version),
       signature_{std::move(inputs), std::move(outputs), std::move(policy)},
-      callbacks_(std::move(callbacks)) {
+      callbacks_(std::move(callbacks)), forecast_(std::move(forecast)) {
   queue_full_.code = grpc::StatusCode::RESOURCE_EXHAUSTED;
   queue_full_.message = std::move(queue_full_message);
   unloading_.code = grpc::StatusCode::UNAVAILABLE;
@@ -47,6 +48,18 @@ ModelQueue::ModelQueue(std::string name, int64_t version, std::vector<TensorSpec
 }
 
 ModelQueue::~ModelQueue() { Close(); }
+
+bool ModelQueue::AcceptsForecast(const fpb::ForecastRequest& message, Request* request) const {
+  if (!forecast_) return false;
+  auto infer = std::make_unique<inference::ModelInferRequest>();
+  auto typed = std::make_shared<TypedForecast>();
+  if (!ForecastToInfer(forecast_, message, policy_.max_batch_size, infer.get(), typed.get()))
+    return false;
+  if (!Accepts(*infer, request)) return false;  // the model's own tensor rule, as for V2
+  request->message = std::move(infer);
+  request->typed = std::move(typed);
+  return true;
+}
 
 void ModelQueue::Submit(std::unique_ptr<Request> request) {
   request->enqueued = Clock::now();
@@ -251,7 +264,13 @@ void ModelQueue::RunBatch(int instance, std::vector<std::unique_ptr<Request>>& b
     reply.set_id(r.message->id());
     grpc::ByteBuffer buffer;
     bool own;
-    grpc::SerializationTraits<inference::ModelInferResponse>::Serialize(reply, &buffer, &own);
+    if (r.typed) {
+      fpb::ForecastResponse typed;
+      InferToForecast(*r.typed, reply, &typed);
+      grpc::SerializationTraits<fpb::ForecastResponse>::Serialize(typed, &buffer, &own);
+    } else {
+      grpc::SerializationTraits<inference::ModelInferResponse>::Serialize(reply, &buffer, &own);
+    }
     pending_.fetch_sub(1);
     requests_.fetch_add(1);
     r.call->Reply(&buffer);

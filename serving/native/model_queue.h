@@ -19,6 +19,7 @@
 #include <grpcpp/support/status.h>
 
 #include "accept.h"
+#include "forecast.h"
 #include "inference/grpc_service.pb.h"
 
 namespace seqserve {
@@ -46,13 +47,17 @@ class ModelQueue {
  public:
   ModelQueue(std::string name, int64_t version, std::vector<TensorSpec> inputs,
              std::vector<TensorSpec> outputs, Policy policy, Callbacks callbacks,
-             std::string queue_full_message, std::string unloading_message);
+             std::string queue_full_message, std::string unloading_message,
+             std::shared_ptr<const ForecastSpec> forecast = nullptr);
   ~ModelQueue();
 
   // Whether the fast path takes this request as it is (see accept.h); if so, fill `request`.
   bool Accepts(const inference::ModelInferRequest& message, Request* request) const {
     return Accept(signature_, message, request);
   }
+  // Whether the fast path takes this typed Forecast as it is (a forecaster with a fixed step
+  // only; see forecast.h); if so, fill `request` with the model's V2 request.
+  bool AcceptsForecast(const fpb::ForecastRequest& message, Request* request) const;
   void Submit(std::unique_ptr<Request> request);
   // Refuse new requests, run the queued ones, stop the threads. Blocks; call without the GIL.
   void Close();
@@ -80,6 +85,7 @@ class ModelQueue {
   const std::vector<TensorSpec>& outputs_ = signature_.outputs;
   const Policy& policy_ = signature_.policy;
   Callbacks callbacks_;
+  const std::shared_ptr<const ForecastSpec> forecast_;  // a forecaster's, on a fixed step
   bool zeros_ = false;  // no runner: the C++ floor (bench/floor_server.py --native --bare)
   std::vector<py::object> dtypes_;  // numpy dtype per input
 

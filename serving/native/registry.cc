@@ -29,24 +29,20 @@ std::shared_ptr<ModelQueue> Registry::Remove(const std::string& name, int64_t ve
   return model;
 }
 
-bool Registry::Submit(Call* call, std::unique_ptr<inference::ModelInferRequest> message) {
-  std::shared_ptr<ModelQueue> model;
-  {
-    std::shared_lock lock(mu_);
-    auto it = models_.find(message->model_name());
-    if (it == models_.end()) return false;
-    int64_t version = it->second.default_version;
-    const std::string& asked = message->model_version();
-    if (!asked.empty()) {
-      auto [end, err] = std::from_chars(asked.data(), asked.data() + asked.size(), version);
-      if (err != std::errc() || end != asked.data() + asked.size()) return false;
-    }
-    auto found = it->second.versions.find(version);
-    if (found == it->second.versions.end()) return false;
-    model = found->second;
+std::shared_ptr<ModelQueue> Registry::Find(const std::string& name, const std::string& asked) {
+  std::shared_lock lock(mu_);
+  auto it = models_.find(name);
+  if (it == models_.end()) return nullptr;
+  int64_t version = it->second.default_version;
+  if (!asked.empty()) {
+    auto [end, err] = std::from_chars(asked.data(), asked.data() + asked.size(), version);
+    if (err != std::errc() || end != asked.data() + asked.size()) return nullptr;
   }
-  auto request = std::make_unique<Request>();
-  if (!model->Accepts(*message, request.get())) return false;
+  auto found = it->second.versions.find(version);
+  return found == it->second.versions.end() ? nullptr : found->second;
+}
+
+void Registry::Enqueue(Call* call, ModelQueue* model, std::unique_ptr<Request> request) {
   request->call = call;
   request->received = call->received();
   // The V2 `timeout` parameter first, else the gRPC deadline, else the config's default.
@@ -55,8 +51,25 @@ bool Registry::Submit(Call* call, std::unique_ptr<inference::ModelInferRequest> 
     request->deadline = request->received + std::chrono::microseconds(request->timeout_us);
   else if (deadline != std::chrono::system_clock::time_point::max())
     request->deadline = request->received + (deadline - std::chrono::system_clock::now());
-  request->message = std::move(message);
   model->Submit(std::move(request));
+}
+
+bool Registry::Submit(Call* call, std::unique_ptr<inference::ModelInferRequest> message) {
+  std::shared_ptr<ModelQueue> model = Find(message->model_name(), message->model_version());
+  if (!model) return false;
+  auto request = std::make_unique<Request>();
+  if (!model->Accepts(*message, request.get())) return false;
+  request->message = std::move(message);
+  Enqueue(call, model.get(), std::move(request));
+  return true;
+}
+
+bool Registry::SubmitForecast(Call* call, const fpb::ForecastRequest& message) {
+  std::shared_ptr<ModelQueue> model = Find(message.model_name(), message.model_version());
+  if (!model) return false;
+  auto request = std::make_unique<Request>();
+  if (!model->AcceptsForecast(message, request.get())) return false;
+  Enqueue(call, model.get(), std::move(request));
   return true;
 }
 

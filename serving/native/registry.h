@@ -18,8 +18,13 @@ class Registry {
   std::shared_ptr<ModelQueue> Remove(const std::string& name, int64_t version);
   // Take `message` on the fast path if its model is there and accepts it as it is.
   bool Submit(Call* call, std::unique_ptr<inference::ModelInferRequest> message);
+  // Take a typed Forecast on the fast path if its model is there and takes it as it is.
+  bool SubmitForecast(Call* call, const fpb::ForecastRequest& message);
 
  private:
+  std::shared_ptr<ModelQueue> Find(const std::string& name, const std::string& version);
+  void Enqueue(Call* call, ModelQueue* model, std::unique_ptr<Request> request);
+
   struct Entry {
     std::map<int64_t, std::shared_ptr<ModelQueue>> versions;
     int64_t default_version = -1;

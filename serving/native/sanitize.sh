@@ -17,13 +17,15 @@ for f in serving/native/*.cc; do
 done
 wait
 g++ -shared -fsanitize=address,undefined "$out"/*.o build/native/inference/*.o \
+  build/native/seqserve/forecast/v1/*.o \
   -o serving/native/_frontend.so $(pkg-config --libs grpc++ protobuf)
 echo "native-sanitize: running the native front end's tests under ASan and UBSan"
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
 ASAN_OPTIONS="detect_leaks=0:log_path=$out/asan" \
 UBSAN_OPTIONS="print_stacktrace=1:log_path=$out/ubsan" \
   "$PY" -m pytest -q -p no:cacheprovider tests/serving/test_native_frontend.py \
-    tests/serving/test_errors.py tests/serving/test_control.py -k "not python"
+    tests/serving/test_errors.py tests/serving/test_control.py \
+    tests/serving/test_native_forecast.py tests/serving/test_forecast_api.py -k "not python"
 if compgen -G "$out/asan*" >/dev/null || compgen -G "$out/ubsan*" >/dev/null; then
   cat "$out"/asan* "$out"/ubsan* 2>/dev/null
   echo "native-sanitize: FAILED: sanitizer reports above" >&2

@@ -132,20 +132,47 @@ def _forecaster() -> ForecasterSpec:
     return ForecasterSpec.of(_Model("fc", 1, _config(FORECASTER_CONFIG, "fc")))
 
 
+@cache
+def _native_forecaster() -> object | None:
+    """The native fast path's view of the same forecaster, when the front end is built."""
+    from serving.native.frontend import _frontend, forecast_spec
+
+    if _frontend is None:
+        return None
+    return forecast_spec(_Model("fc", 1, _config(FORECASTER_CONFIG, "fc")))
+
+
 def forecast_request(data: bytes) -> None:
+    """The Python servicer's rule, and the native fast path's beside it (forecast.h): a
+    request the fast path takes must be one Python takes, with the same tensors bit for bit."""
+    native = _native_forecaster()
+    taken = None
+    if native is not None:
+        from serving.native.frontend import _frontend
+
+        infer = _frontend.forecast_to_infer(native, data, max_batch_size=4)
+        taken = None if infer is None else pb.ModelInferRequest.FromString(infer)
     try:
         msg = fpb.ForecastRequest.FromString(data)
     except DecodeError:
+        assert taken is None, "the fast path took a request that does not parse"
         return
     spec = _forecaster()
     try:
         quantile_indices(spec, list(msg.quantile_levels))
         prepared = prepare(spec, [_window(w, i) for i, w in enumerate(msg.windows)])
-    except ServingError:
+    except ServingError as err:
+        assert taken is None, f"the fast path took a request Python refuses: {err}"
         return
     past = prepared.inputs["past"]
     assert past.shape == (len(msg.windows), spec.input_window, len(spec.past_features))
     assert np.isfinite(past).all()
+    if taken is not None:
+        assert [t.name for t in taken.inputs] == list(prepared.inputs)
+        for t, raw in zip(taken.inputs, taken.raw_input_contents, strict=True):
+            array = prepared.inputs[t.name]
+            assert list(t.shape) == list(array.shape) and t.datatype == "FP32"
+            assert raw == array.tobytes(), f"input {t.name} differs from Python's"
 
 
 TRANSLATOR_PARAMETERS = {

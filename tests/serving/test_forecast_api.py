@@ -11,6 +11,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.calendar import calendar_features
+from protos.inference.grpc_service_pb2 import ModelStatisticsRequest
+from protos.inference.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from protos.seqserve.forecast.v1 import forecast_service_pb2 as fpb
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc as fgrpc
 from tests.conftest import ServerProcess, native_built
@@ -22,10 +24,11 @@ HOUR = np.timedelta64(3600, "s")
 
 
 @pytest.fixture(scope="module", params=["python", "native"])
-def api(
+def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[fgrpc.ForecasterStub]:
-    """The typed API as the Python front end serves it, and forwarded by the native one."""
+) -> Iterator[ServerProcess]:
+    """The typed API as the Python front end serves it, and as the native one answers it in
+    process."""
     if request.param == "native":
         native_built()
     repo = tmp_path_factory.mktemp("fc") / "model_repository"
@@ -35,10 +38,15 @@ def api(
     server = ServerProcess(repo, "--frontend", request.param)
     try:
         server.wait_ready()
-        with grpc.insecure_channel(server.target) as ch:
-            yield fgrpc.ForecasterStub(ch)
+        yield server
     finally:
         server.terminate()
+
+
+@pytest.fixture(scope="module")
+def api(server: ServerProcess) -> Iterator[fgrpc.ForecasterStub]:
+    with grpc.insecure_channel(server.target) as ch:
+        yield fgrpc.ForecasterStub(ch)
 
 
 def stamp(t: np.datetime64) -> Timestamp:
@@ -182,6 +190,54 @@ def test_invalid_requests(api: fgrpc.ForecasterStub, case: str) -> None:
     err = call_error(api.Forecast, msg, timeout=10)
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert words in err.details()
+
+
+def test_calls_that_arrive_together_are_answered_each_on_its_own(
+    server: ServerProcess, api: fgrpc.ForecasterStub
+) -> None:
+    """Calls sent at once, good and bad mixed (on the native front end the good ones share
+    the fast path's batches, the others go to the Python servicer), each get their own answer:
+    the forecast each gets alone, a bad one its own error, an unknown model NOT_FOUND; and
+    each call to the model is one request of its statistics, a success or a failure."""
+    good = [
+        fpb.ForecastRequest(model_name="fc", windows=[window(shift=i), window(n=8, shift=-i)])
+        for i in range(12)
+    ]
+    alone = [api.Forecast(r, timeout=10) for r in good]
+    bad, words = BAD["NaN"]
+    unknown = fpb.ForecastRequest(model_name="zz", windows=[window()])
+    requests = [*good[:6], bad, unknown, *good[6:], bad]
+
+    def counts() -> tuple[int, int]:
+        with grpc.insecure_channel(server.target) as ch:
+            stats = GRPCInferenceServiceStub(ch).ModelStatistics(
+                ModelStatisticsRequest(name="fc"), timeout=10
+            )
+        (model,) = stats.model_stats
+        return model.inference_stats.success.count, model.inference_stats.fail.count
+
+    before = counts()
+    with grpc.insecure_channel(server.target) as ch:
+        stub = fgrpc.ForecasterStub(ch)
+        for _ in range(3):  # several rounds: how calls group depends on when they arrive
+            futures = [stub.Forecast.future(r, timeout=10) for r in requests]
+            outcomes = []
+            for f in futures:
+                try:
+                    outcomes.append(f.result())
+                except grpc.RpcError as err:
+                    outcomes.append(err)
+            got = [o for o in outcomes if isinstance(o, fpb.ForecastResponse)]
+            assert got == [*alone[:6], *alone[6:]]
+            errors = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+            assert [e.code() for e in errors] == [
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ]
+            assert words in errors[0].details() and words in errors[2].details()
+    after = counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (3 * 12, 3 * 2)
 
 
 def test_unknown_model(api: fgrpc.ForecasterStub) -> None:
