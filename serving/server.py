@@ -100,17 +100,16 @@ class Server:
             options=options,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane, peers), self.grpc
-        )
-        forecaster = ForecasterServicer(self.dataplane)
-        forecast_service_pb2_grpc.add_ForecasterServicer_to_server(forecaster, self.grpc)
-        # Behind the native front end the typed Forecaster API skips the hop to self.grpc.
+        # Behind the native front end the unary RPCs of these servicers skip the hop to
+        # self.grpc: the front end hands their calls to the same objects in this process.
         self._in_process = Collected()
-        forecast_service_pb2_grpc.add_ForecasterServicer_to_server(forecaster, self._in_process)
-        translate_service_pb2_grpc.add_TranslatorServicer_to_server(
-            TranslatorServicer(self.dataplane), self.grpc
-        )
+        inference = InferenceServicer(self.dataplane, peers)
+        forecaster = ForecasterServicer(self.dataplane)
+        translator = TranslatorServicer(self.dataplane)
+        for server in (self.grpc, self._in_process):
+            grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+            forecast_service_pb2_grpc.add_ForecasterServicer_to_server(forecaster, server)
+            translate_service_pb2_grpc.add_TranslatorServicer_to_server(translator, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (

@@ -108,7 +108,12 @@ void Call::Serve(bool ok) {
     }
     // Once submitted, the call may be answered (and this object gone) from another thread.
     if (parsed && registry_->Submit(this, std::move(message))) return;
-    Forward(true);  // the Python server answers it, as every request the fast path leaves
+    // The Python servicer answers it, as every request the fast path leaves.
+    if (in_process_->Serves(context_->method())) {
+      ServeLocally();
+    } else {
+      Forward(true);
+    }
     return;
   }
   if (local_) {
@@ -126,22 +131,7 @@ void Call::Serve(bool ok) {
       // Once submitted, the call may be answered (and this object gone) from another thread.
       if (parsed && registry_->SubmitForecast(this, message)) return;
     }
-    std::string request;
-    {
-      grpc::ProtoBufferReader reader(&request_);
-      const void* data;
-      int size;
-      while (reader.Next(&data, &size)) request.append(static_cast<const char*>(data), size);
-    }
-    request_.Clear();
-    bool cancelled_meanwhile;
-    uint64_t id;
-    {
-      std::lock_guard<std::mutex> lock(mu_);  // ordered against OnCancel's look at the id
-      id = local_id_ = in_process_->Submit(this, std::move(request));  // Reply or Fail answer
-      cancelled_meanwhile = cancelled();
-    }
-    if (cancelled_meanwhile) in_process_->Cancel(id);
+    ServeLocally();
     return;
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -152,6 +142,25 @@ void Call::Serve(bool ok) {
   } else {
     upstream_.load()->StartWritesDone();
   }
+}
+
+void Call::ServeLocally() {
+  std::string request;
+  {
+    grpc::ProtoBufferReader reader(&request_);
+    const void* data;
+    int size;
+    while (reader.Next(&data, &size)) request.append(static_cast<const char*>(data), size);
+  }
+  request_.Clear();
+  bool cancelled_meanwhile;
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // ordered against OnCancel's look at the id
+    id = local_id_ = in_process_->Submit(this, std::move(request));  // Reply or Fail answer
+    cancelled_meanwhile = cancelled();
+  }
+  if (cancelled_meanwhile) in_process_->Cancel(id);
 }
 
 void Call::HandedOn() {
@@ -179,7 +188,7 @@ void Call::OnCancel() {
   cancelled_.store(true);
   Upstream* up = upstream_.load();
   if (up != nullptr) up->context.TryCancel();
-  if (local_) {  // its work, if handed over already (else Serve sees the flag)
+  {  // its work in process, if handed over already (else ServeLocally sees the flag)
     uint64_t id;
     {
       std::lock_guard<std::mutex> lock(mu_);

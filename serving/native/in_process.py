@@ -1,12 +1,15 @@
 """Unary methods the native front end has this process's servicers answer, without the hop to
 the Python gRPC server behind it (serving/native/in_process.h).
 
-Behind the native front end a typed Forecast cost two gRPC calls: the front end's to the Python
-server over its Unix socket, and grpc.aio's own. Its servicer now gets the request's bytes
-from the front end's thread, on the event loop, and answers through the call's handle; errors
-become statuses by `serving.interceptors` (`decoded`, `failure_status`), as for the Python
-server's calls.
-The servicers are the same objects the Python server registers: one dataplane.
+Forwarded, a unary call the fast path does not run (the typed Translate and Forecaster APIs,
+the V2 protocol's other RPCs, and any ModelInfer the fast path leaves: the translator's BYTES,
+a request to refuse) cost two gRPC calls: the front end's to the Python server over its Unix
+socket, and grpc.aio's own. Its servicer now gets the request's bytes from the front end's
+thread, on the event loop, and answers through the call's handle; errors become statuses by
+`serving.interceptors` (`decoded`, `failure_status`), as for the Python server's calls. Only
+streams (ModelStreamInfer, TranslateStream, health's Watch, reflection) and grpc's own health
+Check are forwarded. The servicers are the same objects the Python server registers: one
+dataplane.
 """
 
 from __future__ import annotations
@@ -55,10 +58,9 @@ class InProcess:
     def __init__(
         self, loop: asyncio.AbstractEventLoop, handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
-        for method, h in handlers.items():
-            assert h.unary_unary is not None, f"{method}: only unary methods run in process"
         self._loop = loop
-        self._handlers = dict(handlers)
+        # Only unary methods run in process; the front end forwards streams to the server.
+        self._handlers = {m: h for m, h in handlers.items() if h.unary_unary is not None}
         self._running: dict[int, asyncio.Task] = {}  # by call id, until answered
         # Answered here, by method: every key from the start (a scrape reads it on its thread).
         self.calls: Counter[str] = Counter(dict.fromkeys(self._handlers, 0))
