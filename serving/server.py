@@ -10,7 +10,7 @@ from importlib import metadata
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from protos.inference import grpc_service_pb2_grpc
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc
@@ -100,25 +100,25 @@ class Server:
             options=options,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
-        # Behind the native front end the unary RPCs of these servicers skip the hop to
-        # self.grpc: the front end hands their calls to the same objects in this process.
+        # Behind the native front end the calls of these servicers skip the hop to self.grpc:
+        # the front end hands them to the same objects in this process (in_process.py).
         self._in_process = Collected()
         inference = InferenceServicer(self.dataplane, peers)
         forecaster = ForecasterServicer(self.dataplane)
         translator = TranslatorServicer(self.dataplane)
-        for server in (self.grpc, self._in_process):
-            grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
-            forecast_service_pb2_grpc.add_ForecasterServicer_to_server(forecaster, server)
-            translate_service_pb2_grpc.add_TranslatorServicer_to_server(translator, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(
+        reflecting = reflection.aio.ReflectionServicer(
             (
                 *SERVICES,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
-            ),
-            self.grpc,
+            )
         )
+        for server in (self.grpc, self._in_process):
+            grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+            forecast_service_pb2_grpc.add_ForecasterServicer_to_server(forecaster, server)
+            translate_service_pb2_grpc.add_TranslatorServicer_to_server(translator, server)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflecting, server)
         self.port = 0  # known once start() has bound it
         self.metrics: MetricsEndpoint | None = None
 

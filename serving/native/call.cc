@@ -27,9 +27,16 @@ Call::Call(grpc::GenericCallbackServerContext* context, grpc::GenericStub* upstr
            Budgets budgets)
     : context_(context), stub_(upstream), registry_(registry), in_process_(in_process),
       infer_(context->method() == kModelInfer),
-      local_(!infer_ && in_process->Serves(context->method())), active_(active),
+      local_(!infer_ && in_process->Serves(context->method())),
+      stream_(!infer_ && !local_ && in_process->Streams(context->method())), active_(active),
       budgets_(budgets) {
-  if (!infer_ && !local_) Forward(false);
+  if (stream_) {
+    refs_.fetch_add(1);  // the servicer's, until it ends the stream (End), whatever ends first
+    std::lock_guard<std::mutex> lock(mu_);  // (OnCancel looks at the id)
+    local_id_ = in_process_->Start(this);
+  } else if (!infer_ && !local_) {
+    Forward(false);
+  }
   StartReading();
 }
 
@@ -50,6 +57,7 @@ bool Call::Shed() {
   }
   if (up != nullptr) up->context.TryCancel();  // its end only releases: this call is finished
   Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, *budgets_.busy));
+  if (stream_) in_process_->Cancel(local_id_);  // its servicer stops, and ends it (End)
   return true;
 }
 
@@ -116,6 +124,27 @@ void Call::Serve(bool ok) {
     }
     return;
   }
+  if (stream_) {  // each message to the servicer, in order; then the client's half-close
+    if (!ok) {
+      in_process_->Message(local_id_, std::nullopt);
+      return;
+    }
+    std::string message;
+    {
+      grpc::ProtoBufferReader reader(&request_);
+      const void* data;
+      int size;
+      while (reader.Next(&data, &size)) message.append(static_cast<const char*>(data), size);
+    }
+    request_.Clear();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      HandedOn();  // its further copies wait for its answer
+    }
+    in_process_->Message(local_id_, std::move(message));
+    ReadNext();
+    return;
+  }
   if (local_) {
     if (!ok) {
       FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "no request received"));
@@ -178,6 +207,29 @@ void Call::ReadNext() {
 }
 
 void Call::OnWriteDone(bool ok) {
+  if (stream_) {
+    grpc::ByteBuffer* next = nullptr;
+    std::optional<grpc::Status> end;
+    int64_t answered;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      answered = writes_.front().second;
+      writes_.pop_front();
+      if (!ok || finished_) {  // the client is gone (its cancellation ends the servicer's
+                               // work), or the call was shed: nothing more is written
+        for (const auto& w : writes_) answered += w.second;
+        writes_.clear();
+      } else if (!writes_.empty()) {
+        next = &writes_.front().first;
+      } else {
+        end = end_;
+      }
+    }
+    budgets_.serving->Give(answered);
+    if (next != nullptr) StartWrite(next);
+    if (end) FinishOnce(*end);
+    return;
+  }
   Upstream* up = upstream_.load();
   if (up == nullptr) return;
   if (!ok) up->context.TryCancel();  // the client is gone: end the upstream call too
@@ -213,6 +265,41 @@ void Call::Reply(grpc::ByteBuffer* response) {
 }
 
 void Call::Fail(const grpc::Status& status) { Finish(status); }
+
+void Call::Write(grpc::ByteBuffer* response) {
+  grpc::ByteBuffer* first = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_ || end_) return;
+    // The oldest request unanswered is answered by this response, once it is written.
+    int64_t answered = 0;
+    if (!unanswered_.empty()) {
+      answered = unanswered_.front();
+      unanswered_.pop_front();
+    }
+    writes_.emplace_back(grpc::ByteBuffer(), answered);
+    writes_.back().first.Swap(response);
+    if (writes_.size() == 1) first = &writes_.front().first;
+  }
+  if (first != nullptr) StartWrite(first);
+}
+
+void Call::End(const grpc::Status& status) {
+  const bool stream = stream_;  // (a unary call may be gone once finished)
+  bool now = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!finished_ && !end_) {
+      if (writes_.empty()) {
+        now = true;
+      } else {
+        end_ = status;  // after them (OnWriteDone)
+      }
+    }
+  }
+  if (now) FinishOnce(status);
+  if (stream) Release();  // the servicer's reference: a stream shed meanwhile may end here
+}
 
 void Call::Forward(bool with_first_message) {
   refs_.fetch_add(1);

@@ -12,7 +12,9 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include "budget.h"
 
@@ -60,6 +62,10 @@ class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public 
   // Fast path and in-process calls: answer with a serialized response, or fail.
   void Reply(grpc::ByteBuffer* response);
   void Fail(const grpc::Status& status);
+  // In-process calls: a stream's next response; the end, with `status`, once the responses
+  // given are written (a unary call's failure: at once).
+  void Write(grpc::ByteBuffer* response);
+  void End(const grpc::Status& status);
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
   grpc::GenericCallbackServerContext* context() const { return context_; }
   std::chrono::steady_clock::time_point received() const { return received_; }
@@ -86,6 +92,7 @@ class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public 
   InProcess* in_process_;
   bool infer_;  // a ModelInfer whose first message is still to be read
   const bool local_;  // answered by a Python servicer in this process (in_process.h)
+  const bool stream_;  // a stream answered so, message by message
   grpc::ByteBuffer request_, response_;
   // Set by Forward (on the thread that reads the request) and read by OnCancel (on another).
   std::atomic<Upstream*> upstream_{nullptr};
@@ -101,6 +108,11 @@ class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public 
   std::deque<int64_t> unanswered_;
   uint64_t ticket_ = 0;  // with the arrivals watch, while a read runs
   uint64_t local_id_ = 0;  // an in-process call's, once handed over (under mu_)
+  // An in-process stream's responses to write, the first being written, each with the bytes
+  // of the serving budget its writing gives back (the request it answers); and its status,
+  // once the servicer has ended it. Under mu_.
+  std::deque<std::pair<grpc::ByteBuffer, int64_t>> writes_;
+  std::optional<grpc::Status> end_;
   bool read_ok_ = false;  // the last read's outcome, for Granted()
   // The upstream call holds (AddHold) until its response stream has ended; after that no
   // operation may start on it. `mu_` orders that end against writes being started, and a

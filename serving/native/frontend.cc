@@ -224,9 +224,11 @@ class Frontend {
     in_process_.Stop();  // every call is done
   }
 
-  // Answer `methods` (unary) with `handler` in this process (in_process.h). Before Start.
-  void ServeInProcess(std::vector<std::string> methods, py::object handler) {
-    in_process_.Set(std::move(methods), std::move(handler));
+  // Answer the unary `methods` and the `streams` with `handler` in this process
+  // (in_process.h). Before Start.
+  void ServeInProcess(std::vector<std::string> methods, std::vector<std::string> streams,
+                      py::object handler) {
+    in_process_.Set(std::move(methods), std::move(streams), std::move(handler));
   }
 
   std::shared_ptr<ModelQueue> AddModel(const std::string& name, int64_t version,
@@ -331,7 +333,9 @@ PYBIND11_MODULE(_frontend, m) {
       .def_readonly("request", &InProcessCall::request)
       .def_readonly("timeout_s", &InProcessCall::timeout_s)
       .def("reply", &InProcessCall::Reply, py::arg("response"))
-      .def("fail", &InProcessCall::Fail, py::arg("code"), py::arg("message"));
+      .def("fail", &InProcessCall::Fail, py::arg("code"), py::arg("message"))
+      .def("write", &InProcessCall::Write, py::arg("response"))
+      .def("finish", &InProcessCall::Finish);
   py::class_<Frontend>(m, "Frontend")
       .def(py::init([](std::string address, std::string upstream, int max_message_bytes,
                        bool reuse_port, std::string cert, std::string key, std::string ca,
@@ -365,7 +369,7 @@ PYBIND11_MODULE(_frontend, m) {
            py::arg("account"), py::arg("fail"), py::arg("queue_full_message"),
            py::arg("unloading_message"), py::arg("forecast") = std::nullopt)
       .def("serve_in_process", &Frontend::ServeInProcess, py::arg("methods"),
-           py::arg("handler"))
+           py::arg("streams"), py::arg("handler"))
       .def("set_default", &Frontend::SetDefault, py::arg("name"), py::arg("version"))
       .def("remove_model", &Frontend::RemoveModel, py::arg("name"), py::arg("version"));
 }

@@ -185,7 +185,7 @@ class NativeFrontend:
     def serve_in_process(self, handler: InProcess) -> None:
         """Have `handler` answer its methods in this process (before `start`)."""
         self._in_process = handler
-        self._server.serve_in_process(handler.methods, handler)
+        self._server.serve_in_process(handler.methods, handler.streams, handler)
 
     def start(self) -> int:
         """Listen; return the port."""

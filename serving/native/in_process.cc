@@ -35,7 +35,22 @@ void InProcessCall::Fail(int code, const std::string& message) {
   if (answered_) return;
   answered_ = true;
   py::gil_scoped_release unlocked;
-  call_->Fail(grpc::Status(static_cast<grpc::StatusCode>(code), message));
+  call_->End(grpc::Status(static_cast<grpc::StatusCode>(code), message));
+}
+
+void InProcessCall::Write(const std::string& response) {
+  if (answered_) return;
+  grpc::Slice slice(response);
+  grpc::ByteBuffer buffer(&slice, 1);
+  py::gil_scoped_release unlocked;
+  call_->Write(&buffer);
+}
+
+void InProcessCall::Finish() {
+  if (answered_) return;
+  answered_ = true;
+  py::gil_scoped_release unlocked;
+  call_->End(grpc::Status::OK);
 }
 
 InProcess::~InProcess() {
@@ -48,21 +63,34 @@ InProcess::~InProcess() {
   }
 }
 
-void InProcess::Set(std::vector<std::string> methods, py::object handler) {
+void InProcess::Set(std::vector<std::string> methods, std::vector<std::string> streams,
+                    py::object handler) {
   methods_ = std::set<std::string, std::less<>>(methods.begin(), methods.end());
+  streams_ = std::set<std::string, std::less<>>(streams.begin(), streams.end());
   handler_ = std::move(handler);
   if (!thread_.joinable()) thread_ = std::thread([this] { Work(); });
 }
 
 uint64_t InProcess::Submit(Call* call, std::string request) {
-  uint64_t id;
+  return Start(call, std::move(request));
+}
+
+uint64_t InProcess::Start(Call* call, std::optional<std::string> request) {
+  Pending pending{call, 0, std::move(request), call->context()->method(),
+                  call->context()->deadline()};
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t id = pending.id = ++next_id_;
+  pending_.push_back(std::move(pending));
+  wake_.notify_one();  // (under the lock: cheap, and the id is known)
+  return id;
+}
+
+void InProcess::Message(uint64_t id, std::optional<std::string> message) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    id = ++next_id_;
-    pending_.push_back(Pending{call, id, std::move(request)});
+    pending_.push_back(Pending{nullptr, id, std::move(message), {}, {}});
   }
   wake_.notify_one();
-  return id;
 }
 
 void InProcess::Cancel(uint64_t id) {
@@ -98,21 +126,26 @@ void InProcess::Work() {
     }
     const auto now = std::chrono::system_clock::now();
     py::gil_scoped_acquire gil;
-    py::list calls;
+    py::list calls, messages;
     for (Pending& p : batch) {
-      grpc::GenericCallbackServerContext* context = p.call->context();
-      const auto deadline = context->deadline();
+      if (p.call == nullptr) {  // a stream's message, or its end
+        messages.append(py::make_tuple(
+            p.id, p.request ? py::object(py::bytes(*p.request)) : py::object(py::none())));
+        continue;
+      }
+      const auto deadline = p.deadline;
       const double timeout_s =
           deadline == std::chrono::system_clock::time_point::max()
               ? -1.0
               : std::chrono::duration<double>(deadline - now).count();
-      calls.append(py::cast(new InProcessCall(p.call, p.id, context->method(),
-                                              py::bytes(p.request), timeout_s),
+      calls.append(py::cast(new InProcessCall(p.call, p.id, p.method,
+                                              py::bytes(p.request.value_or("")), timeout_s),
                             py::return_value_policy::take_ownership));
-      std::string().swap(p.request);  // the Python copy is the one kept
+      p.request.reset();  // the Python copy is the one kept
     }
     try {
-      if (!batch.empty()) handler_(calls);
+      if (!calls.empty()) handler_(calls);
+      if (!messages.empty()) handler_.attr("messages")(messages);
       if (!cancelled.empty()) handler_.attr("cancel")(cancelled);
     } catch (py::error_already_set& err) {
       err.restore();

@@ -25,7 +25,9 @@ ASAN_OPTIONS="detect_leaks=0:log_path=$out/asan" \
 UBSAN_OPTIONS="print_stacktrace=1:log_path=$out/ubsan" \
   "$PY" -m pytest -q -p no:cacheprovider tests/serving/test_native_frontend.py \
     tests/serving/test_errors.py tests/serving/test_control.py \
-    tests/serving/test_native_forecast.py tests/serving/test_forecast_api.py -k "not python"
+    tests/serving/test_native_forecast.py tests/serving/test_forecast_api.py \
+    tests/serving/test_translate_api.py tests/serving/test_server.py \
+    tests/serving/test_tritonclient.py -k "not python"
 if compgen -G "$out/asan*" >/dev/null || compgen -G "$out/ubsan*" >/dev/null; then
   cat "$out"/asan* "$out"/ubsan* 2>/dev/null
   echo "native-sanitize: FAILED: sanitizer reports above" >&2
