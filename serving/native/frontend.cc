@@ -315,6 +315,18 @@ PYBIND11_MODULE(_frontend, m) {
           return py::bytes(infer.SerializeAsString());
         },
         py::arg("spec"), py::arg("request"), py::arg("max_batch_size"));
+  // The fast path's ModelInfer rule alone (accept.h), for tests against the Python
+  // dataplane's: whether it takes `request` as it is for a model of this signature.
+  m.def("v2_accepts",
+        [](std::vector<TensorSpec> inputs, std::vector<TensorSpec> outputs, Policy policy,
+           const py::bytes& request) {
+          inference::ModelInferRequest message;
+          if (!message.ParseFromString(std::string(request))) return false;
+          const Signature signature{std::move(inputs), std::move(outputs), std::move(policy)};
+          Request taken;
+          return Accept(signature, message, &taken);
+        },
+        py::arg("inputs"), py::arg("outputs"), py::arg("policy"), py::arg("request"));
   m.def("calendar", [](int feature, std::vector<int64_t> ns) {
           std::vector<float> out;
           for (int64_t t : ns) out.push_back(Calendar(feature, t));

@@ -36,6 +36,7 @@ from core.errors import (
     ServingError,
 )
 from serving import metrics, restricted
+from serving.batcher import BatchPolicy
 from serving.forecasting import ForecasterSpec
 from serving.interceptors import status_for
 from serving.metrics import FrontendCollector
@@ -109,6 +110,21 @@ def _tensor(spec: TensorSpec) -> Any:
     return _frontend.TensorSpec(
         spec.name, spec.datatype, list(spec.dims), DTYPES[spec.datatype].itemsize
     )
+
+
+def signature(model: ServedModel, p: BatchPolicy) -> tuple[list[Any], list[Any], Any]:
+    """The fast path's view of a model version (accept.h): its tensors and batching policy."""
+    policy = _frontend.Policy(
+        max_batch_size=p.max_batch_size,
+        batching=p.batching,
+        max_queue_delay_us=round(p.max_queue_delay_s * 1e6),
+        preferred_batch_sizes=list(p.preferred_batch_sizes),
+        max_queue_size=p.max_queue_size,
+        default_timeout_us=round((p.default_timeout_s or 0) * 1e6),
+        instances=p.instances,
+    )
+    inputs = [_tensor(s) for s in model.inputs.values()]
+    return inputs, [_tensor(s) for s in model.outputs.values()], policy
 
 
 def forecast_spec(model: ServedModel) -> Any:
@@ -213,16 +229,7 @@ class NativeFrontend:
         self._server.set_default(name, newest if newest in fast else -1)
 
     def _attach(self, model: OnnxModel) -> Any:
-        p = model.policy
-        policy = _frontend.Policy(
-            max_batch_size=p.max_batch_size,
-            batching=p.batching,
-            max_queue_delay_us=round(p.max_queue_delay_s * 1e6),
-            preferred_batch_sizes=list(p.preferred_batch_sizes),
-            max_queue_size=p.max_queue_size,
-            default_timeout_us=round((p.default_timeout_s or 0) * 1e6),
-            instances=p.instances,
-        )
+        inputs, outputs, policy = signature(model, model.policy)
         stats, version = model.stats, str(model.version)
         request_seconds = metrics.REQUEST_SECONDS.labels(model.name, version)
         queue_seconds = metrics.QUEUE_SECONDS.labels(model.name, version)
@@ -261,8 +268,8 @@ class NativeFrontend:
         return self._server.add_model(
             model.name,
             model.version,
-            [_tensor(s) for s in model.inputs.values()],
-            [_tensor(s) for s in model.outputs.values()],
+            inputs,
+            outputs,
             policy,
             model.run_batch,
             account,

@@ -38,7 +38,7 @@ from protos.seqserve.translate.v1 import translate_service_pb2 as tpb
 from serving import tensors
 from serving.forecasting import ForecasterSpec, prepare, quantile_indices
 from serving.models.base import InferRequest, ServedModel
-from serving.models.onnx_model import _utf8
+from serving.models.onnx_model import _utf8, batch_policy
 from serving.models.translator import _decode_settings, _text
 from serving.servicers.codec import decode_request
 from serving.servicers.forecast import _window
@@ -86,10 +86,34 @@ def _models() -> list[ServedModel]:
     ]
 
 
+@cache
+def _native_signatures() -> dict[str, tuple]:
+    """The native fast path's view of the models it would serve (no strings, no optional
+    inputs), when the front end is built."""
+    from serving.native.frontend import _frontend, signature
+
+    if _frontend is None:
+        return {}
+    return {
+        m.name: signature(m, batch_policy(m.config))
+        for m in _models()
+        if all(s.datatype != "BYTES" for s in (*m.inputs.values(), *m.outputs.values()))
+        and not any(s.optional for s in m.inputs.values())
+    }
+
+
 def v2_request(data: bytes) -> None:
+    """The Python dataplane's rule, and the native fast path's beside it (accept.h): a request
+    the fast path takes as it is must be one Python takes."""
+    taken: set[str] = set()
+    if signatures := _native_signatures():
+        from serving.native.frontend import _frontend
+
+        taken = {n for n, s in signatures.items() if _frontend.v2_accepts(*s, data)}
     try:
         msg = pb.ModelInferRequest.FromString(data)
     except DecodeError:
+        assert not taken, "the fast path took a request that does not parse"
         return
     for model in _models():
         try:
@@ -98,7 +122,10 @@ def v2_request(data: bytes) -> None:
             for name, array in request.inputs.items():
                 if array.dtype == object:
                     _utf8(array, name)
-        except ServingError:
+        except ServingError as err:
+            assert model.name not in taken, (
+                f"{model.name}: the fast path took what Python refuses: {err}"
+            )
             continue
 
 
