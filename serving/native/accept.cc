@@ -20,7 +20,29 @@ bool AllFinite(const std::string& raw) {
   return true;
 }
 
+bool Known(const google::protobuf::Message& message) {
+  const google::protobuf::Reflection* reflection = message.GetReflection();
+  if (!reflection->GetUnknownFields(message).empty()) return false;
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  reflection->ListFields(message, &fields);
+  for (const auto* field : fields) {
+    if (field->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    if (!field->is_repeated()) {
+      if (!Known(reflection->GetMessage(message, field))) return false;
+      continue;
+    }
+    const int n = reflection->FieldSize(message, field);
+    for (int i = 0; i < n; ++i)
+      if (!Known(reflection->GetRepeatedMessage(message, field, i))) return false;
+  }
+  return true;
+}
+
 }  // namespace
+
+bool Whole(const google::protobuf::Message& message, size_t size) {
+  return message.ByteSizeLong() == size && Known(message);
+}
 
 bool Accept(const Signature& signature, const inference::ModelInferRequest& m, Request* r) {
   const auto& inputs = signature.inputs;

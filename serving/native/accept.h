@@ -62,6 +62,12 @@ struct Request {
   std::shared_ptr<const TypedForecast> typed;
 };
 
+// Whether a message parsed from `size` bytes is all of them, encoded as protobuf encodes it,
+// with no field its schema lacks at any depth. The fast path leaves anything else (a corrupt
+// field C++ keeps as unknown where Python's parser refuses it, an unusual encoding) to the
+// Python server, whose parser is the one rule of what parses.
+bool Whole(const google::protobuf::Message& message, size_t size);
+
 // Whether the fast path takes `message` as it is; if so, fill `request`. Anything unusual
 // (parameters, typed contents, a shape or a value the model refuses, sizes past kMaxElements)
 // is left to the Python server, which answers it with the dataplane's checks and messages.

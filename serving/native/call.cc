@@ -114,6 +114,7 @@ void Call::Serve(bool ok) {
       grpc::ProtoBufferReader reader(&request_);
       parsed = message->ParseFromZeroCopyStream(&reader);
     }
+    parsed = parsed && Whole(*message, request_.Length());
     // Once submitted, the call may be answered (and this object gone) from another thread.
     if (parsed && registry_->Submit(this, std::move(message))) return;
     // The Python servicer answers it, as every request the fast path leaves.
@@ -129,14 +130,7 @@ void Call::Serve(bool ok) {
       in_process_->Message(local_id_, std::nullopt);
       return;
     }
-    std::string message;
-    {
-      grpc::ProtoBufferReader reader(&request_);
-      const void* data;
-      int size;
-      while (reader.Next(&data, &size)) message.append(static_cast<const char*>(data), size);
-    }
-    request_.Clear();
+    std::string message = TakeRequest();
     {
       std::lock_guard<std::mutex> lock(mu_);
       HandedOn();  // its further copies wait for its answer
@@ -157,6 +151,7 @@ void Call::Serve(bool ok) {
         grpc::ProtoBufferReader reader(&request_);
         parsed = message.ParseFromZeroCopyStream(&reader);
       }
+      parsed = parsed && Whole(message, request_.Length());
       // Once submitted, the call may be answered (and this object gone) from another thread.
       if (parsed && registry_->SubmitForecast(this, message)) return;
     }
@@ -173,7 +168,7 @@ void Call::Serve(bool ok) {
   }
 }
 
-void Call::ServeLocally() {
+std::string Call::TakeRequest() {
   std::string request;
   {
     grpc::ProtoBufferReader reader(&request_);
@@ -182,6 +177,11 @@ void Call::ServeLocally() {
     while (reader.Next(&data, &size)) request.append(static_cast<const char*>(data), size);
   }
   request_.Clear();
+  return request;
+}
+
+void Call::ServeLocally() {
+  std::string request = TakeRequest();
   bool cancelled_meanwhile;
   uint64_t id;
   {
@@ -219,6 +219,7 @@ void Call::OnWriteDone(bool ok) {
                                // work), or the call was shed: nothing more is written
         for (const auto& w : writes_) answered += w.second;
         writes_.clear();
+        end = end_;  // the servicer ended it already: it still has to finish
       } else if (!writes_.empty()) {
         next = &writes_.front().first;
       } else {

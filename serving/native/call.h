@@ -79,6 +79,7 @@ class Call : public grpc::ServerGenericBidiReactor, public BudgetWaiter, public 
   void Forward(bool with_first_message);
   void Serve(bool ok);  // the message read (or not: `ok` false) goes where it goes
   void ServeLocally();  // to this process's Python servicer (in_process.h)
+  std::string TakeRequest();  // the message read, as bytes; its buffer is freed
   void ReadNext();      // a stream's next message: give back the last one's received bytes
   void HandedOn();      // under mu_: the message's further copies now wait for its answer
   void StartReading();  // registered with the arrivals watch, read

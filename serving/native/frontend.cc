@@ -306,7 +306,8 @@ PYBIND11_MODULE(_frontend, m) {
   m.def("forecast_to_infer",
         [](const ForecastSpec& spec, const py::bytes& request, int64_t max_batch_size) -> py::object {
           fpb::ForecastRequest message;
-          if (!message.ParseFromString(std::string(request))) return py::none();
+          const std::string bytes(request);
+          if (!message.ParseFromString(bytes) || !Whole(message, bytes.size())) return py::none();
           inference::ModelInferRequest infer;
           TypedForecast typed;
           if (!ForecastToInfer(std::make_shared<const ForecastSpec>(spec), message, max_batch_size,
@@ -321,7 +322,8 @@ PYBIND11_MODULE(_frontend, m) {
         [](std::vector<TensorSpec> inputs, std::vector<TensorSpec> outputs, Policy policy,
            const py::bytes& request) {
           inference::ModelInferRequest message;
-          if (!message.ParseFromString(std::string(request))) return false;
+          const std::string bytes(request);
+          if (!message.ParseFromString(bytes) || !Whole(message, bytes.size())) return false;
           const Signature signature{std::move(inputs), std::move(outputs), std::move(policy)};
           Request taken;
           return Accept(signature, message, &taken);

@@ -59,6 +59,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   inference::ModelInferRequest message;
   if (!message.ParseFromArray(data, static_cast<int>(size))) return 0;
+  if (!seqserve::Whole(message, size)) return 0;  // as the front end: left to Python
   for (const Signature& signature : Signatures()) {
     seqserve::Request request;
     if (!seqserve::Accept(signature, message, &request)) continue;
