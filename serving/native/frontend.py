@@ -133,18 +133,26 @@ def forecast_spec(model: ServedModel) -> Any:
     any other model, whose typed calls the Python servicer answers."""
     try:
         spec = ForecasterSpec.of(model)
-    except InvalidInput:
+    except (InvalidInput, TypeError, ValueError):  # not a forecaster, or parameters unusable
         return None
     freq = spec.frequency
     if freq is None or freq.fixed_ns is None or freq.alias.startswith("W-"):
         return None  # weeks are anchored on a weekday: left to Python's calendar check
-    tensors = {"past": model.inputs, "forecast": model.outputs}
+    L, H = spec.input_window, spec.horizon  # noqa: N806 - the repo's shape letters
+    targets, levels = len(spec.target_names), len(spec.quantiles)
+    # The C++ reads the outputs at these shapes: the config must say exactly that.
+    expected = {
+        ("past", "in"): [L, len(spec.past_features)],
+        ("forecast", "out"): [H, targets],
+    }
     if spec.future_features:
-        tensors["future"] = model.inputs
+        expected["future", "in"] = [H, len(spec.future_features)]
     if spec.quantiles:
-        tensors["quantiles"] = model.outputs
-    if any(name not in where or where[name].datatype != "FP32" for name, where in tensors.items()):
-        return None
+        expected["quantiles", "out"] = [H, targets, levels]
+    for (name, side), dims in expected.items():
+        tensor = (model.inputs if side == "in" else model.outputs).get(name)
+        if tensor is None or tensor.datatype != "FP32" or list(tensor.dims) != dims:
+            return None
     return _frontend.ForecastSpec(
         input_window=spec.input_window,
         horizon=spec.horizon,

@@ -174,3 +174,18 @@ def test_the_fast_paths_reply_is_the_servicers(server: ServerProcess) -> None:
                 by_python = api.Forecast(python, timeout=10)
                 assert scrape(server.metrics_url).get(key, 0) == before + 1, case
                 assert by_fast.SerializeToString() == by_python.SerializeToString(), case
+
+
+def test_a_forecaster_whose_tensors_differ_from_its_parameters_stays_with_the_servicer() -> None:
+    """The C++ reads the outputs at the shapes the parameters give: a config whose tensors say
+    otherwise gets no fast path (the servicer answers, and fails cleanly if it must)."""
+    frontend()
+    from serving.native.frontend import forecast_spec
+    from tests.fuzz.targets import _config, _Model
+    from tests.serving.model_factory import FORECASTER_CONFIG
+
+    assert forecast_spec(_Model("fc", 1, _config(FORECASTER_CONFIG, "fc"))) is not None
+    forecast = '"forecast" data_type: TYPE_FP32 dims: [ 2, '
+    wide = FORECASTER_CONFIG.replace(forecast + "1 ]", forecast + "2 ]")
+    assert wide != FORECASTER_CONFIG
+    assert forecast_spec(_Model("fc", 1, _config(wide, "fc"))) is None
