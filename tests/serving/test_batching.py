@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
+import pytest
 
 from core.errors import QueueFull
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving.batcher import Batcher, BatchPolicy
 from serving.stats import ModelStats
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, native_built
+from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
 from tests.serving.v2 import outputs, request
 
 
@@ -156,3 +160,55 @@ def test_full_queue_rejects() -> None:
         await batcher.close()
 
     asyncio.run(main())
+
+
+# The same rules on both front ends: the Python batcher and the native fast path's queue
+# (serving/native/model_queue.cc) implement the config's one policy, held to the same cases.
+DELAYED = "dynamic_batching { preferred_batch_size: [ 2 ] max_queue_delay_microseconds: 5000000 }"
+CAPPED = "dynamic_batching { max_queue_delay_microseconds: 20000 }"
+
+
+@pytest.fixture(scope="module", params=["python", "native"])
+def policy_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    if request.param == "native":
+        native_built()
+    repo = tmp_path_factory.mktemp("policy") / "model_repository"
+    add_model(repo, "preferred", AFFINE_CONFIG.format(scheduling=DELAYED, extra=""), affine)
+    add_model(repo, "capped", AFFINE_CONFIG.format(scheduling=CAPPED, extra=""), affine)
+    srv = ServerProcess(repo, "--frontend", request.param)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.terminate()
+
+
+def test_served_batches_never_exceed_max_batch_size(policy_server: ServerProcess) -> None:
+    sizes = [1, 2, 3, 1, 1, 4, 2, 3, 4, 1, 2, 3, 4, 4, 1, 2]
+
+    async def send() -> None:
+        rng = np.random.default_rng(1)
+        async with grpc.aio.insecure_channel(policy_server.target) as ch:
+            s = pb_grpc.GRPCInferenceServiceStub(ch)
+            xs = [rng.standard_normal((n, 4)).astype(np.float32) for n in sizes]
+            replies = await asyncio.gather(
+                *(s.ModelInfer(request("capped", x=x), timeout=30) for x in xs)
+            )
+        for x, r in zip(xs, replies, strict=True):
+            assert outputs(r)["y"].shape == x.shape
+
+    asyncio.run(send())
+    stats = _stats(policy_server.target, "capped")
+    batches = {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
+    assert max(batches) <= 8, batches  # max_batch_size
+    assert sum(k * n for k, n in batches.items()) == sum(sizes) == stats.inference_count
+
+
+def test_a_preferred_batch_size_runs_without_waiting_for_the_delay(
+    policy_server: ServerProcess,
+) -> None:
+    t0 = time.monotonic()
+    asyncio.run(_concurrent(policy_server.target, "preferred", 2))
+    assert time.monotonic() - t0 < 2.0  # far below the 5 s delay
