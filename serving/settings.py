@@ -135,7 +135,8 @@ class Settings:
     frontend: Frontend = flag(
         Frontend.AUTO,
         "what listens on the gRPC port: native (C++, ModelInfer of tensor models batched "
-        "without the interpreter; the rest forwarded to the Python server), python, or auto "
+        "without the interpreter; the rest answered by the Python servicers in process), "
+        "python, or auto "
         "(native when built)",
         env=True,
     )
