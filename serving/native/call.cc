@@ -186,7 +186,7 @@ void Call::ServeLocally() {
   uint64_t id;
   {
     std::lock_guard<std::mutex> lock(mu_);  // ordered against OnCancel's look at the id
-    id = local_id_ = in_process_->Submit(this, std::move(request));  // Reply or Fail answer
+    id = local_id_ = in_process_->Start(this, std::move(request));  // Reply or Fail answer
     cancelled_meanwhile = cancelled();
   }
   if (cancelled_meanwhile) in_process_->Cancel(id);

@@ -71,10 +71,6 @@ void InProcess::Set(std::vector<std::string> methods, std::vector<std::string> s
   if (!thread_.joinable()) thread_ = std::thread([this] { Work(); });
 }
 
-uint64_t InProcess::Submit(Call* call, std::string request) {
-  return Start(call, std::move(request));
-}
-
 uint64_t InProcess::Start(Call* call, std::optional<std::string> request) {
   Pending pending{call, 0, std::move(request), call->context()->method(),
                   call->context()->deadline()};

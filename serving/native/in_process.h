@@ -73,11 +73,9 @@ class InProcess {
            py::object handler);
   bool Serves(std::string_view method) const { return methods_.count(method) > 0; }
   bool Streams(std::string_view method) const { return streams_.count(method) > 0; }
-  // Hand `call` and its request over (its id returned); it is answered through its
-  // InProcessCall.
-  uint64_t Submit(Call* call, std::string request);
-  // Hand a stream over as it starts (its id returned), then each message it reads, then
-  // its end (no message).
+  // Hand `call` over (its id returned): a unary call with its request, answered through its
+  // InProcessCall; a stream as it starts (no request), then each message it reads, then its
+  // end (no message).
   uint64_t Start(Call* call, std::optional<std::string> request = std::nullopt);
   void Message(uint64_t id, std::optional<std::string> message);
   // The call `id` was cancelled (by its client, or by the end of the grace period): the
