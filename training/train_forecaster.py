@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from core.flags import from_flags
-from training import calibration, checkpoint
+from training import calibration, checkpoint, distributed
 from training.config import ForecasterConfig, TrainConfig
 from training.data import window_size
 from training.data.frame import CSVError
@@ -114,13 +114,24 @@ def selection_score(loss: str, val: dict[str, float]) -> float:
 
 
 def train(
-    model_config: ForecasterConfig, train_config: TrainConfig, out: Path, progress: bool = True
+    model_config: ForecasterConfig,
+    train_config: TrainConfig,
+    out: Path,
+    progress: bool = True,
+    world: distributed.World = distributed.SINGLE,
 ) -> dict[str, Any]:
     """Train and write DIR; returns the metrics. The data-dependent fields of `model_config`
-    (n_past, target_index, n_future) are filled in from the data."""
+    (n_past, target_index, n_future) are filled in from the data. Under torchrun (`world`,
+    training/distributed.py) each rank trains on its share of every batch, rank 0 alone
+    validates, decides and writes, and the other ranks return {}."""
     started, cpu_started = time.perf_counter(), time.process_time()
     tc = train_config
-    device = tc.device
+    device = world.device(tc.device)
+
+    def note(message: str) -> None:
+        if world.main:
+            log(message)
+
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available to torch")
     if tc.threads:
@@ -139,7 +150,7 @@ def train(
               "scaling") if not getattr(given, k)]  # fmt: skip
     if chosen:
         many = f"{len(frames)} series, median " if len(frames) > 1 else ""
-        log(f"from the data ({many}{rows} rows, frequency {frequency.alias}): {', '.join(chosen)}")
+        note(f"from the data ({many}{rows} rows, frequency {frequency.alias}): {', '.join(chosen)}")
 
     series = prepare(tc, L, H, (frames, frequency), model_config.scaling == "global")
     model_config = replace(
@@ -149,8 +160,11 @@ def train(
         n_future=len(series.future_features),
     )
     model = build_forecaster(model_config).to(device)
+    net = distributed.wrap(world, model)  # what trains: `model` itself on one process
+    if world.parallel:
+        torch.manual_seed(tc.seed + world.rank)  # each rank its own dropout masks
     n_params = sum(p.numel() for p in model.parameters())
-    log(
+    note(
         f"{architecture_name(model_config)}: {n_params:,} parameters; data {tc.data} "
         f"({tc.features}: {len(series.past_features)} in, {len(series.target_names)} out, "
         f"future {list(series.future_features)}); device {device}"
@@ -162,64 +176,74 @@ def train(
     # step an epoch, and early stopping ended the run after 8 steps.
     batch_size = min(tc.batch_size, max(1, len(train_starts) // MIN_STEPS))
     if batch_size < tc.batch_size:
-        log(f"batch size {batch_size}, not {tc.batch_size}: {len(train_starts)} training "
+        note(f"batch size {batch_size}, not {tc.batch_size}: {len(train_starts)} training "
             f"windows would make fewer than {MIN_STEPS} steps an epoch")  # fmt: skip
     n_batches = max(1, len(train_starts) // batch_size)  # drop the last partial batch
     best_score, best_state, best_epoch, stale, epochs_run = math.inf, None, 0, 0, 0
+    ones = np.ones(batch_size)  # each window weighs the same in the loss's mean
 
     for epoch in range(1, tc.epochs + 1):
         epoch_started = time.perf_counter()
-        model.train()
-        order = rng.permutation(train_starts)
+        net.train()
+        order = rng.permutation(train_starts)  # the same on every rank: same seed
         bar = tqdm(
             range(n_batches),
             desc=f"epoch {epoch}/{tc.epochs}",
-            disable=not progress,
+            disable=not (progress and world.main),
             leave=False,
             file=sys.stderr,
             dynamic_ncols=True,
         )
         total = 0.0
         for b in bar:
-            past, future, target = (
-                torch.from_numpy(a).to(device)
-                for a in series.batch(order[b * batch_size : (b + 1) * batch_size], L, H)
+            part, weight = distributed.share(
+                world, order[b * batch_size : (b + 1) * batch_size], ones
             )
-            forecast, quantiles = model(past, future)  # [B, H, F_out], [B, H, F_out, Q]
+            past, future, target = (
+                torch.from_numpy(a).to(device) for a in series.batch(part, L, H)
+            )
+            forecast, quantiles = net(past, future)  # [B, H, F_out], [B, H, F_out, Q]
             if model_config.scaling == "window":  # errors in each window's own units
                 scale = model.target_scale(past)  # [B, 1, F_out]
                 forecast, target = forecast / scale, target / scale
                 quantiles = None if quantiles is None else quantiles / scale.unsqueeze(-1)
             loss = loss_fn(model_config, tc, levels, forecast, quantiles, target)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()  # DDP averages the ranks' gradients
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
             optimizer.step()
-            total += loss.item()
+            total += loss.item() * weight  # summed over ranks / N: the batch's mean loss
             bar.set_postfix(loss=f"{total / (b + 1):.4f}")
         bar.close()
+        total = distributed.total(world, total) / world.size
         epochs_run = epoch
-        val = evaluate(model, series, "val", L, H, device)
         lr = optimizer.param_groups[0]["lr"]
-        score = selection_score(tc.loss, val)
-        better = score < best_score
-        log(
-            f"epoch {epoch}: train loss {total / n_batches:.4f}  val mse {val['val_mse']:.4f}  "
-            f"mae {val['val_mae']:.4f}  lr {lr:.2e}  {time.perf_counter() - epoch_started:.0f}s"
-            f"{'  *' if better else ''}"
-        )
-        if better:
-            best_score, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= tc.patience:
-                log(f"early stop: no better validation {tc.loss} for {tc.patience} epochs")
-                break
+        stop = False
+        if world.main:  # rank 0 validates and decides; the others wait for its word
+            val = evaluate(model, series, "val", L, H, device)
+            score = selection_score(tc.loss, val)
+            better = score < best_score
+            note(
+                f"epoch {epoch}: train loss {total / n_batches:.4f}  val mse "
+                f"{val['val_mse']:.4f}  mae {val['val_mae']:.4f}  lr {lr:.2e}  "
+                f"{time.perf_counter() - epoch_started:.0f}s{'  *' if better else ''}"
+            )
+            if better:
+                best_score, best_epoch, stale = score, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                stop = stale >= tc.patience
+                if stop:
+                    note(f"early stop: no better validation {tc.loss} for {tc.patience} epochs")
+        if distributed.decide(world, stop):
+            break
         if epoch >= tc.warm_epochs:
             for group in optimizer.param_groups:
                 group["lr"] = lr * tc.lr_decay
 
+    if not world.main:
+        return {}
     assert best_state is not None
     model.load_state_dict(best_state)
     metrics, correction = final_metrics(model, series, model_config, device)
@@ -240,6 +264,7 @@ def train(
             "wall_seconds": round(time.perf_counter() - started, 1),
             "cpu_seconds": round(time.process_time() - cpu_started, 1),
             "torch_threads": torch.get_num_threads(),
+            "processes": world.size,  # torchrun's; batch_size is the global batch
         }
     )
 
@@ -353,7 +378,10 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ForecasterConfig, Train
 def run(args: argparse.Namespace) -> int:
     try:
         model_config, train_config = configs_from_args(args)
-        metrics = train(model_config, train_config, Path(args.out), progress=not args.quiet)
+        with distributed.joined(train_config.device) as world:
+            metrics = train(model_config, train_config, Path(args.out), not args.quiet, world)
+        if not world.main:
+            return 0
     except (CSVError, DatasetError, ValueError) as err:
         print(f"seqserve train forecaster: {err}", file=sys.stderr)
         return 2

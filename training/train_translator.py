@@ -32,7 +32,7 @@ from tqdm import tqdm
 from core.flags import from_flags
 from core.translation import Tokenizer, Translator, TranslatorSpec
 from core.translation.normalization import normalizer
-from training import checkpoint
+from training import checkpoint, distributed
 from training.data.batching import collate, token_batches
 from training.data.numbers import (
     SHORT_FORMS,
@@ -55,7 +55,7 @@ from training.translator_config import (
     check_together,
     preset_for,
 )
-from training.translator_loss import token_loss
+from training.translator_loss import Logits, token_loss
 
 KIND = "translator"
 TOKENIZER_FILE = "spm.model"
@@ -80,6 +80,7 @@ class FitResult:
     steps: int = 0
     epochs: int = 0
     seconds: float = 0.0
+    validation_seconds: float = 0.0  # of `seconds`: rank 0 computing validation losses
     target_tokens: int = 0
     stopped_by: str = ""
     best_val_loss: float = math.inf
@@ -219,12 +220,16 @@ def fit(
     quiet: bool = False,
     resample: Callable[[], Encoded] | None = None,
     score: Callable[[EncoderDecoder], float] | None = None,
+    world: distributed.World = distributed.SINGLE,
 ) -> FitResult:
     """Train in place; on return the model holds the averaged or the best weights.
     `resample`, when given, makes each epoch's training ids (subword regularization).
     `score`, when given, chooses between those two (higher wins, the average on ties);
-    without it the validation loss chooses."""
+    without it the validation loss chooses. Under torchrun (`world`) each rank trains on its
+    share of every batch; rank 0's clock is the run's, and rank 0 alone validates, decides
+    when to stop and which weights to keep: the other ranks return once training ends."""
     c = model.config
+    net = distributed.wrap(world, Logits(model)) if world.parallel else None
     opt = torch.optim.AdamW(
         model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay
     )
@@ -242,20 +247,23 @@ def fit(
     while not result.stopped_by:
         result.epochs += 1
         if resample is not None:
-            train = resample()
+            train = distributed.from_main(world, resample)  # one sample for every rank
         src_lens = np.array([len(s) for s in train.src])  # [N]
         tgt_lens = np.array([len(t) + 1 for t in train.tgt])  # [N]
         for idx in token_batches(src_lens, tgt_lens, tc.max_tokens, rng, tc.batch_pool):
             model.train()
-            src, tgt_in, tgt_out = _tensors(train, idx, c, device)
-            ntok = int((tgt_out != c.pad_id).sum())
+            part, weight = distributed.share(world, idx, tgt_lens[idx])
+            src, tgt_in, tgt_out = _tensors(train, part, c, device)
+            ntok = int(tgt_lens[idx].sum())  # the whole batch's target tokens
             loss = token_loss(
-                model, src, tgt_in, tgt_out, tc.label_smoothing, tc.rdrop_alpha, tc.bf16
+                model, src, tgt_in, tgt_out, tc.label_smoothing, tc.rdrop_alpha, tc.bf16, net
             )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()  # DDP averages the ranks' gradients
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
-            progress = max(result.steps / tc.max_steps, (time.monotonic() - start) / budget)
+            # rank 0's clock, so that the learning rate and the budget's end agree
+            elapsed = distributed.decide(world, time.monotonic() - start)
+            progress = max(result.steps / tc.max_steps, elapsed / budget)
             if result.steps + 1 == tc.warmup:
                 warm_progress = progress
             lr = tc.lr * lr_factor(
@@ -264,36 +272,39 @@ def fit(
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.step()
-            train_loss = float(loss.detach())
+            train_loss = float(loss.detach())  # under torchrun, rank 0's share's: shown only
             result.steps += 1
             result.target_tokens += ntok
             window_tokens += ntok
-            elapsed = time.monotonic() - start
             if result.steps >= tc.max_steps:
                 result.stopped_by = "max_steps"
             elif elapsed >= budget:
                 result.stopped_by = "max_minutes"
             if result.steps % tc.eval_every == 0 or result.stopped_by:
-                val_loss = validation_loss(model, val, 2 * tc.max_tokens, device)
-                last_eval = result.steps
-                snapshots.append(_snapshot(model))
-                result.history.append(
-                    {
-                        "step": result.steps,
-                        "val_loss": round(val_loss, 4),
-                        "train_loss": round(train_loss, 4),
-                        "minutes": round(elapsed / 60, 2),
-                    }
-                )
-                if val_loss < result.best_val_loss - 1e-4:
-                    result.best_val_loss, best_state, bad = val_loss, _snapshot(model), 0
-                else:
-                    bad += 1
-                    if bad >= tc.patience and not result.stopped_by:
-                        result.stopped_by = "early_stopping"
-                bar.set_postfix_str(
-                    f"val {val_loss:.3f} best {result.best_val_loss:.3f}", refresh=False
-                )
+                last_eval, early = result.steps, False
+                if world.main:
+                    validation_started = time.monotonic()
+                    val_loss = validation_loss(model, val, 2 * tc.max_tokens, device)
+                    result.validation_seconds += time.monotonic() - validation_started
+                    snapshots.append(_snapshot(model))
+                    result.history.append(
+                        {
+                            "step": result.steps,
+                            "val_loss": round(val_loss, 4),
+                            "train_loss": round(train_loss, 4),
+                            "minutes": round(elapsed / 60, 2),
+                        }
+                    )
+                    if val_loss < result.best_val_loss - 1e-4:
+                        result.best_val_loss, best_state, bad = val_loss, _snapshot(model), 0
+                    else:
+                        bad += 1
+                        early = bad >= tc.patience and not result.stopped_by
+                    bar.set_postfix_str(
+                        f"val {val_loss:.3f} best {result.best_val_loss:.3f}", refresh=False
+                    )
+                if distributed.decide(world, early):
+                    result.stopped_by = "early_stopping"
             if result.steps % 10 == 0 or result.stopped_by:
                 rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
                 window_tokens, window_start = 0, time.monotonic()
@@ -310,8 +321,10 @@ def fit(
             if result.stopped_by:
                 break
     bar.close()
-    assert last_eval == result.steps and best_state is not None
     result.seconds = time.monotonic() - start
+    if not world.main:
+        return result
+    assert last_eval == result.steps and best_state is not None
     result.final_val_loss = result.best_val_loss
     if len(snapshots) > 1:
         averaged_state = average_states(list(snapshots))
@@ -425,19 +438,26 @@ def check_bf16(device: torch.device) -> None:
         )
 
 
-def train(
-    model: TranslatorConfig, tc: TranslatorTrainConfig, out: Path, quiet: bool = False
-) -> dict[str, object]:
-    """The whole recipe; returns the metrics also written to DIR/metrics.json. `model`'s
-    vocabulary size and special ids are set from the tokenizer trained here."""
-    check_together(model, tc)
-    device = pick_device(tc.device)
-    if tc.bf16:
-        check_bf16(device)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    set_seed(tc.seed)
-    wall = time.monotonic()
+@dataclass
+class Tokenized:
+    """A run's corpus, the tokenizer trained on it, and the ids that training sees."""
+
+    corpus: dict[str, list[Pair]]
+    spm_model: bytes
+    tokenizer: Tokenizer
+    config: TranslatorConfig  # the model's, with the tokenizer's vocabulary and special ids
+    train: Encoded
+    val: Encoded
+    dropped: int  # training pairs over the length limits
+
+
+def tokenized(
+    model: TranslatorConfig,
+    tc: TranslatorTrainConfig,
+    world: distributed.World = distributed.SINGLE,
+) -> Tokenized:
+    """Load the corpus, train its SentencePiece model (rank 0 only, under torchrun) and encode
+    the training and validation pairs."""
     corpus = load_corpus(
         tc.data,
         tc.src,
@@ -450,11 +470,14 @@ def train(
         tc.extra_sources,
     )
     normalize = normalizer(tc.source_normalization)  # the served tokenizer does the same
-    spm_model = train_tokenizer(
-        [text for src, tgt in corpus["train"] for text in (normalize(src), tgt)],
-        tc.vocab_size,
-        tc.spm_model,
-        tc.seed,
+    spm_model = distributed.from_main(
+        world,
+        lambda: train_tokenizer(
+            [text for src, tgt in corpus["train"] for text in (normalize(src), tgt)],
+            tc.vocab_size,
+            tc.spm_model,
+            tc.seed,
+        ),
     )
     tokenizer = Tokenizer.from_bytes(spm_model, tc.source_normalization)
     config = replace(
@@ -468,8 +491,36 @@ def train(
         tokenizer, corpus["train"], tc.max_source_tokens, config.max_len
     )
     val_ids, _ = encode_pairs(tokenizer, corpus["val"], tc.max_source_tokens, config.max_len)
+    return Tokenized(corpus, spm_model, tokenizer, config, train_ids, val_ids, dropped)
+
+
+def train(
+    model: TranslatorConfig,
+    tc: TranslatorTrainConfig,
+    out: Path,
+    quiet: bool = False,
+    world: distributed.World = distributed.SINGLE,
+) -> dict[str, object]:
+    """The whole recipe; returns the metrics also written to DIR/metrics.json. `model`'s
+    vocabulary size and special ids are set from the tokenizer trained here. Under torchrun
+    (`world`, training/distributed.py) rank 0 trains the tokenizer, every rank trains on its
+    share of each batch, rank 0 alone evaluates and writes, and the other ranks return {}."""
+    check_together(model, tc)
+    device = pick_device(world.device(tc.device))
+    quiet = quiet or not world.main
+    if tc.bf16:
+        check_bf16(device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    set_seed(tc.seed)
+    wall = time.monotonic()
+    data = tokenized(model, tc, world)
+    corpus, spm_model, tokenizer, config = data.corpus, data.spm_model, data.tokenizer, data.config
+    train_ids, val_ids, dropped = data.train, data.val, data.dropped
     set_seed(tc.seed)
     model = make_model(config).to(device)
+    if world.parallel:
+        torch.manual_seed(tc.seed + world.rank)  # each rank its own dropout masks
     params = count_parameters(model)
     if not quiet:
         print(
@@ -494,7 +545,9 @@ def train(
         def score(candidate: EncoderDecoder) -> float:
             return greedy_bleu(candidate, tokenizer, tc, device, val)
 
-    fitted = fit(model, tc, train_ids, val_ids, device, quiet, resample, score)
+    fitted = fit(model, tc, train_ids, val_ids, device, quiet, resample, score, world)
+    if not world.main:
+        return {}
     data_info = {
         "name": tc.data,
         "src": tc.src,
@@ -565,6 +618,8 @@ def train(
         "epochs": fitted.epochs,
         "stopped_by": fitted.stopped_by,
         "train_target_tokens_per_second": round(fitted.target_tokens / fitted.seconds, 1),
+        "train_target_tokens": fitted.target_tokens,
+        "validation_seconds": round(fitted.validation_seconds, 1),
         "best_val_loss": round(fitted.best_val_loss, 4),
         "final_val_loss": round(fitted.final_val_loss, 4),
         "checkpoint_averaged": fitted.averaged,
@@ -575,6 +630,7 @@ def train(
         },
         "device": str(device),
         "torch_threads": threads,
+        "processes": world.size,  # torchrun's; max_tokens is the global batch
         "load_average_1m": round(os.getloadavg()[0], 2),
         "data": data_info,
         "validation": fitted.history,
@@ -633,7 +689,10 @@ def configs_from_args(args: argparse.Namespace) -> tuple[TranslatorConfig, Trans
 def run(args: argparse.Namespace) -> int:
     try:
         model, tc = configs_from_args(args)
-        metrics = train(model, tc, Path(args.out), quiet=args.quiet)
+        with distributed.joined(tc.device) as world:
+            metrics = train(model, tc, Path(args.out), args.quiet, world)
+        if not world.main:
+            return 0
     except (CorpusError, DatasetError, ValueError) as err:
         print(f"seqserve train translator: {err}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ both, a constant factor), so published values carry over.
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the usual alias
 
 from training.models.transformer import EncoderDecoder
@@ -25,16 +26,18 @@ def token_loss(
     label_smoothing: float,
     rdrop_alpha: float = 0.0,
     bf16: bool = False,
+    through: nn.Module | None = None,
 ) -> torch.Tensor:
     """Mean training loss per target token (a scalar with a graph). Only real target
-    positions reach the output projection and the softmax over V."""
+    positions reach the output projection and the softmax over V. `through`, when given, is
+    the module whose forward computes `model.logits` (DDP's wrapper of a `Logits`)."""
     copies = 2 if rdrop_alpha > 0 else 1
     if copies == 2:
         src, tgt_in = torch.cat([src, src]), torch.cat([tgt_in, tgt_in])  # [2B, S], [2B, T]
     target = tgt_out.repeat(copies, 1)  # [cB, T]
     keep = target != model.config.pad_id  # [cB, T]
     with torch.autocast(src.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model.logits(src, tgt_in, keep)  # [N, V], copy 1's positions first
+        logits = (through or model.logits)(src, tgt_in, keep)  # [N, V], copy 1's first
     log_probs = F.log_softmax(logits.float(), dim=-1)  # [N, V]
     nll = -log_probs.gather(1, target[keep].unsqueeze(1)).sum()
     uniform = -log_probs.sum() / log_probs.size(1)  # cross-entropy against 1/V, summed over N
@@ -44,3 +47,14 @@ def token_loss(
         # (KL(p1 || p2) + KL(p2 || p1)) / 2, summed: fairseq's symmetric R-Drop term
         loss = loss + rdrop_alpha * ((lp1.exp() - lp2.exp()) * (lp1 - lp2)).sum() / 2
     return loss / log_probs.size(0)
+
+
+class Logits(nn.Module):
+    """`model.logits` as a forward: DistributedDataParallel syncs gradients through forward."""
+
+    def __init__(self, model: EncoderDecoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(src, tgt_in, keep)  # [N, V]
