@@ -380,6 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_soak_bench(bk)
     bk.set_defaults(handler=_lazy("bench.soak"))
+    bd = suites.add_parser(
+        "training",
+        help="translator training: one process against several (torchrun)",
+        description="Trains the same global batches under torchrun with "
+        "each PROCESSESxTHREADS layout in turn: training target tokens/s, "
+        "and each layout's median ratio to the first.",
+    )
+    from bench.training import add_arguments as add_training_bench  # stdlib-only at import
+
+    add_training_bench(bd)
+    bd.set_defaults(handler=_lazy("bench.training"))
     return parser
 
 

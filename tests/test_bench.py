@@ -544,3 +544,26 @@ def test_bench_accuracy_puts_classical_baselines_beside_the_model(tmp_path: Path
     assert "test_coverage_0.9" not in scores["repeat_last"]
     assert "with drift" in comparison["fitted"]["arima"]["models"][0]
     assert "| arima (ARIMA(" in out.stdout
+
+
+def test_bench_training_runs_each_layout_and_compares_it_with_the_first(tmp_path: Path) -> None:
+    """One process against two under torchrun: both train the same steps and tokens."""
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "seqserve", "bench", "training", "--preset", "tiny"),
+            *("--steps", "6", "--repeats", "1", "--layouts", "1x1,2x1"),
+            *("--results-dir", str(tmp_path)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    (path,) = tmp_path.glob("training-tiny-*.json")
+    result = json.loads(path.read_text())
+    one, two = result["runs"]["1x1"][0], result["runs"]["2x1"][0]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["steps"] == two["steps"] == 6 and one["target_tokens"] == two["target_tokens"]
+    assert result["summary"]["1x1"]["ratio_to_1x1"] == 1.0
+    assert result["summary"]["2x1"]["tokens_per_second"] > 0

@@ -221,6 +221,8 @@ def test_every_flag_the_docs_name_exists() -> None:
         "--check",  # ruff format
         "--gil",  # py-spy
         "--native", "--bare",  # python -m bench.floor_server
+        "--standalone", "--nproc-per-node", "--nnodes",  # torchrun
+        "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id",
     }  # fmt: skip
     mentioned: dict[str, list[str]] = {}
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
