@@ -1,7 +1,7 @@
 # seqserve, CPU image: `seqserve serve` with onnxruntime and nothing from training (no torch).
 #
 #   docker build -t seqserve:cpu .                                   # the serving image
-#   docker run -p 8001:8001 -p 8002:8002 -v "$PWD/model_repository:/models:ro" seqserve:cpu
+#   docker run -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/model_repository:/models:ro" seqserve:cpu
 #   docker build --target repository-builder -t seqserve:builder .   # torch (CPU), trains models
 #   docker build --target baked -t seqserve:baked .                  # serving + models baked in
 #
@@ -89,7 +89,7 @@ ENV PATH=/opt/seqserve/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8001 8002
+EXPOSE 8000 8001 8002
 # grpc.health.v1 through the server's own probe (exit 0 SERVING, 1 not serving, 2 unreachable).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD ["seqserve", "health", "-u", "127.0.0.1:8001", "--timeout", "3"]
@@ -97,7 +97,8 @@ ENTRYPOINT ["seqserve"]
 # Bound to all interfaces inside the container (the default, 127.0.0.1, is unreachable through
 # a published port); the model repository is mounted (or baked) at /models.
 CMD ["serve", "--model-repository", "/models", "--grpc-address", "0.0.0.0", \
-     "--grpc-port", "8001", "--metrics-address", "0.0.0.0", "--metrics-port", "8002"]
+     "--grpc-port", "8001", "--http-address", "0.0.0.0", "--http-port", "8000", \
+     "--metrics-address", "0.0.0.0", "--metrics-port", "8002"]
 
 # ---- baked: serving with the default models inside (no volume needed) ----------------------
 FROM repository-builder AS models

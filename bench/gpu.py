@@ -288,6 +288,8 @@ def _serving(
         "serve",
         "--model-repository",
         str(repository),
+        "--http-port",
+        "0",
         "--grpc-port",
         str(port),
         "--metrics-port",

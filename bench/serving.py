@@ -276,6 +276,8 @@ def server(
                 "serve",
                 "--model-repository",
                 str(repo),
+                "--http-port",
+                "0",
                 "--grpc-port",
                 str(grpc_port),
                 "--metrics-port",

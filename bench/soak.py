@@ -404,6 +404,8 @@ def run(args: argparse.Namespace) -> int:
                     "serve",
                     "--model-repository",
                     str(repo),
+                    "--http-port",
+                    "0",
                     "--grpc-port",
                     str(port),
                     "--metrics-port",

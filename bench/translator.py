@@ -155,6 +155,8 @@ class Server:
                 "serve",
                 "--model-repository",
                 str(repo),
+                "--http-port",
+                "0",
                 "--grpc-port",
                 self.target.rsplit(":", 1)[1],
                 "--metrics-port",

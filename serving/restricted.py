@@ -80,12 +80,13 @@ class Rule:
 
     header: str
     value: str
+    flag: str = "--grpc-restricted-protocol"
 
     @property
     def message(self) -> str:
         return (
             f"this protocol is restricted: send the header '{self.header}' with the "
-            "value the server was given (--grpc-restricted-protocol)"
+            f"value the server was given ({self.flag})"
         )
 
     def allows(self, metadata: Iterable[tuple[str, str | bytes]]) -> bool:
@@ -96,40 +97,40 @@ class Rule:
         return False
 
 
-def parse(specs: Sequence[str]) -> dict[str, Rule]:
-    """`--grpc-restricted-protocol` values -> {method path: Rule}; ValueError naming the
-    problem for a malformed value, an unknown protocol or one given twice."""
+def groups(
+    specs: Sequence[str], flag: str = "--grpc-restricted-protocol", prefix: str = HEADER_PREFIX
+) -> dict[str, Rule]:
+    """`<protocols>:<key>=<value>` values -> {protocol group: Rule}, the header being
+    `prefix` + key; ValueError naming `flag` and the problem for a malformed value, an unknown
+    protocol or one given twice."""
     rules: dict[str, Rule] = {}
-    seen: dict[str, str] = {}
     for spec in specs:
-        groups, sep, assignment = spec.partition(":")
+        names, sep, assignment = spec.partition(":")
         key, eq, value = assignment.partition("=")
-        if not sep or not eq or not groups or not key.strip() or not value:
-            raise ValueError(
-                f"--grpc-restricted-protocol {spec!r}: expected "
-                "<protocol>[,<protocol>...]:<key>=<value>"
-            )
+        if not sep or not eq or not names or not key.strip() or not value:
+            raise ValueError(f"{flag} {spec!r}: expected <protocol>[,<protocol>...]:<key>=<value>")
         key = key.strip().lower()
         if not all(c.isalnum() or c in "-_." for c in key):
             raise ValueError(
-                f"--grpc-restricted-protocol {spec!r}: the key may hold letters, "
+                f"{flag} {spec!r}: the key may hold letters, "
                 "digits, '-', '_' and '.' only (it becomes a header name)"
             )
-        rule = Rule(HEADER_PREFIX + key, value)
-        for group in (g.strip() for g in groups.split(",")):
+        rule = Rule(prefix + key, value, flag)
+        for group in (g.strip() for g in names.split(",")):
             if group not in GROUPS:
+                raise ValueError(f"{flag}: unknown protocol {group!r} (known: {', '.join(GROUPS)})")
+            if group in rules:
                 raise ValueError(
-                    f"--grpc-restricted-protocol: unknown protocol {group!r} "
-                    f"(known: {', '.join(GROUPS)})"
+                    f"{flag}: protocol {group!r} is in two groups; each protocol may be "
+                    "restricted once"
                 )
-            if group in seen:
-                raise ValueError(
-                    f"--grpc-restricted-protocol: protocol {group!r} is in two "
-                    "groups; each protocol may be restricted once"
-                )
-            seen[group] = spec
-            rules.update(dict.fromkeys(GROUPS[group], rule))
+            rules[group] = rule
     return rules
+
+
+def parse(specs: Sequence[str]) -> dict[str, Rule]:
+    """`--grpc-restricted-protocol` values -> {method path: Rule} (see `groups`)."""
+    return {method: rule for group, rule in groups(specs).items() for method in GROUPS[group]}
 
 
 def native_rules(rules: Mapping[str, Rule]) -> list[tuple[str, str, str, str]]:

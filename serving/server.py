@@ -24,6 +24,7 @@ from serving.native.frontend import wanted as native_wanted
 from serving.native.in_process import Collected, InProcess
 from serving.peers import STATISTICS_PATH, Peers, write_status
 from serving.repository import ModelRepository, State
+from serving.rest.server import RestServer
 from serving.runtime_check import check_single_runtime
 from serving.servicers.forecast import SERVICE_NAME as FORECAST_SERVICE
 from serving.servicers.forecast import ForecasterServicer
@@ -119,6 +120,7 @@ class Server:
             translate_service_pb2_grpc.add_TranslatorServicer_to_server(translator, server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflecting, server)
+        self.rest = RestServer(settings, self.dataplane, inference) if settings.http_port else None
         self.port = 0  # known once start() has bound it
         self.metrics: MetricsEndpoint | None = None
 
@@ -225,6 +227,14 @@ class Server:
 
     async def _listen(self) -> None:
         await self.grpc.start()
+        if self.rest is not None:
+            try:
+                await self.rest.start()
+            except SystemExit:
+                await self.grpc.stop(None)
+                self._unregister()
+                raise
+            log.info("HTTP (KServe V2 REST) on %s:%d", self.settings.http_address, self.rest.port)
         if self.native is not None:
             self.native.serve_in_process(
                 InProcess(asyncio.get_running_loop(), self._in_process.handlers)
@@ -280,7 +290,10 @@ class Server:
         await self.health.enter_graceful_shutdown()
         if self.native is not None:  # first: the calls it forwards need the server behind it
             await asyncio.to_thread(self.native.shutdown, grace)
-        await self.grpc.stop(max(deadline - loop.time(), 0.0))
+        left = max(deadline - loop.time(), 0.0)
+        await asyncio.gather(
+            self.grpc.stop(left), *([self.rest.stop()] if self.rest is not None else [])
+        )
         for task in list(self._background):
             task.cancel()
         left = max(deadline - loop.time(), MODEL_DRAIN_MIN_S)

@@ -66,6 +66,12 @@ class Settings:
         "127.0.0.1", "address to serve gRPC on (0.0.0.0 for all interfaces)", env=True
     )
     grpc_port: int = flag(8001, "gRPC port", env=True)
+    http_address: str = flag(
+        "127.0.0.1",
+        "address to serve KServe V2 REST (HTTP/JSON) on (0.0.0.0 for all interfaces)",
+        env=True,
+    )
+    http_port: int = flag(8000, "KServe V2 REST port, as Triton's (0 disables it)", env=True)
     metrics_address: str = flag(
         "127.0.0.1", "address of the Prometheus /metrics endpoint", env=True
     )
@@ -152,6 +158,16 @@ class Settings:
         repeat=True,
         env=True,
     )
+    # Triton's --http-restricted-api values, "<apis>:<key>=<value>" each.
+    http_restricted_api: tuple[str, ...] = flag(
+        (),
+        "as tritonserver's: only HTTP callers with the header KEY: VALUE may call these "
+        "APIs (the groups of --grpc-restricted-protocol); others get 403. Repeatable, one "
+        "group each; in the variable, groups are separated by ';'",
+        metavar="APIS:KEY=VALUE",
+        repeat=True,
+        env=True,
+    )
     workers: int = flag(
         1,
         "server processes sharing the gRPC port (SO_REUSEPORT), each with its own copy of the "
@@ -166,7 +182,7 @@ class Settings:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
-        for name in ("grpc_port", "metrics_port"):
+        for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ValueError(f"--{name.replace('_', '-')} must be in 0..65535, got {port}")
@@ -186,6 +202,7 @@ class Settings:
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         restricted.parse(self.grpc_restricted_protocol)  # ValueError naming the problem
+        restricted.groups(self.http_restricted_api, "--http-restricted-api", "")
         if self.workers > 1 and self.model_control_mode is ModelControlMode.EXPLICIT:
             raise ValueError(
                 "--workers > 1 needs --model-control-mode none or poll: a Load or "

@@ -102,6 +102,15 @@ class Supervisor:
         self.settings = settings
         self._reservation = reserve_port(settings.grpc_address, settings.grpc_port)
         self.port = self._reservation.getsockname()[1]
+        self._reservations = [self._reservation]
+        self.http_port = 0  # REST disabled, or the port the workers share
+        if settings.http_port:
+            try:
+                self._reservations.append(reserve_port(settings.http_address, settings.http_port))
+            except SystemExit:
+                self._reservation.close()
+                raise
+            self.http_port = self._reservations[-1].getsockname()[1]
         self._folder = tempfile.TemporaryDirectory(prefix="seqserve-workers-")
         self._workers = [
             _Worker(i, Path(self._folder.name) / f"worker-{i}.json")
@@ -116,6 +125,7 @@ class Supervisor:
         return replace(
             self.settings,
             grpc_port=self.port,
+            http_port=self.http_port,
             workers=1,
             reuse_port=True,
             worker_status_file=worker.status_file,
@@ -199,7 +209,7 @@ class Supervisor:
                     self.settings.metrics_address, self.settings.metrics_port, self._scrape
                 )
             except OSError as err:
-                self._reservation.close()
+                self._release()
                 raise SystemExit(
                     f"seqserve: cannot serve metrics on "
                     f"{self.settings.metrics_address}:"
@@ -214,6 +224,10 @@ class Supervisor:
         finally:
             code = self._stop()
         return 1 if self._failed else code
+
+    def _release(self) -> None:
+        for reservation in self._reservations:
+            reservation.close()
 
     def _stop(self) -> int:
         """SIGTERM to every worker, wait for their drains (grace period + 10 s), then kill."""
@@ -230,7 +244,7 @@ class Supervisor:
                 process.join()
         if self.metrics is not None:
             self.metrics.close()
-        self._reservation.close()
+        self._release()
         self._folder.cleanup()
         codes = [p.exitcode for p in alive]
         log.info("workers stopped (exit codes %s)", codes)

@@ -62,8 +62,9 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         new_session: bool = False,
     ) -> None:
-        self.grpc_port, self.metrics_port = free_port(), free_port()
+        self.grpc_port, self.metrics_port, self.http_port = free_port(), free_port(), free_port()
         self.target = f"127.0.0.1:{self.grpc_port}"
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log = repository.parent / f"server-{self.grpc_port}.log"
         cmd = [
@@ -77,6 +78,8 @@ class ServerProcess:
             str(self.grpc_port),
             "--metrics-port",
             str(self.metrics_port),
+            "--http-port",
+            str(self.http_port),
             "--grace-period-secs",
             "5",
             *extra,

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, ServerProcess, tool
+from tests.conftest import ROOT, ServerProcess, free_port, tool
 
 PROBE = """
 import asyncio, sys
@@ -17,7 +17,7 @@ from serving.settings import Settings
 
 async def main():
     server = serving.server.Server(Settings(model_repository=Path(sys.argv[1]), grpc_port=0,
-                                            metrics_port=0))
+                                            metrics_port=0, http_port=int(sys.argv[2])))
     await server.start()
     await server.stop()
 
@@ -30,7 +30,7 @@ print("LEAKED" if leaked else "CLEAN", leaked)
 
 def test_serving_code_paths_do_not_import_torch(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(tmp_path)],
+        [sys.executable, "-c", PROBE, str(tmp_path), str(free_port())],
         cwd=ROOT,
         capture_output=True,
         text=True,

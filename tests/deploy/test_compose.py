@@ -39,6 +39,7 @@ def test_services_ports_and_images(stack: dict[str, Any]) -> None:
     assert set(services) == {"seqserve", "models", "prometheus", "grafana"}
     seqserve = services["seqserve"]
     assert {p.split("/")[0] for p in seqserve["ports"]} == {
+        "127.0.0.1:8000:8000",
         "127.0.0.1:8001:8001",
         "127.0.0.1:8002:8002",
     }

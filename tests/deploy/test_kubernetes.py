@@ -43,7 +43,11 @@ def test_selectors_ports_and_probes_line_up(objects: dict[str, dict[str, Any]]) 
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": 8001, "metrics": 8002}
+    assert ports == {"grpc": 8001, "http": 8000, "metrics": 8002}
+    args = dict(a.split("=", 1) for a in container["args"] if a.startswith("--"))
+    for name in ports:  # the server listens, on all interfaces, where the pod says it does
+        assert int(args[f"--{name}-port"]) == ports[name], name
+        assert args[f"--{name}-address"] == "0.0.0.0", name
     for name in ("Service/seqserve", "Service/seqserve-headless"):
         service = objects[name]["spec"]
         assert service["selector"].items() <= labels.items(), name

@@ -119,6 +119,8 @@ def test_port_in_use_fails_with_a_clear_message(
             "serve",
             "--model-repository",
             str(empty_repository),
+            "--http-port",
+            "0",
             "--grpc-port",
             str(server.grpc_port),
             "--metrics-port",

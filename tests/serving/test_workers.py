@@ -187,6 +187,8 @@ def test_a_port_in_use_fails_at_once(empty_repository: Path) -> None:
                 str(empty_repository),
                 "--workers",
                 "2",
+                "--http-port",
+                "0",
                 "--grpc-port",
                 str(port),
                 "--metrics-port",
@@ -255,6 +257,8 @@ def test_a_server_that_cannot_start_exits_1_with_the_reason(
             str(empty_repository),
             "--workers",
             workers,
+            "--http-port",
+            "0",
             "--grpc-port",
             str(free_port()),
             "--metrics-port",
@@ -289,6 +293,8 @@ def test_a_metrics_port_in_use_fails_at_once(empty_repository: Path, workers: st
                 str(empty_repository),
                 "--workers",
                 workers,
+                "--http-port",
+                "0",
                 "--grpc-port",
                 str(free_port()),
                 "--metrics-port",
@@ -302,3 +308,43 @@ def test_a_metrics_port_in_use_fails_at_once(empty_repository: Path, workers: st
     assert out.returncode == 1, out.stderr[-2000:]
     assert f"cannot serve metrics on 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_http_port_is_shared_by_the_workers_too(two_workers: ServerProcess) -> None:
+    """Each HTTP request here opens its own connection, which the kernel gives to a worker;
+    the statistics endpoint answers for the whole server, whichever worker takes it."""
+    import json
+    import urllib.request
+
+    before = scrape(two_workers.metrics_url).get(SUCCESS, 0)
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": list(X.shape), "datatype": "FP32", "data": X.tolist()}]}
+    ).encode()
+    for _ in range(16):
+        with urllib.request.urlopen(f"{two_workers.http_url}/v2/models/affine/infer", body) as r:
+            assert json.loads(r.read())["outputs"][0]["data"] == (2 * X + 1).reshape(-1).tolist()
+    per_worker = [m.get(SUCCESS, 0) for m in _worker_metrics(two_workers)]
+    total = scrape(two_workers.metrics_url)[SUCCESS]
+    assert total - before == 16 and all(n > 0 for n in per_worker), per_worker
+    with urllib.request.urlopen(f"{two_workers.http_url}/v2/models/affine/stats") as r:
+        stats = json.loads(r.read())["model_stats"][0]
+    assert stats["inference_stats"]["success"]["count"] == total
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_http_port_in_use_fails_at_once(empty_repository: Path, workers: str) -> None:
+    with _taken_port() as port:
+        out = subprocess.run(
+            [
+                *(sys.executable, "-m", "seqserve", "serve"),
+                *("--model-repository", str(empty_repository), "--workers", workers),
+                *("--http-port", str(port), "--grpc-port", str(free_port())),
+                *("--metrics-port", str(free_port())),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr

@@ -3,9 +3,9 @@
 # everything is already there):
 # - Debian packages: prometheus (a real scraper for the metrics tests), docker-compose (v1, to
 #   validate compose files without an engine), libb64-0d (perf_analyzer's runtime dependency);
-# - .tools/tritonclient: the latest tritonclient[grpc], a real V2 client. It needs protobuf<7 and
-#   its generated `inference.*` messages clash with ours, so it lives in its own venv and the
-#   tests drive it as a subprocess;
+# - .tools/tritonclient: the latest tritonclient[grpc,http], a real V2 client of both protocols.
+#   It needs protobuf<7 and its generated `inference.*` messages clash with ours, so it lives in
+#   its own venv and the tests drive it as a subprocess;
 # - .tools/perf_analyzer: tritonclient[grpc]==2.51.0, the newest whose bundled perf_analyzer
 #   binary runs on glibc 2.36, plus the CUDA runtime library the binary links against.
 set -euo pipefail
@@ -34,7 +34,7 @@ tool_venv() {  # tool_venv DIR STAMP PACKAGES...
     echo "$stamp" > "$dir/.stamp"
   fi
 }
-tool_venv .tools/tritonclient "tritonclient-2.73.0" 'tritonclient[grpc]==2.73.0'
+tool_venv .tools/tritonclient "tritonclient-2.73.0+http" 'tritonclient[grpc,http]==2.73.0'
 tool_venv .tools/perf_analyzer "tritonclient-2.51.0+cudart-12.9.79" \
   'tritonclient[grpc]==2.51.0' 'nvidia-cuda-runtime-cu12==12.9.79'
 # .tools/serving-only: seqserve with only its serving dependencies (no torch, no onnx), to prove

@@ -1,0 +1,1 @@
+"""KServe V2 REST (HTTP/JSON) beside gRPC."""

@@ -1,0 +1,307 @@
+"""KServe V2 REST beside gRPC (serving/rest): Triton's HTTP endpoints over the same dataplane,
+as curl sends them (stdlib HTTP here), as `tritonclient.http` and `perf_analyzer -i http` do
+(from their tool venvs), with the limits and the restricted APIs of the gRPC side."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ServerProcess, tool
+from tests.serving.model_factory import standard_repository
+
+pytestmark = pytest.mark.slow  # servers in subprocesses
+
+
+def call(
+    url: str, body: bytes | dict | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of a GET (no body) or POST."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, dict(reply.headers), reply.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def error(reply: tuple[int, dict[str, str], bytes]) -> tuple[int, str]:
+    status, headers, body = reply
+    assert headers["Content-Type"].startswith("application/json")
+    return status, json.loads(body)["error"]
+
+
+def stats(url: str, model: str) -> dict:
+    status, _, body = call(f"{url}/v2/models/{model}/stats")
+    assert status == 200
+    return json.loads(body)["model_stats"][0]["inference_stats"]
+
+
+def test_health_and_metadata(standard_server: ServerProcess) -> None:
+    url = standard_server.http_url
+    assert call(f"{url}/v2/health/live")[0] == 200
+    assert call(f"{url}/v2/health/ready")[0] == 200
+    assert call(f"{url}/v2/models/affine/ready")[0] == 200
+    assert call(f"{url}/v2/models/affine/versions/1/ready")[0] == 200
+    assert call(f"{url}/v2/models/corrupt/ready")[0] == 400  # Triton's "false"
+    server = json.loads(call(f"{url}/v2")[2])
+    assert server["name"] == "seqserve" and "binary_tensor_data" in server["extensions"]
+    meta = json.loads(call(f"{url}/v2/models/affine")[2])
+    assert meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    config = json.loads(call(f"{url}/v2/models/affine/versions/1/config")[2])
+    assert config["max_batch_size"] == 8 and config["input"][0]["dims"] == [4]  # numbers
+
+
+def test_json_and_binary_inference(standard_server: ServerProcess) -> None:
+    url = standard_server.http_url
+    x = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    request = {
+        "id": "r1",
+        "inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": x}],
+        "outputs": [{"name": "y"}],
+    }
+    status, headers, body = call(f"{url}/v2/models/affine/infer", request)
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    reply = json.loads(body)
+    assert reply["id"] == "r1" and reply["model_name"] == "affine"
+    assert reply["outputs"] == [
+        {
+            "name": "y",
+            "datatype": "FP32",
+            "shape": [2, 4],
+            "data": [2 * v + 1 for r in x for v in r],
+        }
+    ]
+    # Triton's binary tensor extension, both ways
+    raw = np.arange(8, dtype=np.float32).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [2, 4], "datatype": "FP32"}
+                | {"parameters": {"binary_data_size": len(raw)}}
+            ],
+            "outputs": [{"name": "z", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    status, headers, body = call(
+        f"{url}/v2/models/affine/infer",
+        header + raw,
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert status == 200
+    length = int(headers["Inference-Header-Content-Length"])
+    out = json.loads(body[:length])["outputs"][0]
+    assert out["parameters"]["binary_data_size"] == 8
+    assert np.frombuffer(body[length:], np.float32).tolist() == [6.0, 22.0]
+    # BYTES: JSON strings in, JSON strings out; binary length-prefixed out
+    texts = {
+        "inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": ["grüß", "x"]}]
+    }
+    reply = json.loads(call(f"{url}/v2/models/echo/infer", texts)[2])
+    assert reply["outputs"][0]["data"] == ["grüß", "x"]
+    texts["parameters"] = {"binary_data_output": True}
+    status, headers, body = call(f"{url}/v2/models/echo/infer", texts)
+    blob = body[int(headers["Inference-Header-Content-Length"]) :]
+    assert blob == struct.pack("<I", 6) + "grüß".encode() + struct.pack("<I", 1) + b"x"
+
+
+BAD_REQUESTS = [
+    (b"{not json", "not valid JSON"),
+    ({"inputs": []}, "inputs"),
+    ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2]}]}, "needs 4"),
+    ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ["a"] * 4}]}, "kind"),
+    ({"inputs": [{"name": "x", "shape": [1, 2**40], "datatype": "FP32", "data": []}]}, "shape"),
+    ({"inputs": [{"name": "w", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}]}, "'w'"),
+    ({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32"}]}, "no data"),
+    (
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}]}
+        | {"parameters": {"sequence_id": 3}},
+        "sequence",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "names"), BAD_REQUESTS)
+def test_a_bad_request_is_a_400_naming_the_field_and_counts_as_a_failure(
+    standard_server: ServerProcess, body: bytes | dict, names: str
+) -> None:
+    url = standard_server.http_url
+    before = stats(url, "affine")["fail"]["count"]
+    status, message = error(call(f"{url}/v2/models/affine/infer", body))
+    assert status == 400 and names in message
+    assert stats(url, "affine")["fail"]["count"] == before + 1  # one accounting path
+    assert call(f"{url}/v2/health/live")[0] == 200
+
+
+def test_binary_sizes_must_add_up(standard_server: ServerProcess) -> None:
+    url = standard_server.http_url
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [1, 4], "datatype": "FP32"}
+                | {"parameters": {"binary_data_size": 16}}
+            ]
+        }
+    ).encode()
+    for extra, words in ((b"\0" * 8, "runs past"), (b"\0" * 20, "follow")):
+        reply = call(
+            f"{url}/v2/models/affine/infer",
+            header + extra,
+            {"Inference-Header-Content-Length": str(len(header))},
+        )
+        assert error(reply)[0] == 400 and words in error(reply)[1]
+    reply = call(
+        f"{url}/v2/models/affine/infer", header, {"Inference-Header-Content-Length": "999"}
+    )
+    status, message = error(reply)
+    assert status == 400 and message.startswith("Inference-Header-Content-Length: '999'")
+
+
+def test_errors_map_to_triton_http_statuses(standard_server: ServerProcess) -> None:
+    url = standard_server.http_url
+    assert error(call(f"{url}/v2/models/nope/infer", {"inputs": []})) == (
+        404,
+        "unknown model 'nope'",
+    )
+    assert error(call(f"{url}/v2/models/nope"))[0] == 404
+    assert error(call(f"{url}/v2/nowhere"))[0] == 404
+    assert error(call(f"{url}/v2/models/corrupt/infer", {"inputs": []}))[0] in (404, 503)
+    assert error(call(f"{url}/v2/repository/models/affine/unload", {}))[0] == 501  # mode none
+    index = json.loads(call(f"{url}/v2/repository/index", {})[2])
+    assert {m["name"]: m["state"] for m in index}["affine"] == "READY"
+
+
+TRITONCLIENT_HTTP = """
+import json, sys
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+c = httpclient.InferenceServerClient(sys.argv[1])
+out = {"live": c.is_server_live(), "ready": c.is_model_ready("affine")}
+out["max_batch_size"] = c.get_model_config("affine")["max_batch_size"]
+x = np.arange(8, dtype=np.float32).reshape(2, 4)
+binary = httpclient.InferInput("x", [2, 4], "FP32"); binary.set_data_from_numpy(x)
+as_json = httpclient.InferInput("x", [2, 4], "FP32")
+as_json.set_data_from_numpy(x, binary_data=False)
+for key, inp in (("binary", binary), ("json", as_json)):
+    res = c.infer("affine", [inp], request_id="r1", outputs=[httpclient.InferRequestedOutput("y")])
+    out[key] = [res.as_numpy("y").tolist(), res.get_response()["id"]]
+t = httpclient.InferInput("text", [1, 1], "BYTES")
+t.set_data_from_numpy(np.array([["grüß".encode()]], dtype=object))
+out["echo"] = c.infer("echo", [t]).as_numpy("echo").reshape(-1)[0].decode()
+stats = c.get_inference_statistics("affine")["model_stats"][0]
+out["success"] = stats["inference_stats"]["success"]["count"]
+out["index"] = sorted(m["name"] for m in c.get_model_repository_index())
+try:
+    c.infer("nope", [binary])
+except InferenceServerException as e:
+    out["unknown"] = [e.status(), e.message()]
+print(json.dumps(out))
+"""
+
+
+def test_tritonclient_http_works_unchanged(standard_server: ServerProcess) -> None:
+    python = tool("tritonclient")
+    target = standard_server.http_url.removeprefix("http://")
+    run = subprocess.run(
+        [str(python), "-c", TRITONCLIENT_HTTP, target], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout)
+    expected = (2 * np.arange(8, dtype=np.float32).reshape(2, 4) + 1).tolist()
+    assert out["live"] and out["ready"] and out["max_batch_size"] == 8
+    assert out["binary"] == out["json"] == [expected, "r1"]
+    assert out["echo"] == "grüß" and out["success"] >= 2 and "affine" in out["index"]
+    assert out["unknown"] == ["404", "unknown model 'nope'"]
+
+
+def test_perf_analyzer_over_http(standard_server: ServerProcess, tmp_path: Path) -> None:
+    from tests.serving.test_tritonclient import perf_analyzer_env
+
+    csv = tmp_path / "perf.csv"
+    run = subprocess.run(
+        [
+            str(tool("perf_analyzer", "perf_analyzer")),
+            *("-m", "affine", "-u", standard_server.http_url.removeprefix("http://")),
+            *("-i", "http", "-b", "1", "--concurrency-range", "2", "--request-count", "200"),
+            *("-f", str(csv)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=perf_analyzer_env(),
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    rows = csv.read_text().splitlines()
+    assert rows[0].startswith("Concurrency,Inferences/Second") and len(rows) >= 2
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repo = standard_repository(tmp_path_factory.mktemp("rest") / "model_repository")
+    srv = ServerProcess(
+        repo,
+        *("--max-concurrent-rpcs", "1", "--max-message-bytes", str(1 << 20)),
+        *("--http-restricted-api", "model-repository,statistics:admin-key=s3cret"),
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.terminate()
+
+
+def test_restricted_apis_need_their_header(limited_server: ServerProcess) -> None:
+    url = limited_server.http_url
+    status, message = error(call(f"{url}/v2/repository/index", {}))
+    assert status == 403 and "'admin-key'" in message and "--http-restricted-api" in message
+    assert error(call(f"{url}/v2/models/stats", None, {"admin-key": "wrong"}))[0] == 403
+    assert call(f"{url}/v2/repository/index", {}, {"admin-key": "s3cret"})[0] == 200
+    assert call(f"{url}/v2/models/affine/stats", None, {"Admin-Key": "s3cret"})[0] == 200
+    assert call(f"{url}/v2/models/affine")[0] == 200  # metadata is not restricted
+
+
+def test_a_body_over_the_message_cap_is_refused(limited_server: ServerProcess) -> None:
+    url = limited_server.http_url
+    status, message = error(call(f"{url}/v2/models/affine/infer", b"[" * (2 << 20)))
+    assert status == 413 and "--max-message-bytes" in message
+    assert call(f"{url}/v2/health/ready")[0] == 200
+
+
+def test_calls_over_the_cap_are_refused_and_health_is_exempt(limited_server: ServerProcess) -> None:
+    url = limited_server.http_url
+    raw = np.zeros((1, 256, 256), np.float32).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [1, 256, 256], "datatype": "FP32"}
+                | {"parameters": {"binary_data_size": len(raw)}}
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+
+    def one(_: int) -> int:
+        return call(
+            f"{url}/v2/models/slow/infer",
+            header + raw,
+            {"Inference-Header-Content-Length": str(len(header))},
+        )[0]
+
+    with ThreadPoolExecutor(6) as pool:
+        busy = pool.map(one, range(6))
+        live = [call(f"{url}/v2/health/live")[0] for _ in range(5)]
+        statuses = sorted(busy)
+    assert set(statuses) <= {200, 429} and 429 in statuses and 200 in statuses
+    assert live == [200] * 5
