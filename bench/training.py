@@ -1,6 +1,7 @@
 """Data-parallel training speed: one process against several, on the same global batches.
 
     seqserve bench training [--layouts 1x2,2x1] [--steps 20] [--repeats 3] [--preset multi30k]
+                            [--data CORPUS]
 
 A layout PxT trains the translator preset for `--steps` optimizer steps under
 `torchrun --standalone --nproc-per-node P`, T torch threads a process: `1x2` is one process on
@@ -39,7 +40,7 @@ def layouts(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def one_run(preset: str, steps: int, processes: int, threads: int) -> dict:
+def one_run(preset: str, data: str, steps: int, processes: int, threads: int) -> dict:
     """Train under torchrun with this layout; what rank 0 measured."""
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
@@ -47,6 +48,7 @@ def one_run(preset: str, steps: int, processes: int, threads: int) -> dict:
             *(sys.executable, "-m", "torch.distributed.run", "--standalone"),
             *("--nproc-per-node", str(processes), "-m", "bench.training"),
             *("--preset", preset, "--steps", str(steps), "--threads", str(threads)),
+            *(("--data", data) if data else ()),
             *("--result", str(result)),
         ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     runs: dict[str, list[dict]] = {f"{p}x{t}": [] for p, t in args.layouts}
     for repeat in range(args.repeats):
         for p, t in args.layouts:
-            measured = one_run(args.preset, args.steps, p, t)
+            measured = one_run(args.preset, args.data, args.steps, p, t)
             runs[f"{p}x{t}"].append(measured)
             print(
                 f"repeat {repeat + 1}: {p} process(es) x {t} thread(s): "
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "benchmark": "training",
         "preset": args.preset,
+        "data": args.data or "the preset's",
         "steps": args.steps,
         "repeats": args.repeats,
         "cpus": os.cpu_count(),
@@ -111,6 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="PROCESSESxTHREADS, comma-separated; ratios are to the first (default 1x2,2x1)",
     )
     parser.add_argument("--preset", default="multi30k", help="translator preset to train")
+    parser.add_argument(
+        "--data",
+        default="",
+        help="corpus to train on, as `train translator --data` (default: the preset's)",
+    )
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps a run")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the layouts")
     parser.add_argument(
@@ -123,6 +131,7 @@ def worker(argv: list[str]) -> int:
     the end; rank 0 writes what it measured to --result."""
     parser = argparse.ArgumentParser(prog="python -m bench.training")
     parser.add_argument("--preset", required=True)
+    parser.add_argument("--data", default="")
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--result", type=Path, required=True)
@@ -143,6 +152,7 @@ def worker(argv: list[str]) -> int:
         max_steps=args.steps,
         eval_every=args.steps,
         max_minutes=0.0,  # no budget: every layout trains the same steps
+        **({"data": args.data} if args.data else {}),
         threads=args.threads,
         device="cpu",
     )

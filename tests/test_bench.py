@@ -547,11 +547,15 @@ def test_bench_accuracy_puts_classical_baselines_beside_the_model(tmp_path: Path
 
 
 def test_bench_training_runs_each_layout_and_compares_it_with_the_first(tmp_path: Path) -> None:
-    """One process against two under torchrun: both train the same steps and tokens."""
+    """Two layouts in one run, one process against two under torchrun: both train the same
+    steps and tokens (on a small TSV corpus of the user's kind, which loads in no time)."""
+    corpus = tmp_path / "pairs.tsv"
+    corpus.write_text("".join(f"{w} {w}x\t{w}x {w}\n" for w in map(str, range(400))))
     run = subprocess.run(
         [
             *(sys.executable, "-m", "seqserve", "bench", "training", "--preset", "tiny"),
-            *("--steps", "6", "--repeats", "1", "--layouts", "1x1,2x1"),
+            *("--data", str(corpus)),
+            *("--steps", "3", "--repeats", "1", "--layouts", "1x1,2x1"),
             *("--results-dir", str(tmp_path)),
         ],
         cwd=ROOT,
@@ -564,6 +568,6 @@ def test_bench_training_runs_each_layout_and_compares_it_with_the_first(tmp_path
     result = json.loads(path.read_text())
     one, two = result["runs"]["1x1"][0], result["runs"]["2x1"][0]
     assert (one["processes"], two["processes"]) == (1, 2)
-    assert one["steps"] == two["steps"] == 6 and one["target_tokens"] == two["target_tokens"]
+    assert one["steps"] == two["steps"] == 3 and one["target_tokens"] == two["target_tokens"]
     assert result["summary"]["1x1"]["ratio_to_1x1"] == 1.0
     assert result["summary"]["2x1"]["tokens_per_second"] > 0
