@@ -37,6 +37,10 @@ tool_venv() {  # tool_venv DIR STAMP PACKAGES...
 tool_venv .tools/tritonclient "tritonclient-2.73.0+http" 'tritonclient[grpc,http]==2.73.0'
 tool_venv .tools/perf_analyzer "tritonclient-2.51.0+cudart-12.9.79" \
   'tritonclient[grpc]==2.51.0' 'nvidia-cuda-runtime-cu12==12.9.79'
+# .tools/kube: offline checks of the Kubernetes manifests: kubernetes-validate (the built-in
+# kinds against their JSON schemas) and the kserve SDK, whose models tests/deploy/strict_kserve.py
+# walks field by field (KServe's CRDs have no schema that kubernetes-validate ships).
+tool_venv .tools/kube "kube-1" 'kubernetes-validate==1.37.0' 'kserve==0.21.0'
 # .tools/serving-only: seqserve with only its serving dependencies (no torch, no onnx), to prove
 # that `seqserve serve` and the client commands run in the serving container's environment.
 tool_venv .tools/serving-only "serving-$(sha256sum pyproject.toml | cut -c1-16)" -e '.[serve-cpu]'
