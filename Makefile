@@ -166,7 +166,8 @@ fuzz: install  ## coverage-guided fuzzing of the decoders, FUZZ_SECONDS per targ
 	  else run="$(PY) -m tests.fuzz.run $$t"; fi
 	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"
 	  $$run -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
-	    -dict=tests/fuzz/protobuf.dict -artifact_prefix=build/fuzz/$$t- \
+	    -dict=$$(ls tests/fuzz/$$t.dict 2>/dev/null || echo tests/fuzz/protobuf.dict) \
+	    -artifact_prefix=build/fuzz/$$t- \
 	    build/fuzz/new-$$t tests/fuzz/corpus/$$t 2>&1 | tail -n 25 | tee build/fuzz/$$t.log
 	  $$run -merge=1 build/fuzz/merged-$$t tests/fuzz/corpus/$$t build/fuzz/new-$$t >/dev/null 2>&1
 	  if [ -n "$$(ls build/fuzz/merged-$$t)" ]; then  # the corpus, minimised; else keep it

@@ -116,6 +116,17 @@ def _from_json(data: Any, datatype: str, shape: list[int], name: str) -> bytes:
 
 def decode(body: bytes, header_length: str | None, model: ServedModel) -> Decoded:
     """The request in numpy form (the gRPC path's checks), and how to send its outputs."""
+    try:
+        return _decode(body, header_length, model)
+    except UnicodeEncodeError as err:  # JSON may escape a lone surrogate: "\ud800"
+        bad = err.object[err.start : err.end]
+        raise InvalidInput(
+            f"the request holds text that is not valid Unicode: {bad!a} (a lone UTF-16 "
+            "surrogate escape)"
+        ) from None
+
+
+def _decode(body: bytes, header_length: str | None, model: ServedModel) -> Decoded:
     if header_length is None:
         header, binary = body, b""
     else:

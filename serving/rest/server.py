@@ -290,7 +290,10 @@ class RestServer:
         for key, value in params.items():
             if not isinstance(value, str):
                 raise InvalidInput(f"parameter '{key}': expected a string")
-            load.parameters[key].string_param = value
+            try:
+                load.parameters[key].string_param = value
+            except UnicodeEncodeError:
+                raise InvalidInput(f"parameter {key!a}: not valid Unicode text") from None
         await self._v2.RepositoryModelLoad(load, None)  # type: ignore[arg-type]
         return web.Response(status=200)
 

@@ -21,6 +21,8 @@ CORPUS = Path(__file__).resolve().parent / "corpus"
 
 def seeds() -> dict[str, list[bytes]]:
     """Valid inputs of every kind each target takes: where the fuzzer starts."""
+    import json
+
     import numpy as np
     from google.protobuf import json_format, text_format
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -92,7 +94,33 @@ def seeds() -> dict[str, list[bytes]]:
         ),
         timed,
     ]
+    raw = np.arange(8, dtype=np.float32).tobytes()
+    binary = json.dumps(
+        {
+            "id": "r1",
+            "inputs": [
+                {"name": "x", "shape": [2, 4], "datatype": "FP32"}
+                | {"parameters": {"binary_data_size": len(raw)}}
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    rest = [
+        b"\0" + json.dumps(body).encode()
+        for body in (
+            {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [[1] * 4] * 2}]},
+            {"inputs": [{"name": "x", "shape": [4], "datatype": "FP32", "data": [0.5] * 4}]},
+            {
+                "inputs": [
+                    {"name": "text", "shape": [2, 1], "datatype": "BYTES"} | {"data": ["grüß", "x"]}
+                ],
+                "parameters": {"binary_data_output": True, "timeout": 1000},
+            },
+            {"inputs": [{"name": "x", "shape": [1, 2**40], "datatype": "FP32", "data": []}]},
+        )
+    ] + [b"\1" + len(binary).to_bytes(2, "little") + binary + raw]
     return {
+        "rest_request": rest,
         "native_accept": [m.SerializeToString() for m in native],
         "v2_request": [m.SerializeToString() for m in (*v2, typed, timed, *hostile)],
         "bytes_tensor": [

@@ -12,6 +12,8 @@ them under atheris (coverage-guided, with libFuzzer's RSS limit catching over-al
     translate_request typed TranslateRequest and V2 parameters -> tokenized, checked requests
     model_config      config.pbtxt text or a Load override's JSON -> the config validator,
                       and the files it names resolved in a version folder
+    rest_request      a KServe V2 REST infer body (JSON, or JSON then binary tensors) ->
+                      serving.rest.codec's decode on four models, and encode of its outputs
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from serving.forecasting import ForecasterSpec, prepare, quantile_indices
 from serving.models.base import InferRequest, ServedModel
 from serving.models.onnx_model import _utf8, batch_policy
 from serving.models.translator import _decode_settings, _text
+from serving.rest import codec as rest_codec
 from serving.servicers.codec import decode_request
 from serving.servicers.forecast import _window
 from serving.servicers.translate import _prepare
@@ -322,10 +325,36 @@ def model_config(data: bytes) -> None:
         assert path.resolve().parent == folder.resolve()
 
 
+def rest_request(data: bytes) -> None:
+    """Byte 0 odd: bytes 1-2 (little endian) are the Inference-Header-Content-Length header,
+    the rest the body; even: the rest is the body, without the header. Each model decodes it;
+    what one takes is answered: its first input as its first output, JSON or binary."""
+    if not data:
+        return
+    if data[0] & 1 and len(data) >= 3:
+        header_length, body = str(int.from_bytes(data[1:3], "little")), data[3:]
+    else:
+        header_length, body = None, data[1:]
+    for model in _models():
+        try:
+            decoded = rest_codec.decode(body, header_length, model)
+            model.validate(decoded.request)
+        except ServingError:
+            continue
+        first = next(iter(decoded.request.inputs.values()))
+        try:
+            rest_codec.encode(
+                model, decoded.request.id, {next(iter(model.outputs)): first}, decoded
+            )
+        except ServingError:  # BYTES that are not UTF-8, asked for as JSON
+            continue
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "v2_request": v2_request,
     "bytes_tensor": bytes_tensor,
     "forecast_request": forecast_request,
     "translate_request": translate_request,
     "model_config": model_config,
+    "rest_request": rest_request,
 }

@@ -129,6 +129,11 @@ BAD_REQUESTS = [
         | {"parameters": {"sequence_id": 3}},
         "sequence",
     ),
+    (  # found by the rest_request fuzz target: a lone surrogate escape reached INTERNAL
+        {"id": "r\ud800", "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32"}]}
+        | {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}]},
+        "not valid Unicode",
+    ),
 ]
 
 
@@ -305,3 +310,90 @@ def test_calls_over_the_cap_are_refused_and_health_is_exempt(limited_server: Ser
         statuses = sorted(busy)
     assert set(statuses) <= {200, 429} and 429 in statuses and 200 in statuses
     assert live == [200] * 5
+
+
+def _slow_infer(url: str) -> tuple[int, dict[str, str], bytes]:
+    raw = np.zeros((1, 256, 256), np.float32).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [1, 256, 256], "datatype": "FP32"}
+                | {"parameters": {"binary_data_size": len(raw)}}
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return call(
+        f"{url}/v2/models/slow/infer",
+        header + raw,
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def test_sigterm_finishes_http_calls_in_flight(tmp_path: Path) -> None:
+    """The drain covers the HTTP port: calls the server holds when SIGTERM arrives are
+    answered, and the server exits 0."""
+    import asyncio
+
+    from tests.serving.model_factory import SLOW_CONFIG, add_model, slow
+    from tests.serving.v2 import held
+
+    repo = tmp_path / "model_repository"
+    add_model(repo, "slow", SLOW_CONFIG.format(queue=8), slow)
+    server = ServerProcess(repo)
+    try:
+        server.wait_ready()
+
+        async def main() -> list[int] | None:
+            calls = [
+                asyncio.ensure_future(asyncio.to_thread(_slow_infer, server.http_url))
+                for _ in range(3)
+            ]
+            if not await held(server.metrics_url, "slow", 2, calls):
+                await asyncio.gather(*calls)
+                return None  # answered before they were seen held: try again
+            server.proc.terminate()
+            return [status for status, _, _ in await asyncio.gather(*calls)]
+
+        for _ in range(5):
+            statuses = asyncio.run(main())
+            if statuses is not None:
+                break
+        assert statuses == [200, 200, 200]
+    finally:
+        code = server.terminate()
+    assert code == 0 and "draining" in server.output()
+
+
+def test_idle_and_half_sent_connections_do_not_stop_the_others(tmp_path: Path) -> None:
+    """300 connections that send part of a request line or headers and then nothing: the
+    server goes on answering HTTP and gRPC calls on other connections, promptly."""
+    import socket
+    import time
+
+    from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
+
+    repo = tmp_path / "model_repository"
+    add_model(repo, "affine", AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    server = ServerProcess(repo)
+    conns = []
+    try:
+        server.wait_ready()
+        port = server.http_port
+        for i in range(300):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+            conn.sendall([b"POST /v2/models/affine/infer HTTP/1.1\r\nHost: x\r\n", b"GE"][i % 2])
+            conns.append(conn)
+        body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1] * 4}]}
+        for _ in range(20):
+            t0 = time.monotonic()
+            assert call(f"{server.http_url}/v2/models/affine/infer", body)[0] == 200
+            assert call(f"{server.http_url}/v2/health/live")[0] == 200
+            assert time.monotonic() - t0 < 1.0
+        from serving.probe import check
+
+        assert check(server.target, timeout=1.0)[0] == 0  # gRPC health too
+    finally:
+        for conn in conns:
+            conn.close()
+        assert server.terminate() == 0
