@@ -140,6 +140,7 @@ def perf_analyzer(
     out_csv: Path,
     own_connections: bool = False,
     ladder: tuple[tuple[int, int], ...] = LADDER,
+    protocol: str = "grpc",
 ) -> dict:
     exe = PERF_VENV / "bin" / "perf_analyzer"
     libs = sorted(PERF_VENV.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
@@ -155,7 +156,7 @@ def perf_analyzer(
         "-u",
         target,
         "-i",
-        "grpc",
+        protocol,
         "-b",
         "1",
         "--concurrency-range",
@@ -246,11 +247,13 @@ def server(
     workers: int = 1,
     frontend: str = "python",
     flags: tuple[str, ...] = (),
+    http: bool = False,
 ) -> Iterator[dict]:
     """A real `seqserve serve` process on free loopback ports, until health says SERVING
     (and, with workers, until the merged /metrics counts them all).
 
-    Yields target, metrics URL, pid and the seconds from process start to ready."""
+    Yields target, metrics URL, pid and the seconds from process start to ready, and with
+    `http` the HTTP port's host:port (else HTTP is off)."""
     from serving.probe import check
 
     def ready(target: str, metrics: str) -> bool:
@@ -265,6 +268,7 @@ def server(
             return False
 
     grpc_port, metrics_port = _free_port(), _free_port()
+    http_port = _free_port() if http else 0
     log_path = workdir / f"server-{grpc_port}.log"
     with log_path.open("w") as log:
         t0 = time.perf_counter()
@@ -277,7 +281,7 @@ def server(
                 "--model-repository",
                 str(repo),
                 "--http-port",
-                "0",
+                str(http_port),
                 "--grpc-port",
                 str(grpc_port),
                 "--metrics-port",
@@ -302,6 +306,7 @@ def server(
                 time.sleep(0.05)
             yield {
                 "target": target,
+                "http_target": f"127.0.0.1:{http_port}",
                 "metrics": metrics,
                 "pid": proc.pid,
                 "ready_s": time.perf_counter() - t0,
@@ -450,6 +455,51 @@ def side_by_side(
         for v in list(variants)[1:]
     }
     return out
+
+
+def protocols(
+    model_dir: Path,
+    concurrencies: list[int],
+    seconds: float,
+    repeats: int,
+    workdir: Path,
+    frontend: str,
+) -> dict:
+    """One server, perf_analyzer over gRPC then over HTTP (KServe V2 REST, binary tensors:
+    perf_analyzer's default) in turn, repeats interleaved: the same client binary, model,
+    batch size and concurrency on both sides; the ratio HTTP / gRPC per repeat, then the
+    median."""
+    runs: dict = {p: {c: [] for c in concurrencies} for p in ("grpc", "http")}
+    with server(_alone(model_dir, workdir), workdir, frontend=frontend, http=True) as srv:
+        for r in range(repeats):
+            for c in concurrencies:
+                for protocol, target in (("grpc", srv["target"]), ("http", srv["http_target"])):
+                    res = perf_analyzer(
+                        target,
+                        model_dir.name,
+                        c,
+                        int(seconds * 1e3),
+                        workdir / f"protocol-{protocol}-{c}-{r}.csv",
+                        protocol=protocol,
+                    )
+                    runs[protocol][c].append(res["inferences_per_s"])
+                    print(
+                        f"  repeat {r} c={c:<3d} {protocol:>4s}: {res['inferences_per_s']:8.0f}/s "
+                        f"p50 {res['p50_ms']:.3f} ms",
+                        flush=True,
+                    )
+    return {
+        "per_s": runs,
+        "median_per_s": {
+            p: {c: statistics.median(x) for c, x in by_c.items()} for p, by_c in runs.items()
+        },
+        "http_to_grpc": {
+            c: statistics.median(
+                h / g for h, g in zip(runs["http"][c], runs["grpc"][c], strict=True)
+            )
+            for c in concurrencies
+        },
+    }
 
 
 def floor(
@@ -681,6 +731,17 @@ def run(args: argparse.Namespace) -> int:
                         args.window_ms / 1e3,
                         args.worker_repeats,
                     )
+        over_http = None
+        if [p for p in args.protocols.split(",") if p] == ["grpc", "http"]:
+            print(f"gRPC against HTTP (perf_analyzer -i grpc|http, {frontends[-1]} front end):")
+            over_http = protocols(
+                model_dir,
+                concurrencies,
+                args.window_ms / 1e3,
+                args.worker_repeats,
+                Path(tmp),
+                frontends[-1],
+            )
         print("gRPC floor (bench/floor_server.py: grpc.aio, computes nothing):")
         grpc_floor = floor(model_dir, concurrencies, args.window_ms, generators[0], Path(tmp))
         native_floor = bare_floor = None
@@ -737,6 +798,7 @@ def run(args: argparse.Namespace) -> int:
         if scaling
         else None,
         "typed_to_v2": {f: t["typed_to_v2"] for f, t in typed.items()} if typed else None,
+        "http_to_grpc": over_http["http_to_grpc"] if over_http else None,
     }
     print("summary:", json.dumps(summary))
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -755,6 +817,7 @@ def run(args: argparse.Namespace) -> int:
         "workers": scaling,
         "budgets": budgets,
         "typed": typed,
+        "protocols": over_http,
         "summary": summary,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -812,6 +875,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--max-request-bytes-in-flight values to compare side by side on "
         "the native front end (e.g. 0,536870912: off against the default); "
         "fewer than two skip the comparison",
+    )
+    parser.add_argument(
+        "--protocols",
+        default="grpc,http",
+        help="grpc,http: perf_analyzer over both on one server, in turn (KServe V2 REST "
+        "against gRPC); empty: skip",
     )
     parser.add_argument(
         "--worker-repeats",

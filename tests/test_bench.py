@@ -93,6 +93,9 @@ def test_bench_serving_writes_results(tmp_path: Path) -> None:
     assert data["grpc_floor"]["1"]["inferences_per_s"] > 0
     assert data["native_floor"]["8"]["inferences_per_s"] > 0
     assert data["bare_floor"]["1"]["avg_latency_ms"] == data["summary"]["bare_floor_c1_ms"] > 0
+    over_http = data["protocols"]  # perf_analyzer -i grpc and -i http on one server
+    assert over_http["median_per_s"]["http"]["8"] > 0 and over_http["median_per_s"]["grpc"]["8"] > 0
+    assert data["summary"]["http_to_grpc"]["1"] > 0
     if importlib.util.find_spec("matplotlib"):
         assert result.with_suffix(".png").stat().st_size > 1000
 

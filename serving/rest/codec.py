@@ -59,6 +59,12 @@ def _parameter(key: str, value: Any, where: str) -> pb.InferParameter:
     raise InvalidInput(f"{where} '{key}': expected a boolean, number or string")
 
 
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}: expected true or false")
+    return value
+
+
 def _shape(value: Any, name: str) -> list[int]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in value
@@ -146,7 +152,7 @@ def _decode(body: bytes, header_length: str | None, model: ServedModel) -> Decod
         raise InvalidInput("id: expected a string")
     msg.id = doc.get("id", "")
     params = _object(doc.get("parameters"), "parameters")
-    binary_by_default = params.pop("binary_data_output", False) is True
+    binary_by_default = _flag(params.pop("binary_data_output", False), "binary_data_output")
     for key, value in params.items():
         msg.parameters[key].CopyFrom(_parameter(key, value, "parameter"))
     inputs = doc.get("inputs")
@@ -193,7 +199,7 @@ def _decode(body: bytes, header_length: str | None, model: ServedModel) -> Decod
         out = msg.outputs.add(name=name)
         for key, value in _object(item.get("parameters"), f"output '{name}' parameters").items():
             if key == "binary_data":
-                if value is True:
+                if _flag(value, f"output '{name}' parameter 'binary_data'"):
                     binary_outputs.add(name)
             else:
                 out.parameters[key].CopyFrom(_parameter(key, value, f"output '{name}' parameter"))

@@ -129,6 +129,11 @@ BAD_REQUESTS = [
         | {"parameters": {"sequence_id": 3}},
         "sequence",
     ),
+    (
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}]}
+        | {"parameters": {"binary_data_output": "yes"}},
+        "binary_data_output: expected true or false",
+    ),
     (  # found by the rest_request fuzz target: a lone surrogate escape reached INTERNAL
         {"id": "r\ud800", "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32"}]}
         | {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}]},
