@@ -402,3 +402,42 @@ def test_idle_and_half_sent_connections_do_not_stop_the_others(tmp_path: Path) -
         for conn in conns:
             conn.close()
         assert server.terminate() == 0
+
+
+def test_repository_control_over_http(tmp_path: Path) -> None:
+    """Triton's repository extension over HTTP in explicit mode: load, a config override,
+    unload, and the errors of a load that fails or names a path outside the repository."""
+    from tests.serving.model_factory import AFFINE_CONFIG, add_model, affine
+
+    repo = tmp_path / "model_repository"
+    for name in ("a", "b"):
+        add_model(repo, name, AFFINE_CONFIG.format(scheduling="", extra=""), affine)
+    server = ServerProcess(repo, "--model-control-mode", "explicit", "--load-model", "a")
+    try:
+        server.wait_ready()
+        url = server.http_url
+        index = {m["name"]: m for m in json.loads(call(f"{url}/v2/repository/index", {})[2])}
+        assert index["b"]["state"] == "UNAVAILABLE" and index["b"]["reason"] == "not loaded"
+        assert call(f"{url}/v2/models/b/ready")[0] == 400
+        assert call(f"{url}/v2/repository/models/b/load", b"")[0] == 200  # no body at all
+        assert call(f"{url}/v2/models/b/ready")[0] == 200
+        override = {
+            "max_batch_size": 2,
+            "platform": "onnxruntime_onnx",
+            "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}],
+            "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [4]}],
+        }
+        load = {"parameters": {"config": json.dumps(override)}}
+        assert call(f"{url}/v2/repository/models/b/load", load)[0] == 200
+        config = json.loads(call(f"{url}/v2/models/b/config")[2])
+        assert config["max_batch_size"] == 2 and [o["name"] for o in config["output"]] == ["y"]
+        bad = {"parameters": {"config": json.dumps(override | {"default_model_filename": "../x"})}}
+        status, message = error(call(f"{url}/v2/repository/models/b/load", bad))
+        assert status == 400 and "failed to load model 'b'" in message
+        assert call(f"{url}/v2/models/b/ready")[0] == 200  # the old one goes on serving
+        assert error(call(f"{url}/v2/repository/models/zzz/load", {}))[0] == 404
+        assert error(call(f"{url}/v2/repository/models/b/load", {"parameters": 3}))[0] == 400
+        assert call(f"{url}/v2/repository/models/b/unload", {})[0] == 200
+        assert call(f"{url}/v2/models/b/ready")[0] == 400
+    finally:
+        assert server.terminate() == 0
