@@ -292,7 +292,7 @@ class Server:
             await asyncio.to_thread(self.native.shutdown, grace)
         left = max(deadline - loop.time(), 0.0)
         await asyncio.gather(
-            self.grpc.stop(left), *([self.rest.stop()] if self.rest is not None else [])
+            self.grpc.stop(left), *([self.rest.stop(left)] if self.rest is not None else [])
         )
         for task in list(self._background):
             task.cancel()

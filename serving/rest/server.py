@@ -131,7 +131,6 @@ class RestServer:
             s.http_address.strip("[]"),
             s.http_port,
             reuse_port=s.reuse_port or None,
-            shutdown_timeout=s.grace_period_secs,
         )
         try:
             await site.start()
@@ -143,9 +142,11 @@ class RestServer:
             ) from None
         self.port = self._runner.addresses[0][1]
 
-    async def stop(self) -> None:
-        """Stop accepting, let calls in progress finish (up to the grace period), close."""
+    async def stop(self, timeout: float) -> None:
+        """Stop accepting, let calls in progress finish for up to `timeout` seconds (what is
+        left of the grace period), close."""
         if self._runner is not None:
+            self._runner._shutdown_timeout = timeout  # what cleanup() waits for handlers
             await self._runner.cleanup()
 
     # -- the gate every endpoint passes ------------------------------------------------------
