@@ -441,3 +441,64 @@ def test_repository_control_over_http(tmp_path: Path) -> None:
         assert call(f"{url}/v2/models/b/ready")[0] == 400
     finally:
         assert server.terminate() == 0
+
+
+def test_a_flood_of_large_bodies_stays_within_the_byte_budget(tmp_path: Path) -> None:
+    """16 bodies of 48 MiB at once (the budget's worth 8 times over, counting the copies a
+    request is served with): the server takes what fits, refuses the rest with 429 while
+    their bytes are read, answers every request, and its resident memory grows by less than
+    the budget and the slack of the memory-bound test (tests/serving/test_memory_bound.py)."""
+    import http.client
+
+    from bench.procfs import memory_bytes
+    from serving.settings import MAX_REQUEST_BYTES_IN_FLIGHT
+    from tests.serving.model_factory import ECHO_CONFIG, add_model, echo_bytes
+
+    repo = tmp_path / "model_repository"
+    add_model(repo, "echo", ECHO_CONFIG, echo_bytes)
+    server = ServerProcess(repo)
+    size = 48 * 2**20
+    element = struct.pack("<I", size) + bytes(size)
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "text", "shape": [1, 1], "datatype": "BYTES"}
+                | {"parameters": {"binary_data_size": len(element)}}
+            ],
+            "outputs": [{"name": "echo", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+
+    def one(_: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=120)
+        try:
+            conn.request(
+                "POST",
+                "/v2/models/echo/infer",
+                header + element,
+                {"Inference-Header-Content-Length": str(len(header))},
+            )
+            reply = conn.getresponse()
+            reply.read()
+            return reply.status
+        except (ConnectionError, http.client.HTTPException):
+            return 0  # refused while sending: the server closed the connection
+        finally:
+            conn.close()
+
+    try:
+        server.wait_ready()
+        base = memory_bytes(server.proc.pid, "VmRSS")
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(one, range(16)))
+        peak = memory_bytes(server.proc.pid, "VmHWM")
+        assert base is not None and peak is not None
+        assert set(statuses) <= {200, 429, 0} and statuses.count(200) >= 1, statuses
+        assert statuses.count(200) < 16, "the budget never refused anything"
+        growth = peak - base
+        bound = MAX_REQUEST_BYTES_IN_FLIGHT + 384 * 2**20
+        print(f"statuses {sorted(statuses)}; peak RSS grew {growth / 2**20:.0f} MiB")
+        assert growth < bound, f"grew {growth / 2**20:.0f} MiB, bound {bound / 2**20:.0f} MiB"
+        assert call(f"{server.http_url}/v2/health/ready")[0] == 200
+    finally:
+        assert server.terminate() == 0
