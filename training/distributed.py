@@ -72,6 +72,11 @@ def joined(device: str) -> Iterator[World]:
     try:
         yield world
     finally:
+        # Every rank leaves together: the others wait here while rank 0 evaluates and writes
+        # (within the group's timeout, 30 minutes by default). A rank that tore its group
+        # down while rank 0 was still running aborted now and then in gloo's teardown
+        # ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
