@@ -72,10 +72,15 @@ def joined(device: str) -> Iterator[World]:
     try:
         yield world
     finally:
-        # Every rank leaves together: the others wait here while rank 0 evaluates and writes
-        # (within the group's timeout, 30 minutes by default). A rank that tore its group
-        # down while rank 0 was still running aborted now and then in gloo's teardown
-        # ("terminate called without an active exception").
+        leave(world)
+
+
+def leave(world: World) -> None:
+    """Every rank leaves the group together, once training is done (the trainers call this
+    before rank 0 evaluates and writes alone; `joined` calls it if they did not). A rank that
+    tore its group down while another was still in it aborted now and then in gloo's
+    teardown ("terminate called without an active exception")."""
+    if world.parallel and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 

@@ -242,6 +242,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr * tc.lr_decay
 
+    distributed.leave(world)  # rank 0 goes on alone
     if not world.main:
         return {}
     assert best_state is not None

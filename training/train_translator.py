@@ -546,6 +546,7 @@ def train(
             return greedy_bleu(candidate, tokenizer, tc, device, val)
 
     fitted = fit(model, tc, train_ids, val_ids, device, quiet, resample, score, world)
+    distributed.leave(world)  # rank 0 evaluates and writes alone
     if not world.main:
         return {}
     data_info = {
