@@ -100,15 +100,14 @@ class _Worker:
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._reservation = reserve_port(settings.grpc_address, settings.grpc_port)
-        self.port = self._reservation.getsockname()[1]
-        self._reservations = [self._reservation]
+        self._reservations = [reserve_port(settings.grpc_address, settings.grpc_port)]
+        self.port = self._reservations[0].getsockname()[1]
         self.http_port = 0  # REST disabled, or the port the workers share
         if settings.http_port:
             try:
                 self._reservations.append(reserve_port(settings.http_address, settings.http_port))
             except SystemExit:
-                self._reservation.close()
+                self._release()
                 raise
             self.http_port = self._reservations[-1].getsockname()[1]
         self._folder = tempfile.TemporaryDirectory(prefix="seqserve-workers-")

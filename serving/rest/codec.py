@@ -168,10 +168,11 @@ def _decode(body: bytes, header_length: str | None, model: ServedModel) -> Decod
         tensors.dtype_of(datatype, name)
         model.check_input(name, datatype, shape)  # before its payload is read
         tensor = msg.inputs.add(name=name, datatype=datatype, shape=shape)
-        for key, value in _object(item.get("parameters"), f"input '{name}' parameters").items():
+        params = _object(item.get("parameters"), f"input '{name}' parameters")
+        for key, value in params.items():
             if key != "binary_data_size":
                 tensor.parameters[key].CopyFrom(_parameter(key, value, f"input '{name}' parameter"))
-        size = _object(item.get("parameters"), "").get("binary_data_size")
+        size = params.get("binary_data_size")
         if size is None:
             if "data" not in item:
                 raise InvalidInput(f"input '{name}': no data and no binary_data_size")

@@ -76,7 +76,7 @@ def error_response(exc: BaseException, where: str) -> web.Response:
     else:
         code, message = failure_status(exc, where)
         status = HTTP_STATUS.get(code, 500)
-    return web.json_response({"error": message}, status=status)
+    return _json({"error": message}, status)
 
 
 @web.middleware
@@ -87,9 +87,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return web.json_response(
-            {"error": f"{request.method} {request.path}: {exc.reason}"}, status=exc.status
-        )
+        return _json({"error": f"{request.method} {request.path}: {exc.reason}"}, exc.status)
 
 
 def _json(doc: Any, status: int = 200) -> web.Response:
@@ -111,7 +109,7 @@ class RestServer:
         self._budget = ByteBudget(settings.max_request_bytes_in_flight)
         self._runner: web.AppRunner | None = None
         self.port = 0
-        app = web.Application(client_max_size=settings.max_message_bytes, middlewares=[json_errors])
+        app = web.Application(middlewares=[json_errors])  # _body enforces the size cap
         get, post = app.router.add_get, app.router.add_post
         get("/v2/health/live", self._endpoint("health", self.live))
         get("/v2/health/ready", self._endpoint("health", self.ready))
@@ -172,12 +170,9 @@ class RestServer:
                     if not rule.allows([] if sent is None else [(rule.header, sent)]):
                         raise PermissionDenied(rule.message)
                 if capped and self._in_progress >= self._cap:
-                    return _json(
-                        {
-                            "error": f"server busy: {self._in_progress} calls in progress "
-                            "(--max-concurrent-rpcs); retry after a back-off"
-                        },
-                        429,
+                    raise QueueFull(
+                        f"server busy: {self._in_progress} calls in progress "
+                        "(--max-concurrent-rpcs); retry after a back-off"
                     )
                 self._in_progress += 1
                 try:

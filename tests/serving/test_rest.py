@@ -291,23 +291,9 @@ def test_a_body_over_the_message_cap_is_refused(limited_server: ServerProcess) -
 
 def test_calls_over_the_cap_are_refused_and_health_is_exempt(limited_server: ServerProcess) -> None:
     url = limited_server.http_url
-    raw = np.zeros((1, 256, 256), np.float32).tobytes()
-    header = json.dumps(
-        {
-            "inputs": [
-                {"name": "x", "shape": [1, 256, 256], "datatype": "FP32"}
-                | {"parameters": {"binary_data_size": len(raw)}}
-            ],
-            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
 
     def one(_: int) -> int:
-        return call(
-            f"{url}/v2/models/slow/infer",
-            header + raw,
-            {"Inference-Header-Content-Length": str(len(header))},
-        )[0]
+        return _slow_infer(url)[0]
 
     with ThreadPoolExecutor(6) as pool:
         busy = pool.map(one, range(6))
