@@ -158,7 +158,7 @@ class FrontendCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(
             "seqserve_request_bytes_in_flight",
-            "Request bytes the native front end counts as held, copies included",
+            "Request bytes the native front end and the HTTP port count as held, copies included",
             value=self._in_flight(),
         )
         yield CounterMetricFamily(

@@ -120,7 +120,16 @@ class Server:
             translate_service_pb2_grpc.add_TranslatorServicer_to_server(translator, server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflecting, server)
-        self.rest = RestServer(settings, self.dataplane, inference) if settings.http_port else None
+        self.rest = (
+            RestServer(
+                settings,
+                self.dataplane,
+                inference,
+                self.native.budget() if self.native is not None else None,
+            )
+            if settings.http_port
+            else None
+        )
         self.port = 0  # known once start() has bound it
         self.metrics: MetricsEndpoint | None = None
 

@@ -109,6 +109,7 @@ class Service : public grpc::CallbackGenericService {
       : stub_(std::move(upstream)), registry_(registry), in_process_(in_process),
         max_calls_(max_calls),
         restrictions_(std::move(restrictions)),
+        budget_bytes_(std::max<int64_t>(budget_bytes, 0)),
         received_(budget_bytes <= 0 ? 0
                                     : std::max<int64_t>(budget_bytes - cap * kFurtherCopies, 1)),
         serving_(budget_bytes <= 0 ? 0 : cap * kFurtherCopies),
@@ -137,6 +138,21 @@ class Service : public grpc::CallbackGenericService {
 
   int64_t request_bytes() const { return received_.in_use() + serving_.in_use(); }
 
+  // The HTTP port's requests hold bytes of the same budget, counted with what calls receive
+  // (so the watch takes the memory they hold as explained): `bytes` more for a request that
+  // holds `mine` already are refused (false) if they would take the whole past its limit
+  // while others hold bytes too; never queued, HTTP refuses with 429. (Read, then forced: a
+  // gRPC call may take bytes between the two; the overshoot is at most one message.)
+  bool TakeShared(int64_t bytes, int64_t mine) {
+    if (budget_bytes_ <= 0) return true;  // no budget
+    const int64_t held = request_bytes();
+    if (held + bytes > budget_bytes_ && held > mine) return false;
+    received_.Force(bytes);
+    return true;
+  }
+  void GiveShared(int64_t bytes) { received_.Give(bytes); }
+  int64_t budget() const { return budget_bytes_; }
+
   // The Python server's event loop turned just now.
   void Beat() {
     beat_.store(std::chrono::steady_clock::now().time_since_epoch().count(),
@@ -150,6 +166,7 @@ class Service : public grpc::CallbackGenericService {
   InProcess* in_process_;
   const int max_calls_;  // 0: no cap
   const Restrictions restrictions_;
+  const int64_t budget_bytes_;  // 0: none
   bool LoopTurns() const {
     const auto last = std::chrono::steady_clock::time_point(
         std::chrono::steady_clock::duration(beat_.load(std::memory_order_relaxed)));
@@ -183,6 +200,9 @@ class Frontend {
   }
 
   int64_t request_bytes_in_flight() const { return service_->request_bytes(); }
+  bool TakeRequestBytes(int64_t bytes, int64_t mine) { return service_->TakeShared(bytes, mine); }
+  void GiveRequestBytes(int64_t bytes) { service_->GiveShared(bytes); }
+  int64_t request_bytes_limit() const { return service_->budget(); }
   int64_t calls_shed() const { return service_->shed(); }
   void Beat() { service_->Beat(); }
 
@@ -374,6 +394,9 @@ PYBIND11_MODULE(_frontend, m) {
            py::arg("max_request_bytes") = 0)
       .def_property_readonly("request_bytes_in_flight", &Frontend::request_bytes_in_flight)
       .def_property_readonly("calls_shed", &Frontend::calls_shed)
+      .def_property_readonly("request_bytes_limit", &Frontend::request_bytes_limit)
+      .def("take_request_bytes", &Frontend::TakeRequestBytes, py::arg("bytes"), py::arg("mine"))
+      .def("give_request_bytes", &Frontend::GiveRequestBytes, py::arg("bytes"))
       .def("beat", &Frontend::Beat)
       .def("start", &Frontend::Start, py::call_guard<py::gil_scoped_release>())
       .def("shutdown", &Frontend::Shutdown, py::arg("grace_s"),

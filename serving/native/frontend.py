@@ -164,6 +164,28 @@ def forecast_spec(model: ServedModel) -> Any:
     )
 
 
+class SharedBudget:
+    """The native front end's request-bytes budget as the HTTP port takes from it
+    (serving/rest/budget.py's `Budget`): one budget for both ports."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    @property
+    def limit(self) -> int:
+        return self._server.request_bytes_limit
+
+    @property
+    def held(self) -> int:
+        return self._server.request_bytes_in_flight
+
+    def take(self, n: int, mine: int) -> bool:
+        return self._server.take_request_bytes(n, mine)
+
+    def give(self, n: int) -> None:
+        self._server.give_request_bytes(n)
+
+
 class NativeFrontend:
     """The C++ server on `settings.grpc_target`, forwarding to `upstream` what it leaves."""
 
@@ -205,6 +227,10 @@ class NativeFrontend:
             lambda: self._server.calls_shed,
             lambda: dict.copy(self._in_process.calls) if self._in_process is not None else {},
         )
+
+    def budget(self) -> SharedBudget:
+        """Its request-bytes budget, for the HTTP port to take from too."""
+        return SharedBudget(self._server)
 
     def serve_in_process(self, handler: InProcess) -> None:
         """Have `handler` answer its methods in this process (before `start`)."""

@@ -6,7 +6,10 @@ an answer, and calls of ordinary size are never refused."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import queue
+import struct
 import threading
 import time
 from collections import Counter
@@ -22,7 +25,7 @@ from protos.inference import grpc_service_pb2 as pb
 from serving.settings import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES_IN_FLIGHT, Settings
 from tests.conftest import ServerProcess, native_built
 from tests.serving.h2_client import RawConnection, grpc_message
-from tests.serving.model_factory import SLOW_CONFIG, add_model, slow
+from tests.serving.model_factory import ECHO_CONFIG, SLOW_CONFIG, add_model, echo_bytes, slow
 from tests.serving.v2 import scrape
 
 pytestmark = pytest.mark.slow  # floods of maximal messages
@@ -36,6 +39,7 @@ MIB = 2**20
 REACTION = 384 * MIB + MAX_MESSAGE_BYTES
 CALLS = 32  # each as large as the cap allows: unbudgeted, they held 4.5 GiB
 CONNECTIONS = 4
+HTTP_BODIES, HTTP_BODY = 16, 48 * MIB  # with their copies, 5 GiB
 
 
 def _rss(pid: int, field: str = "VmRSS") -> int:
@@ -91,13 +95,46 @@ def _streamed(channel: grpc.Channel, payload: bytes) -> Outcome:
     return Outcome(answered, grpc.StatusCode.OK, "")
 
 
-@pytest.mark.parametrize("api", ["unary", "stream"])
+def _http_body(port: int) -> int:
+    """One HTTP request of a 48 MiB BYTES element to the echo model (served with 6 copies):
+    its status, or 0 if the server closed the connection while it was sent (refused)."""
+    element = struct.pack("<I", HTTP_BODY) + bytes(HTTP_BODY)
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "text", "shape": [1, 1], "datatype": "BYTES"}
+                | {"parameters": {"binary_data_size": len(element)}}
+            ],
+            "outputs": [{"name": "echo", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request(
+            "POST",
+            "/v2/models/echo/infer",
+            header + element,
+            {"Inference-Header-Content-Length": str(len(header))},
+        )
+        reply = conn.getresponse()
+        reply.read()
+        return reply.status
+    except (ConnectionError, http.client.HTTPException):
+        return 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("api", ["unary", "stream", "unary and http"])
 def test_a_flood_of_maximal_messages_stays_within_the_bound(tmp_path: Path, api: str) -> None:
-    """Over ModelInfer calls, and over ModelStreamInfer streams (whose reads the watch takes
-    alike: an idle stream holds nothing, and a flood over streams shows in the memory)."""
+    """Over ModelInfer calls, over ModelStreamInfer streams (whose reads the watch takes
+    alike: an idle stream holds nothing, and a flood over streams shows in the memory), and
+    over ModelInfer calls and HTTP bodies at once (the HTTP port takes from the same budget:
+    the bound is one budget's, not two)."""
     native_built()
     repo = tmp_path / "model_repository"
     add_model(repo, "slow", SLOW_CONFIG.format(queue=64), slow)
+    add_model(repo, "echo", ECHO_CONFIG, echo_bytes)
     server = ServerProcess(repo, "--frontend", "native")
     try:
         server.wait_ready()
@@ -129,6 +166,18 @@ def test_a_flood_of_maximal_messages_stays_within_the_bound(tmp_path: Path, api:
                     for i in range(CALLS)
                 ]
                 outcomes = [_unary(c) for c in calls]
+            elif api == "unary and http":
+                with ThreadPoolExecutor(HTTP_BODIES) as pool:
+                    bodies = [pool.submit(_http_body, server.http_port) for _ in range(HTTP_BODIES)]
+                    calls = [
+                        channels[i % CONNECTIONS]
+                        .unary_unary(MODEL_INFER)
+                        .future(payload, timeout=120)
+                        for i in range(CALLS)
+                    ]
+                    outcomes = [_unary(c) for c in calls]
+                    statuses = Counter(b.result() for b in bodies)
+                assert set(statuses) <= {200, 429, 0} and statuses[200] < HTTP_BODIES, statuses
             else:
                 with ThreadPoolExecutor(CALLS) as pool:
                     outcomes = list(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -486,5 +487,87 @@ def test_a_flood_of_large_bodies_stays_within_the_byte_budget(tmp_path: Path) ->
         print(f"statuses {sorted(statuses)}; peak RSS grew {growth / 2**20:.0f} MiB")
         assert growth < bound, f"grew {growth / 2**20:.0f} MiB, bound {bound / 2**20:.0f} MiB"
         assert call(f"{server.http_url}/v2/health/ready")[0] == 200
+    finally:
+        assert server.terminate() == 0
+
+
+def test_the_grpc_and_http_ports_share_one_byte_budget(tmp_path: Path) -> None:
+    """Behind the native front end the HTTP port takes from the gRPC port's budget, so both
+    flooded at once hold one budget's worth: while a gRPC call holds its bytes (a 16 MiB
+    request to a slow model: received twice, served three times more, 80 MiB), an HTTP body
+    that fits the budget alone (30 MiB binary, 210 MiB with its copies) but not beside it is
+    refused with 429; once the call is done, the same body is served."""
+    import grpc
+
+    from protos.inference import grpc_service_pb2 as pb
+    from tests.conftest import native_built
+    from tests.serving.model_factory import ECHO_CONFIG, SLOW_CONFIG, add_model, echo_bytes, slow
+    from tests.serving.v2 import scrape
+
+    native_built()
+    mib = 2**20
+    repo = tmp_path / "model_repository"
+    add_model(repo, "echo", ECHO_CONFIG, echo_bytes)
+    add_model(
+        repo,
+        "slow",
+        SLOW_CONFIG.replace("256, 256", "-1, 256").format(queue=8),
+        lambda p: slow(p, repeats=24, rows="n"),
+    )
+    budget = 256 * mib
+    server = ServerProcess(
+        repo, "--frontend", "native", "--max-request-bytes-in-flight", str(budget)
+    )
+    element = struct.pack("<I", 30 * mib) + bytes(30 * mib)
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "text", "shape": [1, 1], "datatype": "BYTES"}
+                | {"parameters": {"binary_data_size": len(element)}}
+            ]
+        }
+    ).encode()
+
+    def echo() -> int:
+        return call(
+            f"{server.http_url}/v2/models/echo/infer",
+            header + element,
+            {"Inference-Header-Content-Length": str(len(header))},
+        )[0]
+
+    def held() -> float:
+        return scrape(server.metrics_url)[("seqserve_request_bytes_in_flight", "")]
+
+    try:
+        server.wait_ready()
+        assert echo() == 200  # alone, it fits
+        request = pb.ModelInferRequest(model_name="slow")
+        request.inputs.add(name="x", datatype="FP32", shape=[1, 16 * 1024, 256])
+        request.raw_input_contents.append(bytes(16 * mib))
+        with grpc.insecure_channel(server.target) as channel:
+            slow_call = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                response_deserializer=pb.ModelInferResponse.FromString,
+            ).future(request.SerializeToString(), timeout=120)
+            deadline = time.monotonic() + 30
+            while held() < 80 * mib and not slow_call.done():
+                assert time.monotonic() < deadline, "the call never held its bytes"
+                time.sleep(0.01)
+            assert not slow_call.done(), "the slow call ended before the HTTP request"
+            status, message = error(
+                call(
+                    f"{server.http_url}/v2/models/echo/infer",
+                    header + element,
+                    {"Inference-Header-Content-Length": str(len(header))},
+                )
+            )
+            assert status == 429 and "--max-request-bytes-in-flight" in message, message
+            assert held() < 81 * mib  # the refused body gave its bytes back
+            slow_call.result()
+        deadline = time.monotonic() + 10
+        while held() > 0:
+            assert time.monotonic() < deadline, f"{held()} bytes still held"
+            time.sleep(0.05)
+        assert echo() == 200
     finally:
         assert server.terminate() == 0
