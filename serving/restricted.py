@@ -9,6 +9,7 @@ restricts Load, Unload, RepositoryIndex and ModelConfig to calls that carry the 
 own key; a protocol may belong to one group only. A call without the header is refused with
 PERMISSION_DENIED and a message naming the header. Triton answers UNAVAILABLE; seqserve does
 not, on purpose: its client retries UNAVAILABLE, and a missing key does not heal by retrying.
+(tests/serving/test_triton_parity.py checks both against the real Triton binary.)
 
 Triton's protocol groups, and where seqserve's own services fall:
 - health: ServerLive, ServerReady, ModelReady, and grpc.health.v1 (Check, Watch);

@@ -7,7 +7,8 @@
 #   It needs protobuf<7 and its generated `inference.*` messages clash with ours, so it lives in
 #   its own venv and the tests drive it as a subprocess;
 # - .tools/perf_analyzer: tritonclient[grpc]==2.51.0, the newest whose bundled perf_analyzer
-#   binary runs on glibc 2.36, plus the CUDA runtime library the binary links against.
+#   binary runs on glibc 2.36, plus the CUDA runtime library the binary links against;
+# - .tools/triton, .tools/kube, .tools/serving-only: below.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3.11}
@@ -37,6 +38,10 @@ tool_venv() {  # tool_venv DIR STAMP PACKAGES...
 tool_venv .tools/tritonclient "tritonclient-2.73.0+http" 'tritonclient[grpc,http]==2.73.0'
 tool_venv .tools/perf_analyzer "tritonclient-2.51.0+cudart-12.9.79" \
   'tritonclient[grpc]==2.51.0' 'nvidia-cuda-runtime-cu12==12.9.79'
+# .tools/triton: the real Triton server (the `tritonserver` 2.51 binary, with its libraries, that
+# PyTriton's wheel ships; its Python package is not used, so no dependencies), for the
+# differential tests of tests/serving/test_triton_parity.py.
+tool_venv .tools/triton "pytriton-0.7.0" --no-deps 'nvidia-pytriton==0.7.0'
 # .tools/kube: offline checks of the Kubernetes manifests: kubernetes-validate (the built-in
 # kinds against their JSON schemas) and the kserve SDK, whose models tests/deploy/strict_kserve.py
 # walks field by field (KServe's CRDs have no schema that kubernetes-validate ships).
