@@ -212,6 +212,7 @@ def test_a_flood_of_maximal_messages_stays_within_the_bound(tmp_path: Path, api:
         )
         growth = max(peak[0], _rss(pid, "VmHWM")) - base
         bound = MAX_REQUEST_BYTES_IN_FLIGHT + REACTION
+        print(f"{api}: peak RSS grew {growth / MIB:.0f} MiB; {dict(codes)}")
         assert growth < bound, (
             f"server memory grew {growth / MIB:.0f} MiB under the flood; "
             f"the bound is {bound / MIB:.0f} MiB"

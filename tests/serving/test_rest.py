@@ -524,7 +524,8 @@ def test_the_grpc_and_http_ports_share_one_byte_budget(tmp_path: Path) -> None:
             "inputs": [
                 {"name": "text", "shape": [1, 1], "datatype": "BYTES"}
                 | {"parameters": {"binary_data_size": len(element)}}
-            ]
+            ],
+            "outputs": [{"name": "echo", "parameters": {"binary_data": True}}],
         }
     ).encode()
 
@@ -544,7 +545,9 @@ def test_the_grpc_and_http_ports_share_one_byte_budget(tmp_path: Path) -> None:
         request = pb.ModelInferRequest(model_name="slow")
         request.inputs.add(name="x", datatype="FP32", shape=[1, 16 * 1024, 256])
         request.raw_input_contents.append(bytes(16 * mib))
-        with grpc.insecure_channel(server.target) as channel:
+        with grpc.insecure_channel(
+            server.target, options=[("grpc.max_receive_message_length", -1)]
+        ) as channel:
             slow_call = channel.unary_unary(
                 "/inference.GRPCInferenceService/ModelInfer",
                 response_deserializer=pb.ModelInferResponse.FromString,
