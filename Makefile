@@ -121,8 +121,13 @@ format: install  ## ruff format the tree, and apply ruff's safe fixes
 
 # Under `make test` a tool the suite needs and `make` installs is required: its tests fail
 # rather than skip (tests/conftest.py, `missing`), so a local run means what CI means.
+# Two pytest workers: most of the suite waits on servers and tools in subprocesses, so two
+# workers on two cores take about two thirds of the time of one. The tests of the session's
+# tiny models share one worker (tests/conftest.py), which trains them once.
+TEST_WORKERS ?= 2
 test: install tools  ## create .venv if missing, install, run the whole test suite
-	SEQSERVE_REQUIRE_TOOLS=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	SEQSERVE_REQUIRE_TOOLS=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 \
+	  -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: install tools  ## the fast lane (under 3 minutes): every layer's unit tests, one served request
 	SEQSERVE_REQUIRE_TOOLS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" --durations=10 \

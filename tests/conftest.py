@@ -39,10 +39,14 @@ def missing(what: str, hint: str) -> NoReturn:
 SLOW_FIXTURES = {"tiny_translator_checkpoint", "tiny_repository", "tiny_server"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+            # Under `-n 2 --dist loadgroup` (make test) these run on one worker, so that the
+            # session's tiny models are trained once, not once per worker.
+            item.add_marker(pytest.mark.xdist_group(name="tiny"))
 
 
 def free_port() -> int:
