@@ -54,6 +54,12 @@ class World:
 SINGLE = World()
 
 
+def launched_main() -> bool:
+    """Whether this process is rank 0 of its torchrun launch, or not launched by torchrun:
+    for what a command says before it joins the group (every rank runs the whole command)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextmanager
 def joined(device: str) -> Iterator[World]:
     """The world torchrun launched this process into (its process group joined for the

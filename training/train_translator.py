@@ -522,7 +522,7 @@ def train(
     if world.parallel:
         torch.manual_seed(tc.seed + world.rank)  # each rank its own dropout masks
     params = count_parameters(model)
-    if not quiet:
+    if not quiet and world.main:
         print(
             f"{tc.data} {tc.src}->{tc.tgt}: {len(train_ids)} training pairs ({dropped} too "
             f"long), {len(val_ids)} validation; vocabulary {config.vocab_size}; "
@@ -672,7 +672,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[TranslatorConfig, Trans
             tgt = args.tgt or TRANSLATOR_PRESETS["multi30k"].train.tgt
             pairs = len(load_corpus(data, src, tgt, args.seed or 0)["train"])
         name = preset_for(data, pairs)
-        if pairs is not None:
+        if pairs is not None and distributed.launched_main():
             rule = "fewer" if pairs < SMALL_CORPUS else "at least"
             print(
                 f"preset {name}: {pairs:,} training pairs, {rule} than {SMALL_CORPUS:,} "

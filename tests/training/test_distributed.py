@@ -174,3 +174,14 @@ def test_rank_0s_clock_ends_a_time_budget_for_every_rank(tmp_path: Path, corpus:
     seqserve(args, tmp_path / "two", processes=2)
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["stopped_by"] == "max_minutes" and 0 < metrics["steps"] < 100000
+
+
+def test_only_rank_0_speaks_before_the_group_is_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a command says before it joins torchrun's group (the preset it chose for a corpus)
+    is said once: every rank runs the whole command."""
+    monkeypatch.delenv("RANK", raising=False)
+    assert distributed.launched_main()  # not launched by torchrun
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.launched_main()
+    monkeypatch.setenv("RANK", "1")
+    assert not distributed.launched_main()
