@@ -234,6 +234,46 @@ def test_a_flood_of_maximal_messages_stays_within_the_bound(tmp_path: Path, api:
         assert server.terminate() == 0
 
 
+def test_the_python_front_ends_grpc_port_under_the_same_flood(tmp_path: Path) -> None:
+    """The Python front end (what `auto` serves on any address but loopback) has no byte budget
+    for its gRPC port (docs/serving.md, "Memory, worst case"): the same unary flood is served
+    whole, every call answered, and its growth is recorded; past the bound the test says so as
+    an expected failure (measured 1.2 to 2.7 GiB), and passes the day the port is bounded."""
+    repo = tmp_path / "model_repository"
+    add_model(repo, "slow", SLOW_CONFIG.format(queue=64), slow)
+    server = ServerProcess(repo, "--frontend", "python")
+    try:
+        server.wait_ready()
+        pid = server.proc.pid
+        time.sleep(0.5)
+        base = _rss(pid)
+        payload = _maximal_request()
+        channels = [
+            grpc.insecure_channel(
+                server.target,
+                options=[("grpc.max_send_message_length", -1), ("grpc.channel_id", i)],
+            )
+            for i in range(CONNECTIONS)
+        ]
+        try:
+            calls = [
+                channels[i % CONNECTIONS].unary_unary(MODEL_INFER).future(payload, timeout=120)
+                for i in range(CALLS)
+            ]
+            outcomes = [_unary(c) for c in calls]
+        finally:
+            for ch in channels:
+                ch.close()
+        assert all(o.answered for o in outcomes), Counter(o.code for o in outcomes)
+        growth = _rss(pid, "VmHWM") - base
+    finally:
+        assert server.terminate() == 0
+    bound = MAX_REQUEST_BYTES_IN_FLIGHT + REACTION
+    print(f"python front end: peak RSS grew {growth / MIB:.0f} MiB (bound {bound / MIB:.0f})")
+    if growth >= bound:
+        pytest.xfail(f"grew {growth / MIB:.0f} MiB: the Python front end's gRPC port has no budget")
+
+
 def test_a_failed_request_is_freed_when_its_call_ends(tmp_path: Path) -> None:
     """grpc.aio's abort kept each failed request in a reference cycle until Python's cyclic
     garbage collector ran: twelve failed requests at the cap, one after another, raised the
