@@ -698,12 +698,12 @@ def run(args: argparse.Namespace) -> int:
         if len(budget_values) > 1:
             print(
                 f"request-bytes budgets {budget_values} (--max-request-bytes-in-flight, "
-                f"{generators[0]}, one connection per client, native front end):"
+                f"{generators[0]}, one connection per client, {frontends[-1]} front end):"
             )
             budgets = side_by_side(
                 model_dir,
                 {
-                    b: {"frontend": "native", "flags": ("--max-request-bytes-in-flight", b)}
+                    b: {"frontend": frontends[-1], "flags": ("--max-request-bytes-in-flight", b)}
                     for b in budget_values
                 },
                 concurrencies,
@@ -873,7 +873,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--budgets",
         default="",
         help="--max-request-bytes-in-flight values to compare side by side on "
-        "the native front end (e.g. 0,536870912: off against the default); "
+        "the last of --frontends (e.g. 0,536870912: off against the default); "
         "fewer than two skip the comparison",
     )
     parser.add_argument(

@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from core import errors
+from serving.budget import RequestBudget
 from serving.restricted import Rule
 
 log = logging.getLogger(__name__)
@@ -205,3 +206,105 @@ class RestrictedProtocolInterceptor(grpc.aio.ServerInterceptor):
         ):
             return handler
         return _refusing(handler, errors.PermissionDenied(rule.message))
+
+
+class RequestBytesInterceptor(grpc.aio.ServerInterceptor):
+    """Reads every request message under the request-bytes budget (`serving.budget`), for the
+    Python front end when it owns the port. grpc.aio reads a unary call's message before its
+    handler runs, so each handler becomes one that takes a stream of requests and reads them
+    itself (the wire is the same for the client): a read starts when the budget has room for
+    it, and the message's bytes are held until the call ends (a stream: until it reads the
+    next). Placed innermost: a restricted call is refused before anything is read."""
+
+    def __init__(self, budget: RequestBudget) -> None:
+        self._budget = budget
+        self._busy = (
+            f"server busy: the requests in progress would hold more than {budget.limit} bytes "
+            "(--max-request-bytes-in-flight); retry after a back-off"
+        )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not self._budget.limit:
+            return handler
+        budget, busy = self._budget, self._busy
+        decode, encode = handler.request_deserializer, handler.response_serializer
+
+        async def one(context: grpc.aio.ServicerContext) -> tuple[Any, tuple[int, int]]:
+            data, held = await budget.read(context.read, busy)
+            try:
+                if data is grpc.aio.EOF:
+                    raise errors.InvalidInput("request: the call ended before its message")
+                return (decoded(decode, data) if decode else data), held
+            except BaseException:
+                budget.release(held)
+                raise
+
+        async def requests(context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            held = (0, 0)
+            try:
+                while True:
+                    budget.release(held)  # the last message is done with
+                    held = (0, 0)
+                    data, held = await budget.read(context.read, busy)
+                    if data is grpc.aio.EOF:
+                        return
+                    request = decoded(decode, data) if decode else data
+                    del data
+                    yield request
+            finally:
+                budget.release(held)
+
+        if handler.unary_unary:
+            unary_inner = handler.unary_unary
+
+            async def unary(_: Any, context: grpc.aio.ServicerContext) -> Any:
+                request, held = await one(context)
+                try:
+                    return await unary_inner(request, context)
+                finally:
+                    budget.release(held)
+
+            return grpc.stream_unary_rpc_method_handler(unary, None, encode)
+        if handler.stream_unary:
+            stream_unary_inner = handler.stream_unary
+
+            async def gathering(_: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await stream_unary_inner(requests(context), context)
+
+            return grpc.stream_unary_rpc_method_handler(gathering, None, encode)
+        inner = handler.unary_stream or handler.stream_stream
+        single = handler.unary_stream is not None
+
+        if inspect.isasyncgenfunction(inner):
+
+            async def streaming(_: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if not single:
+                    async for response in inner(requests(context), context):
+                        yield response
+                    return
+                request, held = await one(context)
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                finally:
+                    budget.release(held)
+
+            return grpc.stream_stream_rpc_method_handler(streaming, None, encode)
+
+        async def writing(_: Any, context: grpc.aio.ServicerContext) -> None:
+            """For handlers that send with `context.write()` (grpc's own health Watch)."""
+            if not single:
+                await inner(requests(context), context)
+                return
+            request, held = await one(context)
+            try:
+                await inner(request, context)
+            finally:
+                budget.release(held)
+
+        return grpc.stream_stream_rpc_method_handler(writing, None, encode)

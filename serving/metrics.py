@@ -142,8 +142,9 @@ def render(families: Iterable[Metric]) -> bytes:
 
 
 class FrontendCollector(Collector):
-    """The native front end's request-bytes budget (docs/serving.md, "Memory, worst case"), and
-    the calls its in-process servicers answered (no hop to the Python server behind)."""
+    """The request-bytes budget of the gRPC and HTTP ports (docs/serving.md, "Memory, worst
+    case"), and the calls the native front end's in-process servicers answered (none without
+    it)."""
 
     def __init__(
         self,
@@ -158,7 +159,7 @@ class FrontendCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(
             "seqserve_request_bytes_in_flight",
-            "Request bytes the native front end and the HTTP port count as held, copies included",
+            "Request bytes the gRPC and HTTP ports count as held, copies included",
             value=self._in_flight(),
         )
         yield CounterMetricFamily(

@@ -16,9 +16,14 @@ from protos.inference import grpc_service_pb2_grpc
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc
 from protos.seqserve.translate.v1 import translate_service_pb2_grpc
 from serving import metrics, restricted
+from serving.budget import RequestBudget
 from serving.dataplane import DataPlane
-from serving.interceptors import ExceptionToStatusInterceptor, RestrictedProtocolInterceptor
-from serving.metrics import MetricsEndpoint, ModelCollector
+from serving.interceptors import (
+    ExceptionToStatusInterceptor,
+    RequestBytesInterceptor,
+    RestrictedProtocolInterceptor,
+)
+from serving.metrics import FrontendCollector, MetricsEndpoint, ModelCollector
 from serving.native.frontend import NativeFrontend
 from serving.native.frontend import wanted as native_wanted
 from serving.native.in_process import Collected, InProcess
@@ -82,8 +87,16 @@ class Server:
         self.health = health.aio.HealthServicer()
         self._background: set[asyncio.Task] = set()
         collectors = [ModelCollector(self.repository.ready_models, self._ready_rows)]
+        # The native front end keeps the request-bytes budget of both ports; without it, the
+        # Python front end keeps one for its gRPC port (serving/budget.py).
+        self.budget: RequestBudget | None = None
         if self.native is not None:
             collectors.append(self.native.collector())
+        else:
+            self.budget = budget = RequestBudget(
+                settings.max_request_bytes_in_flight, settings.max_message_bytes
+            )
+            collectors.append(FrontendCollector(lambda: budget.held, lambda: budget.shed, dict))
         unregister = [metrics.register(c) for c in collectors]
         self._unregister = lambda: [u() for u in unregister]
         peers = Peers(settings.worker_status_file) if settings.worker_status_file else None
@@ -95,9 +108,16 @@ class Server:
         ]
         if settings.max_streams_per_connection:
             options.append(("grpc.max_concurrent_streams", settings.max_streams_per_connection))
+        reads = self.budget is not None and self.budget.limit > 0  # read under the budget
+        if reads:  # flow-control windows that do not widen by themselves (serving/budget.py)
+            options.append(("grpc.http2.bdp_probe", 0))
         rules = restricted.parse(settings.grpc_restricted_protocol)
         self.grpc = grpc.aio.server(
-            interceptors=[ExceptionToStatusInterceptor(), RestrictedProtocolInterceptor(rules)],
+            interceptors=[
+                ExceptionToStatusInterceptor(),
+                RestrictedProtocolInterceptor(rules),
+                *([RequestBytesInterceptor(self.budget)] if reads and self.budget else []),
+            ],
             options=options,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
@@ -125,7 +145,7 @@ class Server:
                 settings,
                 self.dataplane,
                 inference,
-                self.native.budget() if self.native is not None else None,
+                self.native.budget() if self.native is not None else self.budget,
             )
             if settings.http_port
             else None

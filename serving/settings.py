@@ -116,10 +116,10 @@ class Settings:
     )
     max_request_bytes_in_flight: int = flag(
         MAX_REQUEST_BYTES_IN_FLIGHT,
-        "request bytes held at once, copies included, by the native front end and the HTTP "
-        "port together (with the Python front end, by the HTTP port); past it, gRPC messages "
-        "wait to be served and calls whose message is still arriving after 10 ms are refused "
-        "with RESOURCE_EXHAUSTED, HTTP requests are refused with 429 (0: no budget)",
+        "request bytes held at once, copies included, by the gRPC and HTTP ports together; "
+        "past it, gRPC messages wait to be read (Python front end) or served, calls whose "
+        "message is still arriving after 10 ms (native) or slow after 250 ms (Python) may be "
+        "refused with RESOURCE_EXHAUSTED, HTTP requests are refused with 429 (0: no budget)",
         env=True,
     )
     tls_cert: Path | None = flag(None, "PEM server certificate (enables TLS)", env=True)

@@ -1,16 +1,14 @@
-"""The HTTP port's budget of request bytes (`--max-request-bytes-in-flight`).
+"""What the HTTP port takes request bytes from (`--max-request-bytes-in-flight`): the gRPC
+port's budget, so that both ports flooded at once hold one budget's worth. That is the native
+front end's (`SharedBudget` in serving/native/frontend.py), or the Python front end's
+(`RequestBudget` in serving/budget.py).
 
-HTTP/1.1 lets the server read a body as slowly as it likes (aiohttp stops reading a socket
-while its buffer is full), so, unlike gRPC's transport, nothing arrives that the application
-has not asked for: a request's bytes are taken from the budget as they are read, and its
-serving copies once it has all arrived; everything goes back when its call ends. A request
-that would pass the limit while others hold bytes is refused (429); one that holds nothing
-else may always go on, so that a body at the message cap is served even when it alone
-passes the limit.
-
-Behind the native front end the port takes from that front end's budget (`SharedBudget` in
-serving/native/frontend.py), so that the gRPC and HTTP ports flooded at once hold one budget's
-worth, not two; without it, from its own `ByteBudget`, which runs on the event loop: no lock.
+HTTP/1.1 lets the server read a body at its own pace (aiohttp stops reading a socket while its
+buffer is full), so nothing arrives that the application has not asked for: a request's bytes
+are taken as they are read, and its serving copies once it has all arrived; everything goes
+back when its call ends. A request that would pass the limit while others hold bytes is refused
+(429); one that holds nothing else may always go on, so that a body at the message cap is
+served even when it alone passes the limit.
 """
 
 from __future__ import annotations
@@ -19,6 +17,8 @@ from typing import Protocol
 
 
 class Budget(Protocol):
+    """The port's view of a budget (bytes, copies included)."""
+
     @property
     def limit(self) -> int:
         """The bytes requests may hold (0: no limit)."""
@@ -37,18 +37,3 @@ class Budget(Protocol):
     def give(self, n: int) -> None:
         """Give back `n` bytes."""
         ...
-
-
-class ByteBudget:
-    def __init__(self, limit: int) -> None:
-        self.limit = limit  # 0: no limit
-        self.held = 0
-
-    def take(self, n: int, mine: int) -> bool:
-        if self.limit and self.held + n > self.limit and self.held > mine:
-            return False
-        self.held += n
-        return True
-
-    def give(self, n: int) -> None:
-        self.held -= n

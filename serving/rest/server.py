@@ -37,7 +37,7 @@ from serving.dataplane import DataPlane
 from serving.interceptors import failure_status
 from serving.models.base import ServedModel
 from serving.rest import codec
-from serving.rest.budget import Budget, ByteBudget
+from serving.rest.budget import Budget
 from serving.rest.messages import to_json
 from serving.servicers.inference import InferenceServicer
 from serving.settings import Settings
@@ -102,17 +102,16 @@ class RestServer:
         settings: Settings,
         dataplane: DataPlane,
         inference: InferenceServicer,
-        budget: Budget | None = None,
+        budget: Budget,
     ) -> None:
-        """`budget`: the one the gRPC port takes from too, if it keeps one (the native front
-        end's); else the port keeps its own."""
+        """`budget`: the request-bytes budget the gRPC port takes from too."""
         self._settings = settings
         self._dp = dataplane
         self._v2 = inference
         self._rules = restricted.groups(settings.http_restricted_api, "--http-restricted-api", "")
         self._cap = settings.max_concurrent_rpcs
         self._in_progress = 0
-        self._budget = budget or ByteBudget(settings.max_request_bytes_in_flight)
+        self._budget = budget
         self._runner: web.AppRunner | None = None
         self.port = 0
         app = web.Application(middlewares=[json_errors])  # _body enforces the size cap

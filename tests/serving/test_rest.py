@@ -491,12 +491,13 @@ def test_a_flood_of_large_bodies_stays_within_the_byte_budget(tmp_path: Path) ->
         assert server.terminate() == 0
 
 
-def test_the_grpc_and_http_ports_share_one_byte_budget(tmp_path: Path) -> None:
-    """Behind the native front end the HTTP port takes from the gRPC port's budget, so both
-    flooded at once hold one budget's worth: while a gRPC call holds its bytes (a 16 MiB
-    request to a slow model: received twice, served three times more, 80 MiB), an HTTP body
-    that fits the budget alone (30 MiB binary, 210 MiB with its copies) but not beside it is
-    refused with 429; once the call is done, the same body is served."""
+@pytest.mark.parametrize("frontend", ["native", "python"])
+def test_the_grpc_and_http_ports_share_one_byte_budget(tmp_path: Path, frontend: str) -> None:
+    """The HTTP port takes from the gRPC port's budget, on either front end, so both flooded
+    at once hold one budget's worth: while a gRPC call holds its bytes (a 16 MiB request to a
+    slow model: received twice, served three times more, 80 MiB), an HTTP body that fits the
+    budget alone (30 MiB binary, 210 MiB with its copies) but not beside it is refused with
+    429; once the call is done, the same body is served."""
     import grpc
 
     from protos.inference import grpc_service_pb2 as pb
@@ -504,7 +505,8 @@ def test_the_grpc_and_http_ports_share_one_byte_budget(tmp_path: Path) -> None:
     from tests.serving.model_factory import ECHO_CONFIG, SLOW_CONFIG, add_model, echo_bytes, slow
     from tests.serving.v2 import scrape
 
-    native_built()
+    if frontend == "native":
+        native_built()
     mib = 2**20
     repo = tmp_path / "model_repository"
     add_model(repo, "echo", ECHO_CONFIG, echo_bytes)
@@ -516,7 +518,7 @@ def test_the_grpc_and_http_ports_share_one_byte_budget(tmp_path: Path) -> None:
     )
     budget = 256 * mib
     server = ServerProcess(
-        repo, "--frontend", "native", "--max-request-bytes-in-flight", str(budget)
+        repo, "--frontend", frontend, "--max-request-bytes-in-flight", str(budget)
     )
     element = struct.pack("<I", 30 * mib) + bytes(30 * mib)
     header = json.dumps(
