@@ -106,16 +106,17 @@ class RequestBudget:
     # -- gRPC messages -----------------------------------------------------------------------
 
     async def read(
-        self, read: Callable[[], Awaitable[Any]], busy: str
+        self, read: Callable[[], Awaitable[Any]], busy: str, wait: bool = True
     ) -> tuple[Any, tuple[int, int]]:
         """`read()`'s message (bytes, or grpc.aio.EOF) once the budget lets it be read, and what
-        it holds (for `release`); QueueFull(`busy`) if it was shed while it arrived."""
+        it holds (for `release`); QueueFull(`busy`) if it was shed while it arrived. `wait`
+        False: read at once, counted all the same (health probes must answer under a flood)."""
         if not self.limit:
             return await read(), (0, 0)
         loop = asyncio.get_running_loop()
         if self._changed is None:
             self._changed = asyncio.Event()
-        while not self._room():
+        while wait and not self._room():
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), TICK_S)

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from core import errors
 from serving.budget import RequestBudget
-from serving.restricted import Rule
+from serving.restricted import GROUPS, Rule
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ STATUS: dict[type[errors.ServingError], grpc.StatusCode] = {
 }
 
 INTERNAL_MESSAGE = "Internal server error"
+HEALTH = frozenset(GROUPS["health"])
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -233,9 +234,12 @@ class RequestBytesInterceptor(grpc.aio.ServerInterceptor):
             return handler
         budget, busy = self._budget, self._busy
         decode, encode = handler.request_deserializer, handler.response_serializer
+        # Probes do not wait for room: under a flood they must still answer (their messages
+        # are a model name at most; they are counted all the same).
+        wait = handler_call_details.method not in HEALTH
 
         async def one(context: grpc.aio.ServicerContext) -> tuple[Any, tuple[int, int]]:
-            data, held = await budget.read(context.read, busy)
+            data, held = await budget.read(context.read, busy, wait)
             try:
                 if data is grpc.aio.EOF:
                     raise errors.InvalidInput("request: the call ended before its message")
@@ -250,7 +254,7 @@ class RequestBytesInterceptor(grpc.aio.ServerInterceptor):
                 while True:
                     budget.release(held)  # the last message is done with
                     held = (0, 0)
-                    data, held = await budget.read(context.read, busy)
+                    data, held = await budget.read(context.read, busy, wait)
                     if data is grpc.aio.EOF:
                         return
                     request = decoded(decode, data) if decode else data

@@ -155,8 +155,24 @@ def test_a_flood_of_maximal_messages_stays_within_the_bound(
                 peak[0] = max(peak[0], _rss(pid))
                 time.sleep(0.01)
 
+        live_s: list[float] = []  # ServerLive's latency throughout, on its own connection
+
+        def probe() -> None:
+            with grpc.insecure_channel(server.target, options=[("grpc.channel_id", 99)]) as ch:
+                live = ch.unary_unary(
+                    "/inference.GRPCInferenceService/ServerLive",
+                    response_deserializer=pb.ServerLiveResponse.FromString,
+                )
+                while not stop.is_set():
+                    start = time.monotonic()
+                    assert live(pb.ServerLiveRequest().SerializeToString(), timeout=10).live
+                    live_s.append(time.monotonic() - start)
+                    time.sleep(0.05)
+
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
         channels = [
             grpc.insecure_channel(
                 server.target,
@@ -193,8 +209,11 @@ def test_a_flood_of_maximal_messages_stays_within_the_bound(
         finally:
             stop.set()
             sampler.join()
+            prober.join()
             for ch in channels:
                 ch.close()
+        # Probes answered throughout (in a second here, whatever the flood).
+        assert live_s and max(live_s) < 1.0, f"ServerLive took up to {max(live_s):.2f} s"
         # Nothing lost: every call answered by the model lookup its request reached, or
         # refused while it arrived, with a message naming the flag.
         codes = Counter(o.code for o in outcomes)
@@ -218,7 +237,10 @@ def test_a_flood_of_maximal_messages_stays_within_the_bound(
         )
         growth = max(peak[0], _rss(pid, "VmHWM")) - base
         bound = MAX_REQUEST_BYTES_IN_FLIGHT + REACTION
-        print(f"{frontend} {api}: peak RSS grew {growth / MIB:.0f} MiB; {dict(codes)}")
+        print(
+            f"{frontend} {api}: peak RSS grew {growth / MIB:.0f} MiB; {dict(codes)}; "
+            f"ServerLive up to {max(live_s) * 1e3:.0f} ms"
+        )
         assert growth < bound, (
             f"server memory grew {growth / MIB:.0f} MiB under the flood; "
             f"the bound is {bound / MIB:.0f} MiB"
