@@ -224,6 +224,7 @@ def test_every_flag_the_docs_name_exists() -> None:
         "--standalone", "--nproc-per-node", "--nnodes",  # torchrun
         "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id",
         "--strict",  # kubernetes-validate
+        "--streaming",  # perf_analyzer
     }  # fmt: skip
     mentioned: dict[str, list[str]] = {}
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
