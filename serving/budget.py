@@ -47,7 +47,8 @@ from core.errors import QueueFull
 RECEIVED_COPIES = 2
 FURTHER_COPIES = 3
 SLOW_S = 0.25  # a read counts a message at the cap this long, then what the process grew by
-TICK_S = 0.005  # while reads are in progress, the watch looks this often
+TICK_S = 0.005  # while slow reads are in progress, the watch looks this often
+WAIT_S = 0.05  # a read waiting for room looks again at least this often
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -117,9 +118,11 @@ class RequestBudget:
         if self._changed is None:
             self._changed = asyncio.Event()
         while wait and not self._room():
+            # Woken when bytes are given back or the watch has looked (a read turning slow);
+            # the timeout is a safety net, not a poll.
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), TICK_S)
+                await asyncio.wait_for(self._changed.wait(), WAIT_S)
             except TimeoutError:
                 pass
         ticket, self._next = self._next, self._next + 1
