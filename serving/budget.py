@@ -92,7 +92,7 @@ class RequestBudget:
             return True
         held = self.held  # with what the gRPC reads in progress may hold
         if self._reading:
-            fresh, slow, _ = self._arriving(asyncio.get_running_loop().time(), self._resident())
+            fresh, slow, _ = self._arriving(asyncio.get_running_loop().time())
             held += fresh + slow
         if held + n > self.limit and held > mine:
             return False
@@ -200,27 +200,26 @@ class RequestBudget:
         except (OSError, ValueError, IndexError):
             return -1
 
-    def _arriving(self, now: float, resident: int) -> tuple[int, int, list[int]]:
+    def _arriving(self, now: float) -> tuple[int, int, list[int]]:
         """What the reads in progress may hold: the fresh ones (a message at the cap each), the
         slow ones (what the process grew by since the oldest started, beyond what the budget
-        took), and the slow ones' tickets, oldest first."""
-        fresh, growth, known, slow = 0, 0, resident >= 0, []
-        for ticket, r in self._reading.items():
-            if now - r.started < SLOW_S:
-                fresh += 1
-                continue
-            slow.append(ticket)
-            if r.resident < 0:
-                known = False
-            else:
-                growth = max(growth, (resident - r.resident) - (self.held - r.accounted))
-        most = len(slow) * self._charge
-        return fresh * self._charge, min(max(growth, 0), most) if known else most, slow
+        took), and the slow ones' tickets, oldest first. The resident memory is read only when
+        some read is slow (on a busy server most reads are fresh)."""
+        fresh = sum(1 for r in self._reading.values() if now - r.started < SLOW_S)
+        slow = [t for t, r in self._reading.items() if now - r.started >= SLOW_S]
+        if not slow:
+            return fresh * self._charge, 0, slow
+        resident, most = self._resident(), len(slow) * self._charge
+        starts = [self._reading[t] for t in slow]
+        if resident < 0 or any(r.resident < 0 for r in starts):
+            return fresh * self._charge, most, slow
+        growth = max((resident - r.resident) - (self.held - r.accounted) for r in starts)
+        return fresh * self._charge, min(max(growth, 0), most), slow
 
     def _room(self) -> bool:
         if not self._reading:
             return self._received + self._charge <= self._received_limit or self._received == 0
-        fresh, slow, _ = self._arriving(asyncio.get_running_loop().time(), self._resident())
+        fresh, slow, _ = self._arriving(asyncio.get_running_loop().time())
         return self._received + fresh + slow + self._charge <= self._received_limit
 
     async def _watching(self) -> None:
@@ -232,7 +231,7 @@ class RequestBudget:
             # Until the oldest read turns slow, nothing can be shed: sleep till then.
             oldest = next(iter(self._reading.values())).started
             await asyncio.sleep(max(oldest + SLOW_S - loop.time(), TICK_S))
-            _, arriving, slow = self._arriving(loop.time(), self._resident())
+            _, arriving, slow = self._arriving(loop.time())
             left = len(slow)
             for ticket in reversed(slow):
                 if self._received + arriving * left / len(slow) <= self._received_limit or (

@@ -108,15 +108,19 @@ class Server:
         ]
         if settings.max_streams_per_connection:
             options.append(("grpc.max_concurrent_streams", settings.max_streams_per_connection))
-        reads = self.budget is not None and self.budget.limit > 0  # read under the budget
-        if reads:  # flow-control windows that do not widen by themselves (serving/budget.py)
+        # With the Python front end's budget, requests are read under it (serving/budget.py),
+        # in flow-control windows that do not widen by themselves.
+        reading = (
+            [RequestBytesInterceptor(self.budget)] if self.budget and self.budget.limit else []
+        )
+        if reading:
             options.append(("grpc.http2.bdp_probe", 0))
         rules = restricted.parse(settings.grpc_restricted_protocol)
         self.grpc = grpc.aio.server(
             interceptors=[
                 ExceptionToStatusInterceptor(),
                 RestrictedProtocolInterceptor(rules),
-                *([RequestBytesInterceptor(self.budget)] if reads and self.budget else []),
+                *reading,
             ],
             options=options,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
