@@ -29,7 +29,13 @@ import numpy as np
 from core.translation.cache import KVCache
 from core.translation.errors import BadDecodingSetting
 from core.translation.graphs import StepModel
-from core.translation.search import OWN_RULES, BeamState, Hypothesis, SearchRules
+from core.translation.search import (
+    OWN_RULES,
+    BeamState,
+    Hypothesis,
+    SearchRules,
+    best_candidates,
+)
 
 
 @dataclass(frozen=True)
@@ -241,17 +247,18 @@ class DecodeBatch:
         picks = log_probs.argmax(axis=1)  # [R] every row's best token; greedy rows take it
         pick_ids = picks.tolist()
         pick_lps = log_probs[np.arange(len(picks)), picks].tolist()  # [R]
+        ranked = self._rank_beams(log_probs)
         order: list[int] = []  # [R'] the old row each next row continues
         next_tokens: list[int] = []  # [R']
         live = []
         offset = 0
-        for entry in self._entries:
+        for i, entry in enumerate(self._entries):
             k = entry.request.beam_size
             if k == 1:
                 token = entry.beam.greedy_step(pick_ids[offset], pick_lps[offset])
                 parents, tokens = [offset], [token]
             else:
-                parent_rows, new_tokens = entry.beam.advance(log_probs[offset : offset + k])
+                parent_rows, new_tokens = entry.beam.extend(*ranked[i], log_probs.shape[1])
                 parents, tokens = (parent_rows + offset).tolist(), new_tokens.tolist()
             entry.steps += 1
             updates.append(self._update(entry))
@@ -273,6 +280,30 @@ class DecodeBatch:
         self.positions = self.positions + 1
         self.tokens = np.array(next_tokens, np.int64)
         return updates
+
+    def _rank_beams(self, log_probs: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Every beam request's best 2k candidates (`BeamState.extend`'s input), ranked in
+        one pass per beam size: entry index -> (flat indices into its [k, V], their cumulative
+        scores)."""
+        vocab = log_probs.shape[1]
+        starts: dict[int, list[tuple[int, int]]] = {}  # beam size -> (entry index, first row)
+        offset = 0
+        for i, entry in enumerate(self._entries):
+            k = entry.request.beam_size
+            if k > 1:
+                starts.setdefault(k, []).append((i, offset))
+            offset += k
+        ranked: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for k, group in starts.items():
+            first = np.array([row for _, row in group])  # [N]
+            if len(group) * k == len(log_probs):  # every row: a view, not a copy
+                rows = log_probs.reshape(len(group), k, vocab)  # [N, k, V]
+            else:
+                rows = log_probs[first[:, None] + np.arange(k)]  # [N, k, V]
+            cum = np.stack([self._entries[i].beam.cum for i, _ in group])  # [N, k]
+            for (i, _), best in zip(group, best_candidates(rows, cum, 2 * k), strict=True):
+                ranked[i] = best
+        return ranked
 
     def filter(self, keep: Iterable[Hashable]) -> None:
         """Keep only the requests whose ids are in `keep` (TGI's filter); drop the rest."""

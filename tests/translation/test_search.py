@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core.translation import BadDecodingSetting, DecodeBatch, DecodeRequest
-from core.translation.search import BeamState, SearchRules, length_penalty
+from core.translation.search import DEAD, BeamState, SearchRules, best_candidates, length_penalty
 from tests.translation.fakes import BOS, EOS, PAD, A, B, FakeModel, LateModel
 
 
@@ -114,3 +114,44 @@ def test_search_rules_refuse_unknown_values() -> None:
         SearchRules(early_stopping="sometimes")
     with pytest.raises(ValueError, match="length_penalty_form 'cubic'"):
         SearchRules(length_penalty_form="cubic")
+
+
+def _ranked_whole(log_probs: np.ndarray, cum: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    """The definition: every candidate ranked, best first, ties by the lower index."""
+    scores = (cum[:, None] + log_probs.astype(np.float64)).reshape(-1)
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    order = np.lexsort((np.arange(scores.size), -scores))[:n]
+    return order, scores[order]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_best_candidates_are_every_candidate_ranked(seed: int) -> None:
+    """The pruned ranking (groups of tokens, only the best groups' candidates sorted) gives
+    exactly what ranking all k * V candidates gives: peaked and flat rows, ties, -inf
+    (suppressed tokens), NaN, placeholder rows, vocabularies too small to prune."""
+    rng = np.random.default_rng(seed)
+    for case in range(150):
+        requests, k = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+        vocab = int(rng.integers(1, 3000))
+        kind = case % 5
+        if kind == 0:  # peaked: a few tokens far ahead
+            lp = rng.standard_normal((requests, k, vocab)) * rng.choice([0.1, 1.0, 10.0])
+            lp[..., rng.integers(0, vocab, 3)] += rng.choice([0.0, 30.0])
+        elif kind == 1:  # many exact ties
+            lp = rng.integers(-3, 1, (requests, k, vocab)).astype(float)
+        elif kind == 2:
+            lp = rng.standard_normal((requests, k, vocab)) * 5
+            lp[rng.random(lp.shape) < 0.3] = -np.inf
+        elif kind == 3:
+            lp = rng.standard_normal((requests, k, vocab))
+            lp[rng.random(lp.shape) < 0.05] = np.nan
+        else:
+            lp = np.full((requests, k, vocab), -np.inf)
+        lp = lp.astype(np.float32)
+        cum = rng.standard_normal((requests, k)) * 3
+        cum[:, 1:][rng.random((requests, k - 1)) < 0.3] = DEAD
+        n = int(rng.integers(1, 12))
+        for r, (top, scores) in enumerate(best_candidates(lp, cum, n)):
+            want_top, want_scores = _ranked_whole(lp[r], cum[r], n)
+            np.testing.assert_array_equal(top, want_top)
+            np.testing.assert_array_equal(scores, want_scores)
