@@ -403,7 +403,14 @@ def run(args: argparse.Namespace) -> int:
                                 "windows": 1,
                                 "start": start,
                                 "warmup_seconds": args.warmup_seconds,
-                                "parameters": {"beam_size": beam, "max_length": max_length},
+                                # length penalty 0 as every in-process engine: the
+                                # model's own default (alpha from training) would change
+                                # the search the served figures are compared on
+                                "parameters": {
+                                    "beam_size": beam,
+                                    "max_length": max_length,
+                                    "length_penalty": 0.0,
+                                },
                             },
                             workdir,
                         )
