@@ -258,6 +258,9 @@ def test_bench_translator_engines_agree_and_measure(
             engine,
             texts[engine]["beam1"],
         )
+    # served requests search as the in-process engines do (length penalty 0, not the
+    # model's trained alpha): the same beam-4 texts
+    assert all(v == 1.0 for v in texts["served"]["beam4"].values()), texts["served"]["beam4"]
     assert {
         "served_c8_vs_pytorch_uncached_b8_tokens",
         "served_c1_vs_pytorch_uncached_b1_latency",
