@@ -70,7 +70,9 @@ class SeqserveEngine:
         from core.translation import DecodeRequest
 
         requests = [DecodeRequest(i, src, beam, max_length) for i, src in enumerate(sources)]
-        results = self.translator.run(requests)
+        # the whole group at once, as the other engines decode it: the model's row cap
+        # (max_batch_size, 64) would let only 16 of 32 beam-4 sentences in at a time
+        results = self.translator.run(requests, max_rows=len(requests) * beam)
         return [Output(r.token_ids, r.text) for r in results]
 
 
