@@ -295,10 +295,10 @@ class DecodeBatch:
             offset += k
         ranked: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k, group in starts.items():
-            first = np.array([row for _, row in group])  # [N]
             if len(group) * k == len(log_probs):  # every row: a view, not a copy
                 rows = log_probs.reshape(len(group), k, vocab)  # [N, k, V]
             else:
+                first = np.array([row for _, row in group])  # [N]
                 rows = log_probs[first[:, None] + np.arange(k)]  # [N, k, V]
             cum = np.stack([self._entries[i].beam.cum for i, _ in group])  # [N, k]
             for (i, _), best in zip(group, best_candidates(rows, cum, 2 * k), strict=True):
