@@ -73,7 +73,7 @@ class RequestBudget:
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()  # serving copies
         self._reading: dict[int, _Reading] = {}  # in the order they started
         self._next = 0
-        self._changed: asyncio.Event | None = None  # reads waiting for room wait on it
+        self._changed = asyncio.Event()  # reads waiting for room wait on it (bound on first use)
         self._watch: asyncio.Task[None] | None = None
         self.shed = 0  # calls ended while their message arrived
         try:
@@ -115,8 +115,6 @@ class RequestBudget:
         if not self.limit:
             return await read(), (0, 0)
         loop = asyncio.get_running_loop()
-        if self._changed is None:
-            self._changed = asyncio.Event()
         while wait and not self._room():
             # Woken when bytes are given back or the watch has looked (a read turning slow);
             # the timeout is a safety net, not a poll.
@@ -187,8 +185,7 @@ class RequestBudget:
             if not granted.done():
                 self._serving += serving
                 granted.set_result(None)
-        if self._changed is not None:
-            self._changed.set()
+        self._changed.set()
 
     # -- what the reads in progress hold -----------------------------------------------------
 
@@ -244,5 +241,4 @@ class RequestBudget:
                     entry.task.cancel()
                     self.shed += 1
                 left -= 1
-            if self._changed is not None:
-                self._changed.set()
+            self._changed.set()

@@ -7,6 +7,7 @@ message, and its traceback is logged.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -238,15 +239,16 @@ class RequestBytesInterceptor(grpc.aio.ServerInterceptor):
         # are a model name at most; they are counted all the same).
         wait = handler_call_details.method not in HEALTH
 
-        async def one(context: grpc.aio.ServicerContext) -> tuple[Any, tuple[int, int]]:
+        @contextlib.asynccontextmanager
+        async def one(context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            """A unary call's request, its bytes held until the block ends."""
             data, held = await budget.read(context.read, busy, wait)
             try:
                 if data is grpc.aio.EOF:
                     raise errors.InvalidInput("request: the call ended before its message")
-                return (decoded(decode, data) if decode else data), held
-            except BaseException:
+                yield decoded(decode, data) if decode else data
+            finally:
                 budget.release(held)
-                raise
 
         async def requests(context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             held = (0, 0)
@@ -267,11 +269,8 @@ class RequestBytesInterceptor(grpc.aio.ServerInterceptor):
             unary_inner = handler.unary_unary
 
             async def unary(_: Any, context: grpc.aio.ServicerContext) -> Any:
-                request, held = await one(context)
-                try:
+                async with one(context) as request:
                     return await unary_inner(request, context)
-                finally:
-                    budget.release(held)
 
             return grpc.stream_unary_rpc_method_handler(unary, None, encode)
         if handler.stream_unary:
@@ -291,12 +290,9 @@ class RequestBytesInterceptor(grpc.aio.ServerInterceptor):
                     async for response in inner(requests(context), context):
                         yield response
                     return
-                request, held = await one(context)
-                try:
+                async with one(context) as request:
                     async for response in inner(request, context):
                         yield response
-                finally:
-                    budget.release(held)
 
             return grpc.stream_stream_rpc_method_handler(streaming, None, encode)
 
@@ -305,10 +301,7 @@ class RequestBytesInterceptor(grpc.aio.ServerInterceptor):
             if not single:
                 await inner(requests(context), context)
                 return
-            request, held = await one(context)
-            try:
+            async with one(context) as request:
                 await inner(request, context)
-            finally:
-                budget.release(held)
 
         return grpc.stream_stream_rpc_method_handler(writing, None, encode)

@@ -78,7 +78,7 @@ def best_candidates(
     (`rank_whole`)."""
     requests, k, vocab = log_probs.shape
     groups = vocab // GROUP  # G
-    if n >= groups * k or groups < 2:  # a small vocabulary: nothing to prune
+    if n >= groups * k:  # a small vocabulary: nothing to prune
         return [rank_whole(log_probs[r], cum[r], n) for r in range(requests)]
     depth, rest = divmod(vocab, groups)  # tokens per group; the first `rest` have one more
     maxima = log_probs[:, :, : depth * groups].reshape(requests, k, depth, groups).max(2)
