@@ -137,6 +137,20 @@ class DecoderStep(nn.Module):
         past_k_i..., past_v_i... [R, H, P, K] and cross_k_i..., cross_v_i... [R, H, S, K]
         -> log_probs [R, V], present_k_i..., present_v_i... [R, H, P+1, K]
         (core.translation.graphs.decoder_inputs / decoder_outputs name them)."""
+        hidden, present = self.hidden(tokens, positions, past_mask, src_mask, *caches)
+        logits = hidden @ self.w_out + self.b_out  # [R, V]
+        return (F.log_softmax(logits, dim=-1), *(k for k, _ in present), *(v for _, v in present))
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        past_mask: torch.Tensor,
+        src_mask: torch.Tensor,
+        *caches: torch.Tensor,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """`forward` up to the output projection: (the final norm's output [R, D], per layer
+        (present_k, present_v) [R, H, P+1, K] each)."""
         n = len(self.layers)
         past_k, past_v, cross_k, cross_v = (caches[j * n : (j + 1) * n] for j in range(4))
         x = self.embed(tokens[:, 0]) + self.position.pe[positions[:, 0]]  # [R, D]
@@ -148,5 +162,4 @@ class DecoderStep(nn.Module):
         for i, layer in enumerate(self.layers):
             x, k, v = layer(x, past_k[i], past_v[i], self_bias, cross_k[i], cross_v[i], src_bias)
             present.append((k, v))
-        logits = self.norm(x) @ self.w_out + self.b_out  # [R, V]
-        return (F.log_softmax(logits, dim=-1), *(k for k, _ in present), *(v for _, v in present))
+        return self.norm(x), present

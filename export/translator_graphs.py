@@ -104,15 +104,11 @@ def _export(
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def export_graphs(model: EncoderDecoder, folder: Path, opset: int | None = None) -> int:
-    """Write folder/encoder.onnx and folder/decoder.onnx; returns the opset."""
-    max_len = model.config.max_len
-    batch, rows = Dim("batch", min=1, max=4096), Dim("rows", min=1, max=4096)
+def _decoder_shapes(model: EncoderDecoder) -> dict[str, object]:
+    max_len, layers = model.config.max_len, model.config.num_decoder_layers
+    rows = Dim("rows", min=1, max=4096)
     src, past = Dim("src_len", min=1, max=max_len), Dim("past_len", min=0, max=4 * max_len)
-    enc_args, dec_args = example_inputs(model)
-    enc_shapes = {"src_ids": {0: batch, 1: src}, "src_mask": {0: batch, 1: src}}
-    layers = model.config.num_decoder_layers
-    dec_shapes = {
+    return {
         "tokens": {0: rows},
         "positions": {0: rows},
         "past_mask": {0: rows, 1: past},
@@ -121,22 +117,43 @@ def export_graphs(model: EncoderDecoder, folder: Path, opset: int | None = None)
             {0: rows, 2: length} for length in (past, past, src, src) for _ in range(layers)
         ),
     }
+
+
+def export_step(
+    step: nn.Module,
+    model: EncoderDecoder,
+    path: Path,
+    output_names: list[str] | None = None,
+    opset: int | None = None,
+) -> int:
+    """Export a decoder step module of `model` (DecoderStep, or a variant taking the same
+    inputs) to `path`; outputs named as decoder.onnx's unless `output_names` says otherwise.
+    Returns the opset."""
+    layers = model.config.num_decoder_layers
+    return _export(
+        step,
+        example_inputs(model)[1],
+        path,
+        graph_names.decoder_inputs(layers),
+        output_names or graph_names.decoder_outputs(layers),
+        _decoder_shapes(model),
+        opset,
+    )
+
+
+def export_graphs(model: EncoderDecoder, folder: Path, opset: int | None = None) -> int:
+    """Write folder/encoder.onnx and folder/decoder.onnx; returns the opset."""
+    batch = Dim("batch", min=1, max=4096)
+    src = Dim("src_len", min=1, max=model.config.max_len)
+    enc_shapes = {"src_ids": {0: batch, 1: src}, "src_mask": {0: batch, 1: src}}
     opset_written = _export(
         EncoderGraph(model),
-        enc_args,
+        example_inputs(model)[0],
         folder / "encoder.onnx",
         ENCODER_INPUTS,
         ENCODER_OUTPUTS,
         enc_shapes,
         opset,
     )
-    _export(
-        DecoderStep(model),
-        dec_args,
-        folder / "decoder.onnx",
-        graph_names.decoder_inputs(layers),
-        graph_names.decoder_outputs(layers),
-        dec_shapes,
-        opset,
-    )
+    export_step(DecoderStep(model), model, folder / "decoder.onnx", opset=opset)
     return opset_written
