@@ -244,9 +244,7 @@ class DecodeBatch:
         self.step_count += 1
         if self.suppress:  # after the log-softmax, as Hugging Face's bad_words_ids
             log_probs[:, self.suppress] = -np.inf
-        picks = log_probs.argmax(axis=1)  # [R] every row's best token; greedy rows take it
-        pick_ids = picks.tolist()
-        pick_lps = log_probs[np.arange(len(picks)), picks].tolist()  # [R]
+        pick_ids, pick_lps = self._greedy_picks(log_probs)
         ranked = self._rank_beams(log_probs)
         order: list[int] = []  # [R'] the old row each next row continues
         next_tokens: list[int] = []  # [R']
@@ -280,6 +278,14 @@ class DecodeBatch:
         self.positions = self.positions + 1
         self.tokens = np.array(next_tokens, np.int64)
         return updates
+
+    def _greedy_picks(self, log_probs: np.ndarray) -> tuple[list[int], list[float]]:
+        """Every row's best token and its log-probability, in one call, when any request is
+        greedy (greedy rows take them; beam rows ignore them); empty lists when none is."""
+        if all(e.request.beam_size > 1 for e in self._entries):
+            return [], []
+        picks = log_probs.argmax(axis=1)  # [R]
+        return picks.tolist(), log_probs[np.arange(len(picks)), picks].tolist()
 
     def _rank_beams(self, log_probs: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Every beam request's best 2k candidates (`BeamState.extend`'s input), ranked in

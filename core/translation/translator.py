@@ -181,7 +181,8 @@ class Translator:
             while waiting and (rows + waiting[-1].beam_size <= cap or rows == 0):
                 rows += waiting[-1].beam_size
                 joining.append(waiting.pop())
-            batch.add(joining)
+            if joining:
+                batch.add(joining)
             for update in batch.step():
                 if update.result is not None:
                     results[update.id] = update.result
