@@ -221,6 +221,7 @@ def test_every_flag_the_docs_name_exists() -> None:
         "--check",  # ruff format
         "--gil",  # py-spy
         "--native", "--bare",  # python -m bench.floor_server
+        "--mkl",  # python -m bench.int8_gemm
         "--standalone", "--nproc-per-node", "--nnodes",  # torchrun
         "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id",
         "--strict",  # kubernetes-validate
