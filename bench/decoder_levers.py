@@ -41,7 +41,7 @@ import onnxruntime as ort
 
 from bench.decoder_step import _feeds, _session, _stacked_inputs, measure, restricted
 from bench.fused_decoder import fused_decoder
-from bench.shortlist import cooccurrence_shortlist, shortlist_step, union_sizes
+from bench.shortlist import cooccurrence_shortlist, group_ids, shortlist_step, union_sizes
 from core.translation.tokenizer import Tokenizer
 from export.decoder_step import DecoderStep
 from export.quantize import quantize_int8
@@ -106,13 +106,10 @@ def shortlists(
         sizes, missed = union_sizes(corpus["test"], tokenizer, lists, r)
         median = sorted(sizes)[len(sizes) // 2]
         first = sizes.index(median) * r
-        per_source, common = lists
         batch = corpus["test"][first : first + r]
-        ids = np.union1d(
-            common, np.concatenate([per_source[tokenizer.encode(s)].ravel() for s, _ in batch])
-        )
+        ids = group_ids(lists, [tokenizer.encode(s) for s, _ in batch])
         out[r] = {
-            "vocab_ids": ids.astype(np.int64),
+            "vocab_ids": ids,
             "length": len(ids),
             "lengths_min_max": [min(sizes), max(sizes)],
             "reference_tokens_missed": round(missed, 4),

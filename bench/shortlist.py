@@ -47,7 +47,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bench.decoder_step import _session
 from bench.translator_engines import SeqserveEngine
 from core.translation import graphs as graph_names
-from core.translation.graphs import CacheArray, decoder_feeds, layered_outputs
+from core.translation.graphs import CacheArray, StepModel, decoder_feeds, layered_outputs
 from core.translation.tokenizer import Tokenizer
 from export.decoder_step import DecoderStep
 from export.quantize import quantize_int8
@@ -170,7 +170,7 @@ class ShortlistedStep:
     """An OnnxStepModel's step through the shortlisted graph, for the tokens `vocab_ids` set
     before each group: log_probs come back [R, V], -inf outside the list."""
 
-    def __init__(self, model: object, path: Path, vocab: int) -> None:
+    def __init__(self, model: StepModel, path: Path, vocab: int) -> None:
         self.model, self.session, self.vocab = model, _session(str(path)), vocab
         self.vocab_ids = np.arange(vocab)
 
@@ -188,7 +188,7 @@ class ShortlistedStep:
         feeds = decoder_feeds(
             tokens, positions, past_k, past_v, past_mask, cross_k, cross_v, src_mask
         )
-        layers = self.model.num_layers  # type: ignore[attr-defined]
+        layers = self.model.num_layers
         outputs = self.session.run(
             graph_names.decoder_outputs(layers), feeds | {"vocab_ids": self.vocab_ids}
         )
@@ -198,9 +198,67 @@ class ShortlistedStep:
         return full, present_k, present_v
 
 
-def _group_ids(lists: tuple[np.ndarray, np.ndarray], sources: Sequence[list[int]]) -> np.ndarray:
+def group_ids(lists: tuple[np.ndarray, np.ndarray], sources: Sequence[list[int]]) -> np.ndarray:
+    """The vocab_ids [C] of a group of sources (token ids): the union of their lists."""
     per_source, common = lists
     return np.union1d(common, per_source[np.concatenate(sources)].ravel()).astype(np.int64)
+
+
+class _Engines:
+    """The shipped int8 model and the same model through the shortlisted step, in process."""
+
+    def __init__(self, model_dir: Path, step_path: Path, vocab: int, max_length: int) -> None:
+        self.engines = {
+            "int8": SeqserveEngine("int8", model_dir, 1),
+            "shortlist": SeqserveEngine("int8", model_dir, 1),
+        }
+        short = self.engines["shortlist"].translator.model
+        self.step = ShortlistedStep(short, step_path, vocab)
+        short.step = self.step  # type: ignore[method-assign]
+        self.max_length = max_length
+        self.lists: tuple[np.ndarray, np.ndarray] | None = None
+
+    def translate(self, name: str, group: list[list[int]], beam: int) -> list:
+        if name == "shortlist" and self.lists is not None:
+            self.step.vocab_ids = group_ids(self.lists, group)
+        return self.engines[name].translate(group, beam, self.max_length)
+
+    def speed(
+        self, sources: list[list[int]], beam: int, batch: int, repeats: int
+    ) -> dict[str, object]:
+        """Target tokens/s of each engine over `sources` in groups of `batch`, taking turns."""
+        speeds: dict[str, list[float]] = {name: [] for name in self.engines}
+        for name in self.engines:  # warm-up: the first calls of a session are slower
+            self.translate(name, sources[:batch], beam)
+        for _ in range(repeats):
+            for name in self.engines:
+                start, tokens = time.perf_counter(), 0
+                for i in range(0, len(sources), batch):
+                    out = self.translate(name, sources[i : i + batch], beam)
+                    tokens += sum(len(o.ids or []) for o in out)
+                speeds[name].append(tokens / (time.perf_counter() - start))
+        ratios = [s / p for s, p in zip(speeds["shortlist"], speeds["int8"], strict=True)]
+        assert self.lists is not None
+        lengths = [
+            len(group_ids(self.lists, sources[i : i + batch]))
+            for i in range(0, len(sources), batch)
+        ]
+        return {
+            "beam": beam,
+            "batch": batch,
+            "int8_tokens_per_s": round(statistics.median(speeds["int8"])),
+            "shortlist_tokens_per_s": round(statistics.median(speeds["shortlist"])),
+            "ratio": round(statistics.median(ratios), 3),
+            "ratio_min_max": [round(min(ratios), 3), round(max(ratios), 3)],
+            "list_length_median": int(statistics.median(lengths)),
+        }
+
+    def bleu(self, name: str, sources: list[list[int]], refs: list[str], beam: int) -> float:
+        """sacreBLEU of one engine on the test split, in groups of 8."""
+        hyps = []
+        for i in range(0, len(sources), 8):
+            hyps += [o.text for o in self.translate(name, sources[i : i + 8], beam)]
+        return round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
 
 
 def main() -> None:
@@ -221,66 +279,26 @@ def main() -> None:
     corpus = load_corpus(tc.data, tc.src, tc.tgt, tc.seed, tc.test_split)
     sources = [tokenizer.encode_source(s) for s, _ in corpus["test"]]
     refs = [t for _, t in corpus["test"]]
-    plain = SeqserveEngine("int8", args.model, 1)
-    short = SeqserveEngine("int8", args.model, 1)
     result: dict = {
         "settings": {k: str(v) for k, v in vars(args).items()},
         "load_avg_start": list(os.getloadavg()),
         "lists": [],
     }
-
-    def run(engine: SeqserveEngine, group: list[list[int]], beam: int) -> list:
-        if engine is short:
-            step.vocab_ids = _group_ids(lists, group)
-        return engine.translate(group, beam, args.max_length)
-
     with tempfile.TemporaryDirectory() as tmp:
         path = shortlist_step(model, Path(tmp))
-        step = ShortlistedStep(short.translator.model, path, tokenizer.vocab_size)
-        short.translator.model.step = step  # type: ignore[method-assign]
-        pairs = [
-            (int(k), int(f))
-            for k, f in zip(args.per_token.split(","), args.frequent.split(","), strict=True)
-        ]
-        for per_token, frequent in pairs:
-            lists = cooccurrence_shortlist(corpus["train"], tokenizer, per_token, frequent)
+        engines = _Engines(args.model, path, tokenizer.vocab_size, args.max_length)
+        sizes = zip(args.per_token.split(","), args.frequent.split(","), strict=True)
+        for per_token, frequent in ((int(k), int(f)) for k, f in sizes):
+            engines.lists = cooccurrence_shortlist(corpus["train"], tokenizer, per_token, frequent)
             entry: dict = {"per_token": per_token, "frequent": frequent, "speed": [], "bleu": {}}
             for beam in (1, 4):
                 for batch in (int(b) for b in args.batches.split(",")):
-                    group_list = sources[: args.sentences]
-                    speeds: dict[str, list[float]] = {"int8": [], "shortlist": []}
-                    for _ in range(args.repeats):
-                        for name, engine in (("int8", plain), ("shortlist", short)):
-                            start, tokens = time.perf_counter(), 0
-                            for i in range(0, len(group_list), batch):
-                                out = run(engine, group_list[i : i + batch], beam)
-                                tokens += sum(len(o.ids or []) for o in out)
-                            speeds[name].append(tokens / (time.perf_counter() - start))
-                    ratios = [
-                        s / p for s, p in zip(speeds["shortlist"], speeds["int8"], strict=True)
-                    ]
-                    lengths = [
-                        len(_group_ids(lists, group_list[i : i + batch]))
-                        for i in range(0, len(group_list), batch)
-                    ]
-                    row = {
-                        "beam": beam,
-                        "batch": batch,
-                        "int8_tokens_per_s": round(statistics.median(speeds["int8"])),
-                        "shortlist_tokens_per_s": round(statistics.median(speeds["shortlist"])),
-                        "ratio": round(statistics.median(ratios), 3),
-                        "ratio_min_max": [round(min(ratios), 3), round(max(ratios), 3)],
-                        "list_length_median": int(statistics.median(lengths)),
-                    }
+                    row = engines.speed(sources[: args.sentences], beam, batch, args.repeats)
                     entry["speed"].append(row)
                     print(json.dumps({"per_token": per_token, "frequent": frequent} | row))
             for beam in (1, 4):
-                for name, engine in (("int8", plain), ("shortlist", short)):
-                    hyps = []
-                    for i in range(0, len(sources), 8):
-                        hyps += [o.text for o in run(engine, sources[i : i + 8], beam)]
-                    score = round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
-                    entry["bleu"][f"beam{beam}_{name}"] = score
+                for name in engines.engines:
+                    entry["bleu"][f"beam{beam}_{name}"] = engines.bleu(name, sources, refs, beam)
             print(json.dumps({"per_token": per_token, "frequent": frequent} | entry["bleu"]))
             result["lists"].append(entry)
     result["load_avg_end"] = list(os.getloadavg())
