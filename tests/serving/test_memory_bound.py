@@ -42,6 +42,19 @@ CONNECTIONS = 4
 HTTP_BODIES, HTTP_BODY = 16, 48 * MIB  # with their copies, 5 GiB
 
 
+def _liveness_timeout_s() -> float:
+    """The liveness probe's timeoutSeconds in deploy/k8s/seqserve.yaml (deploy/kserve's
+    runtime gives its probe the same)."""
+    import yaml
+
+    manifest = Path(__file__).parents[2] / "deploy" / "k8s" / "seqserve.yaml"
+    for doc in yaml.safe_load_all(manifest.read_text()):
+        if doc and doc.get("kind") == "Deployment":
+            [container] = doc["spec"]["template"]["spec"]["containers"]
+            return float(container["livenessProbe"]["timeoutSeconds"])
+    raise AssertionError(f"{manifest}: no Deployment")
+
+
 def _rss(pid: int, field: str = "VmRSS") -> int:
     value = memory_bytes(pid, field)
     assert value is not None, f"no {field} for {pid}"
@@ -212,10 +225,13 @@ def test_a_flood_of_maximal_messages_stays_within_the_bound(
             prober.join()
             for ch in channels:
                 ch.close()
-        # Probes answered throughout. The Python front end answers them on its event loop,
-        # which also turns each 64 MiB message into bytes and parses it: alone, up to 0.42 s;
-        # beside the second test worker on two cores, up to 1.25 s once.
-        assert live_s and max(live_s) < 2.0, f"ServerLive took up to {max(live_s):.2f} s"
+        # Probes answered throughout: the native front end within 2 s (172 ms measured); the
+        # Python front end, which answers them on its event loop while that loop also turns
+        # each 64 MiB message into bytes and parses it (alone up to 0.42 s, beside the second
+        # test worker on two cores 1.25 s once and 2.34 s once), within the timeout the shipped
+        # manifests give their liveness probes, so that a flood never gets a pod restarted.
+        bound = 2.0 if frontend == "native" else _liveness_timeout_s()
+        assert live_s and max(live_s) < bound, f"ServerLive took up to {max(live_s):.2f} s"
         # Nothing lost: every call answered by the model lookup its request reached, or
         # refused while it arrived, with a message naming the flag.
         codes = Counter(o.code for o in outcomes)
