@@ -152,7 +152,7 @@ def train(
         many = f"{len(frames)} series, median " if len(frames) > 1 else ""
         note(f"from the data ({many}{rows} rows, frequency {frequency.alias}): {', '.join(chosen)}")
 
-    series = prepare(tc, L, H, (frames, frequency), model_config.scaling == "global")
+    series = prepare(tc, L, H, (frames, frequency), model_config.scaling == "global", note)
     model_config = replace(
         model_config,
         n_past=len(series.past_features),

@@ -62,8 +62,10 @@ def test_each_series_is_split_by_time_on_its_own(tmp_path: Path) -> None:
     config = TrainConfig(data=str(csv), features="S", target=("y",))
     frames, frequency = load(config)
     assert list(frames) == list(PANEL) and frequency.alias == "D"
-    series = prepare(config, 28, 14, (frames, frequency))
+    said: list[str] = []  # what the caller's `note` hears (training: rank 0 only)
+    series = prepare(config, 28, 14, (frames, frequency), note=said.append)
     assert series.ids == ("small", "unit", "big", "huge")  # the stub is too short to train on
+    assert said == ["1 of 5 series are too short for one training window of L 28 + H 14: left out"]
     offset = 0
     for key, split in zip(series.ids, series.splits, strict=True):
         rows = PANEL[key][0]

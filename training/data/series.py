@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,16 +198,22 @@ def load(config: TrainConfig) -> tuple[Frames, Frequency]:
     return frames, Frequency(next(iter(example)), tuple(sorted(shared)))
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def prepare(
     config: TrainConfig,
     input_len: int,
     horizon: int,
     loaded: tuple[Frames, Frequency] | None = None,
     standardise: bool = True,
+    note: Callable[[str], None] = _to_stderr,
 ) -> Series:
     """The model's view of the data. `standardise=False` keeps raw units (mean 0, std 1): a
     window-scaled model scales each window itself, and pooled statistics of series whose
-    sizes differ by orders of magnitude would leave the small ones a few float32 digits."""
+    sizes differ by orders of magnitude would leave the small ones a few float32 digits.
+    `note` says what was left out (training passes one that only rank 0 prints)."""
     frames, frequency = loaded or load(config)
     first = next(iter(frames.values()))
     past_features, target_names = choose_columns(first, config)
@@ -228,10 +235,9 @@ def prepare(
             f"window of L {input_len} + H {horizon}; a shorter --input-len/--horizon"
         )
     if len(kept) < len(frames):
-        print(
+        note(
             f"{len(frames) - len(kept)} of {len(frames)} series are too short for one training "
-            f"window of L {input_len} + H {horizon}: left out",
-            file=sys.stderr,
+            f"window of L {input_len} + H {horizon}: left out"
         )
     raw = np.concatenate([f.values[:, f.column_index(past_features)] for _, f in kept])
     train_rows = np.concatenate([raw[slice(*s.train)] for s in splits])
