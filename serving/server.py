@@ -148,7 +148,7 @@ class Server:
             RestServer(
                 settings,
                 self.dataplane,
-                inference,
+                peers,
                 self.native.budget() if self.native is not None else self.budget,
             )
             if settings.http_port

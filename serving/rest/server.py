@@ -36,10 +36,11 @@ from serving import restricted
 from serving.dataplane import DataPlane
 from serving.interceptors import failure_status
 from serving.models.base import ServedModel
+from serving.peers import Peers
 from serving.rest import codec
 from serving.rest.budget import Budget
 from serving.rest.messages import to_json
-from serving.servicers.inference import InferenceServicer
+from serving.servicers import repository
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,14 @@ class RestServer:
         self,
         settings: Settings,
         dataplane: DataPlane,
-        inference: InferenceServicer,
+        peers: Peers | None,
         budget: Budget,
     ) -> None:
-        """`budget`: the request-bytes budget the gRPC port takes from too."""
+        """`peers`: the sibling workers under --workers N (statistics sum theirs), else None;
+        `budget`: the request-bytes budget the gRPC port takes from too."""
         self._settings = settings
         self._dp = dataplane
-        self._v2 = inference
+        self._peers = peers
         self._rules = restricted.groups(settings.http_restricted_api, "--http-restricted-api", "")
         self._cap = settings.max_concurrent_rpcs
         self._in_progress = 0
@@ -296,15 +298,16 @@ class RestServer:
             headers={codec.HEADER_LENGTH: str(json_length)},
         )
 
-    # -- statistics and the repository (the V2 servicer's own rules) -------------------------
+    # -- statistics and the repository (the V2 rules the gRPC servicer follows too) ----------
 
     async def statistics(self, request: web.Request) -> web.Response:
-        reply = await self._v2.ModelStatistics(
+        reply = await repository.model_statistics(
+            self._dp,
+            self._peers,
             pb.ModelStatisticsRequest(
                 name=request.match_info.get("model", ""),
                 version=request.match_info.get("version", ""),
             ),
-            None,  # type: ignore[arg-type] - the servicer does not use its context here
         )
         return _json(to_json(reply))
 
@@ -313,7 +316,7 @@ class RestServer:
         ready = doc.get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidInput("ready: expected true or false")
-        reply = await self._v2.RepositoryIndex(pb.RepositoryIndexRequest(ready=ready), None)  # type: ignore[arg-type]
+        reply = repository.repository_index(self._dp, pb.RepositoryIndexRequest(ready=ready))
         return _json([to_json(m) for m in reply.models])
 
     async def load(self, request: web.Request) -> web.Response:
@@ -329,11 +332,11 @@ class RestServer:
                 load.parameters[key].string_param = value
             except UnicodeEncodeError:
                 raise InvalidInput(f"parameter {key!a}: not valid Unicode text") from None
-        await self._v2.RepositoryModelLoad(load, None)  # type: ignore[arg-type]
+        await repository.load_model(self._dp, load)
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
         await self._doc(request)  # a body, if any, must be JSON; its parameters change nothing
         unload = pb.RepositoryModelUnloadRequest(model_name=request.match_info["model"])
-        await self._v2.RepositoryModelUnload(unload, None)  # type: ignore[arg-type]
+        await repository.unload_model(self._dp, unload)
         return web.Response(status=200)

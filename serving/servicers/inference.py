@@ -9,15 +9,15 @@ from typing import Any, NoReturn
 import grpc
 import numpy as np
 
-from core.errors import InvalidInput, ServingError, Unsupported
+from core.errors import ServingError, Unsupported
 from protos.inference import grpc_service_pb2 as pb
 from protos.inference import grpc_service_pb2_grpc as pb_grpc
 from serving.dataplane import DataPlane
 from serving.interceptors import status_for
 from serving.models.base import ServedModel
-from serving.peers import STATISTICS_PATH, Peers
+from serving.peers import Peers
+from serving.servicers import repository
 from serving.servicers.codec import decode_request, encode_response
-from serving.servicers.statistics import add_statistics, statistics_response
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 
@@ -137,43 +137,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        reply = statistics_response(self._dp.statistics(request.name, request.version))
-        if self._peers is not None:  # a worker: the server's figures are the sum of all
-            for body in await self._peers.fetch(STATISTICS_PATH):
-                add_statistics(reply, pb.ModelStatisticsResponse.FromString(body))
-        return reply
+        return await repository.model_statistics(self._dp, self._peers, request)
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        if request.repository_name:
-            raise InvalidInput("repository_name: seqserve serves one repository; leave it empty")
-        reply = pb.RepositoryIndexResponse()
-        for name, version, state, reason in self._dp.repository_index(request.ready):
-            reply.models.add(name=name, version=version, state=state.value, reason=reason)
-        return reply
+        return repository.repository_index(self._dp, request)
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
-        override = None
-        for key, param in request.parameters.items():
-            if key == "config":
-                override = param.string_param
-            elif key.startswith("file:"):
-                raise Unsupported(
-                    "RepositoryModelLoad: model files in the request are not "
-                    "supported; put them in the repository"
-                )
-            else:
-                raise InvalidInput(f"RepositoryModelLoad: unknown parameter '{key}'")
-        await self._dp.load(request.model_name, override)
+        await repository.load_model(self._dp, request)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
-        await self._dp.unload(request.model_name)
+        await repository.unload_model(self._dp, request)
         return pb.RepositoryModelUnloadResponse()
 
 
