@@ -44,8 +44,9 @@ HTTP_BODIES, HTTP_BODY = 16, 48 * MIB  # with their copies, 5 GiB
 
 def _liveness_period_s() -> float:
     """The liveness probe's periodSeconds in deploy/k8s/seqserve.yaml (deploy/kserve's
-    runtime gives its probe the same): a probe answered within it is answered before the
-    kubelet's next one, so a flood cannot make failures pile up to a restart."""
+    runtime gives its probe the same). A probe answered within it was answered before the
+    kubelet's next: the server is never stuck for a whole period, while a restart takes six
+    probes in a row slower than the probe's timeoutSeconds (5 s)."""
     import yaml
 
     manifest = Path(__file__).parents[2] / "deploy" / "k8s" / "seqserve.yaml"
