@@ -71,12 +71,30 @@ NATIVE_CXXFLAGS = -O2 -std=c++17 -fPIC -fvisibility=hidden -Wall -I$(NATIVE_DIR)
 	$$($(PY) -m pybind11 --includes) \
 	$$(pkg-config --cflags grpc++ protobuf)
 
-native: $(VENV_STAMP)  ## build the native gRPC front end (needs apt; else Python serves)
+# The translator's native int8 decoder step (core/native/src): a C++ extension module that
+# needs only a C++ compiler and pybind11 (from the venv). Without it, translators decode on
+# onnxruntime's graphs alone.
+DECODER_SO := core/native/_decoder.so
+DECODER_DIR := build/decoder
+DECODER_OBJ := $(patsubst core/native/src/%.cc,$(DECODER_DIR)/%.o,$(wildcard core/native/src/*.cc))
+DECODER_CXXFLAGS = -O3 -std=c++17 -fPIC -fvisibility=hidden -Wall -Wextra \
+	-Wno-maybe-uninitialized -fno-math-errno -fno-trapping-math -fassociative-math \
+	-fno-signed-zeros $$($(PY) -m pybind11 --includes)
+
+native: $(VENV_STAMP)  ## build the native gRPC front end and decoder step (needs apt; else Python serves)
 	@if bash serving/native/deps.sh; then
-	  $(MAKE) -j2 --no-print-directory $(NATIVE_SO)
+	  $(MAKE) -j2 --no-print-directory $(NATIVE_SO) $(DECODER_SO)
 	else
 	  echo "native: build dependencies not installed; seqserve serves with its Python front end" >&2
+	  if command -v $(CXX) >/dev/null; then $(MAKE) -j2 --no-print-directory $(DECODER_SO); fi
 	fi
+
+$(DECODER_DIR)/%.o: core/native/src/%.cc core/native/src/*.h
+	mkdir -p $(@D)
+	$(CXX) $(DECODER_CXXFLAGS) -c $< -o $@
+
+$(DECODER_SO): $(DECODER_OBJ)
+	$(CXX) -shared $^ -o $@
 
 $(NATIVE_DIR)/inference/%.pb.cc $(NATIVE_DIR)/inference/%.pb.h: protos/inference/%.proto
 	mkdir -p $(NATIVE_DIR)

@@ -9,7 +9,9 @@ Verification before anything is written:
 - greedy decoding through the two graphs (a plain cached loop on onnxruntime) gives exactly the
   tokens of PyTorch's uncached greedy decoding on the checkpoint's validation sentences.
 With `--quantize int8` both graphs are quantised dynamically and the BLEU change on the
-checkpoint's validation sample (greedy) is recorded in the config.
+checkpoint's validation sample (greedy) is recorded in the config; where the native decoder
+step is built (core/native), its weights are written too (decoder_step.npz), its BLEU change
+measured the same way, and the config lets serving choose it (`decoder_step: auto`).
 """
 
 from __future__ import annotations
@@ -28,16 +30,24 @@ import sacrebleu
 import torch
 
 from core.translation.graphs import (
+    CacheArray,
+    Layers,
+    StepModel,
     decoder_feeds,
     decoder_inputs,
     decoder_outputs,
-    stacked_outputs,
+    layered_outputs,
 )
+from core.translation.native_step import FILE as NATIVE_FILE
+from core.translation.native_step import NativeStepModel
+from core.translation.native_step import kernel as native_kernel
 from core.translation.search import OWN_RULES, SearchRules
 from core.translation.tokenizer import Tokenizer
 from core.translation.translator import AnyTokenizer
+from export.decoder_step import DecoderStep
 from export.errors import ExportError
 from export.model_config import MAX_QUEUE_SIZE, SCHEMA_VERSION, parameter_value
+from export.native_step import write_native_weights
 from export.quantize import METHOD, WEIGHT_TYPE, quantize_int8
 from export.repository import write_version
 from export.translator_graphs import ENCODER_OUTPUTS, export_graphs
@@ -173,27 +183,56 @@ def step_reference(model: EncoderDecoder):  # noqa: ANN201 - a callable for chec
     return run
 
 
-def onnx_greedy(
-    encoder: ort.InferenceSession,
-    decoder: ort.InferenceSession,
-    src: np.ndarray,
-    pad_id: int,
-    bos_id: int,
-    eos_id: int,
-    max_len: int,
+class SessionSteps:
+    """A version folder's two graphs on plain onnxruntime sessions, as a `StepModel` (export's
+    own: export does not import serving)."""
+
+    def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession) -> None:
+        self.encoder, self.decoder = encoder, decoder
+        shapes = {i.name: i.shape for i in decoder.get_inputs()}
+        self.num_layers = sum(name.startswith("past_k_") for name in shapes)
+        _, self.num_heads, _, self.head_dim = shapes["past_k_0"]
+
+    def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, cross_k, cross_v = self.encoder.run(
+            ENCODER_OUTPUTS, {"src_ids": src_ids, "src_mask": src_mask}
+        )
+        return cross_k, cross_v  # [L, B, H, S, K] each
+
+    def step(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        past_k: CacheArray,
+        past_v: CacheArray,
+        past_mask: np.ndarray,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        src_mask: np.ndarray,
+    ) -> tuple[np.ndarray, Layers, Layers]:
+        feeds = decoder_feeds(
+            tokens, positions, past_k, past_v, past_mask, cross_k, cross_v, src_mask
+        )
+        outputs = self.decoder.run(decoder_outputs(self.num_layers), feeds)
+        return layered_outputs(outputs, self.num_layers)
+
+
+def step_greedy(
+    model: StepModel, src: np.ndarray, pad_id: int, bos_id: int, eos_id: int, max_len: int
 ) -> list[list[int]]:
-    """Plain batched greedy decoding on the two graphs with the key/value cache (independent
-    of serving's search code). src [B, S] int64 -> tokens per row, EOS excluded."""
+    """Plain batched greedy decoding with the key/value cache (independent of serving's search
+    code). src [B, S] int64 -> tokens per row, EOS excluded."""
     src_mask = src != pad_id  # [B, S]
-    _, cross_k, cross_v = encoder.run(ENCODER_OUTPUTS, {"src_ids": src, "src_mask": src_mask})
+    cross_k, cross_v = model.encode(src, src_mask)
     rows = src.shape[0]
-    layers, _, heads, _, head_dim = cross_k.shape
-    past_k = past_v = np.zeros((layers, rows, heads, 0, head_dim), np.float32)  # P = 0
+    empty = (model.num_layers, rows, model.num_heads, 0, model.head_dim)  # P = 0
+    past_k: CacheArray = np.zeros(empty, np.float32)
+    past_v: CacheArray = past_k
     tokens = np.full((rows, 1), bos_id, np.int64)  # [B, 1]
     out: list[list[int]] = [[] for _ in range(rows)]
     done = np.zeros(rows, bool)
     for t in range(max_len):
-        feeds = decoder_feeds(
+        log_probs, past_k, past_v = model.step(
             tokens,
             np.full((rows, 1), t, np.int64),
             past_k,
@@ -202,9 +241,6 @@ def onnx_greedy(
             cross_k,
             cross_v,
             src_mask,
-        )
-        log_probs, past_k, past_v = stacked_outputs(
-            decoder.run(decoder_outputs(layers), feeds), layers
         )
         best = log_probs.argmax(axis=-1)  # [B]
         for i in np.flatnonzero(~done):
@@ -236,9 +272,8 @@ def check_greedy(
     """ONNX greedy == PyTorch greedy, token for token; returns sentence/token counts."""
     c = model.config
     want = greedy_decode(model, torch.from_numpy(src), max_len)
-    got = onnx_greedy(
-        session(folder / "encoder.onnx"),
-        session(folder / "decoder.onnx"),
+    got = step_greedy(
+        SessionSteps(session(folder / "encoder.onnx"), session(folder / "decoder.onnx")),
         src,
         c.pad_id,
         c.bos_id,
@@ -296,19 +331,16 @@ def check_length(src: np.ndarray, max_len: int) -> int:
 
 
 def greedy_texts(
-    folder: Path,
-    encoder_file: str,
-    decoder_file: str,
+    model: StepModel,
     tokenizer: AnyTokenizer,
     sources: list[str],
     max_source_tokens: int,
     max_len: int,
 ) -> list[str]:
-    """Greedy translations of `sources` (each must fit max_source_tokens) through two graphs."""
+    """Greedy translations of `sources` (each must fit max_source_tokens) through `model`."""
     src = encode_sources(tokenizer, sources, max_source_tokens, tokenizer.pad_id)
-    hyps = onnx_greedy(
-        session(folder / encoder_file),
-        session(folder / decoder_file),
+    hyps = step_greedy(
+        model,
         src,
         tokenizer.pad_id,
         tokenizer.bos_id,
@@ -466,13 +498,22 @@ def write_translator(
             limit = served.max_source_tokens
             fit = [p for p in sample if 0 < len(tokenizer.encode_source(p[0])) <= limit]
             sources = [s for s, _ in fit]
-            graphs = {
-                "fp32": ("encoder.onnx", "decoder.onnx"),
-                "int8": ("encoder.int8.onnx", "decoder.int8.onnx"),
+            graphs: dict[str, StepModel] = {
+                kind: SessionSteps(session(folder / enc), session(folder / dec))
+                for kind, (enc, dec) in {
+                    "fp32": ("encoder.onnx", "decoder.onnx"),
+                    "int8": ("encoder.int8.onnx", "decoder.int8.onnx"),
+                }.items()
             }
+            # the native int8 step (core/native) where it is built: measured here as served
+            # (the int8 encoder graph, then the native step), and shipped only if measured
+            if native_kernel() is not None:
+                weights = write_native_weights(DecoderStep(model).eval(), folder)
+                graphs["native"] = NativeStepModel(graphs["int8"], weights)
+                files[NATIVE_FILE] = weights
             texts = {
-                kind: greedy_texts(folder, *files_, tokenizer, sources, limit, max_len)
-                for kind, files_ in graphs.items()
+                kind: greedy_texts(steps, tokenizer, sources, limit, max_len)
+                for kind, steps in graphs.items()
             }
             # without references (an imported model), int8 is scored against fp32's output
             known = all(t for _, t in fit)
@@ -489,6 +530,15 @@ def write_translator(
                 "greedy_bleu_int8": round(bleu["int8"], 2),
                 "bleu_change": round(bleu["int8"] - bleu["fp32"], 2),
             }
+            if "native" in bleu:
+                quantization["native_step"] = {
+                    "file": NATIVE_FILE,
+                    "method": "int8 weights per output column, uint8 inputs per row",
+                    "checked_with_kernel": native_kernel(),
+                    "greedy_bleu": round(bleu["native"], 2),
+                    "bleu_change": round(bleu["native"] - bleu["fp32"], 2),
+                }
+                extra = {**(extra or {}), "decoder_step": "auto"}
         elif options.quantize is not None:
             raise ExportError(f"unknown quantisation {options.quantize!r} (known: int8)")
         config = build_config(

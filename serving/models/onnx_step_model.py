@@ -4,18 +4,20 @@ folder into a `Translator`."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from core.translation import Translator
+from core.translation import Translator, native_step
 from core.translation.graphs import (
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
     CacheArray,
     GraphError,
+    StepModel,
     check_names,
     decoder_feeds,
     decoder_inputs,
@@ -26,6 +28,8 @@ from core.translation.spec import DECODER_FILE, ENCODER_FILE
 from core.translation.translator import RequestBuilder
 from protos.inference import model_config_pb2 as mc
 
+log = logging.getLogger(__name__)
+
 
 def load_translator(
     version_dir: Path,
@@ -33,11 +37,12 @@ def load_translator(
     session_options: ort.SessionOptions | None = None,
     providers: Sequence[str] | None = None,
 ) -> Translator:
-    """Load `<model>/<version>/` (encoder.onnx, decoder.onnx, the tokenizer). `config`
-    defaults to `<model>/config.pbtxt`; sessions get the caller's options and providers."""
+    """Load `<model>/<version>/` (encoder.onnx, decoder.onnx, the tokenizer; decoder_step.npz
+    when the config chooses the native step). `config` defaults to `<model>/config.pbtxt`;
+    sessions get the caller's options and providers."""
     requests = RequestBuilder.load(version_dir, config)
     spec = requests.spec
-    model = OnnxStepModel(
+    model: StepModel = OnnxStepModel(
         Path(version_dir),
         spec.num_layers,
         spec.num_heads,
@@ -45,6 +50,10 @@ def load_translator(
         session_options,
         providers,
     )
+    on_cpu = model.providers[0] == "CPUExecutionProvider"
+    if native_step.chosen(spec.decoder_step, on_cpu):
+        model = native_step.NativeStepModel(model, Path(version_dir) / native_step.FILE)
+        log.info("%s: the native decoder step (%s kernel)", version_dir, native_step.kernel())
     return Translator(model, requests.tokenizer, spec)
 
 

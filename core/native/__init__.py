@@ -1,0 +1,2 @@
+"""Native (C++) compute kernels, built by `make native` into `_decoder*.so` beside this file:
+the translator's int8 decoder step (`src/`, used through `core.translation.native_step`)."""

@@ -1,0 +1,382 @@
+#include "gemm.h"
+#include "simd.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace seqserve::decoder {
+namespace {
+
+Kernel g_choice = Kernel::kAuto;
+
+bool has_vnni() {
+#if defined(__x86_64__)
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vnni");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+// AMX needs the CPU's tiles and the kernel's leave to use their state (Linux 5.16+:
+// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), asked once for the whole process).
+bool has_amx() {
+#if defined(__x86_64__)
+  static const bool yes = [] {
+    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-int8") ||
+        !__builtin_cpu_supports("avx512bw"))
+      return false;
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
+Kernel chosen() {
+  if (g_choice != Kernel::kAuto) return g_choice;
+  return has_amx() ? Kernel::kAmx : has_vnni() ? Kernel::kVnni : Kernel::kPortable;
+}
+
+// Quantise rows of x to uint8: q = round(x / s) + z, s = (max - min) / 255 over the row
+// (the range always holds 0, so that 0 is exact and z fits in [0, 255]); the pad up to kp is
+// zeros.
+inline void row_scale(float lo, float hi, float* scale, std::int32_t* zero, float* inv, float* z) {
+  float s = (hi - lo) / 255.f;
+  if (!(s > 0.f) || !std::isfinite(s)) s = 1.f;  // all zeros (or not finite: garbage either way)
+  *scale = s;
+  *inv = 1.f / s;
+  *z = std::nearbyint(-lo * *inv);
+  *zero = static_cast<std::int32_t>(*z);
+}
+
+void quantize_rows_portable(const float* x, int m, int k, std::size_t ldx, int kp,
+                            std::uint8_t* q, float* scale, std::int32_t* zero) {
+  for (int r = 0; r < m; ++r) {
+    const float* row = x + r * ldx;
+    float lo = 0.f, hi = 0.f;
+    for (int i = 0; i < k; ++i) {
+      lo = std::min(lo, row[i]);
+      hi = std::max(hi, row[i]);
+    }
+    float inv, z;
+    row_scale(lo, hi, scale + r, zero + r, &inv, &z);
+    std::uint8_t* out = q + static_cast<std::size_t>(r) * kp;
+    for (int i = 0; i < k; ++i) {
+      const float v = std::nearbyint(row[i] * inv) + z;
+      out[i] = static_cast<std::uint8_t>(std::min(255.f, std::max(0.f, v)));
+    }
+    std::memset(out + k, 0, kp - k);
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw"))) void quantize_rows_avx512(
+    const float* x, int m, int k, std::size_t ldx, int kp, std::uint8_t* q, float* scale,
+    std::int32_t* zero) {
+  for (int r = 0; r < m; ++r) {
+    const float* row = x + r * ldx;
+    __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+    for (int i = 0; i < k; i += 16) {
+      const __mmask16 mask = k - i >= 16 ? 0xFFFF : (__mmask16)((1u << (k - i)) - 1);
+      const __m512 v = _mm512_maskz_loadu_ps(mask, row + i);  // the tail reads as 0
+      lo = _mm512_min_ps(lo, v);
+      hi = _mm512_max_ps(hi, v);
+    }
+    float inv, z;
+    row_scale(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), scale + r, zero + r, &inv, &z);
+    const __m512 vinv = _mm512_set1_ps(inv), vz = _mm512_set1_ps(z);
+    std::uint8_t* out = q + static_cast<std::size_t>(r) * kp;
+    for (int i = 0; i < kp; i += 16) {
+      const __mmask16 mask = k - i >= 16 ? 0xFFFF : k > i ? (__mmask16)((1u << (k - i)) - 1) : 0;
+      const __m512 v = _mm512_maskz_loadu_ps(mask, row + i);
+      const __m512 rounded = _mm512_add_ps(
+          _mm512_roundscale_ps(_mm512_mul_ps(v, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz);
+      const __m512 clamped = _mm512_min_ps(_mm512_max_ps(rounded, _mm512_setzero_ps()),
+                                           _mm512_set1_ps(255.f));
+      const __m128i bytes = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(clamped));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), bytes);  // the pad: any byte (W is 0 there)
+    }
+  }
+}
+#endif
+
+void quantize_rows(const float* x, int m, int k, std::size_t ldx, int kp, std::uint8_t* q,
+                   float* scale, std::int32_t* zero, bool avx512) {
+#if defined(__x86_64__)
+  if (avx512) return quantize_rows_avx512(x, m, k, ldx, kp, q, scale, zero);
+#endif
+  quantize_rows_portable(x, m, k, ldx, kp, q, scale, zero);
+}
+
+// The portable kernel: the same packed layout, plain loops the compiler vectorises.
+SEQSERVE_CLONES void panel_portable(const std::uint8_t* q, int m, int kp, const std::int8_t* w, const float* sx,
+                    const std::int32_t* zx, const float* sw, const std::int32_t* colsum,
+                    const float* bias, float* y, std::size_t ldy, int cols) {
+  for (int r = 0; r < m; ++r) {
+    std::int32_t acc[kPanel] = {};
+    const std::uint8_t* a = q + static_cast<std::size_t>(r) * kp;
+    for (int g = 0; g < kp / kGroup; ++g) {
+      const std::int8_t* b = w + static_cast<std::size_t>(g) * kPanel * kGroup;
+      const std::int32_t a0 = a[g * kGroup], a1 = a[g * kGroup + 1], a2 = a[g * kGroup + 2],
+                         a3 = a[g * kGroup + 3];
+      for (int c = 0; c < kPanel; ++c)
+        acc[c] += a0 * b[c * kGroup] + a1 * b[c * kGroup + 1] + a2 * b[c * kGroup + 2] +
+                  a3 * b[c * kGroup + 3];
+    }
+    float* out = y + r * ldy;
+    for (int c = 0; c < cols; ++c)
+      out[c] = sx[r] * sw[c] * static_cast<float>(acc[c] - zx[r] * colsum[c]) + bias[c];
+  }
+}
+
+#if defined(__x86_64__)
+// Up to 8 rows x one panel (32 columns) per call: 16 accumulators, each group of K one
+// broadcast of 4 activation bytes per row and two vpdpbusd per row.
+template <int M>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_vnni(
+    const std::uint8_t* q, int kp, const std::int8_t* w, const float* sx, const std::int32_t* zx,
+    const float* sw, const std::int32_t* colsum, const float* bias, float* y, std::size_t ldy,
+    int cols) {
+  __m512i acc[M][2];
+  for (int r = 0; r < M; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+  const int groups = kp / kGroup;
+  for (int g = 0; g < groups; ++g) {
+    const __m512i b0 = _mm512_load_si512(w + g * 128);
+    const __m512i b1 = _mm512_load_si512(w + g * 128 + 64);
+    for (int r = 0; r < M; ++r) {
+      std::int32_t four;
+      std::memcpy(&four, q + static_cast<std::size_t>(r) * kp + g * kGroup, 4);
+      const __m512i a = _mm512_set1_epi32(four);
+      acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], a, b0);
+      acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], a, b1);
+    }
+  }
+  for (int half = 0; half < 2; ++half) {
+    const int c0 = half * 16;
+    if (c0 >= cols) break;
+    const __mmask16 mask = cols - c0 >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - c0)) - 1);
+    const __m512 s = _mm512_loadu_ps(sw + c0);
+    const __m512i cs = _mm512_loadu_si512(colsum + c0);
+    const __m512 b = _mm512_loadu_ps(bias + c0);
+    for (int r = 0; r < M; ++r) {
+      const __m512i centred = _mm512_sub_epi32(acc[r][half], _mm512_mullo_epi32(cs, _mm512_set1_epi32(zx[r])));
+      const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(sx[r]), s),
+                                       _mm512_cvtepi32_ps(centred), b);
+      _mm512_mask_storeu_ps(y + r * ldy + c0, mask, v);
+    }
+  }
+}
+
+
+// The AMX kernel: 16 rows (the quantised rows are padded to a multiple of 16 with zeros) by
+// two panels (64 columns) at a time, in four 16 x 16 int32 accumulator tiles, so that four
+// tile products are in flight; each 64 bytes of K one A tile [16, 64] and, per 16 columns, a
+// B tile [16 groups of K, 64] read straight from the packed panel (row stride 128: a panel's
+// two halves interleave).
+struct TileConfig {
+  std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+template <int Panels>
+__attribute__((target("amx-tile,amx-int8"))) inline void amx_block(const std::uint8_t* a, int kp,
+                                                                     const std::int8_t* w,
+                                                                     std::size_t panel_bytes,
+                                                                     std::int32_t* c) {
+  // tiles 0-3: C (16 columns each), 4: A, 5-6: B
+  _tile_zero(0);
+  _tile_zero(1);
+  if (Panels == 2) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int k0 = 0; k0 < kp; k0 += 64) {
+    const std::int8_t* b = w + k0 * kPanel;
+    _tile_loadd(4, a + k0, kp);
+    _tile_loadd(5, b, 2 * 64);
+    _tile_loadd(6, b + 64, 2 * 64);
+    _tile_dpbusd(0, 4, 5);
+    _tile_dpbusd(1, 4, 6);
+    if (Panels == 2) {
+      _tile_loadd(5, b + panel_bytes, 2 * 64);
+      _tile_loadd(6, b + panel_bytes + 64, 2 * 64);
+      _tile_dpbusd(2, 4, 5);
+      _tile_dpbusd(3, 4, 6);
+    }
+  }
+  constexpr int ld = 2 * kPanel * 4;  // c is [16, 64] int32
+  _tile_stored(0, c, ld);
+  _tile_stored(1, c + 16, ld);
+  if (Panels == 2) {
+    _tile_stored(2, c + 32, ld);
+    _tile_stored(3, c + 48, ld);
+  }
+}
+
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) void gemm_amx(
+    const std::uint8_t* q, int m, int kp, const std::int8_t* packed, int np, const float* sx,
+    const std::int32_t* zx, const float* sw, const std::int32_t* colsum, const float* bias,
+    float* y, std::size_t ldy, int n) {
+  TileConfig config;
+  for (int t = 0; t < 7; ++t) {
+    config.rows[t] = 16;
+    config.colsb[t] = 64;
+  }
+  _tile_loadconfig(&config);
+  alignas(64) std::int32_t c[16][2 * kPanel];
+  const std::size_t panel_bytes = static_cast<std::size_t>(kp) * kPanel;
+  const int panels = np / kPanel;
+  for (int p = 0; p < panels; p += 2) {
+    const int two = p + 1 < panels;
+    const std::int8_t* w = packed + p * panel_bytes;
+    for (int r0 = 0; r0 < m; r0 += 16) {
+      const std::uint8_t* a = q + static_cast<std::size_t>(r0) * kp;
+      if (two)
+        amx_block<2>(a, kp, w, panel_bytes, &c[0][0]);
+      else
+        amx_block<1>(a, kp, w, panel_bytes, &c[0][0]);
+      const int rows = std::min(16, m - r0);
+      for (int quarter = 0; quarter < (two ? 4 : 2); ++quarter) {
+        const int h0 = p * kPanel + quarter * 16;
+        if (h0 >= n) break;
+        const __mmask16 mask = n - h0 >= 16 ? 0xFFFF : (__mmask16)((1u << (n - h0)) - 1);
+        const __m512 s = _mm512_loadu_ps(sw + h0);
+        const __m512i cs = _mm512_loadu_si512(colsum + h0);
+        const __m512 b = _mm512_loadu_ps(bias + h0);
+        for (int r = 0; r < rows; ++r) {
+          const __m512i acc = _mm512_load_si512(&c[r][quarter * 16]);
+          const __m512i centred =
+              _mm512_sub_epi32(acc, _mm512_mullo_epi32(cs, _mm512_set1_epi32(zx[r0 + r])));
+          const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(sx[r0 + r]), s),
+                                           _mm512_cvtepi32_ps(centred), b);
+          _mm512_mask_storeu_ps(y + static_cast<std::size_t>(r0 + r) * ldy + h0, mask, v);
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+using Tile = void (*)(const std::uint8_t*, int, const std::int8_t*, const float*,
+                      const std::int32_t*, const float*, const std::int32_t*, const float*, float*,
+                      std::size_t, int);
+constexpr Tile kTiles[8] = {tile_vnni<1>, tile_vnni<2>, tile_vnni<3>, tile_vnni<4>,
+                            tile_vnni<5>, tile_vnni<6>, tile_vnni<7>, tile_vnni<8>};
+#endif
+
+}  // namespace
+
+void Int8Matrix::Free::operator()(void* p) const { std::free(p); }
+
+Int8Matrix::Int8Matrix(const float* w, const float* bias, int k, int n)
+    : k_(k), n_(n), kp_((k + kDepth - 1) / kDepth * kDepth), np_((n + kPanel - 1) / kPanel * kPanel) {
+  const std::size_t bytes = static_cast<std::size_t>(np_) * kp_;
+  auto* raw = static_cast<std::int8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+  if (raw == nullptr) throw std::bad_alloc();
+  packed_.reset(raw);
+  std::memset(raw, 0, bytes);
+  scale_.assign(np_, 1.f);
+  colsum_.assign(np_, 0);
+  bias_.assign(np_, 0.f);
+  for (int c = 0; c < n; ++c) {
+    float amax = 0.f;
+    for (int i = 0; i < k; ++i) amax = std::max(amax, std::fabs(w[static_cast<std::size_t>(i) * n + c]));
+    const float s = amax > 0.f ? amax / 127.f : 1.f;
+    scale_[c] = s;
+    bias_[c] = bias != nullptr ? bias[c] : 0.f;
+    const int panel = c / kPanel, col = c % kPanel;
+    std::int32_t sum = 0;
+    for (int i = 0; i < k; ++i) {
+      const float v = std::nearbyint(w[static_cast<std::size_t>(i) * n + c] / s);
+      const auto qv = static_cast<std::int8_t>(std::min(127.f, std::max(-127.f, v)));
+      sum += qv;
+      const std::size_t at = (static_cast<std::size_t>(panel) * (kp_ / kGroup) + i / kGroup) *
+                                 (kPanel * kGroup) +
+                             col * kGroup + i % kGroup;
+      raw[at] = qv;
+    }
+    colsum_[c] = sum;
+  }
+}
+
+void Int8Matrix::apply(const float* x, int m, std::size_t ldx, float* y, std::size_t ldy,
+                       std::vector<std::uint8_t>& scratch) const {
+  // scratch: the quantised rows [m rounded up to 16, kp] (the AMX kernel reads whole tiles
+  // of 16 rows: the extra ones are zeros), then their scales [m] and zero points [m]
+  const int mp = (m + 15) / 16 * 16;
+  const std::size_t qbytes = static_cast<std::size_t>(mp) * kp_;
+  const std::size_t need = qbytes + static_cast<std::size_t>(m) * 8;
+  if (scratch.size() < need) scratch.resize(need);
+  std::uint8_t* q = scratch.data();
+  auto* sx = reinterpret_cast<float*>(q + qbytes);
+  auto* zx = reinterpret_cast<std::int32_t*>(q + qbytes + static_cast<std::size_t>(m) * 4);
+  const Kernel kernel = chosen();
+  quantize_rows(x, m, k_, ldx, kp_, q, sx, zx, kernel != Kernel::kPortable);
+  std::memset(q + static_cast<std::size_t>(m) * kp_, 0, static_cast<std::size_t>(mp - m) * kp_);
+#if defined(__x86_64__)
+  if (kernel == Kernel::kAmx) {
+    gemm_amx(q, m, kp_, packed_.get(), np_, sx, zx, scale_.data(), colsum_.data(), bias_.data(), y,
+             ldy, n_);
+    return;
+  }
+#endif
+  const std::size_t panel_bytes = static_cast<std::size_t>(kp_) * kPanel;
+  for (int p = 0; p < np_ / kPanel; ++p) {
+    const int c0 = p * kPanel, cols = std::min(kPanel, n_ - c0);
+    const std::int8_t* w = packed_.get() + p * panel_bytes;
+    for (int r0 = 0; r0 < m; r0 += 8) {
+      const int rows = std::min(8, m - r0);
+#if defined(__x86_64__)
+      if (kernel == Kernel::kVnni) {
+        kTiles[rows - 1](q + r0 * kp_, kp_, w, sx + r0, zx + r0, scale_.data() + c0,
+                         colsum_.data() + c0, bias_.data() + c0, y + r0 * ldy + c0, ldy, cols);
+        continue;
+      }
+#endif
+      panel_portable(q + r0 * kp_, rows, kp_, w, sx + r0, zx + r0, scale_.data() + c0,
+                     colsum_.data() + c0, bias_.data() + c0, y + r0 * ldy + c0, ldy, cols);
+    }
+  }
+}
+
+namespace {
+constexpr const char* kNames[] = {"auto", "amx", "avx512_vnni", "portable"};
+bool available(Kernel k) {
+  return k == Kernel::kAuto || k == Kernel::kPortable || (k == Kernel::kVnni && has_vnni()) ||
+         (k == Kernel::kAmx && has_amx());
+}
+}  // namespace
+
+const char* kernel_name() { return kNames[static_cast<int>(chosen())]; }
+
+std::vector<std::string> kernels() {
+  std::vector<std::string> out;
+  for (int i = 1; i < 4; ++i)
+    if (available(static_cast<Kernel>(i))) out.emplace_back(kNames[i]);
+  return out;
+}
+
+bool use_kernel(const std::string& name) {
+  for (int i = 0; i < 4; ++i)
+    if (name == kNames[i] && available(static_cast<Kernel>(i))) {
+      g_choice = static_cast<Kernel>(i);
+      return true;
+    }
+  return false;
+}
+
+}  // namespace seqserve::decoder
