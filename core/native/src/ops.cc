@@ -6,6 +6,10 @@
 
 #include "simd.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace seqserve::decoder {
 namespace {
 
@@ -94,9 +98,22 @@ SEQSERVE_CLONES void log_softmax_rows(float* x, int rows, int v) {
   }
 }
 
-SEQSERVE_CLONES void attend(const float* q, const float* keys, const float* values,
-                            const bool* valid, int slots, int k, float scale, float* scores,
-                            float* out) {
+namespace {
+
+// The softmax of the valid slots' scores in place (every slot masked: a uniform average, as
+// the graphs' -1e9 bias gives); returns 1 / their sum.
+inline float softmax_slots(float* scores, const bool* valid, int slots, float best, bool any) {
+  float sum = 0.f;
+  for (int t = 0; t < slots; ++t) {
+    const float p = !any ? 1.f : valid[t] ? exp_nonpositive(scores[t] - best) : 0.f;
+    scores[t] = p;
+    sum += p;
+  }
+  return 1.f / sum;
+}
+
+void attend_portable(const float* q, const float* keys, const float* values, const bool* valid,
+                     int slots, int k, float scale, float* scores, float* out) {
   float best = -std::numeric_limits<float>::infinity();
   bool any = false;
   for (int t = 0; t < slots; ++t) {
@@ -108,13 +125,7 @@ SEQSERVE_CLONES void attend(const float* q, const float* keys, const float* valu
     best = scores[t] > best ? scores[t] : best;
     any = true;
   }
-  float sum = 0.f;
-  for (int t = 0; t < slots; ++t) {
-    const float p = !any ? 1.f : valid[t] ? exp_nonpositive(scores[t] - best) : 0.f;
-    scores[t] = p;
-    sum += p;
-  }
-  const float inv = 1.f / sum;
+  const float inv = softmax_slots(scores, valid, slots, best, any);
   for (int i = 0; i < k; ++i) out[i] = 0.f;
   for (int t = 0; t < slots; ++t) {
     if (scores[t] == 0.f) continue;
@@ -122,6 +133,60 @@ SEQSERVE_CLONES void attend(const float* q, const float* keys, const float* valu
     const float* value = values + static_cast<std::size_t>(t) * k;
     for (int i = 0; i < k; ++i) out[i] += p * value[i];
   }
+}
+
+#if defined(__x86_64__)
+constexpr int kMaxVectors = 8;  // head widths up to 128 keep the query and output in registers
+
+// Head width 16 N (N <= 8): the query and the output stay in N registers each.
+template <int N>
+__attribute__((target("avx512f"))) void attend_avx512(const float* q, const float* keys,
+                                                      const float* values, const bool* valid,
+                                                      int slots, float scale, float* scores,
+                                                      float* out) {
+  constexpr int n = N, k = 16 * N;
+  __m512 qv[N], acc[N];
+  for (int j = 0; j < n; ++j) qv[j] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * j), _mm512_set1_ps(scale));
+  float best = -std::numeric_limits<float>::infinity();
+  bool any = false;
+  for (int t = 0; t < slots; ++t) {
+    if (!valid[t]) continue;
+    const float* key = keys + static_cast<std::size_t>(t) * k;
+    __m512 dot = _mm512_mul_ps(qv[0], _mm512_loadu_ps(key));
+    for (int j = 1; j < n; ++j) dot = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(key + 16 * j), dot);
+    scores[t] = _mm512_reduce_add_ps(dot);
+    best = scores[t] > best ? scores[t] : best;
+    any = true;
+  }
+  const float inv = softmax_slots(scores, valid, slots, best, any);
+  for (int j = 0; j < n; ++j) acc[j] = _mm512_setzero_ps();
+  for (int t = 0; t < slots; ++t) {
+    if (scores[t] == 0.f) continue;
+    const __m512 p = _mm512_set1_ps(scores[t] * inv);
+    const float* value = values + static_cast<std::size_t>(t) * k;
+    for (int j = 0; j < n; ++j) acc[j] = _mm512_fmadd_ps(p, _mm512_loadu_ps(value + 16 * j), acc[j]);
+  }
+  for (int j = 0; j < n; ++j) _mm512_storeu_ps(out + 16 * j, acc[j]);
+}
+#endif
+
+}  // namespace
+
+void attend(const float* q, const float* keys, const float* values, const bool* valid, int slots,
+            int k, float scale, float* scores, float* out) {
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) {
+    using Attend = void (*)(const float*, const float*, const float*, const bool*, int, float,
+                            float*, float*);
+    static constexpr Attend kByWidth[kMaxVectors] = {
+        attend_avx512<1>, attend_avx512<2>, attend_avx512<3>, attend_avx512<4>,
+        attend_avx512<5>, attend_avx512<6>, attend_avx512<7>, attend_avx512<8>};
+    if (k % 16 == 0 && k <= 16 * kMaxVectors)
+      return kByWidth[k / 16 - 1](q, keys, values, valid, slots, scale, scores, out);
+  }
+#endif
+  attend_portable(q, keys, values, valid, slots, k, scale, scores, out);
 }
 
 }  // namespace seqserve::decoder
