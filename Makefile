@@ -71,9 +71,9 @@ NATIVE_CXXFLAGS = -O2 -std=c++17 -fPIC -fvisibility=hidden -Wall -I$(NATIVE_DIR)
 	$$($(PY) -m pybind11 --includes) \
 	$$(pkg-config --cflags grpc++ protobuf)
 
-# The translator's native int8 decoder step (core/native/src): a C++ extension module that
-# needs only a C++ compiler and pybind11 (from the venv). Without it, translators decode on
-# onnxruntime's graphs alone.
+# The translator's native int8 encoder and decoder step (core/native/src): a C++ extension
+# module that needs only a C++ compiler and pybind11 (from the venv). Without it, translators
+# run on onnxruntime's graphs alone.
 DECODER_SO := core/native/_decoder.so
 DECODER_DIR := build/decoder
 DECODER_OBJ := $(patsubst core/native/src/%.cc,$(DECODER_DIR)/%.o,$(wildcard core/native/src/*.cc))
@@ -81,7 +81,7 @@ DECODER_CXXFLAGS = -O3 -std=c++17 -fPIC -fvisibility=hidden -Wall -Wextra \
 	-Wno-maybe-uninitialized -fno-math-errno -fno-trapping-math -fassociative-math \
 	-fno-signed-zeros $$($(PY) -m pybind11 --includes)
 
-native: $(VENV_STAMP)  ## build the native gRPC front end and decoder step (needs apt; else Python serves)
+native: $(VENV_STAMP)  ## build the native gRPC front end (needs apt) and translator
 	@if bash serving/native/deps.sh; then
 	  $(MAKE) -j2 --no-print-directory $(NATIVE_SO) $(DECODER_SO)
 	else

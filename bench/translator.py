@@ -9,7 +9,8 @@ Engines (1 thread each; greedy and beam 4 where the engine has it):
   closed-loop tritonclient load generator (`bench/translator_load.py`, in the tool venv) at
   each concurrency; fp32, and int8 when `--int8-model` is in the repository;
 - seqserve: `core.translation.Translator` in process (the server's decoding code and session
-  options), batch 1 and 8, fp32 and int8;
+  options), batch 1 and 8, fp32 and int8 (as the server runs it: the native translator where
+  the config's `runtime` chooses it, and then the int8 graphs beside it, `seqserve_int8_graphs`);
 - pytorch_uncached / pytorch_cached: PyTorch eager on the checkpoint, greedy, batch 1 and 8;
 - ct2_fp32 / ct2_int8: CTranslate2 on the checkpoint converted by `bench.ctranslate2_convert`.
 Batch b decodes consecutive groups of b sentences; client i of c sends sentences i, i+c, ...,
@@ -238,7 +239,11 @@ def ratios(results: dict) -> dict:
                 out[f"served{kind}_{conc}_vs_{ct2}_{batch}_tokens_{beam}"] = _ratio(
                     results, (f"served{kind}", beam, conc), (ct2, beam, batch), "tokens"
                 )
-            for kind, ct2 in (("", "ct2_fp32"), ("_int8", "ct2_int8")):
+            for kind, ct2 in (
+                ("", "ct2_fp32"),
+                ("_int8", "ct2_int8"),
+                ("_int8_graphs", "ct2_int8"),
+            ):
                 out[f"seqserve{kind}_{batch}_vs_{ct2}_{batch}_tokens_{beam}"] = _ratio(
                     results, (f"seqserve{kind}", beam, batch), (ct2, beam, batch), "tokens"
                 )
@@ -342,11 +347,13 @@ def run(args: argparse.Namespace) -> int:
         SeqserveEngine("seqserve", repository / args.model, version_of(args.model))
     ]
     if int8:
-        engines.append(
-            SeqserveEngine(
-                "seqserve_int8", repository / args.int8_model, version_of(args.int8_model)
+        int8_dir, int8_version = repository / args.int8_model, version_of(args.int8_model)
+        engines.append(SeqserveEngine("seqserve_int8", int8_dir, int8_version))
+        if engines[-1].info["runtime"] != "OnnxStepModel":  # the native translator: the
+            # int8 graphs beside it
+            engines.append(
+                SeqserveEngine("seqserve_int8_graphs", int8_dir, int8_version, runtime="onnx")
             )
-        )
     engines += [
         TorchUncached("pytorch_uncached", model, tokenizer),
         TorchCached("pytorch_cached", model, tokenizer),

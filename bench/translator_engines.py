@@ -1,8 +1,9 @@
 """The in-process engines of the translator benchmark, one interface: translate a group of
 sentences (one batch) with a beam size and a maximum length, return ids and text per sentence.
 
-- `SeqserveEngine`: `core.translation.Translator` on the exported ONNX graphs, with exactly
-  the server's session options (1 intra-op, 1 inter-op thread by default);
+- `SeqserveEngine`: `core.translation.Translator` on the exported model as the server loads it
+  (the ONNX graphs with exactly the server's session options, 1 intra-op and 1 inter-op thread
+  by default, or the native translator when the config's `runtime` chooses it);
 - `TorchUncached`: PyTorch eager, the decoder re-run over the whole prefix at every step
   (`training.decoding.greedy_decode`, the Annotated-Transformer style);
 - `TorchCached`: PyTorch eager with a key/value cache (`EncoderDecoder.decode_step`);
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.translation import native_model
+from core.translation.native_model import NativeModel
 from core.translation.tokenizer import Tokenizer
 
 
@@ -45,13 +48,18 @@ class SeqserveEngine:
 
     beams = (1, 4)
 
-    def __init__(self, name: str, model_dir: Path, version: int) -> None:
+    def __init__(
+        self, name: str, model_dir: Path, version: int, runtime: str | None = None
+    ) -> None:
+        """`runtime`: the config's `runtime` overridden ("onnx": the graphs, "native")."""
         from core.translation.spec import read_config
         from serving.models.onnx_model import session_options
         from serving.models.onnx_step_model import load_translator
         from serving.settings import Settings
 
         config = read_config(model_dir)
+        if runtime is not None:
+            config.parameters["runtime"].string_value = runtime
         settings = Settings(model_repository=model_dir.parent)
         self.name = name
         self.translator = load_translator(
@@ -60,8 +68,11 @@ class SeqserveEngine:
             session_options(config, settings),
             ["CPUExecutionProvider"],
         )
+        model = self.translator.model
         self.info = {
             "model": str(model_dir / str(version)),
+            "runtime": type(model).__name__,
+            "native_kernel": native_model.kernel() if isinstance(model, NativeModel) else None,
             "intra_op_threads": settings.intra_op_threads,
             "inter_op_threads": settings.inter_op_threads,
         }

@@ -11,6 +11,7 @@ ENGINES = (
     "served_int8",
     "seqserve",
     "seqserve_int8",
+    "seqserve_int8_graphs",
     "pytorch_uncached",
     "pytorch_cached",
     "ct2_fp32",

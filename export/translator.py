@@ -10,8 +10,8 @@ Verification before anything is written:
   tokens of PyTorch's uncached greedy decoding on the checkpoint's validation sentences.
 With `--quantize int8` both graphs are quantised dynamically and the BLEU change on the
 checkpoint's validation sample (greedy) is recorded in the config; where the native decoder
-step is built (core/native), its weights are written too (decoder_step.npz), its BLEU change
-measured the same way, and the config lets serving choose it (`decoder_step: auto`).
+translator is built (core/native), its weights are written too (native.npz), its BLEU change
+measured the same way, and the config lets serving choose it (`runtime: auto`).
 """
 
 from __future__ import annotations
@@ -38,16 +38,15 @@ from core.translation.graphs import (
     decoder_outputs,
     layered_outputs,
 )
-from core.translation.native_step import FILE as NATIVE_FILE
-from core.translation.native_step import NativeStepModel
-from core.translation.native_step import kernel as native_kernel
+from core.translation.native_model import FILE as NATIVE_FILE
+from core.translation.native_model import NativeModel
+from core.translation.native_model import kernel as native_kernel
 from core.translation.search import OWN_RULES, SearchRules
 from core.translation.tokenizer import Tokenizer
 from core.translation.translator import AnyTokenizer
-from export.decoder_step import DecoderStep
 from export.errors import ExportError
 from export.model_config import MAX_QUEUE_SIZE, SCHEMA_VERSION, parameter_value
-from export.native_step import write_native_weights
+from export.native_weights import write_native_weights
 from export.quantize import METHOD, WEIGHT_TYPE, quantize_int8
 from export.repository import write_version
 from export.translator_graphs import ENCODER_OUTPUTS, export_graphs
@@ -505,11 +504,11 @@ def write_translator(
                     "int8": ("encoder.int8.onnx", "decoder.int8.onnx"),
                 }.items()
             }
-            # the native int8 step (core/native) where it is built: measured here as served
-            # (the int8 encoder graph, then the native step), and shipped only if measured
+            # the native int8 translator (core/native) where it is built: measured as served,
+            # and shipped only if measured
             if native_kernel() is not None:
-                weights = write_native_weights(DecoderStep(model).eval(), folder)
-                graphs["native"] = NativeStepModel(graphs["int8"], weights)
+                weights = write_native_weights(model, folder)
+                graphs["native"] = NativeModel(weights)
                 files[NATIVE_FILE] = weights
             texts = {
                 kind: greedy_texts(steps, tokenizer, sources, limit, max_len)
@@ -531,14 +530,14 @@ def write_translator(
                 "bleu_change": round(bleu["int8"] - bleu["fp32"], 2),
             }
             if "native" in bleu:
-                quantization["native_step"] = {
+                quantization["native"] = {
                     "file": NATIVE_FILE,
                     "method": "int8 weights per output column, uint8 inputs per row",
                     "checked_with_kernel": native_kernel(),
                     "greedy_bleu": round(bleu["native"], 2),
                     "bleu_change": round(bleu["native"] - bleu["fp32"], 2),
                 }
-                extra = {**(extra or {}), "decoder_step": "auto"}
+                extra = {**(extra or {}), "runtime": "auto"}
         elif options.quantize is not None:
             raise ExportError(f"unknown quantisation {options.quantize!r} (known: int8)")
         config = build_config(

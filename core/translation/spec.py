@@ -21,10 +21,10 @@ BACKEND = "seqserve_translator"
 SCHEMA = "1"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
-# Which decoder step runs (`core.translation.native_step`): decoder.onnx on onnxruntime; the
-# native int8 step where it is fast here (AMX or AVX-512 VNNI), else decoder.onnx; or the
-# native step always. int8 exports write "auto" when they ship decoder_step.npz.
-DECODER_STEPS = ("onnx", "auto", "native")
+# What runs the model (`core.translation.native_model`): the graphs on onnxruntime; the native
+# int8 translator where it is fast here (AMX or AVX-512 VNNI), else the graphs; or the native
+# translator always. int8 exports write "auto" when they ship native.npz.
+RUNTIMES = ("onnx", "auto", "native")
 
 
 class SpecError(ValueError):
@@ -55,7 +55,7 @@ class TranslatorSpec:
     target_tokenizer: str = ""
     vocab: str = ""
     search: SearchRules = OWN_RULES  # an imported model's length penalty, stop, ids
-    decoder_step: str = "onnx"  # DECODER_STEPS; older exports: onnx
+    runtime: str = "onnx"  # RUNTIMES; older exports: onnx
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> TranslatorSpec:
@@ -98,7 +98,7 @@ class TranslatorSpec:
         normalization = choice("source_normalization", tuple(NORMALIZATIONS))
         form = choice("length_penalty_form", LENGTH_PENALTY_FORMS)
         early = choice("early_stopping", EARLY_STOPPING)
-        decoder_step = choice("decoder_step", DECODER_STEPS)
+        runtime = choice("runtime", RUNTIMES)
         try:
             suppress = tuple(int(i) for i in json.loads(params.get("suppress_ids", "[]")))
         except (ValueError, TypeError) as err:
@@ -130,7 +130,7 @@ class TranslatorSpec:
             target_tokenizer=marian["target_tokenizer"],
             vocab=marian["vocab"],
             search=SearchRules(form, early, suppress),
-            decoder_step=decoder_step,
+            runtime=runtime,
         )
 
 

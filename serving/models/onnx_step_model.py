@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from core.translation import Translator, native_step
+from core.translation import Translator, native_model
 from core.translation.graphs import (
     ENCODER_INPUTS,
     ENCODER_OUTPUTS,
@@ -37,23 +37,25 @@ def load_translator(
     session_options: ort.SessionOptions | None = None,
     providers: Sequence[str] | None = None,
 ) -> Translator:
-    """Load `<model>/<version>/` (encoder.onnx, decoder.onnx, the tokenizer; decoder_step.npz
-    when the config chooses the native step). `config` defaults to `<model>/config.pbtxt`;
-    sessions get the caller's options and providers."""
+    """Load `<model>/<version>/`: encoder.onnx and decoder.onnx on onnxruntime sessions (the
+    caller's options and providers), or native.npz when the config's `runtime` chooses the
+    native translator; and the tokenizer. `config` defaults to `<model>/config.pbtxt`."""
     requests = RequestBuilder.load(version_dir, config)
     spec = requests.spec
-    model: StepModel = OnnxStepModel(
-        Path(version_dir),
-        spec.num_layers,
-        spec.num_heads,
-        spec.head_dim,
-        session_options,
-        providers,
-    )
-    on_cpu = model.providers[0] == "CPUExecutionProvider"
-    if native_step.chosen(spec.decoder_step, on_cpu):
-        model = native_step.NativeStepModel(model, Path(version_dir) / native_step.FILE)
-        log.info("%s: the native decoder step (%s kernel)", version_dir, native_step.kernel())
+    on_cpu = not providers or providers[0] == "CPUExecutionProvider"
+    model: StepModel
+    if native_model.chosen(spec.runtime, on_cpu):
+        model = native_model.NativeModel(Path(version_dir) / native_model.FILE)
+        log.info("%s: the native translator (%s kernel)", version_dir, native_model.kernel())
+    else:
+        model = OnnxStepModel(
+            Path(version_dir),
+            spec.num_layers,
+            spec.num_heads,
+            spec.head_dim,
+            session_options,
+            providers,
+        )
     return Translator(model, requests.tokenizer, spec)
 
 

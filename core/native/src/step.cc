@@ -1,320 +1,184 @@
-// The translator's decoder step in native code: the computation of export/decoder_step.py
-// (`DecoderStep`), on its weights, with int8 matrix products (gemm.h) and fused element-wise
-// work (ops.h), so that a step is a dozen products and a few passes over small arrays instead
-// of an onnxruntime graph of ~75 nodes. Python calls it through `core.translation.native_step`.
-//
-// Legend: R rows, P cached length, S source length, D model width, H heads, K head width,
-// F feed-forward width, V vocabulary, L layers.
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
+#include "step.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <stdexcept>
-#include <string>
-#include <vector>
-
-#include "gemm.h"
-#include "ops.h"
-
-namespace py = pybind11;
 
 namespace seqserve::decoder {
-namespace {
 
-using Floats = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using Longs = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
-using Bools = py::array_t<bool, py::array::c_style | py::array::forcecast>;
-
-Floats weight(const py::dict& weights, const std::string& name) {
-  if (!weights.contains(name)) throw std::invalid_argument("weights: no '" + name + "'");
-  return Floats::ensure(weights[name.c_str()]);
-}
-
-Activation activation(const std::string& name) {
-  if (name == "relu") return Activation::kRelu;
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "swish") return Activation::kSwish;
-  throw std::invalid_argument("activation: '" + name + "' (relu, gelu or swish)");
-}
-
-struct Norm {
-  std::vector<float> gamma, beta;
-};
-
-Norm norm(const py::dict& weights, const std::string& prefix, int d) {
-  Floats g = weight(weights, prefix + ".weight"), b = weight(weights, prefix + ".bias");
-  if (g.size() != d || b.size() != d) throw std::invalid_argument(prefix + ": not of width D");
-  return {{g.data(), g.data() + d}, {b.data(), b.data() + d}};
-}
-
-Int8Matrix matrix(const py::dict& weights, const std::string& prefix, const std::string& name,
-                  int k, int n) {
-  Floats w = weight(weights, prefix + "w_" + name), b = weight(weights, prefix + "b_" + name);
-  if (w.ndim() != 2 || w.shape(0) != k || w.shape(1) != n || b.size() != n)
-    throw std::invalid_argument(prefix + "w_" + name + ": expected [" + std::to_string(k) + ", " +
-                                std::to_string(n) + "]");
-  return Int8Matrix(w.data(), b.data(), k, n);
-}
-
-struct Layer {
-  Norm norms[3];  // before (pre-norm) or after (post-norm) self-attention, cross, feed-forward
-  Int8Matrix qkv, self_out, cross_q, cross_out, ff_1, ff_2;
-};
-
-class Step {
- public:
-  Step(const py::dict& weights, int num_layers, int num_heads, bool norm_first,
-       const std::string& act, float eps)
-      : layers_(num_layers), heads_(num_heads), norm_first_(norm_first), act_(activation(act)),
-        eps_(eps) {
-    Floats embed = weight(weights, "embed"), pe = weight(weights, "positions");
-    if (embed.ndim() != 2 || pe.ndim() != 2 || pe.shape(1) != embed.shape(1))
-      throw std::invalid_argument("embed [V, D] and positions [N, D] expected");
-    vocab_ = static_cast<int>(embed.shape(0));
-    d_ = static_cast<int>(embed.shape(1));
-    max_positions_ = static_cast<int>(pe.shape(0));
-    if (heads_ <= 0 || d_ % heads_ != 0) throw std::invalid_argument("num_heads must divide D");
-    head_dim_ = d_ / heads_;
-    embed_.assign(embed.data(), embed.data() + embed.size());
-    pe_.assign(pe.data(), pe.data() + pe.size());
-    Floats ff = weight(weights, "layers.0.w_ff_1");
-    ff_ = static_cast<int>(ff.shape(1));
-    for (int i = 0; i < num_layers; ++i) {
-      const std::string p = "layers." + std::to_string(i) + ".";
-      Layer& layer = layers_[i];
-      for (int j = 0; j < 3; ++j) layer.norms[j] = norm(weights, p + "norm" + std::to_string(j), d_);
-      layer.qkv = matrix(weights, p, "qkv", d_, 3 * d_);
-      layer.self_out = matrix(weights, p, "self_out", d_, d_);
-      layer.cross_q = matrix(weights, p, "cross_q", d_, d_);
-      layer.cross_out = matrix(weights, p, "cross_out", d_, d_);
-      layer.ff_1 = matrix(weights, p, "ff_1", d_, ff_);
-      layer.ff_2 = matrix(weights, p, "ff_2", ff_, d_);
-    }
-    has_final_norm_ = weights.contains("norm.weight");
-    if (has_final_norm_) final_norm_ = norm(weights, "norm", d_);
-    out_ = matrix(weights, "", "out", d_, vocab_);
+Step::Step(const py::dict& weights, int num_layers, int num_heads, bool norm_first,
+           const std::string& act, float eps)
+    : layers_(num_layers), heads_(num_heads), act_(activation(act)) {
+  res_.norm_first = norm_first;
+  res_.eps = eps;
+  Floats embed = weight(weights, "embed"), pe = weight(weights, "positions");
+  if (embed.ndim() != 2 || pe.ndim() != 2 || pe.shape(1) != embed.shape(1))
+    throw std::invalid_argument("embed [V, D] and positions [N, D] expected");
+  vocab_ = static_cast<int>(embed.shape(0));
+  d_ = static_cast<int>(embed.shape(1));
+  max_positions_ = static_cast<int>(pe.shape(0));
+  if (heads_ <= 0 || d_ % heads_ != 0) throw std::invalid_argument("num_heads must divide D");
+  head_dim_ = d_ / heads_;
+  res_.d = d_;
+  embed_.assign(embed.data(), embed.data() + embed.size());
+  pe_.assign(pe.data(), pe.data() + pe.size());
+  Floats ff = weight(weights, "layers.0.w_ff_1");
+  ff_ = static_cast<int>(ff.shape(1));
+  for (int i = 0; i < num_layers; ++i) {
+    const std::string p = "layers." + std::to_string(i) + ".";
+    Layer& layer = layers_[i];
+    for (int j = 0; j < 3; ++j) layer.norms[j] = norm(weights, p + "norm" + std::to_string(j), d_);
+    layer.qkv = matrix(weights, p, "qkv", d_, 3 * d_);
+    layer.self_out = matrix(weights, p, "self_out", d_, d_);
+    layer.cross_q = matrix(weights, p, "cross_q", d_, d_);
+    layer.cross_out = matrix(weights, p, "cross_out", d_, d_);
+    layer.ff_1 = matrix(weights, p, "ff_1", d_, ff_);
+    layer.ff_2 = matrix(weights, p, "ff_2", ff_, d_);
   }
+  has_final_norm_ = weights.contains("norm.weight");
+  if (has_final_norm_) final_norm_ = norm(weights, "norm", d_);
+  out_ = matrix(weights, "", "out", d_, vocab_);
+}
 
-  int vocab() const { return vocab_; }
-  int num_layers() const { return static_cast<int>(layers_.size()); }
-  int num_heads() const { return heads_; }
+py::tuple Step::step(const Longs& tokens, const Longs& positions, const Bools& past_mask,
+                     const Bools& src_mask, const std::vector<Floats>& past_k,
+               const std::vector<Floats>& past_v, const std::vector<Floats>& cross_k,
+               const std::vector<Floats>& cross_v) {
+  const int n = static_cast<int>(layers_.size());
+  if (tokens.ndim() != 2 || past_mask.ndim() != 2 || src_mask.ndim() != 2)
+    throw std::invalid_argument("tokens [R, 1], past_mask [R, P], src_mask [R, S] expected");
+  const int rows = static_cast<int>(tokens.shape(0));
+  const int past = static_cast<int>(past_mask.shape(1)), src = static_cast<int>(src_mask.shape(1));
+  if (tokens.size() != rows || positions.size() != rows || past_mask.shape(0) != rows ||
+      src_mask.shape(0) != rows)
+    throw std::invalid_argument("tokens, positions and masks must have R rows");
+  for (const auto* list : {&past_k, &past_v, &cross_k, &cross_v})
+    if (static_cast<int>(list->size()) != n)
+      throw std::invalid_argument("one cache array per layer expected");
+  for (int i = 0; i < n; ++i) {
+    check_cache(past_k[i], rows, past, "past_k");
+    check_cache(past_v[i], rows, past, "past_v");
+    check_cache(cross_k[i], rows, src, "cross_k");
+    check_cache(cross_v[i], rows, src, "cross_v");
+  }
+  const std::int64_t* tok = tokens.data();
+  const std::int64_t* pos = positions.data();
+  for (int r = 0; r < rows; ++r) {
+    if (tok[r] < 0 || tok[r] >= vocab_)
+      throw std::invalid_argument("tokens: " + std::to_string(tok[r]) + " is not in [0, V)");
+    if (pos[r] < 0 || pos[r] >= max_positions_)
+      throw std::invalid_argument("positions: " + std::to_string(pos[r]) + " is past the table");
+  }
+  py::array_t<float> log_probs({rows, vocab_});
+  py::list present_k, present_v;
+  std::vector<float*> pk(n), pv(n);
+  for (int i = 0; i < n; ++i) {
+    py::array_t<float> k({rows, heads_, past + 1, head_dim_}), v({rows, heads_, past + 1, head_dim_});
+    pk[i] = k.mutable_data();
+    pv[i] = v.mutable_data();
+    present_k.append(std::move(k));
+    present_v.append(std::move(v));
+  }
+  std::vector<const float*> ck(n), cv(n), qk(n), qv(n);
+  for (int i = 0; i < n; ++i) {
+    qk[i] = past_k[i].data();
+    qv[i] = past_v[i].data();
+    ck[i] = cross_k[i].data();
+    cv[i] = cross_v[i].data();
+  }
+  float* out = log_probs.mutable_data();
+  const bool* pm = past_mask.data();
+  const bool* sm = src_mask.data();
+  {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> one_at_a_time(busy_);  // the work space below is shared
+    run(rows, past, src, tok, pos, pm, sm, qk, qv, ck, cv, pk, pv, out);
+  }
+  return py::make_tuple(std::move(log_probs), std::move(present_k), std::move(present_v));
+}
 
-  // tokens/positions [R, 1], past_mask [R, P], src_mask [R, S]; per layer past_k/past_v
-  // [R, H, P, K] and cross_k/cross_v [R, H, S, K] -> (log_probs [R, V], present_k,
-  // present_v: per layer [R, H, P+1, K])
-  py::tuple step(const Longs& tokens, const Longs& positions, const Bools& past_mask,
-                 const Bools& src_mask, const std::vector<Floats>& past_k,
-                 const std::vector<Floats>& past_v, const std::vector<Floats>& cross_k,
-                 const std::vector<Floats>& cross_v) {
-    const int n = static_cast<int>(layers_.size());
-    if (tokens.ndim() != 2 || past_mask.ndim() != 2 || src_mask.ndim() != 2)
-      throw std::invalid_argument("tokens [R, 1], past_mask [R, P], src_mask [R, S] expected");
-    const int rows = static_cast<int>(tokens.shape(0));
-    const int past = static_cast<int>(past_mask.shape(1)), src = static_cast<int>(src_mask.shape(1));
-    if (tokens.size() != rows || positions.size() != rows || past_mask.shape(0) != rows ||
-        src_mask.shape(0) != rows)
-      throw std::invalid_argument("tokens, positions and masks must have R rows");
-    for (const auto* list : {&past_k, &past_v, &cross_k, &cross_v})
-      if (static_cast<int>(list->size()) != n)
-        throw std::invalid_argument("one cache array per layer expected");
-    for (int i = 0; i < n; ++i) {
-      check_cache(past_k[i], rows, past, "past_k");
-      check_cache(past_v[i], rows, past, "past_v");
-      check_cache(cross_k[i], rows, src, "cross_k");
-      check_cache(cross_v[i], rows, src, "cross_v");
-    }
-    const std::int64_t* tok = tokens.data();
-    const std::int64_t* pos = positions.data();
+void Step::check_cache(const Floats& a, int rows, int slots, const char* name) const {
+  if (a.ndim() != 4 || a.shape(0) != rows || a.shape(1) != heads_ || a.shape(2) != slots ||
+      a.shape(3) != head_dim_)
+    throw std::invalid_argument(std::string(name) + ": expected [R, H, " +
+                                std::to_string(slots) + ", K] per layer");
+}
+
+void Step::run(int rows, int past, int src, const std::int64_t* tok, const std::int64_t* pos,
+         const bool* past_mask, const bool* src_mask, const std::vector<const float*>& past_k,
+         const std::vector<const float*>& past_v, const std::vector<const float*>& cross_k,
+         const std::vector<const float*>& cross_v, const std::vector<float*>& present_k,
+         const std::vector<float*>& present_v, float* log_probs) {
+  const int d = d_, hd = head_dim_, slots = past + 1;
+  const std::size_t rd = static_cast<std::size_t>(rows) * d;
+  x_.resize(rd);
+  h_.resize(rd);
+  att_.resize(rd);
+  y_.resize(rd);
+  wide_.resize(static_cast<std::size_t>(rows) * std::max(3 * d, ff_));
+  scores_.resize(std::max(slots, src));
+  if (self_valid_size_ < static_cast<std::size_t>(rows) * slots) {
+    self_valid_size_ = static_cast<std::size_t>(rows) * slots;
+    self_valid_.reset(new bool[self_valid_size_]);
+  }
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  embed(embed_, pe_, d, tok, pos, rows, x_.data());  // x = embed(token) + pe(position) [R, D]
+  for (int r = 0; r < rows; ++r) {
+    std::memcpy(&self_valid_[static_cast<std::size_t>(r) * slots], past_mask + r * past,
+                past * sizeof(bool));
+    self_valid_[static_cast<std::size_t>(r) * slots + past] = true;  // the new slot
+  }
+  const std::size_t head_past = static_cast<std::size_t>(past) * hd;
+  const std::size_t head_src = static_cast<std::size_t>(src) * hd;
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    Layer& layer = layers_[l];
+    // self-attention: qkv [R, 3D]; present = past + this step's key/value   [R, H, P+1, K]
+    layer.qkv.apply(res_.input(x_.data(), rows, layer.norms[0], h_), rows, d, wide_.data(),
+                    3 * d, scratch_);
     for (int r = 0; r < rows; ++r) {
-      if (tok[r] < 0 || tok[r] >= vocab_)
-        throw std::invalid_argument("tokens: " + std::to_string(tok[r]) + " is not in [0, V)");
-      if (pos[r] < 0 || pos[r] >= max_positions_)
-        throw std::invalid_argument("positions: " + std::to_string(pos[r]) + " is past the table");
-    }
-    py::array_t<float> log_probs({rows, vocab_});
-    py::list present_k, present_v;
-    std::vector<float*> pk(n), pv(n);
-    for (int i = 0; i < n; ++i) {
-      py::array_t<float> k({rows, heads_, past + 1, head_dim_}), v({rows, heads_, past + 1, head_dim_});
-      pk[i] = k.mutable_data();
-      pv[i] = v.mutable_data();
-      present_k.append(std::move(k));
-      present_v.append(std::move(v));
-    }
-    std::vector<const float*> ck(n), cv(n), qk(n), qv(n);
-    for (int i = 0; i < n; ++i) {
-      qk[i] = past_k[i].data();
-      qv[i] = past_v[i].data();
-      ck[i] = cross_k[i].data();
-      cv[i] = cross_v[i].data();
-    }
-    float* out = log_probs.mutable_data();
-    const bool* pm = past_mask.data();
-    const bool* sm = src_mask.data();
-    {
-      py::gil_scoped_release release;
-      std::lock_guard<std::mutex> one_at_a_time(busy_);  // the work space below is shared
-      run(rows, past, src, tok, pos, pm, sm, qk, qv, ck, cv, pk, pv, out);
-    }
-    return py::make_tuple(std::move(log_probs), std::move(present_k), std::move(present_v));
-  }
-
- private:
-  void check_cache(const Floats& a, int rows, int slots, const char* name) const {
-    if (a.ndim() != 4 || a.shape(0) != rows || a.shape(1) != heads_ || a.shape(2) != slots ||
-        a.shape(3) != head_dim_)
-      throw std::invalid_argument(std::string(name) + ": expected [R, H, " +
-                                  std::to_string(slots) + ", K] per layer");
-  }
-
-  // x [R, D] += sublayer output y [R, D], then the post-norm if the model has it
-  void residual(float* x, const float* y, int rows, const Norm& n) {
-    add_into(x, y, static_cast<std::size_t>(rows) * d_);
-    if (!norm_first_) layer_norm(x, rows, d_, n.gamma.data(), n.beta.data(), eps_, x);
-  }
-
-  // the sublayer's input: the pre-norm of x, or x itself
-  const float* sublayer_input(const float* x, int rows, const Norm& n) {
-    if (!norm_first_) return x;
-    layer_norm(x, rows, d_, n.gamma.data(), n.beta.data(), eps_, h_.data());
-    return h_.data();
-  }
-
-  void run(int rows, int past, int src, const std::int64_t* tok, const std::int64_t* pos,
-           const bool* past_mask, const bool* src_mask, const std::vector<const float*>& past_k,
-           const std::vector<const float*>& past_v, const std::vector<const float*>& cross_k,
-           const std::vector<const float*>& cross_v, const std::vector<float*>& present_k,
-           const std::vector<float*>& present_v, float* log_probs) {
-    const int d = d_, hd = head_dim_, slots = past + 1;
-    const std::size_t rd = static_cast<std::size_t>(rows) * d;
-    x_.resize(rd);
-    h_.resize(rd);
-    att_.resize(rd);
-    y_.resize(rd);
-    wide_.resize(static_cast<std::size_t>(rows) * std::max(3 * d, ff_));
-    scores_.resize(std::max(slots, src));
-    if (self_valid_size_ < static_cast<std::size_t>(rows) * slots) {
-      self_valid_size_ = static_cast<std::size_t>(rows) * slots;
-      self_valid_.reset(new bool[self_valid_size_]);
-    }
-    const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-    for (int r = 0; r < rows; ++r) {  // x = embed(token) + pe(position)   [R, D]
-      const float* e = embed_.data() + tok[r] * d;
-      const float* p = pe_.data() + pos[r] * d;
-      for (int i = 0; i < d; ++i) x_[r * d + i] = e[i] + p[i];
-      std::memcpy(&self_valid_[static_cast<std::size_t>(r) * slots], past_mask + r * past,
-                  past * sizeof(bool));
-      self_valid_[static_cast<std::size_t>(r) * slots + past] = true;  // the new slot
-    }
-    const std::size_t head_past = static_cast<std::size_t>(past) * hd;
-    const std::size_t head_src = static_cast<std::size_t>(src) * hd;
-    for (std::size_t l = 0; l < layers_.size(); ++l) {
-      Layer& layer = layers_[l];
-      // self-attention: qkv [R, 3D]; present = past + this step's key/value   [R, H, P+1, K]
-      layer.qkv.apply(sublayer_input(x_.data(), rows, layer.norms[0]), rows, d, wide_.data(),
-                      3 * d, scratch_);
-      for (int r = 0; r < rows; ++r) {
-        const float* qkv = wide_.data() + static_cast<std::size_t>(r) * 3 * d;
-        for (int h = 0; h < heads_; ++h) {
-          const std::size_t rh = static_cast<std::size_t>(r) * heads_ + h;
-          float* k = present_k[l] + rh * slots * hd;
-          float* v = present_v[l] + rh * slots * hd;
-          std::memcpy(k, past_k[l] + rh * head_past, head_past * sizeof(float));
-          std::memcpy(v, past_v[l] + rh * head_past, head_past * sizeof(float));
-          std::memcpy(k + head_past, qkv + d + h * hd, hd * sizeof(float));
-          std::memcpy(v + head_past, qkv + 2 * d + h * hd, hd * sizeof(float));
-          attend(qkv + h * hd, k, v, &self_valid_[static_cast<std::size_t>(r) * slots], slots, hd,
-                 scale, scores_.data(), att_.data() + static_cast<std::size_t>(r) * d + h * hd);
-        }
+      const float* qkv = wide_.data() + static_cast<std::size_t>(r) * 3 * d;
+      for (int h = 0; h < heads_; ++h) {
+        const std::size_t rh = static_cast<std::size_t>(r) * heads_ + h;
+        float* k = present_k[l] + rh * slots * hd;
+        float* v = present_v[l] + rh * slots * hd;
+        std::memcpy(k, past_k[l] + rh * head_past, head_past * sizeof(float));
+        std::memcpy(v, past_v[l] + rh * head_past, head_past * sizeof(float));
+        std::memcpy(k + head_past, qkv + d + h * hd, hd * sizeof(float));
+        std::memcpy(v + head_past, qkv + 2 * d + h * hd, hd * sizeof(float));
+        attend(qkv + h * hd, k, v, &self_valid_[static_cast<std::size_t>(r) * slots], slots, hd,
+               scale, scores_.data(), att_.data() + static_cast<std::size_t>(r) * d + h * hd);
       }
-      layer.self_out.apply(att_.data(), rows, d, y_.data(), d, scratch_);
-      residual(x_.data(), y_.data(), rows, layer.norms[0]);
-      // cross-attention over the source's keys/values   [R, H, S, K]
-      layer.cross_q.apply(sublayer_input(x_.data(), rows, layer.norms[1]), rows, d, wide_.data(),
-                          d, scratch_);
-      for (int r = 0; r < rows; ++r)
-        for (int h = 0; h < heads_; ++h) {
-          const std::size_t rh = static_cast<std::size_t>(r) * heads_ + h;
-          attend(wide_.data() + static_cast<std::size_t>(r) * d + h * hd, cross_k[l] + rh * head_src,
-                 cross_v[l] + rh * head_src, src_mask + static_cast<std::size_t>(r) * src, src, hd,
-                 scale, scores_.data(), att_.data() + static_cast<std::size_t>(r) * d + h * hd);
-        }
-      layer.cross_out.apply(att_.data(), rows, d, y_.data(), d, scratch_);
-      residual(x_.data(), y_.data(), rows, layer.norms[1]);
-      // feed-forward   [R, D] -> [R, F] -> [R, D]
-      layer.ff_1.apply(sublayer_input(x_.data(), rows, layer.norms[2]), rows, d, wide_.data(), ff_,
-                       scratch_);
-      activate(wide_.data(), static_cast<std::size_t>(rows) * ff_, act_);
-      layer.ff_2.apply(wide_.data(), rows, ff_, y_.data(), d, scratch_);
-      residual(x_.data(), y_.data(), rows, layer.norms[2]);
     }
-    const float* final = x_.data();
-    if (has_final_norm_) {
-      layer_norm(x_.data(), rows, d, final_norm_.gamma.data(), final_norm_.beta.data(), eps_,
-                 h_.data());
-      final = h_.data();
-    }
-    out_.apply(final, rows, d, log_probs, vocab_, scratch_);  // [R, V]
-    log_softmax_rows(log_probs, rows, vocab_);
+    layer.self_out.apply(att_.data(), rows, d, y_.data(), d, scratch_);
+    res_.add(x_.data(), y_.data(), rows, layer.norms[0]);
+    // cross-attention over the source's keys/values   [R, H, S, K]
+    layer.cross_q.apply(res_.input(x_.data(), rows, layer.norms[1], h_), rows, d, wide_.data(),
+                        d, scratch_);
+    for (int r = 0; r < rows; ++r)
+      for (int h = 0; h < heads_; ++h) {
+        const std::size_t rh = static_cast<std::size_t>(r) * heads_ + h;
+        attend(wide_.data() + static_cast<std::size_t>(r) * d + h * hd, cross_k[l] + rh * head_src,
+               cross_v[l] + rh * head_src, src_mask + static_cast<std::size_t>(r) * src, src, hd,
+               scale, scores_.data(), att_.data() + static_cast<std::size_t>(r) * d + h * hd);
+      }
+    layer.cross_out.apply(att_.data(), rows, d, y_.data(), d, scratch_);
+    res_.add(x_.data(), y_.data(), rows, layer.norms[1]);
+    // feed-forward   [R, D] -> [R, F] -> [R, D]
+    layer.ff_1.apply(res_.input(x_.data(), rows, layer.norms[2], h_), rows, d, wide_.data(), ff_,
+                     scratch_);
+    activate(wide_.data(), static_cast<std::size_t>(rows) * ff_, act_);
+    layer.ff_2.apply(wide_.data(), rows, ff_, y_.data(), d, scratch_);
+    res_.add(x_.data(), y_.data(), rows, layer.norms[2]);
   }
-
-  std::vector<Layer> layers_;
-  int heads_, head_dim_ = 0, d_ = 0, ff_ = 0, vocab_ = 0, max_positions_ = 0;
-  bool norm_first_, has_final_norm_ = false;
-  Activation act_;
-  float eps_;
-  std::vector<float> embed_, pe_;
-  Norm final_norm_;
-  Int8Matrix out_;
-  // per-call work space, kept between calls; one call at a time uses it
-  std::mutex busy_;
-  std::vector<float> x_, h_, att_, y_, wide_, scores_;
-  std::vector<std::uint8_t> scratch_;
-  std::unique_ptr<bool[]> self_valid_;  // [R, P+1]: the slots each row attends to
-  std::size_t self_valid_size_ = 0;
-};
-
-}  // namespace
-}  // namespace seqserve::decoder
-
-PYBIND11_MODULE(_decoder, m) {
-  using seqserve::decoder::Step;
-  using Floats = py::array_t<float, py::array::c_style | py::array::forcecast>;
-  m.doc() = "The translator's decoder step in native code (int8 products).";
-  py::class_<Step>(m, "Step")
-      .def(py::init<const py::dict&, int, int, bool, const std::string&, float>(),
-           py::arg("weights"), py::arg("num_layers"), py::arg("num_heads"), py::arg("norm_first"),
-           py::arg("activation"), py::arg("eps"))
-      .def_property_readonly("vocab", &Step::vocab)
-      .def_property_readonly("num_layers", &Step::num_layers)
-      .def_property_readonly("num_heads", &Step::num_heads)
-      .def("step", &Step::step, py::arg("tokens"), py::arg("positions"), py::arg("past_mask"),
-           py::arg("src_mask"), py::arg("past_k"), py::arg("past_v"), py::arg("cross_k"),
-           py::arg("cross_v"));
-  py::class_<seqserve::decoder::Int8Matrix>(m, "Int8Matrix")
-      .def(py::init([](const Floats& w, const Floats& b) {
-             if (w.ndim() != 2 || b.ndim() != 1 || b.shape(0) != w.shape(1))
-               throw std::invalid_argument("w [K, N] and b [N] expected");
-             return seqserve::decoder::Int8Matrix(w.data(), b.data(), static_cast<int>(w.shape(0)),
-                                                  static_cast<int>(w.shape(1)));
-           }),
-           py::arg("w"), py::arg("b"))
-      .def("__call__", [](const seqserve::decoder::Int8Matrix& self, const Floats& x) {
-             if (x.ndim() != 2 || x.shape(1) != self.k())
-               throw std::invalid_argument("x [M, K] expected");
-             const int rows = static_cast<int>(x.shape(0));
-             py::array_t<float> y({rows, self.n()});
-             std::vector<std::uint8_t> scratch;
-             self.apply(x.data(), rows, self.k(), y.mutable_data(), self.n(), scratch);
-             return y;
-           }, py::arg("x"), "x [M, K] @ W + b with int8 products");
-  m.def("kernel", &seqserve::decoder::kernel_name, "the int8 kernel in use");
-  m.def("kernels", &seqserve::decoder::kernels, "the int8 kernels this machine can run");
-  m.def("use_kernel", &seqserve::decoder::use_kernel, py::arg("name"),
-        "run the named int8 kernel ('auto': the fastest); False if this machine cannot");
+  const float* final = x_.data();
+  if (has_final_norm_) {
+    layer_norm(x_.data(), rows, d, final_norm_.gamma.data(), final_norm_.beta.data(), res_.eps,
+               h_.data());
+    final = h_.data();
+  }
+  out_.apply(final, rows, d, log_probs, vocab_, scratch_);  // [R, V]
+  log_softmax_rows(log_probs, rows, vocab_);
 }
+
+}  // namespace seqserve::decoder

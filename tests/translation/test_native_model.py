@@ -1,7 +1,8 @@
-"""The native int8 decoder step (core/native): its int8 products on every kernel this machine
-runs, the step against the PyTorch step it reimplements (pre- and post-norm, each activation,
-padded caches and sources, row counts across the 16-row tiles), its errors, and the int8
-export that ships it and the translator that loads it."""
+"""The native int8 translator (core/native): its int8 products on every kernel this machine
+runs; its decoder step and encoder against numpy references of the same int8 arithmetic and
+against the PyTorch modules they reimplement (pre- and post-norm, each activation, padded
+caches and sources, row counts across the 16-row tiles); its errors; and the int8 export that
+ships it and the translator that loads it."""
 
 from __future__ import annotations
 
@@ -14,18 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from core.translation import native_step
+from core.translation import native_model
 from core.translation.graphs import GraphError, Layers
 from export.decoder_step import DecoderStep
-from export.native_step import native_settings, native_weights, write_native_weights
+from export.native_weights import native_settings, native_weights, write_native_weights
+from export.translator_graphs import EncoderGraph
 from training.models.transformer import make_model
 from training.translator_config import TranslatorConfig
 
-pytestmark = pytest.mark.skipif(native_step.kernel() is None, reason="core/native not built")
-decoder = native_step._decoder
+pytestmark = pytest.mark.skipif(native_model.kernel() is None, reason="core/native not built")
+decoder = native_model._decoder
 
 
-@pytest.fixture(params=native_step._decoder.kernels() if native_step._decoder else [])
+@pytest.fixture(params=native_model._decoder.kernels() if native_model._decoder else [])
 def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each int8 kernel this machine can run, in turn; the automatic choice restored after."""
     assert decoder.use_kernel(request.param)
@@ -82,7 +84,7 @@ def _model(norm: str, activation: str, layers: int = 2) -> torch.nn.Module:
         d_model=64,
         num_heads=4,
         d_ff=96,
-        num_encoder_layers=1,
+        num_encoder_layers=2,
         num_decoder_layers=layers,
         dropout=0.0,
         max_len=64,
@@ -154,12 +156,26 @@ ACTIVATIONS = {
 }
 
 
+def _linear(w: dict[str, np.ndarray], prefix: str, name: str, x: np.ndarray) -> np.ndarray:
+    return _qmatmul(x, w[f"{prefix}w_{name}"], w[f"{prefix}b_{name}"])
+
+
+def _sublayer(
+    w: dict[str, np.ndarray], settings: dict[str, Any], prefix: str, j: int, x: np.ndarray, f: Any
+) -> np.ndarray:
+    """The residual around sublayer j: pre-norm x + f(norm(x)), post-norm norm(x + f(x))."""
+    g, b, eps = w[f"{prefix}norm{j}.weight"], w[f"{prefix}norm{j}.bias"], settings["eps"]
+    if settings["norm_first"]:
+        return x + f(_layer_norm(x, g, b, eps))
+    return _layer_norm(x + f(x), g, b, eps)
+
+
 def _reference_step(
     w: dict[str, np.ndarray], settings: dict[str, Any], *inputs: np.ndarray
 ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """What the native step computes, in numpy on the same names: its test oracle."""
+    """What the native decoder step computes, in numpy on the same names: its test oracle."""
     tokens, positions, past_k, past_v, past_mask, cross_k, cross_v, src_mask = inputs
-    heads, act, eps = settings["num_heads"], ACTIVATIONS[settings["activation"]], settings["eps"]
+    heads, act = settings["num_heads"], ACTIVATIONS[settings["activation"]]
     x = w["embed"][tokens[:, 0]] + w["positions"][positions[:, 0]]  # [R, D]
     rows, d = x.shape
     valid = np.concatenate([past_mask, np.ones((rows, 1), bool)], 1)  # [R, P+1]
@@ -167,37 +183,84 @@ def _reference_step(
     for i in range(settings["num_layers"]):
         p = f"layers.{i}."
 
-        def sub(x: np.ndarray, j: int, f: Any, p: str = p) -> np.ndarray:
-            g, b = w[f"{p}norm{j}.weight"], w[f"{p}norm{j}.bias"]
-            if settings["norm_first"]:
-                return x + f(_layer_norm(x, g, b, eps))
-            return _layer_norm(x + f(x), g, b, eps)
-
-        def linear(x: np.ndarray, name: str, p: str = p) -> np.ndarray:
-            return _qmatmul(x, w[f"{p}w_{name}"], w[f"{p}b_{name}"])
-
-        def self_attention(h: np.ndarray, i: int = i) -> np.ndarray:
-            qkv = linear(h, "qkv").reshape(rows, 3, heads, d // heads)
+        def self_attention(h: np.ndarray, i: int = i, p: str = p) -> np.ndarray:
+            qkv = _linear(w, p, "qkv", h).reshape(rows, 3, heads, d // heads)
             k = np.concatenate([past_k[i], qkv[:, 1, :, None]], 2)
             v = np.concatenate([past_v[i], qkv[:, 2, :, None]], 2)
             present_k.append(k)
             present_v.append(v)
-            return linear(_attend(qkv[:, 0], k, v, valid).reshape(rows, d), "self_out")
+            return _linear(w, p, "self_out", _attend(qkv[:, 0], k, v, valid).reshape(rows, d))
 
-        def cross_attention(h: np.ndarray, i: int = i) -> np.ndarray:
-            q = linear(h, "cross_q").reshape(rows, heads, d // heads)
-            return linear(
-                _attend(q, cross_k[i], cross_v[i], src_mask).reshape(rows, d), "cross_out"
-            )
+        def cross_attention(h: np.ndarray, i: int = i, p: str = p) -> np.ndarray:
+            q = _linear(w, p, "cross_q", h).reshape(rows, heads, d // heads)
+            out = _attend(q, cross_k[i], cross_v[i], src_mask).reshape(rows, d)
+            return _linear(w, p, "cross_out", out)
 
-        x = sub(x, 0, self_attention)
-        x = sub(x, 1, cross_attention)
-        x = sub(x, 2, lambda h: linear(act(linear(h, "ff_1")), "ff_2"))
+        def feed_forward(h: np.ndarray, p: str = p) -> np.ndarray:
+            return _linear(w, p, "ff_2", act(_linear(w, p, "ff_1", h)))
+
+        x = _sublayer(w, settings, p, 0, x, self_attention)
+        x = _sublayer(w, settings, p, 1, x, cross_attention)
+        x = _sublayer(w, settings, p, 2, x, feed_forward)
     if "norm.weight" in w:
-        x = _layer_norm(x, w["norm.weight"], w["norm.bias"], eps)
+        x = _layer_norm(x, w["norm.weight"], w["norm.bias"], settings["eps"])
     logits = _qmatmul(x, w["w_out"], w["b_out"])  # [R, V]
     top = logits.max(1, keepdims=True)
     return logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True)), present_k, present_v
+
+
+def _reference_encoder(
+    w: dict[str, np.ndarray], settings: dict[str, Any], src_ids: np.ndarray, src_mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the native encoder computes, in numpy: its test oracle. -> cross_k, cross_v
+    [L, B, H, S, K]."""
+    heads, act = settings["num_heads"], ACTIVATIONS[settings["activation"]]
+    batch, src = src_ids.shape
+    d = w["positions"].shape[1]
+    k_dim = d // heads
+    x = (w["encoder.embed"][src_ids] + w["positions"][:src][None]).reshape(batch * src, d)
+    for i in range(settings["encoder_layers"]):
+        p = f"encoder.layers.{i}."
+
+        def self_attention(h: np.ndarray, p: str = p) -> np.ndarray:
+            qkv = _linear(w, p, "qkv", h).reshape(batch, src, 3, heads, k_dim)
+            q, k, v = (qkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))  # [B, H, S, K]
+            scores = np.einsum("bhsk,bhtk->bhst", q, k) / np.sqrt(k_dim)
+            scores = np.where(src_mask[:, None, None, :], scores, -1e9)
+            prob = np.exp(scores - scores.max(-1, keepdims=True))
+            out = np.einsum("bhst,bhtk->bshk", prob / prob.sum(-1, keepdims=True), v)
+            return _linear(w, p, "self_out", out.reshape(batch * src, d))
+
+        def feed_forward(h: np.ndarray, p: str = p) -> np.ndarray:
+            return _linear(w, p, "ff_2", act(_linear(w, p, "ff_1", h)))
+
+        x = _sublayer(w, settings, p, 0, x, self_attention)
+        x = _sublayer(w, settings, p, 1, x, feed_forward)
+    if "encoder.norm.weight" in w:
+        x = _layer_norm(x, w["encoder.norm.weight"], w["encoder.norm.bias"], settings["eps"])
+    kv = _qmatmul(x, w["cross.w_kv"], w["cross.b_kv"])  # [B S, 2 L D]
+    kv = kv.reshape(batch, src, settings["num_layers"], 2, heads, k_dim)
+    return kv[:, :, :, 0].transpose(2, 0, 3, 1, 4), kv[:, :, :, 1].transpose(2, 0, 3, 1, 4)
+
+
+def _native(model: torch.nn.Module) -> tuple[Any, Any, dict[str, np.ndarray], dict[str, Any]]:
+    """The native encoder and decoder step of `model`, its weights and settings."""
+    weights, settings = native_weights(model), native_settings(model)
+    step_settings = {k: v for k, v in settings.items() if k != "encoder_layers"}
+    encoder = decoder.Encoder(
+        weights,
+        num_layers=settings["encoder_layers"],
+        decoder_layers=settings["num_layers"],
+        **{k: v for k, v in step_settings.items() if k != "num_layers"},
+    )
+    return encoder, decoder.Step(weights, **step_settings), weights, settings
+
+
+def _sources(batch: int, src: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    lengths = rng.integers(1, src + 1, batch)
+    lengths[0] = src
+    src_mask = np.arange(src)[None, :] < lengths[:, None]  # [B, S], right-padded
+    return np.where(src_mask, rng.integers(4, 300, (batch, src)), 0), src_mask
 
 
 NORMS_AND_ACTIVATIONS = [("pre", "relu"), ("post", "swish"), ("pre", "gelu"), ("post", "relu")]
@@ -211,12 +274,11 @@ def test_native_step_computes_its_reference(
 ) -> None:
     """On every kernel, the native step is the numpy reference of the same int8 arithmetic
     to float rounding: every row, head, mask, norm and activation where it belongs."""
-    step = DecoderStep(_model(norm, activation)).eval()
-    weights, settings = native_weights(step), native_settings(step)
+    _, step, weights, settings = _native(_model(norm, activation))
     assert settings["norm_first"] == (norm == "pre") and settings["activation"] == activation
     inputs = _inputs(rows, past, 7, 2, np.random.default_rng(rows + past))
     tokens, positions, pk, pv, past_mask, ck, cv, src_mask = inputs
-    log_probs, present_k, present_v = decoder.Step(weights, **settings).step(
+    log_probs, present_k, present_v = step.step(
         tokens, positions, past_mask, src_mask, list(pk), list(pv), list(ck), list(cv)
     )
     want, want_k, want_v = _reference_step(weights, settings, *inputs)
@@ -231,14 +293,46 @@ def test_native_step_computes_its_reference(
 
 
 @pytest.mark.parametrize(("norm", "activation"), NORMS_AND_ACTIVATIONS)
-def test_native_step_is_the_pytorch_step_within_int8_error(norm: str, activation: str) -> None:
-    """Against the float step it reimplements (export's DecoderStep), the int8 error only:
-    the same best token where it leads by half a nat, the likely tokens within a nat
-    (onnxruntime's int8 step is further off on each of these cases; post-norm models carry
-    more of the error than pre-norm)."""
+@pytest.mark.parametrize(("batch", "src"), [(1, 1), (3, 9), (5, 20)])  # 5 x 20: past 16 rows
+def test_native_encoder_computes_its_reference(
+    kernel: str, norm: str, activation: str, batch: int, src: int
+) -> None:
+    """On every kernel, the native encoder is the numpy reference of the same int8
+    arithmetic: padded sources masked, every decoder layer's keys and values in place."""
+    encoder, _, weights, settings = _native(_model(norm, activation))
+    src_ids, src_mask = _sources(batch, src, np.random.default_rng(batch + src))
+    cross_k, cross_v = encoder.encode(src_ids, src_mask)
+    want_k, want_v = _reference_encoder(weights, settings, src_ids, src_mask)
+    assert cross_k.shape == cross_v.shape == (2, batch, 4, src, 16)
+    for got, want in ((cross_k, want_k), (cross_v, want_v)):
+        # float rounding, except where a requantised input lands on the other side of a
+        # rounding boundary (a step of 1/255 of its row's range, passed on by later layers)
+        error = np.abs(got - want)
+        assert (error > 2e-3).mean() < 0.05 and error.max() < 0.05
+
+
+@pytest.mark.parametrize(("norm", "activation"), NORMS_AND_ACTIVATIONS)
+def test_native_translator_is_the_pytorch_model_within_int8_error(
+    norm: str, activation: str
+) -> None:
+    """Against the float modules it reimplements (export's EncoderGraph and DecoderStep), the
+    int8 error only: the source keys and values within a few per cent of their size; the same
+    best token where it leads by half a nat, the likely tokens within a nat (onnxruntime's
+    int8 step is further off on each of these cases; post-norm models carry more of the error
+    than pre-norm)."""
     model = _model(norm, activation)
+    encoder, native, _, _ = _native(model)
+    src_ids, src_mask = _sources(4, 11, np.random.default_rng(0))
+    with torch.no_grad():
+        _, want_k, want_v = EncoderGraph(model)(
+            torch.from_numpy(src_ids), torch.from_numpy(src_mask)
+        )
+    for got, want in zip(encoder.encode(src_ids, src_mask), (want_k, want_v), strict=True):
+        error, size = np.abs(got - want.numpy()), np.abs(want.numpy())
+        # measured: mean 1% (pre-norm) and 3% (post-norm) of the mean size, largest 1% and
+        # 14% of the largest; a wrong head, position or mask would be off by the whole size
+        assert error.mean() < 0.05 * size.mean() and error.max() < 0.25 * size.max()
     step = DecoderStep(model).eval()
-    native = decoder.Step(native_weights(step), **native_settings(step))
     for rows, past in ROWS_AND_PAST:
         inputs = _inputs(rows, past, 7, 2, np.random.default_rng(rows + past))
         tokens, positions, pk, pv, past_mask, ck, cv, src_mask = inputs
@@ -258,9 +352,8 @@ def test_native_step_is_the_pytorch_step_within_int8_error(norm: str, activation
         assert np.abs(log_probs - want)[likely].max() < 1.0
 
 
-def test_native_step_refuses_bad_inputs_with_the_field_named() -> None:
-    step = DecoderStep(_model("pre", "relu")).eval()
-    native = decoder.Step(native_weights(step), **native_settings(step))
+def test_native_translator_refuses_bad_inputs_with_the_field_named() -> None:
+    encoder, native, weights, settings = _native(_model("pre", "relu"))
     tokens, positions, pk, pv, past_mask, ck, cv, src_mask = _inputs(
         2, 3, 4, 2, np.random.default_rng(0)
     )
@@ -275,61 +368,64 @@ def test_native_step_refuses_bad_inputs_with_the_field_named() -> None:
     ]:
         with pytest.raises(ValueError, match=field):
             native.step(*(bad if i == index else a for i, a in enumerate(args)))
-    weights = native_weights(step)
+    src_ids, src_mask = _sources(2, 5, np.random.default_rng(0))
+    for ids, mask, field in [
+        (np.full((2, 5), 300), src_mask, "src_ids"),
+        (np.full((1, 65), 4), np.ones((1, 65), bool), "src_ids: 65 tokens"),
+        (src_ids, src_mask[:, :3], "src_mask"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            encoder.encode(ids, mask)
     del weights["layers.1.w_ff_2"]
+    step_settings = {k: v for k, v in settings.items() if k != "encoder_layers"}
     with pytest.raises(ValueError, match=r"layers\.1\.w_ff_2"):
-        decoder.Step(weights, **native_settings(step))
+        decoder.Step(weights, **step_settings)
 
 
 def test_a_broken_weights_file_is_a_graph_error(tmp_path: Path) -> None:
     with pytest.raises(GraphError, match="not found"):
-        native_step.load_step(tmp_path / native_step.FILE)
-    step = DecoderStep(_model("pre", "relu")).eval()
-    path = write_native_weights(step, tmp_path)
-    with np.load(path) as npz:
-        arrays = {name: npz[name] for name in npz.files if name != "w_out"}
-    np.savez(path, **arrays)
-    with pytest.raises(GraphError, match="w_out"):
-        native_step.load_step(path)
+        native_model.NativeModel(tmp_path / native_model.FILE)
+    path = write_native_weights(_model("pre", "relu"), tmp_path)
+    for missing in ("w_out", "cross.w_kv"):
+        with np.load(path) as npz:
+            arrays = {name: npz[name] for name in npz.files if name != missing}
+        broken = tmp_path / "broken" / native_model.FILE
+        broken.parent.mkdir(exist_ok=True)
+        np.savez(broken, **arrays)
+        with pytest.raises(GraphError, match=missing):
+            native_model.NativeModel(broken)
 
 
-def test_native_step_model_keeps_the_step_contract(tmp_path: Path) -> None:
-    """Through `NativeStepModel`: stacked caches in, per-layer `Layers` out, which the next step
-    takes as they are."""
-    model = _model("pre", "relu")
-    weights = write_native_weights(DecoderStep(model).eval(), tmp_path)
-
-    class Encoder:  # the encoder side is not the native step's: any StepModel's
-        num_layers, num_heads, head_dim = 2, 4, 16
-
-    steps = native_step.NativeStepModel(Encoder(), weights)  # type: ignore[arg-type]
-    tokens, positions, pk, pv, past_mask, ck, cv, src_mask = _inputs(
-        3, 4, 5, 2, np.random.default_rng(1)
-    )
-    _, k, v = steps.step(tokens, positions, pk, pv, past_mask, ck, cv, src_mask)
-    assert isinstance(k, Layers) and k.shape == (2, 3, 4, 5, 16)
-    grown = np.concatenate([past_mask, np.ones((3, 1), bool)], axis=1)
-    lp2, k2, _ = steps.step(tokens, positions + 1, k, v, grown, ck, cv, src_mask)
-    assert k2.shape == (2, 3, 4, 6, 16) and np.isfinite(lp2).all()
-    Encoder.num_heads = 2
-    with pytest.raises(GraphError, match="heads"):
-        native_step.NativeStepModel(Encoder(), weights)  # type: ignore[arg-type]
+def test_native_model_keeps_the_step_contract(tmp_path: Path) -> None:
+    """Through `NativeModel`: sources in, stacked source keys/values out; stacked caches in,
+    per-layer `Layers` out, which the next step takes as they are."""
+    model = native_model.NativeModel(write_native_weights(_model("pre", "relu"), tmp_path))
+    assert (model.num_layers, model.num_heads, model.head_dim) == (2, 4, 16)
+    src_ids, src_mask = _sources(3, 5, np.random.default_rng(1))
+    ck, cv = model.encode(src_ids, src_mask)
+    assert ck.shape == (2, 3, 4, 5, 16)
+    empty = np.zeros((2, 3, 4, 0, 16), np.float32)
+    tokens, positions = np.full((3, 1), 2), np.zeros((3, 1), np.int64)
+    _, k, v = model.step(tokens, positions, empty, empty, np.ones((3, 0), bool), ck, cv, src_mask)
+    assert isinstance(k, Layers) and k.shape == (2, 3, 4, 1, 16)
+    lp, k2, _ = model.step(tokens, positions + 1, k, v, np.ones((3, 1), bool), ck, cv, src_mask)
+    assert k2.shape == (2, 3, 4, 2, 16) and np.isfinite(lp).all()
 
 
-def test_decoder_step_setting_chooses_the_step() -> None:
-    assert native_step.chosen("native", on_cpu=True)
-    assert native_step.chosen("native", on_cpu=False)
-    assert not native_step.chosen("onnx", on_cpu=True)
-    assert native_step.chosen("auto", on_cpu=True) == native_step.fast_here()
-    assert not native_step.chosen("auto", on_cpu=False)  # on a GPU the graphs keep the caches
+def test_runtime_setting_chooses_the_runtime() -> None:
+    assert native_model.chosen("native", on_cpu=True)
+    assert native_model.chosen("native", on_cpu=False)
+    assert not native_model.chosen("onnx", on_cpu=True)
+    assert native_model.chosen("auto", on_cpu=True) == native_model.fast_here()
+    assert not native_model.chosen("auto", on_cpu=False)  # on a GPU the graphs keep the caches
 
 
 @pytest.mark.slow
-def test_int8_export_ships_the_native_step_measured(
+def test_int8_export_ships_the_native_translator_measured(
     tiny_checkpoint: Path, tmp_path: Path, sample_sources: list[str], translator: Any
 ) -> None:
-    """`seqserve export --quantize int8` writes decoder_step.npz, records its BLEU change like
-    the graphs', and lets serving choose it; the translator loaded with it decodes with it, as
+    """`seqserve export --quantize int8` writes native.npz, records its BLEU change like the
+    graphs', and lets serving choose it; the translator loaded with it runs natively, as
     faithfully to fp32 (`translator`: the same checkpoint's fp32 export) as the int8 graphs."""
     import onnxruntime as ort
 
@@ -340,20 +436,20 @@ def test_int8_export_ships_the_native_step_measured(
 
     options = TranslatorExportOptions(quantize="int8")
     out = export_translator(tiny_checkpoint, tmp_path, "t8", options)
-    assert (out / native_step.FILE).is_file()
+    assert (out / native_model.FILE).is_file()
     config = read_config(tmp_path / "t8")
     params = {k: v.string_value for k, v in config.parameters.items()}
-    assert params["decoder_step"] == "auto"
-    q = json.loads(params["quantization"])["native_step"]
-    assert q["checked_with_kernel"] == native_step.kernel()
+    assert params["runtime"] == "auto"
+    q = json.loads(params["quantization"])["native"]
+    assert q["checked_with_kernel"] == native_model.kernel()
     assert abs(q["bleu_change"]) < 5  # the tiny model: a loose bound; Multi30k's is measured
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     loaded = {"fp32": translator}
     for setting in ("native", "onnx"):
-        config.parameters["decoder_step"].string_value = setting
+        config.parameters["runtime"].string_value = setting
         loaded[setting] = load_translator(out, config, opts, ["CPUExecutionProvider"])
-    assert isinstance(loaded["native"].model, native_step.NativeStepModel)
+    assert isinstance(loaded["native"].model, native_model.NativeModel)
     assert isinstance(loaded["onnx"].model, OnnxStepModel)
     tok = translator.tokenizer
     texts = {}
@@ -366,6 +462,6 @@ def test_int8_export_ships_the_native_step_measured(
     def agree(name: str) -> int:
         return sum(a == b for a, b in zip(texts[name], texts["fp32"], strict=True))
 
-    # the tiny model is weak, so near ties flip under either int8; a broken step would agree
+    # the tiny model is weak, so near ties flip under either int8; a broken model would agree
     # on next to nothing
     assert agree("native") >= agree("onnx") - 3, texts

@@ -1,0 +1,137 @@
+#include "encoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+namespace seqserve::decoder {
+
+Encoder::Encoder(const py::dict& weights, int num_layers, int decoder_layers, int num_heads,
+                 bool norm_first, const std::string& act, float eps)
+    : layers_(num_layers), decoder_layers_(decoder_layers), heads_(num_heads),
+      act_(activation(act)) {
+  Floats embed = weight(weights, "encoder.embed"), pe = weight(weights, "positions");
+  if (embed.ndim() != 2 || pe.ndim() != 2 || pe.shape(1) != embed.shape(1))
+    throw std::invalid_argument("encoder.embed [V, D] and positions [N, D] expected");
+  vocab_ = static_cast<int>(embed.shape(0));
+  d_ = static_cast<int>(embed.shape(1));
+  max_positions_ = static_cast<int>(pe.shape(0));
+  if (heads_ <= 0 || d_ % heads_ != 0) throw std::invalid_argument("num_heads must divide D");
+  head_dim_ = d_ / heads_;
+  res_ = Residuals{norm_first, eps, d_};
+  embed_.assign(embed.data(), embed.data() + embed.size());
+  pe_.assign(pe.data(), pe.data() + pe.size());
+  ff_ = static_cast<int>(weight(weights, "encoder.layers.0.w_ff_1").shape(1));
+  for (int i = 0; i < num_layers; ++i) {
+    const std::string p = "encoder.layers." + std::to_string(i) + ".";
+    Layer& layer = layers_[i];
+    for (int j = 0; j < 2; ++j) layer.norms[j] = norm(weights, p + "norm" + std::to_string(j), d_);
+    layer.qkv = matrix(weights, p, "qkv", d_, 3 * d_);
+    layer.self_out = matrix(weights, p, "self_out", d_, d_);
+    layer.ff_1 = matrix(weights, p, "ff_1", d_, ff_);
+    layer.ff_2 = matrix(weights, p, "ff_2", ff_, d_);
+  }
+  has_final_norm_ = weights.contains("encoder.norm.weight");
+  if (has_final_norm_) final_norm_ = norm(weights, "encoder.norm", d_);
+  cross_kv_ = matrix(weights, "cross.", "kv", d_, 2 * decoder_layers_ * d_);
+}
+
+py::tuple Encoder::encode(const Longs& src_ids, const Bools& src_mask) {
+  if (src_ids.ndim() != 2 || src_mask.ndim() != 2 || src_mask.shape(0) != src_ids.shape(0) ||
+      src_mask.shape(1) != src_ids.shape(1))
+    throw std::invalid_argument("src_ids and src_mask [B, S] expected");
+  const int batch = static_cast<int>(src_ids.shape(0)), src = static_cast<int>(src_ids.shape(1));
+  if (src > max_positions_)
+    throw std::invalid_argument("src_ids: " + std::to_string(src) + " tokens, past the " +
+                                std::to_string(max_positions_) + " positions");
+  const std::int64_t* ids = src_ids.data();
+  for (py::ssize_t i = 0; i < src_ids.size(); ++i)
+    if (ids[i] < 0 || ids[i] >= vocab_)
+      throw std::invalid_argument("src_ids: " + std::to_string(ids[i]) + " is not in [0, V)");
+  const std::vector<py::ssize_t> shape = {decoder_layers_, batch, heads_, src, head_dim_};
+  py::array_t<float> cross_k(shape), cross_v(shape);
+  float* k = cross_k.mutable_data();
+  float* v = cross_v.mutable_data();
+  const bool* mask = src_mask.data();
+  {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> one_at_a_time(busy_);
+    run(batch, src, ids, mask, k, v);
+  }
+  return py::make_tuple(std::move(cross_k), std::move(cross_v));
+}
+
+void Encoder::run(int batch, int src, const std::int64_t* ids, const bool* mask, float* cross_k,
+                  float* cross_v) {
+  const int rows = batch * src, d = d_, hd = head_dim_;
+  const std::size_t rd = static_cast<std::size_t>(rows) * d;
+  x_.resize(rd);
+  att_.resize(rd);
+  y_.resize(rd);
+  kh_.resize(rd);
+  vh_.resize(rd);
+  wide_.resize(static_cast<std::size_t>(rows) * std::max({3 * d, ff_, 2 * decoder_layers_ * d}));
+  scores_.resize(src);
+  positions_.resize(rows);
+  for (int r = 0; r < rows; ++r) positions_[r] = r % src;
+  embed(embed_, pe_, d, ids, positions_.data(), rows, x_.data());  // [B S, D]
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  const std::size_t head = static_cast<std::size_t>(src) * hd;  // one head's [S, K]
+  for (Layer& layer : layers_) {
+    // self-attention: qkv [B S, 3D]; keys and values to [B, H, S, K]; every position attends
+    // to its sentence's real tokens
+    layer.qkv.apply(res_.input(x_.data(), rows, layer.norms[0], h_), rows, d, wide_.data(),
+                    3 * d, scratch_);
+    for (int r = 0; r < rows; ++r) {
+      const int b = r / src, t = r % src;
+      const float* qkv = wide_.data() + static_cast<std::size_t>(r) * 3 * d;
+      for (int h = 0; h < heads_; ++h) {
+        const std::size_t at = (static_cast<std::size_t>(b) * heads_ + h) * head + t * hd;
+        std::memcpy(&kh_[at], qkv + d + h * hd, hd * sizeof(float));
+        std::memcpy(&vh_[at], qkv + 2 * d + h * hd, hd * sizeof(float));
+      }
+    }
+    for (int r = 0; r < rows; ++r) {
+      const int b = r / src;
+      const float* q = wide_.data() + static_cast<std::size_t>(r) * 3 * d;
+      for (int h = 0; h < heads_; ++h) {
+        const std::size_t bh = (static_cast<std::size_t>(b) * heads_ + h) * head;
+        attend(q + h * hd, &kh_[bh], &vh_[bh], mask + static_cast<std::size_t>(b) * src, src, hd,
+               scale, scores_.data(), att_.data() + static_cast<std::size_t>(r) * d + h * hd);
+      }
+    }
+    layer.self_out.apply(att_.data(), rows, d, y_.data(), d, scratch_);
+    res_.add(x_.data(), y_.data(), rows, layer.norms[0]);
+    // feed-forward   [B S, D] -> [B S, F] -> [B S, D]
+    layer.ff_1.apply(res_.input(x_.data(), rows, layer.norms[1], h_), rows, d, wide_.data(), ff_,
+                     scratch_);
+    activate(wide_.data(), static_cast<std::size_t>(rows) * ff_, act_);
+    layer.ff_2.apply(wide_.data(), rows, ff_, y_.data(), d, scratch_);
+    res_.add(x_.data(), y_.data(), rows, layer.norms[1]);
+  }
+  const float* memory = x_.data();
+  if (has_final_norm_) {
+    h_.resize(rd);
+    layer_norm(x_.data(), rows, d, final_norm_.gamma.data(), final_norm_.beta.data(), res_.eps,
+               h_.data());
+    memory = h_.data();
+  }
+  // every decoder layer's source keys and values in one product: [B S, 2 L D], then laid out
+  // as [L, B, H, S, K]
+  const int width = 2 * decoder_layers_ * d;
+  cross_kv_.apply(memory, rows, d, wide_.data(), width, scratch_);
+  for (int r = 0; r < rows; ++r) {
+    const int b = r / src, t = r % src;
+    const float* kv = wide_.data() + static_cast<std::size_t>(r) * width;
+    for (int l = 0; l < decoder_layers_; ++l)
+      for (int h = 0; h < heads_; ++h) {
+        const std::size_t at =
+            ((static_cast<std::size_t>(l) * batch + b) * heads_ + h) * head + t * hd;
+        std::memcpy(cross_k + at, kv + 2 * l * d + h * hd, hd * sizeof(float));
+        std::memcpy(cross_v + at, kv + (2 * l + 1) * d + h * hd, hd * sizeof(float));
+      }
+  }
+}
+
+}  // namespace seqserve::decoder

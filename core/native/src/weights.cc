@@ -1,0 +1,58 @@
+#include "weights.h"
+
+#include <cstring>
+#include <stdexcept>
+
+namespace seqserve::decoder {
+
+Floats weight(const py::dict& weights, const std::string& name) {
+  if (!weights.contains(name)) throw std::invalid_argument("weights: no '" + name + "'");
+  return Floats::ensure(weights[name.c_str()]);
+}
+
+Activation activation(const std::string& name) {
+  if (name == "relu") return Activation::kRelu;
+  if (name == "gelu") return Activation::kGelu;
+  if (name == "swish") return Activation::kSwish;
+  throw std::invalid_argument("activation: '" + name + "' (relu, gelu or swish)");
+}
+
+Norm norm(const py::dict& weights, const std::string& prefix, int d) {
+  Floats g = weight(weights, prefix + ".weight"), b = weight(weights, prefix + ".bias");
+  if (g.size() != d || b.size() != d) throw std::invalid_argument(prefix + ": not of width D");
+  return {{g.data(), g.data() + d}, {b.data(), b.data() + d}};
+}
+
+Int8Matrix matrix(const py::dict& weights, const std::string& prefix, const std::string& name,
+                  int k, int n) {
+  Floats w = weight(weights, prefix + "w_" + name), b = weight(weights, prefix + "b_" + name);
+  if (w.ndim() != 2 || w.shape(0) != k || w.shape(1) != n || b.size() != n)
+    throw std::invalid_argument(prefix + "w_" + name + ": expected [" + std::to_string(k) + ", " +
+                                std::to_string(n) + "]");
+  return Int8Matrix(w.data(), b.data(), k, n);
+}
+
+const float* Residuals::input(const float* x, int rows, const Norm& n,
+                              std::vector<float>& work) const {
+  if (!norm_first) return x;
+  work.resize(static_cast<std::size_t>(rows) * d);
+  layer_norm(x, rows, d, n.gamma.data(), n.beta.data(), eps, work.data());
+  return work.data();
+}
+
+void Residuals::add(float* x, const float* y, int rows, const Norm& n) const {
+  add_into(x, y, static_cast<std::size_t>(rows) * d);
+  if (!norm_first) layer_norm(x, rows, d, n.gamma.data(), n.beta.data(), eps, x);
+}
+
+void embed(const std::vector<float>& table, const std::vector<float>& pe, int d,
+           const std::int64_t* ids, const std::int64_t* positions, int rows, float* x) {
+  for (int r = 0; r < rows; ++r) {
+    const float* e = table.data() + ids[r] * d;
+    const float* p = pe.data() + positions[r] * d;
+    float* out = x + static_cast<std::size_t>(r) * d;
+    for (int i = 0; i < d; ++i) out[i] = e[i] + p[i];
+  }
+}
+
+}  // namespace seqserve::decoder

@@ -1,0 +1,56 @@
+// What the native encoder and decoder step share: reading their weights from the dict Python
+// passes (export/native_weights.py names them), and the residual blocks around sublayers.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gemm.h"
+#include "ops.h"
+
+namespace seqserve::decoder {
+
+namespace py = pybind11;
+using Floats = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using Longs = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
+using Bools = py::array_t<bool, py::array::c_style | py::array::forcecast>;
+
+// weights[name] as float32 (std::invalid_argument naming it if it is missing)
+Floats weight(const py::dict& weights, const std::string& name);
+
+// "relu", "gelu" or "swish"
+Activation activation(const std::string& name);
+
+struct Norm {
+  std::vector<float> gamma, beta;
+};
+
+// `prefix`.weight and `prefix`.bias, of width d
+Norm norm(const py::dict& weights, const std::string& prefix, int d);
+
+// `prefix`w_`name` [k, n] and `prefix`b_`name` [n], quantised
+Int8Matrix matrix(const py::dict& weights, const std::string& prefix, const std::string& name,
+                  int k, int n);
+
+// The residual around each sublayer: pre-norm x + f(norm(x)), or post-norm norm(x + f(x)).
+struct Residuals {
+  bool norm_first = true;
+  float eps = 1e-5f;
+  int d = 0;
+
+  // the sublayer's input for rows of x [rows, d]: their pre-norm (written to `work`), or x
+  const float* input(const float* x, int rows, const Norm& n, std::vector<float>& work) const;
+  // x += y [rows, d], then the post-norm when the model has it
+  void add(float* x, const float* y, int rows, const Norm& n) const;
+};
+
+// x [rows, d] = embedding rows of `ids` + position rows of `positions`; the ids and positions
+// must be in range (checked by the caller)
+void embed(const std::vector<float>& table, const std::vector<float>& pe, int d,
+           const std::int64_t* ids, const std::int64_t* positions, int rows, float* x);
+
+}  // namespace seqserve::decoder
