@@ -76,6 +76,16 @@ class NativeModel:
         self.num_layers, self.num_heads = self.decoder.num_layers, self.decoder.num_heads
         self.head_dim = arrays["embed"].shape[1] // self.num_heads
 
+    @property
+    def providers(self) -> list[str]:
+        """Where it runs, in onnxruntime's words, so that serving's device checks treat it as
+        they treat sessions (a model asked onto a GPU and given this fails or warns)."""
+        return ["CPUExecutionProvider"]
+
+    @property
+    def providers_by_part(self) -> dict[str, list[str]]:
+        return {"native translator": self.providers}
+
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.encoder.encode(src_ids, src_mask)  # [L, B, H, S, K] each
 

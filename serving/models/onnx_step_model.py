@@ -147,6 +147,11 @@ class OnnxStepModel:
         """The providers the decoder session actually runs on, first = preferred."""
         return self.decoder.get_providers()
 
+    @property
+    def providers_by_part(self) -> dict[str, list[str]]:
+        """Each session's providers, for serving's device checks."""
+        return {"encoder": self.encoder.get_providers(), "decoder": self.decoder.get_providers()}
+
     def encode(self, src_ids: np.ndarray, src_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cross_k, cross_v = self.encoder.run(
             ["cross_k", "cross_v"], {"src_ids": src_ids, "src_mask": src_mask}

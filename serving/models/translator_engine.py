@@ -73,11 +73,8 @@ def load_translator(version_dir: Path, config: mc.ModelConfig, settings: Setting
         translator = onnx_step_model.load_translator(
             version_dir, config, session_options(config, settings), usable
         )
-        for part, session in (
-            ("encoder", translator.model.encoder),
-            ("decoder", translator.model.decoder),
-        ):
-            check_providers(session.get_providers(), wanted, settings, f"{version_dir} {part}")
+        for part, got in translator.model.providers_by_part.items():
+            check_providers(got, wanted, settings, f"{version_dir} {part}")
         translator.translate(["warm up"], beam_size=1, max_length=2)
     except ModelLoadError:
         raise
