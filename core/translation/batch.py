@@ -28,7 +28,7 @@ import numpy as np
 
 from core.translation.cache import KVCache
 from core.translation.errors import BadDecodingSetting
-from core.translation.graphs import StepModel
+from core.translation.graphs import StepModel, Window
 from core.translation.search import (
     OWN_RULES,
     BeamState,
@@ -167,6 +167,8 @@ class DecodeBatch:
         self.suppress = list(rules.suppress_ids)  # ids never generated (an imported Marian's pad)
         self.detokenize = detokenize
         self.cache = KVCache.empty(model.num_layers, model.num_heads, model.head_dim)
+        # a backend that reads caches in place: row selections and trims stay windows
+        self.windows = bool(getattr(model, "reads_windows", False))
         self.tokens = np.zeros(0, np.int64)  # [R] last token of each row
         self.positions = np.zeros(0, np.int64)  # [R] position of that token
         self._entries: list[_Entry] = []
@@ -200,9 +202,11 @@ class DecodeBatch:
         if not new:
             return
         beams = np.repeat(np.arange(len(new)), [r.beam_size for r in new])  # [R_new]
-        rows = KVCache.for_sources(
-            encoded.cross_k[:, beams], encoded.cross_v[:, beams], encoded.src_mask[beams]
-        )
+        if self.windows:  # each beam reads its sentence's keys and values where they are
+            cross_k, cross_v = Window.of(encoded.cross_k), Window.of(encoded.cross_v)
+        else:
+            cross_k, cross_v = encoded.cross_k, encoded.cross_v
+        rows = KVCache.for_sources(cross_k[:, beams], cross_v[:, beams], encoded.src_mask[beams])
         self.cache = self.cache.concat(rows)
         self.tokens = np.concatenate([self.tokens, np.full(len(beams), self.bos_id, np.int64)])
         self.positions = np.concatenate([self.positions, np.zeros(len(beams), np.int64)])
@@ -271,7 +275,7 @@ class DecodeBatch:
         self._entries = live
         if order != list(range(self.rows)):
             rows = np.array(order, np.int64)  # [R']
-            self.cache = self.cache.take(rows, same_sources)
+            self.cache = self.cache.take(rows, same_sources, self.windows)
             if len(rows) < len(self.positions):
                 self.cache = self.cache.trim()
             self.positions = self.positions[rows]
@@ -326,7 +330,7 @@ class DecodeBatch:
             return
         idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         self._entries = live
-        self.cache = self.cache.take(idx).trim()
+        self.cache = self.cache.take(idx, windows=self.windows).trim()
         self.tokens, self.positions = self.tokens[idx], self.positions[idx]
 
     def remove(self, ids: Iterable[Hashable]) -> None:

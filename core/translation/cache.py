@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.translation.graphs import CacheArray, Layers
+from core.translation.graphs import CacheArray, Layers, Window
 
 
 def _joined(a: CacheArray, b: CacheArray, axis: int, width: int, left: bool) -> np.ndarray:
@@ -80,30 +80,35 @@ class KVCache:
         mask = np.concatenate([self.past_mask, np.ones((self.rows, 1), bool)], axis=1)
         return KVCache(present_k, present_v, mask, self.cross_k, self.cross_v, self.src_mask)
 
-    def take(self, rows: np.ndarray, same_sources: bool = False) -> KVCache:
+    def take(self, rows: np.ndarray, same_sources: bool = False, windows: bool = False) -> KVCache:
         """Select and reorder rows (beam reordering, dropping finished rows). `same_sources`:
         the caller knows every new row's source is the old row's at that index (beams of one
         request reordered among themselves: they share one source), so the source keys and
-        values, the largest arrays, are kept rather than copied."""
+        values, the largest arrays, are kept rather than copied. `windows`: the keys and
+        values become `Window`s on the arrays they are (no copy), for a step backend that
+        reads them in place."""
+        if windows:
+            past_k, past_v = Window.of(self.past_k)[:, rows], Window.of(self.past_v)[:, rows]
+        else:
+            past_k, past_v = self.past_k[:, rows], self.past_v[:, rows]
         if same_sources:
             cross_k, cross_v, src_mask = self.cross_k, self.cross_v, self.src_mask
+        elif windows:
+            cross_k, cross_v = Window.of(self.cross_k)[:, rows], Window.of(self.cross_v)[:, rows]
+            src_mask = self.src_mask[rows]
         else:
             cross_k, cross_v, src_mask = (
                 self.cross_k[:, rows],
                 self.cross_v[:, rows],
                 self.src_mask[rows],
             )
-        return KVCache(
-            self.past_k[:, rows],
-            self.past_v[:, rows],
-            self.past_mask[rows],
-            cross_k,
-            cross_v,
-            src_mask,
-        )
+        return KVCache(past_k, past_v, self.past_mask[rows], cross_k, cross_v, src_mask)
 
     def concat(self, other: KVCache) -> KVCache:
-        """Rows of `self` then rows of `other`; P is left-padded, S right-padded."""
+        """Rows of `self` then rows of `other`; P is left-padded, S right-padded. Onto no rows
+        (a batch that was empty), `other` itself: no copy of its arrays."""
+        if self.rows == 0:
+            return other
         p = max(self.past_len, other.past_len)
         s = max(self.src_mask.shape[1], other.src_mask.shape[1])
         a, b = self, other
@@ -131,7 +136,9 @@ class KVCache:
             return self
 
         def c(a: CacheArray) -> CacheArray:  # onnxruntime reads C-ordered buffers
-            return a if isinstance(a, Layers) else np.ascontiguousarray(a)  # Layers: per layer
+            if isinstance(a, Layers | Window):  # per layer, or not copied at all
+                return a
+            return np.ascontiguousarray(a)
 
         return KVCache(
             c(self.past_k[:, :, :, first:]),

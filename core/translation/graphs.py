@@ -108,6 +108,59 @@ def _is_all(index: object) -> bool:
     return isinstance(index, slice) and index == slice(None)
 
 
+def per_layer(cache: CacheArray) -> list[np.ndarray]:
+    """A stacked cache's layers: `Layers` as they are, anything else as views of one array."""
+    return cache.layers if isinstance(cache, Layers) else list(np.asarray(cache))
+
+
+class Window:
+    """Rows and slots of a stacked cache [L, R0, H, W, K], not copied: base[:, rows, :,
+    start:stop] (`rows` None: every row). Selecting rows (`[:, rows]`) or trimming slots
+    (`[:, :, :, a:b]`) gives another window on the same base. A step backend that reads caches
+    in place (`StepModel.reads_windows`, the native translator) takes the base and the
+    indices; anything else reads the window through `__array__`, one copy."""
+
+    __slots__ = ("base", "rows", "start", "stop")
+    ndim = 5
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, base: CacheArray, rows: np.ndarray | None, start: int, stop: int) -> None:
+        self.base, self.rows, self.start, self.stop = base, rows, start, stop
+
+    @classmethod
+    def of(cls, cache: CacheArray) -> Window:
+        return cache if isinstance(cache, Window) else cls(cache, None, 0, cache.shape[3])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        layers, rows, heads, _, head_dim = self.base.shape
+        rows = rows if self.rows is None else len(self.rows)
+        return (layers, rows, heads, self.stop - self.start, head_dim)
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        window = slice(self.start, self.stop)
+        rows = slice(None) if self.rows is None else self.rows
+        out = np.stack([layer[rows][:, :, window] for layer in per_layer(self.base)])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, index: object) -> Window | np.ndarray:
+        if isinstance(index, tuple) and len(index) == 2 and _is_all(index[0]):
+            picked = np.asarray(index[1])
+            if picked.ndim == 1 and picked.dtype.kind in "iu":  # rows, in a new order
+                rows = picked if self.rows is None else self.rows[picked]
+                return Window(self.base, rows, self.start, self.stop)
+        if (
+            isinstance(index, tuple)
+            and len(index) == 4
+            and all(_is_all(i) for i in index[:3])
+            and isinstance(index[3], slice)
+            and index[3].step is None
+        ):
+            first, last, _ = index[3].indices(self.stop - self.start)
+            return Window(self.base, self.rows, self.start + first, self.start + max(first, last))
+        return np.asarray(self)[index]
+
+
 def layered_outputs(
     outputs: Sequence[np.ndarray], layers: int
 ) -> tuple[np.ndarray, Layers, Layers]:
@@ -142,7 +195,9 @@ class CacheArray(Protocol):
 
 
 class StepModel(Protocol):
-    """An encoder plus a cached decoder step, on numpy arrays."""
+    """An encoder plus a cached decoder step, on numpy arrays. A backend whose `step` reads
+    `Window` caches in place sets `reads_windows = True` (the decoding loop then keeps row
+    selections and trims as windows instead of copying them)."""
 
     num_layers: int
     num_heads: int

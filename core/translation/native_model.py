@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.translation.graphs import CacheArray, GraphError, Layers
+from core.translation.graphs import CacheArray, GraphError, Layers, Window, per_layer
 
 FILE = "native.npz"
 
@@ -52,7 +52,11 @@ def chosen(setting: str, on_cpu: bool) -> bool:
 
 
 class NativeModel:
-    """`native.npz` as a StepModel: `encode` and `step` in native code."""
+    """`native.npz` as a StepModel: `encode` and `step` in native code. Its step reads the
+    decoding loop's `Window`s in place, so beam reorders, dropped rows and trims cost no
+    copy."""
+
+    reads_windows = True
 
     def __init__(self, weights: Path) -> None:
         if _decoder is None:
@@ -100,12 +104,47 @@ class NativeModel:
         cross_v: np.ndarray,
         src_mask: np.ndarray,
     ) -> tuple[np.ndarray, Layers, Layers]:
-        # per-layer arrays: a step's own outputs as they are, stacked caches as views
-        caches = [
-            stacked.layers if isinstance(stacked, Layers) else list(np.asarray(stacked))
-            for stacked in (past_k, past_v, cross_k, cross_v)
-        ]
+        # the caches where they lie: per-layer arrays, and for windows their rows and slots
+        (pk, pv), past_rows, past_start = _views(past_k, past_v)
+        (ck, cv), cross_rows, cross_start = _views(cross_k, cross_v)
         log_probs, present_k, present_v = self.decoder.step(
-            tokens, positions, past_mask, src_mask, *caches
+            tokens,
+            positions,
+            past_mask,
+            src_mask,
+            pk,
+            pv,
+            ck,
+            cv,
+            past_rows=past_rows,
+            past_start=past_start,
+            cross_rows=cross_rows,
+            cross_start=cross_start,
         )
         return log_probs, Layers(present_k), Layers(present_v)
+
+
+def _views(
+    keys: CacheArray, values: CacheArray
+) -> tuple[tuple[list[np.ndarray], list[np.ndarray]], np.ndarray | None, int]:
+    """Keys' and values' per-layer base arrays, and the rows and first slot both read (the
+    decoding loop selects and trims them together; if they ever differ, both are copied)."""
+    if isinstance(keys, Window) and isinstance(values, Window):
+        same = keys.start == values.start and (
+            keys.rows is values.rows
+            or (
+                keys.rows is not None
+                and values.rows is not None
+                and np.array_equal(keys.rows, values.rows)
+            )
+        )
+        if same:
+            return (per_layer(keys.base), per_layer(values.base)), keys.rows, keys.start
+    return (
+        (
+            per_layer(np.asarray(keys) if isinstance(keys, Window) else keys),
+            per_layer(np.asarray(values) if isinstance(values, Window) else values),
+        ),
+        None,
+        0,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.translation.cache import KVCache
-from core.translation.graphs import Layers
+from core.translation.graphs import Layers, Window
 
 L, H, K = 2, 3, 4
 
@@ -57,7 +57,7 @@ def test_concat_onto_an_empty_cache_keeps_the_new_rows() -> None:
     new = _cache(2, 0, 4, seed=2)
     joined = KVCache.empty(L, H, K).concat(new)
     for name in ("past_k", "past_mask", "cross_v", "src_mask"):
-        np.testing.assert_array_equal(getattr(joined, name), getattr(new, name), err_msg=name)
+        assert getattr(joined, name) is getattr(new, name), name  # kept, not copied
 
 
 def test_a_cache_kept_per_layer_behaves_as_the_stacked_one() -> None:
@@ -85,3 +85,35 @@ def test_a_cache_kept_per_layer_behaves_as_the_stacked_one() -> None:
     assert isinstance(kept.past_k, Layers) and kept.past_k.shape == (L, 3, H, 3, K)
     assert all(layer.flags.c_contiguous for layer in kept.past_k)
     assert isinstance(layered.concat(_cache(1, 2, 6, 3)).past_k, np.ndarray)
+
+
+def test_a_window_selects_and_trims_as_the_arrays_do() -> None:
+    """`Window` (rows and slots of a cache, not copied) reads as numpy's fancy indexing and
+    slicing of the same arrays would give, however the selections and trims compose."""
+    cache = _cache(5, 6, 4, seed=3)
+    base = np.asarray(cache.past_k)
+    for source in (cache.past_k, Layers(list(cache.past_k))):
+        window = Window.of(source)
+        assert window.shape == base.shape
+        picked = window[:, np.array([4, 0, 0, 2])]
+        assert isinstance(picked, Window) and picked.shape == (L, 4, H, 6, K)
+        np.testing.assert_array_equal(np.asarray(picked), base[:, [4, 0, 0, 2]])
+        trimmed = picked[:, :, :, 2:][:, np.array([3, 1])][:, :, :, :3]
+        assert isinstance(trimmed, Window) and trimmed.shape == (L, 2, H, 3, K)
+        np.testing.assert_array_equal(np.asarray(trimmed), base[:, [2, 0]][:, :, :, 2:5])
+        np.testing.assert_array_equal(trimmed[0, 1], base[0, 0, :, 2:5])  # anything else: numpy
+
+
+def test_a_cache_of_windows_takes_and_trims_as_the_copied_one() -> None:
+    """`KVCache.take(..., windows=True)` and `trim` give windows that read as the copies the
+    default gives."""
+    cache = _cache(4, 5, 3, seed=4)
+    cache.past_mask[:, :2] = False
+    rows = np.array([3, 1, 1])
+    copied = cache.take(rows).trim()
+    windowed = cache.take(rows, windows=True).trim()
+    for name in ("past_k", "past_v", "cross_k", "cross_v"):
+        assert isinstance(getattr(windowed, name), Window), name
+        np.testing.assert_array_equal(np.asarray(getattr(windowed, name)), getattr(copied, name))
+    for name in ("past_mask", "src_mask"):
+        np.testing.assert_array_equal(getattr(windowed, name), getattr(copied, name))

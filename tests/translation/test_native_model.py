@@ -465,3 +465,44 @@ def test_int8_export_ships_the_native_translator_measured(
     # the tiny model is weak, so near ties flip under either int8; a broken model would agree
     # on next to nothing
     assert agree("native") >= agree("onnx") - 3, texts
+
+
+def test_windows_read_in_place_decode_as_the_copies(tmp_path: Path) -> None:
+    """The decoding loop hands the native step its beam reorders, dropped rows and trims as
+    windows on the arrays they came from (no copy); the results are the very ones the copies
+    give: requests joining mid-batch, beams of 1 to 3, one cancelled, rows leaving."""
+    from core.translation.batch import DecodeBatch, DecodeRequest
+
+    weights = write_native_weights(_model("pre", "relu"), tmp_path)
+    results = {}
+    for windows in (True, False):
+        model = native_model.NativeModel(weights)
+        model.reads_windows = windows  # type: ignore[misc]
+        batch = DecodeBatch(model, bos_id=2, eos_id=3, pad_id=0)
+        assert batch.windows == windows
+        rng = np.random.default_rng(5)
+
+        def request(
+            i: int, beam: int, length: int, rng: np.random.Generator = rng
+        ) -> DecodeRequest:
+            source = [*rng.integers(4, 300, int(rng.integers(2, 9))).tolist(), 3]
+            return DecodeRequest(i, source, beam, length)
+
+        batch.add([request(0, 1, 12), request(1, 3, 9), request(2, 2, 5)])
+        done: dict[int, list[tuple[list[int], float]]] = {}
+        kinds = set()
+        for step in range(40):
+            if step == 2:
+                batch.add([request(3, 3, 7), request(4, 1, 4)])
+            if step == 4:
+                batch.remove([1])
+            for update in batch.step():
+                if update.finished:
+                    done[update.id] = [(h.token_ids, h.score) for h in update.result.hypotheses]
+            kinds |= {type(batch.cache.past_k).__name__, type(batch.cache.cross_k).__name__}
+            if not len(batch):
+                break
+        results[windows] = done
+        assert ("Window" in kinds) == windows, kinds
+    assert set(results[True]) == {0, 2, 3, 4}
+    assert results[True] == results[False]

@@ -181,11 +181,11 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_vnni(
 }
 
 
-// The AMX kernel: 16 rows (the quantised rows are padded to a multiple of 16 with zeros) by
-// two panels (64 columns) at a time, in four 16 x 16 int32 accumulator tiles, so that four
-// tile products are in flight; each 64 bytes of K one A tile [16, 64] and, per 16 columns, a
-// B tile [16 groups of K, 64] read straight from the packed panel (row stride 128: a panel's
-// two halves interleave).
+// The AMX kernel. The quantised rows are padded to a multiple of 16 with zeros (tiles have 16
+// rows). Four 16 x 16 int32 accumulator tiles, so that four tile products are in flight: 16
+// rows by two panels (64 columns), or 32 rows by one panel. Each 64 bytes of K one A tile
+// [16, 64] per row block and, per 16 columns, a B tile [16 groups of K, 64] read straight from
+// the packed panel (row stride 128: a panel's two halves interleave).
 struct TileConfig {
   std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
   std::uint16_t colsb[16] = {};
@@ -227,45 +227,99 @@ __attribute__((target("amx-tile,amx-int8"))) inline void amx_block(const std::ui
   }
 }
 
+// Two row blocks by one panel (32 x 32): tiles 0-3 C (rows 0-15 / 16-31, columns 0-15 /
+// 16-31), 4-5 A (the two row blocks), 6-7 B; four tile loads per four products, where the
+// 16-row block needs five. For inputs of more than 16 rows (the encoder's).
+__attribute__((target("amx-tile,amx-int8"))) inline void amx_block_2x2(const std::uint8_t* a,
+                                                                         int kp,
+                                                                         const std::int8_t* w,
+                                                                         std::int32_t* c) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const std::uint8_t* a1 = a + static_cast<std::size_t>(16) * kp;
+  for (int k0 = 0; k0 < kp; k0 += 64) {
+    const std::int8_t* b = w + k0 * kPanel;
+    _tile_loadd(4, a + k0, kp);
+    _tile_loadd(5, a1 + k0, kp);
+    _tile_loadd(6, b, 2 * 64);
+    _tile_loadd(7, b + 64, 2 * 64);
+    _tile_dpbusd(0, 4, 6);
+    _tile_dpbusd(1, 4, 7);
+    _tile_dpbusd(2, 5, 6);
+    _tile_dpbusd(3, 5, 7);
+  }
+  constexpr int ld = 2 * kPanel * 4;  // c is [32, 64] int32; this block fills [32, 32]
+  _tile_stored(0, c, ld);
+  _tile_stored(1, c + 16, ld);
+  _tile_stored(2, c + 16 * 2 * kPanel, ld);
+  _tile_stored(3, c + 16 * 2 * kPanel + 16, ld);
+}
+
+// y[r0 + r, h0 .. h0+16) for r < rows from the int32 sums c[r][0..16) (row stride ldc ints):
+// the zero points out, the scales in, the bias added
+__attribute__((target("avx512f,avx512bw"))) inline void amx_epilogue(
+    const std::int32_t* c, int ldc, int rows, int r0, int h0, int n, const float* sx,
+    const std::int32_t* zx, const float* sw, const std::int32_t* colsum, const float* bias,
+    float* y, std::size_t ldy) {
+  if (h0 >= n) return;
+  const __mmask16 mask = n - h0 >= 16 ? 0xFFFF : (__mmask16)((1u << (n - h0)) - 1);
+  const __m512 s = _mm512_loadu_ps(sw + h0);
+  const __m512i cs = _mm512_loadu_si512(colsum + h0);
+  const __m512 b = _mm512_loadu_ps(bias + h0);
+  for (int r = 0; r < rows; ++r) {
+    const __m512i acc = _mm512_load_si512(c + static_cast<std::size_t>(r) * ldc);
+    const __m512i centred =
+        _mm512_sub_epi32(acc, _mm512_mullo_epi32(cs, _mm512_set1_epi32(zx[r0 + r])));
+    const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(sx[r0 + r]), s),
+                                     _mm512_cvtepi32_ps(centred), b);
+    _mm512_mask_storeu_ps(y + static_cast<std::size_t>(r0 + r) * ldy + h0, mask, v);
+  }
+}
+
 __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) void gemm_amx(
     const std::uint8_t* q, int m, int kp, const std::int8_t* packed, int np, const float* sx,
     const std::int32_t* zx, const float* sw, const std::int32_t* colsum, const float* bias,
     float* y, std::size_t ldy, int n) {
   TileConfig config;
-  for (int t = 0; t < 7; ++t) {
+  for (int t = 0; t < 8; ++t) {
     config.rows[t] = 16;
     config.colsb[t] = 64;
   }
   _tile_loadconfig(&config);
-  alignas(64) std::int32_t c[16][2 * kPanel];
+  alignas(64) std::int32_t c[32][2 * kPanel];
+  constexpr int ldc = 2 * kPanel;
   const std::size_t panel_bytes = static_cast<std::size_t>(kp) * kPanel;
   const int panels = np / kPanel;
-  for (int p = 0; p < panels; p += 2) {
-    const int two = p + 1 < panels;
-    const std::int8_t* w = packed + p * panel_bytes;
-    for (int r0 = 0; r0 < m; r0 += 16) {
-      const std::uint8_t* a = q + static_cast<std::size_t>(r0) * kp;
-      if (two)
-        amx_block<2>(a, kp, w, panel_bytes, &c[0][0]);
-      else
-        amx_block<1>(a, kp, w, panel_bytes, &c[0][0]);
-      const int rows = std::min(16, m - r0);
-      for (int quarter = 0; quarter < (two ? 4 : 2); ++quarter) {
-        const int h0 = p * kPanel + quarter * 16;
-        if (h0 >= n) break;
-        const __mmask16 mask = n - h0 >= 16 ? 0xFFFF : (__mmask16)((1u << (n - h0)) - 1);
-        const __m512 s = _mm512_loadu_ps(sw + h0);
-        const __m512i cs = _mm512_loadu_si512(colsum + h0);
-        const __m512 b = _mm512_loadu_ps(bias + h0);
-        for (int r = 0; r < rows; ++r) {
-          const __m512i acc = _mm512_load_si512(&c[r][quarter * 16]);
-          const __m512i centred =
-              _mm512_sub_epi32(acc, _mm512_mullo_epi32(cs, _mm512_set1_epi32(zx[r0 + r])));
-          const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(sx[r0 + r]), s),
-                                           _mm512_cvtepi32_ps(centred), b);
-          _mm512_mask_storeu_ps(y + static_cast<std::size_t>(r0 + r) * ldy + h0, mask, v);
-        }
+  const auto finish = [&](int rows, int r0, int h0, int quarters) {
+    for (int quarter = 0; quarter < quarters; ++quarter)
+      amx_epilogue(&c[0][quarter * 16], ldc, rows, r0, h0 + quarter * 16, n, sx, zx, sw, colsum,
+                   bias, y, ldy);
+  };
+  if (m > 16) {  // 32 rows by one panel at a time; a last block of 16 rows or fewer alone
+    for (int p = 0; p < panels; ++p) {
+      const std::int8_t* w = packed + p * panel_bytes;
+      int r0 = 0;
+      for (; m - r0 > 16; r0 += 32) {
+        amx_block_2x2(q + static_cast<std::size_t>(r0) * kp, kp, w, &c[0][0]);
+        const int rows = std::min(32, m - r0);
+        finish(rows, r0, p * kPanel, 2);
       }
+      if (r0 < m) {
+        amx_block<1>(q + static_cast<std::size_t>(r0) * kp, kp, w, panel_bytes, &c[0][0]);
+        finish(m - r0, r0, p * kPanel, 2);
+      }
+    }
+  } else {  // 16 rows by two panels at a time (the decoder step's few rows)
+    for (int p = 0; p < panels; p += 2) {
+      const bool two = p + 1 < panels;
+      const std::int8_t* w = packed + p * panel_bytes;
+      if (two)
+        amx_block<2>(q, kp, w, panel_bytes, &c[0][0]);
+      else
+        amx_block<1>(q, kp, w, panel_bytes, &c[0][0]);
+      finish(m, 0, p * kPanel, two ? 4 : 2);
     }
   }
   _tile_release();

@@ -43,9 +43,9 @@ Step::Step(const py::dict& weights, int num_layers, int num_heads, bool norm_fir
 
 py::tuple Step::step(const Longs& tokens, const Longs& positions, const Bools& past_mask,
                      const Bools& src_mask, const std::vector<Floats>& past_k,
-               const std::vector<Floats>& past_v, const std::vector<Floats>& cross_k,
-               const std::vector<Floats>& cross_v) {
-  const int n = static_cast<int>(layers_.size());
+                     const std::vector<Floats>& past_v, const std::vector<Floats>& cross_k,
+                     const std::vector<Floats>& cross_v, const std::optional<Longs>& past_rows,
+                     int past_start, const std::optional<Longs>& cross_rows, int cross_start) {
   if (tokens.ndim() != 2 || past_mask.ndim() != 2 || src_mask.ndim() != 2)
     throw std::invalid_argument("tokens [R, 1], past_mask [R, P], src_mask [R, S] expected");
   const int rows = static_cast<int>(tokens.shape(0));
@@ -53,15 +53,10 @@ py::tuple Step::step(const Longs& tokens, const Longs& positions, const Bools& p
   if (tokens.size() != rows || positions.size() != rows || past_mask.shape(0) != rows ||
       src_mask.shape(0) != rows)
     throw std::invalid_argument("tokens, positions and masks must have R rows");
-  for (const auto* list : {&past_k, &past_v, &cross_k, &cross_v})
-    if (static_cast<int>(list->size()) != n)
-      throw std::invalid_argument("one cache array per layer expected");
-  for (int i = 0; i < n; ++i) {
-    check_cache(past_k[i], rows, past, "past_k");
-    check_cache(past_v[i], rows, past, "past_v");
-    check_cache(cross_k[i], rows, src, "cross_k");
-    check_cache(cross_v[i], rows, src, "cross_v");
-  }
+  const View pk_in = view(past_k, past_rows, past_start, rows, past, "past_k");
+  const View pv_in = view(past_v, past_rows, past_start, rows, past, "past_v");
+  const View ck_in = view(cross_k, cross_rows, cross_start, rows, src, "cross_k");
+  const View cv_in = view(cross_v, cross_rows, cross_start, rows, src, "cross_v");
   const std::int64_t* tok = tokens.data();
   const std::int64_t* pos = positions.data();
   for (int r = 0; r < rows; ++r) {
@@ -70,6 +65,7 @@ py::tuple Step::step(const Longs& tokens, const Longs& positions, const Bools& p
     if (pos[r] < 0 || pos[r] >= max_positions_)
       throw std::invalid_argument("positions: " + std::to_string(pos[r]) + " is past the table");
   }
+  const int n = static_cast<int>(layers_.size());
   py::array_t<float> log_probs({rows, vocab_});
   py::list present_k, present_v;
   std::vector<float*> pk(n), pv(n);
@@ -80,36 +76,59 @@ py::tuple Step::step(const Longs& tokens, const Longs& positions, const Bools& p
     present_k.append(std::move(k));
     present_v.append(std::move(v));
   }
-  std::vector<const float*> ck(n), cv(n), qk(n), qv(n);
-  for (int i = 0; i < n; ++i) {
-    qk[i] = past_k[i].data();
-    qv[i] = past_v[i].data();
-    ck[i] = cross_k[i].data();
-    cv[i] = cross_v[i].data();
-  }
   float* out = log_probs.mutable_data();
   const bool* pm = past_mask.data();
   const bool* sm = src_mask.data();
   {
     py::gil_scoped_release release;
     std::lock_guard<std::mutex> one_at_a_time(busy_);  // the work space below is shared
-    run(rows, past, src, tok, pos, pm, sm, qk, qv, ck, cv, pk, pv, out);
+    run(rows, past, src, tok, pos, pm, sm, pk_in, pv_in, ck_in, cv_in, pk, pv, out);
   }
   return py::make_tuple(std::move(log_probs), std::move(present_k), std::move(present_v));
 }
 
-void Step::check_cache(const Floats& a, int rows, int slots, const char* name) const {
-  if (a.ndim() != 4 || a.shape(0) != rows || a.shape(1) != heads_ || a.shape(2) != slots ||
-      a.shape(3) != head_dim_)
-    throw std::invalid_argument(std::string(name) + ": expected [R, H, " +
-                                std::to_string(slots) + ", K] per layer");
+Step::View Step::view(const std::vector<Floats>& layers, const std::optional<Longs>& rows,
+                      int start, int count, int slots, const char* name) const {
+  const std::string what(name);
+  if (static_cast<int>(layers.size()) != num_layers())
+    throw std::invalid_argument(what + ": one cache array per layer expected");
+  View v;
+  const Floats& first = layers[0];
+  if (first.ndim() != 4 || first.shape(1) != heads_ || first.shape(3) != head_dim_)
+    throw std::invalid_argument(what + ": expected [R, H, W, K] per layer");
+  const py::ssize_t base_rows = first.shape(0);
+  v.base_slots = static_cast<int>(first.shape(2));
+  v.start = start;
+  if (start < 0 || start + slots > v.base_slots)
+    throw std::invalid_argument(what + ": slots " + std::to_string(start) + ".." +
+                                std::to_string(start + slots) + " are not in its " +
+                                std::to_string(v.base_slots));
+  for (const Floats& layer : layers) {
+    if (layer.ndim() != 4 || layer.shape(0) != base_rows || layer.shape(1) != heads_ ||
+        layer.shape(2) != v.base_slots || layer.shape(3) != head_dim_)
+      throw std::invalid_argument(what + ": the layers' shapes differ");
+    v.layers.push_back(layer.data());
+  }
+  if (rows) {
+    if (rows->ndim() != 1 || rows->shape(0) != count)
+      throw std::invalid_argument(what + " rows: one per row of the step expected");
+    const std::int64_t* r = rows->data();
+    for (int i = 0; i < count; ++i)
+      if (r[i] < 0 || r[i] >= base_rows)
+        throw std::invalid_argument(what + " rows: " + std::to_string(r[i]) + " is not in [0, " +
+                                    std::to_string(base_rows) + ")");
+    v.rows = r;
+  } else if (base_rows != count) {
+    throw std::invalid_argument(what + ": expected [R, H, W, K] per layer");
+  }
+  return v;
 }
 
 void Step::run(int rows, int past, int src, const std::int64_t* tok, const std::int64_t* pos,
-         const bool* past_mask, const bool* src_mask, const std::vector<const float*>& past_k,
-         const std::vector<const float*>& past_v, const std::vector<const float*>& cross_k,
-         const std::vector<const float*>& cross_v, const std::vector<float*>& present_k,
-         const std::vector<float*>& present_v, float* log_probs) {
+               const bool* past_mask, const bool* src_mask, const View& past_k,
+               const View& past_v, const View& cross_k, const View& cross_v,
+               const std::vector<float*>& present_k, const std::vector<float*>& present_v,
+               float* log_probs) {
   const int d = d_, hd = head_dim_, slots = past + 1;
   const std::size_t rd = static_cast<std::size_t>(rows) * d;
   x_.resize(rd);
@@ -130,7 +149,6 @@ void Step::run(int rows, int past, int src, const std::int64_t* tok, const std::
     self_valid_[static_cast<std::size_t>(r) * slots + past] = true;  // the new slot
   }
   const std::size_t head_past = static_cast<std::size_t>(past) * hd;
-  const std::size_t head_src = static_cast<std::size_t>(src) * hd;
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     Layer& layer = layers_[l];
     // self-attention: qkv [R, 3D]; present = past + this step's key/value   [R, H, P+1, K]
@@ -142,8 +160,8 @@ void Step::run(int rows, int past, int src, const std::int64_t* tok, const std::
         const std::size_t rh = static_cast<std::size_t>(r) * heads_ + h;
         float* k = present_k[l] + rh * slots * hd;
         float* v = present_v[l] + rh * slots * hd;
-        std::memcpy(k, past_k[l] + rh * head_past, head_past * sizeof(float));
-        std::memcpy(v, past_v[l] + rh * head_past, head_past * sizeof(float));
+        std::memcpy(k, past_k.at(l, r, h, heads_, hd), head_past * sizeof(float));
+        std::memcpy(v, past_v.at(l, r, h, heads_, hd), head_past * sizeof(float));
         std::memcpy(k + head_past, qkv + d + h * hd, hd * sizeof(float));
         std::memcpy(v + head_past, qkv + 2 * d + h * hd, hd * sizeof(float));
         attend(qkv + h * hd, k, v, &self_valid_[static_cast<std::size_t>(r) * slots], slots, hd,
@@ -156,12 +174,11 @@ void Step::run(int rows, int past, int src, const std::int64_t* tok, const std::
     layer.cross_q.apply(res_.input(x_.data(), rows, layer.norms[1], h_), rows, d, wide_.data(),
                         d, scratch_);
     for (int r = 0; r < rows; ++r)
-      for (int h = 0; h < heads_; ++h) {
-        const std::size_t rh = static_cast<std::size_t>(r) * heads_ + h;
-        attend(wide_.data() + static_cast<std::size_t>(r) * d + h * hd, cross_k[l] + rh * head_src,
-               cross_v[l] + rh * head_src, src_mask + static_cast<std::size_t>(r) * src, src, hd,
-               scale, scores_.data(), att_.data() + static_cast<std::size_t>(r) * d + h * hd);
-      }
+      for (int h = 0; h < heads_; ++h)
+        attend(wide_.data() + static_cast<std::size_t>(r) * d + h * hd,
+               cross_k.at(l, r, h, heads_, hd), cross_v.at(l, r, h, heads_, hd),
+               src_mask + static_cast<std::size_t>(r) * src, src, hd, scale, scores_.data(),
+               att_.data() + static_cast<std::size_t>(r) * d + h * hd);
     layer.cross_out.apply(att_.data(), rows, d, y_.data(), d, scratch_);
     res_.add(x_.data(), y_.data(), rows, layer.norms[1]);
     // feed-forward   [R, D] -> [R, F] -> [R, D]

@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,12 +30,18 @@ class Step {
   int num_heads() const { return heads_; }
 
   // tokens/positions [R, 1], past_mask [R, P], src_mask [R, S]; per layer past_k/past_v
-  // [R, H, P, K] and cross_k/cross_v [R, H, S, K] -> (log_probs [R, V], present_k,
-  // present_v: per layer [R, H, P+1, K]). std::invalid_argument names a bad input.
+  // and cross_k/cross_v -> (log_probs [R, V], present_k, present_v: per layer
+  // [R, H, P+1, K]). std::invalid_argument names a bad input.
+  //
+  // The caches are read where they lie: per layer an array [R0, H, W, K] of which row r of
+  // this step reads row `rows[r]` (r itself without `rows`, then R0 = R) and slots
+  // start..start+P (past) or start..start+S (source). So the search's beam reorders, its
+  // dropped rows and trimmed slots, and beams sharing one source cost no copy.
   py::tuple step(const Longs& tokens, const Longs& positions, const Bools& past_mask,
                  const Bools& src_mask, const std::vector<Floats>& past_k,
                  const std::vector<Floats>& past_v, const std::vector<Floats>& cross_k,
-                 const std::vector<Floats>& cross_v);
+                 const std::vector<Floats>& cross_v, const std::optional<Longs>& past_rows,
+                 int past_start, const std::optional<Longs>& cross_rows, int cross_start);
 
  private:
   struct Layer {
@@ -42,11 +49,24 @@ class Step {
     Int8Matrix qkv, self_out, cross_q, cross_out, ff_1, ff_2;
   };
 
-  void check_cache(const Floats& a, int rows, int slots, const char* name) const;
+  // one cache as the step reads it: per layer a base [R0, H, W, K]; row r is base row
+  // rows[r] (or r), slots start..
+  struct View {
+    std::vector<const float*> layers;
+    const std::int64_t* rows = nullptr;
+    int base_slots = 0, start = 0;
+    const float* at(std::size_t layer, int r, int h, int heads, int head_dim) const {
+      const std::int64_t row = rows ? rows[r] : r;
+      return layers[layer] +
+             ((static_cast<std::size_t>(row) * heads + h) * base_slots + start) * head_dim;
+    }
+  };
+
+  View view(const std::vector<Floats>& layers, const std::optional<Longs>& rows, int start,
+            int count, int slots, const char* name) const;
   void run(int rows, int past, int src, const std::int64_t* tok, const std::int64_t* pos,
-           const bool* past_mask, const bool* src_mask, const std::vector<const float*>& past_k,
-           const std::vector<const float*>& past_v, const std::vector<const float*>& cross_k,
-           const std::vector<const float*>& cross_v, const std::vector<float*>& present_k,
+           const bool* past_mask, const bool* src_mask, const View& past_k, const View& past_v,
+           const View& cross_k, const View& cross_v, const std::vector<float*>& present_k,
            const std::vector<float*>& present_v, float* log_probs);
 
   std::vector<Layer> layers_;
