@@ -34,7 +34,7 @@ from core.translation.search import (
     BeamState,
     Hypothesis,
     SearchRules,
-    best_candidates,
+    ranked_rows,
 )
 
 
@@ -295,7 +295,6 @@ class DecodeBatch:
         """Every beam request's best 2k candidates (`BeamState.extend`'s input), ranked in
         one pass per beam size: entry index -> (flat indices into its [k, V], their cumulative
         scores)."""
-        vocab = log_probs.shape[1]
         starts: dict[int, list[tuple[int, int]]] = {}  # beam size -> (entry index, first row)
         offset = 0
         for i, entry in enumerate(self._entries):
@@ -305,13 +304,9 @@ class DecodeBatch:
             offset += k
         ranked: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for k, group in starts.items():
-            if len(group) * k == len(log_probs):  # every row: a view, not a copy
-                rows = log_probs.reshape(len(group), k, vocab)  # [N, k, V]
-            else:
-                first = np.array([row for _, row in group])  # [N]
-                rows = log_probs[first[:, None] + np.arange(k)]  # [N, k, V]
+            first = np.array([row for _, row in group], np.int64)  # [N]
             cum = np.stack([self._entries[i].beam.cum for i, _ in group])  # [N, k]
-            for (i, _), best in zip(group, best_candidates(rows, cum, 2 * k), strict=True):
+            for (i, _), best in zip(group, ranked_rows(log_probs, cum, first, 2 * k), strict=True):
                 ranked[i] = best
         return ranked
 

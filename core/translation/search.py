@@ -26,6 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+try:  # the ranking in native code (core/native), where it is built
+    from core.native import _decoder as _native
+except ImportError:
+    _native = None
+
 DEAD = -1e9  # cumulative score of a placeholder hypothesis (beams start as one live row)
 
 
@@ -113,6 +118,23 @@ def best_candidates(
         rank_whole(log_probs[r], cum[r], n) if unsure[r] else (top_flat[r], top_score[r])
         for r in range(requests)
     ]
+
+
+def ranked_rows(
+    log_probs: np.ndarray, cum: np.ndarray, first: np.ndarray, n: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`best_candidates` for requests whose k rows start at `first` [N] in log_probs [R, V]
+    (cum [N, k]): in native code where core/native is built (the same ranking; a test holds
+    the two equal on peaked, flat, tied, -inf and NaN rows), else in numpy."""
+    if _native is not None and n <= cum.shape[1] * log_probs.shape[1]:
+        index, score = _native.best_candidates(log_probs, cum, first, n)
+        return list(zip(index, score, strict=True))
+    k = cum.shape[1]
+    if len(first) * k == len(log_probs):  # every row, in order: a view, not a copy
+        rows = log_probs.reshape(len(first), k, log_probs.shape[1])  # [N, k, V]
+    else:
+        rows = log_probs[first[:, None] + np.arange(k)]  # [N, k, V]
+    return best_candidates(rows, cum, n)
 
 
 def rank_whole(log_probs: np.ndarray, cum: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from core.translation import BadDecodingSetting, DecodeBatch, DecodeRequest
-from core.translation.search import DEAD, BeamState, SearchRules, best_candidates, length_penalty
+from core.translation.search import (
+    DEAD,
+    BeamState,
+    SearchRules,
+    best_candidates,
+    length_penalty,
+    ranked_rows,
+)
 from tests.translation.fakes import BOS, EOS, PAD, A, B, FakeModel, LateModel
 
 
@@ -126,9 +133,10 @@ def _ranked_whole(log_probs: np.ndarray, cum: np.ndarray, n: int) -> tuple[np.nd
 
 @pytest.mark.parametrize("seed", range(6))
 def test_best_candidates_are_every_candidate_ranked(seed: int) -> None:
-    """The pruned ranking (groups of tokens, only the best groups' candidates sorted) gives
-    exactly what ranking all k * V candidates gives: peaked and flat rows, ties, -inf
-    (suppressed tokens), NaN, placeholder rows, vocabularies too small to prune."""
+    """The pruned ranking (groups of tokens, only the best groups' candidates sorted), and
+    `ranked_rows` (native code where built), give exactly what ranking all k * V candidates
+    gives: peaked and flat rows, ties, -inf (suppressed tokens), NaN, placeholder rows,
+    vocabularies too small to prune."""
     rng = np.random.default_rng(seed)
     for case in range(150):
         requests, k = int(rng.integers(1, 6)), int(rng.integers(1, 5))
@@ -151,7 +159,16 @@ def test_best_candidates_are_every_candidate_ranked(seed: int) -> None:
         cum = rng.standard_normal((requests, k)) * 3
         cum[:, 1:][rng.random((requests, k - 1)) < 0.3] = DEAD
         n = int(rng.integers(1, 12))
-        for r, (top, scores) in enumerate(best_candidates(lp, cum, n)):
-            want_top, want_scores = _ranked_whole(lp[r], cum[r], n)
-            np.testing.assert_array_equal(top, want_top)
-            np.testing.assert_array_equal(scores, want_scores)
+        # ranked_rows (native where built) on the same rows laid out among others, as a
+        # batch holds them: request r's k rows start at first[r]
+        rows = np.full((requests * k + 3, vocab), np.nan, np.float32)  # filler rows: never read
+        first = np.arange(requests) * k + 2
+        rows[first[:, None] + np.arange(k)] = lp
+        many_ways = [best_candidates(lp, cum, n)]
+        if n <= k * vocab:
+            many_ways.append(ranked_rows(rows, cum, first, n))
+        for ranked in many_ways:
+            for r, (top, scores) in enumerate(ranked):
+                want_top, want_scores = _ranked_whole(lp[r], cum[r], n)
+                np.testing.assert_array_equal(top, want_top)
+                np.testing.assert_array_equal(scores, want_scores)

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 
 namespace seqserve::decoder {
@@ -64,7 +65,17 @@ py::tuple Encoder::encode(const Longs& src_ids, const Bools& src_mask) {
 
 void Encoder::run(int batch, int src, const std::int64_t* ids, const bool* mask, float* cross_k,
                   float* cross_v) {
-  const int rows = batch * src, d = d_, hd = head_dim_;
+  // Only real tokens are computed: the rows are the (sentence, position) pairs the mask
+  // keeps, packed sentence by sentence. A padded position's keys and values are zeros (no
+  // decoder row attends to them); the graphs compute them, and no one reads them either.
+  packed_.clear();
+  spans_.assign(batch + 1, 0);
+  for (int b = 0; b < batch; ++b) {
+    for (int t = 0; t < src; ++t)
+      if (mask[static_cast<std::size_t>(b) * src + t]) packed_.push_back(b * src + t);
+    spans_[b + 1] = static_cast<int>(packed_.size());
+  }
+  const int rows = static_cast<int>(packed_.size()), d = d_, hd = head_dim_;
   const std::size_t rd = static_cast<std::size_t>(rows) * d;
   x_.resize(rd);
   att_.resize(rd);
@@ -72,38 +83,41 @@ void Encoder::run(int batch, int src, const std::int64_t* ids, const bool* mask,
   kh_.resize(rd);
   vh_.resize(rd);
   wide_.resize(static_cast<std::size_t>(rows) * std::max({3 * d, ff_, 2 * decoder_layers_ * d}));
-  scores_.resize(src);
+  scores_.resize(static_cast<std::size_t>((src + 15) / 16 * 16) * (hd + 1));  // attend_queries
   positions_.resize(rows);
-  for (int r = 0; r < rows; ++r) positions_[r] = r % src;
-  embed(embed_, pe_, d, ids, positions_.data(), rows, x_.data());  // [B S, D]
+  ids_.resize(rows);
+  for (int r = 0; r < rows; ++r) {
+    positions_[r] = packed_[r] % src;
+    ids_[r] = ids[packed_[r]];
+  }
+  embed(embed_, pe_, d, ids_.data(), positions_.data(), rows, x_.data());  // [rows, D]
+  std::unique_ptr<bool[]> valid(new bool[src]);
+  for (int t = 0; t < src; ++t) valid[t] = true;  // a sentence's packed rows are all real
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-  const std::size_t head = static_cast<std::size_t>(src) * hd;  // one head's [S, K]
   for (Layer& layer : layers_) {
-    // self-attention: qkv [B S, 3D]; keys and values to [B, H, S, K]; every position attends
-    // to its sentence's real tokens
+    // self-attention: qkv [rows, 3D]; keys and values per sentence and head [n_b, K]
+    // (kh_/vh_ hold sentence b's heads at 3D-free offsets spans_[b] * D + h * n_b * K)
     layer.qkv.apply(res_.input(x_.data(), rows, layer.norms[0], h_), rows, d, wide_.data(),
                     3 * d, scratch_);
-    for (int r = 0; r < rows; ++r) {
-      const int b = r / src, t = r % src;
-      const float* qkv = wide_.data() + static_cast<std::size_t>(r) * 3 * d;
+    for (int b = 0; b < batch; ++b) {
+      const int first = spans_[b], length = spans_[b + 1] - first;
+      if (length == 0) continue;
       for (int h = 0; h < heads_; ++h) {
-        const std::size_t at = (static_cast<std::size_t>(b) * heads_ + h) * head + t * hd;
-        std::memcpy(&kh_[at], qkv + d + h * hd, hd * sizeof(float));
-        std::memcpy(&vh_[at], qkv + 2 * d + h * hd, hd * sizeof(float));
-      }
-    }
-    for (int r = 0; r < rows; ++r) {
-      const int b = r / src;
-      const float* q = wide_.data() + static_cast<std::size_t>(r) * 3 * d;
-      for (int h = 0; h < heads_; ++h) {
-        const std::size_t bh = (static_cast<std::size_t>(b) * heads_ + h) * head;
-        attend(q + h * hd, &kh_[bh], &vh_[bh], mask + static_cast<std::size_t>(b) * src, src, hd,
-               scale, scores_.data(), att_.data() + static_cast<std::size_t>(r) * d + h * hd);
+        float* k = &kh_[static_cast<std::size_t>(first) * d + static_cast<std::size_t>(h) * length * hd];
+        float* v = &vh_[static_cast<std::size_t>(first) * d + static_cast<std::size_t>(h) * length * hd];
+        for (int t = 0; t < length; ++t) {
+          const float* qkv = wide_.data() + static_cast<std::size_t>(first + t) * 3 * d;
+          std::memcpy(k + static_cast<std::size_t>(t) * hd, qkv + d + h * hd, hd * sizeof(float));
+          std::memcpy(v + static_cast<std::size_t>(t) * hd, qkv + 2 * d + h * hd, hd * sizeof(float));
+        }
+        attend_queries(wide_.data() + static_cast<std::size_t>(first) * 3 * d + h * hd, 3 * d,
+                       length, k, v, valid.get(), length, hd, scale, scores_.data(),
+                       att_.data() + static_cast<std::size_t>(first) * d + h * hd, d);
       }
     }
     layer.self_out.apply(att_.data(), rows, d, y_.data(), d, scratch_);
     res_.add(x_.data(), y_.data(), rows, layer.norms[0]);
-    // feed-forward   [B S, D] -> [B S, F] -> [B S, D]
+    // feed-forward   [rows, D] -> [rows, F] -> [rows, D]
     layer.ff_1.apply(res_.input(x_.data(), rows, layer.norms[1], h_), rows, d, wide_.data(), ff_,
                      scratch_);
     activate(wide_.data(), static_cast<std::size_t>(rows) * ff_, act_);
@@ -117,12 +131,18 @@ void Encoder::run(int batch, int src, const std::int64_t* ids, const bool* mask,
                h_.data());
     memory = h_.data();
   }
-  // every decoder layer's source keys and values in one product: [B S, 2 L D], then laid out
-  // as [L, B, H, S, K]
+  // every decoder layer's source keys and values in one product: [rows, 2 L D], then laid
+  // out as [L, B, H, S, K] (zeros where the mask has no token)
   const int width = 2 * decoder_layers_ * d;
   cross_kv_.apply(memory, rows, d, wide_.data(), width, scratch_);
+  const std::size_t head = static_cast<std::size_t>(src) * hd;  // one head's [S, K]
+  const std::size_t whole = static_cast<std::size_t>(decoder_layers_) * batch * heads_ * head;
+  if (rows < batch * src) {
+    std::memset(cross_k, 0, whole * sizeof(float));
+    std::memset(cross_v, 0, whole * sizeof(float));
+  }
   for (int r = 0; r < rows; ++r) {
-    const int b = r / src, t = r % src;
+    const int b = packed_[r] / src, t = packed_[r] % src;
     const float* kv = wide_.data() + static_cast<std::size_t>(r) * width;
     for (int l = 0; l < decoder_layers_; ++l)
       for (int h = 0; h < heads_; ++h) {

@@ -45,7 +45,8 @@ class Encoder {
   Int8Matrix cross_kv_;
   std::mutex busy_;
   std::vector<float> x_, h_, att_, y_, wide_, kh_, vh_, scores_;
-  std::vector<std::int64_t> positions_;
+  std::vector<std::int64_t> positions_, ids_;
+  std::vector<int> packed_, spans_;  // the real tokens' b * S + t; sentence b's are spans_[b]..
   std::vector<std::uint8_t> scratch_;
 };
 

@@ -9,6 +9,7 @@
 
 #include "encoder.h"
 #include "gemm.h"
+#include "search.h"
 #include "step.h"
 #include "weights.h"
 
@@ -56,6 +57,32 @@ PYBIND11_MODULE(_decoder, m) {
             return y;
           },
           py::arg("x"), "x [M, K] @ W + b with int8 products");
+  m.def(
+      "best_candidates",
+      [](const Floats& log_probs, const py::array_t<double, py::array::c_style | py::array::forcecast>& cum,
+         const seqserve::decoder::Longs& first, int n) {
+        if (log_probs.ndim() != 2 || cum.ndim() != 2 || first.ndim() != 1 ||
+            first.shape(0) != cum.shape(0))
+          throw std::invalid_argument("log_probs [R, V], cum [N, k], first [N] expected");
+        const int vocab = static_cast<int>(log_probs.shape(1));
+        const int requests = static_cast<int>(cum.shape(0)), k = static_cast<int>(cum.shape(1));
+        if (n < 1 || n > static_cast<py::ssize_t>(k) * vocab)
+          throw std::invalid_argument("n must be in 1..k V");
+        const std::int64_t* f = first.data();
+        for (int i = 0; i < requests; ++i)
+          if (f[i] < 0 || f[i] + k > log_probs.shape(0))
+            throw std::invalid_argument("first: rows " + std::to_string(f[i]) + ".. are not in log_probs");
+        py::array_t<std::int64_t> index({requests, n});
+        py::array_t<double> score({requests, n});
+        {
+          py::gil_scoped_release release;
+          seqserve::decoder::best_candidates(log_probs.data(), vocab, cum.data(), f, requests, k,
+                                             n, index.mutable_data(), score.mutable_data());
+        }
+        return py::make_tuple(std::move(index), std::move(score));
+      },
+      py::arg("log_probs"), py::arg("cum"), py::arg("first"), py::arg("n"),
+      "each request's n best candidates, as core.translation.search.best_candidates ranks them");
   m.def("kernel", &seqserve::decoder::kernel_name, "the int8 kernel in use");
   m.def("kernels", &seqserve::decoder::kernels, "the int8 kernels this machine can run");
   m.def("use_kernel", &seqserve::decoder::use_kernel, py::arg("name"),

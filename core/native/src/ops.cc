@@ -170,7 +170,102 @@ __attribute__((target("avx512f"))) void attend_avx512(const float* q, const floa
 }
 #endif
 
+// exp(x) for x <= 0 on 16 floats: exp_nonpositive's arithmetic, lane by lane
+__attribute__((target("avx512f"))) inline __m512 exp_nonpositive16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_add_ps(t, _mm512_set1_ps(0.5f)),
+                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.54697320e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.34004322e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.61802560e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.55032721e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40226512e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.93147207e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512i shift = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);  // times 2^n
+  return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), shift));
+}
+
+// Head width 16 N: the keys transposed once ([k, slots rounded up to 16] in `work`), so that a
+// query's scores are 16 at a time, k broadcast-multiply-adds each, with no horizontal sums;
+// softmax on those vectors; the weighted sum with the output in N registers.
+template <int N>
+__attribute__((target("avx512f"))) void attend_queries_avx512(
+    const float* q, std::size_t q_stride, int queries, const float* keys, const float* values,
+    const bool* valid, int slots, float scale, float* work, float* out, std::size_t out_stride) {
+  constexpr int k = 16 * N;
+  const int blocks = (slots + 15) / 16, padded = blocks * 16;
+  float* kt = work;                                           // [k, padded]
+  float* scores = work + static_cast<std::size_t>(k) * padded;  // [padded]
+  for (int t = 0; t < padded; ++t)
+    for (int i = 0; i < k; ++i)
+      kt[static_cast<std::size_t>(i) * padded + t] =
+          t < slots ? keys[static_cast<std::size_t>(t) * k + i] : 0.f;
+  bool any = false;
+  for (int t = 0; t < slots; ++t) any |= valid[t];
+  for (int query = 0; query < queries; ++query) {
+    const float* qi = q + query * q_stride;
+    __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int b = 0; b < blocks; ++b) {
+      __m512 acc = _mm512_setzero_ps();
+      for (int i = 0; i < k; ++i)
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(qi[i]),
+                              _mm512_loadu_ps(kt + static_cast<std::size_t>(i) * padded + b * 16),
+                              acc);
+      __mmask16 live = 0;
+      for (int j = 0; j < 16; ++j)
+        if (b * 16 + j < slots && (valid[b * 16 + j] || !any)) live |= (__mmask16)(1u << j);
+      acc = _mm512_mask_mov_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), live,
+                               _mm512_mul_ps(acc, _mm512_set1_ps(any ? scale : 0.f)));
+      _mm512_storeu_ps(scores + b * 16, acc);
+      best = _mm512_max_ps(best, acc);
+    }
+    const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(best));
+    __m512 sum = _mm512_setzero_ps();
+    for (int b = 0; b < blocks; ++b) {
+      const __m512 s = _mm512_loadu_ps(scores + b * 16);
+      const __mmask16 live = _mm512_cmp_ps_mask(s, _mm512_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_NEQ_OQ);
+      const __m512 p = _mm512_maskz_mov_ps(live, exp_nonpositive16(_mm512_sub_ps(s, top)));
+      _mm512_storeu_ps(scores + b * 16, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    const float inv = 1.f / _mm512_reduce_add_ps(sum);
+    __m512 acc[N];
+    for (int j = 0; j < N; ++j) acc[j] = _mm512_setzero_ps();
+    for (int t = 0; t < slots; ++t) {
+      if (scores[t] == 0.f) continue;
+      const __m512 p = _mm512_set1_ps(scores[t] * inv);
+      const float* value = values + static_cast<std::size_t>(t) * k;
+      for (int j = 0; j < N; ++j) acc[j] = _mm512_fmadd_ps(p, _mm512_loadu_ps(value + 16 * j), acc[j]);
+    }
+    float* o = out + query * out_stride;
+    for (int j = 0; j < N; ++j) _mm512_storeu_ps(o + 16 * j, acc[j]);
+  }
+}
+
 }  // namespace
+
+void attend_queries(const float* q, std::size_t q_stride, int queries, const float* keys,
+                    const float* values, const bool* valid, int slots, int k, float scale,
+                    float* work, float* out, std::size_t out_stride) {
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512 && k % 16 == 0 && k <= 16 * kMaxVectors) {
+    using Queries = void (*)(const float*, std::size_t, int, const float*, const float*,
+                             const bool*, int, float, float*, float*, std::size_t);
+    static constexpr Queries kByWidth[kMaxVectors] = {
+        attend_queries_avx512<1>, attend_queries_avx512<2>, attend_queries_avx512<3>,
+        attend_queries_avx512<4>, attend_queries_avx512<5>, attend_queries_avx512<6>,
+        attend_queries_avx512<7>, attend_queries_avx512<8>};
+    return kByWidth[k / 16 - 1](q, q_stride, queries, keys, values, valid, slots, scale, work,
+                                out, out_stride);
+  }
+#endif
+  for (int i = 0; i < queries; ++i)
+    attend(q + i * q_stride, keys, values, valid, slots, k, scale, work, out + i * out_stride);
+}
 
 void attend(const float* q, const float* keys, const float* values, const bool* valid, int slots,
             int k, float scale, float* scores, float* out) {

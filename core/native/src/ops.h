@@ -28,4 +28,11 @@ void log_softmax_rows(float* x, int rows, int v);
 void attend(const float* q, const float* keys, const float* values, const bool* valid, int slots,
             int k, float scale, float* scores, float* out);
 
+// Many query rows over the same `slots` keys/values [slots, k] (one sentence and head of the
+// encoder): query i at q + i * q_stride, its output at out + i * out_stride, each as `attend`
+// computes it. `work` holds (slots rounded up to 16) * (k + 1) floats.
+void attend_queries(const float* q, std::size_t q_stride, int queries, const float* keys,
+                    const float* values, const bool* valid, int slots, int k, float scale,
+                    float* work, float* out, std::size_t out_stride);
+
 }  // namespace seqserve::decoder

@@ -1,0 +1,91 @@
+#include "search.h"
+
+#include <cmath>
+#include <limits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace seqserve::decoder {
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// The n best so far, best first. Candidates arrive in index order, so a tie always loses to
+// what is kept and goes after every equal score.
+struct Best {
+  int n, size = 0;
+  std::int64_t* index;
+  double* score;
+
+  bool full() const { return size == n; }
+
+  void offer(std::int64_t i, double s) {
+    if (std::isnan(s)) s = kNegInf;
+    if (full() && !(s > score[n - 1])) return;
+    int at = full() ? n - 1 : size++;
+    while (at > 0 && score[at - 1] < s) {
+      score[at] = score[at - 1];
+      index[at] = index[at - 1];
+      --at;
+    }
+    score[at] = s;
+    index[at] = i;
+  }
+
+  // a float a candidate's log-probability must exceed to have a chance: one step below the
+  // bar in float, so that no candidate that beats it in double is passed over
+  float loose(double cum) const {
+    const double bar = score[n - 1] - cum;
+    if (bar == kNegInf || std::isnan(bar)) return -std::numeric_limits<float>::infinity();
+    return std::nextafter(static_cast<float>(bar), -std::numeric_limits<float>::infinity());
+  }
+};
+
+#if defined(__x86_64__)
+// tokens t0.. of one row, 16 at a time: only those above the loose bar are offered
+__attribute__((target("avx512f"))) int scan_avx512(const float* row, int vocab, int t0,
+                                                   double cum, std::int64_t base, Best& best) {
+  int t = t0;
+  for (; t + 16 <= vocab; t += 16) {
+    __mmask16 over = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + t), _mm512_set1_ps(best.loose(cum)),
+                                        _CMP_GT_OQ);
+    while (over) {
+      const int j = __builtin_ctz(over);
+      over &= over - 1;
+      best.offer(base + t + j, cum + static_cast<double>(row[t + j]));
+    }
+  }
+  return t;
+}
+#endif
+
+}  // namespace
+
+void best_candidates(const float* log_probs, int vocab, const double* cum,
+                     const std::int64_t* first, int requests, int k, int n, std::int64_t* index,
+                     double* score) {
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+#endif
+  for (int i = 0; i < requests; ++i) {
+    Best best{n, 0, index + static_cast<std::size_t>(i) * n, score + static_cast<std::size_t>(i) * n};
+    for (int b = 0; b < k; ++b) {
+      const float* row = log_probs + static_cast<std::size_t>(first[i] + b) * vocab;
+      const double c = cum[static_cast<std::size_t>(i) * k + b];
+      const std::int64_t base = static_cast<std::int64_t>(b) * vocab;
+      int t = 0;
+      for (; t < vocab && !best.full(); ++t) best.offer(base + t, c + static_cast<double>(row[t]));
+#if defined(__x86_64__)
+      if (avx512) t = scan_avx512(row, vocab, t, c, base, best);
+#endif
+      for (; t < vocab; ++t) {
+        const float loose = best.loose(c);
+        if (row[t] > loose) best.offer(base + t, c + static_cast<double>(row[t]));
+      }
+    }
+  }
+}
+
+}  // namespace seqserve::decoder
