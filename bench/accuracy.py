@@ -202,6 +202,7 @@ def versus_baselines(
 
 
 def translator(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from core.translation import native_model
     from serving.models.onnx_step_model import load_translator
     from serving.repository import read_config, select_versions
     from training.data.parallel import multi30k
@@ -236,6 +237,10 @@ def translator(args: argparse.Namespace) -> list[dict[str, Any]]:
             {
                 "model": str(model_dir),
                 "version": version,
+                "runtime": type(model.model).__name__,  # the graphs or the native translator
+                "native_kernel": native_model.kernel()
+                if "Native" in type(model.model).__name__
+                else None,
                 "split": split,
                 "skipped_too_long": len(pairs) - len(fits),
                 **metrics,
