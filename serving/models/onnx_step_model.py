@@ -46,6 +46,12 @@ def load_translator(
     model: StepModel
     if native_model.chosen(spec.runtime, on_cpu):
         model = native_model.NativeModel(Path(version_dir) / native_model.FILE)
+        native = (model.num_layers, model.num_heads, model.head_dim)
+        if native != (spec.num_layers, spec.num_heads, spec.head_dim):
+            raise GraphError(
+                f"{version_dir}/{native_model.FILE}: layers, heads, head width {native}; "
+                f"config.pbtxt says {(spec.num_layers, spec.num_heads, spec.head_dim)}"
+            )
         log.info("%s: the native translator (%s kernel)", version_dir, native_model.kernel())
     else:
         model = OnnxStepModel(

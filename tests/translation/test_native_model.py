@@ -393,6 +393,20 @@ def test_a_broken_weights_file_is_a_graph_error(tmp_path: Path) -> None:
     with pytest.raises(GraphError, match="not found"):
         native_model.NativeModel(tmp_path / native_model.FILE)
     path = write_native_weights(_model("pre", "relu"), tmp_path)
+    with np.load(path) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    settings = json.loads(str(arrays["settings"]))
+    for key, value, message in (
+        ("num_layers", -1, "layers: -1"),
+        ("encoder_layers", 100000, "layers: 100000"),
+        ("num_heads", 0, "num_heads"),
+        ("activation", "tanh", "activation"),
+    ):
+        tampered = tmp_path / key / native_model.FILE
+        tampered.parent.mkdir()
+        np.savez(tampered, **(arrays | {"settings": np.array(json.dumps(settings | {key: value}))}))
+        with pytest.raises(GraphError, match=message):
+            native_model.NativeModel(tampered)
     for missing in ("w_out", "cross.w_kv"):
         with np.load(path) as npz:
             arrays = {name: npz[name] for name in npz.files if name != missing}
@@ -439,6 +453,7 @@ def test_int8_export_ships_the_native_translator_measured(
     from core.translation import DecodeRequest
     from core.translation.spec import read_config
     from export.translator import TranslatorExportOptions, export_translator
+    from protos.inference import model_config_pb2 as mc
     from serving.models.onnx_step_model import OnnxStepModel, load_translator
 
     options = TranslatorExportOptions(quantize="int8")
@@ -458,6 +473,12 @@ def test_int8_export_ships_the_native_translator_measured(
         loaded[setting] = load_translator(out, config, opts, ["CPUExecutionProvider"])
     assert isinstance(loaded["native"].model, native_model.NativeModel)
     assert isinstance(loaded["onnx"].model, OnnxStepModel)
+    wrong = mc.ModelConfig()
+    wrong.CopyFrom(config)
+    wrong.parameters["runtime"].string_value = "native"
+    wrong.parameters["num_heads"].string_value = "2"  # not what native.npz holds
+    with pytest.raises(GraphError, match=r"config\.pbtxt says"):
+        load_translator(out, wrong, opts, ["CPUExecutionProvider"])
     tok = translator.tokenizer
     texts = {}
     for name, model in loaded.items():

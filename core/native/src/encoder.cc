@@ -10,7 +10,8 @@ namespace seqserve::decoder {
 
 Encoder::Encoder(const py::dict& weights, int num_layers, int decoder_layers, int num_heads,
                  bool norm_first, const std::string& act, float eps)
-    : layers_(num_layers), decoder_layers_(decoder_layers), heads_(num_heads),
+    : layers_(checked_layers(num_layers)), decoder_layers_(checked_layers(decoder_layers)),
+      heads_(num_heads),
       act_(activation(act)) {
   Floats embed = weight(weights, "encoder.embed"), pe = weight(weights, "positions");
   if (embed.ndim() != 2 || pe.ndim() != 2 || pe.shape(1) != embed.shape(1))

@@ -9,7 +9,7 @@ namespace seqserve::decoder {
 
 Step::Step(const py::dict& weights, int num_layers, int num_heads, bool norm_first,
            const std::string& act, float eps)
-    : layers_(num_layers), heads_(num_heads), act_(activation(act)) {
+    : layers_(checked_layers(num_layers)), heads_(num_heads), act_(activation(act)) {
   res_.norm_first = norm_first;
   res_.eps = eps;
   Floats embed = weight(weights, "embed"), pe = weight(weights, "positions");

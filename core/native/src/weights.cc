@@ -10,6 +10,12 @@ Floats weight(const py::dict& weights, const std::string& name) {
   return Floats::ensure(weights[name.c_str()]);
 }
 
+int checked_layers(int layers) {
+  if (layers < 1 || layers > 256)
+    throw std::invalid_argument("layers: " + std::to_string(layers) + " is not in 1..256");
+  return layers;
+}
+
 Activation activation(const std::string& name) {
   if (name == "relu") return Activation::kRelu;
   if (name == "gelu") return Activation::kGelu;

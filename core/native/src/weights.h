@@ -22,6 +22,9 @@ using Bools = py::array_t<bool, py::array::c_style | py::array::forcecast>;
 // weights[name] as float32 (std::invalid_argument naming it if it is missing)
 Floats weight(const py::dict& weights, const std::string& name);
 
+// a layer count from the settings, refused unless 1..256 (std::invalid_argument)
+int checked_layers(int layers);
+
 // "relu", "gelu" or "swish"
 Activation activation(const std::string& name);
 
