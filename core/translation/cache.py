@@ -15,26 +15,43 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.translation.graphs import CacheArray, Layers, Window
+from core.translation.graphs import CacheArray, Layers, Window, per_layer
 
 
 def _joined(a: CacheArray, b: CacheArray, axis: int, width: int, left: bool) -> np.ndarray:
     """The rows of `a` then those of `b` (axis 0 of a mask [R, W], axis 1 of keys or values
     [L, R, H, W, K]), each padded with zeros (False) to `width` along `axis`: on the left for
-    cache slots, on the right for source positions. One allocation, no padded intermediates."""
-    a, b = np.asarray(a), np.asarray(b)  # a DeviceCache comes to the host here
+    cache slots, on the right for source positions. One allocation, no padded intermediates:
+    each part is written into place once (a `Window`'s rows gathered straight from its base),
+    and only the padding is zeroed."""
     row_axis = 0 if a.ndim == 2 else 1
     shape = list(a.shape)
     shape[row_axis] = a.shape[row_axis] + b.shape[row_axis]
     shape[axis] = width
-    out = np.zeros(shape, a.dtype)
+    out = np.empty(shape, a.dtype)
     start = 0
     for part in (a, b):
         rows = slice(start, start + part.shape[row_axis])
-        cols = slice(width - part.shape[axis], width) if left else slice(0, part.shape[axis])
+        n = part.shape[axis]
+        cols, pad = (
+            (slice(width - n, width), slice(0, width - n))
+            if left
+            else (slice(0, n), slice(n, width))
+        )
         index = [slice(None)] * a.ndim
-        index[row_axis], index[axis] = rows, cols
-        out[tuple(index)] = part
+        index[row_axis] = rows
+        index[axis] = pad
+        out[tuple(index)] = 0
+        index[axis] = cols
+        if isinstance(part, Window):  # gathered from its base into place, layer by layer
+            for layer, base in enumerate(per_layer(part.base)):
+                window = base[:, :, part.start : part.stop]
+                if part.rows is None:
+                    out[(layer, *index[1:])] = window
+                else:  # unbuffered ("clip": the rows are in range by construction)
+                    np.take(window, part.rows, axis=0, out=out[(layer, *index[1:])], mode="clip")
+        else:
+            out[tuple(index)] = np.asarray(part)  # a DeviceCache comes to the host here
         start = rows.stop
     return out
 

@@ -117,3 +117,10 @@ def test_a_cache_of_windows_takes_and_trims_as_the_copied_one() -> None:
         np.testing.assert_array_equal(np.asarray(getattr(windowed, name)), getattr(copied, name))
     for name in ("past_mask", "src_mask"):
         np.testing.assert_array_equal(getattr(windowed, name), getattr(copied, name))
+    # joined with new rows (wider sources, no cache yet), each way: the same arrays
+    new = _cache(2, 0, 6, seed=5)
+    for a, b in ((copied, new), (new, copied)):
+        want = a.concat(b)
+        got = (windowed if a is copied else a).concat(windowed if b is copied else b)
+        for name in ("past_k", "past_v", "past_mask", "cross_k", "cross_v", "src_mask"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
