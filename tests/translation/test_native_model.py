@@ -383,6 +383,21 @@ def test_native_translator_refuses_bad_inputs_with_the_field_named() -> None:
     ]:
         with pytest.raises(ValueError, match=field):
             encoder.encode(ids, mask)
+    # nothing to compute is not an error: no rows, no real tokens
+    empty = np.zeros((2, 0, 4, 3, 16), np.float32)
+    out = native.step(
+        np.zeros((0, 1), np.int64),
+        np.zeros((0, 1), np.int64),
+        np.zeros((0, 3), bool),
+        np.zeros((0, 4), bool),
+        list(empty),
+        list(empty),
+        list(empty[:, :, :, :1].repeat(4, 3)),
+        list(empty[:, :, :, :1].repeat(4, 3)),
+    )
+    assert out[0].shape == (0, 300)
+    k, v = encoder.encode(np.full((2, 5), 4), np.zeros((2, 5), bool))
+    assert k.shape == (2, 2, 4, 5, 16) and not k.any() and not v.any()
     del weights["layers.1.w_ff_2"]
     step_settings = {k: v for k, v in settings.items() if k != "encoder_layers"}
     with pytest.raises(ValueError, match=r"layers\.1\.w_ff_2"):

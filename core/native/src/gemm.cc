@@ -369,6 +369,7 @@ Int8Matrix::Int8Matrix(const float* w, const float* bias, int k, int n)
 
 void Int8Matrix::apply(const float* x, int m, std::size_t ldx, float* y, std::size_t ldy,
                        std::vector<std::uint8_t>& scratch) const {
+  if (m <= 0) return;  // nothing to multiply (the AMX kernel would read a whole tile)
   // scratch: the quantised rows [m rounded up to 16, kp] (the AMX kernel reads whole tiles
   // of 16 rows: the extra ones are zeros), then their scales [m] and zero points [m]
   const int mp = (m + 15) / 16 * 16;
