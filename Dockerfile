@@ -34,13 +34,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# The generated *_pb2 modules and the native front end are build outputs, never in the context:
-# build them with a throw-away venv, then install seqserve (non-editable, the front end's .so
-# as package data) with the CPU runtime only.
+# The generated *_pb2 modules, the native front end and the native translator are build outputs,
+# never in the context: build them with a throw-away venv, then install seqserve (non-editable,
+# the two .so files as package data) with the CPU runtime only. The translator's kernels choose
+# AMX, AVX-512 VNNI or portable code when they load, so the image runs on any x86-64 CPU.
 RUN python3 -m venv /opt/protoc \
  && /opt/protoc/bin/pip install "${GRPCIO_TOOLS}" "${PYBIND11}" \
  && /opt/protoc/bin/python -m protos.generate \
- && make -j2 serving/native/_frontend.so PY=/opt/protoc/bin/python \
+ && make -j2 serving/native/_frontend.so core/native/_decoder.so PY=/opt/protoc/bin/python \
  && python3 -m venv /opt/seqserve \
  && /opt/seqserve/bin/pip install ".[serve-cpu]" \
  && /opt/seqserve/bin/pip check
