@@ -239,7 +239,7 @@ def translator(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "version": version,
                 "runtime": type(model.model).__name__,  # the graphs or the native translator
                 "native_kernel": native_model.kernel()
-                if "Native" in type(model.model).__name__
+                if isinstance(model.model, native_model.NativeModel)
                 else None,
                 "split": split,
                 "skipped_too_long": len(pairs) - len(fits),

@@ -327,6 +327,7 @@ def run(args: argparse.Namespace) -> int:
         TorchUncached,
         load_torch,
     )
+    from core.translation.native_model import NativeModel
     from core.translation.spec import TranslatorSpec
     from serving.repository import read_config, select_versions
 
@@ -350,8 +351,7 @@ def run(args: argparse.Namespace) -> int:
     if int8:
         int8_dir, int8_version = repository / args.int8_model, version_of(args.int8_model)
         engines.append(SeqserveEngine("seqserve_int8", int8_dir, int8_version))
-        if engines[-1].info["runtime"] != "OnnxStepModel":  # the native translator: the
-            # int8 graphs beside it
+        if isinstance(engines[-1].translator.model, NativeModel):  # the int8 graphs beside it
             engines.append(
                 SeqserveEngine("seqserve_int8_graphs", int8_dir, int8_version, runtime="onnx")
             )
