@@ -20,14 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.native import decoder as _decoder  # None when not built (`make native`)
 from core.translation.graphs import CacheArray, GraphError, Layers, Window, per_layer
 
 FILE = "native.npz"
-
-try:
-    from core.native import _decoder
-except ImportError:  # not built (`make native` builds it)
-    _decoder = None
 
 
 def kernel() -> str | None:

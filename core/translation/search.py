@@ -26,10 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:  # the ranking in native code (core/native), where it is built
-    from core.native import _decoder as _native
-except ImportError:
-    _native = None
+from core.native import decoder as _native  # the ranking in native code; None when not built
 
 DEAD = -1e9  # cumulative score of a placeholder hypothesis (beams start as one live row)
 

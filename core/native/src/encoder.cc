@@ -96,8 +96,8 @@ void Encoder::run(int batch, int src, const std::int64_t* ids, const bool* mask,
   for (int t = 0; t < src; ++t) valid[t] = true;  // a sentence's packed rows are all real
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   for (Layer& layer : layers_) {
-    // self-attention: qkv [rows, 3D]; keys and values per sentence and head [n_b, K]
-    // (kh_/vh_ hold sentence b's heads at 3D-free offsets spans_[b] * D + h * n_b * K)
+    // self-attention: qkv [rows, 3D]; sentence b's keys and values gathered per head into
+    // kh_/vh_ ([n_b, K] at spans_[b] * D + h * n_b * K), its queries over them
     layer.qkv.apply(res_.input(x_.data(), rows, layer.norms[0], h_), rows, d, wide_.data(),
                     3 * d, scratch_);
     for (int b = 0; b < batch; ++b) {
@@ -119,11 +119,8 @@ void Encoder::run(int batch, int src, const std::int64_t* ids, const bool* mask,
     layer.self_out.apply(att_.data(), rows, d, y_.data(), d, scratch_);
     res_.add(x_.data(), y_.data(), rows, layer.norms[0]);
     // feed-forward   [rows, D] -> [rows, F] -> [rows, D]
-    layer.ff_1.apply(res_.input(x_.data(), rows, layer.norms[1], h_), rows, d, wide_.data(), ff_,
-                     scratch_);
-    activate(wide_.data(), static_cast<std::size_t>(rows) * ff_, act_);
-    layer.ff_2.apply(wide_.data(), rows, ff_, y_.data(), d, scratch_);
-    res_.add(x_.data(), y_.data(), rows, layer.norms[1]);
+    feed_forward(res_, layer.norms[1], layer.ff_1, layer.ff_2, act_, x_.data(), rows, h_,
+                 wide_.data(), y_.data(), scratch_);
   }
   const float* memory = x_.data();
   if (has_final_norm_) {

@@ -51,8 +51,8 @@ Kernel chosen() {
 }
 
 // Quantise rows of x to uint8: q = round(x / s) + z, s = (max - min) / 255 over the row
-// (the range always holds 0, so that 0 is exact and z fits in [0, 255]); the pad up to kp is
-// zeros.
+// (the range always holds 0, so that 0 is exact and z fits in [0, 255]). The pad up to kp may
+// hold any byte: the packed weights are zero there.
 inline void row_scale(float lo, float hi, float* scale, std::int32_t* zero, float* inv, float* z) {
   float s = (hi - lo) / 255.f;
   if (!(s > 0.f) || !std::isfinite(s)) s = 1.f;  // all zeros (or not finite: garbage either way)
@@ -78,7 +78,7 @@ void quantize_rows_portable(const float* x, int m, int k, std::size_t ldx, int k
       const float v = std::nearbyint(row[i] * inv) + z;
       out[i] = static_cast<std::uint8_t>(std::min(255.f, std::max(0.f, v)));
     }
-    std::memset(out + k, 0, kp - k);
+    std::memset(out + k, 0, kp - k);  // (any byte would do)
   }
 }
 
@@ -143,6 +143,28 @@ SEQSERVE_CLONES void panel_portable(const std::uint8_t* q, int m, int kp, const 
 }
 
 #if defined(__x86_64__)
+// y[r0 + r, h0 .. h0+16) for r < rows from the int32 sums c[r][0..16) (row stride ldc ints):
+// the zero points out, the scales in, the bias added (columns from n on are not written).
+// Every vector kernel ends here.
+__attribute__((target("avx512f,avx512bw"))) inline void epilogue16(
+    const std::int32_t* c, int ldc, int rows, int r0, int h0, int n, const float* sx,
+    const std::int32_t* zx, const float* sw, const std::int32_t* colsum, const float* bias,
+    float* y, std::size_t ldy) {
+  if (h0 >= n) return;
+  const __mmask16 mask = n - h0 >= 16 ? 0xFFFF : (__mmask16)((1u << (n - h0)) - 1);
+  const __m512 s = _mm512_loadu_ps(sw + h0);
+  const __m512i cs = _mm512_loadu_si512(colsum + h0);
+  const __m512 b = _mm512_loadu_ps(bias + h0);
+  for (int r = 0; r < rows; ++r) {
+    const __m512i acc = _mm512_load_si512(c + static_cast<std::size_t>(r) * ldc);
+    const __m512i centred =
+        _mm512_sub_epi32(acc, _mm512_mullo_epi32(cs, _mm512_set1_epi32(zx[r0 + r])));
+    const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(sx[r0 + r]), s),
+                                     _mm512_cvtepi32_ps(centred), b);
+    _mm512_mask_storeu_ps(y + static_cast<std::size_t>(r0 + r) * ldy + h0, mask, v);
+  }
+}
+
 // Up to 8 rows x one panel (32 columns) per call: 16 accumulators, each group of K one
 // broadcast of 4 activation bytes per row and two vpdpbusd per row.
 template <int M>
@@ -164,22 +186,14 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_vnni(
       acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], a, b1);
     }
   }
-  for (int half = 0; half < 2; ++half) {
-    const int c0 = half * 16;
-    if (c0 >= cols) break;
-    const __mmask16 mask = cols - c0 >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - c0)) - 1);
-    const __m512 s = _mm512_loadu_ps(sw + c0);
-    const __m512i cs = _mm512_loadu_si512(colsum + c0);
-    const __m512 b = _mm512_loadu_ps(bias + c0);
-    for (int r = 0; r < M; ++r) {
-      const __m512i centred = _mm512_sub_epi32(acc[r][half], _mm512_mullo_epi32(cs, _mm512_set1_epi32(zx[r])));
-      const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(sx[r]), s),
-                                       _mm512_cvtepi32_ps(centred), b);
-      _mm512_mask_storeu_ps(y + r * ldy + c0, mask, v);
-    }
+  alignas(64) std::int32_t c[M][kPanel];
+  for (int r = 0; r < M; ++r) {
+    _mm512_store_si512(&c[r][0], acc[r][0]);
+    _mm512_store_si512(&c[r][16], acc[r][1]);
   }
+  for (int half = 0; half < 2; ++half)
+    epilogue16(&c[0][half * 16], kPanel, M, 0, half * 16, cols, sx, zx, sw, colsum, bias, y, ldy);
 }
-
 
 // The AMX kernel. The quantised rows are padded to a multiple of 16 with zeros (tiles have 16
 // rows). Four 16 x 16 int32 accumulator tiles, so that four tile products are in flight: 16
@@ -257,27 +271,6 @@ __attribute__((target("amx-tile,amx-int8"))) inline void amx_block_2x2(const std
   _tile_stored(3, c + 16 * 2 * kPanel + 16, ld);
 }
 
-// y[r0 + r, h0 .. h0+16) for r < rows from the int32 sums c[r][0..16) (row stride ldc ints):
-// the zero points out, the scales in, the bias added
-__attribute__((target("avx512f,avx512bw"))) inline void amx_epilogue(
-    const std::int32_t* c, int ldc, int rows, int r0, int h0, int n, const float* sx,
-    const std::int32_t* zx, const float* sw, const std::int32_t* colsum, const float* bias,
-    float* y, std::size_t ldy) {
-  if (h0 >= n) return;
-  const __mmask16 mask = n - h0 >= 16 ? 0xFFFF : (__mmask16)((1u << (n - h0)) - 1);
-  const __m512 s = _mm512_loadu_ps(sw + h0);
-  const __m512i cs = _mm512_loadu_si512(colsum + h0);
-  const __m512 b = _mm512_loadu_ps(bias + h0);
-  for (int r = 0; r < rows; ++r) {
-    const __m512i acc = _mm512_load_si512(c + static_cast<std::size_t>(r) * ldc);
-    const __m512i centred =
-        _mm512_sub_epi32(acc, _mm512_mullo_epi32(cs, _mm512_set1_epi32(zx[r0 + r])));
-    const __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(sx[r0 + r]), s),
-                                     _mm512_cvtepi32_ps(centred), b);
-    _mm512_mask_storeu_ps(y + static_cast<std::size_t>(r0 + r) * ldy + h0, mask, v);
-  }
-}
-
 __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) void gemm_amx(
     const std::uint8_t* q, int m, int kp, const std::int8_t* packed, int np, const float* sx,
     const std::int32_t* zx, const float* sw, const std::int32_t* colsum, const float* bias,
@@ -294,7 +287,7 @@ __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) void gemm_amx(
   const int panels = np / kPanel;
   const auto finish = [&](int rows, int r0, int h0, int quarters) {
     for (int quarter = 0; quarter < quarters; ++quarter)
-      amx_epilogue(&c[0][quarter * 16], ldc, rows, r0, h0 + quarter * 16, n, sx, zx, sw, colsum,
+      epilogue16(&c[0][quarter * 16], ldc, rows, r0, h0 + quarter * 16, n, sx, zx, sw, colsum,
                    bias, y, ldy);
   };
   if (m > 16) {  // 32 rows by one panel at a time; a last block of 16 rows or fewer alone

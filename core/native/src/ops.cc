@@ -138,37 +138,45 @@ void attend_portable(const float* q, const float* keys, const float* values, con
 #if defined(__x86_64__)
 constexpr int kMaxVectors = 8;  // head widths up to 128 keep the query and output in registers
 
+// out [16 N] = sum over slots of p[t] * inv * values[t]: softmax weights p (0 for a masked
+// slot), values [slots, 16 N], the output in N registers
+template <int N>
+__attribute__((target("avx512f"))) inline void weighted_sum(const float* p, float inv,
+                                                            const float* values, int slots,
+                                                            float* out) {
+  __m512 acc[N];
+  for (int j = 0; j < N; ++j) acc[j] = _mm512_setzero_ps();
+  for (int t = 0; t < slots; ++t) {
+    if (p[t] == 0.f) continue;
+    const __m512 w = _mm512_set1_ps(p[t] * inv);
+    const float* value = values + static_cast<std::size_t>(t) * 16 * N;
+    for (int j = 0; j < N; ++j) acc[j] = _mm512_fmadd_ps(w, _mm512_loadu_ps(value + 16 * j), acc[j]);
+  }
+  for (int j = 0; j < N; ++j) _mm512_storeu_ps(out + 16 * j, acc[j]);
+}
+
 // Head width 16 N (N <= 8): the query and the output stay in N registers each.
 template <int N>
 __attribute__((target("avx512f"))) void attend_avx512(const float* q, const float* keys,
                                                       const float* values, const bool* valid,
                                                       int slots, float scale, float* scores,
                                                       float* out) {
-  constexpr int n = N, k = 16 * N;
-  __m512 qv[N], acc[N];
-  for (int j = 0; j < n; ++j) qv[j] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * j), _mm512_set1_ps(scale));
+  constexpr int k = 16 * N;
+  __m512 qv[N];
+  for (int j = 0; j < N; ++j) qv[j] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * j), _mm512_set1_ps(scale));
   float best = -std::numeric_limits<float>::infinity();
   bool any = false;
   for (int t = 0; t < slots; ++t) {
     if (!valid[t]) continue;
     const float* key = keys + static_cast<std::size_t>(t) * k;
     __m512 dot = _mm512_mul_ps(qv[0], _mm512_loadu_ps(key));
-    for (int j = 1; j < n; ++j) dot = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(key + 16 * j), dot);
+    for (int j = 1; j < N; ++j) dot = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(key + 16 * j), dot);
     scores[t] = _mm512_reduce_add_ps(dot);
     best = scores[t] > best ? scores[t] : best;
     any = true;
   }
-  const float inv = softmax_slots(scores, valid, slots, best, any);
-  for (int j = 0; j < n; ++j) acc[j] = _mm512_setzero_ps();
-  for (int t = 0; t < slots; ++t) {
-    if (scores[t] == 0.f) continue;
-    const __m512 p = _mm512_set1_ps(scores[t] * inv);
-    const float* value = values + static_cast<std::size_t>(t) * k;
-    for (int j = 0; j < n; ++j) acc[j] = _mm512_fmadd_ps(p, _mm512_loadu_ps(value + 16 * j), acc[j]);
-  }
-  for (int j = 0; j < n; ++j) _mm512_storeu_ps(out + 16 * j, acc[j]);
+  weighted_sum<N>(scores, softmax_slots(scores, valid, slots, best, any), values, slots, out);
 }
-#endif
 
 // exp(x) for x <= 0 on 16 floats: exp_nonpositive's arithmetic, lane by lane
 __attribute__((target("avx512f"))) inline __m512 exp_nonpositive16(__m512 x) {
@@ -231,19 +239,11 @@ __attribute__((target("avx512f"))) void attend_queries_avx512(
       _mm512_storeu_ps(scores + b * 16, p);
       sum = _mm512_add_ps(sum, p);
     }
-    const float inv = 1.f / _mm512_reduce_add_ps(sum);
-    __m512 acc[N];
-    for (int j = 0; j < N; ++j) acc[j] = _mm512_setzero_ps();
-    for (int t = 0; t < slots; ++t) {
-      if (scores[t] == 0.f) continue;
-      const __m512 p = _mm512_set1_ps(scores[t] * inv);
-      const float* value = values + static_cast<std::size_t>(t) * k;
-      for (int j = 0; j < N; ++j) acc[j] = _mm512_fmadd_ps(p, _mm512_loadu_ps(value + 16 * j), acc[j]);
-    }
-    float* o = out + query * out_stride;
-    for (int j = 0; j < N; ++j) _mm512_storeu_ps(o + 16 * j, acc[j]);
+    weighted_sum<N>(scores, 1.f / _mm512_reduce_add_ps(sum), values, slots,
+                    out + query * out_stride);
   }
 }
+#endif
 
 }  // namespace
 

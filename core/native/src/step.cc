@@ -182,11 +182,8 @@ void Step::run(int rows, int past, int src, const std::int64_t* tok, const std::
     layer.cross_out.apply(att_.data(), rows, d, y_.data(), d, scratch_);
     res_.add(x_.data(), y_.data(), rows, layer.norms[1]);
     // feed-forward   [R, D] -> [R, F] -> [R, D]
-    layer.ff_1.apply(res_.input(x_.data(), rows, layer.norms[2], h_), rows, d, wide_.data(), ff_,
-                     scratch_);
-    activate(wide_.data(), static_cast<std::size_t>(rows) * ff_, act_);
-    layer.ff_2.apply(wide_.data(), rows, ff_, y_.data(), d, scratch_);
-    res_.add(x_.data(), y_.data(), rows, layer.norms[2]);
+    feed_forward(res_, layer.norms[2], layer.ff_1, layer.ff_2, act_, x_.data(), rows, h_,
+                 wide_.data(), y_.data(), scratch_);
   }
   const float* final = x_.data();
   if (has_final_norm_) {

@@ -51,6 +51,16 @@ void Residuals::add(float* x, const float* y, int rows, const Norm& n) const {
   if (!norm_first) layer_norm(x, rows, d, n.gamma.data(), n.beta.data(), eps, x);
 }
 
+void feed_forward(const Residuals& res, const Norm& n, const Int8Matrix& in,
+                  const Int8Matrix& out, Activation act, float* x, int rows,
+                  std::vector<float>& h, float* wide, float* y,
+                  std::vector<std::uint8_t>& scratch) {
+  in.apply(res.input(x, rows, n, h), rows, res.d, wide, in.n(), scratch);  // [rows, F]
+  activate(wide, static_cast<std::size_t>(rows) * in.n(), act);
+  out.apply(wide, rows, in.n(), y, res.d, scratch);  // [rows, D]
+  res.add(x, y, rows, n);
+}
+
 void embed(const std::vector<float>& table, const std::vector<float>& pe, int d,
            const std::int64_t* ids, const std::int64_t* positions, int rows, float* x) {
   for (int r = 0; r < rows; ++r) {

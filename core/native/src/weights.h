@@ -51,6 +51,13 @@ struct Residuals {
   void add(float* x, const float* y, int rows, const Norm& n) const;
 };
 
+// The feed-forward sublayer on x [rows, D], in place: the residual around
+// out(act(in(its input))). Work space: `h` for the pre-norm, wide [rows, F], y [rows, D].
+void feed_forward(const Residuals& res, const Norm& n, const Int8Matrix& in,
+                  const Int8Matrix& out, Activation act, float* x, int rows,
+                  std::vector<float>& h, float* wide, float* y,
+                  std::vector<std::uint8_t>& scratch);
+
 // x [rows, d] = embedding rows of `ids` + position rows of `positions`; the ids and positions
 // must be in range (checked by the caller)
 void embed(const std::vector<float>& table, const std::vector<float>& pe, int d,
