@@ -1,5 +1,5 @@
 """The translator in native code (`core/native/src`: the encoder and the cached decoder step on
-int8 products, on Intel AMX or AVX-512 VNNI, portable loops elsewhere) behind
+int8 products, on Intel AMX, AVX-512 VNNI or AVX2, portable loops elsewhere) behind
 `graphs.StepModel`, beside onnxruntime's graphs.
 
 It reads `native.npz`, which `seqserve export --quantize int8` writes into the version folder
@@ -27,14 +27,16 @@ FILE = "native.npz"
 
 
 def kernel() -> str | None:
-    """The int8 kernel the native translator runs here: "amx", "avx512_vnni" or "portable";
-    None when the extension is not built."""
+    """The int8 kernel the native translator runs here: "amx", "avx512_vnni", "avx2" or
+    "portable"; None when the extension is not built."""
     return None if _decoder is None else _decoder.kernel()
 
 
 def fast_here() -> bool:
     """Whether the native translator beats onnxruntime's int8 graphs on this machine: it needs
-    AMX or AVX-512 VNNI (its portable kernel is far slower than onnxruntime's)."""
+    AMX or AVX-512 VNNI. Its exact AVX2 kernel (int16 products) runs at about a fifth of VNNI's
+    speed, level with onnxruntime's graphs, and its portable loops far slower
+    (docs/benchmarks.md, "The native translator")."""
     return kernel() in ("amx", "avx512_vnni")
 
 

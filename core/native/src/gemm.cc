@@ -45,9 +45,21 @@ bool has_amx() {
 #endif
 }
 
+bool has_avx2() {
+#if defined(__x86_64__)
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 Kernel chosen() {
   if (g_choice != Kernel::kAuto) return g_choice;
-  return has_amx() ? Kernel::kAmx : has_vnni() ? Kernel::kVnni : Kernel::kPortable;
+  return has_amx()    ? Kernel::kAmx
+         : has_vnni() ? Kernel::kVnni
+         : has_avx2() ? Kernel::kAvx2
+                      : Kernel::kPortable;
 }
 
 // Quantise rows of x to uint8: q = round(x / s) + z, s = (max - min) / 255 over the row
@@ -108,6 +120,55 @@ __attribute__((target("avx512f,avx512bw"))) void quantize_rows_avx512(
                                            _mm512_set1_ps(255.f));
       const __m128i bytes = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(clamped));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), bytes);  // the pad: any byte (W is 0 there)
+    }
+  }
+}
+
+// The AVX2 kernel's rows: the same bytes as the others' (same rounding, same clamp), widened
+// to int16 as its vpmaddwd reads them.
+__attribute__((target("avx2,fma"))) inline __m256i first_lanes(int count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// row[i .. i+8) (zeros from k on) -> its 8 quantised values as int32
+__attribute__((target("avx2,fma"))) inline __m256i quantize8(const float* row, int i, int k,
+                                                            __m256 inv, __m256 z) {
+  const __m256 v = _mm256_maskload_ps(row + i, first_lanes(k - i));
+  const __m256 rounded = _mm256_add_ps(
+      _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z);
+  return _mm256_cvttps_epi32(
+      _mm256_min_ps(_mm256_max_ps(rounded, _mm256_setzero_ps()), _mm256_set1_ps(255.f)));
+}
+
+__attribute__((target("avx2,fma"))) void quantize_rows_avx2(const float* x, int m, int k,
+                                                           std::size_t ldx, int kp,
+                                                           std::int16_t* q, float* scale,
+                                                           std::int32_t* zero) {
+  for (int r = 0; r < m; ++r) {
+    const float* row = x + r * ldx;
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    for (int i = 0; i < k; i += 8) {
+      const __m256 v = _mm256_maskload_ps(row + i, first_lanes(k - i));  // the tail reads as 0
+      lo = _mm256_min_ps(lo, v);
+      hi = _mm256_max_ps(hi, v);
+    }
+    alignas(32) float los[8], his[8];
+    _mm256_store_ps(los, lo);
+    _mm256_store_ps(his, hi);
+    float low = 0.f, high = 0.f;
+    for (int j = 0; j < 8; ++j) {
+      low = std::min(low, los[j]);
+      high = std::max(high, his[j]);
+    }
+    float inv, z;
+    row_scale(low, high, scale + r, zero + r, &inv, &z);
+    const __m256 vinv = _mm256_set1_ps(inv), vz = _mm256_set1_ps(z);
+    std::int16_t* out = q + static_cast<std::size_t>(r) * kp;
+    for (int i = 0; i < kp; i += 16) {  // the pad: any value (W is 0 there)
+      const __m256i packed = _mm256_packs_epi32(quantize8(row, i, k, vinv, vz),
+                                                quantize8(row, i + 8, k, vinv, vz));  // lanes interleave
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                          _mm256_permute4x64_epi64(packed, 0xD8));
     }
   }
 }
@@ -193,6 +254,78 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_vnni(
   }
   for (int half = 0; half < 2; ++half)
     epilogue16(&c[0][half * 16], kPanel, M, 0, half * 16, cols, sx, zx, sw, colsum, bias, y, ldy);
+}
+
+// The AVX2 kernel, for CPUs without VNNI: exact int16 products (vpmaddwd) on the same packed
+// weights, sign-extended as they are read (vpmaddubsw on the bytes would saturate at 255 x 127
+// x 2). Up to 6 rows x 8 columns (a quarter panel) per call: 12 accumulators of 4 columns x 2
+// partial sums, each group of K one 64-bit broadcast of the row's 4 int16 inputs.
+__attribute__((target("avx2,fma"))) inline void epilogue8(__m256i acc, int r, int h0, int n,
+                                                        const float* sx, const std::int32_t* zx,
+                                                        const float* sw,
+                                                        const std::int32_t* colsum,
+                                                        const float* bias, float* y,
+                                                        std::size_t ldy) {
+  if (h0 >= n) return;
+  const __m256 s = _mm256_loadu_ps(sw + h0);  // (sw, colsum and bias are padded to the panel)
+  const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(colsum + h0));
+  const __m256 b = _mm256_loadu_ps(bias + h0);
+  const __m256i centred = _mm256_sub_epi32(acc, _mm256_mullo_epi32(cs, _mm256_set1_epi32(zx[r])));
+  const __m256 v =
+      _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(sx[r]), s), _mm256_cvtepi32_ps(centred), b);
+  float* out = y + static_cast<std::size_t>(r) * ldy + h0;
+  if (n - h0 >= 8)
+    _mm256_storeu_ps(out, v);
+  else
+    _mm256_maskstore_ps(out, first_lanes(n - h0), v);
+}
+
+template <int M>
+__attribute__((target("avx2,fma"))) void tile_avx2(const std::int16_t* q, int kp,
+                                                  const std::int8_t* w, int h0, const float* sx,
+                                                  const std::int32_t* zx, const float* sw,
+                                                  const std::int32_t* colsum, const float* bias,
+                                                  float* y, std::size_t ldy, int n) {
+  __m256i acc[M][2];
+  for (int r = 0; r < M; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  const int groups = kp / kGroup;
+  for (int g = 0; g < groups; ++g) {
+    // columns 0-3 and 4-7 of the quarter, 4 int8 each -> int16 lanes (column, k 0-1 | k 2-3)
+    const __m256i b0 = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(w + g * 128)));
+    const __m256i b1 =
+        _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(w + g * 128 + 16)));
+    for (int r = 0; r < M; ++r) {
+      long long four;
+      std::memcpy(&four, q + static_cast<std::size_t>(r) * kp + g * kGroup, 8);
+      const __m256i a = _mm256_set1_epi64x(four);
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(a, b0));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(a, b1));
+    }
+  }
+  for (int r = 0; r < M; ++r) {  // pairs of partial sums -> columns 0, 1, 4, 5 | 2, 3, 6, 7 -> in order
+    const __m256i sums = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
+    epilogue8(sums, r, h0, n, sx, zx, sw, colsum, bias, y, ldy);
+  }
+}
+
+using Avx2Tile = void (*)(const std::int16_t*, int, const std::int8_t*, int, const float*,
+                          const std::int32_t*, const float*, const std::int32_t*, const float*,
+                          float*, std::size_t, int);
+constexpr int kAvx2Rows = 6;
+constexpr Avx2Tile kAvx2Tiles[kAvx2Rows] = {tile_avx2<1>, tile_avx2<2>, tile_avx2<3>,
+                                            tile_avx2<4>, tile_avx2<5>, tile_avx2<6>};
+
+void gemm_avx2(const std::int16_t* q, int m, int kp, const std::int8_t* packed, const float* sx, const std::int32_t* zx, const float* sw,
+               const std::int32_t* colsum, const float* bias, float* y, std::size_t ldy, int n) {
+  const std::size_t panel_bytes = static_cast<std::size_t>(kp) * kPanel;
+  for (int h0 = 0; h0 < n; h0 += 8) {  // a quarter panel: 8 columns
+    const std::int8_t* w = packed + (h0 / kPanel) * panel_bytes + (h0 % kPanel) * kGroup;
+    for (int r0 = 0; r0 < m; r0 += kAvx2Rows) {
+      const int rows = std::min(kAvx2Rows, m - r0);
+      kAvx2Tiles[rows - 1](q + static_cast<std::size_t>(r0) * kp, kp, w, h0, sx + r0, zx + r0,
+                           sw, colsum, bias, y + static_cast<std::size_t>(r0) * ldy, ldy, n);
+    }
+  }
 }
 
 // The AMX kernel. The quantised rows are padded to a multiple of 16 with zeros (tiles have 16
@@ -365,14 +498,27 @@ void Int8Matrix::apply(const float* x, int m, std::size_t ldx, float* y, std::si
   if (m <= 0) return;  // nothing to multiply (the AMX kernel would read a whole tile)
   // scratch: the quantised rows [m rounded up to 16, kp] (the AMX kernel reads whole tiles
   // of 16 rows: the extra ones are zeros), then their scales [m] and zero points [m]
+  const Kernel kernel = chosen();
+  // scratch: the quantised rows [m rounded up to 16, kp] (the AMX kernel reads whole tiles
+  // of 16 rows: the extra ones are zeros; the AVX2 kernel's are int16), then their scales [m]
+  // and zero points [m]
   const int mp = (m + 15) / 16 * 16;
-  const std::size_t qbytes = static_cast<std::size_t>(mp) * kp_;
+  const std::size_t width = kernel == Kernel::kAvx2 ? 2 : 1;
+  const std::size_t qbytes = static_cast<std::size_t>(mp) * kp_ * width;
   const std::size_t need = qbytes + static_cast<std::size_t>(m) * 8;
   if (scratch.size() < need) scratch.resize(need);
   std::uint8_t* q = scratch.data();
   auto* sx = reinterpret_cast<float*>(q + qbytes);
   auto* zx = reinterpret_cast<std::int32_t*>(q + qbytes + static_cast<std::size_t>(m) * 4);
-  const Kernel kernel = chosen();
+#if defined(__x86_64__)
+  if (kernel == Kernel::kAvx2) {
+    auto* q16 = reinterpret_cast<std::int16_t*>(q);
+    quantize_rows_avx2(x, m, k_, ldx, kp_, q16, sx, zx);
+    gemm_avx2(q16, m, kp_, packed_.get(), sx, zx, scale_.data(), colsum_.data(), bias_.data(), y,
+              ldy, n_);
+    return;
+  }
+#endif
   quantize_rows(x, m, k_, ldx, kp_, q, sx, zx, kernel != Kernel::kPortable);
   std::memset(q + static_cast<std::size_t>(m) * kp_, 0, static_cast<std::size_t>(mp - m) * kp_);
 #if defined(__x86_64__)
@@ -402,10 +548,11 @@ void Int8Matrix::apply(const float* x, int m, std::size_t ldx, float* y, std::si
 }
 
 namespace {
-constexpr const char* kNames[] = {"auto", "amx", "avx512_vnni", "portable"};
+constexpr const char* kNames[] = {"auto", "amx", "avx512_vnni", "avx2", "portable"};
+constexpr int kKernels = 5;
 bool available(Kernel k) {
   return k == Kernel::kAuto || k == Kernel::kPortable || (k == Kernel::kVnni && has_vnni()) ||
-         (k == Kernel::kAmx && has_amx());
+         (k == Kernel::kAmx && has_amx()) || (k == Kernel::kAvx2 && has_avx2());
 }
 }  // namespace
 
@@ -413,13 +560,13 @@ const char* kernel_name() { return kNames[static_cast<int>(chosen())]; }
 
 std::vector<std::string> kernels() {
   std::vector<std::string> out;
-  for (int i = 1; i < 4; ++i)
+  for (int i = 1; i < kKernels; ++i)
     if (available(static_cast<Kernel>(i))) out.emplace_back(kNames[i]);
   return out;
 }
 
 bool use_kernel(const std::string& name) {
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < kKernels; ++i)
     if (name == kNames[i] && available(static_cast<Kernel>(i))) {
       g_choice = static_cast<Kernel>(i);
       return true;
