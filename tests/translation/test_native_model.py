@@ -7,6 +7,9 @@ ships it and the translator that loads it."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,12 +30,75 @@ pytestmark = pytest.mark.skipif(native_model.kernel() is None, reason="core/nati
 decoder = native_model._decoder
 
 
+# the vector level each kernel belongs to: run there, so that the element-wise code of every
+# level is tested too (on one machine: the CPU's best level, capped)
+LEVEL = {"amx": "avx512", "avx512_vnni": "avx512", "avx2": "avx2", "portable": "baseline"}
+
+
 @pytest.fixture(params=native_model._decoder.kernels() if native_model._decoder else [])
 def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each int8 kernel this machine can run, in turn; the automatic choice restored after."""
+    """Each int8 kernel this machine can run, in turn, at its vector level; the automatic
+    choices restored after."""
+    assert decoder.use_isa(LEVEL[request.param])
     assert decoder.use_kernel(request.param)
     yield request.param
+    decoder.use_isa("auto")
     decoder.use_kernel("auto")
+
+
+def test_a_vector_level_caps_the_kernels() -> None:
+    levels = decoder.isas()
+    assert levels[-1] == "baseline" and decoder.isa() == levels[0]
+    assert decoder.use_isa("baseline")
+    try:
+        assert decoder.isa() == "baseline"
+        assert decoder.kernels() == ["portable"] and decoder.kernel() == "portable"
+        assert not decoder.use_kernel("avx2")
+        assert not decoder.use_isa("avx1024")
+    finally:
+        decoder.use_isa("auto")
+    assert decoder.isa() == levels[0]
+
+
+@pytest.mark.parametrize("cap", ["avx2", "baseline", "nonsense"])
+def test_the_environment_caps_the_vector_level(cap: str) -> None:
+    """SEQSERVE_NATIVE_ISA caps the level when the library loads (never above the CPU's);
+    an unknown name caps nothing."""
+    code = "from core.native import decoder as d; print(d.isa(), d.kernel())"
+    env = {**os.environ, "SEQSERVE_NATIVE_ISA": cap}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    levels = decoder.isas()
+    want = levels[0] if cap not in levels else cap
+    assert out[0] == want
+    fastest = {
+        "avx512": ("amx", "avx512_vnni", "avx2"),
+        "avx2": ("avx2",),
+        "baseline": ("portable",),
+    }
+    assert out[1] in fastest[want]
+
+
+def test_ranking_is_the_same_at_every_vector_level() -> None:
+    from core.translation.search import best_candidates
+
+    rng = np.random.default_rng(1)
+    lp = (rng.standard_normal((3, 2, 700)) * 4).astype(np.float32)
+    lp[0, 0, :50] = -np.inf
+    lp[1, :, 100:140] = lp[1, 0, 100]  # ties
+    cum = rng.standard_normal((3, 2))
+    want = best_candidates(lp, cum, 5)
+    rows = lp.reshape(6, 700)
+    try:
+        for level in decoder.isas():
+            assert decoder.use_isa(level)
+            index, score = decoder.best_candidates(rows, cum, np.arange(3) * 2, 5)
+            for r, (top, scores) in enumerate(want):
+                np.testing.assert_array_equal(index[r], top, err_msg=level)
+                np.testing.assert_array_equal(score[r], scores, err_msg=level)
+    finally:
+        decoder.use_isa("auto")
 
 
 @pytest.mark.parametrize(

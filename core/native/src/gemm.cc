@@ -18,11 +18,11 @@ namespace {
 
 Kernel g_choice = Kernel::kAuto;
 
+// Each kernel needs its CPU features and the vector level (simd.h) they belong to.
 bool has_vnni() {
 #if defined(__x86_64__)
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vnni");
-  return yes;
+  static const bool cpu = __builtin_cpu_supports("avx512vnni");
+  return cpu && isa() == Isa::kAvx512;
 #else
   return false;
 #endif
@@ -39,23 +39,25 @@ bool has_amx() {
     constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
     return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
   }();
-  return yes;
+  return yes && isa() == Isa::kAvx512;
 #else
   return false;
 #endif
 }
 
-bool has_avx2() {
-#if defined(__x86_64__)
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-#else
-  return false;
-#endif
+bool has_avx2() { return isa() >= Isa::kAvx2; }
+
+constexpr const char* kNames[] = {"auto", "amx", "avx512_vnni", "avx2", "portable"};
+constexpr int kKernels = 5;
+
+bool available(Kernel k) {
+  return k == Kernel::kAuto || k == Kernel::kPortable || (k == Kernel::kVnni && has_vnni()) ||
+         (k == Kernel::kAmx && has_amx()) || (k == Kernel::kAvx2 && has_avx2());
 }
 
+// The named kernel while the vector level allows it, else the fastest
 Kernel chosen() {
-  if (g_choice != Kernel::kAuto) return g_choice;
+  if (g_choice != Kernel::kAuto && available(g_choice)) return g_choice;
   return has_amx()    ? Kernel::kAmx
          : has_vnni() ? Kernel::kVnni
          : has_avx2() ? Kernel::kAvx2
@@ -183,9 +185,10 @@ void quantize_rows(const float* x, int m, int k, std::size_t ldx, int kp, std::u
 }
 
 // The portable kernel: the same packed layout, plain loops the compiler vectorises.
-SEQSERVE_CLONES void panel_portable(const std::uint8_t* q, int m, int kp, const std::int8_t* w, const float* sx,
-                    const std::int32_t* zx, const float* sw, const std::int32_t* colsum,
-                    const float* bias, float* y, std::size_t ldy, int cols) {
+SEQSERVE_BODY void panel_portable_body(const std::uint8_t* q, int m, int kp, const std::int8_t* w,
+                                       const float* sx, const std::int32_t* zx, const float* sw,
+                                       const std::int32_t* colsum, const float* bias, float* y,
+                                       std::size_t ldy, int cols) {
   for (int r = 0; r < m; ++r) {
     std::int32_t acc[kPanel] = {};
     const std::uint8_t* a = q + static_cast<std::size_t>(r) * kp;
@@ -202,6 +205,11 @@ SEQSERVE_CLONES void panel_portable(const std::uint8_t* q, int m, int kp, const 
       out[c] = sx[r] * sw[c] * static_cast<float>(acc[c] - zx[r] * colsum[c]) + bias[c];
   }
 }
+SEQSERVE_MULTIVERSION(panel_portable,
+                      (const std::uint8_t* q, int m, int kp, const std::int8_t* w, const float* sx,
+                       const std::int32_t* zx, const float* sw, const std::int32_t* colsum,
+                       const float* bias, float* y, std::size_t ldy, int cols),
+                      (q, m, kp, w, sx, zx, sw, colsum, bias, y, ldy, cols))
 
 #if defined(__x86_64__)
 // y[r0 + r, h0 .. h0+16) for r < rows from the int32 sums c[r][0..16) (row stride ldc ints):
@@ -546,15 +554,6 @@ void Int8Matrix::apply(const float* x, int m, std::size_t ldx, float* y, std::si
     }
   }
 }
-
-namespace {
-constexpr const char* kNames[] = {"auto", "amx", "avx512_vnni", "avx2", "portable"};
-constexpr int kKernels = 5;
-bool available(Kernel k) {
-  return k == Kernel::kAuto || k == Kernel::kPortable || (k == Kernel::kVnni && has_vnni()) ||
-         (k == Kernel::kAmx && has_amx()) || (k == Kernel::kAvx2 && has_avx2());
-}
-}  // namespace
 
 const char* kernel_name() { return kNames[static_cast<int>(chosen())]; }
 

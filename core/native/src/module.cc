@@ -10,6 +10,7 @@
 #include "encoder.h"
 #include "gemm.h"
 #include "search.h"
+#include "simd.h"
 #include "step.h"
 #include "weights.h"
 
@@ -87,4 +88,10 @@ PYBIND11_MODULE(_decoder, m) {
   m.def("kernels", &seqserve::decoder::kernels, "the int8 kernels this machine can run");
   m.def("use_kernel", &seqserve::decoder::use_kernel, py::arg("name"),
         "run the named int8 kernel ('auto': the fastest); False if this machine cannot");
+  m.def("isa", &seqserve::decoder::isa_name,
+        "the vector instruction set in use: 'avx512', 'avx2' or 'baseline'");
+  m.def("isas", &seqserve::decoder::isas, "the vector instruction sets this CPU runs, best first");
+  m.def("use_isa", &seqserve::decoder::use_isa, py::arg("name"),
+        "run at most the named instruction set ('auto': the best, capped by "
+        "SEQSERVE_NATIVE_ISA); the int8 kernels above it are not run. False if the CPU cannot");
 }

@@ -54,8 +54,8 @@ inline float max_of(const float* x, int n) {
 
 }  // namespace
 
-SEQSERVE_CLONES void layer_norm(const float* x, int rows, int d, const float* gamma,
-                                const float* beta, float eps, float* out) {
+SEQSERVE_BODY void layer_norm_body(const float* x, int rows, int d, const float* gamma,
+                                   const float* beta, float eps, float* out) {
   for (int r = 0; r < rows; ++r) {
     const float* row = x + static_cast<std::size_t>(r) * d;
     float* o = out + static_cast<std::size_t>(r) * d;
@@ -68,8 +68,12 @@ SEQSERVE_CLONES void layer_norm(const float* x, int rows, int d, const float* ga
     for (int i = 0; i < d; ++i) o[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
   }
 }
+SEQSERVE_MULTIVERSION(layer_norm,
+                      (const float* x, int rows, int d, const float* gamma, const float* beta,
+                       float eps, float* out),
+                      (x, rows, d, gamma, beta, eps, out))
 
-SEQSERVE_CLONES void activate(float* x, std::size_t n, Activation act) {
+SEQSERVE_BODY void activate_body(float* x, std::size_t n, Activation act) {
   switch (act) {
     case Activation::kRelu:
       for (std::size_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
@@ -82,12 +86,14 @@ SEQSERVE_CLONES void activate(float* x, std::size_t n, Activation act) {
       break;
   }
 }
+SEQSERVE_MULTIVERSION(activate, (float* x, std::size_t n, Activation act), (x, n, act))
 
-SEQSERVE_CLONES void add_into(float* y, const float* x, std::size_t n) {
+SEQSERVE_BODY void add_into_body(float* y, const float* x, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) y[i] += x[i];
 }
+SEQSERVE_MULTIVERSION(add_into, (float* y, const float* x, std::size_t n), (y, x, n))
 
-SEQSERVE_CLONES void log_softmax_rows(float* x, int rows, int v) {
+SEQSERVE_BODY void log_softmax_rows_body(float* x, int rows, int v) {
   for (int r = 0; r < rows; ++r) {
     float* row = x + static_cast<std::size_t>(r) * v;
     const float best = max_of(row, v);
@@ -97,6 +103,7 @@ SEQSERVE_CLONES void log_softmax_rows(float* x, int rows, int v) {
     for (int i = 0; i < v; ++i) row[i] -= shift;
   }
 }
+SEQSERVE_MULTIVERSION(log_softmax_rows, (float* x, int rows, int v), (x, rows, v))
 
 namespace {
 
@@ -112,8 +119,9 @@ inline float softmax_slots(float* scores, const bool* valid, int slots, float be
   return 1.f / sum;
 }
 
-void attend_portable(const float* q, const float* keys, const float* values, const bool* valid,
-                     int slots, int k, float scale, float* scores, float* out) {
+SEQSERVE_BODY void attend_portable_body(const float* q, const float* keys, const float* values,
+                                        const bool* valid, int slots, int k, float scale,
+                                        float* scores, float* out) {
   float best = -std::numeric_limits<float>::infinity();
   bool any = false;
   for (int t = 0; t < slots; ++t) {
@@ -134,6 +142,10 @@ void attend_portable(const float* q, const float* keys, const float* values, con
     for (int i = 0; i < k; ++i) out[i] += p * value[i];
   }
 }
+SEQSERVE_MULTIVERSION(attend_portable,
+                      (const float* q, const float* keys, const float* values, const bool* valid,
+                       int slots, int k, float scale, float* scores, float* out),
+                      (q, keys, values, valid, slots, k, scale, scores, out))
 
 #if defined(__x86_64__)
 constexpr int kMaxVectors = 8;  // head widths up to 128 keep the query and output in registers
@@ -251,8 +263,7 @@ void attend_queries(const float* q, std::size_t q_stride, int queries, const flo
                     const float* values, const bool* valid, int slots, int k, float scale,
                     float* work, float* out, std::size_t out_stride) {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512 && k % 16 == 0 && k <= 16 * kMaxVectors) {
+  if (isa() == Isa::kAvx512 && k % 16 == 0 && k <= 16 * kMaxVectors) {
     using Queries = void (*)(const float*, std::size_t, int, const float*, const float*,
                              const bool*, int, float, float*, float*, std::size_t);
     static constexpr Queries kByWidth[kMaxVectors] = {
@@ -270,8 +281,7 @@ void attend_queries(const float* q, std::size_t q_stride, int queries, const flo
 void attend(const float* q, const float* keys, const float* values, const bool* valid, int slots,
             int k, float scale, float* scores, float* out) {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) {
+  if (isa() == Isa::kAvx512) {
     using Attend = void (*)(const float*, const float*, const float*, const bool*, int, float,
                             float*, float*);
     static constexpr Attend kByWidth[kMaxVectors] = {

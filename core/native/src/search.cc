@@ -1,4 +1,5 @@
 #include "search.h"
+#include "simd.h"
 
 #include <cmath>
 #include <limits>
@@ -67,7 +68,7 @@ void best_candidates(const float* log_probs, int vocab, const double* cum,
                      const std::int64_t* first, int requests, int k, int n, std::int64_t* index,
                      double* score) {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  const bool avx512 = isa() == Isa::kAvx512;
 #endif
   for (int i = 0; i < requests; ++i) {
     Best best{n, 0, index + static_cast<std::size_t>(i) * n, score + static_cast<std::size_t>(i) * n};

@@ -1,9 +1,46 @@
-// Element-wise loops are built three times (AVX-512, AVX2 and the x86-64 baseline) and the
-// best the CPU runs is chosen when the library loads: GCC's target_clones.
+// The vector instruction set the native code runs: the best the CPU has (AVX-512, AVX2 or the
+// x86-64 baseline), unless capped, as ONEDNN_MAX_CPU_ISA caps oneDNN: by the environment
+// variable SEQSERVE_NATIVE_ISA ("avx512", "avx2" or "baseline") when the library loads, or by
+// `use_isa` (tests, so that one machine runs every level). Element-wise loops are built once
+// per level (SEQSERVE_MULTIVERSION) and the level chosen per call; the int8 kernels and the
+// hand-written AVX-512 paths ask `isa()` too.
 #pragma once
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SEQSERVE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#include <string>
+#include <vector>
+
+namespace seqserve::decoder {
+
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+Isa isa();
+const char* isa_name();
+std::vector<std::string> isas();        // the levels this CPU runs, best first
+bool use_isa(const std::string& name);  // "auto" or one of `isas()`; false if not
+
+}  // namespace seqserve::decoder
+
+// `void name params` calling `name##_body args` (a SEQSERVE_BODY function, written once)
+// compiled for each level.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SEQSERVE_BODY static inline __attribute__((always_inline))
+#define SEQSERVE_MULTIVERSION(name, params, args)                                       \
+  __attribute__((target("avx512f,avx512bw,avx2,fma"))) static void name##_avx512 params { \
+    name##_body args;                                                                   \
+  }                                                                                     \
+  __attribute__((target("avx2,fma"))) static void name##_avx2 params { name##_body args; } \
+  static void name##_baseline params { name##_body args; }                              \
+  void name params {                                                                    \
+    switch (isa()) {                                                                    \
+      case Isa::kAvx512:                                                                \
+        return name##_avx512 args;                                                      \
+      case Isa::kAvx2:                                                                  \
+        return name##_avx2 args;                                                        \
+      default:                                                                          \
+        return name##_baseline args;                                                    \
+    }                                                                                   \
+  }
 #else
-#define SEQSERVE_CLONES
+#define SEQSERVE_BODY static inline
+#define SEQSERVE_MULTIVERSION(name, params, args) \
+  void name params { name##_body args; }
 #endif
