@@ -60,6 +60,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# environment variables that cap the instruction sets of seqserve's native code, MKL,
+# CTranslate2 and oneDNN: set, they simulate an older CPU (docs/benchmarks.md)
+ISA_CAPS = (
+    "SEQSERVE_NATIVE_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "CT2_FORCE_CPU_ISA",
+    "ONEDNN_MAX_CPU_ISA",
+)
+
+
 def machine() -> dict:
     return {
         "platform": platform.platform(),
@@ -67,6 +77,7 @@ def machine() -> dict:
         "cpus": os.cpu_count(),
         "load_avg": os.getloadavg(),
         "versions": {p: metadata.version(p) for p in ("onnxruntime", "grpcio", "numpy")},
+        "isa_caps": {name: os.environ[name] for name in ISA_CAPS if name in os.environ},
     }
 
 

@@ -10,7 +10,8 @@ Engines (1 thread each; greedy and beam 4 where the engine has it):
   each concurrency; fp32, and int8 when `--int8-model` is in the repository;
 - seqserve: `core.translation.Translator` in process (the server's decoding code and session
   options), batch 1 and 8, fp32 and int8 (as the server runs it: the native translator where
-  the config's `runtime` chooses it, and then the int8 graphs beside it, `seqserve_int8_graphs`);
+  the config's `runtime` chooses it, and then the int8 graphs beside it, `seqserve_int8_graphs`;
+  where it chooses the graphs, the native translator beside them, `seqserve_int8_native`);
 - pytorch_uncached / pytorch_cached: PyTorch eager on the checkpoint, greedy, batch 1 and 8;
 - ct2_fp32 / ct2_int8: CTranslate2 on the checkpoint converted by `bench.ctranslate2_convert`.
 Batch b decodes consecutive groups of b sentences; client i of c sends sentences i, i+c, ...,
@@ -243,6 +244,7 @@ def ratios(results: dict) -> dict:
                 ("", "ct2_fp32"),
                 ("_int8", "ct2_int8"),
                 ("_int8_graphs", "ct2_int8"),
+                ("_int8_native", "ct2_int8"),
             ):
                 out[f"seqserve{kind}_{batch}_vs_{ct2}_{batch}_tokens_{beam}"] = _ratio(
                     results, (f"seqserve{kind}", beam, batch), (ct2, beam, batch), "tokens"
@@ -327,6 +329,7 @@ def run(args: argparse.Namespace) -> int:
         TorchUncached,
         load_torch,
     )
+    from core.translation import native_model
     from core.translation.native_model import NativeModel
     from core.translation.spec import TranslatorSpec
     from serving.repository import read_config, select_versions
@@ -354,6 +357,13 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(engines[-1].translator.model, NativeModel):  # the int8 graphs beside it
             engines.append(
                 SeqserveEngine("seqserve_int8_graphs", int8_dir, int8_version, runtime="onnx")
+            )
+        elif (
+            native_model.kernel() is not None
+            and (int8_dir / str(int8_version) / native_model.FILE).is_file()
+        ):  # the native translator beside the graphs `auto` chose (a slower CPU)
+            engines.append(
+                SeqserveEngine("seqserve_int8_native", int8_dir, int8_version, runtime="native")
             )
     engines += [
         TorchUncached("pytorch_uncached", model, tokenizer),

@@ -73,6 +73,7 @@ class SeqserveEngine:
             "model": str(model_dir / str(version)),
             "runtime": type(model).__name__,
             "native_kernel": native_model.kernel() if isinstance(model, NativeModel) else None,
+            "native_isa": native_model.isa() if isinstance(model, NativeModel) else None,
             "intra_op_threads": settings.intra_op_threads,
             "inter_op_threads": settings.inter_op_threads,
         }

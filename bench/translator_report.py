@@ -12,6 +12,7 @@ ENGINES = (
     "seqserve",
     "seqserve_int8",
     "seqserve_int8_graphs",
+    "seqserve_int8_native",
     "pytorch_uncached",
     "pytorch_cached",
     "ct2_fp32",
@@ -68,14 +69,14 @@ def _rows(result: dict) -> list[tuple[str, str, str, dict]]:
 def print_table(result: dict) -> None:
     agree = result["agreement"]["text_vs_seqserve_b1"]
     print(
-        f"\n{'engine':17s} {'beam':>4s} {'set':>4s} {'tokens/s':>9s} {'spread':>15s} "
+        f"\n{'engine':20s} {'beam':>4s} {'set':>4s} {'tokens/s':>9s} {'spread':>15s} "
         f"{'sent/s':>7s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'same':>5s}"
     )
     for engine, beam, setting, c in _rows(result):
         lat, spread = c["latency_ms"], c["tokens_per_s_spread"]
         same = agree.get(engine, {}).get(beam, {}).get(setting)
         print(
-            f"{engine:17s} {beam[4:]:>4s} {setting:>4s} {c['tokens_per_s']:9.0f} "
+            f"{engine:20s} {beam[4:]:>4s} {setting:>4s} {c['tokens_per_s']:9.0f} "
             f"{spread[0]:7.0f}-{spread[1]:<7.0f} {c['sentences_per_s']:7.1f} "
             f"{lat['p50']:8.1f} {lat['p90']:8.1f} {lat['p99']:8.1f} "
             f"{'' if same is None else f'{same:5.0%}'}"

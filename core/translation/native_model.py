@@ -32,11 +32,17 @@ def kernel() -> str | None:
     return None if _decoder is None else _decoder.kernel()
 
 
+def isa() -> str | None:
+    """The vector instruction set its element-wise code runs: "avx512", "avx2" or "baseline"
+    (the CPU's best, capped by SEQSERVE_NATIVE_ISA); None when the extension is not built."""
+    return None if _decoder is None else _decoder.isa()
+
+
 def fast_here() -> bool:
     """Whether the native translator beats onnxruntime's int8 graphs on this machine: it needs
     AMX or AVX-512 VNNI. Its exact AVX2 kernel (int16 products) runs at about a fifth of VNNI's
-    speed, level with onnxruntime's graphs, and its portable loops far slower
-    (docs/benchmarks.md, "The native translator")."""
+    rate, no faster than onnxruntime's graphs on such CPUs, and its portable loops far slower
+    (docs/benchmarks.md, "CPUs without VNNI")."""
     return kernel() in ("amx", "avx512_vnni")
 
 

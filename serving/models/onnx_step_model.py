@@ -52,7 +52,12 @@ def load_translator(
                 f"{version_dir}/{native_model.FILE}: layers, heads, head width {native}; "
                 f"config.pbtxt says {(spec.num_layers, spec.num_heads, spec.head_dim)}"
             )
-        log.info("%s: the native translator (%s kernel)", version_dir, native_model.kernel())
+        log.info(
+            "%s: the native translator (%s kernel, %s)",
+            version_dir,
+            native_model.kernel(),
+            native_model.isa(),
+        )
     else:
         model = OnnxStepModel(
             Path(version_dir),
