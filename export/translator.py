@@ -58,7 +58,9 @@ from training.train_translator import TOKENIZER_FILE, load_translator_checkpoint
 from training.translator_config import TranslatorTrainConfig
 
 BACKEND = "seqserve_translator"
-MAX_BATCH_SIZE = 64
+# decoder rows per step (and V2's batch limit): 32 sentences at beam 4 decode together, as
+# CTranslate2 decodes a batch of 32 (benchmarks.md, "The native translator")
+MAX_BATCH_SIZE = 128
 STEP_ATOL = 1e-4  # log-probabilities and cache values, fp32
 PARITY_SENTENCES = 32  # validation sentences decoded greedily by both
 STEP_CASES = ((1, 0, 3), (5, 0, 7), (4, 6, 9), (2, 13, 1))  # (rows, past, source length)

@@ -42,7 +42,7 @@ def test_translate_many_with_nbest(api: tgrpc.TranslatorStub) -> None:
 
 
 def test_more_sentences_than_decoder_rows_come_back_in_order(api: tgrpc.TranslatorStub) -> None:
-    """Clients cannot see the model's batch limit (max_batch_size 64): a request with more
+    """Clients cannot see the model's batch limit (max_batch_size 128): a request with more
     sentences queues them as rows free up and answers them all, in order, each as it would
     be alone."""
     words = ["eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun"]

@@ -54,7 +54,7 @@ def test_training_wrote_checkpoint_metrics_and_examples(
 def test_config_declares_the_translator_contract(version_dir: Path) -> None:
     config = read_config(version_dir.parent)
     assert config.name == "translator" and config.backend == "seqserve_translator"
-    assert config.platform == "" and config.max_batch_size == 64
+    assert config.platform == "" and config.max_batch_size == 128
     assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [
         ("text", mc.TYPE_STRING, [1])
     ]
