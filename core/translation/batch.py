@@ -207,7 +207,7 @@ class DecodeBatch:
         else:
             cross_k, cross_v = encoded.cross_k, encoded.cross_v
         rows = KVCache.for_sources(cross_k[:, beams], cross_v[:, beams], encoded.src_mask[beams])
-        self.cache = self.cache.concat(rows)
+        self.cache = self.cache.concat(rows, windows=self.windows)
         self.tokens = np.concatenate([self.tokens, np.full(len(beams), self.bos_id, np.int64)])
         self.positions = np.concatenate([self.positions, np.zeros(len(beams), np.int64)])
         self._entries.extend(

@@ -15,7 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.translation.graphs import CacheArray, Layers, Window, per_layer
+from core.translation.graphs import CacheArray, Joined, Layers, Window, per_layer
+
+
+def _rows(cache: CacheArray, rows: np.ndarray) -> CacheArray:
+    """Rows of a cache, not copied: a `Joined`'s own selection, else a `Window`."""
+    return cache[:, rows] if isinstance(cache, Joined) else Window.of(cache)[:, rows]
+
+
+def _joined_cache(a: CacheArray, b: CacheArray, width: int, left: bool) -> np.ndarray:
+    """Keys or values [L, R, H, W, K]: `_joined` along the slots."""
+    return _joined(a, b, 3, width, left)
 
 
 def _joined(a: CacheArray, b: CacheArray, axis: int, width: int, left: bool) -> np.ndarray:
@@ -105,13 +115,13 @@ class KVCache:
         values become `Window`s on the arrays they are (no copy), for a step backend that
         reads them in place."""
         if windows:
-            past_k, past_v = Window.of(self.past_k)[:, rows], Window.of(self.past_v)[:, rows]
+            past_k, past_v = _rows(self.past_k, rows), _rows(self.past_v, rows)
         else:
             past_k, past_v = self.past_k[:, rows], self.past_v[:, rows]
         if same_sources:
             cross_k, cross_v, src_mask = self.cross_k, self.cross_v, self.src_mask
         elif windows:
-            cross_k, cross_v = Window.of(self.cross_k)[:, rows], Window.of(self.cross_v)[:, rows]
+            cross_k, cross_v = _rows(self.cross_k, rows), _rows(self.cross_v, rows)
             src_mask = self.src_mask[rows]
         else:
             cross_k, cross_v, src_mask = (
@@ -121,20 +131,23 @@ class KVCache:
             )
         return KVCache(past_k, past_v, self.past_mask[rows], cross_k, cross_v, src_mask)
 
-    def concat(self, other: KVCache) -> KVCache:
+    def concat(self, other: KVCache, windows: bool = False) -> KVCache:
         """Rows of `self` then rows of `other`; P is left-padded, S right-padded. Onto no rows
-        (a batch that was empty), `other` itself: no copy of its arrays."""
+        (a batch that was empty), `other` itself: no copy of its arrays. `windows`: the keys
+        and values become `Joined`s of both (no copy), for a step backend that reads them in
+        place; otherwise one array each, every part written into place."""
         if self.rows == 0:
             return other
         p = max(self.past_len, other.past_len)
         s = max(self.src_mask.shape[1], other.src_mask.shape[1])
         a, b = self, other
+        join = Joined.of if windows else _joined_cache
         return KVCache(
-            _joined(a.past_k, b.past_k, 3, p, left=True),  # [L, Ra+Rb, H, P, K]
-            _joined(a.past_v, b.past_v, 3, p, left=True),
+            join(a.past_k, b.past_k, p, left=True),  # [L, Ra+Rb, H, P, K]
+            join(a.past_v, b.past_v, p, left=True),
             _joined(a.past_mask, b.past_mask, 1, p, left=True),  # [Ra+Rb, P]
-            _joined(a.cross_k, b.cross_k, 3, s, left=False),  # [L, Ra+Rb, H, S, K]
-            _joined(a.cross_v, b.cross_v, 3, s, left=False),
+            join(a.cross_k, b.cross_k, s, left=False),  # [L, Ra+Rb, H, S, K]
+            join(a.cross_v, b.cross_v, s, left=False),
             _joined(a.src_mask, b.src_mask, 1, s, left=False),  # [Ra+Rb, S]
         )
 
@@ -153,7 +166,7 @@ class KVCache:
             return self
 
         def c(a: CacheArray) -> CacheArray:  # onnxruntime reads C-ordered buffers
-            if isinstance(a, Layers | Window):  # per layer, or not copied at all
+            if isinstance(a, Layers | Window | Joined):  # per layer, or not copied at all
                 return a
             return np.ascontiguousarray(a)
 

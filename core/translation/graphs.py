@@ -161,6 +161,119 @@ class Window:
         return np.asarray(self)[index]
 
 
+class Joined:
+    """Rows of several caches side by side, not copied: what `KVCache.concat` gives a step
+    backend that reads caches in place. Part p, a `Window` [L, R_p, H, W_p, K], lies at slots
+    firsts[p] .. firsts[p] + W_p of the joined width (its slots are the last ones of a left-
+    padded cache, the first ones of a right-padded one); a row's other slots are padding,
+    zeros as `KVCache.concat` would write them. Row r is row rows[r] of part parts_of[r].
+    Selecting rows and trimming slots give another `Joined` on the same parts; a selection
+    that leaves more rows held than used (dead rows keep their part's arrays alive) copies the
+    live rows into one array instead, so memory stays within twice the live rows."""
+
+    __slots__ = ("firsts", "parts", "parts_of", "rows", "width")
+    ndim = 5
+    dtype = np.dtype(np.float32)
+
+    def __init__(
+        self,
+        parts: Sequence[Window],
+        firsts: Sequence[int],
+        width: int,
+        parts_of: np.ndarray,
+        rows: np.ndarray,
+    ) -> None:
+        self.parts, self.firsts, self.width = list(parts), list(firsts), width
+        self.parts_of, self.rows = parts_of, rows
+
+    @classmethod
+    def of(cls, a: CacheArray, b: CacheArray, width: int, left: bool) -> Joined:
+        """The rows of `a` then those of `b`, padded to `width` slots on the left (a cache's
+        slots) or on the right (source positions)."""
+        parts: list[Window] = []
+        firsts: list[int] = []
+        parts_of: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
+        for cache in (a, b):
+            shift = width - cache.shape[3] if left else 0
+            if isinstance(cache, Joined):
+                parts_of.append(cache.parts_of + len(parts))
+                rows.append(cache.rows)
+                parts += cache.parts
+                firsts += [first + shift for first in cache.firsts]
+            else:
+                window = Window.of(cache)
+                parts_of.append(np.full(window.shape[1], len(parts), np.int64))
+                rows.append(np.arange(window.shape[1], dtype=np.int64))
+                parts.append(window)
+                firsts.append(shift)
+        return cls(parts, firsts, width, np.concatenate(parts_of), np.concatenate(rows))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        layers, _, heads, _, head_dim = self.parts[0].shape
+        return (layers, len(self.rows), heads, self.width, head_dim)
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        out = np.zeros(self.shape, np.float32)  # [L, R, H, W, K]
+        for p, (part, first) in enumerate(zip(self.parts, self.firsts, strict=True)):
+            mine = np.flatnonzero(self.parts_of == p)
+            slots = slice(first, first + part.shape[3])
+            out[:, mine, :, slots] = np.asarray(part[:, self.rows[mine]])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def layout(self) -> tuple[list[Window], np.ndarray, list[tuple[int, int, int]]]:
+        """For a backend: the parts, each row's (part, row of the part's base array) [R, 2],
+        and each part's (first slot here, slots, first slot in its base)."""
+        base_rows = np.empty_like(self.rows)
+        for p, part in enumerate(self.parts):
+            mine = self.parts_of == p
+            base_rows[mine] = self.rows[mine] if part.rows is None else part.rows[self.rows[mine]]
+        slots = [
+            (first, part.stop - part.start, part.start)
+            for part, first in zip(self.parts, self.firsts, strict=True)
+        ]
+        return self.parts, np.stack([self.parts_of, base_rows], axis=1), slots
+
+    def __getitem__(self, index: object) -> Joined | np.ndarray:
+        if isinstance(index, tuple) and len(index) == 2 and _is_all(index[0]):
+            picked = np.asarray(index[1])
+            if picked.ndim == 1 and picked.dtype.kind in "iu":  # rows, in a new order
+                return self._select(self.parts_of[picked], self.rows[picked])
+        if (
+            isinstance(index, tuple)
+            and len(index) == 4
+            and all(_is_all(i) for i in index[:3])
+            and isinstance(index[3], slice)
+            and index[3].step is None
+        ):
+            a, b, _ = index[3].indices(self.width)
+            b = max(a, b)
+            parts, firsts = [], []
+            for part, first in zip(self.parts, self.firsts, strict=True):
+                lo, hi = max(first, a), min(first + part.shape[3], b)
+                hi = max(lo, hi)  # a part wholly outside keeps no slot
+                parts.append(part[:, :, :, lo - first : hi - first])
+                firsts.append(min(lo, b) - a)
+            return Joined(parts, firsts, b - a, self.parts_of, self.rows)
+        return np.asarray(self)[index]
+
+    def _select(self, parts_of: np.ndarray, rows: np.ndarray) -> Joined | np.ndarray:
+        used = np.unique(parts_of)
+        held = sum(self.parts[p].base.shape[1] for p in used)
+        if held > 2 * len(rows) + 16:  # dead rows hold too much: the live ones, copied
+            return np.asarray(Joined(self.parts, self.firsts, self.width, parts_of, rows))
+        renumber = np.zeros(len(self.parts), np.int64)
+        renumber[used] = np.arange(len(used))
+        return Joined(
+            [self.parts[p] for p in used],
+            [self.firsts[p] for p in used],
+            self.width,
+            renumber[parts_of],
+            rows,
+        )
+
+
 def layered_outputs(
     outputs: Sequence[np.ndarray], layers: int
 ) -> tuple[np.ndarray, Layers, Layers]:

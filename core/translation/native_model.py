@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from core.native import decoder as _decoder  # None when not built (`make native`)
-from core.translation.graphs import CacheArray, GraphError, Layers, Window, per_layer
+from core.translation.graphs import CacheArray, GraphError, Joined, Layers, Window, per_layer
 
 FILE = "native.npz"
 
@@ -108,9 +108,10 @@ class NativeModel:
         cross_v: np.ndarray,
         src_mask: np.ndarray,
     ) -> tuple[np.ndarray, Layers, Layers]:
-        # the caches where they lie: per-layer arrays, and for windows their rows and slots
-        (pk, pv), past_rows, past_start = _views(past_k, past_v)
-        (ck, cv), cross_rows, cross_start = _views(cross_k, cross_v)
+        # the caches where they lie: parts of per-layer arrays, each row's part and row, and
+        # each part's slots
+        (pk, pv), past_rows, past_slots = _views(past_k, past_v)
+        (ck, cv), cross_rows, cross_slots = _views(cross_k, cross_v)
         log_probs, present_k, present_v = self.decoder.step(
             tokens,
             positions,
@@ -121,34 +122,42 @@ class NativeModel:
             ck,
             cv,
             past_rows=past_rows,
-            past_start=past_start,
+            past_slots=past_slots,
             cross_rows=cross_rows,
-            cross_start=cross_start,
+            cross_slots=cross_slots,
         )
         return log_probs, Layers(present_k), Layers(present_v)
 
 
+Slots = list[tuple[int, int, int]]
+
+
+def _layout(cache: CacheArray) -> tuple[list[list[np.ndarray]], np.ndarray | None, Slots | None]:
+    """A cache as the native step reads it: its parts' per-layer base arrays, each row's
+    (part, base row) [R, 2], and each part's (first slot, slots, first base slot); None for
+    the plain case (one array, its rows and slots in order)."""
+    if isinstance(cache, Joined):
+        parts, rows, slots = cache.layout()
+        return [per_layer(part.base) for part in parts], rows, slots
+    if isinstance(cache, Window):
+        count = cache.stop - cache.start
+        rows = None
+        if cache.rows is not None:
+            rows = np.stack([np.zeros_like(cache.rows), cache.rows], axis=1)
+        return [per_layer(cache.base)], rows, [(0, count, cache.start)]
+    return [per_layer(cache)], None, None
+
+
 def _views(
     keys: CacheArray, values: CacheArray
-) -> tuple[tuple[list[np.ndarray], list[np.ndarray]], np.ndarray | None, int]:
-    """Keys' and values' per-layer base arrays, and the rows and first slot both read (the
-    decoding loop selects and trims them together; if they ever differ, both are copied)."""
-    if isinstance(keys, Window) and isinstance(values, Window):
-        same = keys.start == values.start and (
-            keys.rows is values.rows
-            or (
-                keys.rows is not None
-                and values.rows is not None
-                and np.array_equal(keys.rows, values.rows)
-            )
-        )
-        if same:
-            return (per_layer(keys.base), per_layer(values.base)), keys.rows, keys.start
-    return (
-        (
-            per_layer(np.asarray(keys) if isinstance(keys, Window) else keys),
-            per_layer(np.asarray(values) if isinstance(values, Window) else values),
-        ),
-        None,
-        0,
+) -> tuple[tuple[list[list[np.ndarray]], list[list[np.ndarray]]], np.ndarray | None, Slots | None]:
+    """Keys' and values' parts, and the rows and slots both read (the decoding loop selects,
+    trims and joins them together; if they ever differ, both are copied)."""
+    k_parts, k_rows, k_slots = _layout(keys)
+    v_parts, v_rows, v_slots = _layout(values)
+    same_rows = k_rows is v_rows or (
+        k_rows is not None and v_rows is not None and np.array_equal(k_rows, v_rows)
     )
+    if same_rows and k_slots == v_slots and len(k_parts) == len(v_parts):
+        return (k_parts, v_parts), k_rows, k_slots
+    return ([per_layer(np.asarray(keys))], [per_layer(np.asarray(values))]), None, None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.translation.cache import KVCache
-from core.translation.graphs import Layers, Window
+from core.translation.graphs import Joined, Layers, Window
 
 L, H, K = 2, 3, 4
 
@@ -124,3 +124,45 @@ def test_a_cache_of_windows_takes_and_trims_as_the_copied_one() -> None:
         got = (windowed if a is copied else a).concat(windowed if b is copied else b)
         for name in ("past_k", "past_v", "past_mask", "cross_k", "cross_v", "src_mask"):
             np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
+def test_a_join_of_windows_reads_as_the_copied_join() -> None:
+    """`KVCache.concat(..., windows=True)` keeps both sides' keys and values where they are
+    (`Joined`: no copy) and reads as the copied join; selecting rows, trimming and joining
+    again compose as on the copies."""
+    a, b, c = _cache(3, 5, 3, seed=6), _cache(2, 2, 6, seed=7), _cache(4, 0, 4, seed=8)
+    a.past_mask[:, :1] = False
+    copied = a.take(np.array([2, 0])).concat(b)
+    joined = a.take(np.array([2, 0]), windows=True).concat(b, windows=True)
+    for step in range(4):
+        for name in ("past_k", "past_v", "cross_k", "cross_v"):
+            assert isinstance(getattr(joined, name), Joined), (step, name)
+            got = np.asarray(getattr(joined, name))
+            np.testing.assert_array_equal(got, getattr(copied, name), err_msg=f"{step} {name}")
+        for name in ("past_mask", "src_mask"):
+            np.testing.assert_array_equal(getattr(joined, name), getattr(copied, name))
+        if step == 0:  # rows reordered, one twice
+            rows = np.array([3, 0, 0, 2])
+            copied, joined = copied.take(rows), joined.take(rows, windows=True)
+        elif step == 1:  # slots and source positions no row uses dropped
+            copied.past_mask[:, :2] = joined.past_mask[:, :2] = False
+            copied.src_mask[:, 5:] = joined.src_mask[:, 5:] = False
+            copied, joined = copied.trim(), joined.trim()
+            assert joined.past_len == 3 and joined.src_mask.shape[1] == 5
+        elif step == 2:  # joined again, onto a join: one Joined of three parts
+            copied, joined = copied.concat(c), joined.concat(c, windows=True)
+            assert len(joined.cross_k.parts) == 3
+
+
+def test_a_join_keeps_at_most_twice_its_live_rows() -> None:
+    """Parts stay alive while any of their rows is live; a selection that would hold more
+    than twice the live rows (and 16) copies the live rows into one array instead."""
+    big, small = _cache(40, 3, 4, seed=9), _cache(2, 3, 4, seed=10)
+    joined = Joined.of(big.cross_k, small.cross_k, 4, left=False)
+    kept = joined[:, np.arange(30)]
+    assert isinstance(kept, Joined)  # 40 held for 30 live
+    few = joined[:, np.array([41, 0])]
+    assert isinstance(few, np.ndarray)  # 42 held for 2 live: copied
+    np.testing.assert_array_equal(few, np.asarray(joined)[:, [41, 0]])
+    only_small = joined[:, np.array([40, 41])]
+    assert isinstance(only_small, Joined) and len(only_small.parts) == 1  # the big part let go

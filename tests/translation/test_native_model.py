@@ -345,7 +345,7 @@ def test_native_step_computes_its_reference(
     inputs = _inputs(rows, past, 7, 2, np.random.default_rng(rows + past))
     tokens, positions, pk, pv, past_mask, ck, cv, src_mask = inputs
     log_probs, present_k, present_v = step.step(
-        tokens, positions, past_mask, src_mask, list(pk), list(pv), list(ck), list(cv)
+        tokens, positions, past_mask, src_mask, [list(pk)], [list(pv)], [list(ck)], [list(cv)]
     )
     want, want_k, want_v = _reference_step(weights, settings, *inputs)
     assert log_probs.shape == (rows, 300)
@@ -415,7 +415,7 @@ def test_native_translator_is_the_pytorch_model_within_int8_error(
                 *(torch.from_numpy(layer) for cache in (pk, pv, ck, cv) for layer in cache),
             )[0].numpy()
         log_probs = native.step(
-            tokens, positions, past_mask, src_mask, list(pk), list(pv), list(ck), list(cv)
+            tokens, positions, past_mask, src_mask, [list(pk)], [list(pv)], [list(ck)], [list(cv)]
         )[0]
         np.testing.assert_allclose(np.exp(log_probs).sum(1), 1.0, rtol=1e-4)
         top2 = np.sort(want, 1)[:, -2:]
@@ -430,17 +430,31 @@ def test_native_translator_refuses_bad_inputs_with_the_field_named() -> None:
     tokens, positions, pk, pv, past_mask, ck, cv, src_mask = _inputs(
         2, 3, 4, 2, np.random.default_rng(0)
     )
-    args = [tokens, positions, past_mask, src_mask, list(pk), list(pv), list(ck), list(cv)]
+    args = [tokens, positions, past_mask, src_mask, [list(pk)], [list(pv)], [list(ck)], [list(cv)]]
     for index, bad, field in [
         (0, np.array([[300], [0]]), "tokens"),
         (0, np.array([[-1], [0]]), "tokens"),
         (1, np.array([[64], [0]]), "positions"),
-        (4, list(pk)[:1], "one cache array per layer"),
-        (5, [layer[:, :, :2] for layer in pv], "past_v"),
-        (6, [layer[:1] for layer in ck], "cross_k"),
+        (4, [list(pk)[:1]], "one cache array per layer"),
+        (5, [[layer[:, :, :2] for layer in pv]], "past_v"),
+        (6, [[layer[:1] for layer in ck]], "cross_k"),
+        (6, [list(ck), list(ck)], "cross_k, cross_v: as many parts"),
     ]:
         with pytest.raises(ValueError, match=field):
             native.step(*(bad if i == index else a for i, a in enumerate(args)))
+    # where the caches lie: rows of parts, slots of rows
+    src_mask[:] = True
+    for layout, field in [
+        ({"past_rows": np.zeros(2, np.int64)}, "past rows: .part, row. for each row"),
+        ({"cross_rows": np.array([[1, 0], [0, 1]])}, r"cross rows: \(1, 0\) is not a row"),
+        ({"cross_rows": np.array([[0, 0], [0, 2]])}, r"cross rows: \(0, 2\) is not a row"),
+        ({"past_slots": [(0, 3, 1)]}, "past_k: slots 1..4 of its 3"),
+        ({"past_slots": [(1, 3, 0)]}, "past_k: slots 0..3 of its 3 as slots 1.. of 3"),
+        ({"past_slots": [(0, 3, 0), (0, 3, 0)]}, "past slots: one .first, count, start. per part"),
+        ({"cross_slots": [(0, 2, 0)]}, "src_mask: row 0 is real at 2, outside its source"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            native.step(*args, **layout)
     src_ids, src_mask = _sources(2, 5, np.random.default_rng(0))
     for ids, mask, field in [
         (np.full((2, 5), 300), src_mask, "src_ids"),
@@ -456,10 +470,10 @@ def test_native_translator_refuses_bad_inputs_with_the_field_named() -> None:
         np.zeros((0, 1), np.int64),
         np.zeros((0, 3), bool),
         np.zeros((0, 4), bool),
-        list(empty),
-        list(empty),
-        list(empty[:, :, :, :1].repeat(4, 3)),
-        list(empty[:, :, :, :1].repeat(4, 3)),
+        [list(empty)],
+        [list(empty)],
+        [list(empty[:, :, :, :1].repeat(4, 3))],
+        [list(empty[:, :, :, :1].repeat(4, 3))],
     )
     assert out[0].shape == (0, 300)
     k, v = encoder.encode(np.full((2, 5), 4), np.zeros((2, 5), bool))
@@ -578,8 +592,9 @@ def test_int8_export_ships_the_native_translator_measured(
 
 def test_windows_read_in_place_decode_as_the_copies(tmp_path: Path) -> None:
     """The decoding loop hands the native step its beam reorders, dropped rows and trims as
-    windows on the arrays they came from (no copy); the results are the very ones the copies
-    give: requests joining mid-batch, beams of 1 to 3, one cancelled, rows leaving."""
+    windows on the arrays they came from, and joins as parts side by side (no copy); the
+    results are the very ones the copies give: requests joining mid-batch, twice in a row,
+    beams of 1 to 3, one cancelled, rows leaving."""
     from core.translation.batch import DecodeBatch, DecodeRequest
 
     weights = write_native_weights(_model("pre", "relu"), tmp_path)
@@ -603,6 +618,8 @@ def test_windows_read_in_place_decode_as_the_copies(tmp_path: Path) -> None:
         for step in range(40):
             if step == 2:
                 batch.add([request(3, 3, 7), request(4, 1, 4)])
+            if step == 3:  # onto a join: parts of three encodings
+                batch.add([request(5, 2, 6)])
             if step == 4:
                 batch.remove([1])
             for update in batch.step():
@@ -612,6 +629,6 @@ def test_windows_read_in_place_decode_as_the_copies(tmp_path: Path) -> None:
             if not len(batch):
                 break
         results[windows] = done
-        assert ("Window" in kinds) == windows, kinds
-    assert set(results[True]) == {0, 2, 3, 4}
+        assert ("Window" in kinds) == ("Joined" in kinds) == windows, kinds
+    assert set(results[True]) == {0, 2, 3, 4, 5}
     assert results[True] == results[False]

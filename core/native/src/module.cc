@@ -31,8 +31,9 @@ PYBIND11_MODULE(_decoder, m) {
       .def_property_readonly("num_heads", &Step::num_heads)
       .def("step", &Step::step, py::arg("tokens"), py::arg("positions"), py::arg("past_mask"),
            py::arg("src_mask"), py::arg("past_k"), py::arg("past_v"), py::arg("cross_k"),
-           py::arg("cross_v"), py::arg("past_rows") = py::none(), py::arg("past_start") = 0,
-           py::arg("cross_rows") = py::none(), py::arg("cross_start") = 0);
+           py::arg("cross_v"), py::arg("past_rows") = py::none(),
+           py::arg("past_slots") = py::none(), py::arg("cross_rows") = py::none(),
+           py::arg("cross_slots") = py::none());
   py::class_<Encoder>(m, "Encoder")
       .def(py::init<const py::dict&, int, int, int, bool, const std::string&, float>(),
            py::arg("weights"), py::arg("num_layers"), py::arg("decoder_layers"),

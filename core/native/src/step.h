@@ -7,6 +7,7 @@
 // F feed-forward width, V vocabulary, L decoder layers.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -29,19 +30,24 @@ class Step {
   int num_layers() const { return static_cast<int>(layers_.size()); }
   int num_heads() const { return heads_; }
 
-  // tokens/positions [R, 1], past_mask [R, P], src_mask [R, S]; per layer past_k/past_v
-  // and cross_k/cross_v -> (log_probs [R, V], present_k, present_v: per layer
-  // [R, H, P+1, K]). std::invalid_argument names a bad input.
+  // tokens/positions [R, 1], past_mask [R, P], src_mask [R, S]; the caches past_k/past_v and
+  // cross_k/cross_v -> (log_probs [R, V], present_k, present_v: per layer [R, H, P+1, K]).
+  // std::invalid_argument names a bad input.
   //
-  // The caches are read where they lie: per layer an array [R0, H, W, K] of which row r of
-  // this step reads row `rows[r]` (r itself without `rows`, then R0 = R) and slots
-  // start..start+P (past) or start..start+S (source). So the search's beam reorders, its
-  // dropped rows and trimmed slots, and beams sharing one source cost no copy.
+  // The caches are read where they lie. Each is a list of parts, a part per layer an array
+  // [R_p, H, W_p, K]. Row r of the step reads row `rows[r] = (p, i)`: row i of part p (without
+  // `rows`: one part, row r), whose base slots start..start+count are the step's slots
+  // first..first+count (`slots[p] = (first, count, start)`; without `slots`: (0, P or S, 0)).
+  // A row's other slots are padding: zeros in present_k/present_v, and its source's must be
+  // masked. So the search's beam reorders, its dropped rows and trimmed slots, beams sharing
+  // one source and requests joining the batch cost no copy.
+  using Parts = std::vector<std::vector<Floats>>;
+  using Slots = std::vector<std::array<int, 3>>;
   py::tuple step(const Longs& tokens, const Longs& positions, const Bools& past_mask,
-                 const Bools& src_mask, const std::vector<Floats>& past_k,
-                 const std::vector<Floats>& past_v, const std::vector<Floats>& cross_k,
-                 const std::vector<Floats>& cross_v, const std::optional<Longs>& past_rows,
-                 int past_start, const std::optional<Longs>& cross_rows, int cross_start);
+                 const Bools& src_mask, const Parts& past_k, const Parts& past_v,
+                 const Parts& cross_k, const Parts& cross_v, const std::optional<Longs>& past_rows,
+                 const std::optional<Slots>& past_slots, const std::optional<Longs>& cross_rows,
+                 const std::optional<Slots>& cross_slots);
 
  private:
   struct Layer {
@@ -49,21 +55,27 @@ class Step {
     Int8Matrix qkv, self_out, cross_q, cross_out, ff_1, ff_2;
   };
 
-  // one cache as the step reads it: per layer a base [R0, H, W, K]; row r is base row
-  // rows[r] (or r), slots start..
+  // one cache as the step reads it (see `step`)
   struct View {
-    std::vector<const float*> layers;
-    const std::int64_t* rows = nullptr;
-    int base_slots = 0, start = 0;
+    struct Part {
+      std::vector<const float*> layers;  // [R_p, H, W_p, K] each
+      int base_rows = 0, base_slots = 0, first = 0, count = 0, start = 0;
+    };
+    std::vector<Part> parts;
+    const std::int64_t* rows = nullptr;  // [R, 2]: part, row in it
+    const Part& part(int r) const { return parts[rows ? rows[2 * r] : 0]; }
+    // row r, head h: its first real slot (the step's slot `part(r).first`)
     const float* at(std::size_t layer, int r, int h, int heads, int head_dim) const {
-      const std::int64_t row = rows ? rows[r] : r;
-      return layers[layer] +
-             ((static_cast<std::size_t>(row) * heads + h) * base_slots + start) * head_dim;
+      const Part& p = part(r);
+      const std::int64_t row = rows ? rows[2 * r + 1] : r;
+      return p.layers[layer] +
+             ((static_cast<std::size_t>(row) * heads + h) * p.base_slots + p.start) * head_dim;
     }
   };
 
-  View view(const std::vector<Floats>& layers, const std::optional<Longs>& rows, int start,
-            int count, int slots, const char* name) const;
+  View view(const Parts& keys, const Parts& values, const std::optional<Longs>& rows,
+            const std::optional<Slots>& slots, int count, int width, const char* name,
+            View* values_view) const;
   void run(int rows, int past, int src, const std::int64_t* tok, const std::int64_t* pos,
            const bool* past_mask, const bool* src_mask, const View& past_k, const View& past_v,
            const View& cross_k, const View& cross_v, const std::vector<float*>& present_k,
