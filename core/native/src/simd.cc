@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 
 namespace seqserve::decoder {
@@ -19,13 +20,15 @@ Isa best_on_cpu() {
   return Isa::kBaseline;
 }
 
-// the CPU's best, capped by SEQSERVE_NATIVE_ISA (an unknown name caps nothing)
+// the CPU's best, capped by SEQSERVE_NATIVE_ISA (any case; an unknown name caps nothing)
 Isa from_environment() {
   const Isa best = best_on_cpu();
   const char* cap = std::getenv("SEQSERVE_NATIVE_ISA");
   if (cap == nullptr) return best;
+  std::string name(cap);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   for (int i = 0; i < 3; ++i)
-    if (std::string(cap) == kNames[i]) return static_cast<Isa>(std::min(i, static_cast<int>(best)));
+    if (name == kNames[i]) return static_cast<Isa>(std::min(i, static_cast<int>(best)));
   return best;
 }
 

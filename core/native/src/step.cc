@@ -118,11 +118,13 @@ Step::View Step::view(const Parts& keys, const Parts& values, const std::optiona
       part.first = range[0];
       part.count = range[1];
       part.start = range[2];
-      if (part.first < 0 || part.count < 0 || part.first + part.count > width || part.start < 0 ||
-          part.start + part.count > part.base_slots)
+      const long long first_end = static_cast<long long>(part.first) + part.count;
+      const long long base_end = static_cast<long long>(part.start) + part.count;
+      if (part.first < 0 || part.count < 0 || first_end > width || part.start < 0 ||
+          base_end > part.base_slots)
         throw std::invalid_argument(
-            array + ": slots " + std::to_string(part.start) + ".." +
-            std::to_string(part.start + part.count) + " of its " +
+            array + ": slots " + std::to_string(part.start) + ".." + std::to_string(base_end) +
+            " of its " +
             std::to_string(part.base_slots) + " as slots " + std::to_string(part.first) + ".. of " +
             std::to_string(width));
       for (const Floats& layer : layers) {
