@@ -167,8 +167,9 @@ __attribute__((target("avx2,fma"))) void quantize_rows_avx2(const float* x, int 
     const __m256 vinv = _mm256_set1_ps(inv), vz = _mm256_set1_ps(z);
     std::int16_t* out = q + static_cast<std::size_t>(r) * kp;
     for (int i = 0; i < kp; i += 16) {  // the pad: any value (W is 0 there)
+      // 16 values as int16; packs interleaves the 128-bit lanes, the permute restores them
       const __m256i packed = _mm256_packs_epi32(quantize8(row, i, k, vinv, vz),
-                                                quantize8(row, i + 8, k, vinv, vz));  // lanes interleave
+                                                quantize8(row, i + 8, k, vinv, vz));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
                           _mm256_permute4x64_epi64(packed, 0xD8));
     }
@@ -299,9 +300,9 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const std::int16_t* q, int kp
   const int groups = kp / kGroup;
   for (int g = 0; g < groups; ++g) {
     // columns 0-3 and 4-7 of the quarter, 4 int8 each -> int16 lanes (column, k 0-1 | k 2-3)
-    const __m256i b0 = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(w + g * 128)));
-    const __m256i b1 =
-        _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(w + g * 128 + 16)));
+    const auto* group = reinterpret_cast<const __m128i*>(w + g * 128);
+    const __m256i b0 = _mm256_cvtepi8_epi16(_mm_load_si128(group));
+    const __m256i b1 = _mm256_cvtepi8_epi16(_mm_load_si128(group + 1));
     for (int r = 0; r < M; ++r) {
       long long four;
       std::memcpy(&four, q + static_cast<std::size_t>(r) * kp + g * kGroup, 8);
@@ -310,7 +311,8 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const std::int16_t* q, int kp
       acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(a, b1));
     }
   }
-  for (int r = 0; r < M; ++r) {  // pairs of partial sums -> columns 0, 1, 4, 5 | 2, 3, 6, 7 -> in order
+  // pairs of partial sums -> columns 0, 1, 4, 5 | 2, 3, 6, 7 -> in order
+  for (int r = 0; r < M; ++r) {
     const __m256i sums = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
     epilogue8(sums, r, h0, n, sx, zx, sw, colsum, bias, y, ldy);
   }
@@ -323,7 +325,8 @@ constexpr int kAvx2Rows = 6;
 constexpr Avx2Tile kAvx2Tiles[kAvx2Rows] = {tile_avx2<1>, tile_avx2<2>, tile_avx2<3>,
                                             tile_avx2<4>, tile_avx2<5>, tile_avx2<6>};
 
-void gemm_avx2(const std::int16_t* q, int m, int kp, const std::int8_t* packed, const float* sx, const std::int32_t* zx, const float* sw,
+void gemm_avx2(const std::int16_t* q, int m, int kp, const std::int8_t* packed,
+               const float* sx, const std::int32_t* zx, const float* sw,
                const std::int32_t* colsum, const float* bias, float* y, std::size_t ldy, int n) {
   const std::size_t panel_bytes = static_cast<std::size_t>(kp) * kPanel;
   for (int h0 = 0; h0 < n; h0 += 8) {  // a quarter panel: 8 columns

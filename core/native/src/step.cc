@@ -67,7 +67,8 @@ py::tuple Step::step(const Longs& tokens, const Longs& positions, const Bools& p
       throw std::invalid_argument("positions: " + std::to_string(pos[r]) + " is past the table");
     const View::Part& part = ck_in.part(r);  // a row attends to its source's slots only
     for (int j = 0; j < src; ++j)
-      if (sm[static_cast<std::size_t>(r) * src + j] && (j < part.first || j >= part.first + part.count))
+      if (sm[static_cast<std::size_t>(r) * src + j] &&
+          (j < part.first || j >= part.first + part.count))
         throw std::invalid_argument("src_mask: row " + std::to_string(r) + " is real at " +
                                     std::to_string(j) + ", outside its source's keys");
   }
@@ -191,7 +192,8 @@ void Step::run(int rows, int past, int src, const std::int64_t* tok, const std::
     const std::size_t real = static_cast<std::size_t>(part.count) * hd;
     std::memset(out, 0, before * sizeof(float));
     std::memcpy(out + before, cache.at(l, r, h, heads_, hd), real * sizeof(float));
-    std::memset(out + before + real, 0, (static_cast<std::size_t>(past) * hd - before - real) * sizeof(float));
+    const std::size_t after = static_cast<std::size_t>(past) * hd - before - real;
+    std::memset(out + before + real, 0, after * sizeof(float));
   };
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     Layer& layer = layers_[l];
