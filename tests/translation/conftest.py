@@ -1,15 +1,18 @@
 """Session fixtures: the session's tiny translator (trained through the CLI for a few seconds
 on the numbers corpus) and the tiny repository it is exported into (tests/conftest.py); both
-shared by every test here."""
+shared by every test here. And `kernel`: each int8 kernel of the native translator in turn."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from core.native import decoder
 
 torch.set_num_threads(1)
 
@@ -51,3 +54,19 @@ def torch_checkpoint(tiny_checkpoint: Path) -> tuple[Any, ...]:
 def sample_sources(torch_checkpoint: tuple[Any, ...]) -> list[str]:
     """Validation sentences (numbers never seen in training)."""
     return [s for s, _ in torch_checkpoint[3]["data"]["validation_sample"][:32]]
+
+
+# the vector level each kernel belongs to: run there, so that the element-wise code of every
+# level is tested too (on one machine: the CPU's best level, capped)
+LEVEL = {"amx": "avx512", "avx512_vnni": "avx512", "avx2": "avx2", "portable": "baseline"}
+
+
+@pytest.fixture(params=decoder.kernels() if decoder else [])
+def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each int8 kernel this machine can run, in turn, at its vector level; the automatic
+    choices restored after."""
+    assert decoder.use_isa(LEVEL[request.param])
+    assert decoder.use_kernel(request.param)
+    yield request.param
+    decoder.use_isa("auto")
+    decoder.use_kernel("auto")

@@ -1,16 +1,13 @@
-"""The native int8 translator (core/native): its int8 products on every kernel this machine
-runs; its decoder step and encoder against numpy references of the same int8 arithmetic and
-against the PyTorch modules they reimplement (pre- and post-norm, each activation, padded
-caches and sources, row counts across the 16-row tiles); its errors; and the int8 export that
-ships it and the translator that loads it."""
+"""The native int8 translator (core/native): its decoder step and encoder, on every int8
+kernel this machine runs, against numpy references of the same int8 arithmetic
+(native_reference.py) and against the PyTorch modules they reimplement (pre- and post-norm,
+each activation, padded caches and sources, row counts across the 16-row tiles); its errors;
+the decoding loop's caches read where they lie; and the int8 export that ships it and the
+translator that loads it."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,124 +20,12 @@ from core.translation.graphs import GraphError, Layers
 from export.decoder_step import DecoderStep
 from export.native_weights import native_settings, native_weights, write_native_weights
 from export.translator_graphs import EncoderGraph
+from tests.translation import native_reference
 from training.models.transformer import make_model
 from training.translator_config import TranslatorConfig
 
 pytestmark = pytest.mark.skipif(native_model.kernel() is None, reason="core/native not built")
 decoder = native_model._decoder
-
-
-# the vector level each kernel belongs to: run there, so that the element-wise code of every
-# level is tested too (on one machine: the CPU's best level, capped)
-LEVEL = {"amx": "avx512", "avx512_vnni": "avx512", "avx2": "avx2", "portable": "baseline"}
-
-
-@pytest.fixture(params=native_model._decoder.kernels() if native_model._decoder else [])
-def kernel(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each int8 kernel this machine can run, in turn, at its vector level; the automatic
-    choices restored after."""
-    assert decoder.use_isa(LEVEL[request.param])
-    assert decoder.use_kernel(request.param)
-    yield request.param
-    decoder.use_isa("auto")
-    decoder.use_kernel("auto")
-
-
-def test_a_vector_level_caps_the_kernels() -> None:
-    levels = decoder.isas()
-    assert levels[-1] == "baseline" and decoder.isa() == levels[0]
-    assert decoder.use_isa("baseline")
-    try:
-        assert decoder.isa() == "baseline"
-        assert decoder.kernels() == ["portable"] and decoder.kernel() == "portable"
-        assert not decoder.use_kernel("avx2")
-        assert not decoder.use_isa("avx1024")
-    finally:
-        decoder.use_isa("auto")
-    assert decoder.isa() == levels[0]
-
-
-@pytest.mark.parametrize("cap", ["avx2", "AVX2", "baseline", "nonsense"])
-def test_the_environment_caps_the_vector_level(cap: str) -> None:
-    """SEQSERVE_NATIVE_ISA caps the level when the library loads (never above the CPU's);
-    an unknown name caps nothing."""
-    code = "from core.native import decoder as d; print(d.isa(), d.kernel())"
-    env = {**os.environ, "SEQSERVE_NATIVE_ISA": cap}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout.split()
-    levels = decoder.isas()
-    want = levels[0] if cap.lower() not in levels else cap.lower()
-    assert out[0] == want
-    fastest = {
-        "avx512": ("amx", "avx512_vnni", "avx2"),
-        "avx2": ("avx2",),
-        "baseline": ("portable",),
-    }
-    assert out[1] in fastest[want]
-
-
-def test_ranking_is_the_same_at_every_vector_level() -> None:
-    from core.translation.search import best_candidates
-
-    rng = np.random.default_rng(1)
-    lp = (rng.standard_normal((3, 2, 700)) * 4).astype(np.float32)
-    lp[0, 0, :50] = -np.inf
-    lp[1, :, 100:140] = lp[1, 0, 100]  # ties
-    cum = rng.standard_normal((3, 2))
-    want = best_candidates(lp, cum, 5)
-    rows = lp.reshape(6, 700)
-    try:
-        for level in decoder.isas():
-            assert decoder.use_isa(level)
-            index, score = decoder.best_candidates(rows, cum, np.arange(3) * 2, 5)
-            for r, (top, scores) in enumerate(want):
-                np.testing.assert_array_equal(index[r], top, err_msg=level)
-                np.testing.assert_array_equal(score[r], scores, err_msg=level)
-    finally:
-        decoder.use_isa("auto")
-
-
-@pytest.mark.parametrize(
-    ("m", "k", "n"),
-    [(1, 16, 8), (3, 100, 50), (8, 256, 768), (17, 70, 33), (40, 1024, 96), (16, 64, 32)],
-)
-def test_int8_product_is_the_float_product_within_int8_error(
-    kernel: str, m: int, k: int, n: int
-) -> None:
-    rng = np.random.default_rng(m * k + n)
-    w = rng.standard_normal((k, n)).astype(np.float32) * 0.1
-    b = rng.standard_normal(n).astype(np.float32)
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    x[0] = np.abs(x[0])  # a row with no negative value (its zero point is 0)
-    if m > 2:
-        x[1] = 0.0  # an all-zero row
-        x[2, 5 % k] = 40.0  # one outlier: the row's scale follows it
-    got = decoder.Int8Matrix(w, b)(x)
-    want = x @ w + b
-    assert got.shape == (m, n)
-    # each factor rounded to 1/255 and 1/254 of its range: a few per cent of |x| |w|
-    bound = 0.02 * np.abs(x).max(1, keepdims=True) * np.abs(w).max(0) * np.sqrt(k) + 1e-6
-    assert (np.abs(got - want) <= bound).all()
-    if m > 2:
-        np.testing.assert_array_equal(got[1], b)  # zeros quantise exactly
-
-
-def test_every_kernel_gives_the_same_products() -> None:
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((300, 200)).astype(np.float32)
-    b = rng.standard_normal(200).astype(np.float32)
-    x = rng.standard_normal((37, 300)).astype(np.float32)
-    matrix = decoder.Int8Matrix(w, b)
-    outputs = {}
-    for name in decoder.kernels():
-        assert decoder.use_kernel(name)
-        outputs[name] = matrix(x)
-    decoder.use_kernel("auto")
-    assert "portable" in outputs
-    for name, out in outputs.items():  # the int32 sums are exact; only the scaling may round
-        np.testing.assert_allclose(out, outputs["portable"], rtol=1e-6, atol=1e-5, err_msg=name)
-    assert not decoder.use_kernel("no such kernel")
 
 
 def _model(norm: str, activation: str, layers: int = 2) -> torch.nn.Module:
@@ -185,130 +70,6 @@ def _inputs(
     )
 
 
-def _qmatmul(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The native step's int8 product in numpy (core/native/src/gemm.h): int8 weights, one
-    symmetric scale per output column; uint8 inputs, one scale and zero point per row whose
-    range holds 0; exact integer sums; the scales applied last."""
-    amax = np.abs(w).max(0)
-    sw = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    qw = np.clip(np.rint(w / sw), -127, 127).astype(np.int64)
-    lo, hi = np.minimum(x.min(1), 0), np.maximum(x.max(1), 0)
-    sx = ((hi - lo) / np.float32(255)).astype(np.float32)
-    sx = np.where(sx > 0, sx, np.float32(1)).astype(np.float32)
-    inv = (np.float32(1) / sx).astype(np.float32)
-    zx = np.rint(-lo * inv).astype(np.float32)
-    qx = np.clip(np.rint(x * inv[:, None]) + zx[:, None], 0, 255).astype(np.int64)
-    acc = qx @ qw - zx.astype(np.int64)[:, None] * qw.sum(0)[None, :]
-    return (sx[:, None] * sw[None, :] * acc.astype(np.float32) + b).astype(np.float32)
-
-
-def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
-    mean = x.mean(1, keepdims=True)
-    return (x - mean) / np.sqrt(((x - mean) ** 2).mean(1, keepdims=True) + eps) * gamma + beta
-
-
-def _attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """q [R, H, K] over k/v [R, H, T, K], valid [R, T] -> [R, H, K]."""
-    scores = np.einsum("rhk,rhtk->rht", q, k) / np.sqrt(q.shape[-1])
-    scores = np.where(valid[:, None, :], scores, -1e9)
-    p = np.exp(scores - scores.max(-1, keepdims=True))
-    return np.einsum("rht,rhtk->rhk", p / p.sum(-1, keepdims=True), v)
-
-
-ACTIVATIONS = {
-    "relu": lambda x: np.maximum(x, 0),
-    "gelu": lambda x: 0.5 * x * (1 + torch.erf(torch.from_numpy(x / np.sqrt(2))).numpy()),
-    "swish": lambda x: x / (1 + np.exp(-x)),
-}
-
-
-def _linear(w: dict[str, np.ndarray], prefix: str, name: str, x: np.ndarray) -> np.ndarray:
-    return _qmatmul(x, w[f"{prefix}w_{name}"], w[f"{prefix}b_{name}"])
-
-
-def _sublayer(
-    w: dict[str, np.ndarray], settings: dict[str, Any], prefix: str, j: int, x: np.ndarray, f: Any
-) -> np.ndarray:
-    """The residual around sublayer j: pre-norm x + f(norm(x)), post-norm norm(x + f(x))."""
-    g, b, eps = w[f"{prefix}norm{j}.weight"], w[f"{prefix}norm{j}.bias"], settings["eps"]
-    if settings["norm_first"]:
-        return x + f(_layer_norm(x, g, b, eps))
-    return _layer_norm(x + f(x), g, b, eps)
-
-
-def _reference_step(
-    w: dict[str, np.ndarray], settings: dict[str, Any], *inputs: np.ndarray
-) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """What the native decoder step computes, in numpy on the same names: its test oracle."""
-    tokens, positions, past_k, past_v, past_mask, cross_k, cross_v, src_mask = inputs
-    heads, act = settings["num_heads"], ACTIVATIONS[settings["activation"]]
-    x = w["embed"][tokens[:, 0]] + w["positions"][positions[:, 0]]  # [R, D]
-    rows, d = x.shape
-    valid = np.concatenate([past_mask, np.ones((rows, 1), bool)], 1)  # [R, P+1]
-    present_k, present_v = [], []
-    for i in range(settings["num_layers"]):
-        p = f"layers.{i}."
-
-        def self_attention(h: np.ndarray, i: int = i, p: str = p) -> np.ndarray:
-            qkv = _linear(w, p, "qkv", h).reshape(rows, 3, heads, d // heads)
-            k = np.concatenate([past_k[i], qkv[:, 1, :, None]], 2)
-            v = np.concatenate([past_v[i], qkv[:, 2, :, None]], 2)
-            present_k.append(k)
-            present_v.append(v)
-            return _linear(w, p, "self_out", _attend(qkv[:, 0], k, v, valid).reshape(rows, d))
-
-        def cross_attention(h: np.ndarray, i: int = i, p: str = p) -> np.ndarray:
-            q = _linear(w, p, "cross_q", h).reshape(rows, heads, d // heads)
-            out = _attend(q, cross_k[i], cross_v[i], src_mask).reshape(rows, d)
-            return _linear(w, p, "cross_out", out)
-
-        def feed_forward(h: np.ndarray, p: str = p) -> np.ndarray:
-            return _linear(w, p, "ff_2", act(_linear(w, p, "ff_1", h)))
-
-        x = _sublayer(w, settings, p, 0, x, self_attention)
-        x = _sublayer(w, settings, p, 1, x, cross_attention)
-        x = _sublayer(w, settings, p, 2, x, feed_forward)
-    if "norm.weight" in w:
-        x = _layer_norm(x, w["norm.weight"], w["norm.bias"], settings["eps"])
-    logits = _qmatmul(x, w["w_out"], w["b_out"])  # [R, V]
-    top = logits.max(1, keepdims=True)
-    return logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True)), present_k, present_v
-
-
-def _reference_encoder(
-    w: dict[str, np.ndarray], settings: dict[str, Any], src_ids: np.ndarray, src_mask: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """What the native encoder computes, in numpy: its test oracle. -> cross_k, cross_v
-    [L, B, H, S, K]."""
-    heads, act = settings["num_heads"], ACTIVATIONS[settings["activation"]]
-    batch, src = src_ids.shape
-    d = w["positions"].shape[1]
-    k_dim = d // heads
-    x = (w["encoder.embed"][src_ids] + w["positions"][:src][None]).reshape(batch * src, d)
-    for i in range(settings["encoder_layers"]):
-        p = f"encoder.layers.{i}."
-
-        def self_attention(h: np.ndarray, p: str = p) -> np.ndarray:
-            qkv = _linear(w, p, "qkv", h).reshape(batch, src, 3, heads, k_dim)
-            q, k, v = (qkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))  # [B, H, S, K]
-            scores = np.einsum("bhsk,bhtk->bhst", q, k) / np.sqrt(k_dim)
-            scores = np.where(src_mask[:, None, None, :], scores, -1e9)
-            prob = np.exp(scores - scores.max(-1, keepdims=True))
-            out = np.einsum("bhst,bhtk->bshk", prob / prob.sum(-1, keepdims=True), v)
-            return _linear(w, p, "self_out", out.reshape(batch * src, d))
-
-        def feed_forward(h: np.ndarray, p: str = p) -> np.ndarray:
-            return _linear(w, p, "ff_2", act(_linear(w, p, "ff_1", h)))
-
-        x = _sublayer(w, settings, p, 0, x, self_attention)
-        x = _sublayer(w, settings, p, 1, x, feed_forward)
-    if "encoder.norm.weight" in w:
-        x = _layer_norm(x, w["encoder.norm.weight"], w["encoder.norm.bias"], settings["eps"])
-    kv = _qmatmul(x, w["cross.w_kv"], w["cross.b_kv"])  # [B S, 2 L D]
-    kv = kv.reshape(batch, src, settings["num_layers"], 2, heads, k_dim)
-    return kv[:, :, :, 0].transpose(2, 0, 3, 1, 4), kv[:, :, :, 1].transpose(2, 0, 3, 1, 4)
-
-
 def _native(model: torch.nn.Module) -> tuple[Any, Any, dict[str, np.ndarray], dict[str, Any]]:
     """The native encoder and decoder step of `model`, its weights and settings."""
     weights, settings = native_weights(model), native_settings(model)
@@ -347,7 +108,7 @@ def test_native_step_computes_its_reference(
     log_probs, present_k, present_v = step.step(
         tokens, positions, past_mask, src_mask, [list(pk)], [list(pv)], [list(ck)], [list(cv)]
     )
-    want, want_k, want_v = _reference_step(weights, settings, *inputs)
+    want, want_k, want_v = native_reference.reference_step(weights, settings, *inputs)
     assert log_probs.shape == (rows, 300)
     np.testing.assert_allclose(log_probs, want, atol=2e-3)
     for i in range(2):
@@ -370,7 +131,7 @@ def test_native_encoder_computes_its_reference(
     encoder, _, weights, settings = _native(_model(norm, activation))
     src_ids, src_mask = _sources(batch, src, np.random.default_rng(batch + src))
     cross_k, cross_v = encoder.encode(src_ids, src_mask)
-    want_k, want_v = _reference_encoder(weights, settings, src_ids, src_mask)
+    want_k, want_v = native_reference.reference_encoder(weights, settings, src_ids, src_mask)
     assert cross_k.shape == cross_v.shape == (2, batch, 4, src, 16)
     real = src_mask[None, :, None, :, None]  # [1, B, 1, S, 1]
     for got, want in ((cross_k, want_k), (cross_v, want_v)):

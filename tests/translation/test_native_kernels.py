@@ -1,0 +1,112 @@
+"""The native translator's int8 products (core/native/src/gemm.*) on every kernel this machine
+runs, and the vector level (simd.h) that caps the kernels and chooses the element-wise code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from core.native import decoder
+
+pytestmark = pytest.mark.skipif(decoder is None, reason="core/native not built")
+
+
+def test_a_vector_level_caps_the_kernels() -> None:
+    levels = decoder.isas()
+    assert levels[-1] == "baseline" and decoder.isa() == levels[0]
+    assert decoder.use_isa("baseline")
+    try:
+        assert decoder.isa() == "baseline"
+        assert decoder.kernels() == ["portable"] and decoder.kernel() == "portable"
+        assert not decoder.use_kernel("avx2")
+        assert not decoder.use_isa("avx1024")
+    finally:
+        decoder.use_isa("auto")
+    assert decoder.isa() == levels[0]
+
+
+@pytest.mark.parametrize("cap", ["avx2", "AVX2", "baseline", "nonsense"])
+def test_the_environment_caps_the_vector_level(cap: str) -> None:
+    """SEQSERVE_NATIVE_ISA caps the level when the library loads (never above the CPU's);
+    an unknown name caps nothing."""
+    code = "from core.native import decoder as d; print(d.isa(), d.kernel())"
+    env = {**os.environ, "SEQSERVE_NATIVE_ISA": cap}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    levels = decoder.isas()
+    want = levels[0] if cap.lower() not in levels else cap.lower()
+    assert out[0] == want
+    fastest = {
+        "avx512": ("amx", "avx512_vnni", "avx2"),
+        "avx2": ("avx2",),
+        "baseline": ("portable",),
+    }
+    assert out[1] in fastest[want]
+
+
+def test_ranking_is_the_same_at_every_vector_level() -> None:
+    from core.translation.search import best_candidates
+
+    rng = np.random.default_rng(1)
+    lp = (rng.standard_normal((3, 2, 700)) * 4).astype(np.float32)
+    lp[0, 0, :50] = -np.inf
+    lp[1, :, 100:140] = lp[1, 0, 100]  # ties
+    cum = rng.standard_normal((3, 2))
+    want = best_candidates(lp, cum, 5)
+    rows = lp.reshape(6, 700)
+    try:
+        for level in decoder.isas():
+            assert decoder.use_isa(level)
+            index, score = decoder.best_candidates(rows, cum, np.arange(3) * 2, 5)
+            for r, (top, scores) in enumerate(want):
+                np.testing.assert_array_equal(index[r], top, err_msg=level)
+                np.testing.assert_array_equal(score[r], scores, err_msg=level)
+    finally:
+        decoder.use_isa("auto")
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n"),
+    [(1, 16, 8), (3, 100, 50), (8, 256, 768), (17, 70, 33), (40, 1024, 96), (16, 64, 32)],
+)
+def test_int8_product_is_the_float_product_within_int8_error(
+    kernel: str, m: int, k: int, n: int
+) -> None:
+    rng = np.random.default_rng(m * k + n)
+    w = rng.standard_normal((k, n)).astype(np.float32) * 0.1
+    b = rng.standard_normal(n).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[0] = np.abs(x[0])  # a row with no negative value (its zero point is 0)
+    if m > 2:
+        x[1] = 0.0  # an all-zero row
+        x[2, 5 % k] = 40.0  # one outlier: the row's scale follows it
+    got = decoder.Int8Matrix(w, b)(x)
+    want = x @ w + b
+    assert got.shape == (m, n)
+    # each factor rounded to 1/255 and 1/254 of its range: a few per cent of |x| |w|
+    bound = 0.02 * np.abs(x).max(1, keepdims=True) * np.abs(w).max(0) * np.sqrt(k) + 1e-6
+    assert (np.abs(got - want) <= bound).all()
+    if m > 2:
+        np.testing.assert_array_equal(got[1], b)  # zeros quantise exactly
+
+
+def test_every_kernel_gives_the_same_products() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((300, 200)).astype(np.float32)
+    b = rng.standard_normal(200).astype(np.float32)
+    x = rng.standard_normal((37, 300)).astype(np.float32)
+    matrix = decoder.Int8Matrix(w, b)
+    outputs = {}
+    for name in decoder.kernels():
+        assert decoder.use_kernel(name)
+        outputs[name] = matrix(x)
+    decoder.use_kernel("auto")
+    assert "portable" in outputs
+    for name, out in outputs.items():  # the int32 sums are exact; only the scaling may round
+        np.testing.assert_allclose(out, outputs["portable"], rtol=1e-6, atol=1e-5, err_msg=name)
+    assert not decoder.use_kernel("no such kernel")
