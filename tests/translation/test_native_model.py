@@ -395,3 +395,48 @@ def test_windows_read_in_place_decode_as_the_copies(tmp_path: Path) -> None:
         assert ("Window" in kinds) == ("Joined" in kinds) == windows, kinds
     assert set(results[True]) == {0, 2, 3, 4, 5}
     assert results[True] == results[False]
+
+
+def _held_rows(cache: Any) -> int:
+    """Rows of the arrays a stacked cache keeps alive (each array once)."""
+    from core.translation.graphs import Joined, Window
+
+    if isinstance(cache, Joined):
+        bases = {id(part.base): part.base.shape[1] for part in cache.parts}
+        return sum(bases.values())
+    if isinstance(cache, Window):
+        return cache.base.shape[1]
+    return cache.shape[1]
+
+
+def test_joins_keep_at_most_twice_the_live_rows(tmp_path: Path) -> None:
+    """Served, requests join, finish and are cancelled at every step; the source keys and
+    values the batch keeps alive stay within twice its live rows (and 16), however long it
+    runs, while each join costs no copy: here groups of 12 sentences join, of which one runs
+    long and the others stop within 3 tokens, so each group's arrays would stay alive for one
+    row."""
+    from core.translation.batch import DecodeBatch, DecodeRequest
+    from core.translation.search import SearchRules
+
+    model = native_model.NativeModel(write_native_weights(_model("pre", "relu"), tmp_path))
+    # EOS never generated: each request runs to its max_length
+    batch = DecodeBatch(model, bos_id=2, eos_id=3, pad_id=0, rules=SearchRules(suppress_ids=(3,)))
+    rng = np.random.default_rng(11)
+    next_id, kinds = 0, set()
+    for step in range(120):
+        requests = []
+        for j in range(12 if step % 4 == 0 else 0):
+            source = [*rng.integers(4, 300, int(rng.integers(1, 12))).tolist(), 3]
+            beam = int(rng.integers(1, 3))
+            length = 40 if j == 0 else int(rng.integers(1, 4))
+            requests.append(DecodeRequest(next_id, source, beam, length))
+            next_id += 1
+        batch.add(requests)
+        if len(batch) and rng.random() < 0.1:  # a client goes away
+            batch.remove([batch.ids[int(rng.integers(0, len(batch)))]])
+        batch.step()
+        kinds.add(type(batch.cache.cross_k).__name__)
+        live = batch.cache.rows
+        assert _held_rows(batch.cache.cross_k) <= 2 * live + 16, (step, live)
+        assert _held_rows(batch.cache.cross_v) <= 2 * live + 16
+    assert "Joined" in kinds, kinds
