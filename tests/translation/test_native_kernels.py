@@ -49,20 +49,28 @@ def test_the_environment_caps_the_vector_level(cap: str) -> None:
     assert out[1] in fastest[want]
 
 
-def test_ranking_is_the_same_at_every_vector_level() -> None:
+@pytest.mark.parametrize("seed", range(4))
+def test_ranking_is_the_same_at_every_vector_level(seed: int) -> None:
+    """The native ranking (a vector scan per level, a scalar one after it) gives exactly
+    `best_candidates`' order at every level: peaked, tied, -inf and NaN rows, vocabularies
+    that end mid-vector."""
     from core.translation.search import best_candidates
 
-    rng = np.random.default_rng(1)
-    lp = (rng.standard_normal((3, 2, 700)) * 4).astype(np.float32)
-    lp[0, 0, :50] = -np.inf
-    lp[1, :, 100:140] = lp[1, 0, 100]  # ties
-    cum = rng.standard_normal((3, 2))
-    want = best_candidates(lp, cum, 5)
-    rows = lp.reshape(6, 700)
+    rng = np.random.default_rng(seed)
+    requests, k, vocab = 3, 2, int(rng.integers(5, 900))
+    lp = (rng.standard_normal((requests, k, vocab)) * 4).astype(np.float32)
+    lp[0, 0, : vocab // 3] = -np.inf
+    lp[1, :, vocab // 4 : vocab // 2] = lp[1, 0, vocab // 4]  # ties
+    lp[2][rng.random((k, vocab)) < 0.1] = np.nan
+    lp[2, 1, rng.integers(0, vocab, 3)] += 30  # peaked
+    cum = rng.standard_normal((requests, k))
+    n = int(rng.integers(1, 9))
+    want = best_candidates(lp, cum, n)
+    rows = lp.reshape(requests * k, vocab)
     try:
         for level in decoder.isas():
             assert decoder.use_isa(level)
-            index, score = decoder.best_candidates(rows, cum, np.arange(3) * 2, 5)
+            index, score = decoder.best_candidates(rows, cum, np.arange(requests) * k, n)
             for r, (top, scores) in enumerate(want):
                 np.testing.assert_array_equal(index[r], top, err_msg=level)
                 np.testing.assert_array_equal(score[r], scores, err_msg=level)
