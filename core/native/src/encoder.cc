@@ -11,32 +11,21 @@ namespace seqserve::decoder {
 Encoder::Encoder(const py::dict& weights, int num_layers, int decoder_layers, int num_heads,
                  bool norm_first, const std::string& act, float eps)
     : layers_(checked_layers(num_layers)), decoder_layers_(checked_layers(decoder_layers)),
-      heads_(num_heads),
+      heads_(num_heads), emb_(embedding(weights, "encoder.embed", num_heads)),
       act_(activation(act)) {
-  Floats embed = weight(weights, "encoder.embed"), pe = weight(weights, "positions");
-  if (embed.ndim() != 2 || pe.ndim() != 2 || pe.shape(1) != embed.shape(1))
-    throw std::invalid_argument("encoder.embed [V, D] and positions [N, D] expected");
-  vocab_ = static_cast<int>(embed.shape(0));
-  d_ = static_cast<int>(embed.shape(1));
-  max_positions_ = static_cast<int>(pe.shape(0));
-  if (heads_ <= 0 || d_ % heads_ != 0) throw std::invalid_argument("num_heads must divide D");
-  head_dim_ = d_ / heads_;
-  res_ = Residuals{norm_first, eps, d_};
-  embed_.assign(embed.data(), embed.data() + embed.size());
-  pe_.assign(pe.data(), pe.data() + pe.size());
+  res_ = Residuals{norm_first, eps, emb_.d};
   ff_ = static_cast<int>(weight(weights, "encoder.layers.0.w_ff_1").shape(1));
   for (int i = 0; i < num_layers; ++i) {
     const std::string p = "encoder.layers." + std::to_string(i) + ".";
     Layer& layer = layers_[i];
-    for (int j = 0; j < 2; ++j) layer.norms[j] = norm(weights, p + "norm" + std::to_string(j), d_);
-    layer.qkv = matrix(weights, p, "qkv", d_, 3 * d_);
-    layer.self_out = matrix(weights, p, "self_out", d_, d_);
-    layer.ff_1 = matrix(weights, p, "ff_1", d_, ff_);
-    layer.ff_2 = matrix(weights, p, "ff_2", ff_, d_);
+    for (int j = 0; j < 2; ++j) layer.norms[j] = norm(weights, p + "norm" + std::to_string(j), emb_.d);
+    layer.qkv = matrix(weights, p, "qkv", emb_.d, 3 * emb_.d);
+    layer.self_out = matrix(weights, p, "self_out", emb_.d, emb_.d);
+    layer.ff_1 = matrix(weights, p, "ff_1", emb_.d, ff_);
+    layer.ff_2 = matrix(weights, p, "ff_2", ff_, emb_.d);
   }
-  has_final_norm_ = weights.contains("encoder.norm.weight");
-  if (has_final_norm_) final_norm_ = norm(weights, "encoder.norm", d_);
-  cross_kv_ = matrix(weights, "cross.", "kv", d_, 2 * decoder_layers_ * d_);
+  final_norm_ = optional_norm(weights, "encoder.norm", emb_.d);
+  cross_kv_ = matrix(weights, "cross.", "kv", emb_.d, 2 * decoder_layers_ * emb_.d);
 }
 
 py::tuple Encoder::encode(const Longs& src_ids, const Bools& src_mask) {
@@ -44,14 +33,14 @@ py::tuple Encoder::encode(const Longs& src_ids, const Bools& src_mask) {
       src_mask.shape(1) != src_ids.shape(1))
     throw std::invalid_argument("src_ids and src_mask [B, S] expected");
   const int batch = static_cast<int>(src_ids.shape(0)), src = static_cast<int>(src_ids.shape(1));
-  if (src > max_positions_)
+  if (src > emb_.max_positions)
     throw std::invalid_argument("src_ids: " + std::to_string(src) + " tokens, past the " +
-                                std::to_string(max_positions_) + " positions");
+                                std::to_string(emb_.max_positions) + " positions");
   const std::int64_t* ids = src_ids.data();
   for (py::ssize_t i = 0; i < src_ids.size(); ++i)
-    if (ids[i] < 0 || ids[i] >= vocab_)
+    if (ids[i] < 0 || ids[i] >= emb_.vocab)
       throw std::invalid_argument("src_ids: " + std::to_string(ids[i]) + " is not in [0, V)");
-  const std::vector<py::ssize_t> shape = {decoder_layers_, batch, heads_, src, head_dim_};
+  const std::vector<py::ssize_t> shape = {decoder_layers_, batch, heads_, src, emb_.head_dim};
   py::array_t<float> cross_k(shape), cross_v(shape);
   float* k = cross_k.mutable_data();
   float* v = cross_v.mutable_data();
@@ -76,7 +65,7 @@ void Encoder::run(int batch, int src, const std::int64_t* ids, const bool* mask,
       if (mask[static_cast<std::size_t>(b) * src + t]) packed_.push_back(b * src + t);
     spans_[b + 1] = static_cast<int>(packed_.size());
   }
-  const int rows = static_cast<int>(packed_.size()), d = d_, hd = head_dim_;
+  const int rows = static_cast<int>(packed_.size()), d = emb_.d, hd = emb_.head_dim;
   const std::size_t rd = static_cast<std::size_t>(rows) * d;
   x_.resize(rd);
   att_.resize(rd);
@@ -91,7 +80,7 @@ void Encoder::run(int batch, int src, const std::int64_t* ids, const bool* mask,
     positions_[r] = packed_[r] % src;
     ids_[r] = ids[packed_[r]];
   }
-  embed(embed_, pe_, d, ids_.data(), positions_.data(), rows, x_.data());  // [rows, D]
+  embed(emb_.table, emb_.pe, d, ids_.data(), positions_.data(), rows, x_.data());  // [rows, D]
   std::unique_ptr<bool[]> valid(new bool[src]);
   for (int t = 0; t < src; ++t) valid[t] = true;  // a sentence's packed rows are all real
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
@@ -123,9 +112,9 @@ void Encoder::run(int batch, int src, const std::int64_t* ids, const bool* mask,
                  wide_.data(), y_.data(), scratch_);
   }
   const float* memory = x_.data();
-  if (has_final_norm_) {
+  if (final_norm_) {
     h_.resize(rd);
-    layer_norm(x_.data(), rows, d, final_norm_.gamma.data(), final_norm_.beta.data(), res_.eps,
+    layer_norm(x_.data(), rows, d, final_norm_->gamma.data(), final_norm_->beta.data(), res_.eps,
                h_.data());
     memory = h_.data();
   }

@@ -36,12 +36,12 @@ class Encoder {
            float* cross_v);
 
   std::vector<Layer> layers_;
-  int decoder_layers_, heads_, head_dim_ = 0, d_ = 0, ff_ = 0, vocab_ = 0, max_positions_ = 0;
+  int decoder_layers_, heads_;
+  Embedding emb_;  // the token table, the positions, and D, V, N, K
+  int ff_ = 0;
   Residuals res_;
   Activation act_;
-  std::vector<float> embed_, pe_;
-  bool has_final_norm_ = false;
-  Norm final_norm_;
+  std::optional<Norm> final_norm_;
   Int8Matrix cross_kv_;
   std::mutex busy_;
   std::vector<float> x_, h_, att_, y_, wide_, kh_, vh_, scores_;

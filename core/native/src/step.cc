@@ -9,36 +9,24 @@ namespace seqserve::decoder {
 
 Step::Step(const py::dict& weights, int num_layers, int num_heads, bool norm_first,
            const std::string& act, float eps)
-    : layers_(checked_layers(num_layers)), heads_(num_heads), act_(activation(act)) {
-  res_.norm_first = norm_first;
-  res_.eps = eps;
-  Floats embed = weight(weights, "embed"), pe = weight(weights, "positions");
-  if (embed.ndim() != 2 || pe.ndim() != 2 || pe.shape(1) != embed.shape(1))
-    throw std::invalid_argument("embed [V, D] and positions [N, D] expected");
-  vocab_ = static_cast<int>(embed.shape(0));
-  d_ = static_cast<int>(embed.shape(1));
-  max_positions_ = static_cast<int>(pe.shape(0));
-  if (heads_ <= 0 || d_ % heads_ != 0) throw std::invalid_argument("num_heads must divide D");
-  head_dim_ = d_ / heads_;
-  res_.d = d_;
-  embed_.assign(embed.data(), embed.data() + embed.size());
-  pe_.assign(pe.data(), pe.data() + pe.size());
+    : layers_(checked_layers(num_layers)), heads_(num_heads),
+      emb_(embedding(weights, "embed", num_heads)), act_(activation(act)) {
+  res_ = Residuals{norm_first, eps, emb_.d};
   Floats ff = weight(weights, "layers.0.w_ff_1");
   ff_ = static_cast<int>(ff.shape(1));
   for (int i = 0; i < num_layers; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
     Layer& layer = layers_[i];
-    for (int j = 0; j < 3; ++j) layer.norms[j] = norm(weights, p + "norm" + std::to_string(j), d_);
-    layer.qkv = matrix(weights, p, "qkv", d_, 3 * d_);
-    layer.self_out = matrix(weights, p, "self_out", d_, d_);
-    layer.cross_q = matrix(weights, p, "cross_q", d_, d_);
-    layer.cross_out = matrix(weights, p, "cross_out", d_, d_);
-    layer.ff_1 = matrix(weights, p, "ff_1", d_, ff_);
-    layer.ff_2 = matrix(weights, p, "ff_2", ff_, d_);
+    for (int j = 0; j < 3; ++j) layer.norms[j] = norm(weights, p + "norm" + std::to_string(j), emb_.d);
+    layer.qkv = matrix(weights, p, "qkv", emb_.d, 3 * emb_.d);
+    layer.self_out = matrix(weights, p, "self_out", emb_.d, emb_.d);
+    layer.cross_q = matrix(weights, p, "cross_q", emb_.d, emb_.d);
+    layer.cross_out = matrix(weights, p, "cross_out", emb_.d, emb_.d);
+    layer.ff_1 = matrix(weights, p, "ff_1", emb_.d, ff_);
+    layer.ff_2 = matrix(weights, p, "ff_2", ff_, emb_.d);
   }
-  has_final_norm_ = weights.contains("norm.weight");
-  if (has_final_norm_) final_norm_ = norm(weights, "norm", d_);
-  out_ = matrix(weights, "", "out", d_, vocab_);
+  final_norm_ = optional_norm(weights, "norm", emb_.d);
+  out_ = matrix(weights, "", "out", emb_.d, emb_.vocab);
 }
 
 py::tuple Step::step(const Longs& tokens, const Longs& positions, const Bools& past_mask,
@@ -61,9 +49,9 @@ py::tuple Step::step(const Longs& tokens, const Longs& positions, const Bools& p
   const std::int64_t* pos = positions.data();
   const bool* sm = src_mask.data();
   for (int r = 0; r < rows; ++r) {
-    if (tok[r] < 0 || tok[r] >= vocab_)
+    if (tok[r] < 0 || tok[r] >= emb_.vocab)
       throw std::invalid_argument("tokens: " + std::to_string(tok[r]) + " is not in [0, V)");
-    if (pos[r] < 0 || pos[r] >= max_positions_)
+    if (pos[r] < 0 || pos[r] >= emb_.max_positions)
       throw std::invalid_argument("positions: " + std::to_string(pos[r]) + " is past the table");
     const View::Part& part = ck_in.part(r);  // a row attends to its source's slots only
     for (int j = 0; j < src; ++j)
@@ -73,11 +61,11 @@ py::tuple Step::step(const Longs& tokens, const Longs& positions, const Bools& p
                                     std::to_string(j) + ", outside its source's keys");
   }
   const int n = static_cast<int>(layers_.size());
-  py::array_t<float> log_probs({rows, vocab_});
+  py::array_t<float> log_probs({rows, emb_.vocab});
   py::list present_k, present_v;
   std::vector<float*> pk(n), pv(n);
   for (int i = 0; i < n; ++i) {
-    py::array_t<float> k({rows, heads_, past + 1, head_dim_}), v({rows, heads_, past + 1, head_dim_});
+    py::array_t<float> k({rows, heads_, past + 1, emb_.head_dim}), v({rows, heads_, past + 1, emb_.head_dim});
     pk[i] = k.mutable_data();
     pv[i] = v.mutable_data();
     present_k.append(std::move(k));
@@ -111,7 +99,7 @@ Step::View Step::view(const Parts& keys, const Parts& values, const std::optiona
         throw std::invalid_argument(array + ": one cache array per layer expected");
       View::Part part;
       const Floats& first = layers[0];
-      if (first.ndim() != 4 || first.shape(1) != heads_ || first.shape(3) != head_dim_)
+      if (first.ndim() != 4 || first.shape(1) != heads_ || first.shape(3) != emb_.head_dim)
         throw std::invalid_argument(array + ": expected [R, H, W, K] per layer");
       part.base_rows = static_cast<int>(first.shape(0));
       part.base_slots = static_cast<int>(first.shape(2));
@@ -130,7 +118,7 @@ Step::View Step::view(const Parts& keys, const Parts& values, const std::optiona
             std::to_string(width));
       for (const Floats& layer : layers) {
         if (layer.ndim() != 4 || layer.shape(0) != part.base_rows || layer.shape(1) != heads_ ||
-            layer.shape(2) != part.base_slots || layer.shape(3) != head_dim_)
+            layer.shape(2) != part.base_slots || layer.shape(3) != emb_.head_dim)
           throw std::invalid_argument(array + ": the layers' shapes differ");
         part.layers.push_back(layer.data());
       }
@@ -164,7 +152,7 @@ void Step::run(int rows, int past, int src, const std::int64_t* tok, const std::
                const View& past_v, const View& cross_k, const View& cross_v,
                const std::vector<float*>& present_k, const std::vector<float*>& present_v,
                float* log_probs) {
-  const int d = d_, hd = head_dim_, slots = past + 1;
+  const int d = emb_.d, hd = emb_.head_dim, slots = past + 1;
   const std::size_t rd = static_cast<std::size_t>(rows) * d;
   x_.resize(rd);
   h_.resize(rd);
@@ -177,7 +165,7 @@ void Step::run(int rows, int past, int src, const std::int64_t* tok, const std::
     self_valid_.reset(new bool[self_valid_size_]);
   }
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-  embed(embed_, pe_, d, tok, pos, rows, x_.data());  // x = embed(token) + pe(position) [R, D]
+  embed(emb_.table, emb_.pe, d, tok, pos, rows, x_.data());  // x = embed(token) + pe(position) [R, D]
   for (int r = 0; r < rows; ++r) {
     std::memcpy(&self_valid_[static_cast<std::size_t>(r) * slots], past_mask + r * past,
                 past * sizeof(bool));
@@ -233,13 +221,13 @@ void Step::run(int rows, int past, int src, const std::int64_t* tok, const std::
                  wide_.data(), y_.data(), scratch_);
   }
   const float* final = x_.data();
-  if (has_final_norm_) {
-    layer_norm(x_.data(), rows, d, final_norm_.gamma.data(), final_norm_.beta.data(), res_.eps,
+  if (final_norm_) {
+    layer_norm(x_.data(), rows, d, final_norm_->gamma.data(), final_norm_->beta.data(), res_.eps,
                h_.data());
     final = h_.data();
   }
-  out_.apply(final, rows, d, log_probs, vocab_, scratch_);  // [R, V]
-  log_softmax_rows(log_probs, rows, vocab_);
+  out_.apply(final, rows, d, log_probs, emb_.vocab, scratch_);  // [R, V]
+  log_softmax_rows(log_probs, rows, emb_.vocab);
 }
 
 }  // namespace seqserve::decoder

@@ -26,7 +26,7 @@ class Step {
   Step(const py::dict& weights, int num_layers, int num_heads, bool norm_first,
        const std::string& activation, float eps);
 
-  int vocab() const { return vocab_; }
+  int vocab() const { return emb_.vocab; }
   int num_layers() const { return static_cast<int>(layers_.size()); }
   int num_heads() const { return heads_; }
 
@@ -82,12 +82,12 @@ class Step {
            const std::vector<float*>& present_v, float* log_probs);
 
   std::vector<Layer> layers_;
-  int heads_, head_dim_ = 0, d_ = 0, ff_ = 0, vocab_ = 0, max_positions_ = 0;
+  int heads_;
+  Embedding emb_;  // the token table, the positions, and D, V, N, K
+  int ff_ = 0;
   Residuals res_;
   Activation act_;
-  std::vector<float> embed_, pe_;
-  bool has_final_norm_ = false;
-  Norm final_norm_;
+  std::optional<Norm> final_norm_;
   Int8Matrix out_;
   // work space kept between calls; one call at a time uses it
   std::mutex busy_;

@@ -29,6 +29,26 @@ Norm norm(const py::dict& weights, const std::string& prefix, int d) {
   return {{g.data(), g.data() + d}, {b.data(), b.data() + d}};
 }
 
+std::optional<Norm> optional_norm(const py::dict& weights, const std::string& prefix, int d) {
+  if (!weights.contains(prefix + ".weight")) return std::nullopt;
+  return norm(weights, prefix, d);
+}
+
+Embedding embedding(const py::dict& weights, const std::string& table, int heads) {
+  Floats embed = weight(weights, table), pe = weight(weights, "positions");
+  if (embed.ndim() != 2 || pe.ndim() != 2 || pe.shape(1) != embed.shape(1))
+    throw std::invalid_argument(table + " [V, D] and positions [N, D] expected");
+  Embedding e;
+  e.vocab = static_cast<int>(embed.shape(0));
+  e.d = static_cast<int>(embed.shape(1));
+  e.max_positions = static_cast<int>(pe.shape(0));
+  if (heads <= 0 || e.d % heads != 0) throw std::invalid_argument("num_heads must divide D");
+  e.head_dim = e.d / heads;
+  e.table.assign(embed.data(), embed.data() + embed.size());
+  e.pe.assign(pe.data(), pe.data() + pe.size());
+  return e;
+}
+
 Int8Matrix matrix(const py::dict& weights, const std::string& prefix, const std::string& name,
                   int k, int n) {
   Floats w = weight(weights, prefix + "w_" + name), b = weight(weights, prefix + "b_" + name);

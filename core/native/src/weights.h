@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,17 @@ struct Norm {
 
 // `prefix`.weight and `prefix`.bias, of width d
 Norm norm(const py::dict& weights, const std::string& prefix, int d);
+
+// the same, or nothing when the model has no such norm (a post-norm stack's last)
+std::optional<Norm> optional_norm(const py::dict& weights, const std::string& prefix, int d);
+
+// What the encoder and the decoder step start from: an embedding table [V, D] (`table`) and
+// the positions [N, D], checked against each other and the heads.
+struct Embedding {
+  std::vector<float> table, pe;
+  int vocab = 0, d = 0, max_positions = 0, head_dim = 0;
+};
+Embedding embedding(const py::dict& weights, const std::string& table, int heads);
 
 // `prefix`w_`name` [k, n] and `prefix`b_`name` [n], quantised
 Int8Matrix matrix(const py::dict& weights, const std::string& prefix, const std::string& name,
