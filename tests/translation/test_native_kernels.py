@@ -35,9 +35,11 @@ def test_the_environment_caps_the_vector_level(cap: str) -> None:
     an unknown name caps nothing."""
     code = "from core.native import decoder as d; print(d.isa(), d.kernel())"
     env = {**os.environ, "SEQSERVE_NATIVE_ISA": cap}
-    out = subprocess.run(
+    run = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout.split()
+    )
+    out = run.stdout.split()
+    assert ("SEQSERVE_NATIVE_ISA='nonsense' is none of" in run.stderr) == (cap == "nonsense")
     levels = decoder.isas()
     want = levels[0] if cap.lower() not in levels else cap.lower()
     assert out[0] == want

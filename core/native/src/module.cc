@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -92,6 +93,8 @@ PYBIND11_MODULE(_decoder, m) {
   m.def("isa", &seqserve::decoder::isa_name,
         "the vector instruction set in use: 'avx512', 'avx2' or 'baseline'");
   m.def("isas", &seqserve::decoder::isas, "the vector instruction sets this CPU runs, best first");
+  m.attr("ISA_NAMES") = std::vector<std::string>(std::begin(seqserve::decoder::kIsaNames),
+                                                 std::end(seqserve::decoder::kIsaNames));
   m.def("use_isa", &seqserve::decoder::use_isa, py::arg("name"),
         "run at most the named instruction set ('auto': the best, capped by "
         "SEQSERVE_NATIVE_ISA); the int8 kernels above it are not run. False if the CPU cannot");

@@ -6,9 +6,12 @@
 #include <cstdlib>
 
 namespace seqserve::decoder {
+
+const char* const kIsaNames[3] = {"baseline", "avx2", "avx512"};
+
 namespace {
 
-constexpr const char* kNames[] = {"baseline", "avx2", "avx512"};
+const char* const* const kNames = kIsaNames;
 
 Isa best_on_cpu() {
 #if defined(__x86_64__) && defined(__GNUC__)

@@ -12,6 +12,7 @@
 namespace seqserve::decoder {
 
 enum class Isa { kBaseline, kAvx2, kAvx512 };
+extern const char* const kIsaNames[3];  // by Isa: "baseline", "avx2", "avx512"
 Isa isa();
 const char* isa_name();
 std::vector<std::string> isas();        // the levels this CPU runs, best first
