@@ -182,6 +182,7 @@ class CTranslate2:
 def run(args: argparse.Namespace) -> int:
     from ctranslate2.converters import TransformersConverter
 
+    from core.translation import native_model
     from core.translation.vocab_tokenizer import VocabTokenizer
     from export.marian import FILES, import_marian
     from export.translator import TranslatorExportOptions
@@ -249,6 +250,12 @@ def run(args: argparse.Namespace) -> int:
         "ct2_compute_types": {
             e.name: e.compute_type for e in engines if hasattr(e, "compute_type")
         },
+        # what ran each import: onnxruntime's graphs or the native translator (and its kernel)
+        "seqserve_runtimes": {
+            e.name: type(e.translator.model).__name__ for e in engines if isinstance(e, Seqserve)
+        },
+        "native_kernel": native_model.kernel(),
+        "native_isa": native_model.isa(),
         "decoded_lengths": {k: sorted(v) for k, v in lengths.items()},
         "tokens_per_second": tokens_per_s,
         "ratios": ratios,
