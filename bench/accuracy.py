@@ -237,10 +237,7 @@ def translator(args: argparse.Namespace) -> list[dict[str, Any]]:
             {
                 "model": str(model_dir),
                 "version": version,
-                "runtime": type(model.model).__name__,  # the graphs or the native translator
-                "native_kernel": native_model.kernel()
-                if isinstance(model.model, native_model.NativeModel)
-                else None,
+                **native_model.runtime_of(model.model),  # the graphs or the native translator
                 "split": split,
                 "skipped_too_long": len(pairs) - len(fits),
                 **metrics,

@@ -252,10 +252,10 @@ def run(args: argparse.Namespace) -> int:
         },
         # what ran each import: onnxruntime's graphs or the native translator (and its kernel)
         "seqserve_runtimes": {
-            e.name: type(e.translator.model).__name__ for e in engines if isinstance(e, Seqserve)
+            e.name: native_model.runtime_of(e.translator.model)
+            for e in engines
+            if isinstance(e, Seqserve)
         },
-        "native_kernel": native_model.kernel(),
-        "native_isa": native_model.isa(),
         "decoded_lengths": {k: sorted(v) for k, v in lengths.items()},
         "tokens_per_second": tokens_per_s,
         "ratios": ratios,

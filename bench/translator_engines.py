@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core.translation import native_model
-from core.translation.native_model import NativeModel
 from core.translation.tokenizer import Tokenizer
 
 
@@ -71,9 +70,7 @@ class SeqserveEngine:
         model = self.translator.model
         self.info = {
             "model": str(model_dir / str(version)),
-            "runtime": type(model).__name__,
-            "native_kernel": native_model.kernel() if isinstance(model, NativeModel) else None,
-            "native_isa": native_model.isa() if isinstance(model, NativeModel) else None,
+            **native_model.runtime_of(model),
             "intra_op_threads": settings.intra_op_threads,
             "inter_op_threads": settings.inter_op_threads,
         }

@@ -38,6 +38,17 @@ def isa() -> str | None:
     return None if _decoder is None else _decoder.isa()
 
 
+def runtime_of(model: object) -> dict[str, str | None]:
+    """What runs a loaded translator's StepModel, for benchmark records: its class (the graphs'
+    `OnnxStepModel` or `NativeModel`) and, for the native translator, its kernel and level."""
+    native = isinstance(model, NativeModel)
+    return {
+        "runtime": type(model).__name__,
+        "native_kernel": kernel() if native else None,
+        "native_isa": isa() if native else None,
+    }
+
+
 def fast_here() -> bool:
     """Whether the native translator beats onnxruntime's int8 graphs on this machine: it needs
     AMX or AVX-512 VNNI. Its exact AVX2 kernel (int16 products) runs at about a fifth of VNNI's

@@ -80,7 +80,7 @@ void Encoder::run(int batch, int src, const std::int64_t* ids, const bool* mask,
     positions_[r] = packed_[r] % src;
     ids_[r] = ids[packed_[r]];
   }
-  embed(emb_.table, emb_.pe, d, ids_.data(), positions_.data(), rows, x_.data());  // [rows, D]
+  embed(emb_, ids_.data(), positions_.data(), rows, x_.data());  // [rows, D]
   std::unique_ptr<bool[]> valid(new bool[src]);
   for (int t = 0; t < src; ++t) valid[t] = true;  // a sentence's packed rows are all real
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));

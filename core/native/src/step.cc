@@ -165,7 +165,7 @@ void Step::run(int rows, int past, int src, const std::int64_t* tok, const std::
     self_valid_.reset(new bool[self_valid_size_]);
   }
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-  embed(emb_.table, emb_.pe, d, tok, pos, rows, x_.data());  // x = embed(token) + pe(position) [R, D]
+  embed(emb_, tok, pos, rows, x_.data());  // x = embed(token) + pe(position) [R, D]
   for (int r = 0; r < rows; ++r) {
     std::memcpy(&self_valid_[static_cast<std::size_t>(r) * slots], past_mask + r * past,
                 past * sizeof(bool));

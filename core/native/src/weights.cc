@@ -81,13 +81,14 @@ void feed_forward(const Residuals& res, const Norm& n, const Int8Matrix& in,
   res.add(x, y, rows, n);
 }
 
-void embed(const std::vector<float>& table, const std::vector<float>& pe, int d,
-           const std::int64_t* ids, const std::int64_t* positions, int rows, float* x) {
+void embed(const Embedding& e, const std::int64_t* ids, const std::int64_t* positions, int rows,
+           float* x) {
+  const int d = e.d;
   for (int r = 0; r < rows; ++r) {
-    const float* e = table.data() + ids[r] * d;
-    const float* p = pe.data() + positions[r] * d;
+    const float* t = e.table.data() + ids[r] * d;
+    const float* p = e.pe.data() + positions[r] * d;
     float* out = x + static_cast<std::size_t>(r) * d;
-    for (int i = 0; i < d; ++i) out[i] = e[i] + p[i];
+    for (int i = 0; i < d; ++i) out[i] = t[i] + p[i];
   }
 }
 

@@ -70,9 +70,9 @@ void feed_forward(const Residuals& res, const Norm& n, const Int8Matrix& in,
                   std::vector<float>& h, float* wide, float* y,
                   std::vector<std::uint8_t>& scratch);
 
-// x [rows, d] = embedding rows of `ids` + position rows of `positions`; the ids and positions
+// x [rows, D] = table rows of `ids` + position rows of `positions`; the ids and positions
 // must be in range (checked by the caller)
-void embed(const std::vector<float>& table, const std::vector<float>& pe, int d,
-           const std::int64_t* ids, const std::int64_t* positions, int rows, float* x);
+void embed(const Embedding& e, const std::int64_t* ids, const std::int64_t* positions, int rows,
+           float* x);
 
 }  // namespace seqserve::decoder
