@@ -16,6 +16,7 @@ from protos.inference import grpc_service_pb2_grpc
 from protos.seqserve.forecast.v1 import forecast_service_pb2_grpc
 from protos.seqserve.translate.v1 import translate_service_pb2_grpc
 from serving import metrics, restricted
+from serving.allocator import give_back_large_buffers
 from serving.budget import RequestBudget
 from serving.dataplane import DataPlane
 from serving.interceptors import (
@@ -348,6 +349,7 @@ async def serve(settings: Settings) -> bool:
     """Run until SIGTERM or SIGINT, then drain and return whether the models drained in
     time. Repeated signals during the drain are logged and ignored (an orchestrator's SIGKILL
     ends a drain that takes too long)."""
+    give_back_large_buffers()
     runtime = check_single_runtime()
     log.info("seqserve %s with %s", _version(), runtime)
     server = Server(settings)
