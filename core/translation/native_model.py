@@ -27,14 +27,15 @@ FILE = "native.npz"
 
 
 def kernel() -> str | None:
-    """The int8 kernel the native translator runs here: "amx", "avx512_vnni", "avx2" or
-    "portable"; None when the extension is not built."""
+    """The int8 kernel the native translator runs here: "amx", "avx512_vnni", "avx_vnni",
+    "avx2" or "portable"; None when the extension is not built."""
     return None if _decoder is None else _decoder.kernel()
 
 
 def isa() -> str | None:
-    """The vector instruction set its element-wise code runs: "avx512", "avx2" or "baseline"
-    (the CPU's best, capped by SEQSERVE_NATIVE_ISA); None when the extension is not built."""
+    """The vector instruction set its element-wise code runs: "avx512", "avx2_vnni", "avx2" or
+    "baseline" (the CPU's best, capped by SEQSERVE_NATIVE_ISA); None when the extension is not
+    built."""
     return None if _decoder is None else _decoder.isa()
 
 
@@ -51,10 +52,11 @@ def runtime_of(model: object) -> dict[str, str | None]:
 
 def fast_here() -> bool:
     """Whether the native translator beats onnxruntime's int8 graphs on this machine: it needs
-    AMX or AVX-512 VNNI. Its exact AVX2 kernel (int16 products) runs at about a fifth of VNNI's
-    rate, no faster than onnxruntime's graphs on such CPUs, and its portable loops far slower
-    (docs/benchmarks.md, "CPUs without VNNI")."""
-    return kernel() in ("amx", "avx512_vnni")
+    VNNI's int8 dot products (AMX, AVX-512 VNNI, or AVX-VNNI on 256-bit vectors). Its exact
+    AVX2 kernel (int16 products) runs at about a fifth of AVX-512 VNNI's rate, no faster than
+    onnxruntime's graphs on such CPUs, and its portable loops far slower (docs/benchmarks.md,
+    "CPUs without VNNI")."""
+    return kernel() in ("amx", "avx512_vnni", "avx_vnni")
 
 
 def chosen(setting: str, on_cpu: bool) -> bool:

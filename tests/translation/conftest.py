@@ -58,7 +58,13 @@ def sample_sources(torch_checkpoint: tuple[Any, ...]) -> list[str]:
 
 # the vector level each kernel belongs to: run there, so that the element-wise code of every
 # level is tested too (on one machine: the CPU's best level, capped)
-LEVEL = {"amx": "avx512", "avx512_vnni": "avx512", "avx2": "avx2", "portable": "baseline"}
+LEVEL = {
+    "amx": "avx512",
+    "avx512_vnni": "avx512",
+    "avx_vnni": "avx2_vnni",
+    "avx2": "avx2",
+    "portable": "baseline",
+}
 
 
 @pytest.fixture(params=decoder.kernels() if decoder else [])

@@ -24,15 +24,18 @@ def test_a_vector_level_caps_the_kernels() -> None:
         assert decoder.kernels() == ["portable"] and decoder.kernel() == "portable"
         assert not decoder.use_kernel("avx2")
         assert not decoder.use_isa("avx1024")
+        if "avx2" in levels:  # no VNNI of either width below avx2_vnni
+            assert decoder.use_isa("avx2")
+            assert decoder.kernels() == ["avx2", "portable"] and decoder.kernel() == "avx2"
     finally:
         decoder.use_isa("auto")
     assert decoder.isa() == levels[0]
 
 
-@pytest.mark.parametrize("cap", ["avx2", "AVX2", "baseline", "nonsense"])
+@pytest.mark.parametrize("cap", ["avx2_vnni", "avx2", "AVX2", "baseline", "nonsense"])
 def test_the_environment_caps_the_vector_level(cap: str) -> None:
-    """SEQSERVE_NATIVE_ISA caps the level when the library loads (never above the CPU's);
-    an unknown name caps nothing."""
+    """SEQSERVE_NATIVE_ISA caps the level when the library loads (never above the CPU's; a CPU
+    without AVX-VNNI capped at avx2_vnni runs avx2); an unknown name caps nothing."""
     code = "from core.native import decoder as d; print(d.isa(), d.kernel())"
     env = {**os.environ, "SEQSERVE_NATIVE_ISA": cap}
     run = subprocess.run(
@@ -40,11 +43,16 @@ def test_the_environment_caps_the_vector_level(cap: str) -> None:
     )
     out = run.stdout.split()
     assert ("SEQSERVE_NATIVE_ISA='nonsense' is none of" in run.stderr) == (cap == "nonsense")
-    levels = decoder.isas()
-    want = levels[0] if cap.lower() not in levels else cap.lower()
+    levels = decoder.isas()  # best first
+    names = decoder.ISA_NAMES  # lowest first
+    if cap.lower() in names:  # the best level this CPU runs at or below the cap
+        want = next(v for v in levels if names.index(v) <= names.index(cap.lower()))
+    else:
+        want = levels[0]
     assert out[0] == want
     fastest = {
-        "avx512": ("amx", "avx512_vnni", "avx2"),
+        "avx512": ("amx", "avx512_vnni", "avx_vnni", "avx2"),
+        "avx2_vnni": ("avx_vnni",),
         "avx2": ("avx2",),
         "baseline": ("portable",),
     }

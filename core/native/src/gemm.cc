@@ -47,21 +47,26 @@ bool has_amx() {
 
 bool has_avx2() { return isa() >= Isa::kAvx2; }
 
-constexpr const char* kNames[] = {"auto", "amx", "avx512_vnni", "avx2", "portable"};
-constexpr int kKernels = 5;
+// (a CPU at the AVX-512 level may have it too: Sapphire Rapids, Zen 5)
+bool has_vnni256() { return has_avx_vnni() && isa() >= Isa::kAvx2Vnni; }
+
+constexpr const char* kNames[] = {"auto", "amx", "avx512_vnni", "avx_vnni", "avx2", "portable"};
+constexpr int kKernels = 6;
 
 bool available(Kernel k) {
   return k == Kernel::kAuto || k == Kernel::kPortable || (k == Kernel::kVnni && has_vnni()) ||
-         (k == Kernel::kAmx && has_amx()) || (k == Kernel::kAvx2 && has_avx2());
+         (k == Kernel::kAmx && has_amx()) || (k == Kernel::kAvxVnni && has_vnni256()) ||
+         (k == Kernel::kAvx2 && has_avx2());
 }
 
 // The named kernel while the vector level allows it, else the fastest
 Kernel chosen() {
   if (g_choice != Kernel::kAuto && available(g_choice)) return g_choice;
-  return has_amx()    ? Kernel::kAmx
-         : has_vnni() ? Kernel::kVnni
-         : has_avx2() ? Kernel::kAvx2
-                      : Kernel::kPortable;
+  return has_amx()        ? Kernel::kAmx
+         : has_vnni()     ? Kernel::kVnni
+         : has_vnni256()  ? Kernel::kAvxVnni
+         : has_avx2()     ? Kernel::kAvx2
+                          : Kernel::kPortable;
 }
 
 // Quantise rows of x to uint8: q = round(x / s) + z, s = (max - min) / 255 over the row
@@ -175,12 +180,52 @@ __attribute__((target("avx2,fma"))) void quantize_rows_avx2(const float* x, int 
     }
   }
 }
+
+// The same rows as bytes, for AVX-VNNI
+__attribute__((target("avx2,fma"))) void quantize_rows_avx2_u8(const float* x, int m, int k,
+                                                              std::size_t ldx, int kp,
+                                                              std::uint8_t* q, float* scale,
+                                                              std::int32_t* zero) {
+  for (int r = 0; r < m; ++r) {
+    const float* row = x + r * ldx;
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    for (int i = 0; i < k; i += 8) {
+      const __m256 v = _mm256_maskload_ps(row + i, first_lanes(k - i));  // the tail reads as 0
+      lo = _mm256_min_ps(lo, v);
+      hi = _mm256_max_ps(hi, v);
+    }
+    alignas(32) float los[8], his[8];
+    _mm256_store_ps(los, lo);
+    _mm256_store_ps(his, hi);
+    float low = 0.f, high = 0.f;
+    for (int j = 0; j < 8; ++j) {
+      low = std::min(low, los[j]);
+      high = std::max(high, his[j]);
+    }
+    float inv, z;
+    row_scale(low, high, scale + r, zero + r, &inv, &z);
+    const __m256 vinv = _mm256_set1_ps(inv), vz = _mm256_set1_ps(z);
+    std::uint8_t* out = q + static_cast<std::size_t>(r) * kp;
+    for (int i = 0; i < kp; i += 32) {  // kp: a multiple of 64; the pad: any byte
+      // packs and packus interleave the 128-bit lanes; the permute restores their order
+      const __m256i lo16 = _mm256_packs_epi32(quantize8(row, i, k, vinv, vz),
+                                              quantize8(row, i + 8, k, vinv, vz));
+      const __m256i hi16 = _mm256_packs_epi32(quantize8(row, i + 16, k, vinv, vz),
+                                              quantize8(row, i + 24, k, vinv, vz));
+      const __m256i bytes = _mm256_packus_epi16(lo16, hi16);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                          _mm256_permutevar8x32_epi32(bytes,
+                                                      _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+  }
+}
 #endif
 
 void quantize_rows(const float* x, int m, int k, std::size_t ldx, int kp, std::uint8_t* q,
-                   float* scale, std::int32_t* zero, bool avx512) {
+                   float* scale, std::int32_t* zero, Isa level) {
 #if defined(__x86_64__)
-  if (avx512) return quantize_rows_avx512(x, m, k, ldx, kp, q, scale, zero);
+  if (level == Isa::kAvx512) return quantize_rows_avx512(x, m, k, ldx, kp, q, scale, zero);
+  if (level >= Isa::kAvx2) return quantize_rows_avx2_u8(x, m, k, ldx, kp, q, scale, zero);
 #endif
   quantize_rows_portable(x, m, k, ldx, kp, q, scale, zero);
 }
@@ -335,6 +380,58 @@ void gemm_avx2(const std::int16_t* q, int m, int kp, const std::int8_t* packed,
       const int rows = std::min(kAvx2Rows, m - r0);
       kAvx2Tiles[rows - 1](q + static_cast<std::size_t>(r0) * kp, kp, w, h0, sx + r0, zx + r0,
                            sw, colsum, bias, y + static_cast<std::size_t>(r0) * ldy, ldy, n);
+    }
+  }
+}
+
+// The AVX-VNNI kernel: AVX-512 VNNI's dot products (vpdpbusd) on 256-bit vectors, for CPUs
+// that have them without AVX-512. Up to 6 rows x 16 columns (half a panel) per call: 12
+// accumulators of 8 columns, each group of K one broadcast of 4 activation bytes per row and
+// two vpdpbusd per row.
+template <int M>
+__attribute__((target("avx2,fma,avxvnni"))) void tile_avx_vnni(
+    const std::uint8_t* q, int kp, const std::int8_t* w, int h0, const float* sx,
+    const std::int32_t* zx, const float* sw, const std::int32_t* colsum, const float* bias,
+    float* y, std::size_t ldy, int n) {
+  __m256i acc[M][2];
+  for (int r = 0; r < M; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  const int groups = kp / kGroup;
+  for (int g = 0; g < groups; ++g) {
+    const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + g * 128));
+    const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + g * 128 + 32));
+    for (int r = 0; r < M; ++r) {
+      std::int32_t four;
+      std::memcpy(&four, q + static_cast<std::size_t>(r) * kp + g * kGroup, 4);
+      const __m256i a = _mm256_set1_epi32(four);
+      acc[r][0] = _mm256_dpbusd_avx_epi32(acc[r][0], a, b0);
+      acc[r][1] = _mm256_dpbusd_avx_epi32(acc[r][1], a, b1);
+    }
+  }
+  for (int r = 0; r < M; ++r) {
+    epilogue8(acc[r][0], r, h0, n, sx, zx, sw, colsum, bias, y, ldy);
+    epilogue8(acc[r][1], r, h0 + 8, n, sx, zx, sw, colsum, bias, y, ldy);
+  }
+}
+
+using AvxVnniTile = void (*)(const std::uint8_t*, int, const std::int8_t*, int, const float*,
+                             const std::int32_t*, const float*, const std::int32_t*,
+                             const float*, float*, std::size_t, int);
+constexpr AvxVnniTile kAvxVnniTiles[kAvx2Rows] = {
+    tile_avx_vnni<1>, tile_avx_vnni<2>, tile_avx_vnni<3>,
+    tile_avx_vnni<4>, tile_avx_vnni<5>, tile_avx_vnni<6>};
+
+void gemm_avx_vnni(const std::uint8_t* q, int m, int kp, const std::int8_t* packed,
+                   const float* sx, const std::int32_t* zx, const float* sw,
+                   const std::int32_t* colsum, const float* bias, float* y, std::size_t ldy,
+                   int n) {
+  const std::size_t panel_bytes = static_cast<std::size_t>(kp) * kPanel;
+  for (int h0 = 0; h0 < n; h0 += 16) {  // half a panel: 16 columns
+    const std::int8_t* w = packed + (h0 / kPanel) * panel_bytes + (h0 % kPanel) * kGroup;
+    for (int r0 = 0; r0 < m; r0 += kAvx2Rows) {
+      const int rows = std::min(kAvx2Rows, m - r0);
+      kAvxVnniTiles[rows - 1](q + static_cast<std::size_t>(r0) * kp, kp, w, h0, sx + r0,
+                              zx + r0, sw, colsum, bias, y + static_cast<std::size_t>(r0) * ldy,
+                              ldy, n);
     }
   }
 }
@@ -530,9 +627,15 @@ void Int8Matrix::apply(const float* x, int m, std::size_t ldx, float* y, std::si
     return;
   }
 #endif
-  quantize_rows(x, m, k_, ldx, kp_, q, sx, zx, kernel != Kernel::kPortable);
+  quantize_rows(x, m, k_, ldx, kp_, q, sx, zx,
+                kernel == Kernel::kPortable ? Isa::kBaseline : isa());
   std::memset(q + static_cast<std::size_t>(m) * kp_, 0, static_cast<std::size_t>(mp - m) * kp_);
 #if defined(__x86_64__)
+  if (kernel == Kernel::kAvxVnni) {
+    gemm_avx_vnni(q, m, kp_, packed_.get(), sx, zx, scale_.data(), colsum_.data(), bias_.data(),
+                  y, ldy, n_);
+    return;
+  }
   if (kernel == Kernel::kAmx) {
     gemm_amx(q, m, kp_, packed_.get(), np_, sx, zx, scale_.data(), colsum_.data(), bias_.data(), y,
              ldy, n_);

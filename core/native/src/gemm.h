@@ -5,8 +5,9 @@
 //
 // Weights are packed for the kernel: columns in panels of 32, and inside a panel each group
 // of 4 rows of K as 128 bytes (16 columns x 4 bytes, twice), the operand layout of AVX-512
-// VNNI's vpdpbusd and of AMX's B tiles (AVX2 sign-extends 8 columns of a group as it reads
-// them). Every kernel reads the same layout and gives the same int32 sums.
+// VNNI's vpdpbusd and of AMX's B tiles (AVX-VNNI reads 8 columns of a group at a time; AVX2
+// sign-extends them as it reads them). Every kernel reads the same layout and gives the same
+// int32 sums.
 #pragma once
 
 #include <cstddef>
@@ -45,10 +46,11 @@ class Int8Matrix {
   std::vector<float> bias_;          // [np]
 };
 
-// The int8 kernels, fastest first: Intel AMX tiles, AVX-512 VNNI, AVX2 (exact int16 products,
-// for CPUs without VNNI) and portable loops. The fastest the CPU (and, for AMX, the OS) allows
+// The int8 kernels, fastest first: Intel AMX tiles, AVX-512 VNNI, AVX-VNNI (the same dot
+// products on 256-bit vectors), AVX2 (exact int16 products, for CPUs without VNNI) and portable
+// loops. The fastest the CPU (and, for AMX, the OS) allows
 // runs unless `use_kernel` names another.
-enum class Kernel { kAuto, kAmx, kVnni, kAvx2, kPortable };
+enum class Kernel { kAuto, kAmx, kVnni, kAvxVnni, kAvx2, kPortable };
 const char* kernel_name();                       // the one in use
 std::vector<std::string> kernels();              // the ones this machine can run
 bool use_kernel(const std::string& name);        // "auto" or one of `kernels()`; false if not

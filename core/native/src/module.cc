@@ -91,7 +91,7 @@ PYBIND11_MODULE(_decoder, m) {
   m.def("use_kernel", &seqserve::decoder::use_kernel, py::arg("name"),
         "run the named int8 kernel ('auto': the fastest); False if this machine cannot");
   m.def("isa", &seqserve::decoder::isa_name,
-        "the vector instruction set in use: 'avx512', 'avx2' or 'baseline'");
+        "the vector instruction set in use: 'avx512', 'avx2_vnni', 'avx2' or 'baseline'");
   m.def("isas", &seqserve::decoder::isas, "the vector instruction sets this CPU runs, best first");
   m.attr("ISA_NAMES") = std::vector<std::string>(std::begin(seqserve::decoder::kIsaNames),
                                                  std::end(seqserve::decoder::kIsaNames));

@@ -97,7 +97,8 @@ void best_candidates(const float* log_probs, int vocab, const double* cum,
       for (; t < vocab && !best.full(); ++t) best.offer(base + t, c + static_cast<double>(row[t]));
 #if defined(__x86_64__)
       if (level == Isa::kAvx512) t = scan_avx512(row, vocab, t, c, base, best);
-      if (level == Isa::kAvx2) t = scan_avx2(row, vocab, t, c, base, best);
+      if (level == Isa::kAvx2 || level == Isa::kAvx2Vnni)
+        t = scan_avx2(row, vocab, t, c, base, best);
 #endif
       // the bar moves only when a candidate is kept
       for (float loose = best.loose(c); t < vocab; ++t)

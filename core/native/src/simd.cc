@@ -7,7 +7,7 @@
 
 namespace seqserve::decoder {
 
-const char* const kIsaNames[3] = {"baseline", "avx2", "avx512"};
+const char* const kIsaNames[4] = {"baseline", "avx2", "avx2_vnni", "avx512"};
 
 namespace {
 
@@ -18,9 +18,16 @@ Isa best_on_cpu() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return has_avx_vnni() ? Isa::kAvx2Vnni : Isa::kAvx2;
 #endif
   return Isa::kBaseline;
+}
+
+// a level this CPU runs: at most its best, and AVX-VNNI's only with AVX-VNNI
+bool runs(int level) {
+  return level <= static_cast<int>(best_on_cpu()) &&
+         (level != static_cast<int>(Isa::kAvx2Vnni) || has_avx_vnni());
 }
 
 // the CPU's best, capped by SEQSERVE_NATIVE_ISA (any case; an unknown name caps nothing)
@@ -30,8 +37,12 @@ Isa from_environment() {
   if (cap == nullptr) return best;
   std::string name(cap);
   for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  for (int i = 0; i < 3; ++i)
-    if (name == kNames[i]) return static_cast<Isa>(std::min(i, static_cast<int>(best)));
+  for (int i = 0; i < 4; ++i)
+    if (name == kNames[i]) {
+      int level = std::min(i, static_cast<int>(best));
+      while (!runs(level)) --level;  // avx2_vnni on a CPU without AVX-VNNI: avx2
+      return static_cast<Isa>(level);
+    }
   return best;
 }
 
@@ -44,11 +55,21 @@ std::atomic<Isa>& current() {
 
 Isa isa() { return current().load(std::memory_order_relaxed); }
 
+bool has_avx_vnni() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool cpu = __builtin_cpu_supports("avxvnni");
+  return cpu;
+#else
+  return false;
+#endif
+}
+
 const char* isa_name() { return kNames[static_cast<int>(isa())]; }
 
 std::vector<std::string> isas() {
   std::vector<std::string> out;
-  for (int i = static_cast<int>(best_on_cpu()); i >= 0; --i) out.emplace_back(kNames[i]);
+  for (int i = static_cast<int>(best_on_cpu()); i >= 0; --i)
+    if (runs(i)) out.emplace_back(kNames[i]);
   return out;
 }
 
@@ -57,8 +78,8 @@ bool use_isa(const std::string& name) {
     current().store(from_environment());
     return true;
   }
-  for (int i = 0; i <= static_cast<int>(best_on_cpu()); ++i)
-    if (name == kNames[i]) {
+  for (int i = 0; i < 4; ++i)
+    if (name == kNames[i] && runs(i)) {
       current().store(static_cast<Isa>(i));
       return true;
     }
