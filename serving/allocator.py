@@ -21,7 +21,6 @@ defaults.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -32,13 +31,11 @@ _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 def give_back_large_buffers() -> bool:
     """Fix glibc's mmap threshold at `MMAP_THRESHOLD` for this process: whether it took
-    effect (False with another C library, which keeps its own policy)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
+    effect (False with another C library, which keeps its own policy; musl's mallopt does
+    nothing and says so)."""
     try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on
+    except (OSError, AttributeError):  # none that has mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
