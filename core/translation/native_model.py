@@ -53,8 +53,8 @@ def runtime_of(model: object) -> dict[str, str | None]:
 def fast_here() -> bool:
     """Whether the native translator beats onnxruntime's int8 graphs on this machine: it needs
     VNNI's int8 dot products (AMX, AVX-512 VNNI, or AVX-VNNI on 256-bit vectors). Its exact
-    AVX2 kernel (int16 products) runs at about a fifth of AVX-512 VNNI's rate, no faster than
-    onnxruntime's graphs on such CPUs, and its portable loops far slower (docs/benchmarks.md,
+    AVX2 kernel (int16 products) runs at about a third of AVX-512 VNNI's rate, not shown faster
+    than onnxruntime's graphs on such CPUs, and its portable loops far slower (docs/benchmarks.md,
     "CPUs without VNNI")."""
     return kernel() in ("amx", "avx512_vnni", "avx_vnni")
 

@@ -312,8 +312,10 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_vnni(
 
 // The AVX2 kernel, for CPUs without VNNI: exact int16 products (vpmaddwd) on the same packed
 // weights, sign-extended as they are read (vpmaddubsw on the bytes would saturate at 255 x 127
-// x 2). Up to 6 rows x 8 columns (a quarter panel) per call: 12 accumulators of 4 columns x 2
-// partial sums, each group of K one 64-bit broadcast of the row's 4 int16 inputs.
+// x 2). Up to 4 rows x 8 columns (a quarter panel) per call: 8 accumulators of 4 columns x 2
+// partial sums, each group of K one 64-bit broadcast of the row's 4 int16 inputs. (6 rows
+// need 16 vector registers with the products' temporaries, all AVX2 has: GCC spilled the
+// accumulators to the stack at every group, and the kernel ran at 80 GOPS against 104.)
 __attribute__((target("avx2,fma"))) inline void epilogue8(__m256i acc, int r, int h0, int n,
                                                         const float* sx, const std::int32_t* zx,
                                                         const float* sw,
@@ -366,9 +368,9 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const std::int16_t* q, int kp
 using Avx2Tile = void (*)(const std::int16_t*, int, const std::int8_t*, int, const float*,
                           const std::int32_t*, const float*, const std::int32_t*, const float*,
                           float*, std::size_t, int);
-constexpr int kAvx2Rows = 6;
+constexpr int kAvx2Rows = 4;
 constexpr Avx2Tile kAvx2Tiles[kAvx2Rows] = {tile_avx2<1>, tile_avx2<2>, tile_avx2<3>,
-                                            tile_avx2<4>, tile_avx2<5>, tile_avx2<6>};
+                                            tile_avx2<4>};
 
 void gemm_avx2(const std::int16_t* q, int m, int kp, const std::int8_t* packed,
                const float* sx, const std::int32_t* zx, const float* sw,
@@ -385,9 +387,9 @@ void gemm_avx2(const std::int16_t* q, int m, int kp, const std::int8_t* packed,
 }
 
 // The AVX-VNNI kernel: AVX-512 VNNI's dot products (vpdpbusd) on 256-bit vectors, for CPUs
-// that have them without AVX-512. Up to 6 rows x 16 columns (half a panel) per call: 12
+// that have them without AVX-512. Up to 4 rows x 16 columns (half a panel) per call: 8
 // accumulators of 8 columns, each group of K one broadcast of 4 activation bytes per row and
-// two vpdpbusd per row.
+// two vpdpbusd per row (with 6 rows GCC kept the accumulators on the stack too).
 template <int M>
 __attribute__((target("avx2,fma,avxvnni"))) void tile_avx_vnni(
     const std::uint8_t* q, int kp, const std::int8_t* w, int h0, const float* sx,
@@ -416,9 +418,9 @@ __attribute__((target("avx2,fma,avxvnni"))) void tile_avx_vnni(
 using AvxVnniTile = void (*)(const std::uint8_t*, int, const std::int8_t*, int, const float*,
                              const std::int32_t*, const float*, const std::int32_t*,
                              const float*, float*, std::size_t, int);
-constexpr AvxVnniTile kAvxVnniTiles[kAvx2Rows] = {
-    tile_avx_vnni<1>, tile_avx_vnni<2>, tile_avx_vnni<3>,
-    tile_avx_vnni<4>, tile_avx_vnni<5>, tile_avx_vnni<6>};
+constexpr int kAvxVnniRows = 4;
+constexpr AvxVnniTile kAvxVnniTiles[kAvxVnniRows] = {tile_avx_vnni<1>, tile_avx_vnni<2>,
+                                                     tile_avx_vnni<3>, tile_avx_vnni<4>};
 
 void gemm_avx_vnni(const std::uint8_t* q, int m, int kp, const std::int8_t* packed,
                    const float* sx, const std::int32_t* zx, const float* sw,
@@ -427,8 +429,8 @@ void gemm_avx_vnni(const std::uint8_t* q, int m, int kp, const std::int8_t* pack
   const std::size_t panel_bytes = static_cast<std::size_t>(kp) * kPanel;
   for (int h0 = 0; h0 < n; h0 += 16) {  // half a panel: 16 columns
     const std::int8_t* w = packed + (h0 / kPanel) * panel_bytes + (h0 % kPanel) * kGroup;
-    for (int r0 = 0; r0 < m; r0 += kAvx2Rows) {
-      const int rows = std::min(kAvx2Rows, m - r0);
+    for (int r0 = 0; r0 < m; r0 += kAvxVnniRows) {
+      const int rows = std::min(kAvxVnniRows, m - r0);
       kAvxVnniTiles[rows - 1](q + static_cast<std::size_t>(r0) * kp, kp, w, h0, sx + r0,
                               zx + r0, sw, colsum, bias, y + static_cast<std::size_t>(r0) * ldy,
                               ldy, n);
