@@ -2,8 +2,8 @@
 soon as they are freed.
 
 glibc's malloc maps a block of its own when the block is larger than a threshold, and serves
-smaller ones from its heaps (one per thread, up to 8 per core), which keep what is freed for
-later. The threshold starts at 128 KiB, but it moves: each mapped block freed raises it to
+smaller ones from its heaps (arenas the threads share, up to 8 per core), which keep what is
+freed for later. The threshold starts at 128 KiB, but it moves: each mapped block freed raises it to
 that block's size, up to 32 MiB. A server receiving messages of a few MiB and more raises it
 within its first requests; from then on the transport's slices, an HTTP body's chunks and a
 message's copies come from the heaps, and a flood leaves them there, resident, after its

@@ -48,8 +48,8 @@ class Int8Matrix {
 
 // The int8 kernels, fastest first: Intel AMX tiles, AVX-512 VNNI, AVX-VNNI (the same dot
 // products on 256-bit vectors), AVX2 (exact int16 products, for CPUs without VNNI) and portable
-// loops. The fastest the CPU (and, for AMX, the OS) allows
-// runs unless `use_kernel` names another.
+// loops. The fastest the CPU (and, for AMX, the OS) allows runs unless `use_kernel` names
+// another.
 enum class Kernel { kAuto, kAmx, kVnni, kAvxVnni, kAvx2, kPortable };
 const char* kernel_name();                       // the one in use
 std::vector<std::string> kernels();              // the ones this machine can run
