@@ -336,6 +336,16 @@ __attribute__((target("avx2,fma"))) inline void epilogue8(__m256i acc, int r, in
     _mm256_maskstore_ps(out, first_lanes(n - h0), v);
 }
 
+// acc += the pairwise int16 products of a and b, summed into int32 lanes, in place (as
+// dpbusd256 below: GCC's intrinsics copied every accumulator through another register).
+__attribute__((target("avx2,fma"))) inline __m256i madd_add(__m256i acc, __m256i a, __m256i b) {
+  __m256i product;
+  asm("vpmaddwd %3, %2, %1\n\tvpaddd %1, %0, %0"
+      : "+x"(acc), "=&x"(product)
+      : "x"(a), "xm"(b));
+  return acc;
+}
+
 template <int M>
 __attribute__((target("avx2,fma"))) void tile_avx2(const std::int16_t* q, int kp,
                                                   const std::int8_t* w, int h0, const float* sx,
@@ -354,8 +364,8 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const std::int16_t* q, int kp
       long long four;
       std::memcpy(&four, q + static_cast<std::size_t>(r) * kp + g * kGroup, 8);
       const __m256i a = _mm256_set1_epi64x(four);
-      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(a, b0));
-      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(a, b1));
+      acc[r][0] = madd_add(acc[r][0], a, b0);
+      acc[r][1] = madd_add(acc[r][1], a, b1);
     }
   }
   // pairs of partial sums -> columns 0, 1, 4, 5 | 2, 3, 6, 7 -> in order
@@ -386,10 +396,19 @@ void gemm_avx2(const std::int16_t* q, int m, int kp, const std::int8_t* packed,
   }
 }
 
+// acc += the 4-byte dot products of a (uint8) and b (int8), in place. GCC's intrinsic copied
+// every accumulator through another register at each use (and spilled one): the inline
+// instruction keeps each in its register.
+__attribute__((target("avx2,fma,avxvnni"))) inline __m256i dpbusd256(__m256i acc, __m256i a,
+                                                                    __m256i b) {
+  asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "xm"(b));
+  return acc;
+}
+
 // The AVX-VNNI kernel: AVX-512 VNNI's dot products (vpdpbusd) on 256-bit vectors, for CPUs
 // that have them without AVX-512. Up to 4 rows x 16 columns (half a panel) per call: 8
 // accumulators of 8 columns, each group of K one broadcast of 4 activation bytes per row and
-// two vpdpbusd per row (with 6 rows GCC kept the accumulators on the stack too).
+// two vpdpbusd per row (with 6 rows GCC spilled accumulators to the stack).
 template <int M>
 __attribute__((target("avx2,fma,avxvnni"))) void tile_avx_vnni(
     const std::uint8_t* q, int kp, const std::int8_t* w, int h0, const float* sx,
@@ -405,8 +424,8 @@ __attribute__((target("avx2,fma,avxvnni"))) void tile_avx_vnni(
       std::int32_t four;
       std::memcpy(&four, q + static_cast<std::size_t>(r) * kp + g * kGroup, 4);
       const __m256i a = _mm256_set1_epi32(four);
-      acc[r][0] = _mm256_dpbusd_avx_epi32(acc[r][0], a, b0);
-      acc[r][1] = _mm256_dpbusd_avx_epi32(acc[r][1], a, b1);
+      acc[r][0] = dpbusd256(acc[r][0], a, b0);
+      acc[r][1] = dpbusd256(acc[r][1], a, b1);
     }
   }
   for (int r = 0; r < M; ++r) {
