@@ -13,19 +13,20 @@ Encoder::Encoder(const py::dict& weights, int num_layers, int decoder_layers, in
     : layers_(checked_layers(num_layers)), decoder_layers_(checked_layers(decoder_layers)),
       heads_(num_heads), emb_(embedding(weights, "encoder.embed", num_heads)),
       act_(activation(act)) {
-  res_ = Residuals{norm_first, eps, emb_.d};
+  const int d = emb_.d;
+  res_ = Residuals{norm_first, eps, d};
   ff_ = static_cast<int>(weight(weights, "encoder.layers.0.w_ff_1").shape(1));
   for (int i = 0; i < num_layers; ++i) {
     const std::string p = "encoder.layers." + std::to_string(i) + ".";
     Layer& layer = layers_[i];
-    for (int j = 0; j < 2; ++j) layer.norms[j] = norm(weights, p + "norm" + std::to_string(j), emb_.d);
-    layer.qkv = matrix(weights, p, "qkv", emb_.d, 3 * emb_.d);
-    layer.self_out = matrix(weights, p, "self_out", emb_.d, emb_.d);
-    layer.ff_1 = matrix(weights, p, "ff_1", emb_.d, ff_);
-    layer.ff_2 = matrix(weights, p, "ff_2", ff_, emb_.d);
+    for (int j = 0; j < 2; ++j) layer.norms[j] = norm(weights, p + "norm" + std::to_string(j), d);
+    layer.qkv = matrix(weights, p, "qkv", d, 3 * d);
+    layer.self_out = matrix(weights, p, "self_out", d, d);
+    layer.ff_1 = matrix(weights, p, "ff_1", d, ff_);
+    layer.ff_2 = matrix(weights, p, "ff_2", ff_, d);
   }
-  final_norm_ = optional_norm(weights, "encoder.norm", emb_.d);
-  cross_kv_ = matrix(weights, "cross.", "kv", emb_.d, 2 * decoder_layers_ * emb_.d);
+  final_norm_ = optional_norm(weights, "encoder.norm", d);
+  cross_kv_ = matrix(weights, "cross.", "kv", d, 2 * decoder_layers_ * d);
 }
 
 py::tuple Encoder::encode(const Longs& src_ids, const Bools& src_mask) {

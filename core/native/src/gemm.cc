@@ -147,29 +147,38 @@ __attribute__((target("avx2,fma"))) inline __m256i quantize8(const float* row, i
       _mm256_min_ps(_mm256_max_ps(rounded, _mm256_setzero_ps()), _mm256_set1_ps(255.f)));
 }
 
+// A row's scale and zero point (row_scale over its range), and 1 / scale and z as vectors
+__attribute__((target("avx2,fma"))) inline void row_scale_avx2(const float* row, int k,
+                                                              float* scale, std::int32_t* zero,
+                                                              __m256* vinv, __m256* vz) {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  for (int i = 0; i < k; i += 8) {
+    const __m256 v = _mm256_maskload_ps(row + i, first_lanes(k - i));  // the tail reads as 0
+    lo = _mm256_min_ps(lo, v);
+    hi = _mm256_max_ps(hi, v);
+  }
+  alignas(32) float los[8], his[8];
+  _mm256_store_ps(los, lo);
+  _mm256_store_ps(his, hi);
+  float low = 0.f, high = 0.f;
+  for (int j = 0; j < 8; ++j) {
+    low = std::min(low, los[j]);
+    high = std::max(high, his[j]);
+  }
+  float inv, z;
+  row_scale(low, high, scale, zero, &inv, &z);
+  *vinv = _mm256_set1_ps(inv);
+  *vz = _mm256_set1_ps(z);
+}
+
 __attribute__((target("avx2,fma"))) void quantize_rows_avx2(const float* x, int m, int k,
                                                            std::size_t ldx, int kp,
                                                            std::int16_t* q, float* scale,
                                                            std::int32_t* zero) {
   for (int r = 0; r < m; ++r) {
     const float* row = x + r * ldx;
-    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
-    for (int i = 0; i < k; i += 8) {
-      const __m256 v = _mm256_maskload_ps(row + i, first_lanes(k - i));  // the tail reads as 0
-      lo = _mm256_min_ps(lo, v);
-      hi = _mm256_max_ps(hi, v);
-    }
-    alignas(32) float los[8], his[8];
-    _mm256_store_ps(los, lo);
-    _mm256_store_ps(his, hi);
-    float low = 0.f, high = 0.f;
-    for (int j = 0; j < 8; ++j) {
-      low = std::min(low, los[j]);
-      high = std::max(high, his[j]);
-    }
-    float inv, z;
-    row_scale(low, high, scale + r, zero + r, &inv, &z);
-    const __m256 vinv = _mm256_set1_ps(inv), vz = _mm256_set1_ps(z);
+    __m256 vinv, vz;
+    row_scale_avx2(row, k, scale + r, zero + r, &vinv, &vz);
     std::int16_t* out = q + static_cast<std::size_t>(r) * kp;
     for (int i = 0; i < kp; i += 16) {  // the pad: any value (W is 0 there)
       // 16 values as int16; packs interleaves the 128-bit lanes, the permute restores them
@@ -188,23 +197,8 @@ __attribute__((target("avx2,fma"))) void quantize_rows_avx2_u8(const float* x, i
                                                               std::int32_t* zero) {
   for (int r = 0; r < m; ++r) {
     const float* row = x + r * ldx;
-    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
-    for (int i = 0; i < k; i += 8) {
-      const __m256 v = _mm256_maskload_ps(row + i, first_lanes(k - i));  // the tail reads as 0
-      lo = _mm256_min_ps(lo, v);
-      hi = _mm256_max_ps(hi, v);
-    }
-    alignas(32) float los[8], his[8];
-    _mm256_store_ps(los, lo);
-    _mm256_store_ps(his, hi);
-    float low = 0.f, high = 0.f;
-    for (int j = 0; j < 8; ++j) {
-      low = std::min(low, los[j]);
-      high = std::max(high, his[j]);
-    }
-    float inv, z;
-    row_scale(low, high, scale + r, zero + r, &inv, &z);
-    const __m256 vinv = _mm256_set1_ps(inv), vz = _mm256_set1_ps(z);
+    __m256 vinv, vz;
+    row_scale_avx2(row, k, scale + r, zero + r, &vinv, &vz);
     std::uint8_t* out = q + static_cast<std::size_t>(r) * kp;
     for (int i = 0; i < kp; i += 32) {  // kp: a multiple of 64; the pad: any byte
       // packs and packus interleave the 128-bit lanes; the permute restores their order
@@ -375,23 +369,29 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const std::int16_t* q, int kp
   }
 }
 
-using Avx2Tile = void (*)(const std::int16_t*, int, const std::int8_t*, int, const float*,
-                          const std::int32_t*, const float*, const std::int32_t*, const float*,
-                          float*, std::size_t, int);
-constexpr int kAvx2Rows = 4;
-constexpr Avx2Tile kAvx2Tiles[kAvx2Rows] = {tile_avx2<1>, tile_avx2<2>, tile_avx2<3>,
-                                            tile_avx2<4>};
+// A 256-bit kernel's tile: up to its row count of quantised rows (Q: int16 for AVX2, bytes for
+// AVX-VNNI) times the columns h0 on of one panel's group layout, written to y.
+template <typename Q>
+using Tile256 = void (*)(const Q*, int, const std::int8_t*, int, const float*,
+                         const std::int32_t*, const float*, const std::int32_t*, const float*,
+                         float*, std::size_t, int);
+constexpr int kTileRows = 4;  // (6 need more than AVX2's 16 vector registers: GCC spilled)
+constexpr Tile256<std::int16_t> kAvx2Tiles[kTileRows] = {tile_avx2<1>, tile_avx2<2>,
+                                                         tile_avx2<3>, tile_avx2<4>};
 
-void gemm_avx2(const std::int16_t* q, int m, int kp, const std::int8_t* packed,
-               const float* sx, const std::int32_t* zx, const float* sw,
-               const std::int32_t* colsum, const float* bias, float* y, std::size_t ldy, int n) {
+// Every `cols` columns of every panel, every kTileRows rows: the tile for that many rows
+template <int cols, typename Q>
+void gemm_256(const Tile256<Q> (&tiles)[kTileRows], const Q* q, int m, int kp,
+              const std::int8_t* packed, const float* sx, const std::int32_t* zx,
+              const float* sw, const std::int32_t* colsum, const float* bias, float* y,
+              std::size_t ldy, int n) {
   const std::size_t panel_bytes = static_cast<std::size_t>(kp) * kPanel;
-  for (int h0 = 0; h0 < n; h0 += 8) {  // a quarter panel: 8 columns
+  for (int h0 = 0; h0 < n; h0 += cols) {
     const std::int8_t* w = packed + (h0 / kPanel) * panel_bytes + (h0 % kPanel) * kGroup;
-    for (int r0 = 0; r0 < m; r0 += kAvx2Rows) {
-      const int rows = std::min(kAvx2Rows, m - r0);
-      kAvx2Tiles[rows - 1](q + static_cast<std::size_t>(r0) * kp, kp, w, h0, sx + r0, zx + r0,
-                           sw, colsum, bias, y + static_cast<std::size_t>(r0) * ldy, ldy, n);
+    for (int r0 = 0; r0 < m; r0 += kTileRows) {
+      const int rows = std::min(kTileRows, m - r0);
+      tiles[rows - 1](q + static_cast<std::size_t>(r0) * kp, kp, w, h0, sx + r0, zx + r0, sw,
+                      colsum, bias, y + static_cast<std::size_t>(r0) * ldy, ldy, n);
     }
   }
 }
@@ -408,7 +408,7 @@ __attribute__((target("avx2,fma,avxvnni"))) inline __m256i dpbusd256(__m256i acc
 // The AVX-VNNI kernel: AVX-512 VNNI's dot products (vpdpbusd) on 256-bit vectors, for CPUs
 // that have them without AVX-512. Up to 4 rows x 16 columns (half a panel) per call: 8
 // accumulators of 8 columns, each group of K one broadcast of 4 activation bytes per row and
-// two vpdpbusd per row (with 6 rows GCC spilled accumulators to the stack).
+// two vpdpbusd per row.
 template <int M>
 __attribute__((target("avx2,fma,avxvnni"))) void tile_avx_vnni(
     const std::uint8_t* q, int kp, const std::int8_t* w, int h0, const float* sx,
@@ -434,28 +434,8 @@ __attribute__((target("avx2,fma,avxvnni"))) void tile_avx_vnni(
   }
 }
 
-using AvxVnniTile = void (*)(const std::uint8_t*, int, const std::int8_t*, int, const float*,
-                             const std::int32_t*, const float*, const std::int32_t*,
-                             const float*, float*, std::size_t, int);
-constexpr int kAvxVnniRows = 4;
-constexpr AvxVnniTile kAvxVnniTiles[kAvxVnniRows] = {tile_avx_vnni<1>, tile_avx_vnni<2>,
-                                                     tile_avx_vnni<3>, tile_avx_vnni<4>};
-
-void gemm_avx_vnni(const std::uint8_t* q, int m, int kp, const std::int8_t* packed,
-                   const float* sx, const std::int32_t* zx, const float* sw,
-                   const std::int32_t* colsum, const float* bias, float* y, std::size_t ldy,
-                   int n) {
-  const std::size_t panel_bytes = static_cast<std::size_t>(kp) * kPanel;
-  for (int h0 = 0; h0 < n; h0 += 16) {  // half a panel: 16 columns
-    const std::int8_t* w = packed + (h0 / kPanel) * panel_bytes + (h0 % kPanel) * kGroup;
-    for (int r0 = 0; r0 < m; r0 += kAvxVnniRows) {
-      const int rows = std::min(kAvxVnniRows, m - r0);
-      kAvxVnniTiles[rows - 1](q + static_cast<std::size_t>(r0) * kp, kp, w, h0, sx + r0,
-                              zx + r0, sw, colsum, bias, y + static_cast<std::size_t>(r0) * ldy,
-                              ldy, n);
-    }
-  }
-}
+constexpr Tile256<std::uint8_t> kAvxVnniTiles[kTileRows] = {
+    tile_avx_vnni<1>, tile_avx_vnni<2>, tile_avx_vnni<3>, tile_avx_vnni<4>};
 
 // The AMX kernel. The quantised rows are padded to a multiple of 16 with zeros (tiles have 16
 // rows). Four 16 x 16 int32 accumulator tiles, so that four tile products are in flight: 16
@@ -643,8 +623,8 @@ void Int8Matrix::apply(const float* x, int m, std::size_t ldx, float* y, std::si
   if (kernel == Kernel::kAvx2) {
     auto* q16 = reinterpret_cast<std::int16_t*>(q);
     quantize_rows_avx2(x, m, k_, ldx, kp_, q16, sx, zx);
-    gemm_avx2(q16, m, kp_, packed_.get(), sx, zx, scale_.data(), colsum_.data(), bias_.data(), y,
-              ldy, n_);
+    gemm_256<8>(kAvx2Tiles, q16, m, kp_, packed_.get(), sx, zx, scale_.data(), colsum_.data(),
+                bias_.data(), y, ldy, n_);  // a quarter panel at a time
     return;
   }
 #endif
@@ -653,8 +633,8 @@ void Int8Matrix::apply(const float* x, int m, std::size_t ldx, float* y, std::si
   std::memset(q + static_cast<std::size_t>(m) * kp_, 0, static_cast<std::size_t>(mp - m) * kp_);
 #if defined(__x86_64__)
   if (kernel == Kernel::kAvxVnni) {
-    gemm_avx_vnni(q, m, kp_, packed_.get(), sx, zx, scale_.data(), colsum_.data(), bias_.data(),
-                  y, ldy, n_);
+    gemm_256<16>(kAvxVnniTiles, q, m, kp_, packed_.get(), sx, zx, scale_.data(),
+                 colsum_.data(), bias_.data(), y, ldy, n_);  // half a panel at a time
     return;
   }
   if (kernel == Kernel::kAmx) {

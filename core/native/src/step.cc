@@ -11,22 +11,22 @@ Step::Step(const py::dict& weights, int num_layers, int num_heads, bool norm_fir
            const std::string& act, float eps)
     : layers_(checked_layers(num_layers)), heads_(num_heads),
       emb_(embedding(weights, "embed", num_heads)), act_(activation(act)) {
-  res_ = Residuals{norm_first, eps, emb_.d};
-  Floats ff = weight(weights, "layers.0.w_ff_1");
-  ff_ = static_cast<int>(ff.shape(1));
+  const int d = emb_.d;
+  res_ = Residuals{norm_first, eps, d};
+  ff_ = static_cast<int>(weight(weights, "layers.0.w_ff_1").shape(1));
   for (int i = 0; i < num_layers; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
     Layer& layer = layers_[i];
-    for (int j = 0; j < 3; ++j) layer.norms[j] = norm(weights, p + "norm" + std::to_string(j), emb_.d);
-    layer.qkv = matrix(weights, p, "qkv", emb_.d, 3 * emb_.d);
-    layer.self_out = matrix(weights, p, "self_out", emb_.d, emb_.d);
-    layer.cross_q = matrix(weights, p, "cross_q", emb_.d, emb_.d);
-    layer.cross_out = matrix(weights, p, "cross_out", emb_.d, emb_.d);
-    layer.ff_1 = matrix(weights, p, "ff_1", emb_.d, ff_);
-    layer.ff_2 = matrix(weights, p, "ff_2", ff_, emb_.d);
+    for (int j = 0; j < 3; ++j) layer.norms[j] = norm(weights, p + "norm" + std::to_string(j), d);
+    layer.qkv = matrix(weights, p, "qkv", d, 3 * d);
+    layer.self_out = matrix(weights, p, "self_out", d, d);
+    layer.cross_q = matrix(weights, p, "cross_q", d, d);
+    layer.cross_out = matrix(weights, p, "cross_out", d, d);
+    layer.ff_1 = matrix(weights, p, "ff_1", d, ff_);
+    layer.ff_2 = matrix(weights, p, "ff_2", ff_, d);
   }
-  final_norm_ = optional_norm(weights, "norm", emb_.d);
-  out_ = matrix(weights, "", "out", emb_.d, emb_.vocab);
+  final_norm_ = optional_norm(weights, "norm", d);
+  out_ = matrix(weights, "", "out", d, emb_.vocab);
 }
 
 py::tuple Step::step(const Longs& tokens, const Longs& positions, const Bools& past_mask,
@@ -65,7 +65,8 @@ py::tuple Step::step(const Longs& tokens, const Longs& positions, const Bools& p
   py::list present_k, present_v;
   std::vector<float*> pk(n), pv(n);
   for (int i = 0; i < n; ++i) {
-    py::array_t<float> k({rows, heads_, past + 1, emb_.head_dim}), v({rows, heads_, past + 1, emb_.head_dim});
+    const std::vector<py::ssize_t> shape = {rows, heads_, past + 1, emb_.head_dim};
+    py::array_t<float> k(shape), v(shape);
     pk[i] = k.mutable_data();
     pv[i] = v.mutable_data();
     present_k.append(std::move(k));
