@@ -190,6 +190,60 @@ __attribute__((target("avx512f"))) void attend_avx512(const float* q, const floa
   weighted_sum<N>(scores, softmax_slots(scores, valid, slots, best, any), values, slots, out);
 }
 
+// The same on AVX2 for head width 8 N (N <= 16): the scores with the query read from memory
+// (two running sums against FMA latency) and summed across lanes once per slot; the weighted
+// sum over column blocks of at most 8 registers.
+__attribute__((target("avx2,fma"))) inline float dot_avx2(const float* a, const float* b, int n) {
+  __m256 even = _mm256_mul_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(b));
+  __m256 odd = _mm256_setzero_ps();
+  int i = 8;
+  for (; i + 16 <= n; i += 16) {
+    odd = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), odd);
+    even = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), even);
+  }
+  if (i < n) odd = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), odd);
+  const __m256 sum8 = _mm256_add_ps(even, odd);
+  __m128 sum4 = _mm_add_ps(_mm256_castps256_ps128(sum8), _mm256_extractf128_ps(sum8, 1));
+  sum4 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
+  return _mm_cvtss_f32(_mm_add_ss(sum4, _mm_movehdup_ps(sum4)));
+}
+
+// out [8 N] += sum over slots of p[t] * inv * values[t][0, 8 N) (row stride k), N <= 8
+template <int N>
+__attribute__((target("avx2,fma"))) inline void weighted_sum_avx2(const float* p, float inv,
+                                                                 const float* values, int k,
+                                                                 int slots, float* out) {
+  __m256 acc[N];
+  for (int j = 0; j < N; ++j) acc[j] = _mm256_setzero_ps();
+  for (int t = 0; t < slots; ++t) {
+    if (p[t] == 0.f) continue;
+    const __m256 w = _mm256_set1_ps(p[t] * inv);
+    const float* value = values + static_cast<std::size_t>(t) * k;
+    for (int j = 0; j < N; ++j) acc[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(value + 8 * j), acc[j]);
+  }
+  for (int j = 0; j < N; ++j) _mm256_storeu_ps(out + 8 * j, acc[j]);
+}
+
+template <int N>
+__attribute__((target("avx2,fma"))) void attend_avx2(const float* q, const float* keys,
+                                                    const float* values, const bool* valid,
+                                                    int slots, float scale, float* scores,
+                                                    float* out) {
+  constexpr int k = 8 * N;
+  float best = -std::numeric_limits<float>::infinity();
+  bool any = false;
+  for (int t = 0; t < slots; ++t) {
+    if (!valid[t]) continue;
+    scores[t] = dot_avx2(q, keys + static_cast<std::size_t>(t) * k, k) * scale;
+    best = scores[t] > best ? scores[t] : best;
+    any = true;
+  }
+  const float inv = softmax_slots(scores, valid, slots, best, any);
+  constexpr int kFirst = N < 8 ? N : 8;
+  weighted_sum_avx2<kFirst>(scores, inv, values, k, slots, out);
+  if constexpr (N > 8) weighted_sum_avx2<N - 8>(scores, inv, values + 64, k, slots, out + 64);
+}
+
 // exp(x) for x <= 0 on 16 floats: exp_nonpositive's arithmetic, lane by lane
 __attribute__((target("avx512f"))) inline __m512 exp_nonpositive16(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
@@ -289,6 +343,16 @@ void attend(const float* q, const float* keys, const float* values, const bool* 
         attend_avx512<5>, attend_avx512<6>, attend_avx512<7>, attend_avx512<8>};
     if (k % 16 == 0 && k <= 16 * kMaxVectors)
       return kByWidth[k / 16 - 1](q, keys, values, valid, slots, scale, scores, out);
+  }
+  if ((isa() == Isa::kAvx2 || isa() == Isa::kAvx2Vnni) && k % 8 == 0 && k <= 128) {
+    using Attend = void (*)(const float*, const float*, const float*, const bool*, int, float,
+                            float*, float*);
+    static constexpr Attend kByWidth[16] = {
+        attend_avx2<1>,  attend_avx2<2>,  attend_avx2<3>,  attend_avx2<4>,
+        attend_avx2<5>,  attend_avx2<6>,  attend_avx2<7>,  attend_avx2<8>,
+        attend_avx2<9>,  attend_avx2<10>, attend_avx2<11>, attend_avx2<12>,
+        attend_avx2<13>, attend_avx2<14>, attend_avx2<15>, attend_avx2<16>};
+    return kByWidth[k / 8 - 1](q, keys, values, valid, slots, scale, scores, out);
   }
 #endif
   attend_portable(q, keys, values, valid, slots, k, scale, scores, out);
