@@ -213,7 +213,14 @@ class DecodeBatch:
         self._entries.extend(
             _Entry(
                 r,
-                BeamState(r.beam_size, r.max_length, r.length_penalty, self.eos_id, self.rules),
+                BeamState(
+                    r.beam_size,
+                    r.max_length,
+                    r.length_penalty,
+                    self.eos_id,
+                    self.rules,
+                    r.num_hypotheses,
+                ),
                 self.step_count,
             )
             for r in new

@@ -8,15 +8,17 @@ generated (EOS included); alpha = 0 leaves plain log-probabilities. An imported 
 uses Hugging Face's form instead (`length_penalty_form` "length"): n ** alpha, and its
 stopping rule below.
 
-A request is done when no live hypothesis can still enter its `beam_size` best finished ones:
-log-probabilities only fall, so a live hypothesis ends at best at its current sum divided by
-the largest penalty it can get, the one at `max_length` (an exact bound, not a heuristic).
-Counting finished hypotheses alone is not enough: weak beams that stop early would end the
-search before the best hypothesis has finished. An imported model stops as `generate` does
-with its generation config's `early_stopping` (EARLY_STOPPING): False divides the best live
-sum by the current length's penalty instead (a heuristic when alpha > 0), True stops once
-`beam_size` hypotheses have finished, "never" is the bound above. Greedy search (beam 1)
-stops at its EOS.
+A request is done when no live hypothesis can still enter the `num_hypotheses` best finished
+ones it returns: log-probabilities only fall, so a live hypothesis ends at best at its current
+sum divided by the largest penalty it can get, the one at `max_length` (an exact bound, not a
+heuristic: searching on cannot change what is returned, so a 1-best request stops as soon as
+its best hypothesis is settled, as CTranslate2's does). Counting finished hypotheses alone is
+not enough: weak beams that stop early would end the search before the best hypothesis has
+finished. An imported model stops as `generate` does with its generation config's
+`early_stopping` (EARLY_STOPPING), which counts `beam_size` finished hypotheses whatever is
+returned: False divides the best live sum by the current length's penalty instead (a
+heuristic when alpha > 0), True stops once `beam_size` hypotheses have finished, "never" is
+the bound above. Greedy search (beam 1) stops at its EOS.
 Hypotheses that reach `max_length` tokens finish without EOS.
 """
 
@@ -179,6 +181,7 @@ class BeamState:
         alpha: float,
         eos_id: int,
         rules: SearchRules = OWN_RULES,
+        num_hypotheses: int = 1,
     ) -> None:
         self.beam_size, self.max_length, self.alpha, self.eos_id = (
             beam_size,
@@ -187,6 +190,10 @@ class BeamState:
             eos_id,
         )
         self.form, self.early_stopping = rules.length_penalty_form, rules.early_stopping
+        # how many finished hypotheses must be settled: those returned under an exact bound,
+        # generate's count (beam_size) under its heuristics
+        exact = self.early_stopping in ("", "never")
+        self.settle = num_hypotheses if exact else beam_size
         self.tokens: list[list[int]] = [[] for _ in range(beam_size)]
         self.cum = np.full(beam_size, DEAD, np.float64)  # [k] cumulative log-probabilities
         self.cum[0] = 0.0  # all rows start identical: only the first one is live
@@ -235,7 +242,7 @@ class BeamState:
             if len(parents) == k:
                 break
         new_tokens = [[*self.tokens[p], t] for p, t in zip(parents, tokens, strict=True)]
-        if not parents or self._settled(k, max(cum)):
+        if not parents or self._settled(self.settle, max(cum)):
             self.done = True
         elif self.length >= self.max_length:
             for hyp, score in zip(new_tokens, cum, strict=True):
@@ -280,7 +287,7 @@ class BeamState:
         """No live hypothesis can beat the k-th best finished one."""
         if len(self.finished) < k:
             return False
-        if k == 1:
+        if self.beam_size == 1:
             return True
         kth = sorted((h.score for h in self.finished), reverse=True)[k - 1]
         stop = self.early_stopping
@@ -293,5 +300,6 @@ class BeamState:
         return best_live / length_penalty(longest, self.alpha, self.form) <= kth
 
     def best(self, n: int) -> list[Hypothesis]:
-        """The n best finished hypotheses, best first."""
+        """The n best finished hypotheses, best first (n at most `num_hypotheses`: no more
+        are settled)."""
         return sorted(self.finished, key=lambda h: -h.score)[:n]

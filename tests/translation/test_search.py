@@ -45,6 +45,41 @@ def test_search_goes_on_until_the_best_hypothesis_has_finished(beam: int) -> Non
     assert best.log_prob == pytest.approx(math.log(0.9 * 0.99**4))
 
 
+def _random_search(seed: int, beam: int, n: int, alpha: float) -> tuple[list, int]:
+    """Beam search on a random model whose next-token distribution depends on the whole
+    prefix (EOS likely enough that hypotheses finish at many lengths): the n best and the
+    number of steps taken."""
+    state = BeamState(beam, max_length=12, alpha=alpha, eos_id=EOS, num_hypotheses=n)
+
+    def log_probs(prefix: list[int]) -> np.ndarray:  # [V]
+        logits = 2.0 * np.random.default_rng([seed, *prefix]).normal(size=7)
+        logits[EOS] += 1.0
+        return logits - np.log(np.exp(logits).sum())
+
+    steps = 0
+    while not state.done:
+        state.advance(np.stack([log_probs(tokens) for tokens in state.tokens]))
+        steps += 1
+    return state.best(n), steps
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.2])
+def test_the_search_stops_once_what_it_returns_is_settled(alpha: float) -> None:
+    """The exact bound needs only the hypotheses a request returns: a 1-best or 2-best search
+    returns what the search gathering all `beam_size` finished ones returns, in fewer steps."""
+    saved = 0
+    for seed in range(40):
+        full, full_steps = _random_search(seed, 4, 4, alpha)
+        for n in (1, 2):
+            hyps, steps = _random_search(seed, 4, n, alpha)
+            assert [(h.token_ids, h.score) for h in hyps] == [
+                (h.token_ids, h.score) for h in full[:n]
+            ], f"seed {seed}, {n}-best"
+            assert steps <= full_steps
+            saved += full_steps - steps
+    assert saved > 0
+
+
 def test_n_best_is_sorted_and_scored() -> None:
     hyps = decode(3, num_hypotheses=3)
     assert len(hyps) == 3
