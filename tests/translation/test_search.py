@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from core.native import decoder
 from core.translation import BadDecodingSetting, DecodeBatch, DecodeRequest
 from core.translation.search import (
     DEAD,
@@ -169,9 +170,9 @@ def _ranked_whole(log_probs: np.ndarray, cum: np.ndarray, n: int) -> tuple[np.nd
 @pytest.mark.parametrize("seed", range(6))
 def test_best_candidates_are_every_candidate_ranked(seed: int) -> None:
     """The pruned ranking (groups of tokens, only the best groups' candidates sorted), and
-    `ranked_rows` (native code where built), give exactly what ranking all k * V candidates
-    gives: peaked and flat rows, ties, -inf (suppressed tokens), NaN, placeholder rows,
-    vocabularies too small to prune."""
+    `ranked_rows` (native code where built, at each vector level), give exactly what ranking
+    all k * V candidates gives: peaked and flat rows, ties, -inf (suppressed tokens), NaN,
+    placeholder rows, vocabularies too small to prune."""
     rng = np.random.default_rng(seed)
     for case in range(150):
         requests, k = int(rng.integers(1, 6)), int(rng.integers(1, 5))
@@ -200,8 +201,13 @@ def test_best_candidates_are_every_candidate_ranked(seed: int) -> None:
         first = np.arange(requests) * k + 2
         rows[first[:, None] + np.arange(k)] = lp
         many_ways = [best_candidates(lp, cum, n)]
-        if n <= k * vocab:
-            many_ways.append(ranked_rows(rows, cum, first, n))
+        if n <= k * vocab:  # native: at every vector level this CPU runs
+            for level in decoder.isas() if decoder else ["auto"]:
+                try:
+                    assert decoder is None or decoder.use_isa(level)
+                    many_ways.append(ranked_rows(rows, cum, first, n))
+                finally:
+                    assert decoder is None or decoder.use_isa("auto")
         for ranked in many_ways:
             for r, (top, scores) in enumerate(ranked):
                 want_top, want_scores = _ranked_whole(lp[r], cum[r], n)

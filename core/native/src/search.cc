@@ -45,35 +45,45 @@ struct Best {
 };
 
 #if defined(__x86_64__)
-// tokens t0.. of one row, 16 at a time: only those above the loose bar are offered
+// Tokens t0.. of one row, 64 (AVX-512) or 32 (AVX2) at a time: a block with none above the
+// loose bar costs its loads, compares and one branch; only tokens above it are offered, and
+// the bar is worked out again only when one is.
 __attribute__((target("avx512f"))) int scan_avx512(const float* row, int vocab, int t0,
                                                    double cum, std::int64_t base, Best& best) {
   int t = t0;
-  for (; t + 16 <= vocab; t += 16) {
-    __mmask16 over = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + t), _mm512_set1_ps(best.loose(cum)),
-                                        _CMP_GT_OQ);
-    while (over) {
-      const int j = __builtin_ctz(over);
-      over &= over - 1;
-      best.offer(base + t + j, cum + static_cast<double>(row[t + j]));
-    }
+  __m512 bar = _mm512_set1_ps(best.loose(cum));
+  for (; t + 64 <= vocab; t += 64) {
+    __mmask16 over[4];
+    for (int j = 0; j < 4; ++j)
+      over[j] = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + t + 16 * j), bar, _CMP_GT_OQ);
+    if (!(over[0] | over[1] | over[2] | over[3])) continue;
+    for (int j = 0; j < 4; ++j)
+      for (unsigned bits = over[j]; bits; bits &= bits - 1) {
+        const int at = t + 16 * j + __builtin_ctz(bits);
+        best.offer(base + at, cum + static_cast<double>(row[at]));
+      }
+    bar = _mm512_set1_ps(best.loose(cum));
   }
   return t;
 }
 
-// the same, 8 at a time
 __attribute__((target("avx2"))) int scan_avx2(const float* row, int vocab, int t0, double cum,
                                               std::int64_t base, Best& best) {
   int t = t0;
-  for (; t + 8 <= vocab; t += 8) {
-    const __m256 over = _mm256_cmp_ps(_mm256_loadu_ps(row + t), _mm256_set1_ps(best.loose(cum)),
-                                      _CMP_GT_OQ);
-    unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(over));
-    while (bits) {
-      const int j = __builtin_ctz(bits);
-      bits &= bits - 1;
-      best.offer(base + t + j, cum + static_cast<double>(row[t + j]));
-    }
+  __m256 bar = _mm256_set1_ps(best.loose(cum));
+  for (; t + 32 <= vocab; t += 32) {
+    __m256 over[4];
+    for (int j = 0; j < 4; ++j)
+      over[j] = _mm256_cmp_ps(_mm256_loadu_ps(row + t + 8 * j), bar, _CMP_GT_OQ);
+    const __m256 any = _mm256_or_ps(_mm256_or_ps(over[0], over[1]), _mm256_or_ps(over[2], over[3]));
+    if (_mm256_testz_ps(any, any)) continue;
+    for (int j = 0; j < 4; ++j)
+      for (unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(over[j])); bits;
+           bits &= bits - 1) {
+        const int at = t + 8 * j + __builtin_ctz(bits);
+        best.offer(base + at, cum + static_cast<double>(row[at]));
+      }
+    bar = _mm256_set1_ps(best.loose(cum));
   }
   return t;
 }
