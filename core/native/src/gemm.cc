@@ -137,10 +137,15 @@ __attribute__((target("avx2,fma"))) inline __m256i first_lanes(int count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// row[i .. i+8), zeros from k on (a masked load only there: it is the slower)
+__attribute__((target("avx2,fma"))) inline __m256 load8(const float* row, int i, int k) {
+  return k - i >= 8 ? _mm256_loadu_ps(row + i) : _mm256_maskload_ps(row + i, first_lanes(k - i));
+}
+
 // row[i .. i+8) (zeros from k on) -> its 8 quantised values as int32
 __attribute__((target("avx2,fma"))) inline __m256i quantize8(const float* row, int i, int k,
                                                             __m256 inv, __m256 z) {
-  const __m256 v = _mm256_maskload_ps(row + i, first_lanes(k - i));
+  const __m256 v = load8(row, i, k);
   const __m256 rounded = _mm256_add_ps(
       _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z);
   return _mm256_cvttps_epi32(
@@ -151,12 +156,24 @@ __attribute__((target("avx2,fma"))) inline __m256i quantize8(const float* row, i
 __attribute__((target("avx2,fma"))) inline void row_scale_avx2(const float* row, int k,
                                                               float* scale, std::int32_t* zero,
                                                               __m256* vinv, __m256* vz) {
+  // two running ranges, so that each min and max waits on its own chain
   __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
-  for (int i = 0; i < k; i += 8) {
-    const __m256 v = _mm256_maskload_ps(row + i, first_lanes(k - i));  // the tail reads as 0
+  __m256 lo2 = lo, hi2 = hi;
+  int i = 0;
+  for (; i + 16 <= k; i += 16) {
+    const __m256 a = _mm256_loadu_ps(row + i), b = _mm256_loadu_ps(row + i + 8);
+    lo = _mm256_min_ps(lo, a);
+    hi = _mm256_max_ps(hi, a);
+    lo2 = _mm256_min_ps(lo2, b);
+    hi2 = _mm256_max_ps(hi2, b);
+  }
+  for (; i < k; i += 8) {
+    const __m256 v = load8(row, i, k);  // the tail reads as 0
     lo = _mm256_min_ps(lo, v);
     hi = _mm256_max_ps(hi, v);
   }
+  lo = _mm256_min_ps(lo, lo2);
+  hi = _mm256_max_ps(hi, hi2);
   alignas(32) float los[8], his[8];
   _mm256_store_ps(los, lo);
   _mm256_store_ps(his, hi);
