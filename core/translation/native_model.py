@@ -1,5 +1,5 @@
 """The translator in native code (`core/native/src`: the encoder and the cached decoder step on
-int8 products, on Intel AMX, AVX-512 VNNI, AVX-VNNI or AVX2, portable loops elsewhere) behind
+int8 products, on Intel AMX, AVX-512 VNNI or AVX2, portable loops elsewhere) behind
 `graphs.StepModel`, beside onnxruntime's graphs.
 
 It reads `native.npz`, which `seqserve export --quantize int8` writes into the version folder
@@ -51,10 +51,12 @@ def runtime_of(model: object) -> dict[str, str | None]:
 
 
 def fast_here() -> bool:
-    """Whether the native translator beats onnxruntime's int8 graphs on this machine: with any
-    of its vector kernels (AMX, AVX-512 VNNI, AVX-VNNI, or AVX2 on 7-bit rows); its portable
-    loops are tens of times slower (docs/benchmarks.md, "Seventeenth session")."""
-    return kernel() in ("amx", "avx512_vnni", "avx_vnni", "avx2")
+    """Whether the native translator beats onnxruntime's int8 graphs on this machine: it needs
+    VNNI's int8 dot products (AMX, AVX-512 VNNI, or AVX-VNNI on 256-bit vectors). Its exact
+    AVX2 kernel (int16 products) runs at about a third of AVX-512 VNNI's rate, not shown faster
+    than onnxruntime's graphs on such CPUs, and its portable loops far slower (docs/benchmarks.md,
+    "CPUs without VNNI")."""
+    return kernel() in ("amx", "avx512_vnni", "avx_vnni")
 
 
 def chosen(setting: str, on_cpu: bool) -> bool:

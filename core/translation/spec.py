@@ -22,8 +22,7 @@ SCHEMA = "1"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 # What runs the model (`core.translation.native_model`): the graphs on onnxruntime; the native
-# int8 translator where it is fast here (a vector int8 kernel: AMX, AVX-512 VNNI, AVX-VNNI or
-# AVX2), else the graphs; or the native
+# int8 translator where it is fast here (AMX or AVX-512 VNNI), else the graphs; or the native
 # translator always. int8 exports write "auto" when they ship native.npz.
 RUNTIMES = ("onnx", "auto", "native")
 

@@ -108,9 +108,7 @@ def test_native_step_computes_its_reference(
     log_probs, present_k, present_v = step.step(
         tokens, positions, past_mask, src_mask, [list(pk)], [list(pv)], [list(ck)], [list(cv)]
     )
-    want, want_k, want_v = native_reference.reference_step(
-        weights, settings, *inputs, levels=native_reference.levels_of(kernel)
-    )
+    want, want_k, want_v = native_reference.reference_step(weights, settings, *inputs)
     assert log_probs.shape == (rows, 300)
     np.testing.assert_allclose(log_probs, want, atol=2e-3)
     for i in range(2):
@@ -133,9 +131,7 @@ def test_native_encoder_computes_its_reference(
     encoder, _, weights, settings = _native(_model(norm, activation))
     src_ids, src_mask = _sources(batch, src, np.random.default_rng(batch + src))
     cross_k, cross_v = encoder.encode(src_ids, src_mask)
-    want_k, want_v = native_reference.reference_encoder(
-        weights, settings, src_ids, src_mask, native_reference.levels_of(kernel)
-    )
+    want_k, want_v = native_reference.reference_encoder(weights, settings, src_ids, src_mask)
     assert cross_k.shape == cross_v.shape == (2, batch, 4, src, 16)
     real = src_mask[None, :, None, :, None]  # [1, B, 1, S, 1]
     for got, want in ((cross_k, want_k), (cross_v, want_v)):
@@ -301,10 +297,6 @@ def test_runtime_setting_chooses_the_runtime() -> None:
     assert not native_model.chosen("onnx", on_cpu=True)
     assert native_model.chosen("auto", on_cpu=True) == native_model.fast_here()
     assert not native_model.chosen("auto", on_cpu=False)  # on a GPU the graphs keep the caches
-
-
-def test_auto_runs_natively_wherever_a_vector_kernel_runs(kernel: str) -> None:
-    assert native_model.fast_here() == (kernel != "portable")
 
 
 @pytest.mark.slow

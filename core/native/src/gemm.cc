@@ -70,14 +70,10 @@ Kernel chosen() {
 }
 
 // Quantise rows of x to uint8: q = round(x / s) + z, s = (max - min) / 255 over the row
-// (the range always holds 0, so that 0 is exact and z fits in [0, 255]); for the AVX2 kernel
-// to 7 bits, s = (max - min) / 127 and q in [0, 127]. The pad up to kp may hold any byte: the
-// packed weights are zero there.
-constexpr float kLevels8 = 255.f, kLevels7 = 127.f;
-
-inline void row_scale(float lo, float hi, float levels, float* scale, std::int32_t* zero,
-                      float* inv, float* z) {
-  float s = (hi - lo) / levels;
+// (the range always holds 0, so that 0 is exact and z fits in [0, 255]). The pad up to kp may
+// hold any byte: the packed weights are zero there.
+inline void row_scale(float lo, float hi, float* scale, std::int32_t* zero, float* inv, float* z) {
+  float s = (hi - lo) / 255.f;
   if (!(s > 0.f) || !std::isfinite(s)) s = 1.f;  // all zeros (or not finite: garbage either way)
   *scale = s;
   *inv = 1.f / s;
@@ -95,7 +91,7 @@ void quantize_rows_portable(const float* x, int m, int k, std::size_t ldx, int k
       hi = std::max(hi, row[i]);
     }
     float inv, z;
-    row_scale(lo, hi, kLevels8, scale + r, zero + r, &inv, &z);
+    row_scale(lo, hi, scale + r, zero + r, &inv, &z);
     std::uint8_t* out = q + static_cast<std::size_t>(r) * kp;
     for (int i = 0; i < k; ++i) {
       const float v = std::nearbyint(row[i] * inv) + z;
@@ -119,8 +115,7 @@ __attribute__((target("avx512f,avx512bw"))) void quantize_rows_avx512(
       hi = _mm512_max_ps(hi, v);
     }
     float inv, z;
-    row_scale(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), kLevels8, scale + r, zero + r,
-              &inv, &z);
+    row_scale(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), scale + r, zero + r, &inv, &z);
     const __m512 vinv = _mm512_set1_ps(inv), vz = _mm512_set1_ps(z);
     std::uint8_t* out = q + static_cast<std::size_t>(r) * kp;
     for (int i = 0; i < kp; i += 16) {
@@ -136,8 +131,8 @@ __attribute__((target("avx512f,avx512bw"))) void quantize_rows_avx512(
   }
 }
 
-// The 256-bit kernels' rows: the same rounding and clamp as the others', to 8 bits (AVX-VNNI)
-// or 7 (AVX2).
+// The AVX2 kernel's rows: the same bytes as the others' (same rounding, same clamp), widened
+// to int16 as its vpmaddwd reads them.
 __attribute__((target("avx2,fma"))) inline __m256i first_lanes(int count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -147,20 +142,20 @@ __attribute__((target("avx2,fma"))) inline __m256 load8(const float* row, int i,
   return k - i >= 8 ? _mm256_loadu_ps(row + i) : _mm256_maskload_ps(row + i, first_lanes(k - i));
 }
 
-// row[i .. i+8) (zeros from k on) -> its 8 quantised values, in [0, top], as int32
+// row[i .. i+8) (zeros from k on) -> its 8 quantised values as int32
 __attribute__((target("avx2,fma"))) inline __m256i quantize8(const float* row, int i, int k,
-                                                            __m256 inv, __m256 z, __m256 top) {
+                                                            __m256 inv, __m256 z) {
   const __m256 v = load8(row, i, k);
   const __m256 rounded = _mm256_add_ps(
       _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z);
-  return _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(rounded, _mm256_setzero_ps()), top));
+  return _mm256_cvttps_epi32(
+      _mm256_min_ps(_mm256_max_ps(rounded, _mm256_setzero_ps()), _mm256_set1_ps(255.f)));
 }
 
 // A row's scale and zero point (row_scale over its range), and 1 / scale and z as vectors
 __attribute__((target("avx2,fma"))) inline void row_scale_avx2(const float* row, int k,
-                                                              float levels, float* scale,
-                                                              std::int32_t* zero, __m256* vinv,
-                                                              __m256* vz) {
+                                                              float* scale, std::int32_t* zero,
+                                                              __m256* vinv, __m256* vz) {
   // two running ranges, so that each min and max waits on its own chain
   __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
   __m256 lo2 = lo, hi2 = hi;
@@ -188,28 +183,46 @@ __attribute__((target("avx2,fma"))) inline void row_scale_avx2(const float* row,
     high = std::max(high, his[j]);
   }
   float inv, z;
-  row_scale(low, high, levels, scale, zero, &inv, &z);
+  row_scale(low, high, scale, zero, &inv, &z);
   *vinv = _mm256_set1_ps(inv);
   *vz = _mm256_set1_ps(z);
 }
 
-// The rows as bytes, each in [0, levels]
 __attribute__((target("avx2,fma"))) void quantize_rows_avx2(const float* x, int m, int k,
                                                            std::size_t ldx, int kp,
-                                                           std::uint8_t* q, float* scale,
-                                                           std::int32_t* zero, float levels) {
-  const __m256 top = _mm256_set1_ps(levels);
+                                                           std::int16_t* q, float* scale,
+                                                           std::int32_t* zero) {
   for (int r = 0; r < m; ++r) {
     const float* row = x + r * ldx;
     __m256 vinv, vz;
-    row_scale_avx2(row, k, levels, scale + r, zero + r, &vinv, &vz);
+    row_scale_avx2(row, k, scale + r, zero + r, &vinv, &vz);
+    std::int16_t* out = q + static_cast<std::size_t>(r) * kp;
+    for (int i = 0; i < kp; i += 16) {  // the pad: any value (W is 0 there)
+      // 16 values as int16; packs interleaves the 128-bit lanes, the permute restores them
+      const __m256i packed = _mm256_packs_epi32(quantize8(row, i, k, vinv, vz),
+                                                quantize8(row, i + 8, k, vinv, vz));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                          _mm256_permute4x64_epi64(packed, 0xD8));
+    }
+  }
+}
+
+// The same rows as bytes, for AVX-VNNI
+__attribute__((target("avx2,fma"))) void quantize_rows_avx2_u8(const float* x, int m, int k,
+                                                              std::size_t ldx, int kp,
+                                                              std::uint8_t* q, float* scale,
+                                                              std::int32_t* zero) {
+  for (int r = 0; r < m; ++r) {
+    const float* row = x + r * ldx;
+    __m256 vinv, vz;
+    row_scale_avx2(row, k, scale + r, zero + r, &vinv, &vz);
     std::uint8_t* out = q + static_cast<std::size_t>(r) * kp;
     for (int i = 0; i < kp; i += 32) {  // kp: a multiple of 64; the pad: any byte
       // packs and packus interleave the 128-bit lanes; the permute restores their order
-      const __m256i lo16 = _mm256_packs_epi32(quantize8(row, i, k, vinv, vz, top),
-                                              quantize8(row, i + 8, k, vinv, vz, top));
-      const __m256i hi16 = _mm256_packs_epi32(quantize8(row, i + 16, k, vinv, vz, top),
-                                              quantize8(row, i + 24, k, vinv, vz, top));
+      const __m256i lo16 = _mm256_packs_epi32(quantize8(row, i, k, vinv, vz),
+                                              quantize8(row, i + 8, k, vinv, vz));
+      const __m256i hi16 = _mm256_packs_epi32(quantize8(row, i + 16, k, vinv, vz),
+                                              quantize8(row, i + 24, k, vinv, vz));
       const __m256i bytes = _mm256_packus_epi16(lo16, hi16);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
                           _mm256_permutevar8x32_epi32(bytes,
@@ -223,7 +236,7 @@ void quantize_rows(const float* x, int m, int k, std::size_t ldx, int kp, std::u
                    float* scale, std::int32_t* zero, Isa level) {
 #if defined(__x86_64__)
   if (level == Isa::kAvx512) return quantize_rows_avx512(x, m, k, ldx, kp, q, scale, zero);
-  if (level >= Isa::kAvx2) return quantize_rows_avx2(x, m, k, ldx, kp, q, scale, zero, kLevels8);
+  if (level >= Isa::kAvx2) return quantize_rows_avx2_u8(x, m, k, ldx, kp, q, scale, zero);
 #endif
   quantize_rows_portable(x, m, k, ldx, kp, q, scale, zero);
 }
@@ -308,7 +321,12 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void tile_vnni(
     epilogue16(&c[0][half * 16], kPanel, M, 0, half * 16, cols, sx, zx, sw, colsum, bias, y, ldy);
 }
 
-// y[r, h0 .. h0+8) from the int32 sums of 8 columns (acc): the 256-bit kernels' epilogue
+// The AVX2 kernel, for CPUs without VNNI: exact int16 products (vpmaddwd) on the same packed
+// weights, sign-extended as they are read (vpmaddubsw on the bytes would saturate at 255 x 127
+// x 2). Up to 4 rows x 8 columns (a quarter panel) per call: 8 accumulators of 4 columns x 2
+// partial sums, each group of K one 64-bit broadcast of the row's 4 int16 inputs. (6 rows
+// need 16 vector registers with the products' temporaries, all AVX2 has: GCC spilled the
+// accumulators to the stack at every group, and the kernel ran at 80 GOPS against 104.)
 __attribute__((target("avx2,fma"))) inline void epilogue8(__m256i acc, int r, int h0, int n,
                                                         const float* sx, const std::int32_t* zx,
                                                         const float* sw,
@@ -329,46 +347,90 @@ __attribute__((target("avx2,fma"))) inline void epilogue8(__m256i acc, int r, in
     _mm256_maskstore_ps(out, first_lanes(n - h0), v);
 }
 
-// The two 256-bit kernels' dot product: acc += for each int32 lane the sum of 4 products of
-// the bytes of a (uint8) and b (int8), in place. Inline instructions: GCC's intrinsics copied
-// every accumulator through another register at each use (and spilled one).
-// - AVX-VNNI (Alder Lake and later client cores, Sierra Forest): vpdpbusd, AVX-512 VNNI's
-//   instruction on 256-bit vectors.
-// - AVX2, for CPUs without VNNI: vpmaddubsw (pairs of products summed to int16) and vpmaddwd
-//   by ones (pairs of those to int32). A pair saturates int16 past 32,767, which 255 x 127 x 2
-//   passes; so this kernel's rows are quantised to 7 bits (127 x 127 x 2 = 32,258), and its
-//   sums are exact for them. (MKL's AVX2 int8 product, which CTranslate2 uses, reads 8 bits
-//   and takes the risk; onnxruntime's documentation asks for 7-bit weights on such CPUs.)
-struct DotVnni {
-  static constexpr float kLevels = kLevels8;
-  __attribute__((target("avx2"))) static inline __m256i add(__m256i acc, __m256i a, __m256i b,
-                                                           __m256i) {
-    asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "xm"(b));
-    return acc;
-  }
-};
-struct DotAvx2 {
-  static constexpr float kLevels = kLevels7;
-  __attribute__((target("avx2"))) static inline __m256i add(__m256i acc, __m256i a, __m256i b,
-                                                           __m256i ones) {
-    __m256i pairs;
-    asm("vpmaddubsw %3, %2, %1\n\tvpmaddwd %4, %1, %1\n\tvpaddd %1, %0, %0"
-        : "+x"(acc), "=&x"(pairs)
-        : "x"(a), "xm"(b), "x"(ones));
-    return acc;
-  }
-};
+// acc += the pairwise int16 products of a and b, summed into int32 lanes, in place (as
+// dpbusd256 below: GCC's intrinsics copied every accumulator through another register).
+__attribute__((target("avx2,fma"))) inline __m256i madd_add(__m256i acc, __m256i a, __m256i b) {
+  __m256i product;
+  asm("vpmaddwd %3, %2, %1\n\tvpaddd %1, %0, %0"
+      : "+x"(acc), "=&x"(product)
+      : "x"(a), "xm"(b));
+  return acc;
+}
 
-// Up to 4 rows x 16 columns (half a panel) per call: 8 accumulators of 8 columns, each group
-// of K one broadcast of 4 activation bytes per row and two dot products per row. (6 rows need
-// more than AVX2's 16 vector registers: GCC spilled the accumulators at every group.)
-template <int M, typename Dot>
-__attribute__((target("avx2,fma"))) void tile_256(const std::uint8_t* q, int kp,
-                                                 const std::int8_t* w, int h0, const float* sx,
-                                                 const std::int32_t* zx, const float* sw,
-                                                 const std::int32_t* colsum, const float* bias,
-                                                 float* y, std::size_t ldy, int n) {
-  const __m256i ones = _mm256_set1_epi16(1);
+template <int M>
+__attribute__((target("avx2,fma"))) void tile_avx2(const std::int16_t* q, int kp,
+                                                  const std::int8_t* w, int h0, const float* sx,
+                                                  const std::int32_t* zx, const float* sw,
+                                                  const std::int32_t* colsum, const float* bias,
+                                                  float* y, std::size_t ldy, int n) {
+  __m256i acc[M][2];
+  for (int r = 0; r < M; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  const int groups = kp / kGroup;
+  for (int g = 0; g < groups; ++g) {
+    // columns 0-3 and 4-7 of the quarter, 4 int8 each -> int16 lanes (column, k 0-1 | k 2-3)
+    const auto* group = reinterpret_cast<const __m128i*>(w + g * 128);
+    const __m256i b0 = _mm256_cvtepi8_epi16(_mm_load_si128(group));
+    const __m256i b1 = _mm256_cvtepi8_epi16(_mm_load_si128(group + 1));
+    for (int r = 0; r < M; ++r) {
+      long long four;
+      std::memcpy(&four, q + static_cast<std::size_t>(r) * kp + g * kGroup, 8);
+      const __m256i a = _mm256_set1_epi64x(four);
+      acc[r][0] = madd_add(acc[r][0], a, b0);
+      acc[r][1] = madd_add(acc[r][1], a, b1);
+    }
+  }
+  // pairs of partial sums -> columns 0, 1, 4, 5 | 2, 3, 6, 7 -> in order
+  for (int r = 0; r < M; ++r) {
+    const __m256i sums = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
+    epilogue8(sums, r, h0, n, sx, zx, sw, colsum, bias, y, ldy);
+  }
+}
+
+// A 256-bit kernel's tile: up to its row count of quantised rows (Q: int16 for AVX2, bytes for
+// AVX-VNNI) times the columns h0 on of one panel's group layout, written to y.
+template <typename Q>
+using Tile256 = void (*)(const Q*, int, const std::int8_t*, int, const float*,
+                         const std::int32_t*, const float*, const std::int32_t*, const float*,
+                         float*, std::size_t, int);
+constexpr int kTileRows = 4;  // (6 need more than AVX2's 16 vector registers: GCC spilled)
+constexpr Tile256<std::int16_t> kAvx2Tiles[kTileRows] = {tile_avx2<1>, tile_avx2<2>,
+                                                         tile_avx2<3>, tile_avx2<4>};
+
+// Every `cols` columns of every panel, every kTileRows rows: the tile for that many rows
+template <int cols, typename Q>
+void gemm_256(const Tile256<Q> (&tiles)[kTileRows], const Q* q, int m, int kp,
+              const std::int8_t* packed, const float* sx, const std::int32_t* zx,
+              const float* sw, const std::int32_t* colsum, const float* bias, float* y,
+              std::size_t ldy, int n) {
+  const std::size_t panel_bytes = static_cast<std::size_t>(kp) * kPanel;
+  for (int h0 = 0; h0 < n; h0 += cols) {
+    const std::int8_t* w = packed + (h0 / kPanel) * panel_bytes + (h0 % kPanel) * kGroup;
+    for (int r0 = 0; r0 < m; r0 += kTileRows) {
+      const int rows = std::min(kTileRows, m - r0);
+      tiles[rows - 1](q + static_cast<std::size_t>(r0) * kp, kp, w, h0, sx + r0, zx + r0, sw,
+                      colsum, bias, y + static_cast<std::size_t>(r0) * ldy, ldy, n);
+    }
+  }
+}
+
+// acc += the 4-byte dot products of a (uint8) and b (int8), in place. GCC's intrinsic copied
+// every accumulator through another register at each use (and spilled one): the inline
+// instruction keeps each in its register.
+__attribute__((target("avx2,fma,avxvnni"))) inline __m256i dpbusd256(__m256i acc, __m256i a,
+                                                                    __m256i b) {
+  asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "xm"(b));
+  return acc;
+}
+
+// The AVX-VNNI kernel: AVX-512 VNNI's dot products (vpdpbusd) on 256-bit vectors, for CPUs
+// that have them without AVX-512. Up to 4 rows x 16 columns (half a panel) per call: 8
+// accumulators of 8 columns, each group of K one broadcast of 4 activation bytes per row and
+// two vpdpbusd per row.
+template <int M>
+__attribute__((target("avx2,fma,avxvnni"))) void tile_avx_vnni(
+    const std::uint8_t* q, int kp, const std::int8_t* w, int h0, const float* sx,
+    const std::int32_t* zx, const float* sw, const std::int32_t* colsum, const float* bias,
+    float* y, std::size_t ldy, int n) {
   __m256i acc[M][2];
   for (int r = 0; r < M; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
   const int groups = kp / kGroup;
@@ -379,8 +441,8 @@ __attribute__((target("avx2,fma"))) void tile_256(const std::uint8_t* q, int kp,
       std::int32_t four;
       std::memcpy(&four, q + static_cast<std::size_t>(r) * kp + g * kGroup, 4);
       const __m256i a = _mm256_set1_epi32(four);
-      acc[r][0] = Dot::add(acc[r][0], a, b0, ones);
-      acc[r][1] = Dot::add(acc[r][1], a, b1, ones);
+      acc[r][0] = dpbusd256(acc[r][0], a, b0);
+      acc[r][1] = dpbusd256(acc[r][1], a, b1);
     }
   }
   for (int r = 0; r < M; ++r) {
@@ -389,33 +451,8 @@ __attribute__((target("avx2,fma"))) void tile_256(const std::uint8_t* q, int kp,
   }
 }
 
-using Tile256 = void (*)(const std::uint8_t*, int, const std::int8_t*, int, const float*,
-                         const std::int32_t*, const float*, const std::int32_t*, const float*,
-                         float*, std::size_t, int);
-constexpr int kTileRows = 4, kTileCols = 16;
-
-// The rows quantised to Dot's levels, then every 16 columns of every panel, every 4 rows: the
-// tile for that many rows
-template <typename Dot>
-__attribute__((target("avx2,fma"))) void gemm_256(const float* x, int m, std::size_t ldx, int k,
-                                                 int kp, std::uint8_t* q, float* sx,
-                                                 std::int32_t* zx, const std::int8_t* packed,
-                                                 const float* sw, const std::int32_t* colsum,
-                                                 const float* bias, float* y, std::size_t ldy,
-                                                 int n) {
-  static constexpr Tile256 kTiles256[kTileRows] = {tile_256<1, Dot>, tile_256<2, Dot>,
-                                                   tile_256<3, Dot>, tile_256<4, Dot>};
-  quantize_rows_avx2(x, m, k, ldx, kp, q, sx, zx, Dot::kLevels);
-  const std::size_t panel_bytes = static_cast<std::size_t>(kp) * kPanel;
-  for (int h0 = 0; h0 < n; h0 += kTileCols) {
-    const std::int8_t* w = packed + (h0 / kPanel) * panel_bytes + (h0 % kPanel) * kGroup;
-    for (int r0 = 0; r0 < m; r0 += kTileRows) {
-      const int rows = std::min(kTileRows, m - r0);
-      kTiles256[rows - 1](q + static_cast<std::size_t>(r0) * kp, kp, w, h0, sx + r0, zx + r0, sw,
-                          colsum, bias, y + static_cast<std::size_t>(r0) * ldy, ldy, n);
-    }
-  }
-}
+constexpr Tile256<std::uint8_t> kAvxVnniTiles[kTileRows] = {
+    tile_avx_vnni<1>, tile_avx_vnni<2>, tile_avx_vnni<3>, tile_avx_vnni<4>};
 
 // The AMX kernel. The quantised rows are padded to a multiple of 16 with zeros (tiles have 16
 // rows). Four 16 x 16 int32 accumulator tiles, so that four tile products are in flight: 16
@@ -585,21 +622,26 @@ Int8Matrix::Int8Matrix(const float* w, const float* bias, int k, int n)
 void Int8Matrix::apply(const float* x, int m, std::size_t ldx, float* y, std::size_t ldy,
                        std::vector<std::uint8_t>& scratch) const {
   if (m <= 0) return;  // nothing to multiply (the AMX kernel would read a whole tile)
-  const Kernel kernel = chosen();
   // scratch: the quantised rows [m rounded up to 16, kp] (the AMX kernel reads whole tiles
   // of 16 rows: the extra ones are zeros), then their scales [m] and zero points [m]
+  const Kernel kernel = chosen();
+  // scratch: the quantised rows [m rounded up to 16, kp] (the AMX kernel reads whole tiles
+  // of 16 rows: the extra ones are zeros; the AVX2 kernel's are int16), then their scales [m]
+  // and zero points [m]
   const int mp = (m + 15) / 16 * 16;
-  const std::size_t qbytes = static_cast<std::size_t>(mp) * kp_;
+  const std::size_t width = kernel == Kernel::kAvx2 ? 2 : 1;
+  const std::size_t qbytes = static_cast<std::size_t>(mp) * kp_ * width;
   const std::size_t need = qbytes + static_cast<std::size_t>(m) * 8;
   if (scratch.size() < need) scratch.resize(need);
   std::uint8_t* q = scratch.data();
   auto* sx = reinterpret_cast<float*>(q + qbytes);
   auto* zx = reinterpret_cast<std::int32_t*>(q + qbytes + static_cast<std::size_t>(m) * 4);
 #if defined(__x86_64__)
-  if (kernel == Kernel::kAvx2 || kernel == Kernel::kAvxVnni) {  // half a panel at a time
-    (kernel == Kernel::kAvx2 ? gemm_256<DotAvx2> : gemm_256<DotVnni>)(
-        x, m, ldx, k_, kp_, q, sx, zx, packed_.get(), scale_.data(), colsum_.data(), bias_.data(),
-        y, ldy, n_);
+  if (kernel == Kernel::kAvx2) {
+    auto* q16 = reinterpret_cast<std::int16_t*>(q);
+    quantize_rows_avx2(x, m, k_, ldx, kp_, q16, sx, zx);
+    gemm_256<8>(kAvx2Tiles, q16, m, kp_, packed_.get(), sx, zx, scale_.data(), colsum_.data(),
+                bias_.data(), y, ldy, n_);  // a quarter panel at a time
     return;
   }
 #endif
@@ -607,6 +649,11 @@ void Int8Matrix::apply(const float* x, int m, std::size_t ldx, float* y, std::si
                 kernel == Kernel::kPortable ? Isa::kBaseline : isa());
   std::memset(q + static_cast<std::size_t>(m) * kp_, 0, static_cast<std::size_t>(mp - m) * kp_);
 #if defined(__x86_64__)
+  if (kernel == Kernel::kAvxVnni) {
+    gemm_256<16>(kAvxVnniTiles, q, m, kp_, packed_.get(), sx, zx, scale_.data(),
+                 colsum_.data(), bias_.data(), y, ldy, n_);  // half a panel at a time
+    return;
+  }
   if (kernel == Kernel::kAmx) {
     gemm_amx(q, m, kp_, packed_.get(), np_, sx, zx, scale_.data(), colsum_.data(), bias_.data(), y,
              ldy, n_);

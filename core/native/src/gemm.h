@@ -1,13 +1,13 @@
 // int8 matrix products for the native decoder step: y = x @ W + b with W [K, N] quantised
 // once to int8 per output column (symmetric) and x [M, K] quantised per row at run time to
-// uint8 (asymmetric, its own scale and zero point; 7 bits for the AVX2 kernel, whose pairs of
-// products would saturate on 8). The int32 sums are exact; the scales apply in the epilogue:
-// y[m, n] = sx[m] * sw[n] * (sum_k qx[m, k] qw[k, n] - zx[m] colsum[n]) + b[n].
+// uint8 (asymmetric, its own scale and zero point). The int32 sums are exact; the scales apply
+// in the epilogue:  y[m, n] = sx[m] * sw[n] * (sum_k qx[m, k] qw[k, n] - zx[m] colsum[n]) + b[n].
 //
 // Weights are packed for the kernel: columns in panels of 32, and inside a panel each group
 // of 4 rows of K as 128 bytes (16 columns x 4 bytes, twice), the operand layout of AVX-512
-// VNNI's vpdpbusd and of AMX's B tiles (AVX-VNNI and AVX2 read 8 columns of a group at a
-// time). Every kernel reads the same layout and gives the exact int32 sums of its rows.
+// VNNI's vpdpbusd and of AMX's B tiles (AVX-VNNI reads 8 columns of a group at a time; AVX2
+// sign-extends them as it reads them). Every kernel reads the same layout and gives the same
+// int32 sums.
 #pragma once
 
 #include <cstddef>
@@ -47,8 +47,8 @@ class Int8Matrix {
 };
 
 // The int8 kernels, fastest first: Intel AMX tiles, AVX-512 VNNI, AVX-VNNI (the same dot
-// products on 256-bit vectors), AVX2 (vpmaddubsw on 7-bit rows, for CPUs without VNNI) and
-// portable loops. The fastest the CPU (and, for AMX, the OS) allows runs unless `use_kernel` names
+// products on 256-bit vectors), AVX2 (exact int16 products, for CPUs without VNNI) and portable
+// loops. The fastest the CPU (and, for AMX, the OS) allows runs unless `use_kernel` names
 // another.
 enum class Kernel { kAuto, kAmx, kVnni, kAvxVnni, kAvx2, kPortable };
 const char* kernel_name();                       // the one in use
