@@ -287,8 +287,6 @@ class BeamState:
         """No live hypothesis can beat the k-th best finished one."""
         if len(self.finished) < k:
             return False
-        if self.beam_size == 1:
-            return True
         kth = sorted((h.score for h in self.finished), reverse=True)[k - 1]
         stop = self.early_stopping
         if stop == "true":

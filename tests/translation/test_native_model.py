@@ -28,12 +28,14 @@ pytestmark = pytest.mark.skipif(native_model.kernel() is None, reason="core/nati
 decoder = native_model._decoder
 
 
-def _model(norm: str, activation: str, layers: int = 2) -> torch.nn.Module:
+def _model(
+    norm: str, activation: str, layers: int = 2, d_model: int = 64, heads: int = 4
+) -> torch.nn.Module:
     torch.manual_seed(0)
     config = TranslatorConfig(
         vocab_size=300,
-        d_model=64,
-        num_heads=4,
+        d_model=d_model,
+        num_heads=heads,
         d_ff=96,
         num_encoder_layers=2,
         num_decoder_layers=layers,
@@ -49,9 +51,14 @@ def _model(norm: str, activation: str, layers: int = 2) -> torch.nn.Module:
 
 
 def _inputs(
-    rows: int, past: int, src: int, layers: int, rng: np.random.Generator
+    rows: int,
+    past: int,
+    src: int,
+    layers: int,
+    rng: np.random.Generator,
+    heads: int = 4,
+    head_dim: int = 16,
 ) -> tuple[np.ndarray, ...]:
-    heads, head_dim = 4, 16
     own = rng.integers(0, past + 1, rows)  # each row's real cache slots, left-padded
     past_mask = np.arange(past)[None, :] >= (past - own)[:, None]  # [R, P]
     src_len = rng.integers(1, src + 1, rows)
@@ -117,6 +124,22 @@ def test_native_step_computes_its_reference(
         np.testing.assert_array_equal(present_v[i][:, :, :past], pv[i])
         np.testing.assert_allclose(present_k[i], want_k[i], atol=1e-4)
         np.testing.assert_allclose(present_v[i], want_v[i], atol=1e-4)
+
+
+@pytest.mark.parametrize(("d_model", "heads"), [(72, 3), (240, 2)])  # head widths 24 and 120
+def test_native_step_computes_its_reference_at_other_head_widths(
+    kernel: str, d_model: int, heads: int
+) -> None:
+    """The attention's vector paths cover head widths of 8 N (one block of registers, or two
+    past 64); the others the portable loop."""
+    _, step, weights, settings = _native(_model("pre", "relu", d_model=d_model, heads=heads))
+    inputs = _inputs(5, 6, 7, 2, np.random.default_rng(d_model), heads, d_model // heads)
+    tokens, positions, pk, pv, past_mask, ck, cv, src_mask = inputs
+    log_probs = step.step(
+        tokens, positions, past_mask, src_mask, [list(pk)], [list(pv)], [list(ck)], [list(cv)]
+    )[0]
+    want = native_reference.reference_step(weights, settings, *inputs)[0]
+    np.testing.assert_allclose(log_probs, want, atol=2e-3)
 
 
 @pytest.mark.parametrize(("norm", "activation"), NORMS_AND_ACTIVATIONS)

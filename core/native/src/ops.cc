@@ -208,7 +208,7 @@ __attribute__((target("avx2,fma"))) inline float dot_avx2(const float* a, const 
   return _mm_cvtss_f32(_mm_add_ss(sum4, _mm_movehdup_ps(sum4)));
 }
 
-// out [8 N] += sum over slots of p[t] * inv * values[t][0, 8 N) (row stride k), N <= 8
+// out [8 N] = sum over slots of p[t] * inv * values[t][0, 8 N) (row stride k), N <= 8
 template <int N>
 __attribute__((target("avx2,fma"))) inline void weighted_sum_avx2(const float* p, float inv,
                                                                  const float* values, int k,
@@ -344,7 +344,7 @@ void attend(const float* q, const float* keys, const float* values, const bool* 
     if (k % 16 == 0 && k <= 16 * kMaxVectors)
       return kByWidth[k / 16 - 1](q, keys, values, valid, slots, scale, scores, out);
   }
-  if ((isa() == Isa::kAvx2 || isa() == Isa::kAvx2Vnni) && k % 8 == 0 && k <= 128) {
+  if (isa() >= Isa::kAvx2 && k % 8 == 0 && k <= 128) {  // (AVX-512 too, for widths of 8 N)
     using Attend = void (*)(const float*, const float*, const float*, const bool*, int, float,
                             float*, float*);
     static constexpr Attend kByWidth[16] = {
