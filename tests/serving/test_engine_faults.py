@@ -130,8 +130,14 @@ async def _group_signal(server: ServerProcess, sig: signal.Signals) -> list:
     async with grpc.aio.insecure_channel(server.target) as ch:
         translate = tgrpc.TranslatorStub(ch)
         v2 = pb_grpc.GRPCInferenceServiceStub(ch)
+        # four hypotheses each: the search goes on until four have settled, long enough for
+        # the server to hold all 24 (a 1-best search may end first)
         msg = tpb.TranslateRequest(
-            model_name="translator", sentences=[LONG], beam_size=4, max_length=60
+            model_name="translator",
+            sentences=[LONG],
+            beam_size=4,
+            max_length=60,
+            num_hypotheses=4,
         )
         forecast = await forecast_request(v2)
         calls = [asyncio.ensure_future(translate.Translate(msg, timeout=60)) for _ in range(24)]
