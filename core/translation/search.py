@@ -242,7 +242,7 @@ class BeamState:
             if len(parents) == k:
                 break
         new_tokens = [[*self.tokens[p], t] for p, t in zip(parents, tokens, strict=True)]
-        if not parents or self._settled(self.settle, max(cum)):
+        if not parents or self._settled(max(cum)):
             self.done = True
         elif self.length >= self.max_length:
             for hyp, score in zip(new_tokens, cum, strict=True):
@@ -283,8 +283,9 @@ class BeamState:
             return 0
         return token
 
-    def _settled(self, k: int, best_live: float) -> bool:
-        """No live hypothesis can beat the k-th best finished one."""
+    def _settled(self, best_live: float) -> bool:
+        """No live hypothesis can beat the k-th best finished one (k = `settle`)."""
+        k = self.settle
         if len(self.finished) < k:
             return False
         kth = sorted((h.score for h in self.finished), reverse=True)[k - 1]

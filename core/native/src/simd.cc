@@ -11,7 +11,7 @@ const char* const kIsaNames[4] = {"baseline", "avx2", "avx2_vnni", "avx512"};
 
 namespace {
 
-const char* const* const kNames = kIsaNames;
+constexpr int kLevels = static_cast<int>(Isa::kAvx512) + 1;  // kIsaNames' length
 
 Isa best_on_cpu() {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -37,8 +37,8 @@ Isa from_environment() {
   if (cap == nullptr) return best;
   std::string name(cap);
   for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  for (int i = 0; i < 4; ++i)
-    if (name == kNames[i]) {
+  for (int i = 0; i < kLevels; ++i)
+    if (name == kIsaNames[i]) {
       int level = std::min(i, static_cast<int>(best));
       while (!runs(level)) --level;  // avx2_vnni on a CPU without AVX-VNNI: avx2
       return static_cast<Isa>(level);
@@ -64,12 +64,12 @@ bool has_avx_vnni() {
 #endif
 }
 
-const char* isa_name() { return kNames[static_cast<int>(isa())]; }
+const char* isa_name() { return kIsaNames[static_cast<int>(isa())]; }
 
 std::vector<std::string> isas() {
   std::vector<std::string> out;
   for (int i = static_cast<int>(best_on_cpu()); i >= 0; --i)
-    if (runs(i)) out.emplace_back(kNames[i]);
+    if (runs(i)) out.emplace_back(kIsaNames[i]);
   return out;
 }
 
@@ -78,8 +78,8 @@ bool use_isa(const std::string& name) {
     current().store(from_environment());
     return true;
   }
-  for (int i = 0; i < 4; ++i)
-    if (name == kNames[i] && runs(i)) {
+  for (int i = 0; i < kLevels; ++i)
+    if (name == kIsaNames[i] && runs(i)) {
       current().store(static_cast<Isa>(i));
       return true;
     }
